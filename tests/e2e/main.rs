@@ -1,0 +1,11 @@
+//! Integration tests on the real local stack: kube-apiserver + etcd built from Go
+//! modules, moto's server running the shipped state machine. One stack per test run
+//! (see `support::stack`), a namespace or CloudFormation stack per test.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod admission;
+mod crds;
+mod stack;
+mod statemachine;

@@ -1,0 +1,54 @@
+//! Test support shared by the integration tests and the demo: one local stack
+//! (etcd + kube-apiserver + moto) per process, started on first use, torn down at exit.
+#![allow(dead_code)]
+
+pub mod aws;
+pub mod kube;
+pub mod procs;
+pub mod wait;
+
+use std::sync::OnceLock;
+
+/// The whole local stack. Plain data only (endpoints, paths, tokens): every test builds
+/// its own clients, because `#[tokio::test]` gives each test its own runtime and a client
+/// must not outlive the runtime it was made on.
+pub struct Stack {
+    pub kube: kube::KubeStack,
+    pub aws: aws::Moto,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+
+/// The stack of this process, started on first call. Panics with a clear message when a
+/// part cannot start: the tests that need the stack fail loudly, they never skip.
+pub fn stack() -> &'static Stack {
+    STACK.get_or_init(|| {
+        install_crypto_provider();
+        let (kube, aws) = std::thread::scope(|s| {
+            let k = s.spawn(kube::KubeStack::start);
+            let a = s.spawn(aws::Moto::start);
+            (
+                k.join().expect("kube stack thread panicked"),
+                a.join().expect("moto thread panicked"),
+            )
+        });
+        Stack { kube, aws }
+    })
+}
+
+/// kube, the AWS SDK and slack-morphism pull in two rustls crypto providers; pick one.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// A short random suffix for names that must not collide between tests or runs.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{:x}{n}", t % 0xfffff)
+}
