@@ -1,1 +1,12 @@
 //! aws-jit: just-in-time, time-bound, approved admin access to AWS, as a Kubernetes operator.
+//!
+//! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
+
+pub mod crd;
+
+/// kube, the AWS SDK and slack-morphism pull in two rustls crypto providers (ring and
+/// aws-lc-rs); with both present none is chosen and the first TLS call panics. Call
+/// this first thing in `main` and in test setup. Installing twice is harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -36,9 +36,9 @@ pub fn stack() -> &'static Stack {
     })
 }
 
-/// kube, the AWS SDK and slack-morphism pull in two rustls crypto providers; pick one.
+/// The same crypto provider the binary installs (see `aws_jit::install_crypto_provider`).
 pub fn install_crypto_provider() {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    aws_jit::install_crypto_provider();
 }
 
 /// A short random suffix for names that must not collide between tests or runs.

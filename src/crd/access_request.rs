@@ -1,0 +1,180 @@
+//! `AccessRequest`: one person's request for time-bound access to one AccessRole.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::positive_duration_rule;
+
+/// What a person asks for. Immutable after creation: a request that needs to change
+/// is withdrawn (deleted) and asked again, so what approvers approved is what runs.
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "aws-jit.io",
+    version = "v1alpha1",
+    kind = "AccessRequest",
+    namespaced,
+    status = "AccessRequestStatus",
+    shortname = "ar",
+    shortname = "accessreq",
+    category = "aws-jit",
+    printcolumn = r#"{"name":"Role","type":"string","jsonPath":".spec.role"}"#,
+    printcolumn = r#"{"name":"Requester","type":"string","jsonPath":".spec.requester"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Expires","type":"date","jsonPath":".status.expiresAt"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message("spec is immutable: delete the AccessRequest and create a new one"))]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRequestSpec {
+    /// Name of the (cluster-scoped) AccessRole asked for.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$')").message("role must be the name of an AccessRole (lower-case letters, digits, '-' and '.')"))]
+    #[schemars(length(min = 1, max = 253))]
+    pub role: String,
+
+    /// The Kubernetes user the access is for. Admission accepts only the creating user,
+    /// unless the creator is a trusted submitter such as a GitOps controller.
+    #[schemars(length(min = 1, max = 253))]
+    pub requester: String,
+
+    /// How long access lasts once granted, as a Go duration (`30m`, `1h`). Defaults to
+    /// the AccessRole's `defaultDuration`; may not exceed its `maxDuration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(positive_duration_rule()).message("duration must be a positive Go duration such as 30m or 1h"))]
+    #[schemars(length(max = 32))]
+    pub duration: Option<String>,
+
+    /// Why the access is needed; shown to approvers. Required when the AccessRole says so.
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+
+    /// An optional ticket or incident reference.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub ticket: Option<String>,
+}
+
+/// Where a request is in its life. Terminal phases: Expired, Denied, Rejected,
+/// Revoked, Failed.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Accepted by the controller; the execution is being started.
+    Pending,
+    /// Waiting for approvers.
+    AwaitingApproval,
+    /// Approved; the grant is being made.
+    Approved,
+    /// Access is granted until `expiresAt`.
+    Active,
+    /// Access ran its time and was revoked, or the request was never answered in time.
+    Expired,
+    /// An approver denied the request.
+    Denied,
+    /// The request is invalid against its AccessRole; nothing was started.
+    Rejected,
+    /// Access was ended early (request deleted or revoke asked for).
+    Revoked,
+    /// The grant or revoke failed; see `message` and the execution.
+    Failed,
+}
+
+impl Phase {
+    /// True when nothing more happens to the request.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Phase::Expired | Phase::Denied | Phase::Rejected | Phase::Revoked | Phase::Failed
+        )
+    }
+}
+
+/// An approver's vote.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Decision {
+    Approve,
+    Deny,
+}
+
+/// Where a vote was cast.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ApprovalChannel {
+    #[default]
+    Kubectl,
+    Slack,
+}
+
+/// One approver's decision, appended to `status.approvals`. Admission binds
+/// `approver` to the authenticated user; the list is keyed by approver, so each
+/// person has at most one vote.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    /// The Kubernetes user who decided (for Slack, the user mapped from the Slack ID).
+    #[schemars(length(min = 1, max = 253))]
+    pub approver: String,
+    pub decision: Decision,
+    /// Why; required in spirit for a Deny.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub comment: Option<String>,
+    /// When the decision was made, as the approver's client reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    /// Where the vote was cast; only the operator may record `slack`.
+    #[serde(default)]
+    pub via: ApprovalChannel,
+}
+
+/// Identity of a request, carried into the execution so AWS-side records point back.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct RequestRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// What the controller observed and did. Written by the controller with server-side
+/// apply, except `approvals`, which approvers append to.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRequestStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// `Ready` plus domain conditions (`Approved`, `Granted`), cert-manager style.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The metadata.generation the status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The Step Functions execution that carries this request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_arn: Option<String>,
+
+    /// Approvers' decisions, one per approver, append-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["approver"]))]
+    #[schemars(length(max = 64))]
+    pub approvals: Option<Vec<Approval>>,
+
+    /// When access was granted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub granted_at: Option<Time>,
+
+    /// When access ends; AWS itself refuses the grant after this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+
+    /// When access was revoked (at expiry or early).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<Time>,
+
+    /// A human-readable summary of the current phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
