@@ -1,1 +1,260 @@
-//! admission tests
+//! RBAC and the admission policies, exercised as the real users of the stack.
+use crate::support::kube::{KubeStack, User};
+use crate::support::{refused, stack, succeeded};
+
+fn create_request(kube: &KubeStack, creator: User, ns: &str, name: &str, requester: &str) -> std::process::Output {
+    let yaml = format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+         spec:\n  role: prod-admin\n  requester: {requester}\n  reason: admission test\n"
+    );
+    kube.kubectl_stdin(creator, &["create", "-f", "-"], &yaml)
+}
+
+/// What the controller does when it takes up a request: a server-side apply of status
+/// with its field manager. `approvals: []` makes the list exist so approvers can append.
+fn operator_applies_status(kube: &KubeStack, ns: &str, name: &str, phase: &str) {
+    let yaml = format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+         status:\n  phase: {phase}\n  message: operator wrote this\n  approvals: []\n"
+    );
+    succeeded(&kube.kubectl_stdin(
+        User::Operator,
+        &["apply", "--server-side", "--field-manager=aws-jit", "--subresource=status", "-f", "-"],
+        &yaml,
+    ));
+}
+
+fn vote(kube: &KubeStack, as_user: User, ns: &str, name: &str, value: &str) -> std::process::Output {
+    let patch = format!(r#"[{{"op":"add","path":"/status/approvals/-","value":{value}}}]"#);
+    kube.kubectl(
+        as_user,
+        &["patch", "accessrequest", name, "-n", ns, "--subresource=status", "--type=json", "-p", &patch],
+    )
+}
+
+fn approvals(kube: &KubeStack, ns: &str, name: &str) -> Vec<serde_json::Value> {
+    let out = succeeded(&kube.kubectl(User::Admin, &["get", "accessrequest", name, "-n", ns, "-o", "json"]));
+    let obj: serde_json::Value = serde_json::from_str(&out).expect("kubectl prints JSON");
+    obj["status"]["approvals"].as_array().cloned().unwrap_or_default()
+}
+
+async fn awaiting(kube: &KubeStack, prefix: &str, requester: User) -> (String, String) {
+    let ns = kube.create_namespace(prefix).await;
+    let creator = if matches!(requester, User::Alice | User::Bob) { requester } else { User::GitOps };
+    succeeded(&create_request(kube, creator, &ns, "req", requester.name()));
+    operator_applies_status(kube, &ns, "req", "AwaitingApproval");
+    (ns, "req".to_string())
+}
+
+#[tokio::test]
+async fn requester_must_be_the_creator_unless_trusted() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("adm-create").await;
+    refused(
+        &create_request(kube, User::Alice, &ns, "for-bob", "bob"),
+        "spec.requester must be you (alice)",
+    );
+    succeeded(&create_request(kube, User::Alice, &ns, "for-alice", "alice"));
+    // The GitOps controller's service account holds submit-for-others.
+    succeeded(&create_request(kube, User::GitOps, &ns, "gitops-for-bob", "bob"));
+    // An approver holds no create right at all.
+    refused(&create_request(kube, User::Carol, &ns, "carol", "carol"), "Forbidden");
+}
+
+#[tokio::test]
+async fn approver_appends_an_approval_in_their_own_name() {
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-own", User::Alice).await;
+    succeeded(&vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Approve","comment":"ok"}"#));
+    let got = approvals(kube, &ns, &name);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["approver"], "carol");
+    assert_eq!(got[0]["decision"], "Approve");
+    assert_eq!(got[0]["via"], "kubectl", "the apiserver defaults via");
+}
+
+#[tokio::test]
+async fn forged_approver_is_refused() {
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-forged", User::Alice).await;
+    refused(
+        &vote(kube, User::Carol, &ns, &name, r#"{"approver":"dave","decision":"Approve"}"#),
+        r#"approver must be "carol""#,
+    );
+    assert!(approvals(kube, &ns, &name).is_empty());
+}
+
+#[tokio::test]
+async fn self_approval_is_refused() {
+    let kube = &stack().kube;
+    // carol is an approver; GitOps submits a request for her.
+    let (ns, name) = awaiting(kube, "adm-self", User::Carol).await;
+    for decision in ["Approve", "Deny"] {
+        refused(
+            &vote(kube, User::Carol, &ns, &name, &format!(r#"{{"approver":"carol","decision":"{decision}"}}"#)),
+            "you may not approve or deny your own AccessRequest",
+        );
+    }
+    // Someone else may.
+    succeeded(&vote(kube, User::Dave, &ns, &name, r#"{"approver":"dave","decision":"Approve"}"#));
+}
+
+#[tokio::test]
+async fn requester_cannot_write_status() {
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-requester", User::Alice).await;
+    refused(&vote(kube, User::Alice, &ns, &name, r#"{"approver":"alice","decision":"Approve"}"#), "Forbidden");
+    refused(&vote(kube, User::Bob, &ns, &name, r#"{"approver":"bob","decision":"Approve"}"#), "Forbidden");
+    assert!(approvals(kube, &ns, &name).is_empty());
+}
+
+#[tokio::test]
+async fn approvals_are_append_only_and_one_per_person() {
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-append", User::Alice).await;
+    succeeded(&vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Approve"}"#));
+    // Another approver may not change or remove carol's vote.
+    let change = r#"[{"op":"replace","path":"/status/approvals/0/decision","value":"Deny"}]"#;
+    refused(
+        &kube.kubectl(User::Dave, &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", change]),
+        "status.approvals is append-only",
+    );
+    let remove = r#"[{"op":"remove","path":"/status/approvals/0"}]"#;
+    refused(
+        &kube.kubectl(User::Dave, &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", remove]),
+        "status.approvals is append-only",
+    );
+    // Nor may carol change her own mind after the fact.
+    refused(
+        &kube.kubectl(User::Carol, &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", change]),
+        "status.approvals is append-only",
+    );
+    // A second vote by the same person is a duplicate key of the list-map.
+    refused(
+        &vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Deny"}"#),
+        "Duplicate value",
+    );
+    let got = approvals(kube, &ns, &name);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["decision"], "Approve");
+}
+
+#[tokio::test]
+async fn only_the_operator_records_slack_votes() {
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-slack", User::Alice).await;
+    refused(
+        &vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Approve","via":"slack"}"#),
+        "approvals via Slack are recorded only by the aws-jit operator",
+    );
+    succeeded(&vote(kube, User::Operator, &ns, &name, r#"{"approver":"dave","decision":"Approve","via":"slack"}"#));
+    assert_eq!(approvals(kube, &ns, &name)[0]["via"], "slack");
+}
+
+/// Each status field other than approvals, with a value an approver might try to set.
+/// The first assertion keeps this list (and the policy's) in step with the CRD.
+const OPERATOR_FIELDS: [(&str, &str); 8] = [
+    ("phase", r#""Active""#),
+    (
+        "conditions",
+        r#"[{"type":"Ready","status":"True","reason":"Granted","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]"#,
+    ),
+    ("observedGeneration", "7"),
+    ("executionArn", r#""arn:aws:states:us-east-1:123456789012:execution:sm:x""#),
+    ("grantedAt", r#""2026-01-01T00:00:00Z""#),
+    ("expiresAt", r#""2030-01-01T00:00:00Z""#),
+    ("revokedAt", r#""2026-01-01T00:00:00Z""#),
+    ("message", r#""approved by carol""#),
+];
+
+#[tokio::test]
+async fn approvers_cannot_touch_any_other_status_field() {
+    let crd = aws_jit::crd::all()
+        .into_iter()
+        .find(|c| c.spec.names.kind == "AccessRequest")
+        .expect("AccessRequest CRD");
+    let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema as JSON");
+    let mut in_crd: Vec<String> = schema["openAPIV3Schema"]["properties"]["status"]["properties"]
+        .as_object()
+        .expect("status properties")
+        .keys()
+        .filter(|k| *k != "approvals")
+        .cloned()
+        .collect();
+    in_crd.sort();
+    let mut covered: Vec<String> = OPERATOR_FIELDS.iter().map(|(f, _)| f.to_string()).collect();
+    covered.sort();
+    assert_eq!(in_crd, covered, "a status field was added: cover it here and in deploy/admission/policies.yaml");
+    let policies = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/admission/policies.yaml"))
+        .expect("policies readable");
+    for field in &covered {
+        assert!(
+            policies.contains(&format!("object.?status.?{field} == oldObject.?status.?{field}")),
+            "the status policy does not protect status.{field}"
+        );
+    }
+
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-fields", User::Alice).await;
+    for (field, value) in OPERATOR_FIELDS {
+        let patch = format!(r#"{{"status":{{"{field}":{value}}}}}"#);
+        let out = kube.kubectl(
+            User::Carol,
+            &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=merge", "-p", &patch],
+        );
+        refused(&out, "only the aws-jit operator may change status fields other than approvals");
+    }
+    // Sneaking a field change in beside a legitimate vote is refused as a whole.
+    let sneaky = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}},
+                     {"op":"replace","path":"/status/phase","value":"Active"}]"#;
+    refused(
+        &kube.kubectl(User::Carol, &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", sneaky]),
+        "only the aws-jit operator may change status fields other than approvals",
+    );
+    assert!(approvals(kube, &ns, &name).is_empty());
+}
+
+#[tokio::test]
+async fn operator_status_apply_keeps_concurrent_approvals() {
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-ssa", User::Alice).await;
+    succeeded(&vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Approve"}"#));
+    // The operator applies its view again, still listing approvals as [] (it never owns
+    // an approver's entry), and moves the phase on.
+    operator_applies_status(kube, &ns, &name, "Approved");
+    succeeded(&vote(kube, User::Dave, &ns, &name, r#"{"approver":"dave","decision":"Approve"}"#));
+    operator_applies_status(kube, &ns, &name, "Active");
+    let got: Vec<String> = approvals(kube, &ns, &name)
+        .iter()
+        .map(|a| a["approver"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(got, ["carol", "dave"]);
+    let phase = succeeded(&kube.kubectl(User::Alice, &["get", "ar", &name, "-n", &ns, "-o", "jsonpath={.status.phase}"]));
+    assert_eq!(phase, "Active");
+}
+
+#[tokio::test]
+async fn only_the_operator_removes_the_revoke_finalizer() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("adm-finalizer").await;
+    succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: erin-edits\n  namespace: {ns}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'test:request-editor'}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: erin}}]\n"
+        ),
+    ));
+    succeeded(&create_request(kube, User::Alice, &ns, "held", "alice"));
+    let add = r#"{"metadata":{"finalizers":["aws-jit.io/revoke"]}}"#;
+    succeeded(&kube.kubectl(User::Operator, &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", add]));
+    let drop = r#"{"metadata":{"finalizers":null}}"#;
+    refused(
+        &kube.kubectl(User::Erin, &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", drop]),
+        "only the aws-jit operator may remove the aws-jit.io/revoke finalizer",
+    );
+    // Other metadata edits stay possible for someone with update rights.
+    succeeded(&kube.kubectl(User::Erin, &["label", "ar", "held", "-n", &ns, "team=payments"]));
+    succeeded(&kube.kubectl(User::Operator, &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", drop]));
+}

@@ -1,1 +1,205 @@
-//! crds tests
+//! The CRDs on a real apiserver: they install, and every CEL rule refuses a malformed
+//! object with a message a person understands.
+use crate::support::kube::User;
+use crate::support::{refused, stack, succeeded, unique};
+
+const SAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/samples");
+
+fn role_yaml(name: &str, spec_overrides: &str) -> String {
+    let base = format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {name}\nspec:\n"
+    );
+    let defaults = [
+        ("roleArn", "arn:aws:iam::123456789012:role/admin"),
+        ("approvers", "[{user: carol}]"),
+        ("requesters", "[{group: developers}]"),
+        ("principal", "{template: 'arn:aws:iam::123456789012:user/{username}'}"),
+    ];
+    let mut spec = String::new();
+    for (k, v) in defaults {
+        if !spec_overrides.contains(&format!("{k}:")) {
+            spec.push_str(&format!("  {k}: {v}\n"));
+        }
+    }
+    for line in spec_overrides.lines() {
+        spec.push_str(&format!("  {line}\n"));
+    }
+    base + &spec
+}
+
+fn request_yaml(ns: &str, name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\nspec:\n{}",
+        spec.lines().map(|l| format!("  {l}\n")).collect::<String>()
+    )
+}
+
+#[tokio::test]
+async fn crds_are_established_with_printer_columns() {
+    let kube = &stack().kube;
+    for crd in ["accessrequests.aws-jit.io", "accessroles.aws-jit.io"] {
+        let established = succeeded(&kube.kubectl(
+            User::Admin,
+            &["get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}"],
+        ));
+        assert_eq!(established, "True", "{crd} is not Established");
+    }
+    // Short names and printer columns are served.
+    let ns = kube.create_namespace("crd-columns").await;
+    succeeded(&kube.kubectl_stdin(
+        User::Alice,
+        &["apply", "-f", "-"],
+        &request_yaml(&ns, "cols", "role: prod-admin\nrequester: alice\nreason: columns"),
+    ));
+    let table = succeeded(&kube.kubectl(User::Alice, &["get", "ar", "-n", &ns]));
+    for column in ["ROLE", "REQUESTER", "PHASE", "EXPIRES", "AGE"] {
+        assert!(table.contains(column), "column {column} missing from:\n{table}");
+    }
+    assert!(table.contains("prod-admin") && table.contains("alice"), "{table}");
+}
+
+#[tokio::test]
+async fn samples_are_accepted() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("crd-samples").await;
+    // The sample role is cluster-scoped and shared: a role admin (admin) applies it.
+    succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &format!("{SAMPLES}/accessrole.yaml")]));
+    succeeded(&kube.kubectl(
+        User::Alice,
+        &["apply", "-n", &ns, "-f", &format!("{SAMPLES}/accessrequest.yaml")],
+    ));
+    let role = succeeded(&kube.kubectl(
+        User::Alice,
+        &["get", "accessrole", "prod-admin", "-o", "jsonpath={.spec.method} {.spec.approvalsRequired}"],
+    ));
+    assert_eq!(role, "TrustPolicy 1");
+}
+
+#[tokio::test]
+async fn malformed_access_requests_are_refused_with_their_message() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("crd-bad-request").await;
+    let cases = [
+        ("duration: forever", "duration must be a positive Go duration"),
+        ("duration: 1h30", "duration must be a positive Go duration"),
+        ("duration: \"-5m\"", "duration must be a positive Go duration"),
+        ("duration: 0s", "duration must be a positive Go duration"),
+        ("duration: 1d", "duration must be a positive Go duration"),
+    ];
+    for (i, (line, message)) in cases.iter().enumerate() {
+        let yaml = request_yaml(
+            &ns,
+            &format!("bad-{i}"),
+            &format!("role: prod-admin\nrequester: alice\nreason: r\n{line}"),
+        );
+        refused(&kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml), message);
+    }
+    let yaml = request_yaml(&ns, "bad-role", "role: Prod_Admin\nrequester: alice");
+    refused(
+        &kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+        "role must be the name of an AccessRole",
+    );
+    let yaml = request_yaml(&ns, "no-requester", "role: prod-admin");
+    refused(
+        &kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+        "spec.requester: Required value",
+    );
+    // Good durations pass: Go syntax, including compound and fractional forms.
+    for (i, d) in ["30m", "1h30m", "1.5h", "90s"].iter().enumerate() {
+        let yaml = request_yaml(
+            &ns,
+            &format!("good-{i}"),
+            &format!("role: prod-admin\nrequester: alice\nduration: {d}"),
+        );
+        succeeded(&kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml));
+    }
+}
+
+#[tokio::test]
+async fn spec_is_immutable_even_for_an_admin() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("crd-immutable").await;
+    succeeded(&kube.kubectl_stdin(
+        User::Alice,
+        &["create", "-f", "-"],
+        &request_yaml(&ns, "fixed", "role: prod-admin\nrequester: alice\nduration: 30m"),
+    ));
+    refused(
+        &kube.kubectl(
+            User::Admin,
+            &["patch", "ar", "fixed", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"duration":"4h"}}"#],
+        ),
+        "spec is immutable",
+    );
+    // The requester has no update right at all.
+    refused(
+        &kube.kubectl(
+            User::Alice,
+            &["patch", "ar", "fixed", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"duration":"4h"}}"#],
+        ),
+        "Forbidden",
+    );
+    let duration = succeeded(&kube.kubectl(
+        User::Alice,
+        &["get", "ar", "fixed", "-n", &ns, "-o", "jsonpath={.spec.duration}"],
+    ));
+    assert_eq!(duration, "30m");
+}
+
+#[tokio::test]
+async fn malformed_access_roles_are_refused_with_their_message() {
+    let kube = &stack().kube;
+    let cases = [
+        ("roleArn: arn:aws:iam::123:role/admin", "roleArn must be an IAM role ARN"),
+        ("roleArn: arn:aws:iam::123456789012:user/admin", "roleArn must be an IAM role ARN"),
+        ("roleArn: not-an-arn", "roleArn must be an IAM role ARN"),
+        ("approvalsRequired: 0", "approvalsRequired must be at least 1"),
+        ("maxDuration: forever", "maxDuration must be a positive Go duration"),
+        ("defaultDuration: 0s", "defaultDuration must be a positive Go duration"),
+        ("approvalTimeout: soon", "approvalTimeout must be a positive Go duration"),
+        ("defaultDuration: 8h\nmaxDuration: 4h", "defaultDuration must not exceed maxDuration"),
+        ("approvers: [{user: carol, group: sre}]", "set exactly one of user or group"),
+        ("approvers: [{}]", "set exactly one of user or group"),
+        ("approvers: [{user: carol, slackUserId: carol}]", "slackUserId must be a Slack user ID"),
+        ("approvers: []", "spec.approvers"),
+        ("principal: {}", "set principal.template or at least one principal.users entry"),
+        (
+            "principal: {template: 'arn:aws:iam::123456789012:user/admin'}",
+            "principal.template must be an IAM principal ARN containing {username}",
+        ),
+        (
+            "principal: {users: {alice: 'alice@example.com'}}",
+            "each principal.users value must be an IAM principal ARN",
+        ),
+        ("method: Magic", "spec.method"),
+    ];
+    for (line, message) in cases {
+        let yaml = role_yaml(&unique("bad-role"), line);
+        refused(&kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &yaml), message);
+    }
+    // Defaults: method, durations and approvalsRequired are filled by the apiserver.
+    let name = unique("defaults");
+    succeeded(&kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &role_yaml(&name, "")));
+    let got = succeeded(&kube.kubectl(
+        User::Admin,
+        &[
+            "get", "accessrole", &name, "-o",
+            "jsonpath={.spec.method} {.spec.defaultDuration} {.spec.maxDuration} {.spec.approvalTimeout} {.spec.approvalsRequired}",
+        ],
+    ));
+    assert_eq!(got, "TrustPolicy 1h 4h 1h 1");
+    // A role with a path and a non-default partition is a role ARN too.
+    let yaml = role_yaml(
+        &unique("path-role"),
+        "roleArn: arn:aws-us-gov:iam::123456789012:role/platform/break-glass",
+    );
+    succeeded(&kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &yaml));
+}
+
+#[tokio::test]
+async fn requesters_cannot_define_roles() {
+    let kube = &stack().kube;
+    let yaml = role_yaml(&unique("sneaky"), "");
+    refused(&kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml), "Forbidden");
+    refused(&kube.kubectl_stdin(User::Carol, &["create", "-f", "-"], &yaml), "Forbidden");
+}

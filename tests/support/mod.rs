@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod kube;
 pub mod procs;
+pub mod project;
 pub mod wait;
 
 use std::sync::OnceLock;
@@ -32,8 +33,34 @@ pub fn stack() -> &'static Stack {
                 a.join().expect("moto thread panicked"),
             )
         });
+        project::install(&kube);
         Stack { kube, aws }
     })
+}
+
+/// The stdout of a command that must succeed; panics with its stderr otherwise.
+#[track_caller]
+pub fn succeeded(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Asserts that a command failed and said `needle` (in stdout or stderr).
+#[track_caller]
+pub fn refused(out: &std::process::Output, needle: &str) {
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "expected a refusal saying {needle:?}, but it succeeded: {text}");
+    assert!(text.contains(needle), "refused, but without {needle:?}: {text}");
 }
 
 /// The same crypto provider the binary installs (see `aws_jit::install_crypto_provider`).

@@ -1,0 +1,16 @@
+# The two commands of the README. Each does its own set-up (Go-built Kubernetes
+# binaries and moto's virtualenv, cached under ~/.cache/aws-jit; cargo build).
+.PHONY: test demo crds tools
+
+test:
+	bash hack/test.sh
+
+demo:
+	bash hack/demo.sh
+
+# Regenerate the checked-in CRDs from the Rust types.
+crds:
+	cargo run --quiet -- crdgen > crds/aws-jit.yaml
+
+tools:
+	bash hack/ensure-tools.sh >/dev/null
