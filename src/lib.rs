@@ -3,6 +3,7 @@
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
 
 pub mod crd;
+pub mod trust_policy;
 
 /// kube, the AWS SDK and slack-morphism pull in two rustls crypto providers (ring and
 /// aws-lc-rs); with both present none is chosen and the first TLS call panics. Call
