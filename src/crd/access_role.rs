@@ -126,6 +126,7 @@ pub struct Subject {
     /// Slack user ID (e.g. `U012AB3CD`) of this approver, for approving from Slack.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[UW][A-Z0-9]{2,20}$')").message("slackUserId must be a Slack user ID such as U012AB3CD"))]
+    #[schemars(length(max = 24))]
     pub slack_user_id: Option<String>,
 }
 
@@ -137,6 +138,7 @@ pub struct Subject {
 pub struct PrincipalMapping {
     /// Username → principal ARN.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 128, "additionalProperties" = {"type": "string", "maxLength": 512}))]
     #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:.+$'))").message("each principal.users value must be an IAM principal ARN"))]
     pub users: BTreeMap<String, String>,
     /// e.g. `arn:aws:iam::123456789012:user/{username}`.
