@@ -47,7 +47,10 @@ pub fn remove_at_exit(dir: PathBuf) {
 }
 
 fn start(cmd: &mut Command, log: &PathBuf) -> std::io::Result<u32> {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     let err = out.try_clone()?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     // SAFETY: only async-signal-safe calls between fork and exec.

@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# Builds (once) the pinned binaries the tests run, and moto's server in a virtualenv.
+#
+#   eval "$(hack/ensure-tools.sh)"
+#
+# Binaries: kube-apiserver, kubectl (hack/tools/k8s), etcd (hack/tools/etcd) and helm
+# (hack/tools/helm), built with Go from those modules into
+#   ${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}/bin/<hash of go.mod/go.sum, flags, go version>/
+# moto: a virtualenv at ${AWS_JIT_CACHE}/venv/<hash of hack/requirements-moto.txt>/.
+# Both are skipped when already there, so a second run builds nothing. The binaries are
+# built in a temporary directory renamed into place when complete; the venv (which
+# cannot move) is marked complete last. Either way an interrupted build is never
+# mistaken for a finished one. Logs go to stderr; stdout carries only the `export`
+# lines to eval.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}
+tools=$root/hack/tools
+requirements=$root/hack/requirements-moto.txt
+
+log() { printf 'ensure-tools: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# name, module dir (under hack/tools), package to build
+binaries=(
+	"kube-apiserver k8s k8s.io/kubernetes/cmd/kube-apiserver"
+	"kubectl k8s k8s.io/kubernetes/cmd/kubectl"
+	"etcd etcd go.etcd.io/etcd/server/v3"
+	"helm helm helm.sh/helm/v4/cmd/helm"
+)
+
+# The version a module requires, e.g. `modversion k8s k8s.io/kubernetes` -> v1.37.2.
+modversion() {
+	awk -v m="$2" '$1 == m && $2 ~ /^v/ { print $2; exit } $1 == "require" && $2 == m { print $3; exit }' \
+		"$tools/$1/go.mod"
+}
+
+# The ldflags that stamp a binary with its release version (the default strings
+# are v0.0.0-master / v4.x, which version checks, e.g. a chart's kubeVersion, reject).
+ldflags_for() {
+	local flags='-s -w'
+	case $1 in
+	kube-apiserver | kubectl)
+		local v major minor pkg
+		v=$(modversion k8s k8s.io/kubernetes)
+		[[ $v =~ ^v([0-9]+)\.([0-9]+)\. ]] || die "cannot read k8s.io/kubernetes' version from $tools/k8s/go.mod"
+		major=${BASH_REMATCH[1]} minor=${BASH_REMATCH[2]}
+		for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+			flags+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=$major -X $pkg.gitMinor=$minor"
+			flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+		done
+		;;
+	helm)
+		flags+=" -X helm.sh/helm/v4/internal/version.version=$(modversion helm helm.sh/helm/v4)"
+		flags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+		;;
+	esac
+	printf '%s' "$flags"
+}
+
+bin_key() {
+	# Everything that decides the binaries: the modules, what is built with which flags,
+	# and the toolchain.
+	local entry name
+	{
+		(cd "$tools" && sha256sum ./*/go.mod ./*/go.sum)
+		for entry in "${binaries[@]}"; do
+			read -r name _ <<<"$entry"
+			printf '%s %s\n' "$entry" "$(ldflags_for "$name")"
+		done
+		GOTOOLCHAIN=local go env GOVERSION GOOS GOARCH
+	} | sha256sum | cut -c1-16
+}
+
+bin_complete() {
+	local dir=$1 entry
+	[[ -f $dir/.complete ]] || return 1
+	for entry in "${binaries[@]}"; do
+		read -r name _ <<<"$entry"
+		[[ -x $dir/$name ]] || return 1
+	done
+}
+
+build_binaries() {
+	local dest=$1 entry name mod pkg start
+	# Leftovers of a killed build (we hold the lock: no other build is running).
+	rm -rf "$cache"/bin/.tmp.*
+	build_tmp=$(mktemp -d "$cache/bin/.tmp.XXXXXX")
+	chmod 755 "$build_tmp" # mktemp makes it 0700
+	# Removed on any exit, a signal included; after the rename there is nothing to remove.
+	trap 'rm -rf "$build_tmp"' EXIT
+	trap 'exit 130' INT TERM HUP
+	for entry in "${binaries[@]}"; do
+		read -r name mod pkg <<<"$entry"
+		log "building $name ($pkg)"
+		start=$SECONDS
+		# -mod=readonly: go.mod/go.sum are complete and checked in; never rewrite them here.
+		GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS='-mod=readonly -buildvcs=false' \
+			go -C "$tools/$mod" build -trimpath -ldflags="$(ldflags_for "$name")" -o "$build_tmp/$name" "$pkg" >&2
+		log "built $name in $((SECONDS - start))s"
+	done
+	touch "$build_tmp/.complete"
+	mv -T "$build_tmp" "$dest"
+	trap - EXIT INT TERM HUP
+}
+
+ensure_binaries() {
+	local key dest
+	command -v go >/dev/null || die "go is not installed (needed to build the test binaries)"
+	key=$(bin_key)
+	dest=$cache/bin/$key
+	if bin_complete "$dest"; then
+		log "binaries up to date in $dest"
+	else
+		mkdir -p "$cache/bin"
+		# One builder at a time; whoever waited finds the work done.
+		exec 8>"$cache/bin/.lock"
+		flock 8
+		if bin_complete "$dest"; then
+			log "binaries up to date in $dest"
+		else
+			rm -rf "$dest" # an incomplete leftover (no .complete marker)
+			log "building binaries into $dest (the first build takes several minutes)"
+			build_binaries "$dest"
+		fi
+		exec 8>&-
+	fi
+	bin_dir=$dest
+}
+
+ensure_moto() {
+	local key dest
+	[[ -f $requirements ]] || die "missing $requirements"
+	key=$(sha256sum <"$requirements" | cut -c1-16)
+	dest=$cache/venv/$key
+	if [[ -x $dest/bin/moto_server && -f $dest/.complete ]]; then
+		log "moto venv up to date in $dest"
+	else
+		mkdir -p "$cache/venv"
+		exec 9>"$cache/venv/.lock"
+		flock 9
+		if [[ -x $dest/bin/moto_server && -f $dest/.complete ]]; then
+			log "moto venv up to date in $dest"
+		else
+			command -v python3 >/dev/null || die "python3 is not installed (needed for moto)"
+			rm -rf "$dest"
+			log "creating moto venv in $dest"
+			# A venv hardcodes its own path in its scripts, so it is built at its final path
+			# and marked complete last; an interrupted build lacks .complete and is redone.
+			python3 -m venv "$dest" >&2
+			"$dest/bin/pip" install --quiet -r "$requirements" >&2
+			touch "$dest/.complete"
+		fi
+		exec 9>&-
+	fi
+	moto_server=$dest/bin/moto_server
+}
+
+ensure_binaries
+ensure_moto
+
+printf 'export AWS_JIT_BIN_DIR=%q\n' "$bin_dir"
+printf 'export AWS_JIT_MOTO_SERVER=%q\n' "$moto_server"
+printf 'export PATH=%q:"$PATH"\n' "$bin_dir"
