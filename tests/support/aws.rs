@@ -1,7 +1,372 @@
-//! moto's server (owned by the AWS work; placeholder).
-pub struct Moto {}
+//! moto's server: SQS, IAM, STS, CloudFormation and a Step Functions that runs the real
+//! ASL (`{"stepfunctions": {"execute_state_machine": true}}`). One per test process;
+//! every test deploys `deploy/aws/aws-jit.yaml` as a CloudFormation stack of its own
+//! (see [`Moto::deploy`]), so tests never share queues.
+//!
+//! The server comes from `AWS_JIT_MOTO_SERVER` (set by `hack/ensure-tools.sh`).
+//!
+//! moto gap worked around here (also in deploy/aws/README.md): moto's CloudFormation
+//! creates `AWS::StepFunctions::StateMachine` in its plain Step Functions backend, but
+//! with `execute_state_machine` on, the Step Functions API is served by a second backend
+//! that runs the ASL and does not see the stack's state machine. [`Moto::deploy`]
+//! therefore resolves the template's `DefinitionString` (`Fn::Sub`) from the stack's
+//! outputs and parameters, exactly as CloudFormation does, and creates the state machine
+//! in the executing backend under the same name and role, so it has the stack's ARN.
+//! Everything else (queues, roles, policies) is the stack's own.
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_cloudformation::types::{Capability, Parameter, StackStatus};
+
+use super::{procs, unique, wait};
+
+/// moto's account and region (moto's defaults; the template reads them from `AWS::*`).
+pub const ACCOUNT_ID: &str = "123456789012";
+pub const REGION: &str = "us-east-1";
+
+/// The shipped template, read at run time so a test always deploys the current one.
+pub const TEMPLATE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/aws/aws-jit.yaml");
+
+/// From spawning moto to a server that answers. Generous: importing moto takes a few
+/// seconds, more on a machine busy compiling.
+const START_TIMEOUT: Duration = Duration::from_secs(90);
+/// moto creates a stack synchronously; the deadline only guards against a hang.
+const DEPLOY_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Moto {
+    /// `http://127.0.0.1:PORT`
+    pub endpoint: String,
+    /// moto's log (stdout + stderr), removed at exit.
+    pub log: PathBuf,
+}
+
+/// The outputs of one deployed `deploy/aws/aws-jit.yaml` stack.
+#[derive(Clone, Debug)]
+pub struct AwsOutputs {
+    pub stack_name: String,
+    /// The template's `NamePrefix` parameter (= the stack name here).
+    pub name_prefix: String,
+    pub state_machine_arn: String,
+    pub state_machine_role_arn: String,
+    pub request_queue_url: String,
+    pub work_queue_url: String,
+    pub alert_queue_url: String,
+    pub request_dlq_url: String,
+    pub work_dlq_url: String,
+    pub alert_dlq_url: String,
+    pub operator_policy_arn: String,
+}
+
 impl Moto {
-    pub fn start() -> Self {
-        todo!()
+    /// Starts moto's server on a free loopback port, waits until it answers and turns
+    /// on execution of state machines. Synchronous: called once per process from
+    /// `support::stack()`, on a thread of its own.
+    pub fn start() -> Moto {
+        let server = std::env::var_os("AWS_JIT_MOTO_SERVER").unwrap_or_else(|| {
+            panic!(
+                "AWS_JIT_MOTO_SERVER is not set: run `eval \"$(hack/ensure-tools.sh)\"` first (make test does)"
+            )
+        });
+        let dir = tempfile::Builder::new()
+            .prefix("aws-jit-moto-")
+            .tempdir()
+            .expect("create moto's temp dir")
+            .keep();
+        procs::remove_at_exit(dir.clone());
+        let log = dir.join("moto.log");
+
+        let port = free_port();
+        let mut cmd = Command::new(&server);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            // The state machine's own SQS calls go to http://localhost:$MOTO_PORT.
+            .env("MOTO_PORT", port.to_string())
+            .current_dir(&dir);
+        let pid = procs::spawn_service(cmd, log.clone())
+            .unwrap_or_else(|e| panic!("start {}: {e}", server.to_string_lossy()));
+
+        let endpoint = format!("http://127.0.0.1:{port}");
+        // A throwaway runtime, on a thread of its own so that start() also works when
+        // called from inside a test's runtime.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime for moto's start")
+                    .block_on(configure(&endpoint, pid, &log))
+            })
+            .join()
+        })
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Moto { endpoint, log }
+    }
+
+    /// An SDK config for this moto: its endpoint, us-east-1, static test credentials.
+    pub async fn sdk_config(&self) -> aws_config::SdkConfig {
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(&self.endpoint)
+            .region(aws_config::Region::new(REGION))
+            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+                "testing", "testing", None, None, "moto",
+            ))
+            .load()
+            .await
+    }
+
+    /// Deploys the shipped template as a new stack (name from `stack_prefix`, unique)
+    /// with `ManagedRoleArns` = every role of moto's account, waits for CREATE_COMPLETE
+    /// and returns its outputs.
+    pub async fn deploy(&self, stack_prefix: &str) -> AwsOutputs {
+        let all_roles = format!("arn:aws:iam::{ACCOUNT_ID}:role/*");
+        self.deploy_with(stack_prefix, &[all_roles]).await
+    }
+
+    /// [`Moto::deploy`] with an explicit `ManagedRoleArns`.
+    pub async fn deploy_with(
+        &self,
+        stack_prefix: &str,
+        managed_role_arns: &[String],
+    ) -> AwsOutputs {
+        let sdk = self.sdk_config().await;
+        let cfn = aws_sdk_cloudformation::Client::new(&sdk);
+        let stack_name = unique(stack_prefix);
+        let template = std::fs::read_to_string(TEMPLATE_PATH)
+            .unwrap_or_else(|e| panic!("read {TEMPLATE_PATH}: {e}"));
+        let params: HashMap<String, String> = HashMap::from([
+            ("NamePrefix".to_string(), stack_name.clone()),
+            ("ManagedRoleArns".to_string(), managed_role_arns.join(",")),
+        ]);
+
+        let mut create = cfn
+            .create_stack()
+            .stack_name(&stack_name)
+            .template_body(&template)
+            .capabilities(Capability::CapabilityNamedIam);
+        for (k, v) in &params {
+            create = create.parameters(
+                Parameter::builder()
+                    .parameter_key(k)
+                    .parameter_value(v)
+                    .build(),
+            );
+        }
+        create
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create stack {stack_name}: {e:?}"));
+
+        let (cfn, name) = (&cfn, stack_name.as_str());
+        let outputs = wait::eventually(
+            &format!("stack {stack_name} to be CREATE_COMPLETE"),
+            DEPLOY_TIMEOUT,
+            || async move {
+                let stacks = cfn
+                    .describe_stacks()
+                    .stack_name(name)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                let stack = stacks.stacks().first().ok_or("no stack")?;
+                match stack.stack_status() {
+                    Some(StackStatus::CreateComplete) => Ok(stack
+                        .outputs()
+                        .iter()
+                        .filter_map(|o| {
+                            Some((o.output_key()?.to_string(), o.output_value()?.to_string()))
+                        })
+                        .collect::<HashMap<_, _>>()),
+                    Some(StackStatus::CreateInProgress) | None => {
+                        Err(format!("{:?}", stack.stack_status()))
+                    }
+                    Some(other) => panic!(
+                        "stack {name} ended {other:?}: {:?}; events: {:#?}",
+                        stack.stack_status_reason(),
+                        cfn.describe_stack_events().stack_name(name).send().await
+                    ),
+                }
+            },
+        )
+        .await;
+        let out = |key: &str| {
+            outputs
+                .get(key)
+                .unwrap_or_else(|| panic!("stack {stack_name} has no output {key}: {outputs:?}"))
+                .clone()
+        };
+        let deployed = AwsOutputs {
+            stack_name: stack_name.clone(),
+            name_prefix: stack_name.clone(),
+            state_machine_arn: out("StateMachineArn"),
+            state_machine_role_arn: out("StateMachineRoleArn"),
+            request_queue_url: out("RequestQueueUrl"),
+            work_queue_url: out("WorkQueueUrl"),
+            alert_queue_url: out("AlertQueueUrl"),
+            request_dlq_url: out("RequestDeadLetterQueueUrl"),
+            work_dlq_url: out("WorkDeadLetterQueueUrl"),
+            alert_dlq_url: out("AlertDeadLetterQueueUrl"),
+            operator_policy_arn: out("OperatorPolicyArn"),
+        };
+        register_with_executor(&sdk, &template, &params, &deployed).await;
+        deployed
+    }
+}
+
+/// The moto gap described at the top of this file: create the stack's state machine, its
+/// definition resolved the way CloudFormation resolves it, in the backend that runs it.
+async fn register_with_executor(
+    sdk: &aws_config::SdkConfig,
+    template: &str,
+    params: &HashMap<String, String>,
+    out: &AwsOutputs,
+) {
+    let doc: serde_yaml::Value = serde_yaml::from_str(template).expect("template is YAML");
+    let sub = &doc["Resources"]["StateMachine"]["Properties"]["DefinitionString"];
+    let serde_yaml::Value::Tagged(sub) = sub else {
+        panic!("StateMachine.DefinitionString is expected to be !Sub: {sub:?}");
+    };
+    assert_eq!(sub.tag, "!Sub", "StateMachine.DefinitionString");
+    let body = sub.value.as_str().expect("!Sub of a plain string");
+
+    // What CloudFormation substitutes: pseudo parameters, parameters (given or default),
+    // and the Ref of the resources the definition names.
+    let mut vars: HashMap<String, String> = HashMap::from([
+        ("AWS::Partition".into(), "aws".into()),
+        ("AWS::Region".into(), REGION.into()),
+        ("AWS::AccountId".into(), ACCOUNT_ID.into()),
+        ("AWS::StackName".into(), out.stack_name.clone()),
+        ("RequestQueue".into(), out.request_queue_url.clone()),
+        ("WorkQueue".into(), out.work_queue_url.clone()),
+        ("AlertQueue".into(), out.alert_queue_url.clone()),
+    ]);
+    if let Some(declared) = doc["Parameters"].as_mapping() {
+        for (name, decl) in declared {
+            let name = name.as_str().expect("parameter name").to_string();
+            let value = params
+                .get(&name)
+                .cloned()
+                .or_else(|| match &decl["Default"] {
+                    serde_yaml::Value::String(s) => Some(s.clone()),
+                    serde_yaml::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                });
+            if let Some(value) = value {
+                vars.insert(name, value);
+            }
+        }
+    }
+    let definition = substitute(body, &vars);
+    serde_json::from_str::<serde_json::Value>(&definition)
+        .unwrap_or_else(|e| panic!("the resolved definition is not JSON ({e}):\n{definition}"));
+
+    let name = out
+        .state_machine_arn
+        .rsplit(':')
+        .next()
+        .expect("state machine ARN has a name");
+    let sfn = aws_sdk_sfn::Client::new(sdk);
+    let created = sfn
+        .create_state_machine()
+        .name(name)
+        .definition(&definition)
+        .role_arn(&out.state_machine_role_arn)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("moto refused the state machine definition: {e:?}"));
+    assert_eq!(
+        created.state_machine_arn(),
+        out.state_machine_arn,
+        "the executable state machine must have the stack's ARN"
+    );
+}
+
+/// `Fn::Sub` without a variable map: `${Name}` -> `vars[Name]`, `${!Literal}` ->
+/// `${Literal}`. An unknown name panics: teach [`register_with_executor`] about it.
+fn substitute(body: &str, vars: &HashMap<String, String>) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .expect("unterminated ${ in DefinitionString");
+        let name = &after[..end];
+        if let Some(literal) = name.strip_prefix('!') {
+            out.push_str("${");
+            out.push_str(literal);
+            out.push('}');
+        } else {
+            let value = vars.get(name).unwrap_or_else(|| {
+                panic!("DefinitionString uses ${{{name}}}; tests/support/aws.rs does not know its value")
+            });
+            out.push_str(value);
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .expect("find a free loopback port")
+        .port()
+}
+
+/// Waits for moto to answer, then turns on state machine execution. Panics with the
+/// log's tail if moto exits or does not answer in time.
+async fn configure(endpoint: &str, pid: u32, log: &PathBuf) {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("http client");
+    let url = format!("{endpoint}/moto-api/config");
+    let body = serde_json::json!({"stepfunctions": {"execute_state_machine": true}});
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let last = match http.post(&url).json(&body).send().await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => format!("HTTP {}", r.status()),
+            Err(e) => e.to_string(),
+        };
+        if exited(pid) || Instant::now() >= deadline {
+            let log_text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String = log_text
+                .lines()
+                .rev()
+                .take(30)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!(
+                "moto at {endpoint} {} (last: {last}); {}:\n{tail}",
+                if exited(pid) {
+                    "exited"
+                } else {
+                    "did not answer in time"
+                },
+                log.display()
+            );
+        }
+        // Paces the polling; the condition is moto answering.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Whether our child `pid` has exited (a zombie until `procs` reaps it at exit).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // state is the field after the parenthesised command name
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| state == "Z" || state == "X"),
+        Err(_) => true,
     }
 }

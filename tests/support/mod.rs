@@ -18,24 +18,39 @@ pub struct Stack {
     pub aws: aws::Moto,
 }
 
-static STACK: OnceLock<Stack> = OnceLock::new();
+static STACK: OnceLock<Result<Stack, String>> = OnceLock::new();
 
 /// The stack of this process, started on first call. Panics with a clear message when a
-/// part cannot start: the tests that need the stack fail loudly, they never skip.
+/// part cannot start: the tests that need the stack fail loudly, they never skip. A
+/// failed start is remembered, so every later test fails at once with the same reason
+/// instead of starting another stack.
 pub fn stack() -> &'static Stack {
-    STACK.get_or_init(|| {
+    let started = STACK.get_or_init(|| {
         install_crypto_provider();
-        let (kube, aws) = std::thread::scope(|s| {
-            let k = s.spawn(kube::KubeStack::start);
-            let a = s.spawn(aws::Moto::start);
-            (
-                k.join().expect("kube stack thread panicked"),
-                a.join().expect("moto thread panicked"),
-            )
-        });
-        project::install(&kube);
-        Stack { kube, aws }
-    })
+        std::panic::catch_unwind(|| {
+            let (kube, aws) = std::thread::scope(|s| {
+                let k = s.spawn(kube::KubeStack::start);
+                let a = s.spawn(aws::Moto::start);
+                (
+                    k.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                    a.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+                )
+            });
+            project::install(&kube);
+            Stack { kube, aws }
+        })
+        .map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into())
+        })
+    });
+    match started {
+        Ok(stack) => stack,
+        Err(reason) => panic!("the local stack did not start: {reason}"),
+    }
 }
 
 /// The stdout of a command that must succeed; panics with its stderr otherwise.
