@@ -37,15 +37,33 @@ async fn main() {
     let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/samples");
     show(
         "a role admin defines the AccessRole",
-        kube.kubectl(User::Admin, &["apply", "-f", &format!("{samples}/accessrole.yaml")]),
+        kube.kubectl(
+            User::Admin,
+            &["apply", "-f", &format!("{samples}/accessrole.yaml")],
+        ),
     );
     let ns = kube.create_namespace("team-billing").await;
     show(
         "alice asks for it (kubectl apply as alice)",
-        kube.kubectl(User::Alice, &["apply", "-n", &ns, "-f", &format!("{samples}/accessrequest.yaml")]),
+        kube.kubectl(
+            User::Alice,
+            &[
+                "apply",
+                "-n",
+                &ns,
+                "-f",
+                &format!("{samples}/accessrequest.yaml"),
+            ],
+        ),
     );
-    show("kubectl get accessroles", kube.kubectl(User::Alice, &["get", "accessroles"]));
-    show("kubectl get ar", kube.kubectl(User::Alice, &["get", "ar", "-n", &ns]));
+    show(
+        "kubectl get accessroles",
+        kube.kubectl(User::Alice, &["get", "accessroles"]),
+    );
+    show(
+        "kubectl get ar",
+        kube.kubectl(User::Alice, &["get", "ar", "-n", &ns]),
+    );
     show(
         "alice cannot ask in bob's name (admission policy)",
         kube.kubectl_stdin(
@@ -69,13 +87,23 @@ async fn main() {
         kube.kubectl(
             User::Carol,
             &[
-                "patch", "ar", "fix-billing-outage", "-n", &ns, "--subresource=status", "--type=merge",
-                "-p", r#"{"status":{"approvals":[{"approver":"dave","decision":"Approve"}]}}"#,
+                "patch",
+                "ar",
+                "fix-billing-outage",
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                r#"{"status":{"approvals":[{"approver":"dave","decision":"Approve"}]}}"#,
             ],
         ),
     );
     println!(
         "\nApproval, grant and expiry arrive with the controller (`aws-jit controller`, next milestone)."
     );
-    println!("demo done in {:.1}s; stopping the stack", started.elapsed().as_secs_f64());
+    println!(
+        "demo done in {:.1}s; stopping the stack",
+        started.elapsed().as_secs_f64()
+    );
 }

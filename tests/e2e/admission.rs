@@ -2,7 +2,13 @@
 use crate::support::kube::{KubeStack, User};
 use crate::support::{refused, stack, succeeded};
 
-fn create_request(kube: &KubeStack, creator: User, ns: &str, name: &str, requester: &str) -> std::process::Output {
+fn create_request(
+    kube: &KubeStack,
+    creator: User,
+    ns: &str,
+    name: &str,
+    requester: &str,
+) -> std::process::Output {
     let yaml = format!(
         "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
          spec:\n  role: prod-admin\n  requester: {requester}\n  reason: admission test\n"
@@ -19,28 +25,61 @@ fn operator_applies_status(kube: &KubeStack, ns: &str, name: &str, phase: &str) 
     );
     succeeded(&kube.kubectl_stdin(
         User::Operator,
-        &["apply", "--server-side", "--field-manager=aws-jit", "--subresource=status", "-f", "-"],
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=aws-jit",
+            "--subresource=status",
+            "-f",
+            "-",
+        ],
         &yaml,
     ));
 }
 
-fn vote(kube: &KubeStack, as_user: User, ns: &str, name: &str, value: &str) -> std::process::Output {
+fn vote(
+    kube: &KubeStack,
+    as_user: User,
+    ns: &str,
+    name: &str,
+    value: &str,
+) -> std::process::Output {
     let patch = format!(r#"[{{"op":"add","path":"/status/approvals/-","value":{value}}}]"#);
     kube.kubectl(
         as_user,
-        &["patch", "accessrequest", name, "-n", ns, "--subresource=status", "--type=json", "-p", &patch],
+        &[
+            "patch",
+            "accessrequest",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            &patch,
+        ],
     )
 }
 
 fn approvals(kube: &KubeStack, ns: &str, name: &str) -> Vec<serde_json::Value> {
-    let out = succeeded(&kube.kubectl(User::Admin, &["get", "accessrequest", name, "-n", ns, "-o", "json"]));
+    let out = succeeded(&kube.kubectl(
+        User::Admin,
+        &["get", "accessrequest", name, "-n", ns, "-o", "json"],
+    ));
     let obj: serde_json::Value = serde_json::from_str(&out).expect("kubectl prints JSON");
-    obj["status"]["approvals"].as_array().cloned().unwrap_or_default()
+    obj["status"]["approvals"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 async fn awaiting(kube: &KubeStack, prefix: &str, requester: User) -> (String, String) {
     let ns = kube.create_namespace(prefix).await;
-    let creator = if matches!(requester, User::Alice | User::Bob) { requester } else { User::GitOps };
+    let creator = if matches!(requester, User::Alice | User::Bob) {
+        requester
+    } else {
+        User::GitOps
+    };
     succeeded(&create_request(kube, creator, &ns, "req", requester.name()));
     operator_applies_status(kube, &ns, "req", "AwaitingApproval");
     (ns, "req".to_string())
@@ -54,18 +93,39 @@ async fn requester_must_be_the_creator_unless_trusted() {
         &create_request(kube, User::Alice, &ns, "for-bob", "bob"),
         "spec.requester must be you (alice)",
     );
-    succeeded(&create_request(kube, User::Alice, &ns, "for-alice", "alice"));
+    succeeded(&create_request(
+        kube,
+        User::Alice,
+        &ns,
+        "for-alice",
+        "alice",
+    ));
     // The GitOps controller's service account holds submit-for-others.
-    succeeded(&create_request(kube, User::GitOps, &ns, "gitops-for-bob", "bob"));
+    succeeded(&create_request(
+        kube,
+        User::GitOps,
+        &ns,
+        "gitops-for-bob",
+        "bob",
+    ));
     // An approver holds no create right at all.
-    refused(&create_request(kube, User::Carol, &ns, "carol", "carol"), "Forbidden");
+    refused(
+        &create_request(kube, User::Carol, &ns, "carol", "carol"),
+        "Forbidden",
+    );
 }
 
 #[tokio::test]
 async fn approver_appends_an_approval_in_their_own_name() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-own", User::Alice).await;
-    succeeded(&vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Approve","comment":"ok"}"#));
+    succeeded(&vote(
+        kube,
+        User::Carol,
+        &ns,
+        &name,
+        r#"{"approver":"carol","decision":"Approve","comment":"ok"}"#,
+    ));
     let got = approvals(kube, &ns, &name);
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0]["approver"], "carol");
@@ -78,7 +138,13 @@ async fn forged_approver_is_refused() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-forged", User::Alice).await;
     refused(
-        &vote(kube, User::Carol, &ns, &name, r#"{"approver":"dave","decision":"Approve"}"#),
+        &vote(
+            kube,
+            User::Carol,
+            &ns,
+            &name,
+            r#"{"approver":"dave","decision":"Approve"}"#,
+        ),
         r#"approver must be "carol""#,
     );
     assert!(approvals(kube, &ns, &name).is_empty());
@@ -91,20 +157,50 @@ async fn self_approval_is_refused() {
     let (ns, name) = awaiting(kube, "adm-self", User::Carol).await;
     for decision in ["Approve", "Deny"] {
         refused(
-            &vote(kube, User::Carol, &ns, &name, &format!(r#"{{"approver":"carol","decision":"{decision}"}}"#)),
+            &vote(
+                kube,
+                User::Carol,
+                &ns,
+                &name,
+                &format!(r#"{{"approver":"carol","decision":"{decision}"}}"#),
+            ),
             "you may not approve or deny your own AccessRequest",
         );
     }
     // Someone else may.
-    succeeded(&vote(kube, User::Dave, &ns, &name, r#"{"approver":"dave","decision":"Approve"}"#));
+    succeeded(&vote(
+        kube,
+        User::Dave,
+        &ns,
+        &name,
+        r#"{"approver":"dave","decision":"Approve"}"#,
+    ));
 }
 
 #[tokio::test]
 async fn requester_cannot_write_status() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-requester", User::Alice).await;
-    refused(&vote(kube, User::Alice, &ns, &name, r#"{"approver":"alice","decision":"Approve"}"#), "Forbidden");
-    refused(&vote(kube, User::Bob, &ns, &name, r#"{"approver":"bob","decision":"Approve"}"#), "Forbidden");
+    refused(
+        &vote(
+            kube,
+            User::Alice,
+            &ns,
+            &name,
+            r#"{"approver":"alice","decision":"Approve"}"#,
+        ),
+        "Forbidden",
+    );
+    refused(
+        &vote(
+            kube,
+            User::Bob,
+            &ns,
+            &name,
+            r#"{"approver":"bob","decision":"Approve"}"#,
+        ),
+        "Forbidden",
+    );
     assert!(approvals(kube, &ns, &name).is_empty());
 }
 
@@ -112,26 +208,77 @@ async fn requester_cannot_write_status() {
 async fn approvals_are_append_only_and_one_per_person() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-append", User::Alice).await;
-    succeeded(&vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Approve"}"#));
+    succeeded(&vote(
+        kube,
+        User::Carol,
+        &ns,
+        &name,
+        r#"{"approver":"carol","decision":"Approve"}"#,
+    ));
     // Another approver may not change or remove carol's vote.
     let change = r#"[{"op":"replace","path":"/status/approvals/0/decision","value":"Deny"}]"#;
     refused(
-        &kube.kubectl(User::Dave, &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", change]),
+        &kube.kubectl(
+            User::Dave,
+            &[
+                "patch",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=json",
+                "-p",
+                change,
+            ],
+        ),
         "status.approvals is append-only",
     );
     let remove = r#"[{"op":"remove","path":"/status/approvals/0"}]"#;
     refused(
-        &kube.kubectl(User::Dave, &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", remove]),
+        &kube.kubectl(
+            User::Dave,
+            &[
+                "patch",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=json",
+                "-p",
+                remove,
+            ],
+        ),
         "status.approvals is append-only",
     );
     // Nor may carol change her own mind after the fact.
     refused(
-        &kube.kubectl(User::Carol, &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", change]),
+        &kube.kubectl(
+            User::Carol,
+            &[
+                "patch",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=json",
+                "-p",
+                change,
+            ],
+        ),
         "status.approvals is append-only",
     );
     // A second vote by the same person is a duplicate key of the list-map.
     refused(
-        &vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Deny"}"#),
+        &vote(
+            kube,
+            User::Carol,
+            &ns,
+            &name,
+            r#"{"approver":"carol","decision":"Deny"}"#,
+        ),
         "Duplicate value",
     );
     let got = approvals(kube, &ns, &name);
@@ -144,10 +291,22 @@ async fn only_the_operator_records_slack_votes() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-slack", User::Alice).await;
     refused(
-        &vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Approve","via":"slack"}"#),
+        &vote(
+            kube,
+            User::Carol,
+            &ns,
+            &name,
+            r#"{"approver":"carol","decision":"Approve","via":"slack"}"#,
+        ),
         "approvals via Slack are recorded only by the aws-jit operator",
     );
-    succeeded(&vote(kube, User::Operator, &ns, &name, r#"{"approver":"dave","decision":"Approve","via":"slack"}"#));
+    succeeded(&vote(
+        kube,
+        User::Operator,
+        &ns,
+        &name,
+        r#"{"approver":"dave","decision":"Approve","via":"slack"}"#,
+    ));
     assert_eq!(approvals(kube, &ns, &name)[0]["via"], "slack");
 }
 
@@ -160,7 +319,10 @@ const OPERATOR_FIELDS: [(&str, &str); 8] = [
         r#"[{"type":"Ready","status":"True","reason":"Granted","message":"","lastTransitionTime":"2026-01-01T00:00:00Z"}]"#,
     ),
     ("observedGeneration", "7"),
-    ("executionArn", r#""arn:aws:states:us-east-1:123456789012:execution:sm:x""#),
+    (
+        "executionArn",
+        r#""arn:aws:states:us-east-1:123456789012:execution:sm:x""#,
+    ),
     ("grantedAt", r#""2026-01-01T00:00:00Z""#),
     ("expiresAt", r#""2030-01-01T00:00:00Z""#),
     ("revokedAt", r#""2026-01-01T00:00:00Z""#),
@@ -184,12 +346,20 @@ async fn approvers_cannot_touch_any_other_status_field() {
     in_crd.sort();
     let mut covered: Vec<String> = OPERATOR_FIELDS.iter().map(|(f, _)| f.to_string()).collect();
     covered.sort();
-    assert_eq!(in_crd, covered, "a status field was added: cover it here and in deploy/admission/policies.yaml");
-    let policies = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/admission/policies.yaml"))
-        .expect("policies readable");
+    assert_eq!(
+        in_crd, covered,
+        "a status field was added: cover it here and in deploy/admission/policies.yaml"
+    );
+    let policies = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/admission/policies.yaml"
+    ))
+    .expect("policies readable");
     for field in &covered {
         assert!(
-            policies.contains(&format!("object.?status.?{field} == oldObject.?status.?{field}")),
+            policies.contains(&format!(
+                "object.?status.?{field} == oldObject.?status.?{field}"
+            )),
             "the status policy does not protect status.{field}"
         );
     }
@@ -200,15 +370,41 @@ async fn approvers_cannot_touch_any_other_status_field() {
         let patch = format!(r#"{{"status":{{"{field}":{value}}}}}"#);
         let out = kube.kubectl(
             User::Carol,
-            &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=merge", "-p", &patch],
+            &[
+                "patch",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch,
+            ],
         );
-        refused(&out, "only the aws-jit operator may change status fields other than approvals");
+        refused(
+            &out,
+            "only the aws-jit operator may change status fields other than approvals",
+        );
     }
     // Sneaking a field change in beside a legitimate vote is refused as a whole.
     let sneaky = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}},
                      {"op":"replace","path":"/status/phase","value":"Active"}]"#;
     refused(
-        &kube.kubectl(User::Carol, &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", sneaky]),
+        &kube.kubectl(
+            User::Carol,
+            &[
+                "patch",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=json",
+                "-p",
+                sneaky,
+            ],
+        ),
         "only the aws-jit operator may change status fields other than approvals",
     );
     assert!(approvals(kube, &ns, &name).is_empty());
@@ -218,18 +414,41 @@ async fn approvers_cannot_touch_any_other_status_field() {
 async fn operator_status_apply_keeps_concurrent_approvals() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-ssa", User::Alice).await;
-    succeeded(&vote(kube, User::Carol, &ns, &name, r#"{"approver":"carol","decision":"Approve"}"#));
+    succeeded(&vote(
+        kube,
+        User::Carol,
+        &ns,
+        &name,
+        r#"{"approver":"carol","decision":"Approve"}"#,
+    ));
     // The operator applies its view again, still listing approvals as [] (it never owns
     // an approver's entry), and moves the phase on.
     operator_applies_status(kube, &ns, &name, "Approved");
-    succeeded(&vote(kube, User::Dave, &ns, &name, r#"{"approver":"dave","decision":"Approve"}"#));
+    succeeded(&vote(
+        kube,
+        User::Dave,
+        &ns,
+        &name,
+        r#"{"approver":"dave","decision":"Approve"}"#,
+    ));
     operator_applies_status(kube, &ns, &name, "Active");
     let got: Vec<String> = approvals(kube, &ns, &name)
         .iter()
         .map(|a| a["approver"].as_str().unwrap_or_default().to_string())
         .collect();
     assert_eq!(got, ["carol", "dave"]);
-    let phase = succeeded(&kube.kubectl(User::Alice, &["get", "ar", &name, "-n", &ns, "-o", "jsonpath={.status.phase}"]));
+    let phase = succeeded(&kube.kubectl(
+        User::Alice,
+        &[
+            "get",
+            "ar",
+            &name,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.status.phase}",
+        ],
+    ));
     assert_eq!(phase, "Active");
 }
 
@@ -248,13 +467,25 @@ async fn only_the_operator_removes_the_revoke_finalizer() {
     ));
     succeeded(&create_request(kube, User::Alice, &ns, "held", "alice"));
     let add = r#"{"metadata":{"finalizers":["aws-jit.io/revoke"]}}"#;
-    succeeded(&kube.kubectl(User::Operator, &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", add]));
+    succeeded(&kube.kubectl(
+        User::Operator,
+        &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", add],
+    ));
     let drop = r#"{"metadata":{"finalizers":null}}"#;
     refused(
-        &kube.kubectl(User::Erin, &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", drop]),
+        &kube.kubectl(
+            User::Erin,
+            &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", drop],
+        ),
         "only the aws-jit operator may remove the aws-jit.io/revoke finalizer",
     );
     // Other metadata edits stay possible for someone with update rights.
-    succeeded(&kube.kubectl(User::Erin, &["label", "ar", "held", "-n", &ns, "team=payments"]));
-    succeeded(&kube.kubectl(User::Operator, &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", drop]));
+    succeeded(&kube.kubectl(
+        User::Erin,
+        &["label", "ar", "held", "-n", &ns, "team=payments"],
+    ));
+    succeeded(&kube.kubectl(
+        User::Operator,
+        &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", drop],
+    ));
 }

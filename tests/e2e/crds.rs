@@ -13,7 +13,10 @@ fn role_yaml(name: &str, spec_overrides: &str) -> String {
         ("roleArn", "arn:aws:iam::123456789012:role/admin"),
         ("approvers", "[{user: carol}]"),
         ("requesters", "[{group: developers}]"),
-        ("principal", "{template: 'arn:aws:iam::123456789012:user/{username}'}"),
+        (
+            "principal",
+            "{template: 'arn:aws:iam::123456789012:user/{username}'}",
+        ),
     ];
     let mut spec = String::new();
     for (k, v) in defaults {
@@ -40,7 +43,13 @@ async fn crds_are_established_with_printer_columns() {
     for crd in ["accessrequests.aws-jit.io", "accessroles.aws-jit.io"] {
         let established = succeeded(&kube.kubectl(
             User::Admin,
-            &["get", "crd", crd, "-o", "jsonpath={.status.conditions[?(@.type=='Established')].status}"],
+            &[
+                "get",
+                "crd",
+                crd,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='Established')].status}",
+            ],
         ));
         assert_eq!(established, "True", "{crd} is not Established");
     }
@@ -49,13 +58,23 @@ async fn crds_are_established_with_printer_columns() {
     succeeded(&kube.kubectl_stdin(
         User::Alice,
         &["apply", "-f", "-"],
-        &request_yaml(&ns, "cols", "role: prod-admin\nrequester: alice\nreason: columns"),
+        &request_yaml(
+            &ns,
+            "cols",
+            "role: prod-admin\nrequester: alice\nreason: columns",
+        ),
     ));
     let table = succeeded(&kube.kubectl(User::Alice, &["get", "ar", "-n", &ns]));
     for column in ["ROLE", "REQUESTER", "PHASE", "EXPIRES", "AGE"] {
-        assert!(table.contains(column), "column {column} missing from:\n{table}");
+        assert!(
+            table.contains(column),
+            "column {column} missing from:\n{table}"
+        );
     }
-    assert!(table.contains("prod-admin") && table.contains("alice"), "{table}");
+    assert!(
+        table.contains("prod-admin") && table.contains("alice"),
+        "{table}"
+    );
 }
 
 #[tokio::test]
@@ -63,14 +82,29 @@ async fn samples_are_accepted() {
     let kube = &stack().kube;
     let ns = kube.create_namespace("crd-samples").await;
     // The sample role is cluster-scoped and shared: a role admin (admin) applies it.
-    succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &format!("{SAMPLES}/accessrole.yaml")]));
+    succeeded(&kube.kubectl(
+        User::Admin,
+        &["apply", "-f", &format!("{SAMPLES}/accessrole.yaml")],
+    ));
     succeeded(&kube.kubectl(
         User::Alice,
-        &["apply", "-n", &ns, "-f", &format!("{SAMPLES}/accessrequest.yaml")],
+        &[
+            "apply",
+            "-n",
+            &ns,
+            "-f",
+            &format!("{SAMPLES}/accessrequest.yaml"),
+        ],
     ));
     let role = succeeded(&kube.kubectl(
         User::Alice,
-        &["get", "accessrole", "prod-admin", "-o", "jsonpath={.spec.method} {.spec.approvalsRequired}"],
+        &[
+            "get",
+            "accessrole",
+            "prod-admin",
+            "-o",
+            "jsonpath={.spec.method} {.spec.approvalsRequired}",
+        ],
     ));
     assert_eq!(role, "TrustPolicy 1");
 }
@@ -80,9 +114,15 @@ async fn malformed_access_requests_are_refused_with_their_message() {
     let kube = &stack().kube;
     let ns = kube.create_namespace("crd-bad-request").await;
     let cases = [
-        ("duration: forever", "duration must be a positive Go duration"),
+        (
+            "duration: forever",
+            "duration must be a positive Go duration",
+        ),
         ("duration: 1h30", "duration must be a positive Go duration"),
-        ("duration: \"-5m\"", "duration must be a positive Go duration"),
+        (
+            "duration: \"-5m\"",
+            "duration must be a positive Go duration",
+        ),
         ("duration: 0s", "duration must be a positive Go duration"),
         ("duration: 1d", "duration must be a positive Go duration"),
     ];
@@ -92,7 +132,10 @@ async fn malformed_access_requests_are_refused_with_their_message() {
             &format!("bad-{i}"),
             &format!("role: prod-admin\nrequester: alice\nreason: r\n{line}"),
         );
-        refused(&kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml), message);
+        refused(
+            &kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+            message,
+        );
     }
     let yaml = request_yaml(&ns, "bad-role", "role: Prod_Admin\nrequester: alice");
     refused(
@@ -122,12 +165,25 @@ async fn spec_is_immutable_even_for_an_admin() {
     succeeded(&kube.kubectl_stdin(
         User::Alice,
         &["create", "-f", "-"],
-        &request_yaml(&ns, "fixed", "role: prod-admin\nrequester: alice\nduration: 30m"),
+        &request_yaml(
+            &ns,
+            "fixed",
+            "role: prod-admin\nrequester: alice\nduration: 30m",
+        ),
     ));
     refused(
         &kube.kubectl(
             User::Admin,
-            &["patch", "ar", "fixed", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"duration":"4h"}}"#],
+            &[
+                "patch",
+                "ar",
+                "fixed",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"duration":"4h"}}"#,
+            ],
         ),
         "spec is immutable",
     );
@@ -135,13 +191,30 @@ async fn spec_is_immutable_even_for_an_admin() {
     refused(
         &kube.kubectl(
             User::Alice,
-            &["patch", "ar", "fixed", "-n", &ns, "--type=merge", "-p", r#"{"spec":{"duration":"4h"}}"#],
+            &[
+                "patch",
+                "ar",
+                "fixed",
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"duration":"4h"}}"#,
+            ],
         ),
         "Forbidden",
     );
     let duration = succeeded(&kube.kubectl(
         User::Alice,
-        &["get", "ar", "fixed", "-n", &ns, "-o", "jsonpath={.spec.duration}"],
+        &[
+            "get",
+            "ar",
+            "fixed",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.duration}",
+        ],
     ));
     assert_eq!(duration, "30m");
 }
@@ -150,19 +223,49 @@ async fn spec_is_immutable_even_for_an_admin() {
 async fn malformed_access_roles_are_refused_with_their_message() {
     let kube = &stack().kube;
     let cases = [
-        ("roleArn: arn:aws:iam::123:role/admin", "roleArn must be an IAM role ARN"),
-        ("roleArn: arn:aws:iam::123456789012:user/admin", "roleArn must be an IAM role ARN"),
+        (
+            "roleArn: arn:aws:iam::123:role/admin",
+            "roleArn must be an IAM role ARN",
+        ),
+        (
+            "roleArn: arn:aws:iam::123456789012:user/admin",
+            "roleArn must be an IAM role ARN",
+        ),
         ("roleArn: not-an-arn", "roleArn must be an IAM role ARN"),
-        ("approvalsRequired: 0", "approvalsRequired must be at least 1"),
-        ("maxDuration: forever", "maxDuration must be a positive Go duration"),
-        ("defaultDuration: 0s", "defaultDuration must be a positive Go duration"),
-        ("approvalTimeout: soon", "approvalTimeout must be a positive Go duration"),
-        ("defaultDuration: 8h\nmaxDuration: 4h", "defaultDuration must not exceed maxDuration"),
-        ("approvers: [{user: carol, group: sre}]", "set exactly one of user or group"),
+        (
+            "approvalsRequired: 0",
+            "approvalsRequired must be at least 1",
+        ),
+        (
+            "maxDuration: forever",
+            "maxDuration must be a positive Go duration",
+        ),
+        (
+            "defaultDuration: 0s",
+            "defaultDuration must be a positive Go duration",
+        ),
+        (
+            "approvalTimeout: soon",
+            "approvalTimeout must be a positive Go duration",
+        ),
+        (
+            "defaultDuration: 8h\nmaxDuration: 4h",
+            "defaultDuration must not exceed maxDuration",
+        ),
+        (
+            "approvers: [{user: carol, group: sre}]",
+            "set exactly one of user or group",
+        ),
         ("approvers: [{}]", "set exactly one of user or group"),
-        ("approvers: [{user: carol, slackUserId: carol}]", "slackUserId must be a Slack user ID"),
+        (
+            "approvers: [{user: carol, slackUserId: carol}]",
+            "slackUserId must be a Slack user ID",
+        ),
         ("approvers: []", "spec.approvers"),
-        ("principal: {}", "set principal.template or at least one principal.users entry"),
+        (
+            "principal: {}",
+            "set principal.template or at least one principal.users entry",
+        ),
         (
             "principal: {template: 'arn:aws:iam::123456789012:user/admin'}",
             "principal.template must be an IAM principal ARN containing {username}",
@@ -175,7 +278,10 @@ async fn malformed_access_roles_are_refused_with_their_message() {
     ];
     for (line, message) in cases {
         let yaml = role_yaml(&unique("bad-role"), line);
-        refused(&kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &yaml), message);
+        refused(
+            &kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &yaml),
+            message,
+        );
     }
     // Defaults: method, durations and approvalsRequired are filled by the apiserver.
     let name = unique("defaults");
@@ -200,6 +306,12 @@ async fn malformed_access_roles_are_refused_with_their_message() {
 async fn requesters_cannot_define_roles() {
     let kube = &stack().kube;
     let yaml = role_yaml(&unique("sneaky"), "");
-    refused(&kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml), "Forbidden");
-    refused(&kube.kubectl_stdin(User::Carol, &["create", "-f", "-"], &yaml), "Forbidden");
+    refused(
+        &kube.kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+        "Forbidden",
+    );
+    refused(
+        &kube.kubectl_stdin(User::Carol, &["create", "-f", "-"], &yaml),
+        "Forbidden",
+    );
 }

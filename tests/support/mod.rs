@@ -74,8 +74,14 @@ pub fn refused(out: &std::process::Output, needle: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!out.status.success(), "expected a refusal saying {needle:?}, but it succeeded: {text}");
-    assert!(text.contains(needle), "refused, but without {needle:?}: {text}");
+    assert!(
+        !out.status.success(),
+        "expected a refusal saying {needle:?}, but it succeeded: {text}"
+    );
+    assert!(
+        text.contains(needle),
+        "refused, but without {needle:?}: {text}"
+    );
 }
 
 /// The same crypto provider the binary installs (see `aws_jit::install_crypto_provider`).

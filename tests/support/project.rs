@@ -23,7 +23,10 @@ pub fn install(kube: &KubeStack) {
             "crd/accessroles.aws-jit.io",
         ],
     ));
-    succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &path("tests/fixtures/bindings.yaml")]));
+    succeeded(&kube.kubectl(
+        User::Admin,
+        &["apply", "-f", &path("tests/fixtures/bindings.yaml")],
+    ));
     succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &path("deploy/rbac/")]));
     succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &path("deploy/admission/")]));
     wait_for_policies(kube);
@@ -54,16 +57,31 @@ fn wait_for_policies(kube: &KubeStack) {
             "status policy",
             User::Carol,
             vec![
-                "patch", "accessrequest", "probe", "-n", ns, "--subresource=status", "--type=merge",
-                "--dry-run=server", "-p", r#"{"status":{"phase":"Active"}}"#,
+                "patch",
+                "accessrequest",
+                "probe",
+                "-n",
+                ns,
+                "--subresource=status",
+                "--type=merge",
+                "--dry-run=server",
+                "-p",
+                r#"{"status":{"phase":"Active"}}"#,
             ],
         ),
         (
             "finalizer policy",
             User::Erin,
             vec![
-                "patch", "accessrequest", "probe", "-n", ns, "--type=merge", "--dry-run=server",
-                "-p", r#"{"metadata":{"finalizers":null}}"#,
+                "patch",
+                "accessrequest",
+                "probe",
+                "-n",
+                ns,
+                "--type=merge",
+                "--dry-run=server",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
             ],
         ),
     ];
