@@ -13,4 +13,10 @@ cargo clippy --locked --all-targets -- -D warnings
 echo "==> cargo test" >&2
 # Integration tests mostly wait on the apiserver and on state machine timers, so more
 # threads than cores keeps the suite short without loading the machine.
-cargo test --locked --all-targets -- --test-threads="${AWS_JIT_TEST_THREADS:-8}"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --locked --lib --bins --tests -- --test-threads="${AWS_JIT_TEST_THREADS:-8}" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { p += $4; f += $6; s += $8 } END { printf "%d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"

@@ -2,7 +2,9 @@
 //!
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
 
+pub mod contract;
 pub mod crd;
+pub mod sfn;
 pub mod trust_policy;
 
 /// kube, the AWS SDK and slack-morphism pull in two rustls crypto providers (ring and

@@ -1,0 +1,172 @@
+//! The messages exchanged with the state machine (`deploy/aws/aws-jit.yaml`), as Rust
+//! types. `deploy/aws/README.md` is the prose of the same contract and
+//! `tests/e2e/statemachine.rs` pins it against the real definition; change all three
+//! together. Field names follow the original aws-jit (`requester_arn`,
+//! `requester_name`, `reason`, `approver_name`).
+use serde::{Deserialize, Serialize};
+
+/// Identity of the AccessRequest an execution carries.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RequestIdentity {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// The execution's input, built by the controller from an AccessRequest and its role.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ExecutionInput {
+    pub requester_arn: String,
+    pub requester_name: String,
+    pub reason: String,
+    #[serde(default)]
+    pub ticket: String,
+    pub role_arn: String,
+    pub method: String,
+    /// FIFO message group of the work items: one per target role.
+    pub work_group: String,
+    pub duration_seconds: u64,
+    pub approval_timeout_seconds: u64,
+    pub request: RequestIdentity,
+}
+
+/// A task on the request queue: an approval to decide, or a hold to end early.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RequestTask {
+    Approval {
+        task_token: String,
+        execution_arn: String,
+        input: ExecutionInput,
+    },
+    Hold {
+        task_token: String,
+        execution_arn: String,
+        input: ExecutionInput,
+        #[serde(default)]
+        approval: serde_json::Value,
+        grant: GrantOutput,
+    },
+}
+
+/// A task on the work queue: grant or revoke, for the trust-policy worker.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WorkTask {
+    Grant {
+        task_token: String,
+        execution_arn: String,
+        input: ExecutionInput,
+        #[serde(default)]
+        approval: serde_json::Value,
+    },
+    Revoke {
+        task_token: String,
+        execution_arn: String,
+        input: ExecutionInput,
+        reason: RevokeReason,
+        #[serde(default)]
+        grant: Option<GrantOutput>,
+    },
+}
+
+/// Why a revoke runs.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    Expired,
+    Revoked,
+    GrantFailed,
+}
+
+/// The operator's answer to an approval task (the seed's `send_success` message).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ApprovalOutput {
+    /// Comma-separated approvers, as the original aws-jit's single `approver_name`.
+    pub approver_name: String,
+    pub approvers: Vec<String>,
+    pub requester_arn: String,
+}
+
+/// The cause of a `Denied` failure (sent as a JSON string).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DenialCause {
+    pub approver_name: String,
+    pub requester_arn: String,
+    #[serde(default)]
+    pub comment: String,
+}
+
+/// The worker's answer to a grant task.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct GrantOutput {
+    pub granted_at: String,
+    pub expires_at: String,
+    pub statement_id: String,
+}
+
+/// Task failure error names the state machine catches.
+pub mod errors {
+    pub const DENIED: &str = "Denied";
+    pub const CANCELLED: &str = "Cancelled";
+    pub const GRANT_FAILED: &str = "GrantFailed";
+    pub const REVOKE_FAILED: &str = "RevokeFailed";
+}
+
+/// How a SUCCEEDED execution ended (`output.outcome`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Expired,
+    Revoked,
+    Denied,
+    Cancelled,
+    ApprovalTimedOut,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input() -> serde_json::Value {
+        serde_json::json!({
+            "requester_arn": "arn:aws:iam::123456789012:user/alice",
+            "requester_name": "alice", "reason": "fix", "ticket": "",
+            "role_arn": "arn:aws:iam::123456789012:role/admin", "method": "TrustPolicy",
+            "work_group": "123456789012/admin", "duration_seconds": 60,
+            "approval_timeout_seconds": 60,
+            "request": {"namespace": "a", "name": "b", "uid": "c"}
+        })
+    }
+
+    #[test]
+    fn request_tasks_parse_by_type() {
+        let approval = serde_json::json!({"type": "approval", "task_token": "t",
+            "execution_arn": "arn:x", "input": input()});
+        assert!(matches!(
+            serde_json::from_value::<RequestTask>(approval),
+            Ok(RequestTask::Approval { .. })
+        ));
+        let hold = serde_json::json!({"type": "hold", "task_token": "t", "execution_arn": "arn:x",
+            "input": input(), "approval": {},
+            "grant": {"granted_at": "2026-01-01T00:00:00Z", "expires_at": "2026-01-01T01:00:00Z", "statement_id": "AwsJitc"}});
+        assert!(matches!(
+            serde_json::from_value::<RequestTask>(hold),
+            Ok(RequestTask::Hold { .. })
+        ));
+        let unknown = serde_json::json!({"type": "bribe", "task_token": "t"});
+        assert!(serde_json::from_value::<RequestTask>(unknown).is_err());
+    }
+
+    #[test]
+    fn revoke_after_a_failed_grant_has_no_grant() {
+        let revoke = serde_json::json!({"type": "revoke", "task_token": "t", "execution_arn": "arn:x",
+            "input": input(), "reason": "grant_failed", "error": {"Error": "GrantFailed"}});
+        match serde_json::from_value::<WorkTask>(revoke) {
+            Ok(WorkTask::Revoke { reason, grant, .. }) => {
+                assert_eq!(reason, RevokeReason::GrantFailed);
+                assert!(grant.is_none());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Step Functions, in the shape of the original aws-jit's `StepFunctionClient`:
+//! `start_execution`, `send_success`, `send_failure`, plus `describe` so the controller
+//! can keep status true to the execution.
+use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sfn::types::ExecutionStatus;
+use serde::Serialize;
+
+use crate::contract::{ExecutionInput, Outcome};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SfnError {
+    #[error("execution {name} already exists with a different input")]
+    InputConflict { name: String },
+    #[error("cannot encode the message: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("{state_machine_arn} is not a state machine ARN")]
+    BadStateMachineArn { state_machine_arn: String },
+    #[error("Step Functions {call} failed: {code}: {message}")]
+    Api {
+        call: &'static str,
+        code: String,
+        message: String,
+    },
+}
+
+impl SfnError {
+    fn api<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+        call: &'static str,
+        err: &SdkError<E, R>,
+    ) -> Self {
+        let (code, message) = match err.as_service_error() {
+            Some(e) => (
+                e.code().unwrap_or("Unknown").to_string(),
+                e.message().unwrap_or_default().to_string(),
+            ),
+            None => (
+                "Transport".to_string(),
+                aws_sdk_sfn::error::DisplayErrorContext(err).to_string(),
+            ),
+        };
+        SfnError::Api {
+            call,
+            code,
+            message,
+        }
+    }
+
+    /// True for errors worth retrying (throttling, transport, service faults).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SfnError::Api { code, .. } => matches!(
+                code.as_str(),
+                "Transport" | "ThrottlingException" | "ServiceUnavailable" | "InternalFailure"
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What became of an answer to a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskAnswer {
+    /// The execution took the answer.
+    Delivered,
+    /// The task was already over (answered, timed out, or the execution ended): the
+    /// execution has moved on, which is what a retried answer wants anyway.
+    AlreadyOver,
+}
+
+/// Where an execution is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecutionState {
+    Running,
+    Succeeded {
+        outcome: Option<Outcome>,
+        output: serde_json::Value,
+    },
+    Failed {
+        error: String,
+        cause: String,
+    },
+    /// Timed out or aborted (stopped) from outside the flow.
+    Ended {
+        status: String,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct StepFunctionClient {
+    client: aws_sdk_sfn::Client,
+    state_machine_arn: String,
+}
+
+/// The execution name of a request: deterministic, so a retry or a restart never starts
+/// a second execution.
+pub fn execution_name(request_uid: &str) -> String {
+    format!("ar-{request_uid}")
+}
+
+impl StepFunctionClient {
+    pub fn new(client: aws_sdk_sfn::Client, state_machine_arn: impl Into<String>) -> Self {
+        Self {
+            client,
+            state_machine_arn: state_machine_arn.into(),
+        }
+    }
+
+    pub fn state_machine_arn(&self) -> &str {
+        &self.state_machine_arn
+    }
+
+    /// The ARN an execution of this state machine named `name` has.
+    pub fn execution_arn(&self, name: &str) -> Result<String, SfnError> {
+        let bad = || SfnError::BadStateMachineArn {
+            state_machine_arn: self.state_machine_arn.clone(),
+        };
+        let (prefix, machine) = self
+            .state_machine_arn
+            .split_once(":stateMachine:")
+            .ok_or_else(bad)?;
+        if machine.is_empty() || machine.contains(':') {
+            return Err(bad());
+        }
+        Ok(format!("{prefix}:execution:{machine}:{name}"))
+    }
+
+    /// Starts the execution of a request, once. A second call with the same name and
+    /// input returns the existing execution; with another input it is an error.
+    pub async fn start_execution(
+        &self,
+        name: &str,
+        input: &ExecutionInput,
+    ) -> Result<String, SfnError> {
+        let body = serde_json::to_string(input)?;
+        let res = self
+            .client
+            .start_execution()
+            .state_machine_arn(&self.state_machine_arn)
+            .name(name)
+            .input(&body)
+            .send()
+            .await;
+        match res {
+            Ok(out) => Ok(out.execution_arn),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_execution_already_exists()) =>
+            {
+                let arn = self.execution_arn(name)?;
+                let existing = self
+                    .client
+                    .describe_execution()
+                    .execution_arn(&arn)
+                    .send()
+                    .await
+                    .map_err(|e| SfnError::api("DescribeExecution", &e))?;
+                let same = existing
+                    .input()
+                    .and_then(|i| serde_json::from_str::<ExecutionInput>(i).ok())
+                    .is_some_and(|i| &i == input);
+                if same {
+                    Ok(arn)
+                } else {
+                    Err(SfnError::InputConflict {
+                        name: name.to_string(),
+                    })
+                }
+            }
+            Err(err) => Err(SfnError::api("StartExecution", &err)),
+        }
+    }
+
+    /// The seed's `send_success(message, task_token)`.
+    pub async fn send_success<T: Serialize>(
+        &self,
+        task_token: &str,
+        output: &T,
+    ) -> Result<TaskAnswer, SfnError> {
+        let body = serde_json::to_string(output)?;
+        let res = self
+            .client
+            .send_task_success()
+            .task_token(task_token)
+            .output(body)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(TaskAnswer::Delivered),
+            Err(err) if task_is_over(err.as_service_error().and_then(|e| e.code())) => {
+                Ok(TaskAnswer::AlreadyOver)
+            }
+            Err(err) => Err(SfnError::api("SendTaskSuccess", &err)),
+        }
+    }
+
+    /// The seed's `send_failure(message, task_token)`: `error` is one of
+    /// [`crate::contract::errors`], `cause` a message (JSON for `Denied`).
+    pub async fn send_failure(
+        &self,
+        task_token: &str,
+        error: &str,
+        cause: &str,
+    ) -> Result<TaskAnswer, SfnError> {
+        let res = self
+            .client
+            .send_task_failure()
+            .task_token(task_token)
+            .error(error)
+            .cause(truncate(cause, 32_768))
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(TaskAnswer::Delivered),
+            Err(err) if task_is_over(err.as_service_error().and_then(|e| e.code())) => {
+                Ok(TaskAnswer::AlreadyOver)
+            }
+            Err(err) => Err(SfnError::api("SendTaskFailure", &err)),
+        }
+    }
+
+    /// Where the execution is.
+    pub async fn describe(&self, execution_arn: &str) -> Result<ExecutionState, SfnError> {
+        let out = self
+            .client
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(|e| SfnError::api("DescribeExecution", &e))?;
+        Ok(match out.status() {
+            ExecutionStatus::Running | ExecutionStatus::PendingRedrive => ExecutionState::Running,
+            ExecutionStatus::Succeeded => {
+                let output: serde_json::Value = out
+                    .output()
+                    .and_then(|o| serde_json::from_str(o).ok())
+                    .unwrap_or(serde_json::Value::Null);
+                let outcome = output
+                    .get("outcome")
+                    .and_then(|o| serde_json::from_value(o.clone()).ok());
+                ExecutionState::Succeeded { outcome, output }
+            }
+            ExecutionStatus::Failed => ExecutionState::Failed {
+                error: out.error().unwrap_or_default().to_string(),
+                cause: out.cause().unwrap_or_default().to_string(),
+            },
+            other => ExecutionState::Ended {
+                status: other.as_str().to_string(),
+            },
+        })
+    }
+}
+
+/// Error codes that mean "this task no longer waits for an answer".
+fn task_is_over(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("TaskTimedOut" | "TaskDoesNotExist" | "InvalidToken" | "ExecutionDoesNotExist")
+    )
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(arn: &str) -> StepFunctionClient {
+        let conf = aws_sdk_sfn::Config::builder()
+            .behavior_version(aws_sdk_sfn::config::BehaviorVersion::latest())
+            .build();
+        StepFunctionClient::new(aws_sdk_sfn::Client::from_conf(conf), arn)
+    }
+
+    #[test]
+    fn execution_arns_follow_the_state_machine() {
+        let c = client("arn:aws:states:eu-west-1:123456789012:stateMachine:aws-jit-access");
+        assert_eq!(
+            c.execution_arn(&execution_name("5b0c")).ok().as_deref(),
+            Some("arn:aws:states:eu-west-1:123456789012:execution:aws-jit-access:ar-5b0c")
+        );
+        assert!(
+            client("arn:aws:sqs:eu-west-1:1:q")
+                .execution_arn("x")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn answers_to_finished_tasks_are_not_errors() {
+        assert!(task_is_over(Some("TaskTimedOut")));
+        assert!(task_is_over(Some("InvalidToken")));
+        assert!(!task_is_over(Some("ThrottlingException")));
+        assert!(!task_is_over(None));
+    }
+
+    #[test]
+    fn causes_are_cut_on_a_char_boundary() {
+        assert_eq!(truncate("ééé", 3), "é");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}
