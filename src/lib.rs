@@ -4,6 +4,7 @@
 
 pub mod contract;
 pub mod crd;
+pub mod decide;
 pub mod sfn;
 pub mod trust_policy;
 

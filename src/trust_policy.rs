@@ -426,7 +426,7 @@ fn format_expiry(expires_at: Timestamp) -> Result<String, TrustPolicyError> {
 /// `aws` or `aws-…` (aws-cn, aws-us-gov, …) and the resource uses only the characters IAM
 /// allows in names and paths. Wildcards are refused: a trust-policy principal must name
 /// one identity, and `*` would open the role to everyone.
-fn validate_principal(arn: &str) -> Result<(), TrustPolicyError> {
+pub fn validate_principal(arn: &str) -> Result<(), TrustPolicyError> {
     let invalid = || TrustPolicyError::InvalidPrincipal {
         arn: arn.to_owned(),
     };

@@ -37,6 +37,13 @@ pub struct AccessRequestSpec {
     #[schemars(length(min = 1, max = 253))]
     pub requester: String,
 
+    /// For AccessRoles that list requesters by group: the group the requester asks as.
+    /// Admission accepts only one of the creating user's own groups (a trusted
+    /// submitter vouches for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub requester_group: Option<String>,
+
     /// How long access lasts once granted, as a Go duration (`30m`, `1h`). Defaults to
     /// the AccessRole's `defaultDuration`; may not exceed its `maxDuration`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +122,11 @@ pub struct Approval {
     #[schemars(length(min = 1, max = 253))]
     pub approver: String,
     pub decision: Decision,
+    /// For AccessRoles that list approvers by group: the group the vote is cast as.
+    /// Admission accepts only one of the voter's own groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
     /// Why; required in spirit for a Deny.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]

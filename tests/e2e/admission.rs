@@ -489,3 +489,47 @@ async fn only_the_operator_removes_the_revoke_finalizer() {
         &["patch", "ar", "held", "-n", &ns, "--type=merge", "-p", drop],
     ));
 }
+
+#[tokio::test]
+async fn claimed_groups_must_be_the_users_own() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("adm-groups").await;
+    let with_group = |name: &str, group: &str| {
+        format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+             spec:\n  role: prod-admin\n  requester: alice\n  requesterGroup: {group}\n  reason: groups\n"
+        )
+    };
+    refused(
+        &kube.kubectl_stdin(
+            User::Alice,
+            &["create", "-f", "-"],
+            &with_group("as-sre", "sre"),
+        ),
+        "spec.requesterGroup must be one of your own groups (developers",
+    );
+    succeeded(&kube.kubectl_stdin(
+        User::Alice,
+        &["create", "-f", "-"],
+        &with_group("as-dev", "developers"),
+    ));
+    operator_applies_status(kube, &ns, "as-dev", "AwaitingApproval");
+    refused(
+        &vote(
+            kube,
+            User::Dave,
+            &ns,
+            "as-dev",
+            r#"{"approver":"dave","decision":"Approve","group":"admins"}"#,
+        ),
+        "you may only vote as a member of one of your own groups",
+    );
+    succeeded(&vote(
+        kube,
+        User::Carol,
+        &ns,
+        "as-dev",
+        r#"{"approver":"carol","decision":"Approve","group":"sre"}"#,
+    ));
+    assert_eq!(approvals(kube, &ns, "as-dev")[0]["group"], "sre");
+}

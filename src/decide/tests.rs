@@ -1,0 +1,357 @@
+use super::*;
+use crate::crd::{AccessRequestSpec, AccessRoleSpec, ApprovalChannel, PrincipalMapping};
+
+fn role(approvals_required: i32) -> AccessRole {
+    let mut r = AccessRole::new(
+        "prod-admin",
+        AccessRoleSpec {
+            role_arn: "arn:aws:iam::123456789012:role/ops/prod-admin".into(),
+            method: GrantMethod::TrustPolicy,
+            max_duration: "4h".into(),
+            default_duration: "1h".into(),
+            approval_timeout: "30m".into(),
+            approvals_required,
+            approvers: vec![
+                Subject {
+                    user: Some("carol".into()),
+                    group: None,
+                    slack_user_id: None,
+                },
+                Subject {
+                    user: Some("dave".into()),
+                    group: None,
+                    slack_user_id: None,
+                },
+                Subject {
+                    user: None,
+                    group: Some("sre".into()),
+                    slack_user_id: None,
+                },
+            ],
+            requesters: vec![
+                Subject {
+                    user: Some("alice".into()),
+                    group: None,
+                    slack_user_id: None,
+                },
+                Subject {
+                    user: None,
+                    group: Some("developers".into()),
+                    slack_user_id: None,
+                },
+            ],
+            require_reason: true,
+            principal: PrincipalMapping {
+                users: [(
+                    "bob".to_string(),
+                    "arn:aws:iam::123456789012:role/bob-sso".to_string(),
+                )]
+                .into_iter()
+                .collect(),
+                template: Some("arn:aws:iam::123456789012:user/{username}".into()),
+            },
+            slack_channel: None,
+        },
+    );
+    r.metadata.uid = Some("role-uid".into());
+    r
+}
+
+fn request(requester: &str, duration: Option<&str>, reason: &str) -> AccessRequest {
+    let mut r = AccessRequest::new(
+        "fix-prod",
+        AccessRequestSpec {
+            role: "prod-admin".into(),
+            requester: requester.into(),
+            requester_group: None,
+            duration: duration.map(str::to_string),
+            reason: reason.into(),
+            ticket: Some("INC-1".into()),
+        },
+    );
+    r.metadata.namespace = Some("team-a".into());
+    r.metadata.uid = Some("5b0c2d1e-0000-4000-8000-000000000001".into());
+    r
+}
+
+fn vote(approver: &str, decision: Decision) -> Approval {
+    Approval {
+        approver: approver.into(),
+        decision,
+        group: None,
+        comment: Some(format!("{approver} says {decision:?}")),
+        time: None,
+        via: ApprovalChannel::Kubectl,
+    }
+}
+
+#[test]
+fn a_valid_request_plans_the_execution_input() {
+    let input = plan(&request("alice", Some("30m"), "fix"), Some(&role(1))).expect("valid");
+    assert_eq!(input.requester_arn, "arn:aws:iam::123456789012:user/alice");
+    assert_eq!(input.requester_name, "alice");
+    assert_eq!(input.duration_seconds, 1800);
+    assert_eq!(input.approval_timeout_seconds, 1800);
+    assert_eq!(input.work_group, "123456789012/prod-admin");
+    assert_eq!(input.ticket, "INC-1");
+    assert_eq!(input.request.namespace, "team-a");
+    assert_eq!(input.request.uid, "5b0c2d1e-0000-4000-8000-000000000001");
+}
+
+#[test]
+fn duration_defaults_from_the_role_and_explicit_users_win_over_the_template() {
+    let mut r = request("bob", None, "fix");
+    r.spec.requester_group = Some("developers".into());
+    let input = plan(&r, Some(&role(1))).expect("valid");
+    assert_eq!(input.duration_seconds, 3600);
+    assert_eq!(
+        input.requester_arn,
+        "arn:aws:iam::123456789012:role/bob-sso"
+    );
+}
+
+#[test]
+fn invalid_requests_are_rejected_with_a_reason() {
+    let cases: Vec<(AccessRequest, Option<AccessRole>, &str)> = vec![
+        (request("alice", None, "x"), None, "UnknownRole"),
+        (request("mallory", None, "x"), Some(role(1)), "NotEligible"),
+        (
+            request("alice", Some("5h"), "x"),
+            Some(role(1)),
+            "DurationTooLong",
+        ),
+        (
+            request("alice", Some("forever"), "x"),
+            Some(role(1)),
+            "InvalidDuration",
+        ),
+        (
+            request("alice", Some("0s"), "x"),
+            Some(role(1)),
+            "InvalidDuration",
+        ),
+        (
+            request("alice", None, "   "),
+            Some(role(1)),
+            "ReasonRequired",
+        ),
+    ];
+    for (req, role, reason) in cases {
+        let err = plan(&req, role.as_ref()).expect_err(reason);
+        assert_eq!(err.reason(), reason, "{err}");
+        assert!(!err.to_string().is_empty());
+    }
+    let mut other_method = role(1);
+    other_method.spec.method = GrantMethod::IdentityCenter;
+    let err = plan(&request("alice", None, "x"), Some(&other_method)).expect_err("method");
+    assert_eq!(err.reason(), "MethodNotSupported");
+    // A username that makes no valid IAM principal.
+    let mut r = request("system:serviceaccount:ns:sa", None, "x");
+    r.spec.requester_group = Some("developers".into());
+    let err = plan(&r, Some(&role(1))).expect_err("principal");
+    assert_eq!(err.reason(), "NoPrincipal");
+}
+
+#[test]
+fn group_eligibility_needs_the_claimed_group_listed() {
+    let mut r = request("erin", None, "x");
+    assert_eq!(
+        plan(&r, Some(&role(1))).expect_err("no group").reason(),
+        "NotEligible"
+    );
+    r.spec.requester_group = Some("marketing".into());
+    assert_eq!(
+        plan(&r, Some(&role(1))).expect_err("wrong group").reason(),
+        "NotEligible"
+    );
+    r.spec.requester_group = Some("developers".into());
+    assert!(plan(&r, Some(&role(1))).is_ok());
+}
+
+#[test]
+fn tally_counts_distinct_listed_approvers_and_never_the_requester() {
+    let role2 = role(2);
+    let (t, _) = tally(&role2, "alice", &[vote("carol", Decision::Approve)]);
+    assert_eq!(t, Tally::Pending { have: 1, need: 2 });
+    let (t, _) = tally(
+        &role2,
+        "alice",
+        &[
+            vote("carol", Decision::Approve),
+            vote("dave", Decision::Approve),
+        ],
+    );
+    assert_eq!(
+        t,
+        Tally::Approved {
+            approvers: vec!["carol".into(), "dave".into()]
+        }
+    );
+    // The same person twice counts once (the list-map prevents it; the tally too).
+    let (t, ignored) = tally(
+        &role2,
+        "alice",
+        &[
+            vote("carol", Decision::Approve),
+            vote("carol", Decision::Approve),
+        ],
+    );
+    assert_eq!(t, Tally::Pending { have: 1, need: 2 });
+    assert_eq!(ignored[0].why, "already voted");
+    // Self-approval and non-approvers are ignored, with a reason.
+    let (t, ignored) = tally(
+        &role(1),
+        "carol",
+        &[
+            vote("carol", Decision::Approve),
+            vote("mallory", Decision::Approve),
+        ],
+    );
+    assert_eq!(t, Tally::Pending { have: 0, need: 1 });
+    assert_eq!(ignored.len(), 2);
+}
+
+#[test]
+fn one_valid_deny_denies_but_an_ignored_one_does_not() {
+    let (t, _) = tally(
+        &role(2),
+        "alice",
+        &[
+            vote("carol", Decision::Approve),
+            vote("dave", Decision::Deny),
+        ],
+    );
+    assert_eq!(
+        t,
+        Tally::Denied {
+            by: "dave".into(),
+            comment: "dave says Deny".into()
+        }
+    );
+    let (t, _) = tally(
+        &role(1),
+        "alice",
+        &[
+            vote("mallory", Decision::Deny),
+            vote("carol", Decision::Approve),
+        ],
+    );
+    assert_eq!(
+        t,
+        Tally::Approved {
+            approvers: vec!["carol".into()]
+        }
+    );
+}
+
+#[test]
+fn group_votes_count_when_cast_as_a_listed_group() {
+    let mut v = vote("erin", Decision::Approve);
+    let (t, _) = tally(&role(1), "alice", std::slice::from_ref(&v));
+    assert_eq!(t, Tally::Pending { have: 0, need: 1 });
+    v.group = Some("sre".into());
+    let (t, _) = tally(&role(1), "alice", &[v]);
+    assert_eq!(
+        t,
+        Tally::Approved {
+            approvers: vec!["erin".into()]
+        }
+    );
+}
+
+#[test]
+fn execution_states_map_to_phases() {
+    let ok = |o| ExecutionState::Succeeded {
+        outcome: Some(o),
+        output: serde_json::Value::Null,
+    };
+    assert_eq!(phase_of(&ExecutionState::Running), None);
+    assert_eq!(
+        phase_of(&ok(Outcome::Expired)).map(|p| p.0),
+        Some(Phase::Expired)
+    );
+    assert_eq!(
+        phase_of(&ok(Outcome::Revoked)).map(|p| p.0),
+        Some(Phase::Revoked)
+    );
+    assert_eq!(
+        phase_of(&ok(Outcome::Denied)).map(|p| p.0),
+        Some(Phase::Denied)
+    );
+    assert_eq!(
+        phase_of(&ok(Outcome::ApprovalTimedOut)).map(|p| p.0),
+        Some(Phase::Expired)
+    );
+    let failed = ExecutionState::Failed {
+        error: "GrantFailed".into(),
+        cause: "too large".into(),
+    };
+    let (phase, message) = phase_of(&failed).expect("ended");
+    assert_eq!(phase, Phase::Failed);
+    assert!(message.contains("too large"));
+    let aborted = ExecutionState::Ended {
+        status: "ABORTED".into(),
+    };
+    assert_eq!(phase_of(&aborted).map(|p| p.0), Some(Phase::Failed));
+}
+
+#[test]
+fn last_transition_time_moves_only_when_status_changes() {
+    let t1 = Time(jiff::Timestamp::from_second(1_000).expect("ts"));
+    let t2 = Time(jiff::Timestamp::from_second(2_000).expect("ts"));
+    let c = conditions_for(&[], Phase::AwaitingApproval, "waiting", Some(1), &t1);
+    let c = conditions_for(&c, Phase::Approved, "approved", Some(1), &t2);
+    let ready = c.iter().find(|x| x.type_ == "Ready").expect("Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(
+        ready.last_transition_time, t1,
+        "Ready stayed False: time kept"
+    );
+    assert_eq!(ready.reason, "Approved");
+    let approved = c.iter().find(|x| x.type_ == "Approved").expect("Approved");
+    assert_eq!(
+        (approved.status.as_str(), &approved.last_transition_time),
+        ("True", &t2)
+    );
+    let c = conditions_for(&c, Phase::Active, "granted", Some(1), &t2);
+    let ready = c.iter().find(|x| x.type_ == "Ready").expect("Ready");
+    assert_eq!(
+        (ready.status.as_str(), &ready.last_transition_time),
+        ("True", &t2)
+    );
+    // Expired after approval keeps Approved=True; an unanswered request never has it.
+    let c = conditions_for(&c, Phase::Expired, "expired", Some(1), &t2);
+    assert!(
+        c.iter()
+            .any(|x| x.type_ == "Approved" && x.status == "True")
+    );
+    let c = conditions_for(&[], Phase::Expired, "timed out", Some(1), &t1);
+    assert!(
+        c.iter()
+            .any(|x| x.type_ == "Approved" && x.status == "False")
+    );
+    assert!(
+        c.iter()
+            .any(|x| x.type_ == "Reconciling" && x.status == "False")
+    );
+    let c = conditions_for(&[], Phase::Rejected, "bad", Some(1), &t1);
+    assert!(c.iter().any(|x| x.type_ == "Stalled" && x.status == "True"));
+}
+
+#[test]
+fn work_groups_name_account_and_role() {
+    assert_eq!(
+        work_group("arn:aws:iam::123456789012:role/admin")
+            .ok()
+            .as_deref(),
+        Some("123456789012/admin")
+    );
+    assert_eq!(
+        work_group("arn:aws:iam::123456789012:role/a/b/admin")
+            .ok()
+            .as_deref(),
+        Some("123456789012/admin")
+    );
+    assert!(work_group("arn:aws:iam::123456789012:user/admin").is_err());
+    assert!(work_group("nonsense").is_err());
+}
