@@ -7,7 +7,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::contract::{ExecutionInput, Outcome, RequestIdentity};
-use crate::crd::{AccessRequest, AccessRole, Approval, Decision, GrantMethod, Phase, Subject};
+use crate::crd::{
+    AccessRequest, AccessRole, Approval, Decision, GrantMethod, Phase, Revocation, Subject,
+};
 use crate::sfn::ExecutionState;
 
 /// Why a request is refused before anything touches AWS. The `Display` text goes to
@@ -268,6 +270,20 @@ pub fn tally(role: &AccessRole, requester: &str, approvals: &[Approval]) -> (Tal
             ignored,
         )
     }
+}
+
+/// Whether a revocation may end access early: the requester, or an approver of the
+/// role (by user, or by the group claimed, which admission checked). Admins delete the
+/// request instead.
+pub fn may_revoke(role: Option<&AccessRole>, requester: &str, revocation: &Revocation) -> bool {
+    revocation.requested_by == requester
+        || role.is_some_and(|r| {
+            lists(
+                &r.spec.approvers,
+                &revocation.requested_by,
+                revocation.group.as_deref(),
+            )
+        })
 }
 
 /// The phase and message an ended execution means.

@@ -139,6 +139,38 @@ pub struct Approval {
     pub via: ApprovalChannel,
 }
 
+/// An explicit request to end access early, written to `status.revocation` by the
+/// requester, an approver or an admin (`kubectl patch --subresource=status`). It is a
+/// status field, not a spec change, because the spec is immutable and because it binds
+/// to the caller's identity the same way approvals do: admission accepts it only in the
+/// caller's own name, once, and never lets it be changed or removed, so the record of
+/// who ended the access stays true. Admission cannot know an AccessRole's approvers, so
+/// the controller re-checks that someone other than the requester is a listed approver
+/// or an admin before it acts; then it ends the hold and the state machine revokes now
+/// (phase `Revoked`).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Revocation {
+    /// The Kubernetes user who asked for the revocation; admission binds it to the
+    /// authenticated user, so the audit trail names the real person.
+    #[schemars(length(min = 1, max = 253))]
+    pub requested_by: String,
+    /// For AccessRoles that list approvers by group: the group the revocation is asked
+    /// as, so the controller can match it (it cannot look up a user's groups itself).
+    /// Admission accepts only one of the caller's own groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
+    /// Why access is ended early, for the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+    /// When the revocation was asked for, as the caller's client reports it (the
+    /// authoritative instant is `revokedAt`, written by the controller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
 /// Identity of a request, carried into the execution so AWS-side records point back.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct RequestRef {
@@ -148,7 +180,8 @@ pub struct RequestRef {
 }
 
 /// What the controller observed and did. Written by the controller with server-side
-/// apply, except `approvals`, which approvers append to.
+/// apply, except `approvals`, which approvers append to, and `revocation`, which the
+/// requester, an approver or an admin sets once to end access early.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRequestStatus {
@@ -173,6 +206,12 @@ pub struct AccessRequestStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["approver"]))]
     #[schemars(length(max = 64))]
     pub approvals: Option<Vec<Approval>>,
+
+    /// An explicit early revoke, set once by the requester, an approver or an admin;
+    /// the controller's status apply does not own it, so never drops it. Present means:
+    /// end the hold and revoke now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation: Option<Revocation>,
 
     /// When access was granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -10,7 +10,7 @@ mod access_role;
 
 pub use access_request::{
     AccessRequest, AccessRequestSpec, AccessRequestStatus, Approval, ApprovalChannel, Decision,
-    Phase, RequestRef,
+    Phase, RequestRef, Revocation,
 };
 pub use access_role::{AccessRole, AccessRoleSpec, GrantMethod, PrincipalMapping, Subject};
 

@@ -355,3 +355,24 @@ fn work_groups_name_account_and_role() {
     assert!(work_group("arn:aws:iam::123456789012:user/admin").is_err());
     assert!(work_group("nonsense").is_err());
 }
+
+#[test]
+fn revocation_is_for_the_requester_and_the_approvers() {
+    let r = role(1);
+    let rev = |by: &str, group: Option<&str>| crate::crd::Revocation {
+        requested_by: by.into(),
+        group: group.map(str::to_string),
+        reason: None,
+        time: None,
+    };
+    assert!(may_revoke(Some(&r), "alice", &rev("alice", None)));
+    assert!(may_revoke(Some(&r), "alice", &rev("carol", None)));
+    assert!(may_revoke(Some(&r), "alice", &rev("erin", Some("sre"))));
+    assert!(!may_revoke(Some(&r), "alice", &rev("erin", None)));
+    assert!(!may_revoke(
+        Some(&r),
+        "alice",
+        &rev("bob", Some("developers"))
+    ));
+    assert!(!may_revoke(None, "alice", &rev("carol", None)));
+}

@@ -61,6 +61,65 @@ fn vote(
     )
 }
 
+/// A merge patch of status, `{"status": <status>}`.
+fn merge_status(
+    kube: &KubeStack,
+    as_user: User,
+    ns: &str,
+    name: &str,
+    status: &str,
+) -> std::process::Output {
+    let patch = format!(r#"{{"status":{status}}}"#);
+    kube.kubectl(
+        as_user,
+        &[
+            "patch",
+            "accessrequest",
+            name,
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &patch,
+        ],
+    )
+}
+
+/// Asks for an early revoke: sets `status.revocation` to `value`.
+fn revoke(
+    kube: &KubeStack,
+    as_user: User,
+    ns: &str,
+    name: &str,
+    value: &str,
+) -> std::process::Output {
+    merge_status(
+        kube,
+        as_user,
+        ns,
+        name,
+        &format!(r#"{{"revocation":{value}}}"#),
+    )
+}
+
+/// `status.revocation` as stored (`Null` when absent).
+fn revocation(kube: &KubeStack, ns: &str, name: &str) -> serde_json::Value {
+    let out = succeeded(&kube.kubectl(
+        User::Admin,
+        &["get", "accessrequest", name, "-n", ns, "-o", "json"],
+    ));
+    let obj: serde_json::Value = serde_json::from_str(&out).expect("kubectl prints JSON");
+    obj["status"]["revocation"].clone()
+}
+
+/// A request of `requester`'s that the operator has granted (phase `Active`).
+async fn active(kube: &KubeStack, prefix: &str, requester: User) -> (String, String) {
+    let (ns, name) = awaiting(kube, prefix, requester).await;
+    operator_applies_status(kube, &ns, &name, "Active");
+    (ns, name)
+}
+
 fn approvals(kube: &KubeStack, ns: &str, name: &str) -> Vec<serde_json::Value> {
     let out = succeeded(&kube.kubectl(
         User::Admin,
@@ -177,8 +236,12 @@ async fn self_approval_is_refused() {
     ));
 }
 
+/// Requesters reach the status subresource (to ask for revocation), so the status
+/// rules are what keep them from voting for themselves or writing the operator's fields.
+/// (A requester's vote on someone else's request, in their own name, passes admission;
+/// the controller counts only listed approvers.)
 #[tokio::test]
-async fn requester_cannot_write_status() {
+async fn requester_cannot_approve_or_write_operator_status() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-requester", User::Alice).await;
     refused(
@@ -189,7 +252,7 @@ async fn requester_cannot_write_status() {
             &name,
             r#"{"approver":"alice","decision":"Approve"}"#,
         ),
-        "Forbidden",
+        "you may not approve or deny your own AccessRequest",
     );
     refused(
         &vote(
@@ -197,9 +260,13 @@ async fn requester_cannot_write_status() {
             User::Bob,
             &ns,
             &name,
-            r#"{"approver":"bob","decision":"Approve"}"#,
+            r#"{"approver":"carol","decision":"Approve"}"#,
         ),
-        "Forbidden",
+        r#"approver must be "bob""#,
+    );
+    refused(
+        &merge_status(kube, User::Alice, &ns, &name, r#"{"phase":"Active"}"#),
+        "only the aws-jit operator may change status fields other than approvals",
     );
     assert!(approvals(kube, &ns, &name).is_empty());
 }
@@ -310,7 +377,8 @@ async fn only_the_operator_records_slack_votes() {
     assert_eq!(approvals(kube, &ns, &name)[0]["via"], "slack");
 }
 
-/// Each status field other than approvals, with a value an approver might try to set.
+/// Each status field other than approvals and revocation (which non-operators may write,
+/// under rules of their own), with a value an approver might try to set.
 /// The first assertion keeps this list (and the policy's) in step with the CRD.
 const OPERATOR_FIELDS: [(&str, &str); 8] = [
     ("phase", r#""Active""#),
@@ -329,6 +397,9 @@ const OPERATOR_FIELDS: [(&str, &str); 8] = [
     ("message", r#""approved by carol""#),
 ];
 
+/// Status fields that people other than the operator write, each with its own rules.
+const NOT_OPERATOR_ONLY: [&str; 2] = ["approvals", "revocation"];
+
 #[tokio::test]
 async fn approvers_cannot_touch_any_other_status_field() {
     let crd = aws_jit::crd::all()
@@ -340,7 +411,7 @@ async fn approvers_cannot_touch_any_other_status_field() {
         .as_object()
         .expect("status properties")
         .keys()
-        .filter(|k| *k != "approvals")
+        .filter(|k| !NOT_OPERATOR_ONLY.contains(&k.as_str()))
         .cloned()
         .collect();
     in_crd.sort();
@@ -532,4 +603,229 @@ async fn claimed_groups_must_be_the_users_own() {
         r#"{"approver":"carol","decision":"Approve","group":"sre"}"#,
     ));
     assert_eq!(approvals(kube, &ns, "as-dev")[0]["group"], "sre");
+}
+
+#[tokio::test]
+async fn requester_requests_revocation_in_their_own_name() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-own", User::Alice).await;
+    succeeded(&revoke(
+        kube,
+        User::Alice,
+        &ns,
+        &name,
+        r#"{"requestedBy":"alice","reason":"done","time":"2026-01-01T00:00:00Z"}"#,
+    ));
+    let got = revocation(kube, &ns, &name);
+    assert_eq!(got["requestedBy"], "alice", "{got}");
+    assert_eq!(got["reason"], "done", "{got}");
+    // The operator's next status apply does not own the field, so it keeps it.
+    operator_applies_status(kube, &ns, &name, "Revoked");
+    assert_eq!(revocation(kube, &ns, &name), got);
+}
+
+#[tokio::test]
+async fn forged_revocation_is_refused() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-forged", User::Alice).await;
+    refused(
+        &revoke(kube, User::Alice, &ns, &name, r#"{"requestedBy":"carol"}"#),
+        r#"revocation.requestedBy must be "alice""#,
+    );
+    refused(
+        &revoke(kube, User::Carol, &ns, &name, r#"{"requestedBy":"alice"}"#),
+        r#"revocation.requestedBy must be "carol""#,
+    );
+    // Another requester (not a listed approver, which admission cannot know) can reach
+    // status too, but never write anyone else's name.
+    refused(
+        &revoke(kube, User::Bob, &ns, &name, r#"{"requestedBy":"alice"}"#),
+        r#"revocation.requestedBy must be "bob""#,
+    );
+    assert!(revocation(kube, &ns, &name).is_null());
+}
+
+#[tokio::test]
+async fn revocation_is_set_once() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-once", User::Alice).await;
+    succeeded(&revoke(
+        kube,
+        User::Alice,
+        &ns,
+        &name,
+        r#"{"requestedBy":"alice","reason":"done"}"#,
+    ));
+    let set_once = "revocation was already requested by alice: status.revocation is set once";
+    // Not again, not with another reason, not by someone else in their own name.
+    refused(
+        &revoke(
+            kube,
+            User::Alice,
+            &ns,
+            &name,
+            r#"{"requestedBy":"alice","reason":"changed my mind"}"#,
+        ),
+        set_once,
+    );
+    refused(
+        &revoke(kube, User::Carol, &ns, &name, r#"{"requestedBy":"carol"}"#),
+        set_once,
+    );
+    // Not removed, however it is asked.
+    refused(&revoke(kube, User::Alice, &ns, &name, "null"), set_once);
+    let json_patch = |user: User, patch: &str| {
+        kube.kubectl(
+            user,
+            &[
+                "patch",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--subresource=status",
+                "--type=json",
+                "-p",
+                patch,
+            ],
+        )
+    };
+    refused(
+        &json_patch(
+            User::Carol,
+            r#"[{"op":"remove","path":"/status/revocation"}]"#,
+        ),
+        set_once,
+    );
+    refused(
+        &json_patch(
+            User::Carol,
+            r#"[{"op":"replace","path":"/status/revocation","value":null}]"#,
+        ),
+        set_once,
+    );
+    let got = revocation(kube, &ns, &name);
+    assert_eq!(got["requestedBy"], "alice", "{got}");
+    assert_eq!(got["reason"], "done", "{got}");
+}
+
+#[tokio::test]
+async fn a_null_revocation_does_not_block_a_real_one() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-null", User::Alice).await;
+    // The CRD lets the field be null; whoever writes that records nobody, and must not
+    // take the one slot a real revocation needs.
+    let null = r#"[{"op":"add","path":"/status/revocation","value":null}]"#;
+    succeeded(&kube.kubectl(
+        User::Bob,
+        &[
+            "patch",
+            "ar",
+            &name,
+            "-n",
+            &ns,
+            "--subresource=status",
+            "--type=json",
+            "-p",
+            null,
+        ],
+    ));
+    succeeded(&revoke(
+        kube,
+        User::Alice,
+        &ns,
+        &name,
+        r#"{"requestedBy":"alice"}"#,
+    ));
+    assert_eq!(revocation(kube, &ns, &name)["requestedBy"], "alice");
+}
+
+#[tokio::test]
+async fn approver_requests_revocation_in_their_own_name() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-approver", User::Alice).await;
+    succeeded(&revoke(
+        kube,
+        User::Carol,
+        &ns,
+        &name,
+        r#"{"requestedBy":"carol","reason":"incident over"}"#,
+    ));
+    assert_eq!(revocation(kube, &ns, &name)["requestedBy"], "carol");
+}
+
+#[tokio::test]
+async fn revocation_group_must_be_the_callers_own() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-group", User::Alice).await;
+    refused(
+        &revoke(
+            kube,
+            User::Dave,
+            &ns,
+            &name,
+            r#"{"requestedBy":"dave","group":"admins"}"#,
+        ),
+        "you may only request revocation as a member of one of your own groups (sre",
+    );
+    assert!(revocation(kube, &ns, &name).is_null());
+    succeeded(&revoke(
+        kube,
+        User::Carol,
+        &ns,
+        &name,
+        r#"{"requestedBy":"carol","group":"sre"}"#,
+    ));
+    assert_eq!(revocation(kube, &ns, &name)["group"], "sre");
+}
+
+#[tokio::test]
+async fn revocation_cannot_carry_an_operator_field() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-sneaky", User::Alice).await;
+    refused(
+        &merge_status(
+            kube,
+            User::Alice,
+            &ns,
+            &name,
+            r#"{"revocation":{"requestedBy":"alice"},"revokedAt":"2026-01-01T00:00:00Z"}"#,
+        ),
+        "only the aws-jit operator may change status fields other than approvals",
+    );
+    assert!(revocation(kube, &ns, &name).is_null());
+}
+
+/// The README's revoke command, run as written (only the request's name and namespace
+/// swapped for this test's), by the requester.
+#[tokio::test]
+async fn readme_revoke_command_works_as_written() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md readable");
+    let command = readme
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains(r#""revocation""#))
+        .expect("README.md documents the revoke command in a ```sh block");
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-readme", User::Alice).await;
+    let command = command
+        .replace("fix-billing-outage", &name)
+        .replace("team-billing", &ns);
+    let path = format!(
+        "{}:{}",
+        kube.bin_dir().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-ec", &command])
+        .env("PATH", path)
+        .env("KUBECONFIG", kube.kubeconfig(User::Alice))
+        .output()
+        .expect("run sh");
+    succeeded(&out);
+    let got = revocation(kube, &ns, &name);
+    assert_eq!(got["requestedBy"], "alice", "{got}");
+    assert_eq!(got["reason"], "done", "{got}");
 }
