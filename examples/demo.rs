@@ -1,9 +1,16 @@
-//! The README's demo: the whole local stack, the project's manifests, a sample
-//! AccessRole and AccessRequest, shown with kubectl. Run through `make demo`, which
-//! builds the tools first. Everything it starts stops when it exits.
+//! The README's demo: one request's whole life on the local stack. A role admin
+//! defines an AccessRole, alice asks for it with kubectl, carol approves with the
+//! documented kubectl command, the operator grants access through the shipped state
+//! machine (running on moto), the role's trust policy holds an expiring statement,
+//! and when the duration is over it is revoked. A second request is ended early with
+//! the revoke action. Everything started here stops when the demo exits.
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::time::{Duration, Instant};
+
+use aws_jit::crd::{AccessRequest, Phase};
+use kube::api::Api;
 use support::kube::User;
 
 fn show(title: &str, out: std::process::Output) {
@@ -15,9 +22,49 @@ fn show(title: &str, out: std::process::Output) {
     }
 }
 
+async fn wait_phase(api: &Api<AccessRequest>, name: &str, phase: Phase, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let now = api
+            .get(name)
+            .await
+            .ok()
+            .and_then(|r| r.status)
+            .and_then(|s| s.phase);
+        if now == Some(phase) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name} did not reach {phase:?} within {within:?} (is {now:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn print_trust_policy(iam: &aws_sdk_iam::Client, role: &str) {
+    let got = iam
+        .get_role()
+        .role_name(role)
+        .send()
+        .await
+        .expect("get role");
+    let raw = got
+        .role()
+        .and_then(|r| r.assume_role_policy_document())
+        .unwrap_or_default();
+    let doc = aws_jit::trust_policy::parse(raw).expect("trust policy");
+    let pretty: serde_json::Value =
+        serde_json::from_str(&aws_jit::trust_policy::to_json(&doc)).unwrap_or_default();
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&pretty).unwrap_or_default()
+    );
+}
+
 #[tokio::main]
 async fn main() {
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     let stack = support::stack();
     println!(
         "local stack up in {:.1}s: kube-apiserver {} , moto {}",
@@ -25,85 +72,209 @@ async fn main() {
         stack.kube.server(),
         stack.aws.endpoint
     );
-
     let aws = stack.aws.deploy("demo").await;
     println!("\n=== AWS side deployed into moto through CloudFormation (deploy/aws/aws-jit.yaml)");
     println!("state machine : {}", aws.state_machine_arn);
-    println!("request queue : {}", aws.request_queue_url);
-    println!("work queue    : {}", aws.work_queue_url);
-    println!("alert queue   : {}", aws.alert_queue_url);
+    println!(
+        "request queue : {}\nwork queue    : {}\nalert queue   : {}",
+        aws.request_queue_url, aws.work_queue_url, aws.alert_queue_url
+    );
+
+    // The AWS role people may get, with a trust policy of its own.
+    let sdk = stack.aws.sdk_config().await;
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    let base = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Ec2","Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    iam.create_role()
+        .role_name("prod-admin")
+        .assume_role_policy_document(base)
+        .send()
+        .await
+        .expect("create role");
+
+    // The operator, with its own identity, the same code the `controller` subcommand runs.
+    let kube_ns = stack.kube.create_namespace("team-billing").await;
+    let operator_kube = stack.kube.client(User::Operator).await;
+    let config = aws_jit::operator::Config {
+        aws: aws_jit::operator::AwsTargets {
+            state_machine_arn: aws.state_machine_arn.clone(),
+            request_queue_url: aws.request_queue_url.clone(),
+            request_dead_letter_url: Some(aws.request_dlq_url.clone()),
+            work_queue_url: aws.work_queue_url.clone(),
+            work_dead_letter_url: Some(aws.work_dlq_url.clone()),
+        },
+        settings: aws_jit::controller::Settings {
+            watch_namespace: Some(kube_ns.clone()),
+            operator_namespace: "aws-jit-system".into(),
+            poll_interval: Duration::from_secs(1),
+        },
+        queue_wait: Duration::from_secs(1),
+        trust_policy_size_limit: aws_jit::trust_policy::DEFAULT_SIZE_LIMIT,
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let operator = tokio::spawn({
+        let sdk = sdk.clone();
+        async move {
+            aws_jit::operator::run(operator_kube, &sdk, config, async move {
+                let _ = stopped.await;
+            })
+            .await
+        }
+    });
 
     let kube = &stack.kube;
     let samples = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/samples");
     show(
-        "a role admin defines the AccessRole",
+        "a role admin defines the AccessRole (deploy/samples/accessrole.yaml)",
         kube.kubectl(
             User::Admin,
             &["apply", "-f", &format!("{samples}/accessrole.yaml")],
         ),
     );
-    let ns = kube.create_namespace("team-billing").await;
+    let request = String::from(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: fix-billing-outage\n\
+         spec:\n  role: prod-admin\n  requester: alice\n  requesterGroup: developers\n  duration: 20s\n  reason: \"Billing job stuck, INC-4711\"\n  ticket: INC-4711\n"
+    );
     show(
-        "alice asks for it (kubectl apply as alice)",
+        "alice asks for 20 seconds of prod-admin (kubectl create, as alice)",
+        kube.kubectl_stdin(
+            User::Alice,
+            &["create", "-n", &kube_ns, "-f", "-"],
+            &request,
+        ),
+    );
+    let api: Api<AccessRequest> = Api::namespaced(stack.kube.client(User::Admin).await, &kube_ns);
+    wait_phase(
+        &api,
+        "fix-billing-outage",
+        Phase::AwaitingApproval,
+        Duration::from_secs(60),
+    )
+    .await;
+    show(
+        "the request waits for an approver",
+        kube.kubectl(User::Alice, &["get", "ar", "-n", &kube_ns]),
+    );
+    show(
+        "alice cannot approve her own request (admission policy)",
         kube.kubectl(
             User::Alice,
+            &["patch", "ar", "fix-billing-outage", "-n", &kube_ns, "--subresource=status", "--type=json",
+              "-p", r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"alice","decision":"Approve"}}]"#],
+        ),
+    );
+    show(
+        "carol approves (the README's command)",
+        kube.kubectl(
+            User::Carol,
+            &["patch", "ar", "fix-billing-outage", "-n", &kube_ns, "--subresource=status", "--type=json",
+              "-p", r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve","comment":"go ahead"}}]"#],
+        ),
+    );
+    wait_phase(
+        &api,
+        "fix-billing-outage",
+        Phase::Active,
+        Duration::from_secs(60),
+    )
+    .await;
+    show(
+        "access is granted",
+        kube.kubectl(User::Alice, &["get", "ar", "-n", &kube_ns]),
+    );
+    println!("\n=== the role's trust policy in AWS now holds an expiring statement for alice:");
+    print_trust_policy(&iam, "prod-admin").await;
+    println!(
+        "\n(AWS itself refuses the statement after aws:CurrentTime passes the expiry, even if every revoke were lost.)"
+    );
+
+    println!("\n=== waiting for the 20 seconds to run out...");
+    wait_phase(
+        &api,
+        "fix-billing-outage",
+        Phase::Expired,
+        Duration::from_secs(90),
+    )
+    .await;
+    show(
+        "the request has expired",
+        kube.kubectl(User::Alice, &["get", "ar", "-n", &kube_ns]),
+    );
+    println!("\n=== and the statement is gone from the trust policy:");
+    print_trust_policy(&iam, "prod-admin").await;
+    show(
+        "what happened, as Events",
+        kube.kubectl(
+            User::Admin,
             &[
-                "apply",
+                "get",
+                "events",
                 "-n",
-                &ns,
-                "-f",
-                &format!("{samples}/accessrequest.yaml"),
+                &kube_ns,
+                "--sort-by=.metadata.creationTimestamp",
+                "-o",
+                "custom-columns=TYPE:.type,REASON:.reason,MESSAGE:.message",
             ],
         ),
     );
+
+    // A second request, ended early with the revoke action.
+    let early = request
+        .replace("fix-billing-outage", "quick-look")
+        .replace("20s", "1h");
+    succeeded_quietly(kube.kubectl_stdin(
+        User::Alice,
+        &["create", "-n", &kube_ns, "-f", "-"],
+        &early,
+    ));
+    wait_phase(
+        &api,
+        "quick-look",
+        Phase::AwaitingApproval,
+        Duration::from_secs(60),
+    )
+    .await;
+    succeeded_quietly(kube.kubectl(
+        User::Dave,
+        &["patch", "ar", "quick-look", "-n", &kube_ns, "--subresource=status", "--type=json",
+          "-p", r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"dave","decision":"Approve"}}]"#],
+    ));
+    wait_phase(&api, "quick-look", Phase::Active, Duration::from_secs(60)).await;
     show(
-        "kubectl get accessroles",
-        kube.kubectl(User::Alice, &["get", "accessroles"]),
-    );
-    show(
-        "kubectl get ar",
-        kube.kubectl(User::Alice, &["get", "ar", "-n", &ns]),
-    );
-    show(
-        "alice cannot ask in bob's name (admission policy)",
-        kube.kubectl_stdin(
-            User::Alice,
-            &["create", "-n", &ns, "-f", "-"],
-            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata: {name: for-bob}\n\
-             spec: {role: prod-admin, requester: bob, reason: sneaky}\n",
-        ),
-    );
-    show(
-        "a malformed duration is refused by the CRD's CEL rules",
-        kube.kubectl_stdin(
-            User::Alice,
-            &["create", "-n", &ns, "-f", "-"],
-            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata: {name: forever}\n\
-             spec: {role: prod-admin, requester: alice, duration: forever}\n",
-        ),
-    );
-    show(
-        "carol cannot approve in dave's name (admission policy)",
+        "a second request (1h) is active; alice is done early and revokes it (the README's command)",
         kube.kubectl(
-            User::Carol,
+            User::Alice,
             &[
                 "patch",
                 "ar",
-                "fix-billing-outage",
+                "quick-look",
                 "-n",
-                &ns,
+                &kube_ns,
                 "--subresource=status",
                 "--type=merge",
                 "-p",
-                r#"{"status":{"approvals":[{"approver":"dave","decision":"Approve"}]}}"#,
+                r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done"}}}"#,
             ],
         ),
     );
-    println!(
-        "\nApproval, grant and expiry arrive with the controller (`aws-jit controller`, next milestone)."
+    wait_phase(&api, "quick-look", Phase::Revoked, Duration::from_secs(60)).await;
+    show(
+        "revoked now, not in an hour",
+        kube.kubectl(User::Alice, &["get", "ar", "-n", &kube_ns]),
     );
+    print_trust_policy(&iam, "prod-admin").await;
+
+    let _ = stop.send(());
+    let _ = operator.await;
     println!(
-        "demo done in {:.1}s; stopping the stack",
+        "\ndemo done in {:.1}s; stopping the stack",
         started.elapsed().as_secs_f64()
+    );
+}
+
+fn succeeded_quietly(out: std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

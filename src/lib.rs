@@ -3,10 +3,15 @@
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
 
 pub mod contract;
+pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod operator;
+pub mod request_queue;
 pub mod sfn;
+pub mod tokens;
 pub mod trust_policy;
+pub mod worker;
 
 /// kube, the AWS SDK and slack-morphism pull in two rustls crypto providers (ring and
 /// aws-lc-rs); with both present none is chosen and the first TLS call panics. Call

@@ -1,7 +1,8 @@
 //! The `aws-jit` binary: a thin shell over the library, one subcommand per role.
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -18,6 +19,88 @@ struct Cli {
 enum Command {
     /// Print the CustomResourceDefinitions as YAML (what `crds/` holds).
     Crdgen,
+    /// Run the operator: reconcile AccessRequests, consume the request and work queues.
+    Controller(ControllerArgs),
+}
+
+#[derive(Args)]
+struct ControllerArgs {
+    /// The state machine's ARN (template output StateMachineArn).
+    #[arg(long, env = "AWS_JIT_STATE_MACHINE_ARN")]
+    state_machine_arn: String,
+    /// Template output RequestQueueUrl.
+    #[arg(long, env = "AWS_JIT_REQUEST_QUEUE_URL")]
+    request_queue_url: String,
+    /// Template output RequestDeadLetterQueueUrl (poison messages are moved there).
+    #[arg(long, env = "AWS_JIT_REQUEST_DLQ_URL")]
+    request_dlq_url: Option<String>,
+    /// Template output WorkQueueUrl.
+    #[arg(long, env = "AWS_JIT_WORK_QUEUE_URL")]
+    work_queue_url: String,
+    /// Template output WorkDeadLetterQueueUrl.
+    #[arg(long, env = "AWS_JIT_WORK_DLQ_URL")]
+    work_dlq_url: Option<String>,
+    /// The operator's namespace, where task-token Secrets live.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "aws-jit-system")]
+    operator_namespace: String,
+    /// Watch one namespace only (default: all).
+    #[arg(long, env = "AWS_JIT_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// How often a running execution is checked when nothing else happens, e.g. 15s.
+    #[arg(long, env = "AWS_JIT_POLL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    poll_interval: Duration,
+    /// The account's IAM trust-policy size quota (2048 unless raised; at most 4096).
+    #[arg(long, env = "AWS_JIT_TRUST_POLICY_SIZE_LIMIT", default_value_t = aws_jit::trust_policy::DEFAULT_SIZE_LIMIT)]
+    trust_policy_size_limit: usize,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    aws_jit::decide::parse_duration("duration", s).map_err(|e| e.to_string())
+}
+
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    tracing::info!("shutting down");
+}
+
+async fn controller(args: ControllerArgs) -> ExitCode {
+    let kube = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot reach Kubernetes: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let config = aws_jit::operator::Config {
+        aws: aws_jit::operator::AwsTargets {
+            state_machine_arn: args.state_machine_arn,
+            request_queue_url: args.request_queue_url,
+            request_dead_letter_url: args.request_dlq_url,
+            work_queue_url: args.work_queue_url,
+            work_dead_letter_url: args.work_dlq_url,
+        },
+        settings: aws_jit::controller::Settings {
+            watch_namespace: args.watch_namespace,
+            operator_namespace: args.operator_namespace,
+            poll_interval: args.poll_interval,
+        },
+        queue_wait: Duration::from_secs(20),
+        trust_policy_size_limit: args.trust_policy_size_limit,
+    };
+    aws_jit::operator::run(kube, &aws, config, shutdown_signal()).await;
+    ExitCode::SUCCESS
 }
 
 fn main() -> ExitCode {
@@ -34,5 +117,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Controller(args) => {
+            tracing_subscriber::fmt()
+                .json()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
+            match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(controller(args)),
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }

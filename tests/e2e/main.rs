@@ -6,6 +6,8 @@
 mod support;
 
 mod admission;
+mod controller;
 mod crds;
 mod stack;
 mod statemachine;
+mod worker;

@@ -1,0 +1,683 @@
+//! The AccessRequest controller: one reconcile that keeps each request's status true to
+//! its Step Functions execution. Data flows one way: the request and its role decide
+//! what execution starts; the execution asks for decisions through the request queue
+//! (tokens land in [`crate::tokens`]); the reconciler answers with the approvers'
+//! votes and reads the execution's state back into status.
+//!
+//! Status is written with server-side apply under one field manager, as a full snapshot
+//! of the fields the controller owns and with the resourceVersion it was computed from:
+//! a concurrent change (an approver's vote) makes the write conflict and the request is
+//! reconciled again, so nothing an approver appended is ever dropped.
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, warn};
+
+use crate::contract::{ApprovalOutput, DenialCause, errors};
+use crate::crd::{AccessRequest, AccessRequestStatus, AccessRole, FINALIZER, Phase};
+use crate::decide::{self, Tally};
+use crate::sfn::{ExecutionState, SfnError, StepFunctionClient, execution_name};
+use crate::tokens::{self, TokenError, TokenStore, keys};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "aws-jit";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+    #[error(transparent)]
+    StepFunctions(#[from] SfnError),
+    #[error("cannot encode: {0}")]
+    Encode(#[from] serde_json::Error),
+    #[error("the request has no {0}")]
+    Incomplete(&'static str),
+    /// Deletion waits for the execution to revoke; not a failure.
+    #[error("waiting: {0}")]
+    Waiting(String),
+}
+
+impl Error {
+    fn kind(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "kube",
+            Error::Tokens(_) => "tokens",
+            Error::StepFunctions(_) => "stepfunctions",
+            Error::Encode(_) => "encode",
+            Error::Incomplete(_) => "incomplete",
+            Error::Waiting(_) => "waiting",
+        }
+    }
+}
+
+/// How the controller runs.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Only this namespace's requests (None: every namespace).
+    pub watch_namespace: Option<String>,
+    /// Where task-token Secrets live.
+    pub operator_namespace: String,
+    /// How often a running execution is looked at when nothing else happens.
+    pub poll_interval: Duration,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: kube::Client,
+    pub sfn: StepFunctionClient,
+    pub tokens: TokenStore,
+    pub recorder: Recorder,
+    pub roles: Api<AccessRole>,
+    pub settings: Settings,
+}
+
+fn now() -> Time {
+    Time(jiff::Timestamp::now())
+}
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    client: kube::Client,
+    sfn: StepFunctionClient,
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let requests: Api<AccessRequest> = match &settings.watch_namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let roles_api: Api<AccessRole> = Api::all(client.clone());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.operator_namespace);
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        sfn,
+        tokens: TokenStore::new(client.clone(), &settings.operator_namespace),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "aws-jit-controller".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        ),
+        roles: roles_api.clone(),
+        settings: settings.clone(),
+    });
+    let controller = Controller::new(requests, watcher::Config::default().any_semantic());
+    let store = controller.store();
+    let role_store = store.clone();
+    let watch_ns = settings.watch_namespace.clone();
+    controller
+        // A token written for a request wakes that request.
+        .watches(
+            secrets,
+            watcher::Config::default().labels(&format!(
+                "app.kubernetes.io/managed-by={}",
+                tokens::MANAGED_BY
+            )),
+            move |secret: Secret| {
+                let a = secret.annotations();
+                match (
+                    a.get(tokens::ANNOTATION_NAMESPACE),
+                    a.get(tokens::ANNOTATION_NAME),
+                ) {
+                    (Some(ns), Some(name)) if watch_ns.as_ref().is_none_or(|w| w == ns) => {
+                        Some(ObjectRef::<AccessRequest>::new(name).within(ns))
+                    }
+                    _ => None,
+                }
+            },
+        )
+        // A changed role re-evaluates the requests that are not decided yet.
+        .watches(
+            roles_api,
+            watcher::Config::default(),
+            move |role: AccessRole| {
+                let name = role.name_any();
+                role_store
+                    .state()
+                    .into_iter()
+                    .filter(|r| r.spec.role == name && !phase(r).is_some_and(Phase::is_terminal))
+                    .map(|r| ObjectRef::from(&*r))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!(error = %e, "reconcile failed");
+            }
+        })
+        .await;
+}
+
+fn phase(r: &AccessRequest) -> Option<Phase> {
+    r.status.as_ref().and_then(|s| s.phase)
+}
+
+async fn reconcile(
+    request: Arc<AccessRequest>,
+    ctx: Arc<Context>,
+) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
+    let ns = request.namespace().unwrap_or_default();
+    let api: Api<AccessRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    finalizer(&api, FINALIZER, request, |event| async {
+        match event {
+            Finalizer::Apply(r) => apply(&r, &ctx, &api).await,
+            Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
+        }
+    })
+    .await
+}
+
+fn error_policy(
+    request: Arc<AccessRequest>,
+    error: &kube::runtime::finalizer::Error<Error>,
+    ctx: Arc<Context>,
+) -> Action {
+    use kube::runtime::finalizer::Error as F;
+    let waiting = matches!(
+        error,
+        F::CleanupFailed(Error::Waiting(_)) | F::ApplyFailed(Error::Waiting(_))
+    );
+    let conflict =
+        matches!(error, F::ApplyFailed(Error::Kube(kube::Error::Api(s))) if s.is_conflict());
+    if waiting || conflict {
+        return Action::requeue(ctx.settings.poll_interval.min(Duration::from_secs(2)));
+    }
+    let kind = match error {
+        F::ApplyFailed(e) | F::CleanupFailed(e) => e.kind(),
+        _ => "finalizer",
+    };
+    warn!(
+        namespace = request.namespace().unwrap_or_default(),
+        name = request.name_any(),
+        uid = request.uid().unwrap_or_default(),
+        kind,
+        error = %error,
+        "reconcile error; retrying"
+    );
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// The fields the controller owns, as one snapshot for server-side apply.
+struct StatusUpdate<'a> {
+    request: &'a AccessRequest,
+    status: AccessRequestStatus,
+}
+
+impl<'a> StatusUpdate<'a> {
+    fn from(request: &'a AccessRequest) -> Self {
+        let mut status = request.status.clone().unwrap_or_default();
+        // Votes are the approvers' fields: never part of our snapshot beyond the empty
+        // list that lets them append with a JSON patch.
+        status.approvals = Some(Vec::new());
+        status.revocation = None;
+        Self { request, status }
+    }
+
+    fn phase(mut self, phase: Phase, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let conditions = decide::conditions_for(
+            &self.status.conditions,
+            phase,
+            &message,
+            self.request.metadata.generation,
+            &now(),
+        );
+        self.status.phase = Some(phase);
+        self.status.message = Some(message);
+        self.status.conditions = conditions;
+        self.status.observed_generation = self.request.metadata.generation;
+        self
+    }
+
+    /// Writes the snapshot if it differs from what is there.
+    async fn apply(self, api: &Api<AccessRequest>) -> Result<bool, Error> {
+        let current = self.request.status.clone().unwrap_or_default();
+        let mut comparable = current.clone();
+        comparable.approvals = Some(Vec::new());
+        comparable.revocation = None;
+        if comparable == self.status && current.approvals.is_some() {
+            return Ok(false);
+        }
+        let name = self.request.name_any();
+        let patch = json!({
+            "apiVersion": "aws-jit.io/v1alpha1",
+            "kind": "AccessRequest",
+            "metadata": {
+                "name": name,
+                "resourceVersion": self.request.resource_version(),
+            },
+            "status": self.status,
+        });
+        api.patch_status(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Kube)?;
+        Ok(true)
+    }
+}
+
+async fn event(
+    ctx: &Context,
+    request: &AccessRequest,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &request.object_ref(&())).await {
+        warn!(error = %e, reason, "cannot publish event");
+    }
+}
+
+async fn apply(
+    request: &AccessRequest,
+    ctx: &Context,
+    api: &Api<AccessRequest>,
+) -> Result<Action, Error> {
+    let uid = request.uid().ok_or(Error::Incomplete("uid"))?;
+    let status = request.status.clone().unwrap_or_default();
+    let span = tracing::info_span!("reconcile", namespace = request.namespace().unwrap_or_default(), name = request.name_any(), uid = %uid);
+    let _guard = span.enter();
+    if status.phase.is_some_and(Phase::is_terminal) {
+        ctx.tokens.delete(&uid).await?;
+        return Ok(Action::await_change());
+    }
+
+    // 1. Not started: validate against the role, then start exactly one execution.
+    let Some(execution_arn) = status.execution_arn.clone() else {
+        let role = ctx
+            .roles
+            .get_opt(&request.spec.role)
+            .await
+            .map_err(Error::Kube)?;
+        return match decide::plan(request, role.as_ref()) {
+            Err(rejection) => {
+                info!(reason = rejection.reason(), "rejected: {rejection}");
+                StatusUpdate::from(request)
+                    .phase(Phase::Rejected, rejection.to_string())
+                    .apply(api)
+                    .await?;
+                event(
+                    ctx,
+                    request,
+                    EventType::Warning,
+                    rejection.reason(),
+                    "Validate",
+                    rejection.to_string(),
+                )
+                .await;
+                Ok(Action::await_change())
+            }
+            Ok(input) => {
+                let arn = ctx
+                    .sfn
+                    .start_execution(&execution_name(&uid), &input)
+                    .await?;
+                info!(execution_arn = %arn, "execution started");
+                let mut update = StatusUpdate::from(request).phase(
+                    Phase::Pending,
+                    "execution started; waiting for it to ask for approval",
+                );
+                update.status.execution_arn = Some(arn.clone());
+                update.apply(api).await?;
+                event(
+                    ctx,
+                    request,
+                    EventType::Normal,
+                    "ExecutionStarted",
+                    "Start",
+                    format!("started {arn}"),
+                )
+                .await;
+                Ok(Action::requeue(ctx.settings.poll_interval))
+            }
+        };
+    };
+
+    // 2. Ended: the execution's outcome is the request's final phase.
+    let state = ctx.sfn.describe(&execution_arn).await?;
+    if let Some((phase, message)) = decide::phase_of(&state) {
+        let mut update = StatusUpdate::from(request).phase(phase, message.clone());
+        if matches!(phase, Phase::Expired | Phase::Revoked) && update.status.granted_at.is_some() {
+            update.status.revoked_at.get_or_insert_with(now);
+        }
+        update.apply(api).await?;
+        let type_ = if phase == Phase::Failed {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        event(
+            ctx,
+            request,
+            type_,
+            &format!("{phase:?}"),
+            "Finish",
+            message,
+        )
+        .await;
+        ctx.tokens.delete(&uid).await?;
+        return Ok(Action::await_change());
+    }
+
+    // 3. Running: where the tokens say it is.
+    let tokens = ctx.tokens.get(&uid).await?;
+    let poll = ctx.settings.poll_interval;
+    if let Some(hold_token) = tokens.get(keys::HOLD_TOKEN) {
+        let granted_at = tokens.get(keys::GRANTED_AT).and_then(parse_time);
+        let expires_at = tokens.get(keys::EXPIRES_AT).and_then(parse_time);
+        let mut message = format!(
+            "access granted until {}",
+            tokens.get(keys::EXPIRES_AT).unwrap_or("its expiry")
+        );
+        if let Some(revocation) = &status.revocation
+            && tokens.get(keys::HOLD_ENDED).is_none()
+        {
+            let role = ctx
+                .roles
+                .get_opt(&request.spec.role)
+                .await
+                .map_err(Error::Kube)?;
+            let by = &revocation.requested_by;
+            if decide::may_revoke(role.as_ref(), &request.spec.requester, revocation) {
+                let output = json!({"ended_by": by, "reason": revocation.reason.clone().unwrap_or_default()});
+                ctx.sfn.send_success(hold_token, &output).await?;
+                ctx.tokens
+                    .put(&identity(request, &uid), &[(keys::HOLD_ENDED, by)])
+                    .await?;
+                event(
+                    ctx,
+                    request,
+                    EventType::Normal,
+                    "RevokeRequested",
+                    "Revoke",
+                    format!("{by} ended access early"),
+                )
+                .await;
+            } else {
+                // Set-once for everyone else: clear it, or it would block a legitimate one.
+                let clear = json!({"status": {"revocation": null}});
+                api.patch_status(
+                    &request.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&clear),
+                )
+                .await
+                .map_err(Error::Kube)?;
+                event(
+                    ctx,
+                    request,
+                    EventType::Warning,
+                    "RevokeIgnored",
+                    "Revoke",
+                    format!("{by} is neither the requester nor an approver of this role"),
+                )
+                .await;
+                return Ok(Action::requeue(Duration::from_millis(200)));
+            }
+        }
+        if tokens.get(keys::HOLD_ENDED).is_some() || status.revocation.is_some() {
+            message = "access is being revoked early".into();
+        }
+        let mut update = StatusUpdate::from(request).phase(Phase::Active, message);
+        update.status.granted_at = granted_at;
+        update.status.expires_at = expires_at.clone();
+        update.apply(api).await?;
+        let until_expiry = expires_at
+            .map(|e| e.0.duration_since(jiff::Timestamp::now()))
+            .and_then(|d| Duration::try_from(d).ok())
+            .unwrap_or(poll);
+        return Ok(Action::requeue(
+            until_expiry.min(poll).max(Duration::from_millis(500)),
+        ));
+    }
+    if let Some(token) = tokens.get(keys::APPROVAL_TOKEN) {
+        match tokens.get(keys::APPROVAL_ANSWER) {
+            Some("approved") => {
+                let by = tokens.get(keys::DECIDED_BY).unwrap_or("the approvers");
+                StatusUpdate::from(request)
+                    .phase(
+                        Phase::Approved,
+                        format!("approved by {by}; granting access"),
+                    )
+                    .apply(api)
+                    .await?;
+            }
+            Some(_) => {
+                let by = tokens.get(keys::DECIDED_BY).unwrap_or("an approver");
+                StatusUpdate::from(request)
+                    .phase(Phase::Denied, format!("denied by {by}"))
+                    .apply(api)
+                    .await?;
+            }
+            None => answer_approval(request, ctx, api, &uid, token).await?,
+        }
+        return Ok(Action::requeue(poll));
+    }
+    StatusUpdate::from(request)
+        .phase(
+            Phase::Pending,
+            "execution started; waiting for it to ask for approval",
+        )
+        .apply(api)
+        .await?;
+    Ok(Action::requeue(poll))
+}
+
+fn identity(request: &AccessRequest, uid: &str) -> crate::contract::RequestIdentity {
+    crate::contract::RequestIdentity {
+        namespace: request.namespace().unwrap_or_default(),
+        name: request.name_any(),
+        uid: uid.to_string(),
+    }
+}
+
+fn parse_time(s: &str) -> Option<Time> {
+    s.parse::<jiff::Timestamp>().ok().map(Time)
+}
+
+/// Counts the votes; when the role's rule is met, answers the approval task (then
+/// records that it did: a crash in between answers again, which the execution ignores).
+async fn answer_approval(
+    request: &AccessRequest,
+    ctx: &Context,
+    api: &Api<AccessRequest>,
+    uid: &str,
+    token: &str,
+) -> Result<(), Error> {
+    let Some(role) = ctx
+        .roles
+        .get_opt(&request.spec.role)
+        .await
+        .map_err(Error::Kube)?
+    else {
+        StatusUpdate::from(request)
+            .phase(
+                Phase::AwaitingApproval,
+                format!("AccessRole {:?} is gone; waiting for it", request.spec.role),
+            )
+            .apply(api)
+            .await?;
+        return Ok(());
+    };
+    let votes = request
+        .status
+        .as_ref()
+        .and_then(|s| s.approvals.clone())
+        .unwrap_or_default();
+    let (tally, ignored) = decide::tally(&role, &request.spec.requester, &votes);
+    for i in &ignored {
+        event(
+            ctx,
+            request,
+            EventType::Warning,
+            "VoteIgnored",
+            "Count",
+            format!("vote by {} not counted: {}", i.approver, i.why),
+        )
+        .await;
+    }
+    let requester_arn = decide::principal_for(&role, &request.spec.requester).unwrap_or_default();
+    match tally {
+        Tally::Pending { have, need } => {
+            StatusUpdate::from(request)
+                .phase(
+                    Phase::AwaitingApproval,
+                    format!("{have} of {need} approvals"),
+                )
+                .apply(api)
+                .await?;
+        }
+        Tally::Approved { approvers } => {
+            let output = ApprovalOutput {
+                approver_name: approvers.join(","),
+                approvers: approvers.clone(),
+                requester_arn,
+            };
+            ctx.sfn.send_success(token, &output).await?;
+            let by = approvers.join(", ");
+            ctx.tokens
+                .put(
+                    &identity(request, uid),
+                    &[(keys::APPROVAL_ANSWER, "approved"), (keys::DECIDED_BY, &by)],
+                )
+                .await?;
+            let message = format!("approved by {by}; granting access");
+            StatusUpdate::from(request)
+                .phase(Phase::Approved, message.clone())
+                .apply(api)
+                .await?;
+            event(
+                ctx,
+                request,
+                EventType::Normal,
+                "Approved",
+                "Approve",
+                message,
+            )
+            .await;
+        }
+        Tally::Denied { by, comment } => {
+            let cause = DenialCause {
+                approver_name: by.clone(),
+                requester_arn,
+                comment: comment.clone(),
+            };
+            ctx.sfn
+                .send_failure(token, errors::DENIED, &serde_json::to_string(&cause)?)
+                .await?;
+            let decided = if comment.is_empty() {
+                by.clone()
+            } else {
+                format!("{by}: {comment}")
+            };
+            ctx.tokens
+                .put(
+                    &identity(request, uid),
+                    &[
+                        (keys::APPROVAL_ANSWER, "denied"),
+                        (keys::DECIDED_BY, &decided),
+                    ],
+                )
+                .await?;
+            let message = format!("denied by {decided}");
+            StatusUpdate::from(request)
+                .phase(Phase::Denied, message.clone())
+                .apply(api)
+                .await?;
+            event(ctx, request, EventType::Normal, "Denied", "Deny", message).await;
+        }
+    }
+    Ok(())
+}
+
+/// Deleting a request ends its access first: an undecided approval is cancelled, a
+/// hold is ended (the state machine revokes), and the finalizer stays until the
+/// execution has ended.
+async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error> {
+    let uid = request.uid().ok_or(Error::Incomplete("uid"))?;
+    let Some(execution_arn) = request
+        .status
+        .as_ref()
+        .and_then(|s| s.execution_arn.clone())
+    else {
+        ctx.tokens.delete(&uid).await?;
+        return Ok(Action::await_change());
+    };
+    if !matches!(
+        ctx.sfn.describe(&execution_arn).await?,
+        ExecutionState::Running
+    ) {
+        ctx.tokens.delete(&uid).await?;
+        info!(namespace = request.namespace().unwrap_or_default(), name = request.name_any(), %uid, "execution ended; releasing the request");
+        return Ok(Action::await_change());
+    }
+    let tokens = ctx.tokens.get(&uid).await?;
+    if let Some(hold) = tokens.get(keys::HOLD_TOKEN) {
+        if tokens.get(keys::HOLD_ENDED).is_none() {
+            ctx.sfn
+                .send_success(
+                    hold,
+                    &json!({"ended_by": "deletion", "reason": "AccessRequest deleted"}),
+                )
+                .await?;
+            ctx.tokens
+                .put(&identity(request, &uid), &[(keys::HOLD_ENDED, "deletion")])
+                .await?;
+            event(
+                ctx,
+                request,
+                EventType::Normal,
+                "Revoking",
+                "Delete",
+                "request deleted: ending access now".into(),
+            )
+            .await;
+        }
+    } else if let Some(token) = tokens.get(keys::APPROVAL_TOKEN)
+        && tokens.get(keys::APPROVAL_ANSWER).is_none()
+    {
+        ctx.sfn
+            .send_failure(
+                token,
+                errors::CANCELLED,
+                "the AccessRequest was deleted before a decision",
+            )
+            .await?;
+        ctx.tokens
+            .put(
+                &identity(request, &uid),
+                &[(keys::APPROVAL_ANSWER, "cancelled")],
+            )
+            .await?;
+    }
+    Err(Error::Waiting(format!(
+        "execution {execution_arn} to end before releasing the request"
+    )))
+}

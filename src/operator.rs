@@ -1,0 +1,87 @@
+//! The `controller` subcommand's body: the AccessRequest controller, the request-queue
+//! consumer and the trust-policy worker, run together until shutdown. Clients are
+//! passed in, so tests run the very same code against the local stack.
+use std::time::Duration;
+
+use crate::controller::{self, Settings};
+use crate::request_queue::RequestQueue;
+use crate::sfn::StepFunctionClient;
+use crate::tokens::TokenStore;
+use crate::worker::Worker;
+
+/// Where the AWS side is (the CloudFormation template's outputs).
+#[derive(Clone, Debug)]
+pub struct AwsTargets {
+    pub state_machine_arn: String,
+    pub request_queue_url: String,
+    pub request_dead_letter_url: Option<String>,
+    pub work_queue_url: String,
+    pub work_dead_letter_url: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub aws: AwsTargets,
+    pub settings: Settings,
+    /// Long-poll wait of the queue consumers.
+    pub queue_wait: Duration,
+    /// The account's trust-policy size quota (IAM: 2048 unless raised, at most 4096).
+    pub trust_policy_size_limit: usize,
+}
+
+/// Runs every loop of the operator until `shutdown` resolves, then returns once each
+/// has stopped (in-flight work finishes; undeleted messages come back to the queues).
+pub async fn run(
+    kube: kube::Client,
+    aws: &aws_config::SdkConfig,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let sfn = StepFunctionClient::new(aws_sdk_sfn::Client::new(aws), &config.aws.state_machine_arn);
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let requests = RequestQueue {
+        sqs: sqs.clone(),
+        queue_url: config.aws.request_queue_url.clone(),
+        dead_letter_url: config.aws.request_dead_letter_url.clone(),
+        sfn: sfn.clone(),
+        tokens: TokenStore::new(kube.clone(), &config.settings.operator_namespace),
+        client: kube.clone(),
+        wait: config.queue_wait,
+    };
+    let consumer = {
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { requests.run(stopped(rx)).await })
+    };
+    let mut worker = Worker::new(
+        sqs.clone(),
+        aws_sdk_iam::Client::new(aws),
+        sfn.clone(),
+        &config.aws.work_queue_url,
+    )
+    .with_wait_time(config.queue_wait)
+    .with_size_limit(config.trust_policy_size_limit);
+    if let Some(dlq) = &config.aws.work_dead_letter_url {
+        worker = worker.with_dead_letter_url(dlq);
+    }
+    let worker = {
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { worker.run(stopped(rx)).await })
+    };
+    let reconciler = tokio::spawn(controller::run(
+        kube.clone(),
+        sfn.clone(),
+        config.settings.clone(),
+        stopped(stop_rx.clone()),
+    ));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    for task in [consumer, worker, reconciler] {
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "an operator loop ended abnormally");
+        }
+    }
+}

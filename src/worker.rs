@@ -1,0 +1,1600 @@
+//! The trust-policy worker: consumes the FIFO work queue (one message group per target
+//! role, see `deploy/aws/README.md`) and performs the `grant` and `revoke` work items of
+//! the `TrustPolicy` method with IAM, then answers the execution with the item's task
+//! token.
+//!
+//! The editing itself is [`crate::trust_policy`] (pure); this module is the
+//! read-modify-write around it (`GetRole` → edit → `UpdateAssumeRolePolicy`), the answer
+//! to Step Functions, and the SQS message lifecycle. Two writers to one role never race:
+//! while a message of a group (a role) is in flight, SQS FIFO gives no other message of
+//! that group to anyone, and the messages of one group that arrive in one receive are
+//! worked on one after the other, in order. Different groups (roles) are worked on
+//! concurrently.
+//!
+//! # Grant
+//!
+//! `GetRole` → [`trust_policy::parse`] → [`trust_policy::sweep`] (expired statements do not
+//! count against the size limit) → [`trust_policy::grant`] for `input.request.uid`,
+//! principal `input.requester_arn`, expiry `now + duration_seconds` (whole seconds) →
+//! `UpdateAssumeRolePolicy` → `SendTaskSuccess` with a [`GrantOutput`]. A grant that
+//! cannot be made (role not found, policy too large, access denied, malformed ARN, …)
+//! changes nothing and answers `GrantFailed` with the reason as the cause; the state
+//! machine then revokes anyway.
+//!
+//! **Idempotency.** A work item can be delivered twice (e.g. the answer was lost, or the
+//! message could not be deleted). A grant never moves an expiry the first grant set:
+//! - our statement for the request is already there, unexpired, for the same principal:
+//!   nothing is written, and the answer repeats the first grant (its `expires_at`, and
+//!   `granted_at = expires_at - duration_seconds`, which is exactly the first grant's
+//!   time because both are whole seconds);
+//! - it is there but expired: the grant already ran its course; the item is answered
+//!   `GrantFailed` (no second window), and the revoke that follows sweeps the statement;
+//! - it is there for another principal: `GrantFailed`, nothing changed.
+//!
+//! FIFO order makes the window for anything else small: the revoke of a request sits
+//! behind its grant in the same message group, so it cannot remove the statement before a
+//! redelivered grant is seen.
+//!
+//! # Revoke
+//!
+//! `GetRole` → [`trust_policy::revoke`] (the request's statement, plus every expired one
+//! of ours) → `UpdateAssumeRolePolicy` if anything was removed → `SendTaskSuccess` with a
+//! [`RevokeOutput`]. Revoking what is not there is a success, and so is a role that no
+//! longer exists. A revoke works from `input` alone (after a failed grant there is no
+//! `grant`), and whatever `input.method` says (removing a statement of ours is always
+//! safe).
+//!
+//! # Errors and the message lifecycle
+//!
+//! - Transient errors (throttling, IAM service faults, transport), and any failure to
+//!   deliver the answer to Step Functions: no answer, the message stays and comes back
+//!   after a back-off ([`Worker::with_retry_delay`], set with `ChangeMessageVisibility`);
+//!   after 5 receives SQS moves it to the dead-letter queue and the task times out in the
+//!   state machine (`WorkTaskTimeoutSeconds`), which revokes.
+//! - Permanent errors: `SendTaskFailure` (`GrantFailed` / `RevokeFailed`) with a cause a
+//!   person understands.
+//! - A message is deleted only after its answer was delivered, or Step Functions said the
+//!   task is over (`TaskTimedOut`, `TaskDoesNotExist`, `InvalidToken`).
+//! - A message that is not a work item (not JSON, unknown `type`, no task token) is poison:
+//!   it is logged and moved to the work dead-letter queue (same message group, a
+//!   deduplication id derived from its message id, its reason as a message attribute),
+//!   then deleted, so its FIFO group is not blocked behind it. Without a dead-letter URL it
+//!   is left for SQS's own redrive (`maxReceiveCount` 5), made visible again after a short
+//!   delay so that takes seconds, not five visibility timeouts. A work item with a known
+//!   `type` and a task token whose other fields do not parse is not poison: it is answered
+//!   with a failure, so its execution moves on at once.
+//! - If a message cannot be finished (not answered, or not deleted), the later messages
+//!   of the same execution in that receive are not worked on: they are made visible
+//!   again at once, and SQS FIFO delivers them only after the one that stayed, so a
+//!   revoke never overtakes its grant. Later messages of other executions in the group
+//!   are worked on (different requests' items commute), so one stuck or poison message
+//!   neither blocks a role's other work nor drags it to the dead-letter queue by adding
+//!   receives to it.
+//! - A grant answered `AlreadyOver` is checked against its execution: if that has ended
+//!   (stopped, failed, timed out), nothing would revoke the statement just written or
+//!   found, so it is revoked at once; if it still runs, it holds the grant or its revoke
+//!   follows in the same message group.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tracing::{Instrument, Span, error, info, warn};
+
+use crate::contract::{ExecutionInput, GrantOutput, WorkTask, errors};
+use crate::sfn::{ExecutionState, StepFunctionClient, TaskAnswer};
+use crate::trust_policy::{self, Document, TrustPolicyError};
+
+/// SQS's longest long poll.
+const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
+/// SQS's largest receive batch.
+const MAX_MESSAGES: i32 = 10;
+/// First back-off of a transient failure; doubled per receive, up to [`MAX_RETRY_DELAY`].
+/// With 5 receives before the dead-letter queue the tries span 15+30+60+120 s, inside the
+/// template's default `WorkTaskTimeoutSeconds` (300).
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(15);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(120);
+/// When a poison message is left to SQS's redrive: how soon it comes back (and so counts
+/// another receive).
+const POISON_REDELIVERY: Duration = Duration::from_secs(5);
+/// Back-off of the receive loop itself when SQS cannot be reached.
+const MIN_RECEIVE_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Message attribute that says why aws-jit dead-lettered a message.
+pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "aws-jit-dead-letter-reason";
+/// Message attribute with the id the message had on the work queue.
+pub const SOURCE_MESSAGE_ID_ATTRIBUTE: &str = "aws-jit-source-message-id";
+
+/// Why a work item could not be done. [`WorkerError::is_transient`] decides between
+/// "try again later" and "answer the task with a failure"; the `Display` text is the
+/// failure's cause, written for the people who read the alert.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(
+        "{arn:?} is not an IAM role ARN \
+         (arn:<partition>:iam::<12-digit account>:role/[<path>/]<name>)"
+    )]
+    MalformedRoleArn { arn: String },
+    #[error("role {role} does not exist")]
+    RoleNotFound { role: String },
+    #[error("IAM denied {call} on role {role}: {message}")]
+    AccessDenied {
+        call: &'static str,
+        role: String,
+        message: String,
+    },
+    #[error("IAM {call} on role {role} failed: {code}: {message}")]
+    Iam {
+        call: &'static str,
+        role: String,
+        code: String,
+        message: String,
+        transient: bool,
+    },
+    #[error("role {role} has no trust policy in IAM's answer")]
+    NoTrustPolicy { role: String },
+    #[error("cannot change the trust policy of role {role}: {source}")]
+    TrustPolicy {
+        role: String,
+        #[source]
+        source: TrustPolicyError,
+    },
+    #[error("method {method:?} is not granted by the trust-policy worker (only \"TrustPolicy\")")]
+    WrongMethod { method: String },
+    #[error("duration_seconds {seconds} is not a usable duration (a positive number of seconds)")]
+    BadDuration { seconds: u64 },
+    #[error(
+        "role {role} already has the statement {sid} for this request, granting {existing} \
+         rather than the requester {requester}; refusing to change it"
+    )]
+    PrincipalMismatch {
+        role: String,
+        sid: String,
+        existing: String,
+        requester: String,
+    },
+    #[error(
+        "the grant for this request on role {role} already ran and ended at {expired_at} \
+         (statement {sid}); a redelivered grant does not grant again"
+    )]
+    AlreadyExpired {
+        role: String,
+        sid: String,
+        expired_at: String,
+    },
+    #[error("the work item is malformed: {reason}")]
+    MalformedTask { reason: String },
+    #[error("SQS {call} failed: {message}")]
+    Sqs { call: &'static str, message: String },
+}
+
+impl WorkerError {
+    /// True for errors worth trying again later rather than failing the task.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            WorkerError::Iam { transient, .. } => *transient,
+            WorkerError::Sqs { .. } => true,
+            _ => false,
+        }
+    }
+
+    fn iam<E, R>(call: &'static str, role: &str, err: &SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        let role = role.to_owned();
+        let Some(service) = err.as_service_error() else {
+            // Construction, dispatch, timeout, unreadable response: nothing IAM decided.
+            return WorkerError::Iam {
+                call,
+                role,
+                code: "Transport".to_owned(),
+                message: aws_sdk_iam::error::DisplayErrorContext(err).to_string(),
+                transient: true,
+            };
+        };
+        let code = service.code().unwrap_or("Unknown");
+        let message = service.message().unwrap_or_default().to_owned();
+        match code {
+            "NoSuchEntity" => WorkerError::RoleNotFound { role },
+            "AccessDenied" | "AccessDeniedException" => WorkerError::AccessDenied {
+                call,
+                role,
+                message,
+            },
+            _ => WorkerError::Iam {
+                call,
+                role,
+                code: code.to_owned(),
+                message,
+                transient: is_transient_iam_code(code),
+            },
+        }
+    }
+
+    fn sqs<E, R>(call: &'static str, err: &SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+        R: std::fmt::Debug,
+    {
+        WorkerError::Sqs {
+            call,
+            message: aws_sdk_sqs::error::DisplayErrorContext(err).to_string(),
+        }
+    }
+}
+
+/// IAM error codes that say "not now" rather than "no".
+fn is_transient_iam_code(code: &str) -> bool {
+    matches!(
+        code,
+        "Throttling"
+            | "ThrottlingException"
+            | "RequestLimitExceeded"
+            | "ServiceFailure"
+            | "ServiceFailureException"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "InternalFailure"
+            | "InternalError"
+            | "ConcurrentModification"
+            | "RequestTimeout"
+            | "RequestTimeoutException"
+    )
+}
+
+/// The worker's answer to a revoke task.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct RevokeOutput {
+    /// When the revoke ran (RFC 3339, whole seconds).
+    pub revoked_at: String,
+    /// The `Sid`s of this request's statements that were removed; empty when there was
+    /// nothing to revoke.
+    pub removed: Vec<String>,
+    /// The `Sid`s of other requests' expired statements swept on the way.
+    pub swept: Vec<String>,
+}
+
+/// What the worker answered a task with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    Granted(GrantOutput),
+    Revoked(RevokeOutput),
+    /// `SendTaskFailure` with this error (one of [`crate::contract::errors`]) and cause.
+    Failed {
+        error: String,
+        cause: String,
+    },
+}
+
+/// What became of one work-queue message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The task was answered (or was already over): the message can go.
+    Answered {
+        answer: Answer,
+        delivery: TaskAnswer,
+    },
+    /// Something transient went wrong; nothing was answered. Keep the message: it comes
+    /// back after a back-off.
+    Retry { reason: String },
+    /// Not a work item at all: dead-letter it.
+    Poison { reason: String },
+}
+
+/// The trust-policy worker. Build it with [`Worker::new`], then [`Worker::run`] it, or
+/// give it one message body at a time with [`Worker::handle`].
+#[derive(Clone, Debug)]
+pub struct Worker {
+    sqs: aws_sdk_sqs::Client,
+    iam: aws_sdk_iam::Client,
+    sfn: StepFunctionClient,
+    queue_url: String,
+    dead_letter_url: Option<String>,
+    size_limit: usize,
+    wait_time: Duration,
+    retry_delay: Duration,
+}
+
+impl Worker {
+    /// A worker on the work queue `queue_url`, with IAM's default trust-policy size limit,
+    /// 20-second long polls and no dead-letter URL (poison is left to SQS's redrive).
+    pub fn new(
+        sqs: aws_sdk_sqs::Client,
+        iam: aws_sdk_iam::Client,
+        sfn: StepFunctionClient,
+        queue_url: impl Into<String>,
+    ) -> Self {
+        Self {
+            sqs,
+            iam,
+            sfn,
+            queue_url: queue_url.into(),
+            dead_letter_url: None,
+            size_limit: trust_policy::DEFAULT_SIZE_LIMIT,
+            wait_time: MAX_WAIT_TIME,
+            retry_delay: DEFAULT_RETRY_DELAY,
+        }
+    }
+
+    /// Where poison messages go (the template's `WorkDeadLetterQueueUrl`). The operator
+    /// needs `sqs:SendMessage` on it.
+    pub fn with_dead_letter_url(mut self, url: impl Into<String>) -> Self {
+        self.dead_letter_url = Some(url.into());
+        self
+    }
+
+    /// The account's trust-policy size quota ([`trust_policy::DEFAULT_SIZE_LIMIT`] unless
+    /// raised through Service Quotas, at most 4096 on AWS).
+    pub fn with_size_limit(mut self, limit: usize) -> Self {
+        self.size_limit = limit;
+        self
+    }
+
+    /// How long one `ReceiveMessage` waits for messages: whole seconds, from 1 (never a
+    /// busy loop of short polls) to 20 (SQS's longest).
+    pub fn with_wait_time(mut self, wait: Duration) -> Self {
+        self.wait_time = wait.clamp(Duration::from_secs(1), MAX_WAIT_TIME);
+        self
+    }
+
+    /// The first back-off of a transiently failed message (doubled per receive, at most
+    /// two minutes).
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.queue_url
+    }
+
+    /// Long-polls the work queue and works on what arrives until `shutdown` completes.
+    /// A receive in progress is abandoned at shutdown (its messages come back after the
+    /// visibility timeout); messages already received are finished first. Never returns
+    /// early and never panics: receive errors are logged and retried with back-off.
+    pub async fn run(&self, shutdown: impl Future) {
+        tokio::pin!(shutdown);
+        info!(
+            queue_url = %self.queue_url,
+            dead_letter_url = self.dead_letter_url.as_deref().unwrap_or("(none: SQS redrive)"),
+            size_limit = self.size_limit,
+            "trust-policy worker started"
+        );
+        let mut failures: u32 = 0;
+        loop {
+            let received = tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                received = self.receive() => received,
+            };
+            match received {
+                Ok(messages) => {
+                    failures = 0;
+                    self.work_on(messages).await;
+                }
+                Err(err) => {
+                    failures = failures.saturating_add(1);
+                    let delay = receive_backoff(failures);
+                    warn!(
+                        queue_url = %self.queue_url,
+                        error = %err,
+                        retry_in = ?delay,
+                        "cannot receive from the work queue; backing off"
+                    );
+                    tokio::select! {
+                        biased;
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        info!(queue_url = %self.queue_url, "trust-policy worker stopped");
+    }
+
+    /// Works on one message body: grant or revoke, and answer the task. Does not touch the
+    /// queue (see [`Outcome`] for what the caller should do with the message).
+    pub async fn handle(&self, body: &str) -> Outcome {
+        let parsed = classify(body);
+        let span = task_span(&parsed, None);
+        self.handle_parsed(parsed).instrument(span).await
+    }
+
+    async fn receive(&self) -> Result<Vec<Message>, WorkerError> {
+        let wait = i32::try_from(self.wait_time.as_secs()).unwrap_or(20);
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.queue_url)
+            .max_number_of_messages(MAX_MESSAGES)
+            .wait_time_seconds(wait)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| WorkerError::sqs("ReceiveMessage", &e))?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    /// One receive's messages: each message group in order, the groups concurrently.
+    async fn work_on(&self, messages: Vec<Message>) {
+        let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
+        for message in messages {
+            let group = system_attribute(&message, MessageSystemAttributeName::MessageGroupId)
+                .unwrap_or_default()
+                .to_owned();
+            match groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, list)) => list.push(message),
+                None => groups.push((group, vec![message])),
+            }
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, group) in groups {
+            let worker = self.clone();
+            tasks.spawn(async move { worker.work_on_group(group).await });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            if let Err(err) = joined {
+                // Not expected (nothing here panics); the group's messages come back after
+                // the visibility timeout.
+                error!(
+                    queue_url = %self.queue_url,
+                    error = %err,
+                    "a message group's task ended abnormally",
+                );
+            }
+        }
+    }
+
+    /// The messages of one group (one role), in order, one at a time. When a message
+    /// stays on the queue, the later messages of the same execution are not worked on:
+    /// they are made visible again at once, and SQS FIFO delivers them only after the one
+    /// that stayed, so a revoke never overtakes its grant. The later messages of other
+    /// executions are worked on: work items of different requests commute (each has its
+    /// own statement), so a stuck or poison message does not hold up the rest of the
+    /// role's work, nor make it pile up receives towards the dead-letter queue.
+    async fn work_on_group(&self, group: Vec<Message>) {
+        let mut waiting: Vec<String> = Vec::new();
+        for message in group {
+            let parsed = classify(message.body().unwrap_or_default());
+            let execution = execution_of(&parsed).map(str::to_owned);
+            if execution.as_ref().is_some_and(|arn| waiting.contains(arn)) {
+                let span = task_span(&parsed, message.message_id());
+                async {
+                    info!(
+                        "not working on this message yet: an earlier message of its execution \
+                         stays on the queue; it comes back behind that one"
+                    );
+                    self.release(&message, Duration::ZERO).await;
+                }
+                .instrument(span)
+                .await;
+                continue;
+            }
+            if self.work_on_message(&message, parsed).await == Settled::Stays
+                && let Some(arn) = execution
+            {
+                waiting.push(arn);
+            }
+        }
+    }
+
+    /// Works on one message and settles it on the queue.
+    async fn work_on_message(&self, message: &Message, parsed: Result<Parsed, String>) -> Settled {
+        let span = task_span(&parsed, message.message_id());
+        async {
+            match self.handle_parsed(parsed).await {
+                Outcome::Answered { delivery, .. } => {
+                    if delivery == TaskAnswer::AlreadyOver {
+                        info!("the task was already over; removing its message");
+                    }
+                    self.delete(message).await
+                }
+                Outcome::Retry { reason } => {
+                    let delay = retry_delay(self.retry_delay, receive_count(message));
+                    warn!(
+                        %reason,
+                        retry_in = ?delay,
+                        "not answered; the message comes back after a back-off",
+                    );
+                    self.release(message, delay).await;
+                    Settled::Stays
+                }
+                Outcome::Poison { reason } => self.dead_letter(message, &reason).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn handle_parsed(&self, parsed: Result<Parsed, String>) -> Outcome {
+        let parsed = match parsed {
+            Ok(parsed) => parsed,
+            Err(reason) => {
+                error!(%reason, "poison message on the work queue: not a work item");
+                return Outcome::Poison { reason };
+            }
+        };
+        match parsed {
+            Parsed::Task(task) => match *task {
+                WorkTask::Grant {
+                    task_token,
+                    execution_arn,
+                    input,
+                    ..
+                } => {
+                    let result = self.grant(&input).await.map(Answer::Granted);
+                    let outcome = self
+                        .answer(&task_token, self.settle(result, errors::GRANT_FAILED))
+                        .await;
+                    if let Outcome::Answered {
+                        answer: Answer::Granted(_),
+                        delivery: TaskAnswer::AlreadyOver,
+                    } = &outcome
+                    {
+                        self.undo_if_orphaned(&input, &execution_arn).await;
+                    }
+                    outcome
+                }
+                WorkTask::Revoke {
+                    task_token, input, ..
+                } => {
+                    let result = self.revoke(&input).await.map(Answer::Revoked);
+                    self.answer(&task_token, self.settle(result, errors::REVOKE_FAILED))
+                        .await
+                }
+            },
+            Parsed::Malformed {
+                kind,
+                task_token,
+                reason,
+                ..
+            } => {
+                let err = WorkerError::MalformedTask { reason };
+                error!(
+                    error = %err,
+                    "a {} work item that cannot be read; failing its task",
+                    kind.as_str(),
+                );
+                self.answer(&task_token, Ok(failure(kind.error(), &err)))
+                    .await
+            }
+        }
+    }
+
+    /// Sends the answer (`Err(reason)`: nothing to send yet, retry later).
+    async fn answer(&self, token: &str, result: Result<Answer, String>) -> Outcome {
+        let answer = match result {
+            Ok(answer) => answer,
+            Err(reason) => return Outcome::Retry { reason },
+        };
+        let delivered = match &answer {
+            Answer::Granted(output) => self.sfn.send_success(token, output).await,
+            Answer::Revoked(output) => self.sfn.send_success(token, output).await,
+            Answer::Failed { error, cause } => self.sfn.send_failure(token, error, cause).await,
+        };
+        match delivered {
+            Ok(delivery) => {
+                info!(?answer, ?delivery, "answered the task");
+                Outcome::Answered { answer, delivery }
+            }
+            Err(err) => {
+                // Whatever the kind: without an answer the message must stay. Grant and
+                // revoke are idempotent, so the retry answers the same.
+                let transient = err.is_transient();
+                error!(
+                    error = %err,
+                    transient,
+                    ?answer,
+                    "cannot answer the task; keeping the message",
+                );
+                Outcome::Retry {
+                    reason: err.to_string(),
+                }
+            }
+        }
+    }
+
+    /// A grant was made (or found) for a task that is already over. If the execution
+    /// still runs, it has moved on: it holds this grant (our first answer got through),
+    /// or it timed the grant out and its revoke waits behind this message in the role's
+    /// message group. If it has ended (stopped, timed out, failed), nothing will revoke
+    /// the statement, so it is revoked here rather than left until its expiry.
+    async fn undo_if_orphaned(&self, input: &ExecutionInput, execution_arn: &str) {
+        let status = match self.sfn.describe(execution_arn).await {
+            Ok(ExecutionState::Running) => {
+                info!("the execution runs on: it holds this grant, or revokes it next");
+                return;
+            }
+            Ok(ExecutionState::Succeeded { .. }) => "SUCCEEDED".to_owned(),
+            Ok(ExecutionState::Failed { error, .. }) => format!("FAILED ({error})"),
+            Ok(ExecutionState::Ended { status }) => status,
+            Err(err) => {
+                warn!(
+                    error = %err,
+                    "cannot tell whether the execution still runs; if it has ended, the grant \
+                     lasts until its expiry"
+                );
+                return;
+            }
+        };
+        warn!(%status, "the execution ended without taking this grant: revoking it now");
+        match self.revoke(input).await {
+            Ok(out) => info!(removed = ?out.removed, "revoked the grant of an ended execution"),
+            Err(err) => error!(
+                error = %err,
+                "cannot revoke the grant of an ended execution; AWS ends it at its expiry"
+            ),
+        }
+    }
+
+    /// A grant or revoke result as the answer to send, or `Err(reason)` to retry later.
+    fn settle(
+        &self,
+        result: Result<Answer, WorkerError>,
+        error_name: &str,
+    ) -> Result<Answer, String> {
+        match result {
+            Ok(answer) => Ok(answer),
+            Err(err) if err.is_transient() => Err(err.to_string()),
+            Err(err) => {
+                error!(error = %err, "{error_name}: answering the task with a failure");
+                Ok(failure(error_name, &err))
+            }
+        }
+    }
+
+    async fn grant(&self, input: &ExecutionInput) -> Result<GrantOutput, WorkerError> {
+        if input.method != "TrustPolicy" {
+            return Err(WorkerError::WrongMethod {
+                method: input.method.clone(),
+            });
+        }
+        let role = role_name(&input.role_arn)?;
+        let now = Timestamp::now();
+        let document = self.trust_policy(&role).await?;
+        let plan = plan_grant(
+            &document,
+            &role,
+            &input.request.uid,
+            &input.requester_arn,
+            input.duration_seconds,
+            now,
+            self.size_limit,
+        )?;
+        for sid in &plan.lookalikes {
+            warn!(
+                %role,
+                %sid,
+                "a statement looks like aws-jit's but was edited by hand; left alone",
+            );
+        }
+        match &plan.document {
+            Some(updated) => {
+                self.update_trust_policy(&role, updated).await?;
+                info!(
+                    %role,
+                    principal = %input.requester_arn,
+                    statement_id = %plan.output.statement_id,
+                    expires_at = %plan.output.expires_at,
+                    swept = ?plan.swept,
+                    "granted: trust policy updated"
+                );
+            }
+            None => info!(
+                %role,
+                statement_id = %plan.output.statement_id,
+                expires_at = %plan.output.expires_at,
+                "already granted (a redelivered grant): the expiry stays as the first grant set it"
+            ),
+        }
+        Ok(plan.output)
+    }
+
+    async fn revoke(&self, input: &ExecutionInput) -> Result<RevokeOutput, WorkerError> {
+        let role = role_name(&input.role_arn)?;
+        let now = Timestamp::now();
+        let nothing = || RevokeOutput {
+            revoked_at: whole_seconds(now).to_string(),
+            removed: Vec::new(),
+            swept: Vec::new(),
+        };
+        let document = match self.trust_policy(&role).await {
+            Err(WorkerError::RoleNotFound { .. }) => {
+                info!(%role, "the role does not exist (any more): nothing to revoke");
+                return Ok(nothing());
+            }
+            other => other?,
+        };
+        let plan = plan_revoke(&document, &input.request.uid, now);
+        for sid in &plan.lookalikes {
+            warn!(
+                %role,
+                %sid,
+                "a statement looks like aws-jit's but was edited by hand; left alone",
+            );
+        }
+        let Some(updated) = &plan.document else {
+            info!(%role, "nothing of this request in the trust policy: nothing to revoke");
+            return Ok(plan.output);
+        };
+        match self.update_trust_policy(&role, updated).await {
+            Err(WorkerError::RoleNotFound { .. }) => {
+                info!(%role, "the role was deleted while revoking: nothing to revoke");
+                Ok(nothing())
+            }
+            Err(err) => Err(err),
+            Ok(()) => {
+                info!(
+                    %role,
+                    removed = ?plan.output.removed,
+                    swept = ?plan.output.swept,
+                    "revoked: trust policy updated"
+                );
+                Ok(plan.output)
+            }
+        }
+    }
+
+    async fn trust_policy(&self, role: &str) -> Result<Document, WorkerError> {
+        let out = self
+            .iam
+            .get_role()
+            .role_name(role)
+            .send()
+            .await
+            .map_err(|e| WorkerError::iam("iam:GetRole", role, &e))?;
+        let text = out
+            .role()
+            .and_then(|r| r.assume_role_policy_document())
+            .ok_or_else(|| WorkerError::NoTrustPolicy {
+                role: role.to_owned(),
+            })?;
+        trust_policy::parse(text).map_err(|source| WorkerError::TrustPolicy {
+            role: role.to_owned(),
+            source,
+        })
+    }
+
+    async fn update_trust_policy(
+        &self,
+        role: &str,
+        document: &Document,
+    ) -> Result<(), WorkerError> {
+        self.iam
+            .update_assume_role_policy()
+            .role_name(role)
+            .policy_document(trust_policy::to_json(document))
+            .send()
+            .await
+            .map_err(|e| WorkerError::iam("iam:UpdateAssumeRolePolicy", role, &e))?;
+        Ok(())
+    }
+
+    /// Deletes a settled message. `Stays` when it could not be deleted: it comes back
+    /// after the queue's visibility timeout (and is then answered the same way, or found
+    /// over), and the rest of its group must wait for it, or a revoke behind it could run
+    /// before a redelivered grant.
+    async fn delete(&self, message: &Message) -> Settled {
+        let Some(handle) = message.receipt_handle() else {
+            warn!("the message has no receipt handle; it cannot be deleted and will come back");
+            return Settled::Stays;
+        };
+        match self
+            .sqs
+            .delete_message()
+            .queue_url(&self.queue_url)
+            .receipt_handle(handle)
+            .send()
+            .await
+        {
+            Ok(_) => Settled::Done,
+            Err(err) => {
+                warn!(
+                    error = %aws_sdk_sqs::error::DisplayErrorContext(&err),
+                    "cannot delete the settled message; it will come back and be settled again \
+                     (idempotent), and the rest of its group waits for it"
+                );
+                Settled::Stays
+            }
+        }
+    }
+
+    /// Makes the message visible again after `delay`.
+    async fn release(&self, message: &Message, delay: Duration) {
+        let Some(handle) = message.receipt_handle() else {
+            return;
+        };
+        let seconds = i32::try_from(delay.as_secs()).unwrap_or(i32::MAX);
+        if let Err(err) = self
+            .sqs
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(handle)
+            .visibility_timeout(seconds)
+            .send()
+            .await
+        {
+            warn!(
+                error = %aws_sdk_sqs::error::DisplayErrorContext(&err),
+                "cannot change the message's visibility; it comes back after the queue's \
+                 visibility timeout"
+            );
+        }
+    }
+
+    /// Moves a poison message to the dead-letter queue, or leaves it to SQS's redrive.
+    async fn dead_letter(&self, message: &Message, reason: &str) -> Settled {
+        let Some(dlq) = self.dead_letter_url.as_deref() else {
+            error!(
+                %reason,
+                receive_count = receive_count(message),
+                "no dead-letter URL configured: leaving the poison message to SQS's redrive \
+                 (the work queue's maxReceiveCount, 5); its message group waits until then"
+            );
+            self.release(message, POISON_REDELIVERY).await;
+            return Settled::Stays;
+        };
+        match self.send_to_dead_letter(dlq, message, reason).await {
+            Ok(()) => {
+                error!(
+                    %reason,
+                    dead_letter_url = %dlq,
+                    "moved the poison message to the dead-letter queue",
+                );
+                self.delete(message).await
+            }
+            Err(err) => {
+                let delay = retry_delay(self.retry_delay, receive_count(message));
+                error!(
+                    %reason,
+                    error = %err,
+                    retry_in = ?delay,
+                    "cannot move the poison message to the dead-letter queue; it stays"
+                );
+                self.release(message, delay).await;
+                Settled::Stays
+            }
+        }
+    }
+
+    async fn send_to_dead_letter(
+        &self,
+        dlq: &str,
+        message: &Message,
+        reason: &str,
+    ) -> Result<(), WorkerError> {
+        let attribute = |value: &str| {
+            MessageAttributeValue::builder()
+                .data_type("String")
+                .string_value(value)
+                .build()
+                .map_err(|e| WorkerError::Sqs {
+                    call: "SendMessage",
+                    message: e.to_string(),
+                })
+        };
+        let message_id = message.message_id().unwrap_or_default();
+        let mut send = self
+            .sqs
+            .send_message()
+            .queue_url(dlq)
+            .message_body(message.body().unwrap_or_default())
+            .message_attributes(
+                DEAD_LETTER_REASON_ATTRIBUTE,
+                attribute(truncate(reason, 1024))?,
+            );
+        if !message_id.is_empty() {
+            send = send.message_attributes(SOURCE_MESSAGE_ID_ATTRIBUTE, attribute(message_id)?);
+        }
+        if dlq.ends_with(".fifo") {
+            let group = system_attribute(message, MessageSystemAttributeName::MessageGroupId)
+                .filter(|g| !g.is_empty())
+                .unwrap_or("aws-jit-poison");
+            send = send
+                .message_group_id(group)
+                .message_deduplication_id(dead_letter_dedup_id(message_id, message.body()));
+        }
+        send.send()
+            .await
+            .map_err(|e| WorkerError::sqs("SendMessage", &e))?;
+        Ok(())
+    }
+}
+
+/// The name of the role an IAM role ARN names: the last path segment after `role/`
+/// (`arn:aws:iam::123456789012:role/jit/admin` → `admin`).
+pub fn role_name(role_arn: &str) -> Result<String, WorkerError> {
+    let malformed = || WorkerError::MalformedRoleArn {
+        arn: role_arn.to_owned(),
+    };
+    let mut parts = role_arn.splitn(6, ':');
+    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return Err(malformed());
+    };
+    let partition_ok = partition
+        .strip_prefix("aws")
+        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
+    let account_ok = account.len() == 12 && account.chars().all(|c| c.is_ascii_digit());
+    let path_and_name = resource.strip_prefix("role/").ok_or_else(malformed)?;
+    let name = path_and_name.rsplit('/').next().unwrap_or_default();
+    let name_ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
+    let path_ok = path_and_name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
+        && !path_and_name.contains("//");
+    if partition_ok && account_ok && name_ok && path_ok {
+        Ok(name.to_owned())
+    } else {
+        Err(malformed())
+    }
+}
+
+/// What a grant will do to a trust policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GrantPlan {
+    /// The document to write, or `None` when nothing changes (a redelivered grant).
+    pub document: Option<Document>,
+    /// The answer to the grant task.
+    pub output: GrantOutput,
+    /// Other requests' expired statements swept to make room.
+    pub swept: Vec<String>,
+    /// Statements that look like ours but are not (for a warning).
+    pub lookalikes: Vec<String>,
+}
+
+/// The grant for `request_uid`, decided on `document` at `now` (pure; see the module's
+/// notes on idempotency). `role` only names the role in errors.
+pub fn plan_grant(
+    document: &Document,
+    role: &str,
+    request_uid: &str,
+    principal_arn: &str,
+    duration_seconds: u64,
+    now: Timestamp,
+    size_limit: usize,
+) -> Result<GrantPlan, WorkerError> {
+    let policy_error = |source| WorkerError::TrustPolicy {
+        role: role.to_owned(),
+        source,
+    };
+    let sid = trust_policy::sid_for(request_uid).map_err(policy_error)?;
+    let duration = i64::try_from(duration_seconds)
+        .ok()
+        .filter(|s| *s > 0)
+        .map(SignedDuration::from_secs)
+        .ok_or(WorkerError::BadDuration {
+            seconds: duration_seconds,
+        })?;
+    let (swept_document, swept) = trust_policy::sweep(document, now);
+    let swept_sids: Vec<String> = swept.removed.iter().map(|g| g.sid.clone()).collect();
+
+    if let Some(existing) = trust_policy::grants(document)
+        .into_iter()
+        .find(|g| g.sid == sid)
+    {
+        if existing.principal != principal_arn {
+            return Err(WorkerError::PrincipalMismatch {
+                role: role.to_owned(),
+                sid,
+                existing: existing.principal,
+                requester: principal_arn.to_owned(),
+            });
+        }
+        if existing.expires_at <= now {
+            return Err(WorkerError::AlreadyExpired {
+                role: role.to_owned(),
+                sid,
+                expired_at: existing.expires_at.to_string(),
+            });
+        }
+        // Redelivered: keep the first grant's expiry; its time was expiry - duration.
+        let granted_at = existing
+            .expires_at
+            .checked_sub(duration)
+            .map(|t| t.min(whole_seconds(now)))
+            .unwrap_or_else(|_| whole_seconds(now));
+        return Ok(GrantPlan {
+            // Writing only to sweep would be a change this item did not need; the next
+            // revoke on the role sweeps.
+            document: None,
+            output: GrantOutput {
+                granted_at: granted_at.to_string(),
+                expires_at: existing.expires_at.to_string(),
+                statement_id: sid,
+            },
+            swept: Vec::new(),
+            lookalikes: swept.lookalikes,
+        });
+    }
+
+    let granted_at = whole_seconds(now);
+    let expires_at = granted_at
+        .checked_add(duration)
+        .map_err(|_| WorkerError::BadDuration {
+            seconds: duration_seconds,
+        })?;
+    let granted = trust_policy::grant(
+        &swept_document,
+        request_uid,
+        principal_arn,
+        expires_at,
+        size_limit,
+    )
+    .map_err(policy_error)?;
+    Ok(GrantPlan {
+        document: Some(granted),
+        output: GrantOutput {
+            granted_at: granted_at.to_string(),
+            expires_at: expires_at.to_string(),
+            statement_id: sid,
+        },
+        swept: swept_sids,
+        lookalikes: swept.lookalikes,
+    })
+}
+
+/// What a revoke will do to a trust policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevokePlan {
+    /// The document to write, or `None` when nothing is removed.
+    pub document: Option<Document>,
+    /// The answer to the revoke task.
+    pub output: RevokeOutput,
+    /// Statements that look like ours but are not (for a warning).
+    pub lookalikes: Vec<String>,
+}
+
+/// The revoke of `request_uid` on `document` at `now` (pure): its statement goes, and
+/// every expired statement of ours with it.
+pub fn plan_revoke(document: &Document, request_uid: &str, now: Timestamp) -> RevokePlan {
+    let own = trust_policy::sid_for(request_uid).ok();
+    let (revoked, report) = trust_policy::revoke(document, request_uid, now);
+    let (removed, swept): (Vec<String>, Vec<String>) = report
+        .removed
+        .into_iter()
+        .map(|g| g.sid)
+        .partition(|sid| own.as_deref() == Some(sid.as_str()));
+    RevokePlan {
+        document: (!removed.is_empty() || !swept.is_empty()).then_some(revoked),
+        output: RevokeOutput {
+            revoked_at: whole_seconds(now).to_string(),
+            removed,
+            swept,
+        },
+        lookalikes: report.lookalikes,
+    }
+}
+
+/// Where a message is after the worker is done with it for now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    /// Deleted (answered, or dead-lettered).
+    Done,
+    /// Still on the queue, to come back later.
+    Stays,
+}
+
+/// A message body, read just far enough to know what to do with it.
+#[derive(Debug)]
+enum Parsed {
+    Task(Box<WorkTask>),
+    /// A known `type` with a task token, but the rest does not parse: answerable.
+    Malformed {
+        kind: Kind,
+        task_token: String,
+        /// As far as the body names it.
+        execution_arn: Option<String>,
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Grant,
+    Revoke,
+}
+
+impl Kind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Kind::Grant => "grant",
+            Kind::Revoke => "revoke",
+        }
+    }
+
+    fn error(self) -> &'static str {
+        match self {
+            Kind::Grant => errors::GRANT_FAILED,
+            Kind::Revoke => errors::REVOKE_FAILED,
+        }
+    }
+}
+
+/// `Err(reason)` for poison: not JSON, not an object, an unknown `type`, no task token.
+fn classify(body: &str) -> Result<Parsed, String> {
+    let value: Value =
+        serde_json::from_str(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let kind = match value.get("type") {
+        Some(Value::String(t)) if t == "grant" => Kind::Grant,
+        Some(Value::String(t)) if t == "revoke" => Kind::Revoke,
+        Some(Value::String(t)) => return Err(format!("unknown work item type {t:?}")),
+        Some(_) => return Err("the work item's type is not a string".to_owned()),
+        None => return Err("the body has no type".to_owned()),
+    };
+    let task_token = match value.get("task_token") {
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        _ => return Err(format!("the {} work item has no task_token", kind.as_str())),
+    };
+    let execution_arn = value
+        .get("execution_arn")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    match serde_json::from_value::<WorkTask>(value) {
+        Ok(task) => Ok(Parsed::Task(Box::new(task))),
+        Err(e) => Ok(Parsed::Malformed {
+            kind,
+            task_token,
+            execution_arn,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// The execution a message belongs to, if it says.
+fn execution_of(parsed: &Result<Parsed, String>) -> Option<&str> {
+    match parsed {
+        Ok(Parsed::Task(task)) => match task.as_ref() {
+            WorkTask::Grant { execution_arn, .. } | WorkTask::Revoke { execution_arn, .. } => {
+                Some(execution_arn)
+            }
+        },
+        Ok(Parsed::Malformed { execution_arn, .. }) => execution_arn.as_deref(),
+        Err(_) => None,
+    }
+}
+
+/// The span every log line of one message carries: the request's identity and the
+/// execution, as far as the body gives them.
+fn task_span(parsed: &Result<Parsed, String>, message_id: Option<&str>) -> Span {
+    let (task, execution_arn, input) = match parsed {
+        Ok(Parsed::Task(task)) => match task.as_ref() {
+            WorkTask::Grant {
+                execution_arn,
+                input,
+                ..
+            } => ("grant", execution_arn.as_str(), Some(input)),
+            WorkTask::Revoke {
+                execution_arn,
+                input,
+                ..
+            } => ("revoke", execution_arn.as_str(), Some(input)),
+        },
+        Ok(Parsed::Malformed {
+            kind,
+            execution_arn,
+            ..
+        }) => (kind.as_str(), execution_arn.as_deref().unwrap_or(""), None),
+        Err(_) => ("poison", "", None),
+    };
+    let field = |f: fn(&ExecutionInput) -> &str| input.map(f).unwrap_or("");
+    tracing::info_span!(
+        "work_item",
+        task,
+        request_namespace = field(|i| &i.request.namespace),
+        request_name = field(|i| &i.request.name),
+        request_uid = field(|i| &i.request.uid),
+        execution_arn,
+        role_arn = field(|i| &i.role_arn),
+        message_id = message_id.unwrap_or(""),
+    )
+}
+
+fn failure(error: &str, err: &WorkerError) -> Answer {
+    Answer::Failed {
+        error: error.to_owned(),
+        cause: err.to_string(),
+    }
+}
+
+fn system_attribute(message: &Message, name: MessageSystemAttributeName) -> Option<&str> {
+    message
+        .attributes()
+        .and_then(|a: &HashMap<_, _>| a.get(&name))
+        .map(String::as_str)
+}
+
+fn receive_count(message: &Message) -> u32 {
+    system_attribute(message, MessageSystemAttributeName::ApproximateReceiveCount)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(1)
+}
+
+/// Back-off of a message that failed on its `receive_count`-th receive: `base`, doubled
+/// per receive, at most two minutes (and at least a second).
+fn retry_delay(base: Duration, receive_count: u32) -> Duration {
+    let doublings = receive_count.saturating_sub(1).min(16);
+    base.saturating_mul(1 << doublings)
+        .clamp(Duration::from_secs(1), MAX_RETRY_DELAY.max(base))
+}
+
+/// Back-off of the receive loop after `failures` failed receives in a row.
+fn receive_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    MIN_RECEIVE_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_RECEIVE_BACKOFF)
+}
+
+/// FIFO deduplication id for a dead-lettered message: stable per source message, so a
+/// move retried after a failed delete is not queued twice. At most 128 characters from
+/// the set SQS allows (the message id is a UUID; the body's hash stands in if it is
+/// missing).
+fn dead_letter_dedup_id(message_id: &str, body: Option<&str>) -> String {
+    let mut id: String = message_id
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(100)
+        .collect();
+    if id.is_empty() {
+        id = format!("{:016x}", fnv1a(body.unwrap_or_default().as_bytes()));
+    }
+    format!("dead-letter-{id}")
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
+        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `ts` rounded down to the second (its `Display` is then `YYYY-MM-DDTHH:MM:SSZ`).
+fn whole_seconds(ts: Timestamp) -> Timestamp {
+    Timestamp::from_second(ts.as_second()).unwrap_or(ts)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const UID: &str = "0b5f7a4e-9c1d-4e2b-8f3a-1d2c3b4a5f6e";
+    const SID: &str = "AwsJit0b5f7a4e9c1d4e2b8f3a1d2c3b4a5f6e";
+    const OTHER_UID: &str = "7d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    const ALICE: &str = "arn:aws:iam::123456789012:user/alice";
+    const BOB: &str = "arn:aws:iam::123456789012:user/bob";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn base() -> Document {
+        trust_policy::parse(
+            &json!({"Version": "2012-10-17", "Statement": [
+                {"Sid": "Ec2", "Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                 "Action": "sts:AssumeRole"}
+            ]})
+            .to_string(),
+        )
+        .unwrap()
+    }
+
+    fn input(body: Value) -> Value {
+        json!({
+            "type": "grant", "task_token": "tok", "execution_arn": "arn:x",
+            "input": {
+                "requester_arn": ALICE, "requester_name": "alice", "reason": "r", "ticket": "",
+                "role_arn": "arn:aws:iam::123456789012:role/admin", "method": "TrustPolicy",
+                "work_group": "123456789012/admin", "duration_seconds": 60,
+                "approval_timeout_seconds": 60,
+                "request": {"namespace": "a", "name": "b", "uid": UID}
+            }
+        })
+        .as_object()
+        .map(|base| {
+            let mut merged = base.clone();
+            if let Value::Object(extra) = body {
+                merged.extend(extra);
+            }
+            Value::Object(merged)
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn role_names_come_from_role_arns() {
+        for (arn, name) in [
+            ("arn:aws:iam::123456789012:role/admin", "admin"),
+            (
+                "arn:aws:iam::123456789012:role/jit/team-a/Admin.Ops",
+                "Admin.Ops",
+            ),
+            (
+                "arn:aws-us-gov:iam::123456789012:role/x+y=z,w@v_u-t",
+                "x+y=z,w@v_u-t",
+            ),
+            ("arn:aws-cn:iam::123456789012:role/a", "a"),
+        ] {
+            assert_eq!(role_name(arn).unwrap(), name, "{arn}");
+        }
+        for arn in [
+            "",
+            "admin",
+            "arn:aws:iam::123456789012:user/admin",
+            "arn:aws:iam::123456789012:role/",
+            "arn:aws:iam::123456789012:role/jit/",
+            "arn:aws:iam::123456789012:role/*",
+            "arn:aws:iam::123456789012:role/jit//admin",
+            "arn:aws:iam::123456789012:role/ad min",
+            "arn:aws:iam::12345678901:role/admin",
+            "arn:aws:iam:us-east-1:123456789012:role/admin",
+            "arn:aws:sts::123456789012:role/admin",
+            "arn:azure:iam::123456789012:role/admin",
+            "arn:aws:iam::123456789012:role/admin:x",
+            &format!("arn:aws:iam::123456789012:role/{}", "a".repeat(65)),
+        ] {
+            let err = role_name(arn).unwrap_err();
+            assert!(
+                matches!(err, WorkerError::MalformedRoleArn { .. }),
+                "{arn}: {err}"
+            );
+            assert!(err.to_string().contains("is not an IAM role ARN"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_grant_adds_a_statement_expiring_after_the_duration() {
+        let now = ts("2026-03-01T10:00:00.75Z");
+        let plan = plan_grant(&base(), "admin", UID, ALICE, 3600, now, 2048).unwrap();
+        assert_eq!(
+            plan.output,
+            GrantOutput {
+                granted_at: "2026-03-01T10:00:00Z".into(),
+                expires_at: "2026-03-01T11:00:00Z".into(),
+                statement_id: SID.into(),
+            }
+        );
+        let doc = plan.document.unwrap();
+        let ours = trust_policy::grants(&doc);
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].principal, ALICE);
+        assert_eq!(ours[0].expires_at, ts("2026-03-01T11:00:00Z"));
+        assert_eq!(doc.statements()[0], base().statements()[0]);
+    }
+
+    #[test]
+    fn a_redelivered_grant_keeps_the_first_expiry() {
+        let first = ts("2026-03-01T10:00:00Z");
+        let plan = plan_grant(&base(), "admin", UID, ALICE, 600, first, 2048).unwrap();
+        let doc = plan.document.unwrap();
+        // Seconds or minutes later, the same item again: same answer, nothing written.
+        for later in ["2026-03-01T10:00:01Z", "2026-03-01T10:09:59.9Z"] {
+            let again = plan_grant(&doc, "admin", UID, ALICE, 600, ts(later), 2048).unwrap();
+            assert_eq!(again.document, None, "{later}");
+            assert_eq!(again.output, plan.output, "{later}");
+        }
+        // After the first grant ended: no second window.
+        let err = plan_grant(
+            &doc,
+            "admin",
+            UID,
+            ALICE,
+            600,
+            ts("2026-03-01T10:10:00Z"),
+            2048,
+        )
+        .unwrap_err();
+        assert!(matches!(err, WorkerError::AlreadyExpired { .. }), "{err}");
+        assert!(err.to_string().contains("2026-03-01T10:10:00Z"), "{err}");
+        // Another principal under this request's Sid: refused, not rewritten.
+        let err = plan_grant(&doc, "admin", UID, BOB, 600, first, 2048).unwrap_err();
+        assert!(
+            matches!(err, WorkerError::PrincipalMismatch { .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_grant_sweeps_expired_statements_first() {
+        let t0 = ts("2026-03-01T10:00:00Z");
+        let old = plan_grant(&base(), "admin", OTHER_UID, BOB, 60, t0, 4096)
+            .unwrap()
+            .document
+            .unwrap();
+        let later = ts("2026-03-01T10:01:00Z");
+        let plan = plan_grant(&old, "admin", UID, ALICE, 60, later, 4096).unwrap();
+        assert_eq!(
+            plan.swept,
+            vec!["AwsJit7d1e2f3a4b5c4d6e8f708192a3b4c5d6".to_owned()]
+        );
+        let ours = trust_policy::grants(&plan.document.unwrap());
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].sid, SID);
+    }
+
+    #[test]
+    fn a_grant_over_the_size_limit_says_size_and_limit() {
+        let size = trust_policy::to_json(&base()).len();
+        let err = plan_grant(
+            &base(),
+            "admin",
+            UID,
+            ALICE,
+            60,
+            Timestamp::now(),
+            size + 10,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with(
+                "cannot change the trust policy of role admin: trust policy would be "
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("over the limit of {}", size + 10)),
+            "{text}"
+        );
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn bad_inputs_fail_the_grant() {
+        let now = Timestamp::now();
+        for (uid, principal, duration) in [
+            ("bad uid", ALICE, 60),
+            (UID, "arn:aws:iam::123456789012:user/*", 60),
+            (UID, ALICE, 0),
+            (UID, ALICE, u64::MAX),
+            (UID, ALICE, 1 << 40),
+        ] {
+            let err = plan_grant(&base(), "admin", uid, principal, duration, now, 4096);
+            assert!(err.is_err(), "{uid} {principal} {duration}");
+        }
+    }
+
+    #[test]
+    fn a_revoke_removes_the_request_and_sweeps_the_expired() {
+        let t0 = ts("2026-03-01T10:00:00Z");
+        let doc = plan_grant(&base(), "admin", OTHER_UID, BOB, 60, t0, 4096)
+            .unwrap()
+            .document
+            .unwrap();
+        let doc = plan_grant(&doc, "admin", UID, ALICE, 3600, t0, 4096)
+            .unwrap()
+            .document
+            .unwrap();
+        let later = ts("2026-03-01T10:05:00Z");
+        let plan = plan_revoke(&doc, UID, later);
+        assert_eq!(plan.output.removed, vec![SID.to_owned()]);
+        assert_eq!(
+            plan.output.swept,
+            vec!["AwsJit7d1e2f3a4b5c4d6e8f708192a3b4c5d6".to_owned()]
+        );
+        assert_eq!(plan.output.revoked_at, "2026-03-01T10:05:00Z");
+        let revoked = plan.document.unwrap();
+        assert_eq!(revoked.statements(), base().statements());
+        // Again: nothing there, nothing written, still a success.
+        let again = plan_revoke(&revoked, UID, later);
+        assert_eq!(again.document, None);
+        assert!(again.output.removed.is_empty() && again.output.swept.is_empty());
+    }
+
+    #[test]
+    fn poison_and_malformed_items_are_told_apart() {
+        for body in [
+            "not json".to_owned(),
+            "[1]".to_owned(),
+            json!({"task_token": "t"}).to_string(),
+            json!({"type": "bribe", "task_token": "t"}).to_string(),
+            json!({"type": 7, "task_token": "t"}).to_string(),
+            input(json!({"task_token": ""})).to_string(),
+            input(json!({"task_token": null})).to_string(),
+        ] {
+            assert!(classify(&body).is_err(), "{body}");
+        }
+        assert!(matches!(
+            classify(&input(json!({})).to_string()),
+            Ok(Parsed::Task(task)) if matches!(*task, WorkTask::Grant { .. })
+        ));
+        // Known type and a token: answerable even when the rest is broken.
+        match classify(&input(json!({"type": "revoke", "input": {"role_arn": 1}})).to_string()) {
+            Ok(Parsed::Malformed {
+                kind,
+                task_token,
+                execution_arn,
+                ..
+            }) => {
+                assert_eq!(kind, Kind::Revoke);
+                assert_eq!(task_token, "tok");
+                // Its execution is known, so its later items wait behind it if it stays.
+                assert_eq!(execution_arn.as_deref(), Some("arn:x"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(execution_of(&classify("junk")), None);
+        assert_eq!(
+            execution_of(&classify(&input(json!({})).to_string())),
+            Some("arn:x")
+        );
+    }
+
+    #[test]
+    fn retries_back_off_up_to_two_minutes() {
+        let base = Duration::from_secs(15);
+        let delays: Vec<u64> = (1..=6).map(|n| retry_delay(base, n).as_secs()).collect();
+        assert_eq!(delays, [15, 30, 60, 120, 120, 120]);
+        assert_eq!(retry_delay(Duration::ZERO, 1), Duration::from_secs(1));
+        assert_eq!(retry_delay(base, u32::MAX), MAX_RETRY_DELAY);
+        assert_eq!(receive_backoff(1), MIN_RECEIVE_BACKOFF);
+        assert_eq!(receive_backoff(100), MAX_RECEIVE_BACKOFF);
+    }
+
+    #[test]
+    fn dead_letter_dedup_ids_are_stable_and_valid() {
+        let id = dead_letter_dedup_id("5c3b7f0e-0000-4000-8000-000000000001", Some("x"));
+        assert_eq!(id, "dead-letter-5c3b7f0e-0000-4000-8000-000000000001");
+        let from_body = dead_letter_dedup_id("", Some("junk"));
+        assert_eq!(from_body, dead_letter_dedup_id("", Some("junk")));
+        assert_ne!(from_body, dead_letter_dedup_id("", Some("junk2")));
+        let long = dead_letter_dedup_id(&"é x".repeat(300), None);
+        assert!(
+            long.len() <= 128 && long.chars().all(|c| c.is_ascii_graphic()),
+            "{long}"
+        );
+    }
+
+    #[test]
+    fn transient_iam_codes() {
+        assert!(is_transient_iam_code("Throttling"));
+        assert!(is_transient_iam_code("ServiceFailure"));
+        assert!(is_transient_iam_code("ConcurrentModification"));
+        assert!(!is_transient_iam_code("MalformedPolicyDocument"));
+        assert!(!is_transient_iam_code("LimitExceeded"));
+        assert!(!is_transient_iam_code("UnmodifiableEntity"));
+    }
+
+    #[test]
+    fn revoke_output_is_the_contract_json() {
+        let out = RevokeOutput {
+            revoked_at: "2026-03-01T10:00:00Z".into(),
+            removed: vec![SID.into()],
+            swept: vec![],
+        };
+        assert_eq!(
+            serde_json::to_value(&out).unwrap(),
+            json!({"revoked_at": "2026-03-01T10:00:00Z", "removed": [SID], "swept": []})
+        );
+    }
+}

@@ -1,0 +1,851 @@
+//! The controller on the real stack: AccessRequests applied and approved with kubectl
+//! as the real users, executions of the shipped state machine on moto, and the
+//! operator's own code (`aws_jit::operator::run`) running with the operator's identity.
+use std::time::Duration;
+
+use aws_jit::crd::{AccessRequest, Phase};
+use kube::api::Api;
+
+use crate::support::aws::AwsOutputs;
+use crate::support::kube::User;
+use crate::support::wait::eventually;
+use crate::support::{stack, succeeded, unique};
+
+pub const ACCOUNT: &str = "123456789012";
+const OPERATOR_NS: &str = "aws-jit-system";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// One test's world: a namespace, an AWS stack, an IAM role with a trust policy of its
+/// own, an AccessRole for it, and the operator running against them.
+pub struct Env {
+    pub ns: String,
+    pub aws: AwsOutputs,
+    pub access_role: String,
+    pub iam_role_name: String,
+    pub kube: kube::Client,
+    pub sdk: aws_config::SdkConfig,
+    /// The trust-policy size quota the operator enforces (IAM's default unless a test
+    /// raises it, as an account can through Service Quotas).
+    pub size_limit: usize,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    operator: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The trust policy a role has before any grant: statements that are not ours.
+pub const BASE_TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Ec2","Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"},{"Sid":"Federated","Effect":"Allow","Principal":{"Federated":"arn:aws:iam::123456789012:saml-provider/corp"},"Action":"sts:AssumeRoleWithSAML","Condition":{"StringEquals":{"SAML:aud":"https://signin.aws.amazon.com/saml"}}}]}"#;
+
+impl Env {
+    /// `role_spec` is extra YAML for the AccessRole's spec (indented two spaces).
+    pub async fn new(prefix: &str, role_spec: &str) -> Env {
+        let stack = stack();
+        let ns = stack.kube.create_namespace(prefix).await;
+        let aws = stack.aws.deploy(prefix).await;
+        let sdk = stack.aws.sdk_config().await;
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        let iam_role_name = unique(&format!("{prefix}-admin"));
+        let created = iam
+            .create_role()
+            .role_name(&iam_role_name)
+            .path("/jit/")
+            .assume_role_policy_document(BASE_TRUST_POLICY)
+            .send()
+            .await
+            .expect("create the IAM role in moto");
+        let iam_role_arn = created
+            .role()
+            .map(|r| r.arn().to_string())
+            .expect("role ARN");
+        let access_role = unique(prefix);
+        let mut spec = format!(
+            "  roleArn: {iam_role_arn}\n  approvers: [{{user: carol}}, {{user: dave}}, {{group: sre-leads}}]\n\
+             \x20 requesters: [{{user: alice}}, {{group: developers}}]\n\
+             \x20 principal: {{template: 'arn:aws:iam::{ACCOUNT}:user/{{username}}'}}\n"
+        );
+        for line in role_spec.lines() {
+            let key = line.trim_start().split(':').next().unwrap_or_default();
+            if !key.is_empty() && spec.contains(&format!("  {key}:")) {
+                spec = spec
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with(&format!("{key}:")))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+            }
+            spec.push_str(line);
+            spec.push('\n');
+        }
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {access_role}\nspec:\n{spec}"
+        );
+        succeeded(
+            &stack
+                .kube
+                .kubectl_stdin(User::Admin, &["apply", "-f", "-"], &yaml),
+        );
+        let kube = stack.kube.client(User::Operator).await;
+        let mut env = Env {
+            ns,
+            aws,
+            access_role,
+            iam_role_name,
+            kube,
+            sdk,
+            size_limit: aws_jit::trust_policy::DEFAULT_SIZE_LIMIT,
+            stop: None,
+            operator: None,
+        };
+        env.start_operator();
+        env
+    }
+
+    pub fn config(&self) -> aws_jit::operator::Config {
+        aws_jit::operator::Config {
+            aws: aws_jit::operator::AwsTargets {
+                state_machine_arn: self.aws.state_machine_arn.clone(),
+                request_queue_url: self.aws.request_queue_url.clone(),
+                request_dead_letter_url: Some(self.aws.request_dlq_url.clone()),
+                work_queue_url: self.aws.work_queue_url.clone(),
+                work_dead_letter_url: Some(self.aws.work_dlq_url.clone()),
+            },
+            settings: aws_jit::controller::Settings {
+                watch_namespace: Some(self.ns.clone()),
+                operator_namespace: OPERATOR_NS.into(),
+                poll_interval: Duration::from_secs(1),
+            },
+            queue_wait: Duration::from_secs(1),
+            trust_policy_size_limit: self.size_limit,
+        }
+    }
+
+    /// Starts the operator (the same `run` the binary calls) as a task of this test.
+    pub fn start_operator(&mut self) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let kube = self.kube.clone();
+        let sdk = self.sdk.clone();
+        let config = self.config();
+        self.operator = Some(tokio::spawn(async move {
+            aws_jit::operator::run(kube, &sdk, config, async move {
+                let _ = rx.await;
+            })
+            .await;
+        }));
+        self.stop = Some(tx);
+    }
+
+    /// Kills the operator at once (its tasks are dropped mid-flight, like a crash).
+    pub fn kill_operator(&mut self) {
+        self.stop = None;
+        if let Some(h) = self.operator.take() {
+            h.abort();
+        }
+    }
+
+    pub fn requests(&self) -> Api<AccessRequest> {
+        Api::namespaced(self.kube.clone(), &self.ns)
+    }
+
+    /// alice (or another requester) asks for the role with kubectl.
+    pub fn request(&self, as_user: User, name: &str, extra: &str) {
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+             spec:\n  role: {role}\n  requester: {requester}\n  reason: e2e\n{extra}",
+            ns = self.ns,
+            role = self.access_role,
+            requester = as_user.name(),
+        );
+        succeeded(
+            &stack()
+                .kube
+                .kubectl_stdin(as_user, &["create", "-f", "-"], &yaml),
+        );
+    }
+
+    /// An approver's documented kubectl command.
+    pub fn vote(&self, as_user: User, name: &str, decision: &str) {
+        let patch = format!(
+            r#"[{{"op":"add","path":"/status/approvals/-","value":{{"approver":"{}","decision":"{decision}","comment":"e2e"}}}}]"#,
+            as_user.name()
+        );
+        succeeded(&stack().kube.kubectl(
+            as_user,
+            &[
+                "patch",
+                "accessrequest",
+                name,
+                "-n",
+                &self.ns,
+                "--subresource=status",
+                "--type=json",
+                "-p",
+                &patch,
+            ],
+        ));
+    }
+
+    pub async fn wait_phase(&self, name: &str, phase: Phase) -> AccessRequest {
+        let api = self.requests();
+        eventually(&format!("{name} to reach {phase:?}"), WAIT, || {
+            let api = api.clone();
+            async move {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                let now = r.status.as_ref().and_then(|s| s.phase);
+                if now == Some(phase) {
+                    Ok(r)
+                } else {
+                    Err(format!("phase {now:?}, status {:?}", r.status))
+                }
+            }
+        })
+        .await
+    }
+
+    pub async fn execution(
+        &self,
+        name: &str,
+    ) -> aws_sdk_sfn::operation::describe_execution::DescribeExecutionOutput {
+        let r = self.requests().get(name).await.expect("request");
+        let arn = r
+            .status
+            .and_then(|s| s.execution_arn)
+            .expect("executionArn");
+        aws_sdk_sfn::Client::new(&self.sdk)
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+            .expect("describe execution")
+    }
+
+    pub async fn execution_outcome(&self, name: &str) -> (String, String) {
+        let exec = self.execution(name).await;
+        let output: serde_json::Value = exec
+            .output()
+            .and_then(|o| serde_json::from_str(o).ok())
+            .unwrap_or_default();
+        (
+            exec.status().as_str().to_string(),
+            output["outcome"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    pub async fn executions_started(&self) -> usize {
+        aws_sdk_sfn::Client::new(&self.sdk)
+            .list_executions()
+            .state_machine_arn(&self.aws.state_machine_arn)
+            .send()
+            .await
+            .expect("list executions")
+            .executions()
+            .len()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.kill_operator();
+    }
+}
+
+pub fn condition(r: &AccessRequest, type_: &str) -> Option<(String, String)> {
+    r.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+#[tokio::test]
+async fn invalid_requests_are_rejected_without_an_execution() {
+    let env = Env::new("ctl-reject", "  maxDuration: 2h\n  requireReason: true").await;
+    env.request(User::Alice, "too-long", "  duration: 3h\n");
+    env.request(User::Bob, "no-group", ""); // bob is only eligible through a claimed group
+    let r = env.wait_phase("too-long", Phase::Rejected).await;
+    let message = r
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("exceeds") && message.contains("maxDuration 2h"),
+        "{message}"
+    );
+    assert_eq!(
+        condition(&r, "Ready"),
+        Some(("False".into(), "Rejected".into()))
+    );
+    assert_eq!(
+        condition(&r, "Stalled"),
+        Some(("True".into(), "Rejected".into()))
+    );
+    let r = env.wait_phase("no-group", Phase::Rejected).await;
+    assert!(
+        r.status
+            .and_then(|s| s.message)
+            .unwrap_or_default()
+            .contains("not allowed to request")
+    );
+    // Unknown role: a request naming a role that does not exist.
+    let yaml = format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: ghost\n  namespace: {}\n\
+         spec:\n  role: no-such-role\n  requester: alice\n  reason: e2e\n",
+        env.ns
+    );
+    succeeded(
+        &stack()
+            .kube
+            .kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+    );
+    let r = env.wait_phase("ghost", Phase::Rejected).await;
+    assert!(
+        r.status
+            .and_then(|s| s.message)
+            .unwrap_or_default()
+            .contains("does not exist")
+    );
+    // Missing reason where the role requires one.
+    let yaml = format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: why\n  namespace: {}\n\
+         spec:\n  role: {}\n  requester: alice\n",
+        env.ns, env.access_role
+    );
+    succeeded(
+        &stack()
+            .kube
+            .kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+    );
+    env.wait_phase("why", Phase::Rejected).await;
+    // An Event says why, for `kubectl describe`.
+    let events = succeeded(
+        &stack()
+            .kube
+            .kubectl(User::Admin, &["get", "events", "-n", &env.ns, "-o", "wide"]),
+    );
+    assert!(
+        events.contains("DurationTooLong") && events.contains("UnknownRole"),
+        "{events}"
+    );
+    assert_eq!(
+        env.executions_started().await,
+        0,
+        "a rejected request starts no execution"
+    );
+}
+
+#[tokio::test]
+async fn a_deny_ends_in_denied() {
+    let env = Env::new("ctl-deny", "").await;
+    env.request(User::Alice, "deny-me", "");
+    env.wait_phase("deny-me", Phase::AwaitingApproval).await;
+    env.vote(User::Dave, "deny-me", "Deny");
+    let r = env.wait_phase("deny-me", Phase::Denied).await;
+    assert!(
+        r.status
+            .and_then(|s| s.message)
+            .unwrap_or_default()
+            .contains("denied by dave")
+    );
+    let api = aws_sdk_sfn::Client::new(&env.sdk);
+    let name = "deny-me";
+    eventually("the execution to end Denied", WAIT, || {
+        let env = &env;
+        let _ = &api;
+        async move {
+            let outcome = env.execution_outcome(name).await;
+            if outcome == ("SUCCEEDED".to_string(), "Denied".to_string()) {
+                Ok(())
+            } else {
+                Err(format!("{outcome:?}"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(env.executions_started().await, 1);
+}
+
+#[tokio::test]
+async fn an_unanswered_request_expires() {
+    let env = Env::new("ctl-timeout", "  approvalTimeout: 2s").await;
+    env.request(User::Alice, "nobody-cares", "");
+    let r = env.wait_phase("nobody-cares", Phase::Expired).await;
+    assert!(
+        r.status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default()
+            .contains("approvalTimeout")
+    );
+    assert_eq!(condition(&r, "Approved").map(|c| c.0), Some("False".into()));
+    assert_eq!(
+        env.execution_outcome("nobody-cares").await,
+        ("SUCCEEDED".into(), "ApprovalTimedOut".into())
+    );
+}
+
+#[tokio::test]
+async fn two_of_two_needs_two_distinct_listed_approvers() {
+    let env = Env::new("ctl-2of2", "  approvalsRequired: 2").await;
+    env.request(User::Alice, "two", "");
+    env.wait_phase("two", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "two", "Approve");
+    // erin is in group sre, which the role does not list: her vote is not counted.
+    env.vote(User::Erin, "two", "Approve");
+    let api = env.requests();
+    eventually("1 of 2 approvals", WAIT, || {
+        let api = api.clone();
+        async move {
+            let r = api.get("two").await.map_err(|e| e.to_string())?;
+            let m = r.status.and_then(|s| s.message).unwrap_or_default();
+            if m == "1 of 2 approvals" {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        }
+    })
+    .await;
+    let events = succeeded(
+        &stack()
+            .kube
+            .kubectl(User::Admin, &["get", "events", "-n", &env.ns]),
+    );
+    assert!(events.contains("VoteIgnored"), "{events}");
+    env.vote(User::Dave, "two", "Approve");
+    let r = env.wait_phase("two", Phase::Approved).await;
+    assert!(
+        r.status
+            .and_then(|s| s.message)
+            .unwrap_or_default()
+            .contains("carol, dave")
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_undecided_request_cancels_its_execution() {
+    let env = Env::new("ctl-withdraw", "").await;
+    env.request(User::Alice, "withdrawn", "");
+    env.wait_phase("withdrawn", Phase::AwaitingApproval).await;
+    let arn = env
+        .requests()
+        .get("withdrawn")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.execution_arn)
+        .expect("arn");
+    // The token Secret exists in the operator's namespace, out of alice's reach.
+    let uid = env
+        .requests()
+        .get("withdrawn")
+        .await
+        .expect("get")
+        .metadata
+        .uid
+        .expect("uid");
+    let secret = format!("aws-jit-task-{uid}");
+    succeeded(
+        &stack()
+            .kube
+            .kubectl(User::Admin, &["get", "secret", &secret, "-n", OPERATOR_NS]),
+    );
+    let out = stack()
+        .kube
+        .kubectl(User::Alice, &["get", "secret", &secret, "-n", OPERATOR_NS]);
+    crate::support::refused(&out, "Forbidden");
+    succeeded(&stack().kube.kubectl(
+        User::Alice,
+        &[
+            "delete",
+            "accessrequest",
+            "withdrawn",
+            "-n",
+            &env.ns,
+            "--wait=false",
+        ],
+    ));
+    let api = env.requests();
+    eventually("the request to be gone", WAIT, || {
+        let api = api.clone();
+        async move {
+            match api.get_opt("withdrawn").await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(r) => Err(format!("still there: {:?}", r.status.and_then(|s| s.phase))),
+            }
+        }
+    })
+    .await;
+    let sfn = aws_sdk_sfn::Client::new(&env.sdk);
+    let exec = sfn
+        .describe_execution()
+        .execution_arn(&arn)
+        .send()
+        .await
+        .expect("describe");
+    let output: serde_json::Value =
+        serde_json::from_str(exec.output().unwrap_or("{}")).unwrap_or_default();
+    assert_eq!(output["outcome"], "Cancelled");
+    out_of_reach(&secret).await;
+}
+
+async fn out_of_reach(secret: &str) {
+    let out = stack()
+        .kube
+        .kubectl(User::Admin, &["get", "secret", secret, "-n", OPERATOR_NS]);
+    crate::support::refused(&out, "NotFound");
+}
+
+impl Env {
+    /// The role's trust policy as IAM returns it.
+    pub async fn trust_policy(&self) -> aws_jit::trust_policy::Document {
+        let role = aws_sdk_iam::Client::new(&self.sdk)
+            .get_role()
+            .role_name(&self.iam_role_name)
+            .send()
+            .await
+            .expect("get role");
+        let doc = role
+            .role()
+            .and_then(|r| r.assume_role_policy_document())
+            .expect("trust policy");
+        aws_jit::trust_policy::parse(doc).expect("parse trust policy")
+    }
+
+    /// The statements that are not aws-jit's, as JSON values.
+    pub async fn foreign_statements(&self) -> Vec<serde_json::Value> {
+        let doc = self.trust_policy().await;
+        let ours: Vec<String> = aws_jit::trust_policy::grants(&doc)
+            .into_iter()
+            .map(|g| g.sid)
+            .collect();
+        doc.statements()
+            .iter()
+            .filter(|s| {
+                !s["Sid"]
+                    .as_str()
+                    .is_some_and(|sid| ours.iter().any(|o| o == sid))
+            })
+            .cloned()
+            .collect()
+    }
+}
+
+fn base_statements() -> Vec<serde_json::Value> {
+    let v: serde_json::Value = serde_json::from_str(BASE_TRUST_POLICY).expect("base policy");
+    v["Statement"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn approved_access_is_granted_with_an_aws_enforced_expiry_then_expires() {
+    let env = Env::new("ctl-happy", "").await;
+    env.request(User::Alice, "happy", "  duration: 4s\n");
+    env.wait_phase("happy", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "happy", "Approve");
+    let r = env.wait_phase("happy", Phase::Active).await;
+    let status = r.status.clone().expect("status");
+    let expires = status.expires_at.clone().expect("expiresAt");
+    assert!(status.granted_at.is_some());
+    assert_eq!(
+        condition(&r, "Ready"),
+        Some(("True".into(), "Active".into()))
+    );
+    // The trust policy holds one statement for alice, ending at expiresAt, AWS-enforced.
+    let grants = aws_jit::trust_policy::grants(&env.trust_policy().await);
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(
+        grants[0].principal,
+        format!("arn:aws:iam::{ACCOUNT}:user/alice")
+    );
+    assert_eq!(grants[0].expires_at, expires.0);
+    assert_eq!(env.foreign_statements().await, base_statements());
+    let r = env.wait_phase("happy", Phase::Expired).await;
+    assert!(
+        r.status
+            .as_ref()
+            .and_then(|s| s.revoked_at.clone())
+            .is_some()
+    );
+    assert_eq!(condition(&r, "Ready").map(|c| c.0), Some("False".into()));
+    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert_eq!(env.foreign_statements().await, base_statements());
+    assert_eq!(
+        env.execution_outcome("happy").await,
+        ("SUCCEEDED".into(), "Expired".into())
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_active_request_revokes_before_it_goes() {
+    let env = Env::new("ctl-delete", "").await;
+    env.request(User::Alice, "short-lived", "  duration: 1h\n");
+    env.wait_phase("short-lived", Phase::AwaitingApproval).await;
+    env.vote(User::Dave, "short-lived", "Approve");
+    env.wait_phase("short-lived", Phase::Active).await;
+    assert_eq!(
+        aws_jit::trust_policy::grants(&env.trust_policy().await).len(),
+        1
+    );
+    let exec_arn = env
+        .execution("short-lived")
+        .await
+        .execution_arn()
+        .to_string();
+    succeeded(&stack().kube.kubectl(
+        User::Alice,
+        &["delete", "ar", "short-lived", "-n", &env.ns, "--wait=false"],
+    ));
+    let api = env.requests();
+    eventually("the request to be gone", WAIT, || {
+        let api = api.clone();
+        async move {
+            match api
+                .get_opt("short-lived")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                None => Ok(()),
+                Some(_) => Err("still there".into()),
+            }
+        }
+    })
+    .await;
+    // Gone only after the revoke: the statement is already removed.
+    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert_eq!(env.foreign_statements().await, base_statements());
+    let exec = aws_sdk_sfn::Client::new(&env.sdk)
+        .describe_execution()
+        .execution_arn(exec_arn)
+        .send()
+        .await
+        .expect("describe");
+    let output: serde_json::Value =
+        serde_json::from_str(exec.output().unwrap_or("{}")).unwrap_or_default();
+    assert_eq!(output["outcome"], "Revoked");
+}
+
+#[tokio::test]
+async fn the_revoke_action_ends_access_early() {
+    let env = Env::new("ctl-revoke", "").await;
+    env.request(User::Alice, "enough", "  duration: 1h\n");
+    env.wait_phase("enough", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "enough", "Approve");
+    env.wait_phase("enough", Phase::Active).await;
+    let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done early"}}}"#;
+    succeeded(&stack().kube.kubectl(
+        User::Alice,
+        &[
+            "patch",
+            "ar",
+            "enough",
+            "-n",
+            &env.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    ));
+    let r = env.wait_phase("enough", Phase::Revoked).await;
+    assert!(
+        r.status
+            .as_ref()
+            .and_then(|s| s.revoked_at.clone())
+            .is_some()
+    );
+    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert_eq!(env.foreign_statements().await, base_statements());
+    assert_eq!(
+        env.execution_outcome("enough").await,
+        ("SUCCEEDED".into(), "Revoked".into())
+    );
+}
+
+#[tokio::test]
+async fn twenty_requests_for_one_role_approved_at_once() {
+    let mut env = Env::new("ctl-twenty", "").await;
+    // One statement is ~215 characters: IAM's default quota (2048) holds about eight
+    // grants per role and the raised one (4096) about eighteen. This test is about
+    // concurrent read-modify-writes, so it raises the limit moto does not enforce.
+    env.kill_operator();
+    env.size_limit = 16_384;
+    env.start_operator();
+    let names: Vec<String> = (0..20).map(|i| format!("crowd-{i:02}")).collect();
+    // Twenty requesters, each their own principal (GitOps submits for them; the role
+    // lists them by name through the principal template and the `developers` group).
+    for name in &names {
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+             spec:\n  role: {role}\n  requester: dev-{name}\n  requesterGroup: developers\n  reason: e2e\n  duration: 8s\n",
+            ns = env.ns,
+            role = env.access_role,
+        );
+        succeeded(
+            &stack()
+                .kube
+                .kubectl_stdin(User::GitOps, &["create", "-f", "-"], &yaml),
+        );
+    }
+    for name in &names {
+        env.wait_phase(name, Phase::AwaitingApproval).await;
+    }
+    let votes: Vec<_> = names
+        .iter()
+        .map(|name| {
+            let (ns, name) = (env.ns.clone(), name.clone());
+            std::thread::spawn(move || {
+                let patch = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}}]"#;
+                stack().kube.kubectl(
+                    User::Carol,
+                    &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", patch],
+                )
+            })
+        })
+        .collect();
+    for v in votes {
+        succeeded(&v.join().expect("vote thread"));
+    }
+    let mut expiries = Vec::new();
+    for name in &names {
+        let r = env.wait_phase(name, Phase::Active).await;
+        expiries.push(r.status.and_then(|s| s.expires_at).expect("expiresAt").0);
+    }
+    // While all are held (the earliest expiry has not passed): exactly the 20 grants.
+    let doc = env.trust_policy().await;
+    let grants = aws_jit::trust_policy::grants(&doc);
+    let earliest = expiries.iter().min().copied().expect("twenty expiries");
+    assert!(
+        jiff::Timestamp::now() < earliest,
+        "the check ran too late to be meaningful"
+    );
+    let mut principals: Vec<String> = grants.iter().map(|g| g.principal.clone()).collect();
+    principals.sort();
+    let mut expected: Vec<String> = names
+        .iter()
+        .map(|n| format!("arn:aws:iam::{ACCOUNT}:user/dev-{n}"))
+        .collect();
+    expected.sort();
+    assert_eq!(principals, expected);
+    assert_eq!(env.foreign_statements().await, base_statements());
+    for name in &names {
+        env.wait_phase(name, Phase::Expired).await;
+    }
+    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert_eq!(env.foreign_statements().await, base_statements());
+    assert_eq!(env.executions_started().await, 20);
+}
+
+#[tokio::test]
+async fn a_failed_grant_ends_in_failed_with_nothing_granted() {
+    let env = Env::new("ctl-grantfail", "").await;
+    env.request(User::Alice, "doomed", "");
+    env.wait_phase("doomed", Phase::AwaitingApproval).await;
+    // The role disappears between approval and grant: IAM answers NoSuchEntity.
+    aws_sdk_iam::Client::new(&env.sdk)
+        .delete_role()
+        .role_name(&env.iam_role_name)
+        .send()
+        .await
+        .expect("delete role");
+    env.vote(User::Carol, "doomed", "Approve");
+    let r = env.wait_phase("doomed", Phase::Failed).await;
+    let message = r
+        .status
+        .as_ref()
+        .and_then(|s| s.message.clone())
+        .unwrap_or_default();
+    assert!(message.contains("the grant failed"), "{message}");
+    assert_eq!(
+        condition(&r, "Stalled"),
+        Some(("True".into(), "Failed".into()))
+    );
+    assert_eq!(env.execution("doomed").await.status().as_str(), "FAILED");
+}
+
+#[tokio::test]
+async fn poison_and_orphan_tasks_never_block_the_request_queue() {
+    let env = Env::new("ctl-poison", "").await;
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    for junk in [
+        "not json at all",
+        r#"{"type":"bribe","task_token":"x"}"#,
+        r#"{"type":"approval"}"#,
+    ] {
+        sqs.send_message()
+            .queue_url(&env.aws.request_queue_url)
+            .message_body(junk)
+            .send()
+            .await
+            .expect("send junk");
+    }
+    // An execution for a request that does not exist: its approval task is cancelled.
+    let sfn = aws_jit::sfn::StepFunctionClient::new(
+        aws_sdk_sfn::Client::new(&env.sdk),
+        &env.aws.state_machine_arn,
+    );
+    let input = aws_jit::contract::ExecutionInput {
+        requester_arn: format!("arn:aws:iam::{ACCOUNT}:user/alice"),
+        requester_name: "alice".into(),
+        reason: "orphan".into(),
+        ticket: String::new(),
+        role_arn: format!("arn:aws:iam::{ACCOUNT}:role/jit/ghost"),
+        method: "TrustPolicy".into(),
+        work_group: format!("{ACCOUNT}/ghost"),
+        duration_seconds: 60,
+        approval_timeout_seconds: 600,
+        request: aws_jit::contract::RequestIdentity {
+            namespace: env.ns.clone(),
+            name: "never-was".into(),
+            uid: "0000-orphan".into(),
+        },
+    };
+    let orphan = sfn
+        .start_execution("orphan-0000", &input)
+        .await
+        .expect("start orphan");
+    // And a real request behind all of that still goes through.
+    env.request(User::Alice, "after-poison", "");
+    env.wait_phase("after-poison", Phase::AwaitingApproval)
+        .await;
+    eventually("the orphan's approval to be cancelled", WAIT, || {
+        let sfn = sfn.clone();
+        let orphan = orphan.clone();
+        async move {
+            match sfn.describe(&orphan).await.map_err(|e| e.to_string())? {
+                aws_jit::sfn::ExecutionState::Succeeded {
+                    outcome: Some(aws_jit::contract::Outcome::Cancelled),
+                    ..
+                } => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let dlq = env.aws.request_dlq_url.clone();
+    let bodies = eventually("the three poison messages in the DLQ", WAIT, || {
+        let sqs = sqs.clone();
+        let dlq = dlq.clone();
+        async move {
+            let got = sqs
+                .get_queue_attributes()
+                .queue_url(&dlq)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = got
+                .attributes()
+                .and_then(|a| {
+                    a.get(&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages)
+                })
+                .cloned()
+                .unwrap_or_default();
+            if n == "3" {
+                Ok(n)
+            } else {
+                Err(format!("{n} in the DLQ"))
+            }
+        }
+    })
+    .await;
+    assert_eq!(bodies, "3");
+}
