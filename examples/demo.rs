@@ -109,6 +109,7 @@ async fn main() {
         },
         queue_wait: Duration::from_secs(1),
         trust_policy_size_limit: aws_jit::trust_policy::DEFAULT_SIZE_LIMIT,
+        faults: aws_jit::faults::Faults::default(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn({
@@ -132,7 +133,7 @@ async fn main() {
     );
     let request = String::from(
         "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: fix-billing-outage\n\
-         spec:\n  role: prod-admin\n  requester: alice\n  requesterGroup: developers\n  duration: 20s\n  reason: \"Billing job stuck, INC-4711\"\n  ticket: INC-4711\n"
+         spec:\n  role: prod-admin\n  requester: alice\n  requesterGroup: developers\n  duration: 20s\n  reason: \"Billing job stuck, INC-4711\"\n  ticket: INC-4711\n",
     );
     show(
         "alice asks for 20 seconds of prod-admin (kubectl create, as alice)",

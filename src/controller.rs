@@ -82,6 +82,7 @@ pub struct Context {
     pub recorder: Recorder,
     pub roles: Api<AccessRole>,
     pub settings: Settings,
+    pub faults: crate::faults::Faults,
 }
 
 fn now() -> Time {
@@ -93,6 +94,7 @@ pub async fn run(
     client: kube::Client,
     sfn: StepFunctionClient,
     settings: Settings,
+    faults: crate::faults::Faults,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let requests: Api<AccessRequest> = match &settings.watch_namespace {
@@ -114,6 +116,7 @@ pub async fn run(
         ),
         roles: roles_api.clone(),
         settings: settings.clone(),
+        faults,
     });
     let controller = Controller::new(requests, watcher::Config::default().any_semantic());
     let store = controller.store();
@@ -340,6 +343,9 @@ async fn apply(
                     .start_execution(&execution_name(&uid), &input)
                     .await?;
                 info!(execution_arn = %arn, "execution started");
+                ctx.faults
+                    .point(crate::faults::points::AFTER_START_EXECUTION)
+                    .await;
                 let mut update = StatusUpdate::from(request).phase(
                     Phase::Pending,
                     "execution started; waiting for it to ask for approval",

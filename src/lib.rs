@@ -6,6 +6,7 @@ pub mod contract;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod faults;
 pub mod operator;
 pub mod request_queue;
 pub mod sfn;

@@ -98,6 +98,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
         },
         queue_wait: Duration::from_secs(20),
         trust_policy_size_limit: args.trust_policy_size_limit,
+        faults: aws_jit::faults::Faults::default(),
     };
     aws_jit::operator::run(kube, &aws, config, shutdown_signal()).await;
     ExitCode::SUCCESS

@@ -27,6 +27,8 @@ pub struct Config {
     pub queue_wait: Duration,
     /// The account's trust-policy size quota (IAM: 2048 unless raised, at most 4096).
     pub trust_policy_size_limit: usize,
+    /// Crash points for tests; none armed in production.
+    pub faults: crate::faults::Faults,
 }
 
 /// Runs every loop of the operator until `shutdown` resolves, then returns once each
@@ -51,6 +53,7 @@ pub async fn run(
         tokens: TokenStore::new(kube.clone(), &config.settings.operator_namespace),
         client: kube.clone(),
         wait: config.queue_wait,
+        faults: config.faults.clone(),
     };
     let consumer = {
         let rx = stop_rx.clone();
@@ -63,7 +66,8 @@ pub async fn run(
         &config.aws.work_queue_url,
     )
     .with_wait_time(config.queue_wait)
-    .with_size_limit(config.trust_policy_size_limit);
+    .with_size_limit(config.trust_policy_size_limit)
+    .with_faults(config.faults.clone());
     if let Some(dlq) = &config.aws.work_dead_letter_url {
         worker = worker.with_dead_letter_url(dlq);
     }
@@ -75,6 +79,7 @@ pub async fn run(
         kube.clone(),
         sfn.clone(),
         config.settings.clone(),
+        config.faults.clone(),
         stopped(stop_rx.clone()),
     ));
     shutdown.await;

@@ -53,6 +53,7 @@ pub struct RequestQueue {
     pub client: kube::Client,
     /// Long-poll wait (SQS allows up to 20 s).
     pub wait: Duration,
+    pub faults: crate::faults::Faults,
 }
 
 impl RequestQueue {
@@ -114,6 +115,9 @@ impl RequestQueue {
                 self.dead_letter(body, receipt).await;
             }
             Ok(_) => {
+                self.faults
+                    .point(crate::faults::points::AFTER_TOKEN_STORED)
+                    .await;
                 if let Err(e) = self.delete(receipt).await {
                     // It comes back; storing a token twice is harmless.
                     warn!(error = %e, "cannot delete a handled message");
@@ -257,6 +261,9 @@ impl RequestQueue {
             .await;
         match sent {
             Ok(_) => {
+                self.faults
+                    .point(crate::faults::points::AFTER_TOKEN_STORED)
+                    .await;
                 if let Err(e) = self.delete(receipt).await {
                     warn!(error = %e, "moved a poison message to the dead-letter queue but cannot delete it");
                 }

@@ -75,6 +75,7 @@
 //!   found, so it is revoked at once; if it still runs, it holds the grant or its revoke
 //!   follows in the same message group.
 
+use crate::faults::{self, Faults};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -301,6 +302,7 @@ pub struct Worker {
     size_limit: usize,
     wait_time: Duration,
     retry_delay: Duration,
+    faults: Faults,
 }
 
 impl Worker {
@@ -321,7 +323,14 @@ impl Worker {
             size_limit: trust_policy::DEFAULT_SIZE_LIMIT,
             wait_time: MAX_WAIT_TIME,
             retry_delay: DEFAULT_RETRY_DELAY,
+            faults: Faults::default(),
         }
+    }
+
+    /// Crash points for tests (see [`crate::faults`]).
+    pub fn with_faults(mut self, faults: Faults) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Where poison messages go (the template's `WorkDeadLetterQueueUrl`). The operator
@@ -696,10 +705,12 @@ impl Worker {
                 "already granted (a redelivered grant): the expiry stays as the first grant set it"
             ),
         }
+        self.faults.point(faults::points::AFTER_GRANT).await;
         Ok(plan.output)
     }
 
     async fn revoke(&self, input: &ExecutionInput) -> Result<RevokeOutput, WorkerError> {
+        self.faults.point(faults::points::BEFORE_REVOKE).await;
         let role = role_name(&input.role_arn)?;
         let now = Timestamp::now();
         let nothing = || RevokeOutput {

@@ -27,6 +27,8 @@ pub struct Env {
     /// The trust-policy size quota the operator enforces (IAM's default unless a test
     /// raises it, as an account can through Service Quotas).
     pub size_limit: usize,
+    /// Crash points of the running operator (a fresh set per start).
+    pub faults: aws_jit::faults::Faults,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     operator: Option<tokio::task::JoinHandle<()>>,
 }
@@ -90,6 +92,7 @@ impl Env {
             kube,
             sdk,
             size_limit: aws_jit::trust_policy::DEFAULT_SIZE_LIMIT,
+            faults: aws_jit::faults::Faults::default(),
             stop: None,
             operator: None,
         };
@@ -113,6 +116,7 @@ impl Env {
             },
             queue_wait: Duration::from_secs(1),
             trust_policy_size_limit: self.size_limit,
+            faults: self.faults.clone(),
         }
     }
 
@@ -132,11 +136,13 @@ impl Env {
     }
 
     /// Kills the operator at once (its tasks are dropped mid-flight, like a crash).
+    /// The next start gets fresh, unarmed fault points.
     pub fn kill_operator(&mut self) {
         self.stop = None;
         if let Some(h) = self.operator.take() {
             h.abort();
         }
+        self.faults = aws_jit::faults::Faults::default();
     }
 
     pub fn requests(&self) -> Api<AccessRequest> {

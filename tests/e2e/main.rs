@@ -7,6 +7,7 @@ mod support;
 
 mod admission;
 mod controller;
+mod crashes;
 mod crds;
 mod stack;
 mod statemachine;
