@@ -679,7 +679,7 @@ async fn twenty_requests_for_one_role_approved_at_once() {
     for name in &names {
         let yaml = format!(
             "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
-             spec:\n  role: {role}\n  requester: dev-{name}\n  requesterGroup: developers\n  reason: e2e\n  duration: 8s\n",
+             spec:\n  role: {role}\n  requester: dev-{name}\n  requesterGroup: developers\n  reason: e2e\n  duration: 30s\n",
             ns = env.ns,
             role = env.access_role,
         );
@@ -854,4 +854,47 @@ async fn poison_and_orphan_tasks_never_block_the_request_queue() {
     })
     .await;
     assert_eq!(bodies, "3");
+}
+
+#[tokio::test]
+async fn concurrent_votes_are_never_dropped_by_the_controllers_status_writes() {
+    let env = Env::new(
+        "ctl-votes",
+        "  approvalsRequired: 3\n  approvers: [{user: carol}, {user: dave}, {group: sre}]",
+    )
+    .await;
+    env.request(User::Alice, "three", "");
+    env.wait_phase("three", Phase::AwaitingApproval).await;
+    // Three approvers at once, while the controller keeps writing status.
+    let votes: Vec<_> = [(User::Carol, ""), (User::Dave, ""), (User::Erin, r#","group":"sre""#)]
+        .into_iter()
+        .map(|(user, group)| {
+            let ns = env.ns.clone();
+            std::thread::spawn(move || {
+                let patch = format!(
+                    r#"[{{"op":"add","path":"/status/approvals/-","value":{{"approver":"{}","decision":"Approve"{group}}}}}]"#,
+                    user.name()
+                );
+                stack().kube.kubectl(user, &["patch", "ar", "three", "-n", &ns, "--subresource=status", "--type=json", "-p", &patch])
+            })
+        })
+        .collect();
+    for v in votes {
+        succeeded(&v.join().expect("vote thread"));
+    }
+    let r = env.wait_phase("three", Phase::Approved).await;
+    let mut approvers: Vec<String> = r
+        .status
+        .as_ref()
+        .and_then(|s| s.approvals.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.approver)
+        .collect();
+    approvers.sort();
+    assert_eq!(approvers, ["carol", "dave", "erin"]);
+    let message = r.status.and_then(|s| s.message).unwrap_or_default();
+    for who in ["carol", "dave", "erin"] {
+        assert!(message.contains(who), "{message}");
+    }
 }

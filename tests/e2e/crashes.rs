@@ -124,7 +124,7 @@ async fn crash_after_the_grant_before_task_success() {
     let mut env = Env::new("crash-grant", "").await;
     short_visibility(&env, &env.aws.work_queue_url.clone()).await;
     env.faults.arm(points::AFTER_GRANT);
-    env.request(User::Alice, "granted", "  duration: 6s\n");
+    env.request(User::Alice, "granted", "  duration: 20s\n");
     env.wait_phase("granted", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "granted", "Approve");
     stopped_at(&env, points::AFTER_GRANT).await;
