@@ -118,17 +118,9 @@ pub fn principal_for(role: &AccessRole, username: &str) -> Result<String, Reject
 
 /// `<account>/<role name>`: one FIFO message group per target role.
 pub fn work_group(role_arn: &str) -> Result<String, Rejection> {
-    let bad = || Rejection::BadRoleArn(role_arn.to_string());
-    let parts: Vec<&str> = role_arn.splitn(6, ':').collect();
-    let [_, _, "iam", "", account, resource] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let name = resource
-        .strip_prefix("role/")
-        .and_then(|r| r.rsplit('/').next())
-        .filter(|n| !n.is_empty())
-        .ok_or_else(bad)?;
-    Ok(format!("{account}/{name}"))
+    crate::arn::role(role_arn)
+        .map(|(account, name)| format!("{account}/{name}"))
+        .ok_or_else(|| Rejection::BadRoleArn(role_arn.to_string()))
 }
 
 /// Validates a request against its role and, if it may go ahead, builds the

@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
 
+pub mod arn;
 pub mod contract;
 pub mod controller;
 pub mod crd;

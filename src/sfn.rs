@@ -259,7 +259,8 @@ fn task_is_over(code: Option<&str>) -> bool {
     )
 }
 
-fn truncate(s: &str, max: usize) -> &str {
+/// `s` cut to at most `max` bytes, on a character boundary.
+pub(crate) fn truncate(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

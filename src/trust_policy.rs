@@ -433,31 +433,7 @@ pub fn validate_principal(arn: &str) -> Result<(), TrustPolicyError> {
     if arn.len() > MAX_ARN_CHARS {
         return Err(invalid());
     }
-    let mut parts = arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some(service), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return Err(invalid());
-    };
-    let partition_ok = partition
-        .strip_prefix("aws")
-        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
-    let service_ok = service == "iam" || service == "sts";
-    let account_ok = account.len() == 12 && account.chars().all(|c| c.is_ascii_digit());
-    let resource_ok = !resource.is_empty()
-        && resource
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c));
-    if partition_ok && service_ok && account_ok && resource_ok {
-        Ok(())
-    } else {
-        Err(invalid())
-    }
+    crate::arn::parse(arn).map(|_| ()).ok_or_else(invalid)
 }
 
 #[cfg(test)]

@@ -901,7 +901,7 @@ impl Worker {
             .message_body(message.body().unwrap_or_default())
             .message_attributes(
                 DEAD_LETTER_REASON_ATTRIBUTE,
-                attribute(truncate(reason, 1024))?,
+                attribute(crate::sfn::truncate(reason, 1024))?,
             );
         if !message_id.is_empty() {
             send = send.message_attributes(SOURCE_MESSAGE_ID_ATTRIBUTE, attribute(message_id)?);
@@ -924,40 +924,11 @@ impl Worker {
 /// The name of the role an IAM role ARN names: the last path segment after `role/`
 /// (`arn:aws:iam::123456789012:role/jit/admin` → `admin`).
 pub fn role_name(role_arn: &str) -> Result<String, WorkerError> {
-    let malformed = || WorkerError::MalformedRoleArn {
-        arn: role_arn.to_owned(),
-    };
-    let mut parts = role_arn.splitn(6, ':');
-    let (Some("arn"), Some(partition), Some("iam"), Some(""), Some(account), Some(resource)) = (
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-        parts.next(),
-    ) else {
-        return Err(malformed());
-    };
-    let partition_ok = partition
-        .strip_prefix("aws")
-        .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_lowercase() || c == '-'));
-    let account_ok = account.len() == 12 && account.chars().all(|c| c.is_ascii_digit());
-    let path_and_name = resource.strip_prefix("role/").ok_or_else(malformed)?;
-    let name = path_and_name.rsplit('/').next().unwrap_or_default();
-    let name_ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c));
-    let path_ok = path_and_name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "+=,.@_-/".contains(c))
-        && !path_and_name.contains("//");
-    if partition_ok && account_ok && name_ok && path_ok {
-        Ok(name.to_owned())
-    } else {
-        Err(malformed())
-    }
+    crate::arn::role(role_arn)
+        .map(|(_, name)| name.to_owned())
+        .ok_or_else(|| WorkerError::MalformedRoleArn {
+            arn: role_arn.to_owned(),
+        })
 }
 
 /// What a grant will do to a trust policy.
@@ -1281,17 +1252,6 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 /// `ts` rounded down to the second (its `Display` is then `YYYY-MM-DDTHH:MM:SSZ`).
 fn whole_seconds(ts: Timestamp) -> Timestamp {
     Timestamp::from_second(ts.as_second()).unwrap_or(ts)
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]
