@@ -62,9 +62,21 @@ impl RequestQueue {
         tokio::pin!(shutdown);
         let mut backoff = Duration::from_millis(200);
         loop {
+            let receive = self.receive();
+            tokio::pin!(receive);
             let received = tokio::select! {
-                _ = &mut shutdown => return,
-                r = self.receive() => r,
+                biased;
+                _ = &mut shutdown => {
+                    // Messages a poll in flight already holds go straight back rather
+                    // than stay invisible for the visibility timeout.
+                    if let Ok(messages) = receive.await {
+                        for m in &messages {
+                            self.release(m).await;
+                        }
+                    }
+                    return;
+                }
+                r = &mut receive => r,
             };
             match received {
                 Ok(messages) => {
@@ -244,6 +256,24 @@ impl RequestQueue {
                 message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
             })?;
         Ok(())
+    }
+
+    /// Makes a received message visible again at once.
+    async fn release(&self, message: &Message) {
+        let Some(receipt) = message.receipt_handle() else {
+            return;
+        };
+        let res = self
+            .sqs
+            .change_message_visibility()
+            .queue_url(&self.queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(0)
+            .send()
+            .await;
+        if let Err(e) = res {
+            warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), "cannot return a message to the queue; it comes back after its visibility timeout");
+        }
     }
 
     /// Moves a message that will never be understood out of the way.

@@ -379,10 +379,23 @@ impl Worker {
         );
         let mut failures: u32 = 0;
         loop {
+            let receive = self.receive();
+            tokio::pin!(receive);
             let received = tokio::select! {
                 biased;
-                _ = &mut shutdown => break,
-                received = self.receive() => received,
+                _ = &mut shutdown => {
+                    // A poll in flight may already hold messages: let it finish (at most
+                    // the long-poll wait) and hand them straight back, rather than leave
+                    // them invisible, blocking their role's group, for the visibility
+                    // timeout.
+                    if let Ok(messages) = receive.await {
+                        for m in &messages {
+                            self.release(m, Duration::ZERO).await;
+                        }
+                    }
+                    break;
+                }
+                received = &mut receive => received,
             };
             match received {
                 Ok(messages) => {
