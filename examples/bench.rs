@@ -56,15 +56,21 @@ struct Args {
     /// The controller's --poll-interval.
     #[arg(long, default_value = "2s")]
     poll_interval: String,
-    /// Deadline of each phase, seconds.
-    #[arg(long, default_value_t = 600)]
-    deadline: u64,
+    /// Deadline of each phase, seconds (default: 600, or 2 s per request when N > 300).
+    #[arg(long)]
+    deadline: Option<u64>,
     /// Length of the steady-state window (every grant held, nothing else to do), seconds.
     #[arg(long, default_value_t = 20)]
     steady: u64,
     /// Skip the moto-alone phase.
     #[arg(long)]
     skip_moto_alone: bool,
+}
+
+impl Args {
+    fn deadline(&self) -> u64 {
+        self.deadline.unwrap_or(600.max(2 * self.n as u64))
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -415,6 +421,28 @@ fn writes(d: &Counters, n: usize) -> Writes {
     }
 }
 
+/// The other requests (reads) by resource and verb, in all and per AccessRequest.
+fn reads(d: &Counters, n: usize) -> String {
+    let mut rows: BTreeMap<(String, String), f64> = BTreeMap::new();
+    for ((verb, group, resource, sub, _), v) in d {
+        if !WRITE_VERBS.contains(&verb.as_str()) {
+            *rows
+                .entry((resource_name(group, resource, sub), verb.clone()))
+                .or_insert(0.0) += v;
+        }
+    }
+    let mut s = String::from(
+        "| resource | verb | requests | per AccessRequest |\n| --- | --- | ---: | ---: |\n",
+    );
+    for ((resource, verb), v) in rows {
+        s.push_str(&format!(
+            "| {resource} | {verb} | {v:.0} | {:.2} |\n",
+            v / n.max(1) as f64
+        ));
+    }
+    s
+}
+
 /// Requests per second by verb and resource (all verbs), for the steady-state window.
 fn rates(d: &Counters, wall: Duration) -> String {
     let mut rows: BTreeMap<(String, String), f64> = BTreeMap::new();
@@ -486,6 +514,8 @@ fn requester_arn() -> String {
 #[derive(Default, Clone, Copy)]
 struct ExecRec {
     start: Option<Instant>,
+    /// StartExecution answered.
+    started: Option<Instant>,
     approval_task: Option<Instant>,
     answered: Option<Instant>,
     hold_task: Option<Instant>,
@@ -514,7 +544,7 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
     let recs: Arc<Mutex<Vec<ExecRec>>> = Arc::new(Mutex::new(vec![ExecRec::default(); n]));
     let holds = Arc::new(AtomicUsize::new(0));
     let errors = Arc::new(AtomicUsize::new(0));
-    let deadline = Instant::now() + Duration::from_secs(args.deadline);
+    let deadline = Instant::now() + Duration::from_secs(args.deadline());
     let index_of = |input: &ExecutionInput| {
         input
             .request
@@ -730,6 +760,7 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
                 eprintln!("moto alone: start execution: {e:?}");
                 errors.fetch_add(1, Ordering::Relaxed);
             }
+            recs.lock().expect("recs")[i].started = Some(Instant::now());
         });
     }
     while starts.join_next().await.is_some() {}
@@ -767,6 +798,10 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
         args.parallel,
     );
     report.push_str(LATENCY_HEADER);
+    report.push_str(&latency_row(
+        "StartExecution call",
+        first(|r| r.start, |r| r.started),
+    ));
     report.push_str(&latency_row(
         "StartExecution → approval task received",
         first(|r| r.start, |r| r.approval_task),
@@ -929,8 +964,19 @@ fn log_warnings(log: &Path) -> BTreeMap<String, usize> {
         if level == "WARN" || level == "ERROR" {
             let msg = v["fields"]["message"].as_str().unwrap_or("?");
             let err = v["fields"]["error"].as_str().unwrap_or_default();
-            // Errors carry names and UIDs; the first words say what kind it is.
-            let err: String = err.split_whitespace().take(8).collect::<Vec<_>>().join(" ");
+            // Errors name the object: keep what kind of error it is.
+            let err: String = err
+                .split_whitespace()
+                .map(|w| {
+                    if w.contains("AccessRequest.") || w.contains("aws-jit-task-") {
+                        "<object>"
+                    } else {
+                        w
+                    }
+                })
+                .take(24)
+                .collect::<Vec<_>>()
+                .join(" ");
             *out.entry(format!("{level} {msg}: {err}")).or_insert(0) += 1;
         }
     }
@@ -1085,7 +1131,7 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     let carol: Api<AccessRequest> = Api::namespaced(kube.client(User::Carol).await, &ns);
     let admin: Api<AccessRequest> = Api::namespaced(kube.client(User::Admin).await, &ns);
     let recs: Recs = Arc::new(Mutex::new(HashMap::new()));
-    let deadline = Instant::now() + Duration::from_secs(args.deadline);
+    let deadline = Instant::now() + Duration::from_secs(args.deadline());
 
     // The watch, and the auto-approver it feeds.
     let (approve_tx, mut approve_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
@@ -1343,6 +1389,11 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
         w.other_total,
     ));
     out.push_str(&format!(
+        "\nand the reads in the same window (every reconcile of a started request reads its \
+         token Secret once, after one DescribeExecution to Step Functions):\n\n{}",
+        reads(&d, n)
+    ));
+    out.push_str(&format!(
         "\nProcesses, first create → 3 s after the last Active ({:.1} s):\n\n",
         run_wall.as_secs_f64()
     ));
@@ -1400,7 +1451,7 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
         }
         out.push_str(&format!(
             "\n**Incomplete: not every request reached Active within {} s.** Where they are: {stuck:?}\n",
-            args.deadline
+            args.deadline()
         ));
     }
     let bad: Vec<&String> = ours.iter().filter_map(|r| r.bad.as_ref()).take(5).collect();

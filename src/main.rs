@@ -21,6 +21,38 @@ enum Command {
     Crdgen,
     /// Run the operator: reconcile AccessRequests, consume the request and work queues.
     Controller(ControllerArgs),
+    /// Run the Slack relay: alert queue → Slack (the operator pod's sidecar).
+    Relay(RelayArgs),
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// Template output AlertQueueUrl.
+    #[arg(long, env = "AWS_JIT_ALERT_QUEUE_URL")]
+    alert_queue_url: String,
+    /// Template output AlertDeadLetterQueueUrl (alerts Slack refuses for good go there).
+    #[arg(long, env = "AWS_JIT_ALERT_DLQ_URL")]
+    alert_dlq_url: Option<String>,
+    /// Channel (ID or name) for roles without `slackChannel`.
+    #[arg(long, env = "AWS_JIT_SLACK_DEFAULT_CHANNEL")]
+    default_channel: String,
+    /// Slack Web API base URL.
+    #[arg(
+        long,
+        env = "AWS_JIT_SLACK_API_URL",
+        default_value = "https://slack.com/api"
+    )]
+    slack_api_url: String,
+    /// Minimum interval between two messages to one channel, e.g. 1s.
+    #[arg(long, env = "AWS_JIT_SLACK_PACING", default_value = "1s", value_parser = parse_duration)]
+    pacing: Duration,
+    /// Who grant/revoke failures mention, comma-separated: `<!subteam^S012AB>`, `<@U012AB>`.
+    #[arg(long, env = "AWS_JIT_SLACK_FAILURE_MENTION", value_delimiter = ',')]
+    failure_mention: Vec<String>,
+    /// Serve Slack's HTTP interactivity endpoint (POST /slack/interactions) on this
+    /// address, e.g. 0.0.0.0:8081; needs SLACK_SIGNING_SECRET. Unset: no endpoint.
+    #[arg(long, env = "AWS_JIT_INTERACTIONS_ADDR")]
+    interactions_addr: Option<std::net::SocketAddr>,
 }
 
 #[derive(Args)]
@@ -104,6 +136,77 @@ async fn controller(args: ControllerArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+async fn relay(args: RelayArgs) -> ExitCode {
+    // From the environment only (a Kubernetes Secret), never a flag: flags show in `ps`.
+    let token = match std::env::var("SLACK_BOT_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => t.trim().to_string(),
+        _ => {
+            eprintln!("error: SLACK_BOT_TOKEN is not set");
+            return ExitCode::FAILURE;
+        }
+    };
+    let kube = match kube::Client::try_default().await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot reach Kubernetes: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(addr) = args.interactions_addr {
+        // Like the bot token: from the environment (a Kubernetes Secret) only.
+        let secret = match std::env::var("SLACK_SIGNING_SECRET") {
+            Ok(s) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => {
+                eprintln!("error: --interactions-addr needs SLACK_SIGNING_SECRET");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot listen on {addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let slack = match aws_jit::interactions::SlackWeb::new(&args.slack_api_url, &token) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let state = aws_jit::interactions::State::new(
+            kube.clone(),
+            aws_jit::interactions::SigningSecret::new(&secret),
+        )
+        .with_slack(slack);
+        tokio::spawn(async move {
+            if let Err(e) = aws_jit::interactions::serve(listener, state).await {
+                tracing::error!(error = %e, "the Slack interactivity endpoint stopped");
+            }
+        });
+    }
+    let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let mut config =
+        aws_jit::relay::Config::new(&args.alert_queue_url, &args.default_channel, &token);
+    config.dead_letter_url = args.alert_dlq_url;
+    config.slack_api_url = args.slack_api_url;
+    config.pacing = args.pacing;
+    config.failure_mentions = args
+        .failure_mention
+        .into_iter()
+        .map(|m| m.trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect();
+    match aws_jit::relay::run(kube, &aws, config, shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     aws_jit::install_crypto_provider();
     let cli = Cli::parse();
@@ -119,13 +222,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Controller(args) => {
-            tracing_subscriber::fmt()
-                .json()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_default_env()
-                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-                )
-                .init();
+            init_tracing();
             match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt.block_on(controller(args)),
                 Err(e) => {
@@ -134,5 +231,25 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Relay(args) => {
+            init_tracing();
+            match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(relay(args)),
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
+}
+
+fn init_tracing() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
 }

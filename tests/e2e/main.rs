@@ -9,6 +9,8 @@ mod admission;
 mod controller;
 mod crashes;
 mod crds;
+mod interactions;
+mod relay;
 mod stack;
 mod statemachine;
 mod worker;

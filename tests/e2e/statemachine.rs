@@ -681,6 +681,11 @@ async fn the_template_deploys_least_privilege_and_dead_letter_queues() {
             json!(arn_of(&out.work_dlq_url)),
         ),
         (
+            "DeadLetterRefusedAlerts",
+            json!("sqs:SendMessage"),
+            json!(arn_of(&out.alert_dlq_url)),
+        ),
+        (
             "StartExecutions",
             json!("states:StartExecution"),
             json!(out.state_machine_arn),

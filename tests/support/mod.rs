@@ -6,6 +6,8 @@ pub mod aws;
 pub mod kube;
 pub mod procs;
 pub mod project;
+pub mod slack;
+pub mod slack_interactions;
 pub mod wait;
 
 use std::sync::OnceLock;

@@ -1,0 +1,715 @@
+//! Approvals from Slack: the HTTP interactivity endpoint (`POST /slack/interactions`).
+//!
+//! The relay's awaiting-approval message carries two buttons, action_id
+//! [`APPROVE_ACTION`] and [`DENY_ACTION`], whose value is the AccessRequest's identity
+//! as JSON (`{"namespace","name","uid"}`, [`RequestRef`]). A click arrives here as a
+//! form-encoded `payload=<json>` of type `block_actions`, and becomes the same status
+//! approval `kubectl patch` makes, written by the operator's identity with `via: slack`:
+//!
+//! 1. Slack's signature and timestamp are verified first ([`verify`]); a request that
+//!    fails is answered `401` and nothing else happens (nothing is read or written).
+//! 2. The request is looked up and must still be the one the button was rendered for
+//!    (same uid) and be `AwaitingApproval`.
+//! 3. The clicking Slack user ID is mapped to an approver of the request's AccessRole:
+//!    the `approvers[]` entry with that `slackUserId`. A `user` entry votes as that
+//!    user. A `group` entry names no Kubernetes user, so the vote is recorded as
+//!    approver `slack:<SlackUserID>` with `group: <group>` (the controller counts it by
+//!    the group; each Slack user still has one vote). A user entry wins when a Slack ID
+//!    is on both. No mapping: no approval.
+//! 4. The requester may not decide on their own request (also enforced by the
+//!    controller's tally), and each approver votes once: the approvals list is keyed by
+//!    approver, so the apiserver refuses a second vote ("Duplicate value").
+//! 5. The vote is appended with a JSON patch on the status subresource that first
+//!    tests `metadata.uid`, so a request deleted and re-created under the same name
+//!    is never voted on by an old button.
+//!
+//! Answers: Slack wants a response within 3 s. Everything above is done inline (two
+//! GETs and one PATCH against the apiserver, bounded by [`State::kube_timeout`]), and
+//! the outcome is the response body, `200` with
+//! `{"response_type":"ephemeral","replace_original":false,"text":...}`. Slack does not
+//! display a `block_actions` response body, so when the bot's Web API is configured
+//! ([`State::with_slack`]) the same message is also POSTed to the click's
+//! `response_url` right after (only to `https://hooks.slack.com/…`). The relay's
+//! message update, driven by the alert queue, shows everyone who decided.
+//!
+//! Deny asks why: with the Web API configured, a Deny click is checked (mapping,
+//! self-approval, one vote) and then opens a modal (`views.open` with the click's
+//! `trigger_id`, [`modal`]); the vote is written when the modal is submitted
+//! (`view_submission`, comment required), and a refusal then is shown on the modal's
+//! comment field. Without the Web API a Deny is recorded at once with the comment
+//! [`DENY_COMMENT`].
+//!
+//! Nothing secret is logged: the signing secret has a redacting `Debug`, and refusals
+//! log only their reason.
+pub mod modal;
+pub mod verify;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State as AxumState;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, Patch, PatchParams};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::crd::{AccessRequest, AccessRole, Decision, Phase, RequestRef, Subject};
+pub use modal::SlackWeb;
+pub use verify::{Refusal, SigningSecret};
+
+/// The endpoint's path (the Slack app's "Interactivity Request URL").
+pub const PATH: &str = "/slack/interactions";
+/// The awaiting-approval message's Approve button.
+pub const APPROVE_ACTION: &str = "aws-jit-approve";
+/// The awaiting-approval message's Deny button.
+pub const DENY_ACTION: &str = "aws-jit-deny";
+/// The comment recorded with a Deny from Slack (until the comment modal exists).
+pub const DENY_COMMENT: &str = "denied from Slack";
+/// Default bound on the Kubernetes work of one click (Slack gives up after 3 s).
+pub const DEFAULT_KUBE_TIMEOUT: Duration = Duration::from_millis(2500);
+/// The largest body accepted (Slack's payloads are a few KB).
+const MAX_BODY: usize = 256 * 1024;
+
+/// What the endpoint needs. `kube` must carry the operator's identity (RBAC verb
+/// `manage` on `accessrequests/status`): only it may record `via: slack` votes.
+#[derive(Clone)]
+pub struct State {
+    pub kube: kube::Client,
+    pub signing_secret: SigningSecret,
+    /// Bound on the Kubernetes reads and write of one click.
+    pub kube_timeout: Duration,
+    /// The Web API as the bot, for the Deny comment modal. Without it a Deny click is
+    /// recorded at once with the comment [`DENY_COMMENT`].
+    pub slack: Option<Arc<SlackWeb>>,
+}
+
+impl State {
+    pub fn new(kube: kube::Client, signing_secret: SigningSecret) -> State {
+        State {
+            kube,
+            signing_secret,
+            kube_timeout: DEFAULT_KUBE_TIMEOUT,
+            slack: None,
+        }
+    }
+
+    /// With the Deny comment modal (`views.open` through `slack`).
+    pub fn with_slack(mut self, slack: SlackWeb) -> State {
+        self.slack = Some(Arc::new(slack));
+        self
+    }
+}
+
+impl fmt::Debug for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("State")
+            .field("signing_secret", &self.signing_secret)
+            .field("kube_timeout", &self.kube_timeout)
+            .field("slack", &self.slack)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The router: `POST /slack/interactions`.
+pub fn router(state: State) -> Router {
+    Router::new()
+        .route(PATH, post(interactions))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Serves the endpoint on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, state: State) -> std::io::Result<()> {
+    serve_with_shutdown(listener, state, std::future::pending()).await
+}
+
+/// Serves the endpoint on `listener` until `shutdown` completes (in-flight clicks finish).
+pub async fn serve_with_shutdown(
+    listener: tokio::net::TcpListener,
+    state: State,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, path = PATH, "serving Slack interactions");
+    }
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// An ephemeral answer to the clicker.
+fn ephemeral(text: impl Into<String>) -> Response {
+    let text: String = text.into();
+    (
+        StatusCode::OK,
+        Json(json!({"response_type": "ephemeral", "replace_original": false, "text": text})),
+    )
+        .into_response()
+}
+
+async fn interactions(
+    AxumState(state): AxumState<State>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Err(refusal) = verify::verify(
+        &state.signing_secret,
+        header(verify::TIMESTAMP_HEADER),
+        header(verify::SIGNATURE_HEADER),
+        &body,
+    ) {
+        tracing::warn!(reason = %refusal, "refused a Slack interaction");
+        return (StatusCode::UNAUTHORIZED, refusal.to_string()).into_response();
+    }
+    let payload = match parse_payload(&body) {
+        Ok(p) => p,
+        Err(why) => {
+            tracing::warn!(%why, "a signed Slack interaction could not be read");
+            return (StatusCode::BAD_REQUEST, why).into_response();
+        }
+    };
+    match payload.kind.as_str() {
+        "block_actions" => block_actions(&state, payload).await,
+        "view_submission" => view_submission(&state, payload).await,
+        other => {
+            // Other interaction types (shortcuts, view_closed, …) are not ours.
+            tracing::debug!(kind = %other, "ignored a Slack interaction");
+            StatusCode::OK.into_response()
+        }
+    }
+}
+
+async fn block_actions(state: &State, payload: Payload) -> Response {
+    let Some(action) = payload
+        .actions
+        .iter()
+        .find(|a| a.action_id == APPROVE_ACTION || a.action_id == DENY_ACTION)
+    else {
+        return StatusCode::OK.into_response();
+    };
+    let decision = if action.action_id == APPROVE_ACTION {
+        Decision::Approve
+    } else {
+        Decision::Deny
+    };
+    let Some(target) = action
+        .value
+        .as_deref()
+        .and_then(|v| serde_json::from_str::<RequestRef>(v).ok())
+    else {
+        return ephemeral("This button does not name an AccessRequest; nothing was recorded.");
+    };
+    let slack_user = payload.user.id;
+    // A Deny asks for a comment first, when the bot can open a modal: the checks run
+    // now (so a refused click is told at once), the vote is written on submission.
+    if decision == Decision::Deny
+        && let (Some(slack), Some(trigger_id)) = (&state.slack, payload.trigger_id.as_deref())
+    {
+        let checked = bounded(state, check(&state.kube, &target, &slack_user)).await;
+        let outcome = match checked {
+            Ok(Ok(_)) => match slack.open_deny_modal(trigger_id, &target).await {
+                Ok(()) => {
+                    log_click(&target, &slack_user, decision, "opened the Deny modal");
+                    return StatusCode::OK.into_response();
+                }
+                Err(e) => Outcome::Failed(format!("could not open the comment dialog: {e}")),
+            },
+            Ok(Err(refused)) => refused,
+            Err(timed_out) => timed_out,
+        };
+        log_click(&target, &slack_user, decision, &format!("{outcome:?}"));
+        let text = outcome.text(&target, decision);
+        respond_later(state, payload.response_url.as_deref(), &text);
+        return ephemeral(text);
+    }
+    let outcome = bounded(
+        state,
+        record(&state.kube, &target, &slack_user, decision, None),
+    )
+    .await
+    .unwrap_or_else(|timed_out| timed_out);
+    log_click(&target, &slack_user, decision, &format!("{outcome:?}"));
+    let text = outcome.text(&target, decision);
+    respond_later(state, payload.response_url.as_deref(), &text);
+    ephemeral(text)
+}
+
+/// Slack does not show a `block_actions` response body: the answer goes to the
+/// click's `response_url` too, after the 200 (when the bot's Web API is configured).
+fn respond_later(state: &State, response_url: Option<&str>, text: &str) {
+    let (Some(slack), Some(url)) = (state.slack.clone(), response_url) else {
+        return;
+    };
+    let (url, text) = (url.to_string(), text.to_string());
+    tokio::spawn(async move {
+        if let Err(e) = slack.respond_ephemeral(&url, &text).await {
+            tracing::warn!(error = %e, "could not answer a Slack click through its response_url");
+        }
+    });
+}
+
+/// The Deny modal submitted: record the Deny with its comment. Success closes the
+/// modal (empty 200); a refusal is shown on the comment field.
+async fn view_submission(state: &State, payload: Payload) -> Response {
+    let Some(view) = payload.view else {
+        return StatusCode::OK.into_response();
+    };
+    if view.callback_id != modal::DENY_CALLBACK {
+        return StatusCode::OK.into_response();
+    }
+    let field_error = |text: String| {
+        (
+            StatusCode::OK,
+            Json(json!({"response_action": "errors", "errors": {modal::COMMENT_BLOCK: text}})),
+        )
+            .into_response()
+    };
+    let Ok(target) = serde_json::from_str::<RequestRef>(&view.private_metadata) else {
+        return field_error(
+            "This dialog does not name an AccessRequest; nothing was recorded.".into(),
+        );
+    };
+    let Some(comment) = modal::submitted_comment(&view.state.values) else {
+        return field_error("Say why you deny the request.".into());
+    };
+    if comment.chars().count() > modal::MAX_COMMENT {
+        return field_error(format!("At most {} characters.", modal::MAX_COMMENT));
+    }
+    let slack_user = payload.user.id;
+    let outcome = bounded(
+        state,
+        record(
+            &state.kube,
+            &target,
+            &slack_user,
+            Decision::Deny,
+            Some(&comment),
+        ),
+    )
+    .await
+    .unwrap_or_else(|timed_out| timed_out);
+    log_click(
+        &target,
+        &slack_user,
+        Decision::Deny,
+        &format!("{outcome:?}"),
+    );
+    match outcome {
+        Outcome::Recorded { .. } => StatusCode::OK.into_response(),
+        refused => field_error(refused.text(&target, Decision::Deny)),
+    }
+}
+
+/// Runs `work` within the state's Kubernetes timeout.
+async fn bounded<T>(
+    state: &State,
+    work: impl std::future::Future<Output = T>,
+) -> Result<T, Outcome> {
+    tokio::time::timeout(state.kube_timeout, work)
+        .await
+        .map_err(|_| {
+            Outcome::Failed(format!(
+                "the Kubernetes API did not answer within {:?}",
+                state.kube_timeout
+            ))
+        })
+}
+
+fn log_click(target: &RequestRef, slack_user: &str, decision: Decision, outcome: &str) {
+    tracing::info!(
+        namespace = %target.namespace,
+        name = %target.name,
+        slack_user = %slack_user,
+        decision = ?decision,
+        outcome = %outcome,
+        "Slack click"
+    );
+}
+
+/// What became of one click.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The vote was written as `approver`.
+    Recorded { approver: String },
+    /// This approver has a vote on the request already.
+    AlreadyVoted { approver: String },
+    /// The Slack user is not an approver of the role (no `slackUserId` entry).
+    NotMapped,
+    /// The Slack user maps to the requester.
+    OwnRequest,
+    /// The request is gone, or is a newer one under the same name.
+    NotFound,
+    /// The request is not waiting for votes (already decided, or not started yet).
+    NotAwaiting(Option<Phase>),
+    /// The AccessRole the request names does not exist.
+    NoRole(String),
+    /// Kubernetes failed or did not answer; the vote may not have been recorded.
+    Failed(String),
+}
+
+impl Outcome {
+    pub fn text(&self, target: &RequestRef, decision: Decision) -> String {
+        let what = format!("{}/{}", target.namespace, target.name);
+        let verb = match decision {
+            Decision::Approve => "approval",
+            Decision::Deny => "denial",
+        };
+        match self {
+            Outcome::Recorded { approver } => {
+                format!("Recorded your {verb} of {what} as {approver}.")
+            }
+            Outcome::AlreadyVoted { approver } => format!(
+                "You already voted on {what} (as {approver}); a vote cannot be changed. Nothing was recorded."
+            ),
+            Outcome::NotMapped => format!(
+                "Your Slack account is not listed as an approver of {what}'s AccessRole (no approvers[] entry with your slackUserId), so your {verb} was not recorded."
+            ),
+            Outcome::OwnRequest => {
+                format!("You cannot approve or deny your own request {what}. Nothing was recorded.")
+            }
+            Outcome::NotFound => format!(
+                "{what} no longer exists (deleted, or re-created since this message was posted). Nothing was recorded."
+            ),
+            Outcome::NotAwaiting(phase) => match phase {
+                Some(p) => format!(
+                    "{what} is not waiting for approval any more (phase {p:?}). Nothing was recorded."
+                ),
+                None => format!("{what} is not waiting for approval yet. Nothing was recorded."),
+            },
+            Outcome::NoRole(role) => {
+                format!(
+                    "{what} names AccessRole {role:?}, which does not exist. Nothing was recorded."
+                )
+            }
+            Outcome::Failed(why) => format!(
+                "Your {verb} of {what} could not be recorded ({why}). Try again, or use kubectl."
+            ),
+        }
+    }
+}
+
+/// The approver (and group) a Slack user votes as on `role`, if any. A `user` entry
+/// wins over a `group` entry with the same Slack ID.
+pub fn approver_for(role: &AccessRole, slack_user: &str) -> Option<(String, Option<String>)> {
+    let entries = || {
+        role.spec
+            .approvers
+            .iter()
+            .filter(move |s| s.slack_user_id.as_deref() == Some(slack_user))
+    };
+    if let Some(user) = entries().find_map(|s: &Subject| s.user.clone()) {
+        return Some((user, None));
+    }
+    entries()
+        .find_map(|s: &Subject| s.group.clone())
+        .map(|group| (format!("slack:{slack_user}"), Some(group)))
+}
+
+/// Who a permitted Slack vote is cast as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Voter {
+    pub approver: String,
+    pub group: Option<String>,
+}
+
+/// Whether the Slack user may vote on `target` now, and as whom (reads only).
+pub async fn check(
+    kube: &kube::Client,
+    target: &RequestRef,
+    slack_user: &str,
+) -> Result<Voter, Outcome> {
+    let api: Api<AccessRequest> = Api::namespaced(kube.clone(), &target.namespace);
+    let request = match api.get_opt(&target.name).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(Outcome::NotFound),
+        Err(e) => {
+            return Err(Outcome::Failed(format!(
+                "reading the request: {}",
+                short(&e)
+            )));
+        }
+    };
+    if request.metadata.uid.as_deref() != Some(target.uid.as_str()) {
+        return Err(Outcome::NotFound);
+    }
+    let status = request.status.clone().unwrap_or_default();
+    if status.phase != Some(Phase::AwaitingApproval) {
+        return Err(Outcome::NotAwaiting(status.phase));
+    }
+    let roles: Api<AccessRole> = Api::all(kube.clone());
+    let role = match roles.get_opt(&request.spec.role).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(Outcome::NoRole(request.spec.role.clone())),
+        Err(e) => {
+            return Err(Outcome::Failed(format!(
+                "reading the AccessRole: {}",
+                short(&e)
+            )));
+        }
+    };
+    let Some((approver, group)) = approver_for(&role, slack_user) else {
+        return Err(Outcome::NotMapped);
+    };
+    if approver == request.spec.requester {
+        return Err(Outcome::OwnRequest);
+    }
+    let Some(approvals) = status.approvals else {
+        // The controller creates the list when it takes the request up.
+        return Err(Outcome::NotAwaiting(None));
+    };
+    if approvals.iter().any(|a| a.approver == approver) {
+        return Err(Outcome::AlreadyVoted { approver });
+    }
+    Ok(Voter { approver, group })
+}
+
+/// Checks, then writes one Slack vote on `target` as the client's identity (the
+/// operator). A Deny without `comment` gets [`DENY_COMMENT`].
+pub async fn record(
+    kube: &kube::Client,
+    target: &RequestRef,
+    slack_user: &str,
+    decision: Decision,
+    comment: Option<&str>,
+) -> Outcome {
+    let Voter { approver, group } = match check(kube, target, slack_user).await {
+        Ok(v) => v,
+        Err(refused) => return refused,
+    };
+    let api: Api<AccessRequest> = Api::namespaced(kube.clone(), &target.namespace);
+    let mut vote = json!({
+        "approver": approver,
+        "decision": decision,
+        "via": "slack",
+        "time": Time(jiff::Timestamp::now()),
+    });
+    if let Some(group) = &group {
+        vote["group"] = json!(group);
+    }
+    match (comment, decision) {
+        (Some(c), _) => vote["comment"] = json!(c),
+        (None, Decision::Deny) => vote["comment"] = json!(DENY_COMMENT),
+        (None, Decision::Approve) => {}
+    }
+    let ops = json!([
+        {"op": "test", "path": "/metadata/uid", "value": target.uid},
+        {"op": "add", "path": "/status/approvals/-", "value": vote},
+    ]);
+    let patch = match serde_json::from_value(ops) {
+        Ok(p) => Patch::Json::<()>(p),
+        Err(e) => return Outcome::Failed(format!("building the patch: {e}")),
+    };
+    let params = PatchParams {
+        field_manager: Some("aws-jit-slack".into()),
+        ..PatchParams::default()
+    };
+    match api.patch_status(&target.name, &params, &patch).await {
+        Ok(_) => Outcome::Recorded { approver },
+        Err(kube::Error::Api(s)) if s.message.contains("Duplicate value") => {
+            Outcome::AlreadyVoted { approver }
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 => Outcome::NotFound,
+        Err(e) => {
+            // A failed `test` of metadata.uid comes back as a bare 422: look again.
+            match api.get_opt(&target.name).await {
+                Ok(Some(r)) if r.metadata.uid.as_deref() == Some(target.uid.as_str()) => {
+                    Outcome::Failed(format!("writing the vote: {}", short(&e)))
+                }
+                Ok(_) => Outcome::NotFound,
+                Err(_) => Outcome::Failed(format!("writing the vote: {}", short(&e))),
+            }
+        }
+    }
+}
+
+/// An error's message, bounded (it goes back to Slack).
+fn short(e: &kube::Error) -> String {
+    let s = e.to_string();
+    if s.chars().count() > 300 {
+        format!("{}…", s.chars().take(300).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// The fields of a `block_actions` payload this endpoint reads.
+#[derive(Debug, Deserialize)]
+struct Payload {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    user: SlackUser,
+    #[serde(default)]
+    actions: Vec<Action>,
+    #[serde(default)]
+    trigger_id: Option<String>,
+    #[serde(default)]
+    response_url: Option<String>,
+    #[serde(default)]
+    view: Option<View>,
+}
+
+/// A submitted modal.
+#[derive(Debug, Deserialize)]
+struct View {
+    #[serde(default)]
+    callback_id: String,
+    #[serde(default)]
+    private_metadata: String,
+    #[serde(default)]
+    state: ViewState,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ViewState {
+    #[serde(default)]
+    values: serde_json::Value,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct SlackUser {
+    #[serde(default)]
+    id: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct Action {
+    #[serde(default)]
+    action_id: String,
+    #[serde(default)]
+    value: Option<String>,
+}
+
+/// `payload=<url-encoded JSON>` from an `application/x-www-form-urlencoded` body.
+fn parse_payload(body: &[u8]) -> Result<Payload, String> {
+    let body = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
+    let raw = body
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("payload="))
+        .ok_or_else(|| "the body has no payload field".to_string())?;
+    let plus_decoded = raw.replace('+', " ");
+    let json = percent_encoding::percent_decode_str(&plus_decoded)
+        .decode_utf8()
+        .map_err(|_| "the payload is not UTF-8".to_string())?;
+    serde_json::from_str(&json).map_err(|e| format!("the payload is not a Slack interaction: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::AccessRoleSpec;
+
+    fn role(approvers: serde_json::Value) -> AccessRole {
+        let spec: AccessRoleSpec = serde_json::from_value(json!({
+            "roleArn": "arn:aws:iam::123456789012:role/admin",
+            "approvers": approvers,
+            "requesters": [{"group": "developers"}],
+            "principal": {"template": "arn:aws:iam::123456789012:user/{username}"},
+        }))
+        .unwrap();
+        AccessRole::new("r", spec)
+    }
+
+    #[test]
+    fn a_slack_id_maps_to_its_user_entry() {
+        let r = role(json!([
+            {"user": "carol", "slackUserId": "UCAROL01"},
+            {"user": "dave", "slackUserId": "UDAVE001"},
+            {"user": "erin"},
+        ]));
+        assert_eq!(approver_for(&r, "UCAROL01"), Some(("carol".into(), None)));
+        assert_eq!(approver_for(&r, "UDAVE001"), Some(("dave".into(), None)));
+        assert_eq!(approver_for(&r, "UNOBODY1"), None);
+        assert_eq!(approver_for(&r, ""), None);
+    }
+
+    #[test]
+    fn a_group_entry_votes_as_the_slack_user_in_that_group_and_a_user_entry_wins() {
+        let r = role(json!([
+            {"group": "sre-leads", "slackUserId": "ULEAD001"},
+            {"group": "sre-leads", "slackUserId": "UCAROL01"},
+            {"user": "carol", "slackUserId": "UCAROL01"},
+        ]));
+        assert_eq!(
+            approver_for(&r, "ULEAD001"),
+            Some(("slack:ULEAD001".into(), Some("sre-leads".into())))
+        );
+        assert_eq!(approver_for(&r, "UCAROL01"), Some(("carol".into(), None)));
+    }
+
+    #[test]
+    fn a_group_vote_from_slack_counts_for_the_controller() {
+        // The mapped vote is one the controller's tally counts.
+        let r = role(json!([{"group": "sre-leads", "slackUserId": "ULEAD001"}]));
+        let (approver, group) = approver_for(&r, "ULEAD001").unwrap();
+        let vote = crate::crd::Approval {
+            approver,
+            decision: Decision::Approve,
+            group,
+            comment: None,
+            time: None,
+            via: crate::crd::ApprovalChannel::Slack,
+        };
+        let (tally, ignored) = crate::decide::tally(&r, "alice", &[vote]);
+        assert!(ignored.is_empty(), "{ignored:?}");
+        assert_eq!(
+            tally,
+            crate::decide::Tally::Approved {
+                approvers: vec!["slack:ULEAD001".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn payloads_are_read_from_the_form() {
+        let json = r#"{"type":"block_actions","user":{"id":"UCAROL01"},"actions":[{"action_id":"aws-jit-approve","value":"{\"namespace\":\"n\",\"name\":\"a b\",\"uid\":\"u\"}"}]}"#;
+        let encoded: String =
+            percent_encoding::utf8_percent_encode(json, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        let p = parse_payload(format!("payload={encoded}").as_bytes()).unwrap();
+        assert_eq!(p.kind, "block_actions");
+        assert_eq!(p.user.id, "UCAROL01");
+        assert_eq!(p.actions[0].action_id, APPROVE_ACTION);
+        let target: RequestRef =
+            serde_json::from_str(p.actions[0].value.as_deref().unwrap()).unwrap();
+        assert_eq!(target.name, "a b");
+        // '+' is a space in forms.
+        let p = parse_payload(b"payload=%7B%22type%22%3A%22block+actions%22%7D").unwrap();
+        assert_eq!(p.kind, "block actions");
+        assert!(parse_payload(b"nothing=1").is_err());
+        assert!(parse_payload(b"payload=not-json").is_err());
+    }
+
+    #[test]
+    fn refusals_explain_themselves() {
+        let t = RequestRef {
+            namespace: "team".into(),
+            name: "req".into(),
+            uid: "u".into(),
+        };
+        assert!(
+            Outcome::NotMapped
+                .text(&t, Decision::Approve)
+                .contains("not listed as an approver")
+        );
+        assert!(
+            Outcome::OwnRequest
+                .text(&t, Decision::Deny)
+                .contains("your own request")
+        );
+        assert!(
+            Outcome::AlreadyVoted {
+                approver: "carol".into()
+            }
+            .text(&t, Decision::Approve)
+            .contains("already voted")
+        );
+    }
+}

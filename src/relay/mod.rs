@@ -1,0 +1,780 @@
+//! The relay (`aws-jit relay`, the operator pod's sidecar): alert queue → Slack, at
+//! least once.
+//!
+//! It long-polls the alert queue (FIFO, one message group per execution), renders each
+//! event ([`render`]) and posts it to the channel of the request's AccessRole (its
+//! `slackChannel`), or the configured default. A request has one living message: the
+//! first event posts it and its channel and `ts` are remembered on the AccessRequest
+//! (annotations [`CHANNEL_ANNOTATION`], [`TS_ANNOTATION`]); every later event
+//! `chat.update`s it and adds a thread reply. The events already shown are listed in
+//! [`RELAYED_ANNOTATION`], so a message that comes back (relay killed after Slack
+//! accepted it) is not shown twice. A request that no longer exists gets new messages.
+//!
+//! A message is deleted only after Slack accepted it. `429` waits `Retry-After`; 5xx,
+//! transport and Kubernetes errors are retried with backoff while the message's
+//! visibility is extended, so Slack being down for minutes loses nothing. A message
+//! Slack refuses for good (`channel_not_found`, `invalid_blocks`, …) or that cannot be
+//! read is moved to the alert dead-letter queue with a log line and never blocks the
+//! rest. Writes to one channel are paced (default one a second). On shutdown, in-flight
+//! messages get [`Config::shutdown_grace`] to finish; what is left returns to the queue.
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use futures::FutureExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, error, info, warn};
+
+use crate::crd::{AccessRequest, AccessRole};
+
+pub mod render;
+pub mod slack;
+
+use render::{Alert, Mentions, Rendered};
+use slack::{Failure, SlackApi};
+
+/// The channel of the request's living Slack message.
+pub const CHANNEL_ANNOTATION: &str = "aws-jit.io/slack-channel";
+/// The `ts` of the request's living Slack message.
+pub const TS_ANNOTATION: &str = "aws-jit.io/slack-ts";
+/// The events already shown in Slack, comma-separated (redeliveries are skipped).
+pub const RELAYED_ANNOTATION: &str = "aws-jit.io/slack-relayed";
+/// SQS message attribute carrying why a message was dead-lettered (as the worker's).
+pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = crate::worker::DEAD_LETTER_REASON_ATTRIBUTE;
+
+/// Slack's bot token: never printed.
+#[derive(Clone)]
+pub struct BotToken(pub String);
+
+impl std::fmt::Debug for BotToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BotToken(<redacted>)")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Template output AlertQueueUrl.
+    pub alert_queue_url: String,
+    /// Template output AlertDeadLetterQueueUrl; without it, refused messages are left
+    /// to SQS's redrive (maxReceiveCount).
+    pub dead_letter_url: Option<String>,
+    /// Channel for roles without `slackChannel` and requests that are gone.
+    pub default_channel: String,
+    /// Web API base, `https://slack.com/api`.
+    pub slack_api_url: String,
+    pub bot_token: BotToken,
+    /// Minimum interval between two writes to one channel (zero: no pacing).
+    pub pacing: Duration,
+    /// Who grant and revoke failures mention, e.g. `<!subteam^S012>` or `<@U012>`
+    /// (the role's approvers with a Slack user ID are mentioned as well).
+    pub failure_mentions: Vec<String>,
+    /// Long-poll wait (at most 20 s).
+    pub queue_wait: Duration,
+    /// Visibility of a received message; extended every third of it while working.
+    pub visibility_timeout: Duration,
+    /// First retry delay of a transient failure; doubles up to `retry_max`.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// How long in-flight messages may take to finish once shutdown is asked.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// The defaults, for a queue, a default channel and a token.
+    pub fn new(alert_queue_url: &str, default_channel: &str, bot_token: &str) -> Config {
+        Config {
+            alert_queue_url: alert_queue_url.into(),
+            dead_letter_url: None,
+            default_channel: default_channel.into(),
+            slack_api_url: "https://slack.com/api".into(),
+            bot_token: BotToken(bot_token.into()),
+            pacing: Duration::from_secs(1),
+            failure_mentions: Vec::new(),
+            queue_wait: Duration::from_secs(20),
+            visibility_timeout: Duration::from_secs(60),
+            retry_base: Duration::from_millis(500),
+            retry_max: Duration::from_secs(30),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("SQS {call} failed: {message}")]
+    Sqs { call: &'static str, message: String },
+    #[error("cannot set up the Slack client: {0}")]
+    Slack(String),
+}
+
+/// What became of one alert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// Slack accepted it (posted, or updated + thread reply).
+    Delivered,
+    /// Already shown before (a redelivery).
+    AlreadyShown,
+    /// Refused or unreadable: moved to the dead-letter queue (or left to the redrive).
+    DeadLettered(String),
+}
+
+/// Where an alert goes, and what the request remembers.
+#[derive(Debug, Clone, Default)]
+struct Target {
+    /// The live AccessRequest (name/uid match), if any.
+    request: Option<AccessRequest>,
+    channel: String,
+    /// The living message, if one was posted.
+    living: Option<(String, String)>,
+    relayed: Vec<String>,
+    mentions: Mentions,
+}
+
+/// Per-channel pacing: each write to a channel takes the next free slot.
+struct Pacer {
+    interval: Duration,
+    next: Mutex<HashMap<String, tokio::time::Instant>>,
+}
+
+impl Pacer {
+    async fn wait(&self, channel: &str) {
+        if self.interval.is_zero() {
+            return;
+        }
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            let slot = next
+                .get(channel)
+                .copied()
+                .filter(|t| *t > now)
+                .unwrap_or(now);
+            next.insert(channel.to_string(), slot + self.interval);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+pub struct Relay {
+    sqs: aws_sdk_sqs::Client,
+    kube: kube::Client,
+    slack: SlackApi,
+    config: Config,
+    pacer: Pacer,
+}
+
+/// Runs the relay until `shutdown` resolves (then finishes in-flight messages within
+/// the grace period and returns).
+pub async fn run(
+    kube: kube::Client,
+    aws: &aws_config::SdkConfig,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), RelayError> {
+    let relay = Relay::new(kube, aws_sdk_sqs::Client::new(aws), config)?;
+    relay.run(shutdown).await;
+    Ok(())
+}
+
+impl Relay {
+    pub fn new(
+        kube: kube::Client,
+        sqs: aws_sdk_sqs::Client,
+        config: Config,
+    ) -> Result<Relay, RelayError> {
+        let slack =
+            SlackApi::new(&config.slack_api_url, &config.bot_token.0).map_err(RelayError::Slack)?;
+        Ok(Relay {
+            sqs,
+            kube,
+            slack,
+            pacer: Pacer {
+                interval: config.pacing,
+                next: Mutex::new(HashMap::new()),
+            },
+            config,
+        })
+    }
+
+    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        let shutdown = shutdown.shared();
+        info!(queue = %self.config.alert_queue_url, default_channel = %self.config.default_channel, "relay started");
+        let mut backoff = self.config.retry_base;
+        loop {
+            let received = tokio::select! {
+                _ = shutdown.clone() => break,
+                r = self.receive() => r,
+            };
+            let messages = match received {
+                Ok(m) => {
+                    backoff = self.config.retry_base;
+                    m
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot receive from the alert queue; backing off");
+                    tokio::select! {
+                        _ = shutdown.clone() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                    continue;
+                }
+            };
+            if messages.is_empty() {
+                continue;
+            }
+            let receipts: Vec<String> = messages
+                .iter()
+                .filter_map(|m| m.receipt_handle().map(str::to_string))
+                .collect();
+            let batch = self.work_on(messages);
+            tokio::pin!(batch);
+            let grace = async {
+                shutdown.clone().await;
+                tokio::time::sleep(self.config.shutdown_grace).await;
+            };
+            tokio::select! {
+                _ = &mut batch => {}
+                _ = grace => {
+                    warn!("shutdown grace period over; unfinished alerts go back to the queue");
+                    for r in &receipts {
+                        // Already-deleted ones fail harmlessly.
+                        let _ = self.change_visibility(r, Duration::ZERO).await;
+                    }
+                    break;
+                }
+            }
+        }
+        info!("relay stopped");
+    }
+
+    async fn receive(&self) -> Result<Vec<Message>, RelayError> {
+        let out = self
+            .sqs
+            .receive_message()
+            .queue_url(&self.config.alert_queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(secs(self.config.queue_wait).min(20))
+            .visibility_timeout(secs(self.config.visibility_timeout).max(1))
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
+            .send()
+            .await
+            .map_err(|e| sqs_error("ReceiveMessage", e))?;
+        Ok(out.messages.unwrap_or_default())
+    }
+
+    /// One receive's messages: each message group (an execution) in order, the groups
+    /// concurrently.
+    async fn work_on(&self, messages: Vec<Message>) {
+        let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
+        for m in messages {
+            let group = m
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                .cloned()
+                .unwrap_or_default();
+            match groups.iter_mut().find(|(g, _)| *g == group) {
+                Some((_, v)) => v.push(m),
+                None => groups.push((group, vec![m])),
+            }
+        }
+        futures::future::join_all(groups.into_iter().map(|(_, g)| self.work_on_group(g))).await;
+    }
+
+    async fn work_on_group(&self, messages: Vec<Message>) {
+        let pending: Mutex<HashSet<String>> = Mutex::new(
+            messages
+                .iter()
+                .filter_map(|m| m.receipt_handle().map(str::to_string))
+                .collect(),
+        );
+        let work = async {
+            for m in &messages {
+                self.process(m).await;
+                if let Some(r) = m.receipt_handle() {
+                    pending.lock().unwrap_or_else(|p| p.into_inner()).remove(r);
+                }
+            }
+        };
+        let heartbeat = async {
+            let every = (self.config.visibility_timeout / 3).max(Duration::from_millis(500));
+            loop {
+                tokio::time::sleep(every).await;
+                let receipts: Vec<String> = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned()
+                    .collect();
+                for r in receipts {
+                    if let Err(e) = self
+                        .change_visibility(&r, self.config.visibility_timeout)
+                        .await
+                    {
+                        warn!(error = %e, "cannot extend an alert's visibility");
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            _ = work => {}
+            _ = heartbeat => {}
+        }
+    }
+
+    async fn process(&self, message: &Message) {
+        let Some(receipt) = message.receipt_handle() else {
+            return;
+        };
+        let body = message.body().unwrap_or_default();
+        debug!(body, "alert received");
+        let settled = match serde_json::from_str::<Alert>(body) {
+            Ok(alert) => self.deliver(&alert).await,
+            Err(e) => Err(format!("not an alert: {e}")),
+        };
+        match settled {
+            Ok(s) => {
+                debug!(?s, "alert settled");
+                if let Err(e) = self.delete(receipt).await {
+                    // It comes back; the relayed annotation keeps it from showing twice.
+                    warn!(error = %e, "cannot delete a relayed alert");
+                }
+            }
+            Err(reason) => {
+                error!(
+                    %reason,
+                    message_id = message.message_id().unwrap_or_default(),
+                    "Slack refused an alert for good (or it cannot be read); moving it to the dead-letter queue"
+                );
+                self.dead_letter(message, &reason).await;
+            }
+        }
+    }
+
+    /// Shows one alert in Slack. `Err` is a permanent refusal (dead-letter it);
+    /// transient failures are retried here until they pass.
+    pub async fn deliver(&self, alert: &Alert) -> Result<Settled, String> {
+        let event = alert.event.name();
+        let target = self
+            .retry("look up the request", || self.resolve(alert))
+            .await?;
+        if target.relayed.iter().any(|e| e == event) {
+            info!(event, execution_arn = %alert.execution_arn, "alert already shown; skipping");
+            return Ok(Settled::AlreadyShown);
+        }
+        let enriched = enrich(alert, &target);
+        let alert = &enriched;
+        let message = render::message(alert, &target.mentions);
+        let (channel, ts) = match &target.living {
+            Some((channel, ts)) => {
+                let updated = self
+                    .retry("chat.update", || self.slack_update(channel, ts, &message))
+                    .await;
+                match updated {
+                    Ok(()) => {
+                        let step = render::step(alert, &target.mentions);
+                        self.retry("chat.postMessage (thread)", || {
+                            self.slack_post(channel, &step, Some(ts))
+                        })
+                        .await?;
+                        (channel.clone(), ts.clone())
+                    }
+                    // The living message was deleted in Slack: start a new one.
+                    Err(code) if code == "message_not_found" || code == "cant_update_message" => {
+                        let ts = self
+                            .retry("chat.postMessage", || {
+                                self.slack_post(channel, &message, None)
+                            })
+                            .await?;
+                        (channel.clone(), ts)
+                    }
+                    Err(code) => return Err(code),
+                }
+            }
+            None => {
+                let ts = self
+                    .retry("chat.postMessage", || {
+                        self.slack_post(&target.channel, &message, None)
+                    })
+                    .await?;
+                (target.channel.clone(), ts)
+            }
+        };
+        if let Some(request) = &target.request {
+            let mut relayed = target.relayed.clone();
+            relayed.push(event.to_string());
+            // A request deleted meanwhile has nothing left to remember.
+            let _ = self
+                .retry("annotate the request", || {
+                    self.remember(request, &channel, &ts, &relayed)
+                })
+                .await;
+        }
+        info!(event, channel, execution_arn = %alert.execution_arn, "alert shown in Slack");
+        Ok(Settled::Delivered)
+    }
+
+    async fn slack_post(
+        &self,
+        channel: &str,
+        r: &Rendered,
+        thread: Option<&str>,
+    ) -> Result<String, Failure> {
+        self.pacer.wait(channel).await;
+        self.slack.post(channel, r, thread).await
+    }
+
+    async fn slack_update(&self, channel: &str, ts: &str, r: &Rendered) -> Result<(), Failure> {
+        self.pacer.wait(channel).await;
+        self.slack.update(channel, ts, r).await
+    }
+
+    /// Retries `f` until it succeeds or fails for good (returned as `Err(reason)`).
+    async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, String>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Failure>>,
+    {
+        let mut backoff = self.config.retry_base;
+        loop {
+            match f().await {
+                Ok(v) => return Ok(v),
+                Err(Failure::Refused(reason)) => return Err(reason),
+                Err(Failure::RateLimited(wait)) => {
+                    warn!(what, retry_after = ?wait, "Slack rate limit; waiting as told");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(Failure::Transient(e)) => {
+                    warn!(what, error = %e, retry_in = ?backoff, "transient failure; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(self.config.retry_max);
+                }
+            }
+        }
+    }
+
+    /// The request, its role's channel and mentions, and what it remembers.
+    async fn resolve(&self, alert: &Alert) -> Result<Target, Failure> {
+        let who = &alert.input.request;
+        let kube_err = |e: kube::Error| Failure::Transient(format!("Kubernetes: {e}"));
+        let requests: Api<AccessRequest> = Api::namespaced(self.kube.clone(), &who.namespace);
+        let request = requests
+            .get_opt(&who.name)
+            .await
+            .map_err(kube_err)?
+            .filter(|r| r.uid().as_deref() == Some(who.uid.as_str()));
+        let roles: Api<AccessRole> = Api::all(self.kube.clone());
+        let role = match &request {
+            Some(r) => roles.get_opt(&r.spec.role).await.map_err(kube_err)?,
+            // Gone: find its role by ARN, for the channel at least.
+            None => roles
+                .list(&Default::default())
+                .await
+                .map_err(kube_err)?
+                .items
+                .into_iter()
+                .find(|r| r.spec.role_arn == alert.input.role_arn),
+        };
+        let mut mentions = self.config.failure_mentions.clone();
+        if let Some(role) = &role {
+            mentions.extend(
+                role.spec
+                    .approvers
+                    .iter()
+                    .filter_map(|a| a.slack_user_id.as_ref())
+                    .map(|id| format!("<@{id}>")),
+            );
+        }
+        let channel = role
+            .as_ref()
+            .and_then(|r| r.spec.slack_channel.clone())
+            .filter(|c| !c.is_empty())
+            .unwrap_or_else(|| self.config.default_channel.clone());
+        let annotations = request
+            .as_ref()
+            .map(|r| r.annotations().clone())
+            .unwrap_or_default();
+        let living = match (
+            annotations.get(CHANNEL_ANNOTATION),
+            annotations.get(TS_ANNOTATION),
+        ) {
+            (Some(c), Some(t)) if !c.is_empty() && !t.is_empty() => Some((c.clone(), t.clone())),
+            _ => None,
+        };
+        let relayed = annotations
+            .get(RELAYED_ANNOTATION)
+            .map(|s| {
+                s.split(',')
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(Target {
+            request,
+            channel,
+            living,
+            relayed,
+            mentions: Mentions(mentions),
+        })
+    }
+
+    /// Remembers the living message and the events shown, on the request (merge patch;
+    /// the uid makes it a precondition, so a recreated request is not touched).
+    async fn remember(
+        &self,
+        request: &AccessRequest,
+        channel: &str,
+        ts: &str,
+        relayed: &[String],
+    ) -> Result<(), Failure> {
+        let api: Api<AccessRequest> =
+            Api::namespaced(self.kube.clone(), &request.namespace().unwrap_or_default());
+        let patch = json!({"metadata": {
+            "uid": request.meta().uid,
+            "annotations": {
+                CHANNEL_ANNOTATION: channel,
+                TS_ANNOTATION: ts,
+                RELAYED_ANNOTATION: relayed.join(","),
+            }
+        }});
+        match api
+            .patch(
+                &request.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                Err(Failure::Refused(format!("request gone: {}", e.message)))
+            }
+            Err(e) => Err(Failure::Transient(format!("Kubernetes: {e}"))),
+        }
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), RelayError> {
+        self.sqs
+            .delete_message()
+            .queue_url(&self.config.alert_queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| sqs_error("DeleteMessage", e))?;
+        Ok(())
+    }
+
+    async fn change_visibility(&self, receipt: &str, to: Duration) -> Result<(), RelayError> {
+        self.sqs
+            .change_message_visibility()
+            .queue_url(&self.config.alert_queue_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(secs(to))
+            .send()
+            .await
+            .map_err(|e| sqs_error("ChangeMessageVisibility", e))?;
+        Ok(())
+    }
+
+    /// Moves a refused or unreadable alert to the dead-letter queue, then deletes it.
+    async fn dead_letter(&self, message: &Message, reason: &str) {
+        let Some(dlq) = self.config.dead_letter_url.as_deref() else {
+            error!(%reason, "no alert dead-letter queue configured: leaving the alert to SQS's redrive");
+            return;
+        };
+        let Some(receipt) = message.receipt_handle() else {
+            return;
+        };
+        let message_id = message.message_id().unwrap_or_default();
+        let mut send = self
+            .sqs
+            .send_message()
+            .queue_url(dlq)
+            .message_body(message.body().unwrap_or_default());
+        if let Ok(attr) = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(crate::sfn::truncate(reason, 1024))
+            .build()
+        {
+            send = send.message_attributes(DEAD_LETTER_REASON_ATTRIBUTE, attr);
+        }
+        if dlq.ends_with(".fifo") {
+            let group = message
+                .attributes()
+                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                .filter(|g| !g.is_empty())
+                .map(String::as_str)
+                .unwrap_or("aws-jit-relay");
+            let dedup: String = message_id
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .take(100)
+                .collect();
+            send = send
+                .message_group_id(group)
+                .message_deduplication_id(format!("relay-dead-letter-{dedup}"));
+        }
+        match send.send().await {
+            Ok(_) => {
+                error!(%reason, dead_letter_url = %dlq, "moved the alert to the dead-letter queue");
+                if let Err(e) = self.delete(receipt).await {
+                    warn!(error = %e, "moved an alert to the dead-letter queue but cannot delete it");
+                }
+            }
+            Err(e) => warn!(
+                error = %aws_sdk_sqs::error::DisplayErrorContext(e),
+                "cannot move the alert to the dead-letter queue; it comes back"
+            ),
+        }
+    }
+}
+
+/// Fills what the alert lacks from the request: a `denied` alert whose `Cause` is
+/// missing (moto's Step Functions drops task-failure causes) names the denier from the
+/// request's status.
+fn enrich(alert: &Alert, target: &Target) -> Alert {
+    let mut alert = alert.clone();
+    if alert.event == render::Event::Denied && alert.denial().is_none() {
+        let deny = target
+            .request
+            .as_ref()
+            .and_then(|r| r.status.as_ref())
+            .and_then(|s| s.approvals.as_ref())
+            .and_then(|a| a.iter().find(|v| v.decision == crate::crd::Decision::Deny));
+        if let Some(v) = deny {
+            let cause = crate::contract::DenialCause {
+                approver_name: v.approver.clone(),
+                requester_arn: alert.input.requester_arn.clone(),
+                comment: v.comment.clone().unwrap_or_default(),
+            };
+            if let Ok(cause) = serde_json::to_string(&cause) {
+                if !alert.error.is_object() {
+                    alert.error = json!({"Error": crate::contract::errors::DENIED});
+                }
+                alert.error["Cause"] = json!(cause);
+            }
+        }
+    }
+    alert
+}
+
+fn secs(d: Duration) -> i32 {
+    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
+}
+
+fn sqs_error<E: std::error::Error + 'static>(call: &'static str, e: E) -> RelayError {
+    RelayError::Sqs {
+        call,
+        message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_is_never_printed() {
+        let c = Config::new("q", "C1", "xoxb-secret");
+        assert!(!format!("{c:?}").contains("xoxb-secret"));
+    }
+
+    #[test]
+    fn slack_failures_are_sorted() {
+        use slack_morphism::errors::*;
+        let api = |code: &str| SlackClientError::ApiError(SlackClientApiError::new(code.into()));
+        assert_eq!(
+            slack::classify(api("channel_not_found")),
+            Failure::Refused("channel_not_found".into())
+        );
+        assert_eq!(
+            slack::classify(api("invalid_blocks")),
+            Failure::Refused("invalid_blocks".into())
+        );
+        assert!(matches!(
+            slack::classify(api("invalid_auth")),
+            Failure::Transient(_)
+        ));
+        assert!(matches!(
+            slack::classify(api("internal_error")),
+            Failure::Transient(_)
+        ));
+        let rl = SlackClientError::RateLimitError(
+            SlackRateLimitError::new().with_retry_after(Duration::from_secs(7)),
+        );
+        assert_eq!(
+            slack::classify(rl),
+            Failure::RateLimited(Duration::from_secs(7))
+        );
+    }
+
+    #[test]
+    fn a_denial_without_its_cause_names_the_denier_from_the_request() {
+        let alert: Alert = serde_json::from_value(json!({
+            "event": "denied", "execution_arn": "arn:x",
+            "input": {"requester_arn": "arn:aws:iam::123456789012:user/alice",
+                "requester_name": "alice", "reason": "r", "role_arn": "arn:aws:iam::123456789012:role/a",
+                "method": "TrustPolicy", "work_group": "g", "duration_seconds": 60,
+                "approval_timeout_seconds": 60, "request": {"namespace": "n", "name": "r", "uid": "u"}},
+            "error": {"Error": "Denied", "Cause": null}
+        }))
+        .expect("alert");
+        let request: AccessRequest = serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "r", "namespace": "n", "uid": "u"},
+            "spec": {"role": "a", "requester": "alice", "reason": "r"},
+            "status": {"approvals": [
+                {"approver": "carol", "decision": "Approve"},
+                {"approver": "dave", "decision": "Deny", "comment": "not today"}
+            ]}
+        }))
+        .expect("request");
+        let target = Target {
+            request: Some(request),
+            ..Target::default()
+        };
+        let d = enrich(&alert, &target).denial().expect("denial");
+        assert_eq!(
+            (d.approver_name.as_str(), d.comment.as_str()),
+            ("dave", "not today")
+        );
+        // A cause that is there wins.
+        let mut with_cause = alert.clone();
+        with_cause.error["Cause"] =
+            json!(r#"{"approver_name":"erin","requester_arn":"x","comment":""}"#);
+        assert_eq!(
+            enrich(&with_cause, &target)
+                .denial()
+                .expect("denial")
+                .approver_name,
+            "erin"
+        );
+    }
+
+    #[tokio::test]
+    async fn pacing_spaces_writes_per_channel() {
+        let pacer = Pacer {
+            interval: Duration::from_millis(200),
+            next: Mutex::new(HashMap::new()),
+        };
+        let start = tokio::time::Instant::now();
+        for _ in 0..3 {
+            pacer.wait("C1").await;
+        }
+        let c1 = start.elapsed();
+        pacer.wait("C2").await;
+        let c2 = start.elapsed() - c1;
+        assert!(c1 >= Duration::from_millis(400), "{c1:?}");
+        assert!(
+            c2 < Duration::from_millis(100),
+            "another channel does not wait: {c2:?}"
+        );
+    }
+}

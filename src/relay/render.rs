@@ -1,0 +1,334 @@
+//! Alert events as Slack messages (pure). Each event renders twice:
+//! - [`message`]: the request's one living message (posted on `requested`, then replaced
+//!   by `chat.update` on every later event), with all the request's fields and its
+//!   current state; the awaiting-approval state carries the Approve and Deny buttons;
+//! - [`step`]: the thread reply for that step (who decided, until when, what failed).
+//!
+//! Everything a user typed (reason, ticket, comments) is escaped for mrkdwn, so a
+//! reason cannot ping `<!channel>`.
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::contract::{ApprovalOutput, DenialCause, ExecutionInput, GrantOutput};
+
+/// `action_id` of the Approve button (the interactivity side listens for it).
+pub const APPROVE_ACTION: &str = "aws-jit-approve";
+/// `action_id` of the Deny button.
+pub const DENY_ACTION: &str = "aws-jit-deny";
+
+/// The alert queue's event names (deploy/aws/README.md, "Alerts").
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    Requested,
+    Approved,
+    Denied,
+    Cancelled,
+    ApprovalTimedOut,
+    Granted,
+    GrantFailed,
+    Expired,
+    Revoked,
+    RevokeFailed,
+}
+
+impl Event {
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::Requested => "requested",
+            Event::Approved => "approved",
+            Event::Denied => "denied",
+            Event::Cancelled => "cancelled",
+            Event::ApprovalTimedOut => "approval_timed_out",
+            Event::Granted => "granted",
+            Event::GrantFailed => "grant_failed",
+            Event::Expired => "expired",
+            Event::Revoked => "revoked",
+            Event::RevokeFailed => "revoke_failed",
+        }
+    }
+
+    /// Failures a human must not miss.
+    pub fn is_loud(self) -> bool {
+        matches!(self, Event::GrantFailed | Event::RevokeFailed)
+    }
+}
+
+/// One message of the alert queue.
+#[derive(Deserialize, Clone, Debug)]
+pub struct Alert {
+    pub event: Event,
+    pub execution_arn: String,
+    pub input: ExecutionInput,
+    #[serde(default)]
+    pub approval: Value,
+    #[serde(default)]
+    pub grant: Option<GrantOutput>,
+    #[serde(default)]
+    pub error: Value,
+    #[serde(default)]
+    pub hold: Value,
+    #[serde(default)]
+    pub revoke: Value,
+}
+
+impl Alert {
+    /// Who approved (comma-separated), from the `approval` the operator answered.
+    pub fn approvers(&self) -> Option<String> {
+        serde_json::from_value::<ApprovalOutput>(self.approval.clone())
+            .ok()
+            .map(|a| a.approver_name)
+            .filter(|a| !a.is_empty())
+    }
+
+    /// Who denied and why, from the `Denied` failure's cause.
+    pub fn denial(&self) -> Option<DenialCause> {
+        let cause = self.error.get("Cause")?.as_str()?;
+        serde_json::from_str(cause).ok()
+    }
+
+    fn error_text(&self) -> String {
+        let name = self.error.get("Error").and_then(Value::as_str);
+        let cause = self.error.get("Cause").and_then(Value::as_str);
+        match (name, cause) {
+            (Some(n), Some(c)) if !c.is_empty() => format!("{n}: {c}"),
+            (Some(n), _) => n.to_string(),
+            (None, Some(c)) => c.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+}
+
+/// What one rendering produces: the `text` fallback (notifications, screen readers) and
+/// the Block Kit `blocks` array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rendered {
+    pub text: String,
+    pub blocks: Value,
+}
+
+/// Who a loud failure mentions: a configured group (`<!subteam^ID>`) or users (`<@U..>`),
+/// plus the role's approvers that have a Slack user ID.
+#[derive(Clone, Debug, Default)]
+pub struct Mentions(pub Vec<String>);
+
+impl Mentions {
+    fn text(&self) -> String {
+        self.0.join(" ")
+    }
+}
+
+/// Escapes text for mrkdwn and plain text (`&`, `<`, `>`), and bounds its length.
+pub fn escape(s: &str, max_chars: usize) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, c) in s.chars().enumerate() {
+        if i == max_chars {
+            out.push('…');
+            break;
+        }
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `3600` → `1h`, `5400` → `1h30m`, `4` → `4s`.
+pub fn duration(seconds: u64) -> String {
+    let (h, m, s) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    let mut out = String::new();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    if s > 0 || out.is_empty() {
+        out.push_str(&format!("{s}s"));
+    }
+    out
+}
+
+/// One-line state of the request after `alert`, for the header and the fallback text.
+fn state(alert: &Alert) -> (&'static str, String) {
+    match alert.event {
+        Event::Requested => (":hourglass_flowing_sand:", "awaiting approval".into()),
+        Event::Approved => (":white_check_mark:", "approved, granting".into()),
+        Event::Denied => (":no_entry:", "denied".into()),
+        Event::Cancelled => (":heavy_multiplication_x:", "cancelled".into()),
+        Event::ApprovalTimedOut => (":alarm_clock:", "not approved in time".into()),
+        Event::Granted => (":unlock:", "active".into()),
+        Event::GrantFailed => (":rotating_light:", "GRANT FAILED".into()),
+        Event::Expired => (":lock:", "expired, access removed".into()),
+        Event::Revoked => (":lock:", "revoked, access removed".into()),
+        Event::RevokeFailed => (":rotating_light:", "REVOKE FAILED".into()),
+    }
+}
+
+/// The value of both buttons: the request's identity, as the interactivity side reads it.
+pub fn button_value(input: &ExecutionInput) -> String {
+    json!({
+        "namespace": input.request.namespace,
+        "name": input.request.name,
+        "uid": input.request.uid,
+    })
+    .to_string()
+}
+
+fn mrkdwn(text: String) -> Value {
+    json!({"type": "mrkdwn", "text": text})
+}
+
+/// The one line of what this step means, in mrkdwn (the thread reply's text and the
+/// living message's status line).
+fn step_line(alert: &Alert, mentions: &Mentions) -> String {
+    let who = |s: Option<String>| s.map(|s| escape(&s, 200)).unwrap_or_else(|| "?".into());
+    match alert.event {
+        Event::Requested => format!(
+            "*{}* asks for access; waiting for approval.",
+            escape(&alert.input.requester_name, 200)
+        ),
+        Event::Approved => format!("Approved by *{}*.", who(alert.approvers())),
+        Event::Denied => match alert.denial() {
+            Some(d) if !d.comment.is_empty() => format!(
+                "Denied by *{}*: {}",
+                escape(&d.approver_name, 200),
+                escape(&d.comment, 500)
+            ),
+            Some(d) => format!("Denied by *{}*.", escape(&d.approver_name, 200)),
+            None => "Denied.".into(),
+        },
+        Event::Cancelled => format!("Cancelled: {}", escape(&alert.error_text(), 500)),
+        Event::ApprovalTimedOut => "Nobody approved in time; the request expired.".into(),
+        Event::Granted => format!(
+            "Granted (approved by *{}*) until *{}*.",
+            who(alert.approvers()),
+            expires(alert)
+        ),
+        Event::GrantFailed => format!(
+            "{}The grant FAILED and was rolled back: {}",
+            mention_prefix(mentions),
+            escape(&alert.error_text(), 1500)
+        ),
+        Event::Expired => format!("Access ended at *{}* and was removed.", expires(alert)),
+        Event::Revoked => "Access was ended early and removed.".into(),
+        Event::RevokeFailed => format!(
+            "{}The revoke FAILED: {} — the trust-policy statement still ends at *{}* \
+             (AWS enforces it); clean it up.",
+            mention_prefix(mentions),
+            escape(&alert.error_text(), 1500),
+            expires(alert)
+        ),
+    }
+}
+
+fn mention_prefix(mentions: &Mentions) -> String {
+    if mentions.0.is_empty() {
+        String::new()
+    } else {
+        format!("{} ", mentions.text())
+    }
+}
+
+fn expires(alert: &Alert) -> String {
+    alert
+        .grant
+        .as_ref()
+        .map(|g| escape(&g.expires_at, 64))
+        .unwrap_or_else(|| "its expiry".into())
+}
+
+/// The request's living message after `alert`.
+pub fn message(alert: &Alert, mentions: &Mentions) -> Rendered {
+    let input = &alert.input;
+    let (emoji, state) = state(alert);
+    let request = format!("{}/{}", input.request.namespace, input.request.name);
+    let header = if alert.event.is_loud() {
+        format!("{emoji} AWS access {state}")
+    } else {
+        format!("{emoji} AWS access request: {state}")
+    };
+    let mut fields = vec![
+        mrkdwn(format!(
+            "*Requester*\n{}",
+            escape(&input.requester_name, 200)
+        )),
+        mrkdwn(format!("*Role*\n`{}`", escape(&input.role_arn, 300))),
+        mrkdwn(format!("*Duration*\n{}", duration(input.duration_seconds))),
+        mrkdwn(format!("*Request*\n`{}`", escape(&request, 300))),
+    ];
+    if !input.ticket.is_empty() {
+        fields.push(mrkdwn(format!("*Ticket*\n{}", escape(&input.ticket, 300))));
+    }
+    if let Some(grant) = &alert.grant {
+        fields.push(mrkdwn(format!(
+            "*Expires at*\n{}",
+            escape(&grant.expires_at, 64)
+        )));
+    }
+    let reason = if input.reason.is_empty() {
+        "_no reason given_".to_string()
+    } else {
+        escape(&input.reason, 1500)
+    };
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": escape(&header, 140), "emoji": true}}),
+        json!({"type": "section", "text": mrkdwn(step_line(alert, mentions))}),
+        json!({"type": "section", "fields": fields}),
+        json!({"type": "section", "text": mrkdwn(format!("*Reason*\n{reason}"))}),
+    ];
+    if alert.event == Event::Requested {
+        let value = button_value(input);
+        blocks.push(json!({
+            "type": "actions",
+            "block_id": "aws-jit-decision",
+            "elements": [
+                {"type": "button", "action_id": APPROVE_ACTION, "style": "primary",
+                 "text": {"type": "plain_text", "text": "Approve"}, "value": value},
+                {"type": "button", "action_id": DENY_ACTION, "style": "danger",
+                 "text": {"type": "plain_text", "text": "Deny"}, "value": value},
+            ]
+        }));
+    }
+    blocks.push(json!({"type": "context", "elements": [mrkdwn(format!(
+        "aws-jit · execution `{}`",
+        escape(alert.execution_arn.rsplit(':').next().unwrap_or_default(), 200)
+    ))]}));
+    let text = format!(
+        "{}AWS access {state}: {} for {} ({}) — {}",
+        if alert.event.is_loud() {
+            mention_prefix(mentions)
+        } else {
+            String::new()
+        },
+        escape(&input.requester_name, 200),
+        escape(&input.role_arn, 300),
+        duration(input.duration_seconds),
+        escape(&request, 300)
+    );
+    Rendered {
+        text,
+        blocks: Value::Array(blocks),
+    }
+}
+
+/// The thread reply for the step `alert` records.
+pub fn step(alert: &Alert, mentions: &Mentions) -> Rendered {
+    let line = step_line(alert, mentions);
+    let mut blocks = Vec::new();
+    if alert.event.is_loud() {
+        let (emoji, state) = state(alert);
+        blocks.push(json!({"type": "header", "text": {"type": "plain_text", "text": format!("{emoji} AWS access {state}"), "emoji": true}}));
+    }
+    blocks.push(json!({"type": "section", "text": mrkdwn(line.clone())}));
+    Rendered {
+        text: line,
+        blocks: Value::Array(blocks),
+    }
+}
+
+#[cfg(test)]
+mod tests;

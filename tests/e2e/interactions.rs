@@ -1,0 +1,408 @@
+//! Approvals from Slack on the real stack: the operator running in-process (the
+//! controller's `Env`), the interactivity endpoint (`aws_jit::interactions`) served on
+//! a local port with the operator's identity, and Slack's clicks simulated by
+//! correctly (or wrongly) signed `block_actions` posts.
+use std::time::Duration;
+
+use aws_jit::crd::{AccessRequest, ApprovalChannel, Decision, Phase};
+use aws_jit::interactions::{self, SigningSecret};
+
+use crate::controller::Env;
+use crate::support::kube::User;
+use crate::support::slack_interactions::{
+    Signing, Slack, TRIGGER_ID, ViewsApi, block_actions, view_submission,
+};
+use crate::support::stack;
+use crate::support::wait::eventually;
+
+const SECRET: &str = "e2e0signing0secret0000000000000a";
+const BOT_TOKEN: &str = "xoxb-e2e-bot-token";
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Slack user IDs of the test's approvers (as the AccessRoles below map them).
+const CAROL: &str = "UCAROL01";
+const DAVE: &str = "UDAVE001";
+const ALICE: &str = "UALICE01";
+/// A Slack user no AccessRole maps.
+const STRANGER: &str = "USTRANGE1";
+
+const ROLE: &str =
+    "  approvers: [{user: carol, slackUserId: UCAROL01}, {user: dave, slackUserId: UDAVE001}]";
+
+/// The operator (Env) plus the interactions endpoint serving with the operator's client.
+struct World {
+    env: Env,
+    slack: Slack,
+    /// The `views.open` stand-in, when the endpoint has a bot token (Deny modal).
+    views: Option<ViewsApi>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+impl World {
+    /// Without a Slack Web API client: a Deny click is recorded at once.
+    async fn new(prefix: &str, role_spec: &str) -> World {
+        World::start(prefix, role_spec, false).await
+    }
+
+    /// With the bot's Web API (a `views.open` stand-in): a Deny click opens the modal.
+    async fn with_modal(prefix: &str, role_spec: &str) -> World {
+        World::start(prefix, role_spec, true).await
+    }
+
+    async fn start(prefix: &str, role_spec: &str, modal: bool) -> World {
+        let env = Env::new(prefix, role_spec).await;
+        let kube = stack().kube.client(User::Operator).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the interactions endpoint");
+        let addr = listener.local_addr().expect("local addr");
+        let mut state = interactions::State::new(kube, SigningSecret::new(SECRET));
+        let views = if modal {
+            let views = ViewsApi::start(BOT_TOKEN).await;
+            state = state.with_slack(
+                interactions::SlackWeb::new(&views.api_url, BOT_TOKEN)
+                    .expect("Slack client")
+                    .with_response_url_prefix(&views.hooks_prefix),
+            );
+            Some(views)
+        } else {
+            None
+        };
+        let server = tokio::spawn(async move {
+            interactions::serve(listener, state)
+                .await
+                .expect("serve interactions");
+        });
+        let mut slack = Slack::new(format!("http://{addr}{}", interactions::PATH), SECRET);
+        if let Some(views) = &views {
+            slack = slack.with_response_url(&views.response_url);
+        }
+        World {
+            env,
+            slack,
+            views,
+            server,
+        }
+    }
+
+    /// alice asks, and the request waits for approvers; returns its uid.
+    async fn awaiting(&self, name: &str) -> String {
+        self.env.request(User::Alice, name, "");
+        let r = self.env.wait_phase(name, Phase::AwaitingApproval).await;
+        r.metadata.uid.expect("uid")
+    }
+
+    async fn click(&self, slack_user: &str, approve: bool, name: &str, uid: &str) -> String {
+        self.slack
+            .click(slack_user, approve, &self.env.ns, name, uid)
+            .await
+            .ephemeral_text()
+    }
+
+    async fn get(&self, name: &str) -> AccessRequest {
+        self.env.requests().get(name).await.expect("get request")
+    }
+
+    /// The approvals on the request now (the endpoint answers after its write, so a
+    /// refused click can be checked at once).
+    async fn approvals(&self, name: &str) -> Vec<aws_jit::crd::Approval> {
+        self.get(name)
+            .await
+            .status
+            .and_then(|s| s.approvals)
+            .unwrap_or_default()
+    }
+}
+
+#[tokio::test]
+async fn an_approve_click_by_a_mapped_approver_activates_the_request() {
+    let w = World::new("slack-approve", ROLE).await;
+    let uid = w.awaiting("via-slack").await;
+    let text = w.click(CAROL, true, "via-slack", &uid).await;
+    assert!(text.contains("Recorded your approval"), "{text}");
+    assert!(text.contains("carol"), "{text}");
+    let r = w.env.wait_phase("via-slack", Phase::Active).await;
+    let approvals = r.status.and_then(|s| s.approvals).unwrap_or_default();
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    let vote = &approvals[0];
+    assert_eq!(vote.approver, "carol");
+    assert_eq!(vote.decision, Decision::Approve);
+    assert_eq!(vote.via, ApprovalChannel::Slack);
+    assert_eq!(vote.group, None);
+    assert!(vote.time.is_some(), "{vote:?}");
+    // Too late for a vote now: the request is decided.
+    let text = w.click(DAVE, true, "via-slack", &uid).await;
+    assert!(text.contains("not waiting for approval"), "{text}");
+    assert_eq!(w.approvals("via-slack").await.len(), 1);
+}
+
+#[tokio::test]
+async fn one_vote_per_approver_from_slack_and_two_of_two_needs_both() {
+    let w = World::new("slack-2of2", &format!("{ROLE}\n  approvalsRequired: 2")).await;
+    let uid = w.awaiting("twice").await;
+    let text = w.click(CAROL, true, "twice", &uid).await;
+    assert!(text.contains("Recorded"), "{text}");
+    let text = w.click(CAROL, true, "twice", &uid).await;
+    assert!(text.contains("already voted"), "{text}");
+    // A Deny after an Approve is a second vote too, and is refused.
+    let text = w.click(CAROL, false, "twice", &uid).await;
+    assert!(text.contains("already voted"), "{text}");
+    assert_eq!(w.approvals("twice").await.len(), 1);
+    let api = w.env.requests();
+    eventually("1 of 2 approvals", WAIT, || {
+        let api = api.clone();
+        async move {
+            let r = api.get("twice").await.map_err(|e| e.to_string())?;
+            let m = r.status.and_then(|s| s.message).unwrap_or_default();
+            if m == "1 of 2 approvals" {
+                Ok(())
+            } else {
+                Err(m)
+            }
+        }
+    })
+    .await;
+    let text = w.click(DAVE, true, "twice", &uid).await;
+    assert!(text.contains("Recorded"), "{text}");
+    let r = w.env.wait_phase("twice", Phase::Active).await;
+    let approvers: Vec<_> = r
+        .status
+        .and_then(|s| s.approvals)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.approver, a.via))
+        .collect();
+    assert_eq!(
+        approvers,
+        [
+            ("carol".to_string(), ApprovalChannel::Slack),
+            ("dave".to_string(), ApprovalChannel::Slack)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_deny_click_asks_for_a_comment_and_the_submitted_modal_ends_in_denied() {
+    let w = World::with_modal("slack-modal", ROLE).await;
+    let views = w.views.as_ref().expect("views stand-in");
+    let uid = w.awaiting("deny-why").await;
+    // The click opens the modal and records nothing yet.
+    let answer = w
+        .slack
+        .post(
+            &block_actions(DAVE, interactions::DENY_ACTION, &w.env.ns, "deny-why", &uid),
+            Signing::Correct,
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, ""),
+        "{answer:?}"
+    );
+    let opened = views.opened();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    assert_eq!(opened[0]["trigger_id"], TRIGGER_ID);
+    let view = &opened[0]["view"];
+    assert_eq!(view["type"], "modal");
+    assert_eq!(view["callback_id"], interactions::modal::DENY_CALLBACK);
+    assert!(w.approvals("deny-why").await.is_empty());
+    // An unmapped user (or a forged submission) cannot use the modal.
+    let answer = w
+        .slack
+        .post(&view_submission(STRANGER, view, "sneaky"), Signing::Correct)
+        .await;
+    assert_eq!(answer.json()["response_action"], "errors", "{answer:?}");
+    let answer = w
+        .slack
+        .post(&view_submission(DAVE, view, "forged"), Signing::WrongSecret)
+        .await;
+    assert_eq!(answer.status, 401, "{answer:?}");
+    // A blank comment is asked again.
+    let answer = w
+        .slack
+        .post(&view_submission(DAVE, view, "   "), Signing::Correct)
+        .await;
+    assert_eq!(answer.json()["response_action"], "errors", "{answer:?}");
+    assert!(w.approvals("deny-why").await.is_empty());
+    // The refused clicks are told at once, without a modal.
+    let text = w.click(STRANGER, false, "deny-why", &uid).await;
+    assert!(text.contains("not listed as an approver"), "{text}");
+    assert_eq!(views.opened().len(), 1);
+    // ... also through the click's response_url, which is what Slack shows for a
+    // block_actions click.
+    let posted = eventually("the refusal at the response_url", WAIT, || async {
+        match views.responses().as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(posted["response_type"], "ephemeral");
+    assert_eq!(posted["replace_original"], false);
+    assert_eq!(posted["text"].as_str(), Some(text.as_str()));
+    // dave submits his reason: the modal closes (empty 200) and the Deny is recorded.
+    let answer = w
+        .slack
+        .post(
+            &view_submission(DAVE, view, "change freeze until Monday"),
+            Signing::Correct,
+        )
+        .await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (200, ""),
+        "{answer:?}"
+    );
+    let r = w.env.wait_phase("deny-why", Phase::Denied).await;
+    let approvals = r.status.and_then(|s| s.approvals).unwrap_or_default();
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals[0].approver, "dave");
+    assert_eq!(approvals[0].decision, Decision::Deny);
+    assert_eq!(approvals[0].via, ApprovalChannel::Slack);
+    assert_eq!(
+        approvals[0].comment.as_deref(),
+        Some("change freeze until Monday")
+    );
+}
+
+#[tokio::test]
+async fn without_a_bot_token_a_deny_click_is_recorded_at_once() {
+    let w = World::new("slack-deny", ROLE).await;
+    let uid = w.awaiting("deny-me").await;
+    let text = w.click(DAVE, false, "deny-me", &uid).await;
+    assert!(text.contains("Recorded your denial"), "{text}");
+    let r = w.env.wait_phase("deny-me", Phase::Denied).await;
+    let status = r.status.expect("status");
+    assert!(
+        status
+            .message
+            .clone()
+            .unwrap_or_default()
+            .contains("denied by dave"),
+        "{status:?}"
+    );
+    let approvals = status.approvals.unwrap_or_default();
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals[0].approver, "dave");
+    assert_eq!(approvals[0].decision, Decision::Deny);
+    assert_eq!(approvals[0].via, ApprovalChannel::Slack);
+    assert_eq!(
+        approvals[0].comment.as_deref(),
+        Some(interactions::DENY_COMMENT)
+    );
+}
+
+#[tokio::test]
+async fn a_click_by_an_unmapped_slack_user_is_refused_and_nothing_is_written() {
+    let w = World::new("slack-unmapped", ROLE).await;
+    let uid = w.awaiting("strangers").await;
+    for approve in [true, false] {
+        let text = w.click(STRANGER, approve, "strangers", &uid).await;
+        assert!(text.contains("not listed as an approver"), "{text}");
+        assert!(w.approvals("strangers").await.is_empty());
+    }
+    // A button from an older request of the same name (another uid) is refused too.
+    let text = w
+        .click(
+            CAROL,
+            true,
+            "strangers",
+            "00000000-0000-0000-0000-000000000000",
+        )
+        .await;
+    assert!(text.contains("no longer exists"), "{text}");
+    assert!(w.approvals("strangers").await.is_empty());
+    assert_eq!(
+        w.get("strangers").await.status.and_then(|s| s.phase),
+        Some(Phase::AwaitingApproval)
+    );
+    // The same endpoint does record a mapped approver's click.
+    let text = w.click(CAROL, true, "strangers", &uid).await;
+    assert!(text.contains("Recorded"), "{text}");
+    assert_eq!(w.approvals("strangers").await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_requester_cannot_approve_their_own_request_from_slack() {
+    let w = World::new(
+        "slack-self",
+        "  approvers: [{user: alice, slackUserId: UALICE01}, {user: carol, slackUserId: UCAROL01}]",
+    )
+    .await;
+    let uid = w.awaiting("mine").await;
+    for approve in [true, false] {
+        let text = w.click(ALICE, approve, "mine", &uid).await;
+        assert!(text.contains("your own request"), "{text}");
+        assert!(w.approvals("mine").await.is_empty());
+    }
+    assert_eq!(
+        w.get("mine").await.status.and_then(|s| s.phase),
+        Some(Phase::AwaitingApproval)
+    );
+    // The role's other approver can.
+    let text = w.click(CAROL, true, "mine", &uid).await;
+    assert!(text.contains("Recorded"), "{text}");
+    w.env.wait_phase("mine", Phase::Active).await;
+}
+
+#[tokio::test]
+async fn forged_and_replayed_clicks_get_401_and_nothing_is_written() {
+    let w = World::new("slack-forged", ROLE).await;
+    let uid = w.awaiting("forged").await;
+    let payload = block_actions(
+        CAROL,
+        interactions::APPROVE_ACTION,
+        &w.env.ns,
+        "forged",
+        &uid,
+    );
+    for signing in [
+        Signing::WrongSecret,
+        Signing::TamperedBody,
+        Signing::Unsigned,
+        Signing::Stale(301),
+        Signing::Stale(3600),
+        Signing::Future(3600),
+    ] {
+        let answer = w.slack.post(&payload, signing).await;
+        assert_eq!(answer.status, 401, "{signing:?}: {answer:?}");
+        assert!(
+            w.approvals("forged").await.is_empty(),
+            "{signing:?} wrote a vote"
+        );
+    }
+    assert_eq!(
+        w.get("forged").await.status.and_then(|s| s.phase),
+        Some(Phase::AwaitingApproval)
+    );
+    // The very same payload, correctly signed, is recorded.
+    let answer = w.slack.post(&payload, Signing::Correct).await;
+    assert!(answer.ephemeral_text().contains("Recorded"), "{answer:?}");
+    w.env.wait_phase("forged", Phase::Active).await;
+}
+
+#[tokio::test]
+async fn a_group_entry_votes_as_its_slack_user_in_that_group() {
+    // A `group` approvers entry names no Kubernetes user: the vote is recorded as
+    // `slack:<ID>` in that group, and the controller counts it by the group.
+    let w = World::new(
+        "slack-group",
+        "  approvers: [{group: sre-leads, slackUserId: ULEAD001}]",
+    )
+    .await;
+    let uid = w.awaiting("by-group").await;
+    let text = w.click("ULEAD001", true, "by-group", &uid).await;
+    assert!(text.contains("Recorded"), "{text}");
+    let r = w.env.wait_phase("by-group", Phase::Active).await;
+    let approvals = r.status.and_then(|s| s.approvals).unwrap_or_default();
+    assert_eq!(approvals.len(), 1, "{approvals:?}");
+    assert_eq!(approvals[0].approver, "slack:ULEAD001");
+    assert_eq!(approvals[0].group.as_deref(), Some("sre-leads"));
+    assert_eq!(approvals[0].via, ApprovalChannel::Slack);
+}

@@ -1,0 +1,574 @@
+//! The Slack relay on the real stack: the operator (`crate::controller::Env`) runs
+//! requests through the shipped state machine on moto, which writes the alert queue;
+//! the relay (`aws_jit::relay`, the code `aws-jit relay` runs) carries them to the
+//! Slack stand-in (`support::slack`).
+use std::time::Duration;
+
+use aws_jit::crd::{AccessRequest, Phase};
+use aws_jit::relay::{CHANNEL_ANNOTATION, RELAYED_ANNOTATION, TS_ANNOTATION};
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use crate::controller::Env;
+use crate::support::kube::User;
+use crate::support::slack::{Call, SlackStandIn};
+use crate::support::wait::eventually;
+
+const TOKEN: &str = "xoxb-test-relay";
+const ROLE_CHANNEL: &str = "C0ROLE";
+const DEFAULT_CHANNEL: &str = "C0DEFAULT";
+const WAIT: Duration = Duration::from_secs(90);
+const ROLE_SPEC: &str = "  slackChannel: C0ROLE\n  approvers: [{user: carol, slackUserId: U0CAROL}, {user: dave}, {group: sre-leads}]";
+
+/// The relay as a task of the test, stopped gracefully or killed.
+struct RelayTask {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+impl RelayTask {
+    fn start(env: &Env, config: aws_jit::relay::Config) -> RelayTask {
+        // The relay's log, shown when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter("aws_jit::relay=debug")
+            .try_init();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let relay = aws_jit::relay::Relay::new(
+            env.kube.clone(),
+            aws_sdk_sqs::Client::new(&env.sdk),
+            config,
+        )
+        .expect("relay");
+        let handle = tokio::spawn(async move {
+            relay
+                .run(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        RelayTask {
+            stop: Some(tx),
+            handle,
+        }
+    }
+
+    /// SIGTERM: the relay finishes what it has and returns.
+    async fn shutdown(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(30), &mut self.handle)
+            .await
+            .expect("the relay returns after shutdown")
+            .expect("the relay task did not panic");
+    }
+
+    /// A crash: the task is dropped wherever it is.
+    fn kill(self) {
+        self.handle.abort();
+    }
+}
+
+impl Drop for RelayTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+    }
+}
+
+fn config(env: &Env, slack: &SlackStandIn) -> aws_jit::relay::Config {
+    let mut c = aws_jit::relay::Config::new(&env.aws.alert_queue_url, DEFAULT_CHANNEL, TOKEN);
+    c.dead_letter_url = Some(env.aws.alert_dlq_url.clone());
+    c.slack_api_url = slack.url.clone();
+    c.pacing = Duration::from_millis(50);
+    c.failure_mentions = vec!["<!subteam^S0SRE>".into()];
+    c.queue_wait = Duration::from_secs(1);
+    c.visibility_timeout = Duration::from_secs(4);
+    c.retry_base = Duration::from_millis(100);
+    c.retry_max = Duration::from_secs(1);
+    c.shutdown_grace = Duration::from_secs(10);
+    c
+}
+
+/// Waits until the request's annotations list `events` as shown in Slack.
+async fn wait_relayed(env: &Env, name: &str, events: &[&str]) -> AccessRequest {
+    let want = events.join(",");
+    let api = env.requests();
+    eventually(&format!("{name} relayed as {want}"), WAIT, || {
+        let api = api.clone();
+        let want = want.clone();
+        async move {
+            let r = api.get(name).await.map_err(|e| e.to_string())?;
+            let got = r.annotations().get(RELAYED_ANNOTATION).cloned();
+            if got.as_deref() == Some(want.as_str()) {
+                Ok(r)
+            } else {
+                Err(format!("{got:?}"))
+            }
+        }
+    })
+    .await
+}
+
+/// The accepted calls about one request: its top-level posts, and the updates and
+/// thread replies of its living message `ts`.
+fn calls_of(
+    slack: &SlackStandIn,
+    ns: &str,
+    name: &str,
+    ts: &str,
+) -> (Vec<Call>, Vec<Call>, Vec<Call>) {
+    let accepted = slack.accepted();
+    let request = format!("`{ns}/{name}`");
+    let posts = accepted
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && c.thread_ts.is_none())
+        .filter(|c| c.blocks.to_string().contains(&request))
+        .cloned()
+        .collect();
+    let updates = accepted
+        .iter()
+        .filter(|c| c.method == "chat.update" && c.ts == ts)
+        .cloned()
+        .collect();
+    let replies = accepted
+        .iter()
+        .filter(|c| c.method == "chat.postMessage" && c.thread_ts.as_deref() == Some(ts))
+        .cloned()
+        .collect();
+    (posts, updates, replies)
+}
+
+fn header(c: &Call) -> String {
+    c.blocks[0]["text"]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test]
+async fn every_step_of_a_request_is_one_living_message_with_thread_replies() {
+    let started = std::time::Instant::now();
+    let env = Env::new("relay-flow", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let relay = RelayTask::start(&env, config(&env, &slack));
+
+    env.request(User::Alice, "happy", "  duration: 4s\n  ticket: OPS-7\n");
+    env.request(User::Alice, "nope", "");
+    env.wait_phase("happy", Phase::AwaitingApproval).await;
+    env.wait_phase("nope", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "happy", "Approve");
+    env.vote(User::Dave, "nope", "Deny");
+
+    // happy: requested → approved → granted → expired.
+    wait_relayed(
+        &env,
+        "happy",
+        &["requested", "approved", "granted", "expired"],
+    )
+    .await;
+    // The relay may be quicker than the operator's status; both end in the same place.
+    let r = env.wait_phase("happy", Phase::Expired).await;
+    assert_eq!(r.annotations()[CHANNEL_ANNOTATION], ROLE_CHANNEL);
+    let ts = r.annotations()[TS_ANNOTATION].clone();
+    let (posts, updates, replies) = calls_of(&slack, &env.ns, "happy", &ts);
+    assert_eq!(posts.len(), 1, "one top-level message: {posts:#?}");
+    let first = &posts[0];
+    assert_eq!(first.channel, ROLE_CHANNEL);
+    assert_eq!(first.ts, ts);
+    assert_eq!(
+        header(first),
+        ":hourglass_flowing_sand: AWS access request: awaiting approval"
+    );
+    let fields = first.blocks[2]["fields"].to_string();
+    for needle in ["alice", "OPS-7", "4s", &format!("{}/happy", env.ns)] {
+        assert!(fields.contains(needle), "{needle} in {fields}");
+    }
+    assert!(first.blocks.to_string().contains("*Reason*\\ne2e"));
+    // The buttons carry the request's identity, as the interactivity side reads it.
+    let actions = &first.blocks[4];
+    assert_eq!(actions["type"], "actions");
+    assert_eq!(actions["elements"][0]["action_id"], "aws-jit-approve");
+    assert_eq!(actions["elements"][1]["action_id"], "aws-jit-deny");
+    let value: Value =
+        serde_json::from_str(actions["elements"][0]["value"].as_str().expect("value"))
+            .expect("JSON");
+    assert_eq!(
+        value,
+        json!({"namespace": env.ns, "name": "happy", "uid": r.uid().expect("uid")})
+    );
+    let heads: Vec<String> = updates.iter().map(header).collect();
+    assert_eq!(
+        heads,
+        [
+            ":white_check_mark: AWS access request: approved, granting",
+            ":unlock: AWS access request: active",
+            ":lock: AWS access request: expired, access removed",
+        ],
+        "chat.update per later step, in order"
+    );
+    assert!(updates.iter().all(|u| u.channel == ROLE_CHANNEL && !u.blocks.to_string().contains("aws-jit-approve")));
+    let expires = r
+        .status
+        .as_ref()
+        .and_then(|s| s.expires_at.clone())
+        .expect("expiresAt")
+        .0;
+    let texts: Vec<&str> = replies.iter().map(|c| c.text.as_str()).collect();
+    assert_eq!(texts.len(), 3, "{texts:?}");
+    assert_eq!(texts[0], "Approved by *carol*.");
+    assert!(
+        texts[1].starts_with("Granted (approved by *carol*) until *"),
+        "{}",
+        texts[1]
+    );
+    assert!(texts[2].starts_with("Access ended at *"), "{}", texts[2]);
+    // The expiry shown is the one in the request's status (same instant, AWS's format).
+    let shown: jiff::Timestamp = texts[2]
+        .trim_start_matches("Access ended at *")
+        .split('*')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .expect("an RFC 3339 instant");
+    assert_eq!(shown.as_second(), expires.as_second());
+
+    // nope: requested → denied by dave.
+    let r = wait_relayed(&env, "nope", &["requested", "denied"]).await;
+    let ts = r.annotations()[TS_ANNOTATION].clone();
+    let (posts, updates, replies) = calls_of(&slack, &env.ns, "nope", &ts);
+    assert_eq!((posts.len(), updates.len(), replies.len()), (1, 1, 1));
+    assert_eq!(header(&updates[0]), ":no_entry: AWS access request: denied");
+    assert_eq!(replies[0].text, "Denied by *dave*: e2e");
+
+    // Nothing refused, nothing sent twice, and the relay stops when asked.
+    assert!(slack.calls().iter().all(Call::ok), "{:#?}", slack.calls());
+    assert_eq!(slack.accepted().len(), 4 + 3 + 2 + 1);
+    relay.shutdown().await;
+    eprintln!("relay flow test took {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn slack_rate_limits_and_outages_lose_and_duplicate_nothing() {
+    let env = Env::new("relay-flaky", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    // Slack is rate limiting, then down, from the start.
+    slack.rate_limit(2);
+    slack.server_error(4);
+    let relay = RelayTask::start(&env, config(&env, &slack));
+
+    env.request(User::Alice, "flaky", "");
+    wait_relayed(&env, "flaky", &["requested"]).await;
+    // Then Slack is down for longer than the alert's visibility timeout (4 s here;
+    // 15 failures at up to 1 s apart), and rate limiting after that. While the relay
+    // retries, the alert stays in flight: its visibility is extended, it never shows
+    // up in the queue again (where another replica would take it).
+    slack.server_error(15);
+    slack.rate_limit(2);
+    let outage = std::time::Instant::now();
+    env.vote(User::Dave, "flaky", "Deny");
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let in_outage_visible = std::sync::Mutex::new(Vec::<String>::new());
+    eventually("Slack to recover", WAIT, || {
+        let (sqs, slack, seen, url) = (
+            &sqs,
+            &slack,
+            &in_outage_visible,
+            env.aws.alert_queue_url.as_str(),
+        );
+        async move {
+            let pending = slack.failures_pending();
+            let failed_on_denied = slack
+                .calls()
+                .iter()
+                .any(|c| c.outcome == "500" && c.method == "chat.update");
+            if pending > 0 && failed_on_denied {
+                let (visible, in_flight) = queue_counts(sqs, url).await;
+                if visible != "0" {
+                    seen.lock()
+                        .unwrap()
+                        .push(format!("visible {visible}, in flight {in_flight}"));
+                }
+            }
+            if pending == 0 {
+                Ok(())
+            } else {
+                Err(format!("{pending} failures to go"))
+            }
+        }
+    })
+    .await;
+    assert!(
+        outage.elapsed() > Duration::from_secs(5),
+        "the outage outlasted the visibility timeout: {:?}",
+        outage.elapsed()
+    );
+    assert_eq!(
+        in_outage_visible.into_inner().unwrap(),
+        Vec::<String>::new()
+    );
+    let r = wait_relayed(&env, "flaky", &["requested", "denied"]).await;
+    let outcomes: Vec<String> = slack.calls().iter().map(|c| c.outcome.clone()).collect();
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "429").count(),
+        4,
+        "{outcomes:?}"
+    );
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "500").count(),
+        19,
+        "{outcomes:?}"
+    );
+    let ts = r.annotations()[TS_ANNOTATION].clone();
+    let (posts, updates, replies) = calls_of(&slack, &env.ns, "flaky", &ts);
+    assert_eq!(
+        (posts.len(), updates.len(), replies.len()),
+        (1, 1, 1),
+        "no second post, one update, one reply: {:#?}",
+        slack.accepted()
+    );
+    assert_eq!(slack.accepted().len(), 3);
+    relay.shutdown().await;
+}
+
+/// (visible, in flight) messages of a queue, as SQS approximates them.
+async fn queue_counts(sqs: &aws_sdk_sqs::Client, url: &str) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName as A;
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(A::ApproximateNumberOfMessages)
+        .attribute_names(A::ApproximateNumberOfMessagesNotVisible)
+        .send()
+        .await
+        .expect("queue attributes");
+    let attrs = out.attributes().cloned().unwrap_or_default();
+    let get = |k: A| attrs.get(&k).cloned().unwrap_or_default();
+    (
+        get(A::ApproximateNumberOfMessages),
+        get(A::ApproximateNumberOfMessagesNotVisible),
+    )
+}
+
+/// Puts an alert on the stack's alert queue as the state machine does.
+async fn send_alert(env: &Env, group: &str, dedup: &str, body: &str) {
+    aws_sdk_sqs::Client::new(&env.sdk)
+        .send_message()
+        .queue_url(&env.aws.alert_queue_url)
+        .message_group_id(group)
+        .message_deduplication_id(dedup)
+        .message_body(body)
+        .send()
+        .await
+        .expect("send an alert");
+}
+
+/// A `requested` alert for a request that is not in Kubernetes.
+fn ghost_alert(name: &str, role_arn: &str) -> String {
+    json!({
+        "event": "requested",
+        "execution_arn": format!("arn:aws:states:us-east-1:123456789012:execution:x:{name}"),
+        "input": {
+            "requester_arn": "arn:aws:iam::123456789012:user/alice", "requester_name": "alice",
+            "reason": "ghost", "ticket": "", "role_arn": role_arn, "method": "TrustPolicy",
+            "work_group": "g", "duration_seconds": 60, "approval_timeout_seconds": 60,
+            "request": {"namespace": "nowhere", "name": name, "uid": "no-uid"}
+        }
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_refused_alert_goes_to_the_dead_letter_queue_and_the_rest_flows() {
+    let env = Env::new("relay-refused", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    slack.refuse_channel(DEFAULT_CHANNEL, "channel_not_found");
+    // A request whose role is unknown goes to the default channel, which Slack refuses;
+    // and a message that is not an alert at all.
+    let refused = ghost_alert("ghost", "arn:aws:iam::123456789012:role/unknown");
+    send_alert(&env, "ghost-exec", "ghost-requested", &refused).await;
+    send_alert(&env, "junk-exec", "junk", "not an alert").await;
+    let relay = RelayTask::start(&env, config(&env, &slack));
+
+    env.request(User::Alice, "after", "");
+    env.wait_phase("after", Phase::AwaitingApproval).await;
+    env.vote(User::Dave, "after", "Deny");
+    wait_relayed(&env, "after", &["requested", "denied"]).await;
+
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let dlq = env.aws.alert_dlq_url.clone();
+    let bodies: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+    eventually("both refused alerts in the alert DLQ", WAIT, || {
+        let (sqs, dlq) = (sqs.clone(), dlq.clone());
+        let bodies = &bodies;
+        async move {
+            let out = sqs
+                .receive_message()
+                .queue_url(&dlq)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            for m in out.messages() {
+                let reason = m
+                    .message_attributes()
+                    .and_then(|a| a.get(aws_jit::relay::DEAD_LETTER_REASON_ATTRIBUTE))
+                    .and_then(|v| v.string_value())
+                    .unwrap_or_default()
+                    .to_string();
+                bodies
+                    .lock()
+                    .unwrap()
+                    .push((m.body().unwrap_or_default().to_string(), reason));
+                sqs.delete_message()
+                    .queue_url(&dlq)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+            }
+            let got = bodies.lock().unwrap();
+            if got.len() >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
+        }
+    })
+    .await;
+    let mut bodies = bodies.into_inner().unwrap();
+    bodies.sort();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(bodies[0].0, "not an alert");
+    assert!(bodies[0].1.starts_with("not an alert"), "{}", bodies[0].1);
+    assert_eq!(bodies[1].0, refused);
+    assert_eq!(bodies[1].1, "channel_not_found");
+    // Slack saw the refused one once; the queue is empty afterwards.
+    let refusals = slack
+        .calls()
+        .into_iter()
+        .filter(|c| c.outcome == "channel_not_found")
+        .count();
+    assert_eq!(refusals, 1);
+    relay.shutdown().await;
+    assert_eq!(
+        queue_counts(&sqs, &env.aws.alert_queue_url).await,
+        ("0".to_string(), "0".to_string()),
+        "nothing left in the alert queue"
+    );
+}
+
+#[tokio::test]
+async fn a_relay_killed_mid_batch_then_restarted_loses_nothing() {
+    let env = Env::new("relay-killed", ROLE_SPEC).await;
+    let role_arn = aws_jit_role_arn(&env).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let names: Vec<String> = (0..6).map(|i| format!("ghost-{i}")).collect();
+    for n in &names {
+        send_alert(&env, &format!("{n}-exec"), n, &ghost_alert(n, &role_arn)).await;
+    }
+    // One channel at one message a second: the batch takes seconds.
+    let mut slow = config(&env, &slack);
+    slow.pacing = Duration::from_secs(1);
+    let relay = RelayTask::start(&env, slow.clone());
+    eventually("the first alert in Slack", WAIT, || async {
+        let n = slack.accepted().len();
+        if n >= 1 { Ok(()) } else { Err(format!("{n}")) }
+    })
+    .await;
+    relay.kill();
+    let shown_before = slack.accepted().len();
+    assert!(
+        shown_before < names.len(),
+        "killed mid-batch: {shown_before}"
+    );
+
+    let relay = RelayTask::start(&env, slow);
+    eventually("every alert in Slack after the restart", WAIT, || async {
+        let accepted = slack.accepted();
+        let missing: Vec<&String> = names
+            .iter()
+            .filter(|n| {
+                !accepted
+                    .iter()
+                    .any(|c| c.blocks.to_string().contains(&format!("`nowhere/{n}`")))
+            })
+            .collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("missing {missing:?}"))
+        }
+    })
+    .await;
+    // A request that is gone still finds its role's channel (by role ARN).
+    assert!(slack.accepted().iter().all(|c| c.channel == ROLE_CHANNEL));
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_while_slack_is_down_returns_the_alert_to_the_queue() {
+    let env = Env::new("relay-shutdown", ROLE_SPEC).await;
+    let role_arn = aws_jit_role_arn(&env).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    slack.server_error(10_000);
+    send_alert(&env, "late-exec", "late", &ghost_alert("late", &role_arn)).await;
+    let mut c = config(&env, &slack);
+    c.shutdown_grace = Duration::from_secs(1);
+    // Longer than the test waits: only the relay's release can bring it back in time.
+    c.visibility_timeout = Duration::from_secs(120);
+    let relay = RelayTask::start(&env, c.clone());
+    eventually("the relay to be retrying", WAIT, || async {
+        let failed = slack.calls().iter().filter(|c| c.outcome == "500").count();
+        if failed >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{failed}"))
+        }
+    })
+    .await;
+    // SIGTERM: the relay gives the in-flight alert its grace, then returns it.
+    relay.shutdown().await;
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    eventually(
+        "the alert back in the queue",
+        Duration::from_secs(30),
+        || async {
+            let counts = queue_counts(&sqs, &env.aws.alert_queue_url).await;
+            if counts == ("1".to_string(), "0".to_string()) {
+                Ok(())
+            } else {
+                Err(format!("{counts:?}"))
+            }
+        },
+    )
+    .await;
+    assert!(slack.accepted().is_empty());
+    // Slack is back; the next relay delivers it.
+    slack.recover();
+    let relay = RelayTask::start(&env, c);
+    eventually("the alert in Slack", WAIT, || async {
+        let shown = slack
+            .accepted()
+            .iter()
+            .any(|c| c.blocks.to_string().contains("`nowhere/late`"));
+        if shown {
+            Ok(())
+        } else {
+            Err(format!("{:?}", slack.accepted().len()))
+        }
+    })
+    .await;
+    relay.shutdown().await;
+}
+
+async fn aws_jit_role_arn(env: &Env) -> String {
+    let roles: kube::Api<aws_jit::crd::AccessRole> = kube::Api::all(env.kube.clone());
+    roles
+        .get(&env.access_role)
+        .await
+        .expect("AccessRole")
+        .spec
+        .role_arn
+}
