@@ -188,8 +188,17 @@ impl Env {
     }
 
     pub async fn wait_phase(&self, name: &str, phase: Phase) -> AccessRequest {
+        self.wait_phase_within(name, phase, WAIT).await
+    }
+
+    pub async fn wait_phase_within(
+        &self,
+        name: &str,
+        phase: Phase,
+        within: Duration,
+    ) -> AccessRequest {
         let api = self.requests();
-        eventually(&format!("{name} to reach {phase:?}"), WAIT, || {
+        eventually(&format!("{name} to reach {phase:?}"), within, || {
             let api = api.clone();
             async move {
                 let r = api.get(name).await.map_err(|e| e.to_string())?;
@@ -679,7 +688,7 @@ async fn twenty_requests_for_one_role_approved_at_once() {
     for name in &names {
         let yaml = format!(
             "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
-             spec:\n  role: {role}\n  requester: dev-{name}\n  requesterGroup: developers\n  reason: e2e\n  duration: 30s\n",
+             spec:\n  role: {role}\n  requester: dev-{name}\n  requesterGroup: developers\n  reason: e2e\n  duration: 90s\n",
             ns = env.ns,
             role = env.access_role,
         );
@@ -731,7 +740,8 @@ async fn twenty_requests_for_one_role_approved_at_once() {
     assert_eq!(principals, expected);
     assert_eq!(env.foreign_statements().await, base_statements());
     for name in &names {
-        env.wait_phase(name, Phase::Expired).await;
+        env.wait_phase_within(name, Phase::Expired, Duration::from_secs(180))
+            .await;
     }
     assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.foreign_statements().await, base_statements());

@@ -259,13 +259,21 @@ impl Env {
                 "approvers": ["carol"],
                 "requester_arn": body["input"]["requester_arn"],
             });
-            self.sfn
-                .send_task_success()
-                .task_token(body["task_token"].as_str().expect("task token"))
-                .output(output.to_string())
-                .send()
-                .await
-                .expect("approve");
+            // moto's threaded server sometimes answers 500 under load; retry those.
+            let token = body["task_token"].as_str().expect("task token").to_string();
+            eventually("the approval to be taken", STEP, || {
+                let (sfn, token, output) = (self.sfn.clone(), token.clone(), output.to_string());
+                async move {
+                    sfn.send_task_success()
+                        .task_token(token)
+                        .output(output)
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("{e:?}"))
+                }
+            })
+            .await;
         }
     }
 
@@ -752,6 +760,9 @@ async fn redelivered_grants_and_revokes_change_nothing() {
             answer: Answer::Revoked(r),
             ..
         } => assert!(r.removed.is_empty() && r.swept.is_empty(), "{r:?}"),
+        // The execution may have finished by now: AWS then says TaskTimedOut (taken as
+        // AlreadyOver), moto answers 500. Either way the policy must be untouched.
+        Outcome::Retry { reason } if reason.contains("SendTaskSuccess") => {}
         other => panic!("second revoke: {other:?}"),
     }
     let (text, _) = env.policy().await;
