@@ -553,6 +553,7 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
             .and_then(|i| i.parse::<usize>().ok())
     };
 
+    let load0 = loadavg();
     let before = procs.snapshot();
     let t0 = Instant::now();
     // The request queue: approvals answered at once (as carol), holds recorded.
@@ -768,6 +769,7 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
     let _ = worker.await;
     let wall = t0.elapsed();
     let after = procs.snapshot();
+    let load1 = loadavg();
     let held = holds.load(Ordering::Relaxed);
 
     // Steady state: N executions waiting in their Hold state, nobody calling moto.
@@ -791,7 +793,8 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
     let mut report = format!(
         "### moto alone (N = {n}, {roles} roles)\n\n\
          {held} of {n} executions reached their Hold state in {:.1} s ({:.1} executions/s); \
-         {} errors. The driver started executions {} at a time.\n\n",
+         {} errors. The driver started executions {} at a time. Machine load average \
+         (1/5/15 min) {load0} at the start, {load1} at the end.\n\n",
         wall.as_secs_f64(),
         held as f64 / wall.as_secs_f64(),
         errors.load(Ordering::Relaxed),
@@ -953,34 +956,44 @@ fn log_tail(log: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-/// Warnings and errors the operator logged, by message.
-fn log_warnings(log: &Path) -> BTreeMap<String, usize> {
+/// The operator's log lines by level and message (and, for warnings and errors, the
+/// kind of error, object names left out).
+fn log_summary(log: &Path) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
     for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
         };
         let level = v["level"].as_str().unwrap_or_default();
-        if level == "WARN" || level == "ERROR" {
-            let msg = v["fields"]["message"].as_str().unwrap_or("?");
-            let err = v["fields"]["error"].as_str().unwrap_or_default();
-            // Errors name the object: keep what kind of error it is.
-            let err: String = err
-                .split_whitespace()
-                .map(|w| {
-                    if w.contains("AccessRequest.") || w.contains("aws-jit-task-") {
-                        "<object>"
-                    } else {
-                        w
-                    }
-                })
-                .take(24)
-                .collect::<Vec<_>>()
-                .join(" ");
-            *out.entry(format!("{level} {msg}: {err}")).or_insert(0) += 1;
-        }
+        let msg = v["fields"]["message"].as_str().unwrap_or("?");
+        let err = v["fields"]["error"].as_str().unwrap_or_default();
+        let err: String = err
+            .split_whitespace()
+            .map(|w| {
+                if w.contains("AccessRequest.") || w.contains("aws-jit-task-") || w.contains('"') {
+                    "<name>"
+                } else {
+                    w
+                }
+            })
+            .take(20)
+            .collect::<Vec<_>>()
+            .join(" ");
+        let key = if err.is_empty() {
+            format!("{level} {msg}")
+        } else {
+            format!("{level} {msg}: {err}")
+        };
+        *out.entry(key).or_insert(0) += 1;
     }
     out
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn observe(
@@ -1242,6 +1255,7 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     // The run.
     let request_names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
     let metrics_before = scrape(kube);
+    let load0 = loadavg();
     let before = procs.snapshot();
     procs.reset_peaks();
     let t0 = Instant::now();
@@ -1286,6 +1300,7 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     // Let the last status writes and Events land before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let after = procs.snapshot();
+    let load1 = loadavg();
     let metrics_after = scrape(kube);
     let run_wall = t0.elapsed();
 
@@ -1316,16 +1331,21 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     out.push_str(&format!(
         "### The operator (N = {n}, {roles} roles, poll interval {}, release build)\n\n\
          {} of {n} requests Active, {} in another phase; all created in {:.1} s ({} at a time), \
-         the last Active {:.1} s after the first create: {:.1} requests/s end to end. \
+         the last Active {:.1} s after the first create: {} requests/s end to end. \
          {} create errors, {} approval retries. Warm-up request (not counted): \
-         apply→AwaitingApproval {} ms, approve→Active {} ms.\n\n",
+         apply→AwaitingApproval {} ms, approve→Active {} ms. Machine load average (1/5/15 min) \
+         {load0} at the first create, {load1} at the end.\n\n",
         args.poll_interval,
         c.active,
         c.bad,
         created_in.as_secs_f64(),
         args.parallel,
         wall.as_secs_f64(),
-        c.active as f64 / wall.as_secs_f64(),
+        if c.active > 0 {
+            format!("{:.1}", c.active as f64 / wall.as_secs_f64())
+        } else {
+            "no".into()
+        },
         create_errors.load(Ordering::Relaxed),
         approve_errors.load(Ordering::Relaxed),
         warm_rec
@@ -1412,7 +1432,8 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
         ));
     }
     out.push_str(&format!(
-        "\nSteady state, {} grants held (warm-up included), {:.0} s window: cores used\n\n| process | avg cores |\n| --- | ---: |\n",
+        "\n{}, {} grants held (warm-up included), {:.0} s window: cores used\n\n| process | avg cores |\n| --- | ---: |\n",
+        if complete { "Steady state" } else { "After the deadline (not a steady state)" },
         c.active + 1,
         steady_wall.as_secs_f64()
     ));
@@ -1422,10 +1443,10 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
         &delta(&steady_metrics, &steady_metrics_after),
         steady_wall,
     ));
-    let warnings = log_warnings(&log);
-    if !warnings.is_empty() {
-        out.push_str("\nOperator warnings and errors (whole run, warm-up included):\n\n| count | level, message: error (first words) |\n| ---: | --- |\n");
-        for (m, k) in &warnings {
+    let lines = log_summary(&log);
+    if !lines.is_empty() {
+        out.push_str("\nThe operator's log lines (whole run, warm-up included):\n\n| count | level, message: error (first words) |\n| ---: | --- |\n");
+        for (m, k) in &lines {
             out.push_str(&format!("| {k} | {} |\n", m.replace('|', "\\|")));
         }
     }
@@ -1462,10 +1483,12 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     }
     println!("{out}");
     eprintln!("operator log: {}", log.display());
-    if std::env::var_os("AWS_JIT_KEEP_STACK").is_none() {
+    let ok = complete && c.bad == 0;
+    // An incomplete run keeps the operator's log for a look afterwards.
+    if ok && std::env::var_os("AWS_JIT_KEEP_STACK").is_none() {
         support::procs::remove_at_exit(logdir);
     }
-    complete && c.bad == 0
+    ok
 }
 
 #[tokio::main]
