@@ -39,22 +39,8 @@ impl SlackWeb {
     /// `api_url` is the Web API's base, `https://slack.com/api/` (`http://` works too,
     /// for a local stand-in); `bot_token` the app's bot token (`xoxb-…`).
     pub fn new(api_url: &str, bot_token: &str) -> Result<SlackWeb, String> {
-        // An HTTP-or-HTTPS rustls connector: slack-morphism's own `new()` is HTTPS-only;
-        // kube-client builds this connector type (the same hyper-rustls), which saves a
-        // direct dependency on hyper-util and hyper-rustls.
-        use kube::client::ConfigExt;
-        let uri = "http://slack.invalid/"
-            .parse()
-            .map_err(|e| format!("{e}"))?;
-        let connector = kube::Config::new(uri)
-            .rustls_https_connector()
-            .map_err(|e| format!("cannot build the HTTPS connector: {e}"))?;
-        // slack-morphism joins `{base}/{method}`.
-        let url = api_url.trim_end_matches('/');
-        let connector =
-            SlackClientHyperConnector::with_connector(connector).with_slack_api_url(url);
         Ok(SlackWeb {
-            client: SlackClient::new(connector),
+            client: crate::relay::slack::client(api_url)?,
             token: SlackApiToken::new(SlackApiTokenValue(bot_token.to_string())),
             response_url_prefix: SLACK_RESPONSE_URL_PREFIX.into(),
         })

@@ -74,6 +74,25 @@ pub fn classify(err: SlackClientError) -> Failure {
     }
 }
 
+/// A Slack Web API client for `api_url` (e.g. `https://slack.com/api`; `http://` works
+/// too, for the local stand-in). slack-morphism's own `new()` is HTTPS-only; kube-client
+/// builds an HTTP-or-HTTPS hyper-rustls connector of the type it takes, which saves a
+/// direct dependency on hyper-util and hyper-rustls.
+pub fn client(api_url: &str) -> Result<SlackHyperClient, String> {
+    use kube::client::ConfigExt;
+    let uri = "http://slack.invalid/"
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let connector = kube::Config::new(uri)
+        .rustls_https_connector()
+        .map_err(|e| format!("cannot build the HTTPS connector: {e}"))?;
+    // slack-morphism joins `{base}/{method}`.
+    let url = api_url.trim_end_matches('/');
+    Ok(SlackClient::new(
+        SlackClientHyperConnector::with_connector(connector).with_slack_api_url(url),
+    ))
+}
+
 pub struct SlackApi {
     client: SlackHyperClient,
     token: SlackApiToken,
@@ -83,22 +102,8 @@ impl SlackApi {
     /// `api_url` is the Web API's base, e.g. `https://slack.com/api`; `http://` works
     /// too (the local stand-in).
     pub fn new(api_url: &str, token: &str) -> Result<SlackApi, String> {
-        // An HTTP-or-HTTPS rustls connector with the platform's roots. slack-morphism's
-        // own `new()` is HTTPS-only; kube-client builds this connector type (the same
-        // hyper-rustls), which saves a direct dependency on hyper-util and hyper-rustls.
-        use kube::client::ConfigExt;
-        let uri = "http://slack.invalid/"
-            .parse()
-            .map_err(|e| format!("{e}"))?;
-        let connector = kube::Config::new(uri)
-            .rustls_https_connector()
-            .map_err(|e| format!("cannot build the HTTPS connector: {e}"))?;
-        // slack-morphism joins `{base}/{method}`.
-        let url = api_url.trim_end_matches('/');
-        let connector =
-            SlackClientHyperConnector::with_connector(connector).with_slack_api_url(url);
         Ok(SlackApi {
-            client: SlackClient::new(connector),
+            client: client(api_url)?,
             token: SlackApiToken::new(SlackApiTokenValue(token.to_string())),
         })
     }
