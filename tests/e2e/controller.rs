@@ -187,6 +187,34 @@ impl Env {
         ));
     }
 
+    pub async fn wait_message(&self, name: &str, message: &str) {
+        let api = self.requests();
+        eventually(&format!("{name}'s message to be {message:?}"), WAIT, || {
+            let api = api.clone();
+            async move {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                let m = r.status.and_then(|s| s.message).unwrap_or_default();
+                if m == message { Ok(()) } else { Err(m) }
+            }
+        })
+        .await;
+    }
+
+    /// Waits until the request no longer exists (its finalizer let go).
+    pub async fn wait_gone(&self, name: &str) {
+        let api = self.requests();
+        eventually(&format!("{name} to be gone"), WAIT, || {
+            let api = api.clone();
+            async move {
+                match api.get_opt(name).await.map_err(|e| e.to_string())? {
+                    None => Ok(()),
+                    Some(r) => Err(format!("still there: {:?}", r.status.and_then(|s| s.phase))),
+                }
+            }
+        })
+        .await;
+    }
+
     pub async fn wait_phase(&self, name: &str, phase: Phase) -> AccessRequest {
         self.wait_phase_within(name, phase, WAIT).await
     }
@@ -404,20 +432,7 @@ async fn two_of_two_needs_two_distinct_listed_approvers() {
     env.vote(User::Carol, "two", "Approve");
     // erin is in group sre, which the role does not list: her vote is not counted.
     env.vote(User::Erin, "two", "Approve");
-    let api = env.requests();
-    eventually("1 of 2 approvals", WAIT, || {
-        let api = api.clone();
-        async move {
-            let r = api.get("two").await.map_err(|e| e.to_string())?;
-            let m = r.status.and_then(|s| s.message).unwrap_or_default();
-            if m == "1 of 2 approvals" {
-                Ok(())
-            } else {
-                Err(m)
-            }
-        }
-    })
-    .await;
+    env.wait_message("two", "1 of 2 approvals").await;
     let events = succeeded(
         &stack()
             .kube
@@ -477,17 +492,7 @@ async fn deleting_an_undecided_request_cancels_its_execution() {
             "--wait=false",
         ],
     ));
-    let api = env.requests();
-    eventually("the request to be gone", WAIT, || {
-        let api = api.clone();
-        async move {
-            match api.get_opt("withdrawn").await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(r) => Err(format!("still there: {:?}", r.status.and_then(|s| s.phase))),
-            }
-        }
-    })
-    .await;
+    env.wait_gone("withdrawn").await;
     let sfn = aws_sdk_sfn::Client::new(&env.sdk);
     let exec = sfn
         .describe_execution()
@@ -607,21 +612,7 @@ async fn deleting_an_active_request_revokes_before_it_goes() {
         User::Alice,
         &["delete", "ar", "short-lived", "-n", &env.ns, "--wait=false"],
     ));
-    let api = env.requests();
-    eventually("the request to be gone", WAIT, || {
-        let api = api.clone();
-        async move {
-            match api
-                .get_opt("short-lived")
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                None => Ok(()),
-                Some(_) => Err("still there".into()),
-            }
-        }
-    })
-    .await;
+    env.wait_gone("short-lived").await;
     // Gone only after the revoke: the statement is already removed.
     assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.foreign_statements().await, base_statements());

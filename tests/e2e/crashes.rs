@@ -149,17 +149,7 @@ async fn crash_after_the_grant_before_task_success() {
         User::Alice,
         &["delete", "ar", "granted", "-n", &env.ns, "--wait=false"],
     ));
-    let api = env.requests();
-    eventually("the request to be gone", WAIT, || {
-        let api = api.clone();
-        async move {
-            match api.get_opt("granted").await.map_err(|e| e.to_string())? {
-                None => Ok(()),
-                Some(_) => Err("still there".into()),
-            }
-        }
-    })
-    .await;
+    env.wait_gone("granted").await;
     assert!(statements(&env).await.is_empty());
     assert_eq!(env.executions_started().await, 1);
 }

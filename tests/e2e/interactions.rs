@@ -154,20 +154,7 @@ async fn one_vote_per_approver_from_slack_and_two_of_two_needs_both() {
     let text = w.click(CAROL, false, "twice", &uid).await;
     assert!(text.contains("already voted"), "{text}");
     assert_eq!(w.approvals("twice").await.len(), 1);
-    let api = w.env.requests();
-    eventually("1 of 2 approvals", WAIT, || {
-        let api = api.clone();
-        async move {
-            let r = api.get("twice").await.map_err(|e| e.to_string())?;
-            let m = r.status.and_then(|s| s.message).unwrap_or_default();
-            if m == "1 of 2 approvals" {
-                Ok(())
-            } else {
-                Err(m)
-            }
-        }
-    })
-    .await;
+    w.env.wait_message("twice", "1 of 2 approvals").await;
     let text = w.click(DAVE, true, "twice", &uid).await;
     assert!(text.contains("Recorded"), "{text}");
     let r = w.env.wait_phase("twice", Phase::Active).await;
