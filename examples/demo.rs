@@ -110,6 +110,8 @@ async fn main() {
         queue_wait: Duration::from_secs(1),
         trust_policy_size_limit: aws_jit::trust_policy::DEFAULT_SIZE_LIMIT,
         faults: aws_jit::faults::Faults::default(),
+        metrics: Default::default(),
+        health: aws_jit::probes::Health::new(),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn({

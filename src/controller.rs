@@ -22,7 +22,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{Instrument, info, warn};
 
 use crate::contract::{ApprovalOutput, DenialCause, errors};
 use crate::crd::{AccessRequest, AccessRequestStatus, AccessRole, FINALIZER, Phase};
@@ -87,6 +87,7 @@ pub struct Context {
     pub roles: Api<AccessRole>,
     pub settings: Settings,
     pub faults: crate::faults::Faults,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn now() -> Time {
@@ -99,6 +100,7 @@ pub async fn run(
     sfn: StepFunctionClient,
     settings: Settings,
     faults: crate::faults::Faults,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let requests: Api<AccessRequest> = match &settings.watch_namespace {
@@ -121,9 +123,11 @@ pub async fn run(
         roles: roles_api.clone(),
         settings: settings.clone(),
         faults,
+        metrics: metrics.clone(),
     });
     let controller = Controller::new(requests, watcher::Config::default().any_semantic());
     let store = controller.store();
+    metrics.watch_requests(store.clone());
     let role_store = store.clone();
     let watch_ns = settings.watch_namespace.clone();
     controller
@@ -180,14 +184,32 @@ async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, kube::runtime::finalizer::Error<Error>> {
     let ns = request.namespace().unwrap_or_default();
+    // Every log line of this reconcile carries the request's identity.
+    let span = tracing::info_span!(
+        "reconcile",
+        request_namespace = %ns,
+        request_name = %request.name_any(),
+        request_uid = %request.uid().unwrap_or_default(),
+    );
     let api: Api<AccessRequest> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, request, |event| async {
+    let started = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, request, |event| async {
         match event {
             Finalizer::Apply(r) => apply(&r, &ctx, &api).await,
             Finalizer::Cleanup(r) => cleanup(&r, &ctx).await,
         }
     })
-    .await
+    .instrument(span)
+    .await;
+    let error_kind = result.as_ref().err().map(|e| {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e.kind(),
+            _ => "finalizer",
+        }
+    });
+    ctx.metrics.reconciled(started.elapsed(), error_kind);
+    result
 }
 
 fn error_policy(
@@ -210,9 +232,9 @@ fn error_policy(
         _ => "finalizer",
     };
     warn!(
-        namespace = request.namespace().unwrap_or_default(),
-        name = request.name_any(),
-        uid = request.uid().unwrap_or_default(),
+        request_namespace = request.namespace().unwrap_or_default(),
+        request_name = request.name_any(),
+        request_uid = request.uid().unwrap_or_default(),
         kind,
         error = %error,
         "reconcile error; retrying"
@@ -309,8 +331,6 @@ async fn apply(
 ) -> Result<Action, Error> {
     let uid = request.uid().ok_or(Error::Incomplete("uid"))?;
     let status = request.status.clone().unwrap_or_default();
-    let span = tracing::info_span!("reconcile", namespace = request.namespace().unwrap_or_default(), name = request.name_any(), uid = %uid);
-    let _guard = span.enter();
     if status.phase.is_some_and(Phase::is_terminal) {
         ctx.tokens.delete(&uid).await?;
         return Ok(Action::await_change());
@@ -580,6 +600,7 @@ async fn answer_approval(
                 requester_arn,
             };
             ctx.sfn.send_success(token, &output).await?;
+            ctx.metrics.approval("approved");
             let by = approvers.join(", ");
             ctx.tokens
                 .put(
@@ -611,6 +632,7 @@ async fn answer_approval(
             ctx.sfn
                 .send_failure(token, errors::DENIED, &serde_json::to_string(&cause)?)
                 .await?;
+            ctx.metrics.approval("denied");
             let decided = if comment.is_empty() {
                 by.clone()
             } else {
@@ -654,7 +676,7 @@ async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error
         ExecutionState::Running
     ) {
         ctx.tokens.delete(&uid).await?;
-        info!(namespace = request.namespace().unwrap_or_default(), name = request.name_any(), %uid, "execution ended; releasing the request");
+        info!("execution ended; releasing the request");
         return Ok(Action::await_change());
     }
     let tokens = ctx.tokens.get(&uid).await?;

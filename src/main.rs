@@ -84,6 +84,19 @@ struct ControllerArgs {
     /// The account's IAM trust-policy size quota (2048 unless raised; at most 4096).
     #[arg(long, env = "AWS_JIT_TRUST_POLICY_SIZE_LIMIT", default_value_t = aws_jit::trust_policy::DEFAULT_SIZE_LIMIT)]
     trust_policy_size_limit: usize,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "AWS_JIT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// Elect a leader among replicas on a Lease in the operator's namespace; only the
+    /// leader reconciles and consumes the queues. Turn off only for a single replica.
+    #[arg(long, env = "AWS_JIT_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, env = "AWS_JIT_LEASE_NAME", default_value = "aws-jit-controller")]
+    lease_name: String,
+    /// How long a Lease lasts without renewal (how long a dead leader blocks), e.g. 15s.
+    #[arg(long, env = "AWS_JIT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -114,6 +127,34 @@ async fn controller(args: ControllerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let metrics = std::sync::Arc::new(aws_jit::metrics::Metrics::new());
+    let health = aws_jit::probes::Health::new();
+    let listener = match tokio::net::TcpListener::bind(args.metrics_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {}: {e}", args.metrics_addr);
+            return ExitCode::FAILURE;
+        }
+    };
+    let (stop_probes, probes_stopped) = tokio::sync::oneshot::channel::<()>();
+    let probes = tokio::spawn(aws_jit::probes::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        async move {
+            let _ = probes_stopped.await;
+        },
+    ));
+    let election = args.leader_election.then(|| {
+        let mut e = aws_jit::leader::Election::new(
+            &args.lease_name,
+            &args.operator_namespace,
+            &aws_jit::leader::default_identity(),
+        );
+        e.lease_duration = args.lease_duration;
+        e.renew_before = (args.lease_duration / 3).max(Duration::from_secs(1));
+        e
+    });
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let config = aws_jit::operator::Config {
         aws: aws_jit::operator::AwsTargets {
@@ -131,9 +172,29 @@ async fn controller(args: ControllerArgs) -> ExitCode {
         queue_wait: Duration::from_secs(20),
         trust_policy_size_limit: args.trust_policy_size_limit,
         faults: aws_jit::faults::Faults::default(),
+        metrics,
+        health: health.clone(),
     };
-    aws_jit::operator::run(kube, &aws, config, shutdown_signal()).await;
-    ExitCode::SUCCESS
+    let stopping = health.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        stopping.set_stopping();
+    };
+    let result = aws_jit::operator::run_elected(kube, &aws, config, election, shutdown).await;
+    let _ = stop_probes.send(());
+    match probes.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "probes"),
+        Err(e) => tracing::error!(error = %e, "the probe server ended abnormally"),
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // Exit so the kubelet starts this replica over as a candidate.
+            tracing::error!(error = %e, "stopping");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn relay(args: RelayArgs) -> ExitCode {

@@ -1,9 +1,13 @@
 //! The `controller` subcommand's body: the AccessRequest controller, the request-queue
 //! consumer and the trust-policy worker, run together until shutdown. Clients are
 //! passed in, so tests run the very same code against the local stack.
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::controller::{self, Settings};
+use crate::leader::{Election, LeaderError};
+use crate::metrics::Metrics;
+use crate::probes::Health;
 use crate::request_queue::RequestQueue;
 use crate::sfn::StepFunctionClient;
 use crate::tokens::TokenStore;
@@ -29,6 +33,41 @@ pub struct Config {
     pub trust_policy_size_limit: usize,
     /// Crash points for tests; none armed in production.
     pub faults: crate::faults::Faults,
+    /// This process's metrics (served by [`crate::probes`]).
+    pub metrics: Arc<Metrics>,
+    /// What `/healthz` and `/readyz` answer.
+    pub health: Arc<Health>,
+}
+
+/// Runs the operator's loops while this replica leads (see [`crate::leader`]); with
+/// no election, runs them at once. Returns `Ok` after `shutdown`, or an error when the
+/// Lease was lost: the caller exits, and the process starts over as a candidate.
+pub async fn run_elected(
+    kube: kube::Client,
+    aws: &aws_config::SdkConfig,
+    config: Config,
+    election: Option<Election>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), LeaderError> {
+    let Some(election) = election else {
+        config.health.set_ready();
+        config.metrics.leader.set(1);
+        run(kube, aws, config, shutdown).await;
+        return Ok(());
+    };
+    let health = config.health.clone();
+    let metrics = config.metrics.clone();
+    let aws = aws.clone();
+    let client = kube.clone();
+    crate::leader::lead(
+        client,
+        &election,
+        health,
+        metrics,
+        shutdown,
+        move |stop| async move { run(kube, &aws, config, stop).await },
+    )
+    .await
 }
 
 /// Runs every loop of the operator until `shutdown` resolves, then returns once each
@@ -54,6 +93,7 @@ pub async fn run(
         client: kube.clone(),
         wait: config.queue_wait,
         faults: config.faults.clone(),
+        metrics: config.metrics.clone(),
     };
     let consumer = {
         let rx = stop_rx.clone();
@@ -67,7 +107,8 @@ pub async fn run(
     )
     .with_wait_time(config.queue_wait)
     .with_size_limit(config.trust_policy_size_limit)
-    .with_faults(config.faults.clone());
+    .with_faults(config.faults.clone())
+    .with_metrics(config.metrics.clone());
     if let Some(dlq) = &config.aws.work_dead_letter_url {
         worker = worker.with_dead_letter_url(dlq);
     }
@@ -80,6 +121,7 @@ pub async fn run(
         sfn.clone(),
         config.settings.clone(),
         config.faults.clone(),
+        config.metrics.clone(),
         stopped(stop_rx.clone()),
     ));
     shutdown.await;

@@ -8,6 +8,7 @@
 //! `Cancelled`; hold: success, which revokes now), so its execution does not wait for
 //! a timeout. A message that cannot be understood is moved to the dead-letter queue
 //! with a log line: it never blocks the queue and never stops the loop.
+use crate::metrics::{outcome, queue};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::Message;
@@ -54,6 +55,7 @@ pub struct RequestQueue {
     /// Long-poll wait (SQS allows up to 20 s).
     pub wait: Duration,
     pub faults: crate::faults::Faults,
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl RequestQueue {
@@ -125,6 +127,8 @@ impl RequestQueue {
                     why, "poison message on the request queue"
                 );
                 self.dead_letter(body, receipt).await;
+                self.metrics
+                    .queue_message(queue::REQUEST, outcome::DEAD_LETTERED);
             }
             Ok(_) => {
                 self.faults
@@ -134,9 +138,12 @@ impl RequestQueue {
                     // It comes back; storing a token twice is harmless.
                     warn!(error = %e, "cannot delete a handled message");
                 }
+                self.metrics
+                    .queue_message(queue::REQUEST, outcome::PROCESSED);
             }
             // Not deleted: SQS gives it back after its visibility timeout.
             Err(e) => {
+                self.metrics.queue_message(queue::REQUEST, outcome::FAILED);
                 warn!(error = %e, "cannot handle a request-queue message yet; it will come back")
             }
         }
@@ -169,9 +176,9 @@ impl RequestQueue {
             .filter(|r| r.uid().as_deref() == Some(who.uid.as_str()));
         let Some(_request) = live else {
             info!(
-                namespace = who.namespace,
-                name = who.name,
-                uid = who.uid,
+                request_namespace = who.namespace,
+                request_name = who.name,
+                request_uid = who.uid,
                 execution_arn,
                 "task for a request that no longer exists; ending it"
             );
@@ -212,9 +219,9 @@ impl RequestQueue {
             }
         }
         info!(
-            namespace = who.namespace,
-            name = who.name,
-            uid = who.uid,
+            request_namespace = who.namespace,
+            request_name = who.name,
+            request_uid = who.uid,
             execution_arn,
             "task token stored"
         );

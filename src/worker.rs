@@ -76,6 +76,7 @@
 //!   follows in the same message group.
 
 use crate::faults::{self, Faults};
+use crate::metrics::{outcome, queue};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -303,6 +304,7 @@ pub struct Worker {
     wait_time: Duration,
     retry_delay: Duration,
     faults: Faults,
+    metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Worker {
@@ -324,7 +326,14 @@ impl Worker {
             wait_time: MAX_WAIT_TIME,
             retry_delay: DEFAULT_RETRY_DELAY,
             faults: Faults::default(),
+            metrics: Default::default(),
         }
+    }
+
+    /// Where the worker counts messages, grants and revokes.
+    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Crash points for tests (see [`crate::faults`]).
@@ -514,13 +523,20 @@ impl Worker {
         let span = task_span(&parsed, message.message_id());
         async {
             match self.handle_parsed(parsed).await {
-                Outcome::Answered { delivery, .. } => {
+                Outcome::Answered { delivery, answer } => {
                     if delivery == TaskAnswer::AlreadyOver {
                         info!("the task was already over; removing its message");
                     }
+                    self.metrics.grant(match answer {
+                        Answer::Granted(_) => "granted",
+                        Answer::Revoked(_) => "revoked",
+                        Answer::Failed { .. } => "failed",
+                    });
+                    self.metrics.queue_message(queue::WORK, outcome::PROCESSED);
                     self.delete(message).await
                 }
                 Outcome::Retry { reason } => {
+                    self.metrics.queue_message(queue::WORK, outcome::FAILED);
                     let delay = retry_delay(self.retry_delay, receive_count(message));
                     warn!(
                         %reason,
@@ -530,7 +546,11 @@ impl Worker {
                     self.release(message, delay).await;
                     Settled::Stays
                 }
-                Outcome::Poison { reason } => self.dead_letter(message, &reason).await,
+                Outcome::Poison { reason } => {
+                    self.metrics
+                        .queue_message(queue::WORK, outcome::DEAD_LETTERED);
+                    self.dead_letter(message, &reason).await
+                }
             }
         }
         .instrument(span)

@@ -117,6 +117,8 @@ impl Env {
             queue_wait: Duration::from_secs(1),
             trust_policy_size_limit: self.size_limit,
             faults: self.faults.clone(),
+            metrics: Default::default(),
+            health: aws_jit::probes::Health::new(),
         }
     }
 

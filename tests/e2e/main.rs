@@ -9,6 +9,7 @@ mod admission;
 mod controller;
 mod crashes;
 mod crds;
+mod ha;
 mod interactions;
 mod relay;
 mod stack;
