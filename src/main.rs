@@ -53,6 +53,9 @@ struct RelayArgs {
     /// address, e.g. 0.0.0.0:8081; needs SLACK_SIGNING_SECRET. Unset: no endpoint.
     #[arg(long, env = "AWS_JIT_INTERACTIONS_ADDR")]
     interactions_addr: Option<std::net::SocketAddr>,
+    /// Serve /metrics, /healthz and /readyz on this address.
+    #[arg(long, env = "AWS_JIT_METRICS_ADDR", default_value = "0.0.0.0:8082")]
+    metrics_addr: std::net::SocketAddr,
 }
 
 #[derive(Args)]
@@ -129,22 +132,10 @@ async fn controller(args: ControllerArgs) -> ExitCode {
     };
     let metrics = std::sync::Arc::new(aws_jit::metrics::Metrics::new());
     let health = aws_jit::probes::Health::new();
-    let listener = match tokio::net::TcpListener::bind(args.metrics_addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {}: {e}", args.metrics_addr);
-            return ExitCode::FAILURE;
-        }
+    let probes = match serve_probes(args.metrics_addr, &health, &metrics).await {
+        Ok(p) => p,
+        Err(code) => return code,
     };
-    let (stop_probes, probes_stopped) = tokio::sync::oneshot::channel::<()>();
-    let probes = tokio::spawn(aws_jit::probes::serve(
-        listener,
-        health.clone(),
-        metrics.clone(),
-        async move {
-            let _ = probes_stopped.await;
-        },
-    ));
     let election = args.leader_election.then(|| {
         let mut e = aws_jit::leader::Election::new(
             &args.lease_name,
@@ -181,12 +172,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
         stopping.set_stopping();
     };
     let result = aws_jit::operator::run_elected(kube, &aws, config, election, shutdown).await;
-    let _ = stop_probes.send(());
-    match probes.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "probes"),
-        Err(e) => tracing::error!(error = %e, "the probe server ended abnormally"),
-    }
+    probes.stop().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -259,13 +245,67 @@ async fn relay(args: RelayArgs) -> ExitCode {
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty())
         .collect();
-    match aws_jit::relay::run(kube, &aws, config, shutdown_signal()).await {
+    let health = aws_jit::probes::Health::new();
+    let probes = match serve_probes(args.metrics_addr, &health, &config.metrics).await {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    health.set_ready();
+    let stopping = health.clone();
+    let shutdown = async move {
+        shutdown_signal().await;
+        stopping.set_stopping();
+    };
+    let result = aws_jit::relay::run(kube, &aws, config, shutdown).await;
+    probes.stop().await;
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// The probe server of one subcommand, stopped once its loops have stopped.
+struct Probes {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), aws_jit::probes::ProbeError>>,
+}
+
+impl Probes {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "probes"),
+            Err(e) => tracing::error!(error = %e, "the probe server ended abnormally"),
+        }
+    }
+}
+
+async fn serve_probes(
+    addr: std::net::SocketAddr,
+    health: &std::sync::Arc<aws_jit::probes::Health>,
+    metrics: &std::sync::Arc<aws_jit::metrics::Metrics>,
+) -> Result<Probes, ExitCode> {
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return Err(ExitCode::FAILURE);
+        }
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(aws_jit::probes::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    Ok(Probes { stop, task })
 }
 
 fn main() -> ExitCode {

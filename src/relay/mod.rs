@@ -82,6 +82,8 @@ pub struct Config {
     pub retry_max: Duration,
     /// How long in-flight messages may take to finish once shutdown is asked.
     pub shutdown_grace: Duration,
+    /// Where the relay counts alerts and Slack calls.
+    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
 
 impl Config {
@@ -100,6 +102,7 @@ impl Config {
             retry_base: Duration::from_millis(500),
             retry_max: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(20),
+            metrics: Default::default(),
         }
     }
 }
@@ -341,6 +344,10 @@ impl Relay {
         match settled {
             Ok(s) => {
                 debug!(?s, "alert settled");
+                self.config.metrics.queue_message(
+                    crate::metrics::queue::ALERT,
+                    crate::metrics::outcome::PROCESSED,
+                );
                 if let Err(e) = self.delete(receipt).await {
                     // It comes back; the relayed annotation keeps it from showing twice.
                     warn!(error = %e, "cannot delete a relayed alert");
@@ -351,6 +358,10 @@ impl Relay {
                     %reason,
                     message_id = message.message_id().unwrap_or_default(),
                     "Slack refused an alert for good (or it cannot be read); moving it to the dead-letter queue"
+                );
+                self.config.metrics.queue_message(
+                    crate::metrics::queue::ALERT,
+                    crate::metrics::outcome::DEAD_LETTERED,
                 );
                 self.dead_letter(message, &reason).await;
             }
@@ -427,12 +438,30 @@ impl Relay {
         thread: Option<&str>,
     ) -> Result<String, Failure> {
         self.pacer.wait(channel).await;
-        self.slack.post(channel, r, thread).await
+        let out = self.slack.post(channel, r, thread).await;
+        self.count("chat.postMessage", &out);
+        out
     }
 
     async fn slack_update(&self, channel: &str, ts: &str, r: &Rendered) -> Result<(), Failure> {
         self.pacer.wait(channel).await;
-        self.slack.update(channel, ts, r).await
+        let out = self.slack.update(channel, ts, r).await;
+        self.count("chat.update", &out);
+        out
+    }
+
+    fn count<T>(&self, method: &'static str, out: &Result<T, Failure>) {
+        let m = &self.config.metrics;
+        let result = match out {
+            Ok(_) => "ok",
+            Err(Failure::RateLimited(_)) => {
+                m.slack_rate_limited.inc();
+                "rate_limited"
+            }
+            Err(Failure::Refused(_)) => "refused",
+            Err(Failure::Transient(_)) => "transient_error",
+        };
+        m.slack_request(method, result);
     }
 
     /// Retries `f` until it succeeds or fails for good (returned as `Err(reason)`).

@@ -255,7 +255,9 @@ async fn slack_rate_limits_and_outages_lose_and_duplicate_nothing() {
     // Slack is rate limiting, then down, from the start.
     slack.rate_limit(2);
     slack.server_error(4);
-    let relay = RelayTask::start(&env, config(&env, &slack));
+    let config = config(&env, &slack);
+    let metrics = config.metrics.clone();
+    let relay = RelayTask::start(&env, config);
 
     env.request(User::Alice, "flaky", "");
     wait_relayed(&env, "flaky", &["requested"]).await;
@@ -329,6 +331,16 @@ async fn slack_rate_limits_and_outages_lose_and_duplicate_nothing() {
     );
     assert_eq!(slack.accepted().len(), 3);
     relay.shutdown().await;
+    // The relay's metrics saw what Slack saw.
+    let text = metrics.encode().expect("metrics");
+    for line in [
+        "aws_jit_slack_rate_limited_total 4",
+        "aws_jit_slack_requests_total{method=\"chat.postMessage\",result=\"ok\"} 2",
+        "aws_jit_slack_requests_total{method=\"chat.update\",result=\"ok\"} 1",
+        "aws_jit_queue_messages_total{queue=\"alert\",result=\"processed\"} 2",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
 }
 
 /// (visible, in flight) messages of a queue, as SQS approximates them.
@@ -388,7 +400,9 @@ async fn a_refused_alert_goes_to_the_dead_letter_queue_and_the_rest_flows() {
     let refused = ghost_alert("ghost", "arn:aws:iam::123456789012:role/unknown");
     send_alert(&env, "ghost-exec", "ghost-requested", &refused).await;
     send_alert(&env, "junk-exec", "junk", "not an alert").await;
-    let relay = RelayTask::start(&env, config(&env, &slack));
+    let config = config(&env, &slack);
+    let metrics = config.metrics.clone();
+    let relay = RelayTask::start(&env, config);
 
     env.request(User::Alice, "after", "");
     env.wait_phase("after", Phase::AwaitingApproval).await;
@@ -452,6 +466,13 @@ async fn a_refused_alert_goes_to_the_dead_letter_queue_and_the_rest_flows() {
         .count();
     assert_eq!(refusals, 1);
     relay.shutdown().await;
+    let text = metrics.encode().expect("metrics");
+    for line in [
+        "aws_jit_queue_messages_total{queue=\"alert\",result=\"dead_lettered\"} 2",
+        "aws_jit_slack_requests_total{method=\"chat.postMessage\",result=\"refused\"} 1",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
     assert_eq!(
         queue_counts(&sqs, &env.aws.alert_queue_url).await,
         ("0".to_string(), "0".to_string()),
