@@ -8,17 +8,17 @@
 //! `Cancelled`; hold: success, which revokes now), so its execution does not wait for
 //! a timeout. A message that cannot be understood is moved to the dead-letter queue
 //! with a log line: it never blocks the queue and never stops the loop.
-use crate::metrics::{outcome, queue};
 use std::time::Duration;
 
 use aws_sdk_sqs::types::Message;
 use kube::ResourceExt;
 use kube::api::Api;
 use serde_json::json;
-use tracing::{error, info, warn};
+use tracing::{Instrument, error, info, warn};
 
 use crate::contract::{RequestIdentity, RequestTask, errors};
 use crate::crd::AccessRequest;
+use crate::metrics::{outcome, queue};
 use crate::sfn::StepFunctionClient;
 use crate::tokens::{TokenStore, keys};
 
@@ -84,7 +84,8 @@ impl RequestQueue {
                 Ok(messages) => {
                     backoff = Duration::from_millis(200);
                     for m in messages {
-                        self.process(m).await;
+                        let span = message_span(&m);
+                        self.process(m).instrument(span).await;
                     }
                 }
                 Err(e) => {
@@ -175,13 +176,7 @@ impl RequestQueue {
             .await?
             .filter(|r| r.uid().as_deref() == Some(who.uid.as_str()));
         let Some(_request) = live else {
-            info!(
-                request_namespace = who.namespace,
-                request_name = who.name,
-                request_uid = who.uid,
-                execution_arn,
-                "task for a request that no longer exists; ending it"
-            );
+            info!("task for a request that no longer exists; ending it");
             self.answer_orphan(&task).await?;
             return Ok(Handled::AnsweredOrphan);
         };
@@ -218,13 +213,7 @@ impl RequestQueue {
                     .await?;
             }
         }
-        info!(
-            request_namespace = who.namespace,
-            request_name = who.name,
-            request_uid = who.uid,
-            execution_arn,
-            "task token stored"
-        );
+        info!("task token stored");
         Ok(Handled::Stored)
     }
 
@@ -310,4 +299,34 @@ impl RequestQueue {
             }
         }
     }
+}
+
+/// The span every log line of one message carries: the request's identity as far as
+/// the body gives it (a poison message has none).
+fn message_span(message: &Message) -> tracing::Span {
+    let task = message
+        .body()
+        .and_then(|b| serde_json::from_str::<RequestTask>(b).ok());
+    let (who, execution_arn, kind) = match &task {
+        Some(RequestTask::Approval {
+            input,
+            execution_arn,
+            ..
+        }) => (Some(&input.request), execution_arn.as_str(), "approval"),
+        Some(RequestTask::Hold {
+            input,
+            execution_arn,
+            ..
+        }) => (Some(&input.request), execution_arn.as_str(), "hold"),
+        None => (None, "", "unknown"),
+    };
+    tracing::info_span!(
+        "request_task",
+        task = kind,
+        request_namespace = who.map(|w| w.namespace.as_str()).unwrap_or(""),
+        request_name = who.map(|w| w.name.as_str()).unwrap_or(""),
+        request_uid = who.map(|w| w.uid.as_str()).unwrap_or(""),
+        execution_arn,
+        message_id = message.message_id().unwrap_or(""),
+    )
 }
