@@ -11,6 +11,7 @@ mod crashes;
 mod crds;
 mod interactions;
 mod relay;
+mod socket_mode;
 mod stack;
 mod statemachine;
 mod worker;

@@ -8,6 +8,7 @@ pub mod procs;
 pub mod project;
 pub mod slack;
 pub mod slack_interactions;
+pub mod slack_socket;
 pub mod wait;
 
 use std::sync::OnceLock;

@@ -182,11 +182,7 @@ async fn handle(
         body: body.clone(),
         outcome: String::new(),
     };
-    let authorised = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        == Some(shared.token.as_str());
+    let authorised = bearer_is(&headers, &shared.token);
 
     let mut inner = shared.inner.lock().unwrap();
     let response = if !authorised {
@@ -254,6 +250,15 @@ async fn handle(
     };
     inner.calls.push(call);
     response
+}
+
+/// Whether the request carries `Authorization: Bearer <token>`.
+pub fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(token)
 }
 
 fn ok(mut body: Value) -> Response {
