@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use aws_jit::crd::{AccessRequest, Phase};
 use kube::api::Api;
+use serde_json::json;
 
 use crate::support::aws::AwsOutputs;
 use crate::support::kube::User;
@@ -183,6 +184,26 @@ impl Env {
                 "--type=json",
                 "-p",
                 &patch,
+            ],
+        ));
+    }
+
+    /// The documented early revoke: `status.revocation` in the caller's own name.
+    pub fn revoke(&self, as_user: User, name: &str, reason: &str) {
+        let patch =
+            json!({"status": {"revocation": {"requestedBy": as_user.name(), "reason": reason}}});
+        succeeded(&stack().kube.kubectl(
+            as_user,
+            &[
+                "patch",
+                "ar",
+                name,
+                "-n",
+                &self.ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
             ],
         ));
     }
@@ -634,21 +655,7 @@ async fn the_revoke_action_ends_access_early() {
     env.wait_phase("enough", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "enough", "Approve");
     env.wait_phase("enough", Phase::Active).await;
-    let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done early"}}}"#;
-    succeeded(&stack().kube.kubectl(
-        User::Alice,
-        &[
-            "patch",
-            "ar",
-            "enough",
-            "-n",
-            &env.ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-    ));
+    env.revoke(User::Alice, "enough", "done early");
     let r = env.wait_phase("enough", Phase::Revoked).await;
     assert!(
         r.status
