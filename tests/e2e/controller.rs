@@ -188,6 +188,20 @@ impl Env {
         ));
     }
 
+    /// alice asks for `name`, and its IAM role disappears before carol approves: IAM
+    /// answers the grant NoSuchEntity.
+    pub async fn doomed_grant(&self, name: &str) {
+        self.request(User::Alice, name, "");
+        self.wait_phase(name, Phase::AwaitingApproval).await;
+        aws_sdk_iam::Client::new(&self.sdk)
+            .delete_role()
+            .role_name(&self.iam_role_name)
+            .send()
+            .await
+            .expect("delete role");
+        self.vote(User::Carol, name, "Approve");
+    }
+
     /// The documented early revoke: `status.revocation` in the caller's own name.
     pub fn revoke(&self, as_user: User, name: &str, reason: &str) {
         let patch =
@@ -749,16 +763,7 @@ async fn twenty_requests_for_one_role_approved_at_once() {
 #[tokio::test]
 async fn a_failed_grant_ends_in_failed_with_nothing_granted() {
     let env = Env::new("ctl-grantfail", "").await;
-    env.request(User::Alice, "doomed", "");
-    env.wait_phase("doomed", Phase::AwaitingApproval).await;
-    // The role disappears between approval and grant: IAM answers NoSuchEntity.
-    aws_sdk_iam::Client::new(&env.sdk)
-        .delete_role()
-        .role_name(&env.iam_role_name)
-        .send()
-        .await
-        .expect("delete role");
-    env.vote(User::Carol, "doomed", "Approve");
+    env.doomed_grant("doomed").await;
     let r = env.wait_phase("doomed", Phase::Failed).await;
     let message = r
         .status

@@ -732,16 +732,7 @@ async fn a_failed_grant_is_loud_and_mentions_the_configured_people() {
     let env = Env::new("relay-grantfail", ROLE_SPEC).await;
     let slack = SlackStandIn::start(TOKEN).await;
     let relay = RelayTask::start(&env, config(&env, &slack));
-    env.request(User::Alice, "doomed", "");
-    env.wait_phase("doomed", Phase::AwaitingApproval).await;
-    // The role disappears between approval and grant: IAM answers NoSuchEntity.
-    aws_sdk_iam::Client::new(&env.sdk)
-        .delete_role()
-        .role_name(&env.iam_role_name)
-        .send()
-        .await
-        .expect("delete role");
-    env.vote(User::Carol, "doomed", "Approve");
+    env.doomed_grant("doomed").await;
     let (updates, replies) = shown_in_order(
         &env,
         &slack,
