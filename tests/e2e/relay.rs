@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::controller::Env;
 use crate::support::kube::User;
-use crate::support::slack::{Call, SlackStandIn};
+use crate::support::slack::{Call, SlackStandIn, ghost_alert};
 use crate::support::wait::eventually;
 use crate::support::{stack, succeeded};
 
@@ -362,21 +362,6 @@ async fn send_alert(env: &Env, group: &str, dedup: &str, body: &str) {
         .send()
         .await
         .expect("send an alert");
-}
-
-/// A `requested` alert for a request that is not in Kubernetes.
-fn ghost_alert(name: &str, role_arn: &str) -> String {
-    json!({
-        "event": "requested",
-        "execution_arn": format!("arn:aws:states:us-east-1:123456789012:execution:x:{name}"),
-        "input": {
-            "requester_arn": "arn:aws:iam::123456789012:user/alice", "requester_name": "alice",
-            "reason": "ghost", "ticket": "", "role_arn": role_arn, "method": "TrustPolicy",
-            "work_group": "g", "duration_seconds": 60, "approval_timeout_seconds": 60,
-            "request": {"namespace": "nowhere", "name": name, "uid": "no-uid"}
-        }
-    })
-    .to_string()
 }
 
 #[tokio::test]
