@@ -147,16 +147,21 @@ pub async fn run(
     info!(api_url = %config.api_url, "Slack Socket Mode starting");
     loop {
         let mut said_hello = false;
-        let session = tokio::select! {
-            _ = shutdown.clone() => break,
-            s = session(&client, &config, &handler, shutdown.clone(), &mut said_hello) => s,
-        };
+        // The session watches `shutdown` itself, so that it can close the socket.
+        let session = session(
+            &client,
+            &config,
+            &handler,
+            shutdown.clone(),
+            &mut said_hello,
+        )
+        .await;
         if said_hello {
             backoff = config.backoff_base;
         }
         let wait = match session {
             Ok(End::Shutdown) => break,
-            Ok(End::Refresh(reason)) => {
+            Ok(End::Refresh(reason)) if said_hello => {
                 info!(%reason, "Slack asked for a fresh Socket Mode connection");
                 continue;
             }
@@ -164,11 +169,19 @@ pub async fn run(
                 error!(error = %e, retry_in = ?config.backoff_max, "Socket Mode is off for this app; waiting");
                 config.backoff_max
             }
-            Err(e) => {
-                if matches!(e, SocketError::Refused(_) | SocketError::NotAnAppToken) {
-                    error!(error = %e, retry_in = ?backoff, "cannot open a Socket Mode connection");
-                } else {
-                    warn!(error = %e, retry_in = ?backoff, "Socket Mode connection lost; reconnecting");
+            other => {
+                match other {
+                    // Not even a hello first: never a tight loop, whatever Slack says.
+                    Ok(End::Refresh(reason)) => {
+                        warn!(%reason, retry_in = ?backoff, "Slack closed a Socket Mode connection before hello")
+                    }
+                    Err(e @ (SocketError::Refused(_) | SocketError::NotAnAppToken)) => {
+                        error!(error = %e, retry_in = ?backoff, "cannot open a Socket Mode connection")
+                    }
+                    Err(e) => {
+                        warn!(error = %e, retry_in = ?backoff, "Socket Mode connection lost; reconnecting")
+                    }
+                    Ok(End::Shutdown) => {}
                 }
                 let wait = backoff;
                 backoff = (backoff * 2).min(config.backoff_max);
@@ -232,13 +245,16 @@ async fn session(
             })?;
         Ok::<_, SocketError>((socket, host))
     };
-    let (socket, host) = tokio::time::timeout(config.connect_timeout, connect)
-        .await
-        .map_err(|_| SocketError::Timeout(config.connect_timeout))??;
+    let mut shutdown = shutdown;
+    let (socket, host) = tokio::select! {
+        _ = &mut shutdown => return Ok(End::Shutdown),
+        c = tokio::time::timeout(config.connect_timeout, connect) => {
+            c.map_err(|_| SocketError::Timeout(config.connect_timeout))??
+        }
+    };
     debug!(%host, "Socket Mode WebSocket connected");
     let (mut sink, mut stream) = socket.split();
     let (acks, mut to_send) = tokio::sync::mpsc::unbounded_channel::<String>();
-    let mut shutdown = shutdown;
     loop {
         tokio::select! {
             _ = &mut shutdown => {
