@@ -289,3 +289,53 @@ async fn a_bad_app_token_is_refused_clearly_and_retried_with_backoff() {
     assert!(!client.handle.is_finished(), "still retrying");
     client.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_relay_binary_runs_socket_mode_when_slack_app_token_is_set() {
+    let env = Env::new("sock-binary", ROLE).await;
+    let socket = SocketStandIn::start(APP_TOKEN).await;
+    let relay = |app_token: &str| {
+        let mut cmd = stack().operator_command("relay");
+        // An alert queue nothing writes to: this test is about the clicks.
+        cmd.args(["--alert-queue-url", &env.aws.alert_dlq_url])
+            .args(["--default-channel", "C0SOCKET"])
+            .args(["--slack-api-url", &socket.api_url])
+            .env("SLACK_BOT_TOKEN", BOT_TOKEN)
+            .env("SLACK_APP_TOKEN", app_token);
+        cmd
+    };
+    // A bot token where the app token belongs: a clear refusal at start-up.
+    let mut wrong = relay("xoxb-not-an-app-token");
+    let out = tokio::task::spawn_blocking(move || wrong.output())
+        .await
+        .expect("join")
+        .expect("run the relay");
+    crate::support::refused(&out, "SLACK_APP_TOKEN is not an app-level token");
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("xoxb-not-an-app-token"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("relay.log");
+    let pid = crate::support::procs::spawn_service(relay(APP_TOKEN), log.clone())
+        .expect("start the relay");
+    socket.wait_connected(1).await;
+    let uid = env.awaiting("by-binary").await;
+    let mut payload = block_actions(
+        CAROL,
+        interactions::APPROVE_ACTION,
+        &env.ns,
+        "by-binary",
+        &uid,
+    );
+    payload["response_url"] = json!("https://hooks.slack.com/actions/T0TEST001/1/abc");
+    let id = socket.interactive(&payload);
+    bare(&socket.ack(&id).await);
+    env.only_slack_vote("by-binary", Phase::Active, "carol", Decision::Approve)
+        .await;
+    // SIGTERM: the relay closes the socket and exits.
+    // SAFETY: signalling the child this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    socket.wait_disconnected().await;
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(logged.contains("Slack Socket Mode connected"), "{logged}");
+    assert!(!logged.contains(APP_TOKEN), "the app token is never logged");
+    assert!(!logged.contains("ticket-"), "nor the socket URL's ticket");
+}
