@@ -40,9 +40,14 @@ pub const BASE_TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Si
 impl Env {
     /// `role_spec` is extra YAML for the AccessRole's spec (indented two spaces).
     pub async fn new(prefix: &str, role_spec: &str) -> Env {
+        Env::with_template(prefix, role_spec, &[]).await
+    }
+
+    /// [`Env::new`] with template parameters, e.g. `("WorkTaskTimeoutSeconds", "30")`.
+    pub async fn with_template(prefix: &str, role_spec: &str, params: &[(&str, &str)]) -> Env {
         let stack = stack();
         let ns = stack.kube.create_namespace(prefix).await;
-        let aws = stack.aws.deploy(prefix).await;
+        let aws = stack.aws.deploy_with_params(prefix, &[], params).await;
         let sdk = stack.aws.sdk_config().await;
         let iam = aws_sdk_iam::Client::new(&sdk);
         let iam_role_name = unique(&format!("{prefix}-admin"));

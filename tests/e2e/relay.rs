@@ -747,3 +747,61 @@ async fn a_failed_grant_is_loud_and_mentions_the_configured_people() {
     env.wait_phase("doomed", Phase::Failed).await;
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_revoke_nobody_answers_in_time_is_loud_and_says_aws_still_ends_access() {
+    // The operator is down from the grant until past the work-task timeout (30 s, the
+    // template's minimum): the state machine's revoke times out, which is a failed
+    // revoke. The grant's own condition still ends access at its expiry.
+    let mut env = Env::with_template(
+        "relay-revokefail",
+        ROLE_SPEC,
+        &[("WorkTaskTimeoutSeconds", "30")],
+    )
+    .await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let relay = RelayTask::start(&env, config(&env, &slack));
+    env.request(User::Alice, "unrevoked", "  duration: 2s\n");
+    env.wait_phase("unrevoked", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "unrevoked", "Approve");
+    let r = env.wait_phase("unrevoked", Phase::Active).await;
+    env.kill_operator();
+    let expires = r.status.and_then(|s| s.expires_at).expect("expiresAt").0;
+    let (updates, replies) = shown_in_order(
+        &env,
+        &slack,
+        "unrevoked",
+        &["requested", "approved", "granted", "revoke_failed"],
+    )
+    .await;
+    assert_eq!(
+        header(last(&updates)),
+        ":rotating_light: AWS access REVOKE FAILED"
+    );
+    let text = &last(&replies).text;
+    assert!(
+        text.starts_with("<!subteam^S0SRE> <@U0CAROL> The revoke FAILED: States.Timeout"),
+        "{text}"
+    );
+    // The expiry AWS enforces, as the request's status has it.
+    let shown: jiff::Timestamp = text
+        .split("still ends at *")
+        .nth(1)
+        .and_then(|t| t.split('*').next())
+        .unwrap_or_default()
+        .parse()
+        .expect("an RFC 3339 instant");
+    assert_eq!(shown.as_second(), expires.as_second());
+    // Back up, the operator still takes the statement away (late, but not never).
+    env.start_operator();
+    eventually("the late revoke", WAIT, || async {
+        let grants = aws_jit::trust_policy::grants(&env.trust_policy().await).len();
+        if grants == 0 {
+            Ok(())
+        } else {
+            Err(format!("{grants} grants left"))
+        }
+    })
+    .await;
+    relay.shutdown().await;
+}
