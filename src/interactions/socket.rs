@@ -17,6 +17,9 @@
 //!    is reopened with a fresh `apps.connections.open` after a backoff that doubles from
 //!    [`Config::backoff_base`] to [`Config::backoff_max`] (reset once a connection said
 //!    `hello`), so a bad token or Slack being down never makes a tight loop.
+//!    The relay pings every [`Config::ping_interval`]; a connection on which nothing
+//!    arrives for [`Config::idle_timeout`] (a network path lost without a FIN) is
+//!    replaced the same way.
 //! 5. On shutdown the socket is closed (a close frame) and [`run`] returns.
 //!
 //! The app token and the WebSocket URL (its `ticket` is a credential for one connection)
@@ -67,6 +70,11 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Bound on `apps.connections.open` plus the WebSocket handshake.
     pub connect_timeout: Duration,
+    /// How often the relay pings Slack on an open connection.
+    pub ping_interval: Duration,
+    /// A connection on which nothing (not even a pong) arrived for this long is dead
+    /// (a silently lost network path) and is replaced.
+    pub idle_timeout: Duration,
 }
 
 impl Config {
@@ -77,6 +85,8 @@ impl Config {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(15),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
         })
     }
 }
@@ -103,6 +113,8 @@ pub enum SocketError {
     Connection(String),
     #[error("the Socket Mode connection dropped")]
     Dropped,
+    #[error("nothing arrived on the Socket Mode connection for {0:?}, not even a pong")]
+    Silent(Duration),
     #[error("Slack disabled this app's Socket Mode connections (link_disabled)")]
     LinkDisabled,
 }
@@ -255,6 +267,9 @@ async fn session(
     debug!(%host, "Socket Mode WebSocket connected");
     let (mut sink, mut stream) = socket.split();
     let (acks, mut to_send) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let mut ping = tokio::time::interval(config.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_seen = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = &mut shutdown => {
@@ -266,13 +281,22 @@ async fn session(
                     .await
                     .map_err(|e| SocketError::Connection(e.to_string()))?;
             }
+            _ = ping.tick() => {
+                if last_seen.elapsed() > config.idle_timeout {
+                    return Err(SocketError::Silent(config.idle_timeout));
+                }
+                sink.send(Message::Ping(Default::default()))
+                    .await
+                    .map_err(|e| SocketError::Connection(e.to_string()))?;
+            }
             message = stream.next() => {
+                last_seen = tokio::time::Instant::now();
                 let text = match message {
                     None => return Err(SocketError::Dropped),
                     Some(Err(e)) => return Err(SocketError::Connection(e.to_string())),
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) => return Err(SocketError::Dropped),
-                    // Pings are answered by tungstenite itself.
+                    // Pings are answered by tungstenite itself; pongs answer ours.
                     Some(Ok(_)) => continue,
                 };
                 let envelope: Envelope = match serde_json::from_str(text.as_str()) {

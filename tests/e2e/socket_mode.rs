@@ -50,6 +50,8 @@ impl Client {
         let mut config = socket::Config::new(api_url, app_token).expect("an app token");
         config.backoff_base = BACKOFF;
         config.backoff_max = BACKOFF * 4;
+        config.ping_interval = BACKOFF;
+        config.idle_timeout = BACKOFF * 5;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let handle = tokio::spawn(socket::run(handler, config, async move {
             let _ = rx.await;
@@ -214,7 +216,8 @@ async fn unmapped_users_and_the_requester_are_refused_over_socket_mode() {
 }
 
 #[tokio::test]
-async fn after_a_disconnect_or_a_dropped_socket_the_client_reconnects_and_clicks_still_work() {
+async fn after_a_disconnect_a_dropped_or_a_silent_socket_the_client_reconnects_and_clicks_still_work()
+ {
     let w = World::new("sock-reconnect", &format!("{ROLE}\n  approvalsRequired: 2")).await;
     let uid = w.env.awaiting("reconnect").await;
     assert_eq!(w.socket.opens().len(), 1);
@@ -233,6 +236,19 @@ async fn after_a_disconnect_or_a_dropped_socket_the_client_reconnects_and_clicks
         opens.iter().all(|(_, outcome)| outcome == "ok"),
         "{opens:?}"
     );
+    // A quiet but healthy connection is kept: the client pings, the pongs come back,
+    // for longer than the idle timeout.
+    w.socket.wait_pings(3, 8).await;
+    assert_eq!(
+        w.socket.connections(),
+        3,
+        "no reconnect while pongs come back"
+    );
+    // The network path goes silent without closing: the client's pings go unanswered,
+    // and it replaces the connection.
+    w.socket.freeze();
+    w.socket.wait_connected(4).await;
+    assert_eq!(w.socket.opens().len(), 4);
     bare(&w.click(DAVE, true, "reconnect", &uid).await);
     assert!(w.answer(2).await.contains("Recorded"));
     let r = w.env.wait_phase("reconnect", Phase::Active).await;
@@ -244,7 +260,7 @@ async fn after_a_disconnect_or_a_dropped_socket_the_client_reconnects_and_clicks
         .map(|a| a.approver)
         .collect();
     assert_eq!(approvers, ["carol", "dave"]);
-    assert_eq!(w.socket.connections(), 3);
+    assert_eq!(w.socket.connections(), 4);
 }
 
 #[tokio::test]

@@ -29,6 +29,7 @@ const WAIT: Duration = Duration::from_secs(30);
 enum Command {
     Send(String),
     Drop,
+    Freeze,
 }
 
 #[derive(Default)]
@@ -44,6 +45,8 @@ struct Inner {
     current: Option<(usize, mpsc::UnboundedSender<Command>)>,
     /// Every message from the client with an `envelope_id`, in arrival order.
     acks: Vec<Value>,
+    /// Pings received, per connection (index: connection number - 1).
+    pings: Vec<usize>,
     next_envelope: u64,
 }
 
@@ -141,6 +144,22 @@ impl SocketStandIn {
         .await
     }
 
+    /// Waits until connection `n` has received `count` pings from the client.
+    pub async fn wait_pings(&self, n: usize, count: usize) {
+        eventually(
+            &format!("{count} pings on connection #{n}"),
+            WAIT,
+            || async {
+                let got = self.shared.inner.lock().unwrap().pings.get(n - 1).copied();
+                match got {
+                    Some(p) if p >= count => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            },
+        )
+        .await
+    }
+
     /// Waits until no connection is live (the client closed it).
     pub async fn wait_disconnected(&self) {
         eventually("the Socket Mode connection to close", WAIT, || async {
@@ -193,6 +212,12 @@ impl SocketStandIn {
     /// Drops the live socket without a close frame (a network failure).
     pub fn drop_connection(&self) {
         self.command(Command::Drop);
+    }
+
+    /// The live socket goes silent but stays open: nothing is read or sent on it any
+    /// more, pings included (a network path lost without a FIN).
+    pub fn freeze(&self) {
+        self.command(Command::Freeze);
     }
 
     /// Every acknowledgement received, in arrival order.
@@ -262,6 +287,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
     let number = {
         let mut inner = shared.inner.lock().unwrap();
         inner.connections += 1;
+        inner.pings.push(0);
         let number = inner.connections;
         inner.current = Some((number, tx));
         number
@@ -272,6 +298,7 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
         "debug_info": {"host": "applink-standin", "build_number": 1, "approximate_connection_time": 18060},
         "connection_info": {"app_id": "A0TEST001"}
     });
+    let mut frozen = false;
     if sink.send(Message::text(hello.to_string())).await.is_ok() {
         loop {
             tokio::select! {
@@ -281,16 +308,22 @@ async fn serve_connection(shared: Arc<Shared>, stream: tokio::net::TcpStream) {
                             break;
                         }
                     }
+                    Some(Command::Freeze) => frozen = true,
                     // Dropping both halves closes the TCP connection, no close frame.
                     Some(Command::Drop) | None => break,
                 },
-                message = stream.next() => match message {
+                // Not reading also means not answering pings.
+                message = stream.next(), if !frozen => match message {
                     Some(Ok(Message::Text(text))) => {
                         if let Ok(v) = serde_json::from_str::<Value>(text.as_str())
                             && v.get("envelope_id").is_some()
                         {
                             shared.inner.lock().unwrap().acks.push(v);
                         }
+                    }
+                    Some(Ok(Message::Ping(_))) => {
+                        // tungstenite answers it; count it.
+                        shared.inner.lock().unwrap().pings[number - 1] += 1;
                     }
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
                     Some(Ok(_)) => {}
