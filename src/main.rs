@@ -199,16 +199,12 @@ async fn relay(args: RelayArgs) -> ExitCode {
         .filter(|t| !t.trim().is_empty())
     {
         use aws_jit::interactions::{Handler, SlackWeb, socket};
-        let (config, slack) = match (
-            socket::Config::new(&args.slack_api_url, &app_token),
-            SlackWeb::new(&args.slack_api_url, &token),
-        ) {
-            (Ok(c), Ok(s)) => (c, s),
-            (Err(e), _) => {
-                eprintln!("error: {e}");
-                return ExitCode::FAILURE;
-            }
-            (_, Err(e)) => {
+        let built = socket::Config::new(&args.slack_api_url, &app_token)
+            .map_err(|e| e.to_string())
+            .and_then(|c| SlackWeb::new(&args.slack_api_url, &token).map(|s| (c, s)));
+        let (config, slack) = match built {
+            Ok(built) => built,
+            Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
