@@ -273,7 +273,7 @@ async fn session(
     loop {
         tokio::select! {
             _ = &mut shutdown => {
-                let _ = sink.send(Message::Close(None)).await;
+                close(&mut sink).await;
                 return Ok(End::Shutdown);
             }
             Some(ack) = to_send.recv() => {
@@ -316,7 +316,7 @@ async fn session(
                         if reason == "link_disabled" {
                             return Err(SocketError::LinkDisabled);
                         }
-                        let _ = sink.send(Message::Close(None)).await;
+                        close(&mut sink).await;
                         return Ok(End::Refresh(reason));
                     }
                     "interactive" => dispatch(handler, envelope, &acks),
@@ -332,6 +332,11 @@ async fn session(
             }
         }
     }
+}
+
+/// Sends a close frame, if the peer takes it within a second (it may be gone).
+async fn close(sink: &mut (impl futures::Sink<Message> + Unpin)) {
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(None))).await;
 }
 
 /// Handles one `interactive` envelope on its own task, acknowledging it through `acks`.
