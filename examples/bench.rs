@@ -18,7 +18,6 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +35,9 @@ use kube::runtime::watcher;
 use serde_json::json;
 use support::aws::ACCOUNT_ID;
 use support::kube::User;
+use support::measure::{
+    LATENCY_HEADER, ProcSample, alive, clk_tck, latency_row, sample, stat_fields,
+};
 
 const OPERATOR_NS: &str = "aws-jit-system";
 /// The trust policy every benchmark role starts with (one foreign statement).
@@ -75,53 +77,6 @@ impl Args {
 
 // ---------------------------------------------------------------------------------------
 // Processes: CPU and memory from /proc.
-
-#[derive(Clone, Copy, Debug, Default)]
-struct ProcSample {
-    ticks: u64,
-    rss_kb: u64,
-    hwm_kb: u64,
-}
-
-fn clk_tck() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
-}
-
-/// Fields of /proc/<pid>/stat after the command name: [0] state, [1] ppid, [11] utime,
-/// [12] stime.
-fn stat_fields(pid: u32) -> Option<Vec<String>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, rest) = text.rsplit_once(')')?;
-    Some(rest.split_whitespace().map(str::to_owned).collect())
-}
-
-fn alive(pid: u32) -> bool {
-    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s != "Z" && s != "X"))
-}
-
-fn sample(pid: u32) -> ProcSample {
-    let ticks = stat_fields(pid)
-        .map(|f| {
-            let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-            n(11) + n(12)
-        })
-        .unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |key: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    ProcSample {
-        ticks,
-        rss_kb: kb("VmRSS:"),
-        hwm_kb: kb("VmHWM:"),
-    }
-}
 
 /// Our live child processes: (pid, argv).
 fn children() -> Vec<(u32, Vec<String>)> {
@@ -275,33 +230,6 @@ impl Drop for Procs {
 
 // ---------------------------------------------------------------------------------------
 // Latencies.
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{}", d.as_millis())
-}
-
-/// `| what | n | p50 | p95 | p99 | max |` in milliseconds.
-fn latency_row(what: &str, mut v: Vec<Duration>) -> String {
-    v.sort();
-    format!(
-        "| {what} | {} | {} | {} | {} | {} |\n",
-        v.len(),
-        ms(percentile(&v, 50.0)),
-        ms(percentile(&v, 95.0)),
-        ms(percentile(&v, 99.0)),
-        ms(v.last().copied().unwrap_or_default()),
-    )
-}
-
-const LATENCY_HEADER: &str = "| interval | n | p50 ms | p95 ms | p99 ms | max ms |\n| --- | ---: | ---: | ---: | ---: | ---: |\n";
 
 // ---------------------------------------------------------------------------------------
 // The apiserver's request counters.
@@ -917,36 +845,15 @@ fn start_operator(
     ns: &str,
     log: &Path,
 ) -> u32 {
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|d| d.join("aws-jit"))
-        .expect("target dir");
-    assert!(
-        bin.is_file(),
-        "{} is missing: build it first (`cargo build --release --bin aws-jit`, which hack/bench.sh does)",
-        bin.display()
-    );
-    let mut cmd = Command::new(&bin);
-    cmd.arg("controller")
-        .args(["--state-machine-arn", &aws.state_machine_arn])
+    let mut cmd = stack.operator_command("controller");
+    cmd.args(["--state-machine-arn", &aws.state_machine_arn])
         .args(["--request-queue-url", &aws.request_queue_url])
         .args(["--request-dlq-url", &aws.request_dlq_url])
         .args(["--work-queue-url", &aws.work_queue_url])
         .args(["--work-dlq-url", &aws.work_dlq_url])
         .args(["--operator-namespace", OPERATOR_NS])
         .args(["--watch-namespace", ns])
-        .args(["--poll-interval", &args.poll_interval])
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("KUBECONFIG", stack.kube.kubeconfig(User::Operator))
-        .env("AWS_ENDPOINT_URL", &stack.aws.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", support::aws::REGION)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "info");
+        .args(["--poll-interval", &args.poll_interval]);
     support::procs::spawn_service(cmd, log.to_path_buf()).expect("start the operator")
 }
 

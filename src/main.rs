@@ -22,6 +22,12 @@ enum Command {
     /// Run the operator: reconcile AccessRequests, consume the request and work queues.
     Controller(ControllerArgs),
     /// Run the Slack relay: alert queue → Slack (the operator pod's sidecar).
+    ///
+    /// Secrets come from the environment (a Kubernetes Secret), never from flags:
+    /// SLACK_BOT_TOKEN (required); SLACK_APP_TOKEN (xapp-…): take Approve/Deny clicks
+    /// over Socket Mode, no inbound endpoint needed; SLACK_SIGNING_SECRET: with
+    /// --interactions-addr, take them over the HTTP endpoint. Both may run at once;
+    /// with neither, the relay only posts.
     Relay(RelayArgs),
 }
 
@@ -50,7 +56,8 @@ struct RelayArgs {
     #[arg(long, env = "AWS_JIT_SLACK_FAILURE_MENTION", value_delimiter = ',')]
     failure_mention: Vec<String>,
     /// Serve Slack's HTTP interactivity endpoint (POST /slack/interactions) on this
-    /// address, e.g. 0.0.0.0:8081; needs SLACK_SIGNING_SECRET. Unset: no endpoint.
+    /// address, e.g. 0.0.0.0:8081; needs SLACK_SIGNING_SECRET. Unset: no endpoint
+    /// (Socket Mode, with SLACK_APP_TOKEN, needs none).
     #[arg(long, env = "AWS_JIT_INTERACTIONS_ADDR")]
     interactions_addr: Option<std::net::SocketAddr>,
     /// Serve /metrics, /healthz and /readyz on this address.
@@ -230,6 +237,29 @@ async fn relay(args: RelayArgs) -> ExitCode {
         tokio::spawn(async move {
             if let Err(e) = aws_jit::interactions::serve(listener, state).await {
                 tracing::error!(error = %e, "the Slack interactivity endpoint stopped");
+            }
+        });
+    }
+    // Socket Mode: with an app-level token, from the environment (a Secret) only.
+    if let Some(app_token) = std::env::var("SLACK_APP_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        use aws_jit::interactions::{Handler, SlackWeb, socket};
+        let built = socket::Config::new(&args.slack_api_url, &app_token)
+            .map_err(|e| e.to_string())
+            .and_then(|c| SlackWeb::new(&args.slack_api_url, &token).map(|s| (c, s)));
+        let (config, slack) = match built {
+            Ok(built) => built,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let handler = Handler::new(kube.clone()).with_slack(slack);
+        tokio::spawn(async move {
+            if let Err(e) = socket::run(handler, config, shutdown_signal()).await {
+                tracing::error!(error = %e, "Slack Socket Mode stopped");
             }
         });
     }

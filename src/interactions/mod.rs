@@ -1,4 +1,14 @@
-//! Approvals from Slack: the HTTP interactivity endpoint (`POST /slack/interactions`).
+//! Approvals from Slack, over either of Slack's two transports:
+//!
+//! - the HTTP interactivity endpoint (`POST /slack/interactions`, [`serve`]): Slack
+//!   POSTs each interaction, authenticated by its request signature ([`verify`]);
+//! - Socket Mode ([`socket`]): the relay opens a WebSocket to Slack with the app-level
+//!   token (`xapp-…`, which authenticates the connection), so no inbound endpoint is
+//!   needed; interactions arrive as `interactive` envelopes and are acknowledged on it.
+//!
+//! Both hand the interaction's JSON payload to the same [`Handler`], which decides and
+//! returns a [`Reply`]; the transport only carries the payload in and the reply back
+//! (the HTTP response body, or the Socket Mode acknowledgement's `payload`).
 //!
 //! The relay's awaiting-approval message carries two buttons, action_id
 //! [`APPROVE_ACTION`] and [`DENY_ACTION`], whose value is the AccessRequest's identity
@@ -6,8 +16,9 @@
 //! form-encoded `payload=<json>` of type `block_actions`, and becomes the same status
 //! approval `kubectl patch` makes, written by the operator's identity with `via: slack`:
 //!
-//! 1. Slack's signature and timestamp are verified first ([`verify`]); a request that
-//!    fails is answered `401` and nothing else happens (nothing is read or written).
+//! 1. Over HTTP, Slack's signature and timestamp are verified first ([`verify`]); a
+//!    request that fails is answered `401` and nothing else happens (nothing is read or
+//!    written). Over Socket Mode the app token authenticated the connection.
 //! 2. The request is looked up and must still be the one the button was rendered for
 //!    (same uid) and be `AwaitingApproval`.
 //! 3. The clicking Slack user ID is mapped to an approver of the request's AccessRole:
@@ -24,13 +35,14 @@
 //!    is never voted on by an old button.
 //!
 //! Answers: Slack wants a response within 3 s. Everything above is done inline (two
-//! GETs and one PATCH against the apiserver, bounded by [`State::kube_timeout`]), and
-//! the outcome is the response body, `200` with
+//! GETs and one PATCH against the apiserver, bounded by [`Handler::kube_timeout`]), and
+//! the outcome is the [`Reply`]: over HTTP the response body, `200` with
 //! `{"response_type":"ephemeral","replace_original":false,"text":...}`. Slack does not
-//! display a `block_actions` response body, so when the bot's Web API is configured
-//! ([`State::with_slack`]) the same message is also POSTed to the click's
-//! `response_url` right after (only to `https://hooks.slack.com/…`). The relay's
-//! message update, driven by the alert queue, shows everyone who decided.
+//! display a `block_actions` response body (nor a Socket Mode acknowledgement's), so
+//! when the bot's Web API is configured ([`Handler::with_slack`]) the same message is
+//! also POSTed to the click's `response_url` right after (only to
+//! `https://hooks.slack.com/…`). The relay's message update, driven by the alert queue,
+//! shows everyone who decided.
 //!
 //! Deny asks why: with the Web API configured, a Deny click is checked (mapping,
 //! self-approval, one vote) and then opens a modal (`views.open` with the click's
@@ -42,6 +54,7 @@
 //! Nothing secret is logged: the signing secret has a redacting `Debug`, and refusals
 //! log only their reason.
 pub mod modal;
+pub mod socket;
 pub mod verify;
 
 use std::fmt;
@@ -76,43 +89,101 @@ pub const DEFAULT_KUBE_TIMEOUT: Duration = Duration::from_millis(2500);
 /// The largest body accepted (Slack's payloads are a few KB).
 const MAX_BODY: usize = 256 * 1024;
 
-/// What the endpoint needs. `kube` must carry the operator's identity (RBAC verb
-/// `manage` on `accessrequests/status`): only it may record `via: slack` votes.
+/// The decision logic both transports share. `kube` must carry the operator's identity
+/// (RBAC verb `manage` on `accessrequests/status`): only it may record `via: slack`
+/// votes.
 #[derive(Clone)]
-pub struct State {
+pub struct Handler {
     pub kube: kube::Client,
-    pub signing_secret: SigningSecret,
     /// Bound on the Kubernetes reads and write of one click.
     pub kube_timeout: Duration,
-    /// The Web API as the bot, for the Deny comment modal. Without it a Deny click is
-    /// recorded at once with the comment [`DENY_COMMENT`].
+    /// The Web API as the bot, for the Deny comment modal and `response_url` answers.
+    /// Without it a Deny click is recorded at once with the comment [`DENY_COMMENT`].
     pub slack: Option<Arc<SlackWeb>>,
 }
 
-impl State {
-    pub fn new(kube: kube::Client, signing_secret: SigningSecret) -> State {
-        State {
+impl Handler {
+    pub fn new(kube: kube::Client) -> Handler {
+        Handler {
             kube,
-            signing_secret,
             kube_timeout: DEFAULT_KUBE_TIMEOUT,
             slack: None,
         }
     }
 
-    /// With the Deny comment modal (`views.open` through `slack`).
-    pub fn with_slack(mut self, slack: SlackWeb) -> State {
+    /// With the Deny comment modal (`views.open` through `slack`) and `response_url`
+    /// answers.
+    pub fn with_slack(mut self, slack: SlackWeb) -> Handler {
         self.slack = Some(Arc::new(slack));
         self
     }
 }
 
-impl fmt::Debug for State {
+impl fmt::Debug for Handler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("State")
-            .field("signing_secret", &self.signing_secret)
+        f.debug_struct("Handler")
             .field("kube_timeout", &self.kube_timeout)
             .field("slack", &self.slack)
             .finish_non_exhaustive()
+    }
+}
+
+/// What the HTTP endpoint needs: the shared [`Handler`] and the signing secret that
+/// authenticates Slack's POSTs.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub handler: Handler,
+    pub signing_secret: SigningSecret,
+}
+
+impl State {
+    pub fn new(kube: kube::Client, signing_secret: SigningSecret) -> State {
+        State {
+            handler: Handler::new(kube),
+            signing_secret,
+        }
+    }
+
+    /// With the Deny comment modal (`views.open` through `slack`).
+    pub fn with_slack(mut self, slack: SlackWeb) -> State {
+        self.handler = self.handler.with_slack(slack);
+        self
+    }
+}
+
+/// The answer to one interaction, whatever carried it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// Nothing to say (a modal opened or closed, an interaction that is not ours).
+    Empty,
+    /// An ephemeral message to the clicker.
+    Ephemeral(String),
+    /// A submitted Deny modal is refused: the text shows on its comment field.
+    FieldError(String),
+}
+
+impl Reply {
+    /// The JSON Slack reads: the HTTP response body, or a Socket Mode
+    /// acknowledgement's `payload`. `None` for an empty answer.
+    pub fn body(&self) -> Option<serde_json::Value> {
+        match self {
+            Reply::Empty => None,
+            Reply::Ephemeral(text) => {
+                Some(json!({"response_type": "ephemeral", "replace_original": false, "text": text}))
+            }
+            Reply::FieldError(text) => {
+                Some(json!({"response_action": "errors", "errors": {modal::COMMENT_BLOCK: text}}))
+            }
+        }
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        match self.body() {
+            None => StatusCode::OK.into_response(),
+            Some(body) => (StatusCode::OK, Json(body)).into_response(),
+        }
     }
 }
 
@@ -143,16 +214,6 @@ pub async fn serve_with_shutdown(
         .await
 }
 
-/// An ephemeral answer to the clicker.
-fn ephemeral(text: impl Into<String>) -> Response {
-    let text: String = text.into();
-    (
-        StatusCode::OK,
-        Json(json!({"response_type": "ephemeral", "replace_original": false, "text": text})),
-    )
-        .into_response()
-}
-
 async fn interactions(
     AxumState(state): AxumState<State>,
     headers: HeaderMap,
@@ -175,24 +236,39 @@ async fn interactions(
             return (StatusCode::BAD_REQUEST, why).into_response();
         }
     };
-    match payload.kind.as_str() {
-        "block_actions" => block_actions(&state, payload).await,
-        "view_submission" => view_submission(&state, payload).await,
-        other => {
-            // Other interaction types (shortcuts, view_closed, …) are not ours.
-            tracing::debug!(kind = %other, "ignored a Slack interaction");
-            StatusCode::OK.into_response()
+    state.handler.handle(payload).await.into_response()
+}
+
+impl Handler {
+    /// Decides on one interaction (`block_actions` or `view_submission`), whichever
+    /// transport brought it. Other interaction types (shortcuts, `view_closed`, …) are
+    /// not ours and get [`Reply::Empty`].
+    pub async fn handle(&self, payload: Payload) -> Reply {
+        match payload.kind.as_str() {
+            "block_actions" => block_actions(self, payload).await,
+            "view_submission" => view_submission(self, payload).await,
+            other => {
+                tracing::debug!(kind = %other, "ignored a Slack interaction");
+                Reply::Empty
+            }
         }
+    }
+
+    /// [`Handler::handle`] for a payload as JSON (a Socket Mode envelope's `payload`).
+    pub async fn handle_json(&self, payload: serde_json::Value) -> Result<Reply, String> {
+        let payload: Payload = serde_json::from_value(payload)
+            .map_err(|e| format!("the payload is not a Slack interaction: {e}"))?;
+        Ok(self.handle(payload).await)
     }
 }
 
-async fn block_actions(state: &State, payload: Payload) -> Response {
+async fn block_actions(state: &Handler, payload: Payload) -> Reply {
     let Some(action) = payload
         .actions
         .iter()
         .find(|a| a.action_id == APPROVE_ACTION || a.action_id == DENY_ACTION)
     else {
-        return StatusCode::OK.into_response();
+        return Reply::Empty;
     };
     let decision = if action.action_id == APPROVE_ACTION {
         Decision::Approve
@@ -204,7 +280,9 @@ async fn block_actions(state: &State, payload: Payload) -> Response {
         .as_deref()
         .and_then(|v| serde_json::from_str::<RequestRef>(v).ok())
     else {
-        return ephemeral("This button does not name an AccessRequest; nothing was recorded.");
+        return Reply::Ephemeral(
+            "This button does not name an AccessRequest; nothing was recorded.".into(),
+        );
     };
     let slack_user = payload.user.id;
     // A Deny asks for a comment first, when the bot can open a modal: the checks run
@@ -217,7 +295,7 @@ async fn block_actions(state: &State, payload: Payload) -> Response {
             Ok(Ok(_)) => match slack.open_deny_modal(trigger_id, &target).await {
                 Ok(()) => {
                     log_click(&target, &slack_user, decision, "opened the Deny modal");
-                    return StatusCode::OK.into_response();
+                    return Reply::Empty;
                 }
                 Err(e) => Outcome::Failed(format!("could not open the comment dialog: {e}")),
             },
@@ -227,7 +305,7 @@ async fn block_actions(state: &State, payload: Payload) -> Response {
         log_click(&target, &slack_user, decision, &format!("{outcome:?}"));
         let text = outcome.text(&target, decision);
         respond_later(state, payload.response_url.as_deref(), &text);
-        return ephemeral(text);
+        return Reply::Ephemeral(text);
     }
     let outcome = bounded(
         state,
@@ -238,12 +316,12 @@ async fn block_actions(state: &State, payload: Payload) -> Response {
     log_click(&target, &slack_user, decision, &format!("{outcome:?}"));
     let text = outcome.text(&target, decision);
     respond_later(state, payload.response_url.as_deref(), &text);
-    ephemeral(text)
+    Reply::Ephemeral(text)
 }
 
 /// Slack does not show a `block_actions` response body: the answer goes to the
 /// click's `response_url` too, after the 200 (when the bot's Web API is configured).
-fn respond_later(state: &State, response_url: Option<&str>, text: &str) {
+fn respond_later(state: &Handler, response_url: Option<&str>, text: &str) {
     let (Some(slack), Some(url)) = (state.slack.clone(), response_url) else {
         return;
     };
@@ -257,20 +335,14 @@ fn respond_later(state: &State, response_url: Option<&str>, text: &str) {
 
 /// The Deny modal submitted: record the Deny with its comment. Success closes the
 /// modal (empty 200); a refusal is shown on the comment field.
-async fn view_submission(state: &State, payload: Payload) -> Response {
+async fn view_submission(state: &Handler, payload: Payload) -> Reply {
     let Some(view) = payload.view else {
-        return StatusCode::OK.into_response();
+        return Reply::Empty;
     };
     if view.callback_id != modal::DENY_CALLBACK {
-        return StatusCode::OK.into_response();
+        return Reply::Empty;
     }
-    let field_error = |text: String| {
-        (
-            StatusCode::OK,
-            Json(json!({"response_action": "errors", "errors": {modal::COMMENT_BLOCK: text}})),
-        )
-            .into_response()
-    };
+    let field_error = Reply::FieldError;
     let Ok(target) = serde_json::from_str::<RequestRef>(&view.private_metadata) else {
         return field_error(
             "This dialog does not name an AccessRequest; nothing was recorded.".into(),
@@ -302,14 +374,14 @@ async fn view_submission(state: &State, payload: Payload) -> Response {
         &format!("{outcome:?}"),
     );
     match outcome {
-        Outcome::Recorded { .. } => StatusCode::OK.into_response(),
+        Outcome::Recorded { .. } => Reply::Empty,
         refused => field_error(refused.text(&target, Decision::Deny)),
     }
 }
 
 /// Runs `work` within the state's Kubernetes timeout.
 async fn bounded<T>(
-    state: &State,
+    state: &Handler,
     work: impl std::future::Future<Output = T>,
 ) -> Result<T, Outcome> {
     tokio::time::timeout(state.kube_timeout, work)
@@ -539,9 +611,10 @@ fn short(e: &kube::Error) -> String {
     }
 }
 
-/// The fields of a `block_actions` payload this endpoint reads.
+/// The fields of an interaction payload (`block_actions`, `view_submission`) the
+/// handler reads: what Slack POSTs form-encoded, or a Socket Mode envelope's `payload`.
 #[derive(Debug, Deserialize)]
-struct Payload {
+pub struct Payload {
     #[serde(rename = "type")]
     kind: String,
     #[serde(default)]

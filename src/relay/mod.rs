@@ -17,6 +17,12 @@
 //! read is moved to the alert dead-letter queue with a log line and never blocks the
 //! rest. Writes to one channel are paced (default one a second). On shutdown, in-flight
 //! messages get [`Config::shutdown_grace`] to finish; what is left returns to the queue.
+//!
+//! Pacing is per process: each relay replica keeps its own per-channel clock, so with
+//! two replicas (the chart runs two operator pods, each with this sidecar) one channel
+//! can get up to two writes per pacing interval. Slack's own limit (about one message
+//! a second per channel, with bursts tolerated) is still enforced by Slack: a `429`
+//! from it is obeyed by whichever replica got it. There is no cross-replica pacing.
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::Mutex;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use aws_jit::crd::{AccessRequest, Phase};
 use kube::api::Api;
+use serde_json::json;
 
 use crate::support::aws::AwsOutputs;
 use crate::support::kube::User;
@@ -39,9 +40,14 @@ pub const BASE_TRUST_POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Si
 impl Env {
     /// `role_spec` is extra YAML for the AccessRole's spec (indented two spaces).
     pub async fn new(prefix: &str, role_spec: &str) -> Env {
+        Env::with_template(prefix, role_spec, &[]).await
+    }
+
+    /// [`Env::new`] with template parameters, e.g. `("WorkTaskTimeoutSeconds", "30")`.
+    pub async fn with_template(prefix: &str, role_spec: &str, params: &[(&str, &str)]) -> Env {
         let stack = stack();
         let ns = stack.kube.create_namespace(prefix).await;
-        let aws = stack.aws.deploy(prefix).await;
+        let aws = stack.aws.deploy_with_params(prefix, &[], params).await;
         let sdk = stack.aws.sdk_config().await;
         let iam = aws_sdk_iam::Client::new(&sdk);
         let iam_role_name = unique(&format!("{prefix}-admin"));
@@ -185,6 +191,40 @@ impl Env {
                 "--type=json",
                 "-p",
                 &patch,
+            ],
+        ));
+    }
+
+    /// alice asks for `name`, and its IAM role disappears before carol approves: IAM
+    /// answers the grant NoSuchEntity.
+    pub async fn doomed_grant(&self, name: &str) {
+        self.request(User::Alice, name, "");
+        self.wait_phase(name, Phase::AwaitingApproval).await;
+        aws_sdk_iam::Client::new(&self.sdk)
+            .delete_role()
+            .role_name(&self.iam_role_name)
+            .send()
+            .await
+            .expect("delete role");
+        self.vote(User::Carol, name, "Approve");
+    }
+
+    /// The documented early revoke: `status.revocation` in the caller's own name.
+    pub fn revoke(&self, as_user: User, name: &str, reason: &str) {
+        let patch =
+            json!({"status": {"revocation": {"requestedBy": as_user.name(), "reason": reason}}});
+        succeeded(&stack().kube.kubectl(
+            as_user,
+            &[
+                "patch",
+                "ar",
+                name,
+                "-n",
+                &self.ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                &patch.to_string(),
             ],
         ));
     }
@@ -636,21 +676,7 @@ async fn the_revoke_action_ends_access_early() {
     env.wait_phase("enough", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "enough", "Approve");
     env.wait_phase("enough", Phase::Active).await;
-    let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done early"}}}"#;
-    succeeded(&stack().kube.kubectl(
-        User::Alice,
-        &[
-            "patch",
-            "ar",
-            "enough",
-            "-n",
-            &env.ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-    ));
+    env.revoke(User::Alice, "enough", "done early");
     let r = env.wait_phase("enough", Phase::Revoked).await;
     assert!(
         r.status
@@ -744,16 +770,7 @@ async fn twenty_requests_for_one_role_approved_at_once() {
 #[tokio::test]
 async fn a_failed_grant_ends_in_failed_with_nothing_granted() {
     let env = Env::new("ctl-grantfail", "").await;
-    env.request(User::Alice, "doomed", "");
-    env.wait_phase("doomed", Phase::AwaitingApproval).await;
-    // The role disappears between approval and grant: IAM answers NoSuchEntity.
-    aws_sdk_iam::Client::new(&env.sdk)
-        .delete_role()
-        .role_name(&env.iam_role_name)
-        .send()
-        .await
-        .expect("delete role");
-    env.vote(User::Carol, "doomed", "Approve");
+    env.doomed_grant("doomed").await;
     let r = env.wait_phase("doomed", Phase::Failed).await;
     let message = r
         .status

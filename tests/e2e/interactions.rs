@@ -16,17 +16,17 @@ use crate::support::stack;
 use crate::support::wait::eventually;
 
 const SECRET: &str = "e2e0signing0secret0000000000000a";
-const BOT_TOKEN: &str = "xoxb-e2e-bot-token";
-const WAIT: Duration = Duration::from_secs(60);
+pub(crate) const BOT_TOKEN: &str = "xoxb-e2e-bot-token";
+pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
 /// Slack user IDs of the test's approvers (as the AccessRoles below map them).
-const CAROL: &str = "UCAROL01";
-const DAVE: &str = "UDAVE001";
-const ALICE: &str = "UALICE01";
+pub(crate) const CAROL: &str = "UCAROL01";
+pub(crate) const DAVE: &str = "UDAVE001";
+pub(crate) const ALICE: &str = "UALICE01";
 /// A Slack user no AccessRole maps.
-const STRANGER: &str = "USTRANGE1";
+pub(crate) const STRANGER: &str = "USTRANGE1";
 
-const ROLE: &str =
+pub(crate) const ROLE: &str =
     "  approvers: [{user: carol, slackUserId: UCAROL01}, {user: dave, slackUserId: UDAVE001}]";
 
 /// The operator (Env) plus the interactions endpoint serving with the operator's client.
@@ -91,61 +91,83 @@ impl World {
         }
     }
 
-    /// alice asks, and the request waits for approvers; returns its uid.
-    async fn awaiting(&self, name: &str) -> String {
-        self.env.request(User::Alice, name, "");
-        let r = self.env.wait_phase(name, Phase::AwaitingApproval).await;
-        r.metadata.uid.expect("uid")
-    }
-
     async fn click(&self, slack_user: &str, approve: bool, name: &str, uid: &str) -> String {
         self.slack
             .click(slack_user, approve, &self.env.ns, name, uid)
             .await
             .ephemeral_text()
     }
+}
 
-    async fn get(&self, name: &str) -> AccessRequest {
-        self.env.requests().get(name).await.expect("get request")
+/// Helpers both Slack transports' tests use.
+impl Env {
+    /// alice asks, and the request waits for approvers; returns its uid.
+    pub(crate) async fn awaiting(&self, name: &str) -> String {
+        self.request(User::Alice, name, "");
+        let r = self.wait_phase(name, Phase::AwaitingApproval).await;
+        r.metadata.uid.expect("uid")
     }
 
-    /// The approvals on the request now (the endpoint answers after its write, so a
+    pub(crate) async fn get(&self, name: &str) -> AccessRequest {
+        self.requests().get(name).await.expect("get request")
+    }
+
+    /// The approvals on the request now (the endpoints answer after their write, so a
     /// refused click can be checked at once).
-    async fn approvals(&self, name: &str) -> Vec<aws_jit::crd::Approval> {
+    pub(crate) async fn approvals(&self, name: &str) -> Vec<aws_jit::crd::Approval> {
         self.get(name)
             .await
             .status
             .and_then(|s| s.approvals)
             .unwrap_or_default()
     }
+
+    /// Waits for `phase`, then returns the request's one vote, which must be `decision`
+    /// by `approver`, from Slack.
+    pub(crate) async fn only_slack_vote(
+        &self,
+        name: &str,
+        phase: Phase,
+        approver: &str,
+        decision: Decision,
+    ) -> aws_jit::crd::Approval {
+        let r = self.wait_phase(name, phase).await;
+        let approvals = r.status.and_then(|s| s.approvals).unwrap_or_default();
+        let [vote] = approvals.as_slice() else {
+            panic!("one vote expected: {approvals:?}");
+        };
+        assert_eq!(
+            (vote.approver.as_str(), vote.decision, vote.via),
+            (approver, decision, ApprovalChannel::Slack),
+            "{vote:?}"
+        );
+        vote.clone()
+    }
 }
 
 #[tokio::test]
 async fn an_approve_click_by_a_mapped_approver_activates_the_request() {
     let w = World::new("slack-approve", ROLE).await;
-    let uid = w.awaiting("via-slack").await;
+    let uid = w.env.awaiting("via-slack").await;
     let text = w.click(CAROL, true, "via-slack", &uid).await;
     assert!(text.contains("Recorded your approval"), "{text}");
     assert!(text.contains("carol"), "{text}");
-    let r = w.env.wait_phase("via-slack", Phase::Active).await;
-    let approvals = r.status.and_then(|s| s.approvals).unwrap_or_default();
-    assert_eq!(approvals.len(), 1, "{approvals:?}");
-    let vote = &approvals[0];
-    assert_eq!(vote.approver, "carol");
-    assert_eq!(vote.decision, Decision::Approve);
-    assert_eq!(vote.via, ApprovalChannel::Slack);
+    let vote = w
+        .env
+        .only_slack_vote("via-slack", Phase::Active, "carol", Decision::Approve)
+        .await;
     assert_eq!(vote.group, None);
     assert!(vote.time.is_some(), "{vote:?}");
     // Too late for a vote now: the request is decided.
     let text = w.click(DAVE, true, "via-slack", &uid).await;
     assert!(text.contains("not waiting for approval"), "{text}");
-    assert_eq!(w.approvals("via-slack").await.len(), 1);
+    assert_eq!(w.env.approvals("via-slack").await.len(), 1);
 }
 
 #[tokio::test]
 async fn one_vote_per_approver_from_slack_and_two_of_two_needs_both() {
     let w = World::new("slack-2of2", &format!("{ROLE}\n  approvalsRequired: 2")).await;
-    let uid = w.awaiting("twice").await;
+    let uid = w.env.awaiting("twice").await;
     let text = w.click(CAROL, true, "twice", &uid).await;
     assert!(text.contains("Recorded"), "{text}");
     let text = w.click(CAROL, true, "twice", &uid).await;
@@ -153,7 +175,7 @@ async fn one_vote_per_approver_from_slack_and_two_of_two_needs_both() {
     // A Deny after an Approve is a second vote too, and is refused.
     let text = w.click(CAROL, false, "twice", &uid).await;
     assert!(text.contains("already voted"), "{text}");
-    assert_eq!(w.approvals("twice").await.len(), 1);
+    assert_eq!(w.env.approvals("twice").await.len(), 1);
     w.env.wait_message("twice", "1 of 2 approvals").await;
     let text = w.click(DAVE, true, "twice", &uid).await;
     assert!(text.contains("Recorded"), "{text}");
@@ -178,7 +200,7 @@ async fn one_vote_per_approver_from_slack_and_two_of_two_needs_both() {
 async fn a_deny_click_asks_for_a_comment_and_the_submitted_modal_ends_in_denied() {
     let w = World::with_modal("slack-modal", ROLE).await;
     let views = w.views.as_ref().expect("views stand-in");
-    let uid = w.awaiting("deny-why").await;
+    let uid = w.env.awaiting("deny-why").await;
     // The click opens the modal and records nothing yet.
     let answer = w
         .slack
@@ -198,7 +220,7 @@ async fn a_deny_click_asks_for_a_comment_and_the_submitted_modal_ends_in_denied(
     let view = &opened[0]["view"];
     assert_eq!(view["type"], "modal");
     assert_eq!(view["callback_id"], interactions::modal::DENY_CALLBACK);
-    assert!(w.approvals("deny-why").await.is_empty());
+    assert!(w.env.approvals("deny-why").await.is_empty());
     // An unmapped user (or a forged submission) cannot use the modal.
     let answer = w
         .slack
@@ -216,7 +238,7 @@ async fn a_deny_click_asks_for_a_comment_and_the_submitted_modal_ends_in_denied(
         .post(&view_submission(DAVE, view, "   "), Signing::Correct)
         .await;
     assert_eq!(answer.json()["response_action"], "errors", "{answer:?}");
-    assert!(w.approvals("deny-why").await.is_empty());
+    assert!(w.env.approvals("deny-why").await.is_empty());
     // The refused clicks are told at once, without a modal.
     let text = w.click(STRANGER, false, "deny-why", &uid).await;
     assert!(text.contains("not listed as an approver"), "{text}");
@@ -246,22 +268,17 @@ async fn a_deny_click_asks_for_a_comment_and_the_submitted_modal_ends_in_denied(
         (200, ""),
         "{answer:?}"
     );
-    let r = w.env.wait_phase("deny-why", Phase::Denied).await;
-    let approvals = r.status.and_then(|s| s.approvals).unwrap_or_default();
-    assert_eq!(approvals.len(), 1, "{approvals:?}");
-    assert_eq!(approvals[0].approver, "dave");
-    assert_eq!(approvals[0].decision, Decision::Deny);
-    assert_eq!(approvals[0].via, ApprovalChannel::Slack);
-    assert_eq!(
-        approvals[0].comment.as_deref(),
-        Some("change freeze until Monday")
-    );
+    let vote = w
+        .env
+        .only_slack_vote("deny-why", Phase::Denied, "dave", Decision::Deny)
+        .await;
+    assert_eq!(vote.comment.as_deref(), Some("change freeze until Monday"));
 }
 
 #[tokio::test]
 async fn without_a_bot_token_a_deny_click_is_recorded_at_once() {
     let w = World::new("slack-deny", ROLE).await;
-    let uid = w.awaiting("deny-me").await;
+    let uid = w.env.awaiting("deny-me").await;
     let text = w.click(DAVE, false, "deny-me", &uid).await;
     assert!(text.contains("Recorded your denial"), "{text}");
     let r = w.env.wait_phase("deny-me", Phase::Denied).await;
@@ -288,11 +305,11 @@ async fn without_a_bot_token_a_deny_click_is_recorded_at_once() {
 #[tokio::test]
 async fn a_click_by_an_unmapped_slack_user_is_refused_and_nothing_is_written() {
     let w = World::new("slack-unmapped", ROLE).await;
-    let uid = w.awaiting("strangers").await;
+    let uid = w.env.awaiting("strangers").await;
     for approve in [true, false] {
         let text = w.click(STRANGER, approve, "strangers", &uid).await;
         assert!(text.contains("not listed as an approver"), "{text}");
-        assert!(w.approvals("strangers").await.is_empty());
+        assert!(w.env.approvals("strangers").await.is_empty());
     }
     // A button from an older request of the same name (another uid) is refused too.
     let text = w
@@ -304,15 +321,15 @@ async fn a_click_by_an_unmapped_slack_user_is_refused_and_nothing_is_written() {
         )
         .await;
     assert!(text.contains("no longer exists"), "{text}");
-    assert!(w.approvals("strangers").await.is_empty());
+    assert!(w.env.approvals("strangers").await.is_empty());
     assert_eq!(
-        w.get("strangers").await.status.and_then(|s| s.phase),
+        w.env.get("strangers").await.status.and_then(|s| s.phase),
         Some(Phase::AwaitingApproval)
     );
     // The same endpoint does record a mapped approver's click.
     let text = w.click(CAROL, true, "strangers", &uid).await;
     assert!(text.contains("Recorded"), "{text}");
-    assert_eq!(w.approvals("strangers").await.len(), 1);
+    assert_eq!(w.env.approvals("strangers").await.len(), 1);
 }
 
 #[tokio::test]
@@ -322,14 +339,14 @@ async fn the_requester_cannot_approve_their_own_request_from_slack() {
         "  approvers: [{user: alice, slackUserId: UALICE01}, {user: carol, slackUserId: UCAROL01}]",
     )
     .await;
-    let uid = w.awaiting("mine").await;
+    let uid = w.env.awaiting("mine").await;
     for approve in [true, false] {
         let text = w.click(ALICE, approve, "mine", &uid).await;
         assert!(text.contains("your own request"), "{text}");
-        assert!(w.approvals("mine").await.is_empty());
+        assert!(w.env.approvals("mine").await.is_empty());
     }
     assert_eq!(
-        w.get("mine").await.status.and_then(|s| s.phase),
+        w.env.get("mine").await.status.and_then(|s| s.phase),
         Some(Phase::AwaitingApproval)
     );
     // The role's other approver can.
@@ -341,7 +358,7 @@ async fn the_requester_cannot_approve_their_own_request_from_slack() {
 #[tokio::test]
 async fn forged_and_replayed_clicks_get_401_and_nothing_is_written() {
     let w = World::new("slack-forged", ROLE).await;
-    let uid = w.awaiting("forged").await;
+    let uid = w.env.awaiting("forged").await;
     let payload = block_actions(
         CAROL,
         interactions::APPROVE_ACTION,
@@ -360,12 +377,12 @@ async fn forged_and_replayed_clicks_get_401_and_nothing_is_written() {
         let answer = w.slack.post(&payload, signing).await;
         assert_eq!(answer.status, 401, "{signing:?}: {answer:?}");
         assert!(
-            w.approvals("forged").await.is_empty(),
+            w.env.approvals("forged").await.is_empty(),
             "{signing:?} wrote a vote"
         );
     }
     assert_eq!(
-        w.get("forged").await.status.and_then(|s| s.phase),
+        w.env.get("forged").await.status.and_then(|s| s.phase),
         Some(Phase::AwaitingApproval)
     );
     // The very same payload, correctly signed, is recorded.
@@ -383,7 +400,7 @@ async fn a_group_entry_votes_as_its_slack_user_in_that_group() {
         "  approvers: [{group: sre-leads, slackUserId: ULEAD001}]",
     )
     .await;
-    let uid = w.awaiting("by-group").await;
+    let uid = w.env.awaiting("by-group").await;
     let text = w.click("ULEAD001", true, "by-group", &uid).await;
     assert!(text.contains("Recorded"), "{text}");
     let r = w.env.wait_phase("by-group", Phase::Active).await;

@@ -12,6 +12,7 @@ mod crds;
 mod ha;
 mod interactions;
 mod relay;
+mod socket_mode;
 mod stack;
 mod statemachine;
 mod worker;

@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 
 use crate::controller::Env;
 use crate::support::kube::User;
-use crate::support::slack::{Call, SlackStandIn};
+use crate::support::slack::{Call, SlackStandIn, ghost_alert};
 use crate::support::wait::eventually;
+use crate::support::{stack, succeeded};
 
 const TOKEN: &str = "xoxb-test-relay";
 const ROLE_CHANNEL: &str = "C0ROLE";
@@ -375,21 +376,6 @@ async fn send_alert(env: &Env, group: &str, dedup: &str, body: &str) {
         .expect("send an alert");
 }
 
-/// A `requested` alert for a request that is not in Kubernetes.
-fn ghost_alert(name: &str, role_arn: &str) -> String {
-    json!({
-        "event": "requested",
-        "execution_arn": format!("arn:aws:states:us-east-1:123456789012:execution:x:{name}"),
-        "input": {
-            "requester_arn": "arn:aws:iam::123456789012:user/alice", "requester_name": "alice",
-            "reason": "ghost", "ticket": "", "role_arn": role_arn, "method": "TrustPolicy",
-            "work_group": "g", "duration_seconds": 60, "approval_timeout_seconds": 60,
-            "request": {"namespace": "nowhere", "name": name, "uid": "no-uid"}
-        }
-    })
-    .to_string()
-}
-
 #[tokio::test]
 async fn a_refused_alert_goes_to_the_dead_letter_queue_and_the_rest_flows() {
     let env = Env::new("relay-refused", ROLE_SPEC).await;
@@ -592,4 +578,251 @@ async fn aws_jit_role_arn(env: &Env) -> String {
         .expect("AccessRole")
         .spec
         .role_arn
+}
+
+/// Waits until the request's events are `events` (each shown once, in this order), then
+/// checks the Slack side: one top-level post in the role's channel, then per later event
+/// one `chat.update` of it and one thread reply, in order, every update showing the
+/// request's fields. Returns the updates and the replies.
+async fn shown_in_order(
+    env: &Env,
+    slack: &SlackStandIn,
+    name: &str,
+    events: &[&str],
+) -> (Vec<Call>, Vec<Call>) {
+    let r = wait_relayed(env, name, events).await;
+    let ts = r.annotations()[TS_ANNOTATION].clone();
+    let (posts, updates, replies) = calls_of(slack, &env.ns, name, &ts);
+    let later = events.len() - 1;
+    assert_eq!(
+        (posts.len(), updates.len(), replies.len()),
+        (1, later, later),
+        "one post, then one update and one reply per later event: {:#?}",
+        slack.accepted()
+    );
+    let role_arn = aws_jit_role_arn(env).await;
+    for call in posts.iter().chain(&updates) {
+        assert_eq!(call.channel, ROLE_CHANNEL);
+        let fields = call.blocks[2]["fields"].to_string();
+        for needle in ["alice", &format!("`{}/{name}`", env.ns), &role_arn] {
+            assert!(fields.contains(needle), "{needle} in {fields}");
+        }
+    }
+    (updates, replies)
+}
+
+/// A finalizer of the tests' own, to keep a deleted request readable.
+const HOLD: &str = "e2e.aws-jit.io/hold";
+
+fn last(calls: &[Call]) -> &Call {
+    calls.last().expect("at least one call")
+}
+
+#[tokio::test]
+async fn a_withdrawn_request_shows_cancelled_on_its_message() {
+    let env = Env::new("relay-cancel", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let relay = RelayTask::start(&env, config(&env, &slack));
+    env.request(User::Alice, "withdrawn", "");
+    wait_relayed(&env, "withdrawn", &["requested"]).await;
+    // Hold the object after its deletion (a finalizer of the test's), so the relay
+    // finds the request and its living message however late it handles the alert;
+    // without it, a request already gone gets a new message (the ghost tests above).
+    let hold = json!([{"op": "add", "path": "/metadata/finalizers/-", "value": HOLD}]).to_string();
+    let ar = |args: &[&str]| {
+        let mut all = vec!["-n", env.ns.as_str()];
+        all.extend_from_slice(args);
+        succeeded(&stack().kube.kubectl(User::Admin, &all));
+    };
+    ar(&["patch", "ar", "withdrawn", "--type=json", "-p", &hold]);
+    ar(&["delete", "ar", "withdrawn", "--wait=false"]);
+    let (updates, replies) =
+        shown_in_order(&env, &slack, "withdrawn", &["requested", "cancelled"]).await;
+    assert_eq!(
+        header(last(&updates)),
+        ":heavy_multiplication_x: AWS access request: cancelled"
+    );
+    assert!(
+        !last(&updates)
+            .blocks
+            .to_string()
+            .contains("aws-jit-approve"),
+        "no buttons on a cancelled request"
+    );
+    let text = &last(&replies).text;
+    assert!(text.starts_with("Cancelled: Cancelled"), "{text}");
+    // The operator lets go once the execution has ended; then the test does.
+    let api = env.requests();
+    eventually("only the test's finalizer left", WAIT, || async {
+        let r = api.get("withdrawn").await.map_err(|e| e.to_string())?;
+        match r.finalizers() {
+            [only] if only == HOLD => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    ar(&[
+        "patch",
+        "ar",
+        "withdrawn",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":null}}"#,
+    ]);
+    env.wait_gone("withdrawn").await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unanswered_request_shows_it_was_not_approved_in_time() {
+    let env = Env::new(
+        "relay-timeout",
+        &format!("{ROLE_SPEC}\n  approvalTimeout: 2s"),
+    )
+    .await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let relay = RelayTask::start(&env, config(&env, &slack));
+    env.request(User::Alice, "ignored", "");
+    let (updates, replies) = shown_in_order(
+        &env,
+        &slack,
+        "ignored",
+        &["requested", "approval_timed_out"],
+    )
+    .await;
+    assert_eq!(
+        header(last(&updates)),
+        ":alarm_clock: AWS access request: not approved in time"
+    );
+    assert_eq!(
+        last(&replies).text,
+        "Nobody approved in time; the request expired."
+    );
+    env.wait_phase("ignored", Phase::Expired).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_revoke_action_shows_revoked_after_granted() {
+    let env = Env::new("relay-revoke", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let relay = RelayTask::start(&env, config(&env, &slack));
+    env.request(User::Alice, "early", "  duration: 1h\n");
+    env.wait_phase("early", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "early", "Approve");
+    env.wait_phase("early", Phase::Active).await;
+    env.revoke(User::Alice, "early", "done early");
+    let (updates, replies) = shown_in_order(
+        &env,
+        &slack,
+        "early",
+        &["requested", "approved", "granted", "revoked"],
+    )
+    .await;
+    let heads: Vec<String> = updates.iter().map(header).collect();
+    assert_eq!(
+        heads,
+        [
+            ":white_check_mark: AWS access request: approved, granting",
+            ":unlock: AWS access request: active",
+            ":lock: AWS access request: revoked, access removed",
+        ]
+    );
+    assert_eq!(last(&replies).text, "Access was ended early and removed.");
+    env.wait_phase("early", Phase::Revoked).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_grant_is_loud_and_mentions_the_configured_people() {
+    let env = Env::new("relay-grantfail", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let relay = RelayTask::start(&env, config(&env, &slack));
+    env.doomed_grant("doomed").await;
+    let (updates, replies) = shown_in_order(
+        &env,
+        &slack,
+        "doomed",
+        &["requested", "approved", "grant_failed"],
+    )
+    .await;
+    let failed = last(&updates);
+    assert_eq!(header(failed), ":rotating_light: AWS access GRANT FAILED");
+    // The configured group and the role's approver with a Slack ID, in the
+    // notification text and in the thread.
+    let mentions = "<!subteam^S0SRE> <@U0CAROL> ";
+    assert!(failed.text.starts_with(mentions), "{}", failed.text);
+    let reply = last(&replies);
+    assert!(
+        reply.text.starts_with(&format!(
+            "{mentions}The grant FAILED and was rolled back: GrantFailed"
+        )),
+        "{}",
+        reply.text
+    );
+    assert_eq!(
+        header(reply),
+        ":rotating_light: AWS access GRANT FAILED",
+        "a loud thread reply"
+    );
+    env.wait_phase("doomed", Phase::Failed).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_revoke_nobody_answers_in_time_is_loud_and_says_aws_still_ends_access() {
+    // The operator is down from the grant until past the work-task timeout (30 s, the
+    // template's minimum): the state machine's revoke times out, which is a failed
+    // revoke. The grant's own condition still ends access at its expiry.
+    let mut env = Env::with_template(
+        "relay-revokefail",
+        ROLE_SPEC,
+        &[("WorkTaskTimeoutSeconds", "30")],
+    )
+    .await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let relay = RelayTask::start(&env, config(&env, &slack));
+    env.request(User::Alice, "unrevoked", "  duration: 2s\n");
+    env.wait_phase("unrevoked", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "unrevoked", "Approve");
+    let r = env.wait_phase("unrevoked", Phase::Active).await;
+    env.kill_operator();
+    let expires = r.status.and_then(|s| s.expires_at).expect("expiresAt").0;
+    let (updates, replies) = shown_in_order(
+        &env,
+        &slack,
+        "unrevoked",
+        &["requested", "approved", "granted", "revoke_failed"],
+    )
+    .await;
+    assert_eq!(
+        header(last(&updates)),
+        ":rotating_light: AWS access REVOKE FAILED"
+    );
+    let text = &last(&replies).text;
+    assert!(
+        text.starts_with("<!subteam^S0SRE> <@U0CAROL> The revoke FAILED: States.Timeout"),
+        "{text}"
+    );
+    // The expiry AWS enforces, as the request's status has it.
+    let shown: jiff::Timestamp = text
+        .split("still ends at *")
+        .nth(1)
+        .and_then(|t| t.split('*').next())
+        .unwrap_or_default()
+        .parse()
+        .expect("an RFC 3339 instant");
+    assert_eq!(shown.as_second(), expires.as_second());
+    // Back up, the operator still takes the statement away (late, but not never).
+    env.start_operator();
+    eventually("the late revoke", WAIT, || async {
+        let grants = aws_jit::trust_policy::grants(&env.trust_policy().await).len();
+        if grants == 0 {
+            Ok(())
+        } else {
+            Err(format!("{grants} grants left"))
+        }
+    })
+    .await;
+    relay.shutdown().await;
 }

@@ -120,8 +120,7 @@ impl Moto {
     /// with `ManagedRoleArns` = every role of moto's account, waits for CREATE_COMPLETE
     /// and returns its outputs.
     pub async fn deploy(&self, stack_prefix: &str) -> AwsOutputs {
-        let all_roles = format!("arn:aws:iam::{ACCOUNT_ID}:role/*");
-        self.deploy_with(stack_prefix, &[all_roles]).await
+        self.deploy_with_params(stack_prefix, &[], &[]).await
     }
 
     /// [`Moto::deploy`] with an explicit `ManagedRoleArns`.
@@ -130,15 +129,34 @@ impl Moto {
         stack_prefix: &str,
         managed_role_arns: &[String],
     ) -> AwsOutputs {
+        self.deploy_with_params(stack_prefix, managed_role_arns, &[])
+            .await
+    }
+
+    /// [`Moto::deploy_with`] and more template parameters (e.g. `WorkTaskTimeoutSeconds`);
+    /// no `managed_role_arns`: every role of the account.
+    pub async fn deploy_with_params(
+        &self,
+        stack_prefix: &str,
+        managed_role_arns: &[String],
+        extra: &[(&str, &str)],
+    ) -> AwsOutputs {
         let sdk = self.sdk_config().await;
         let cfn = aws_sdk_cloudformation::Client::new(&sdk);
         let stack_name = unique(stack_prefix);
+        let all_roles = [format!("arn:aws:iam::{ACCOUNT_ID}:role/*")];
+        let managed_role_arns = if managed_role_arns.is_empty() {
+            &all_roles[..]
+        } else {
+            managed_role_arns
+        };
         let template = std::fs::read_to_string(TEMPLATE_PATH)
             .unwrap_or_else(|e| panic!("read {TEMPLATE_PATH}: {e}"));
-        let params: HashMap<String, String> = HashMap::from([
+        let mut params: HashMap<String, String> = HashMap::from([
             ("NamePrefix".to_string(), stack_name.clone()),
             ("ManagedRoleArns".to_string(), managed_role_arns.join(",")),
         ]);
+        params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
 
         let mut create = cfn
             .create_stack()

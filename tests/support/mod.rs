@@ -4,10 +4,12 @@
 
 pub mod aws;
 pub mod kube;
+pub mod measure;
 pub mod procs;
 pub mod project;
 pub mod slack;
 pub mod slack_interactions;
+pub mod slack_socket;
 pub mod wait;
 
 use std::sync::OnceLock;
@@ -18,6 +20,38 @@ use std::sync::OnceLock;
 pub struct Stack {
     pub kube: kube::KubeStack,
     pub aws: aws::Moto,
+}
+
+impl Stack {
+    /// `aws-jit <subcommand>`, the binary in the target directory of the running
+    /// example (built first by hack/bench.sh, hack/relay-bench.sh), with the
+    /// environment of an operator pod on this stack: the operator's kubeconfig, moto as
+    /// AWS, `RUST_LOG=info`, nothing inherited but `PATH`.
+    pub fn operator_command(&self, subcommand: &str) -> std::process::Command {
+        let exe = std::env::current_exe().expect("current exe");
+        let bin = exe
+            .parent()
+            .and_then(std::path::Path::parent)
+            .map(|d| d.join("aws-jit"))
+            .expect("target dir");
+        assert!(
+            bin.is_file(),
+            "{} is missing: build it first (`cargo build --bin aws-jit`, which the hack/ scripts do)",
+            bin.display()
+        );
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.arg(subcommand)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("KUBECONFIG", self.kube.kubeconfig(kube::User::Operator))
+            .env("AWS_ENDPOINT_URL", &self.aws.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", aws::REGION)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "info");
+        cmd
+    }
 }
 
 static STACK: OnceLock<Result<Stack, String>> = OnceLock::new();

@@ -41,6 +41,8 @@ pub struct Call {
     pub body: Value,
     /// `ok`, `429`, `500`, or the Slack error (`invalid_auth`, `channel_not_found`, …).
     pub outcome: String,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 impl Call {
@@ -181,12 +183,9 @@ async fn handle(
         blocks: body["blocks"].clone(),
         body: body.clone(),
         outcome: String::new(),
+        at: std::time::Instant::now(),
     };
-    let authorised = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        == Some(shared.token.as_str());
+    let authorised = bearer_is(&headers, &shared.token);
 
     let mut inner = shared.inner.lock().unwrap();
     let response = if !authorised {
@@ -256,6 +255,15 @@ async fn handle(
     response
 }
 
+/// Whether the request carries `Authorization: Bearer <token>`.
+pub fn bearer_is(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        == Some(token)
+}
+
 fn ok(mut body: Value) -> Response {
     body["ok"] = json!(true);
     axum::Json(body).into_response()
@@ -263,4 +271,20 @@ fn ok(mut body: Value) -> Response {
 
 fn slack_error(error: &str) -> Response {
     axum::Json(json!({"ok": false, "error": error})).into_response()
+}
+
+/// A `requested` alert, as the state machine sends it, for a request `nowhere/<name>`
+/// that is not in Kubernetes (the relay finds its channel through the role ARN).
+pub fn ghost_alert(name: &str, role_arn: &str) -> String {
+    json!({
+        "event": "requested",
+        "execution_arn": format!("arn:aws:states:us-east-1:123456789012:execution:x:{name}"),
+        "input": {
+            "requester_arn": "arn:aws:iam::123456789012:user/alice", "requester_name": "alice",
+            "reason": "ghost", "ticket": "", "role_arn": role_arn, "method": "TrustPolicy",
+            "work_group": "g", "duration_seconds": 60, "approval_timeout_seconds": 60,
+            "request": {"namespace": "nowhere", "name": name, "uid": "no-uid"}
+        }
+    })
+    .to_string()
 }
