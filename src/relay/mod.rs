@@ -33,7 +33,7 @@ use futures::FutureExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::crd::{AccessRequest, AccessRole};
 
@@ -344,7 +344,18 @@ impl Relay {
         let body = message.body().unwrap_or_default();
         debug!(body, "alert received");
         let settled = match serde_json::from_str::<Alert>(body) {
-            Ok(alert) => self.deliver(&alert).await,
+            Ok(alert) => {
+                // Every log line of this alert carries the request's identity.
+                let who = &alert.input.request;
+                let span = tracing::info_span!(
+                    "alert",
+                    request_namespace = %who.namespace,
+                    request_name = %who.name,
+                    request_uid = %who.uid,
+                    event = alert.event.name(),
+                );
+                self.deliver(&alert).instrument(span).await
+            }
             Err(e) => Err(format!("not an alert: {e}")),
         };
         match settled {

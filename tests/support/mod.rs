@@ -49,7 +49,9 @@ impl Stack {
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_REGION", aws::REGION)
             .env("AWS_EC2_METADATA_DISABLED", "true")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            // Tests run several binaries at once: no fixed probe port.
+            .env("AWS_JIT_METRICS_ADDR", "127.0.0.1:0");
         cmd
     }
 }
