@@ -1052,3 +1052,97 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
         ],
     ));
 }
+
+/// The Dockerfile (no Docker engine runs here; `hack/check-dockerfile.sh` lints it and
+/// runs its build commands): it builds, locked, the binary its runtime stage copies and
+/// runs as the entrypoint, as the user the chart expects, and the binary serves every
+/// subcommand the chart's containers and hook pass as args.
+#[test]
+fn dockerfile_builds_and_runs_the_binary_the_chart_uses() {
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).expect("Dockerfile");
+    let joined = dockerfile.replace("\\\n", " ");
+    let instructions: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "multi-stage: a builder and a runtime: {froms:?}"
+    );
+    assert!(froms[0].ends_with(" AS builder"), "{}", froms[0]);
+    assert_eq!(*froms[1], "FROM gcr.io/distroless/cc-debian12:nonroot");
+    let build = instructions
+        .iter()
+        .find(|l| l.starts_with("RUN ") && l.contains("cargo build"))
+        .expect("a RUN with cargo build");
+    for flag in ["--release", "--locked", "--bin aws-jit"] {
+        assert!(build.contains(flag), "the build must use {flag}: {build}");
+    }
+    assert!(
+        build.contains("target/release/aws-jit /out/aws-jit"),
+        "{build}"
+    );
+    assert!(
+        instructions
+            .iter()
+            .any(|l| *l == "RUN cargo fetch --locked")
+    );
+    let runtime: Vec<&&str> = instructions
+        .iter()
+        .skip_while(|l| !l.starts_with("FROM gcr.io"))
+        .collect();
+    assert!(
+        runtime.contains(&&"COPY --from=builder /out/aws-jit /aws-jit"),
+        "{runtime:?}"
+    );
+    assert!(
+        runtime.contains(&&"ENTRYPOINT [\"/aws-jit\"]"),
+        "{runtime:?}"
+    );
+    // The user the chart's podSecurityContext names.
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let uid = values["podSecurityContext"]["runAsUser"]
+        .as_u64()
+        .expect("runAsUser");
+    assert!(
+        runtime.contains(&&format!("USER {uid}:{uid}").as_str()),
+        "{runtime:?}"
+    );
+    let ignore = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).expect(".dockerignore");
+    for kept in ["!Cargo.toml", "!Cargo.lock", "!src/"] {
+        assert!(
+            ignore.lines().any(|l| l == kept),
+            ".dockerignore drops {kept}"
+        );
+    }
+    // Every args[0] the chart passes is a subcommand of the binary.
+    let rendered = docs(&render("rel", "ops", &[]));
+    let mut subcommands = Vec::new();
+    for d in &rendered {
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            subcommands.push(c["args"][0].as_str().expect("args[0]").to_string());
+        }
+    }
+    subcommands.sort();
+    assert_eq!(subcommands, ["controller", "drain", "relay"]);
+    for sub in &subcommands {
+        let out = Command::new(env!("CARGO_BIN_EXE_aws-jit"))
+            .args([sub.as_str(), "--help"])
+            .output()
+            .expect("run aws-jit");
+        succeeded(&out);
+    }
+}
