@@ -1088,11 +1088,7 @@ fn dockerfile_builds_and_runs_the_binary_the_chart_uses() {
         build.contains("target/release/aws-jit /out/aws-jit"),
         "{build}"
     );
-    assert!(
-        instructions
-            .iter()
-            .any(|l| *l == "RUN cargo fetch --locked")
-    );
+    assert!(instructions.contains(&"RUN cargo fetch --locked"));
     let runtime: Vec<&&str> = instructions
         .iter()
         .skip_while(|l| !l.starts_with("FROM gcr.io"))
