@@ -8,9 +8,10 @@ test:
 demo:
 	bash hack/demo.sh
 
-# Regenerate the checked-in CRDs from the Rust types.
+# Regenerate the checked-in CRDs from the Rust types (and the chart's copy of them).
 crds:
 	cargo run --quiet -- crdgen > crds/aws-jit.yaml
+	cp crds/aws-jit.yaml charts/aws-jit/crds/aws-jit.yaml
 
 tools:
 	bash hack/ensure-tools.sh >/dev/null
