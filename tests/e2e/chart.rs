@@ -872,6 +872,13 @@ async fn chart_service_account_has_only_what_it_needs() {
         vec!["delete", "accessrequests.aws-jit.io", "-n", other],
         vec!["update", "accessrequests.aws-jit.io", "-n", other],
         vec![
+            "update",
+            "accessrequests.aws-jit.io",
+            "--subresource=status",
+            "-n",
+            other,
+        ],
+        vec![
             "submit-for-others",
             "accessrequests.aws-jit.io",
             "-n",
