@@ -1149,3 +1149,31 @@ fn dockerfile_builds_and_runs_the_binary_the_chart_uses() {
         succeeded(&out);
     }
 }
+
+/// Without a running operator nothing can be revoked: the drain says so by its deadline
+/// and fails (so `helm uninstall` stops before deleting anything), naming what is left.
+#[tokio::test]
+async fn drain_fails_at_its_deadline_naming_what_is_left() {
+    let release = Release::install("chart-stuck").await;
+    release.request("orphan", "");
+    let drain_env = release.container_env("deployment", &release.fullname, "controller");
+    let out = release
+        .binary(&["drain"], drain_env, "drain.log")
+        .env("AWS_JIT_DRAIN_TIMEOUT", "2s")
+        .env("AWS_JIT_POLL_INTERVAL", "500ms")
+        .status()
+        .expect("run aws-jit drain");
+    let log = release.log("drain.log");
+    assert!(
+        !out.success(),
+        "the drain must fail when it cannot finish:\n{log}"
+    );
+    assert!(
+        log.contains("1 request(s) not drained after 2s")
+            && log.contains(&format!(
+                "{}/orphan: not taken up by the operator yet",
+                release.requests_ns
+            )),
+        "{log}"
+    );
+}
