@@ -913,6 +913,11 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
     release.wait_phase("active", Phase::Active).await;
     release.wait_phase("pending", Phase::AwaitingApproval).await;
     assert_eq!(release.grants().await.len(), 1);
+    // Approved just before the uninstall: caught in between (vote not yet counted, or
+    // the grant in progress), it must end revoked all the same.
+    release.request("late", "  duration: 1h\n");
+    release.wait_phase("late", Phase::AwaitingApproval).await;
+    release.approve("late");
 
     let admin_kubeconfig = stack().kube.kubeconfig(User::Admin);
     let uninstall = helm_command(&[
@@ -978,8 +983,16 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
     );
     let pending = release.wait_phase("pending", Phase::Revoked).await;
     assert_eq!(release.outcome("pending").await, "SUCCEEDED Cancelled");
+    let late = release.wait_phase("late", Phase::Revoked).await;
+    assert!(
+        ["SUCCEEDED Revoked", "SUCCEEDED Cancelled"]
+            .contains(&release.outcome("late").await.as_str()),
+        "{:?}",
+        late.status
+    );
+    assert!(release.grants().await.is_empty(), "nothing granted is left");
     // Records kept, finalizers released, and released they stay while the operator runs.
-    for r in [&active, &pending] {
+    for r in [&active, &pending, &late] {
         assert!(
             !r.finalizers().iter().any(|f| f == FINALIZER),
             "{} keeps its finalizer",
@@ -1042,7 +1055,7 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
     );
     // The records remain, without finalizers: deleting them needs no operator.
     let api = release.requests().await;
-    for name in ["active", "pending"] {
+    for name in ["active", "pending", "late"] {
         let r = api.get(name).await.expect("the record is kept");
         assert!(r.finalizers().is_empty(), "{name}: {:?}", r.finalizers());
     }
