@@ -1,6 +1,6 @@
 # The two commands of the README. Each does its own set-up (Go-built Kubernetes
 # binaries and moto's virtualenv, cached under ~/.cache/aws-jit; cargo build).
-.PHONY: test demo crds tools
+.PHONY: test demo crds tools check-dockerfile
 
 test:
 	bash hack/test.sh
@@ -15,3 +15,8 @@ crds:
 
 tools:
 	bash hack/ensure-tools.sh >/dev/null
+
+# Lint the Dockerfile (hadolint) and run its build commands outside Docker (no engine
+# needed). Not part of `make test`: the first run compiles the dependencies again.
+check-dockerfile:
+	bash hack/check-dockerfile.sh
