@@ -1,6 +1,6 @@
 # The two commands of the README. Each does its own set-up (Go-built Kubernetes
 # binaries and moto's virtualenv, cached under ~/.cache/aws-jit; cargo build).
-.PHONY: test demo crds tools
+.PHONY: test demo crds tools check-dockerfile
 
 test:
 	bash hack/test.sh
@@ -8,9 +8,15 @@ test:
 demo:
 	bash hack/demo.sh
 
-# Regenerate the checked-in CRDs from the Rust types.
+# Regenerate the checked-in CRDs from the Rust types (and the chart's copy of them).
 crds:
 	cargo run --quiet -- crdgen > crds/aws-jit.yaml
+	cp crds/aws-jit.yaml charts/aws-jit/crds/aws-jit.yaml
 
 tools:
 	bash hack/ensure-tools.sh >/dev/null
+
+# Lint the Dockerfile (hadolint) and run its build commands outside Docker (no engine
+# needed). Not part of `make test`: the first run compiles the dependencies again.
+check-dockerfile:
+	bash hack/check-dockerfile.sh

@@ -192,6 +192,21 @@ async fn reconcile(
         request_uid = %request.uid().unwrap_or_default(),
     );
     let api: Api<AccessRequest> = Api::namespaced(ctx.client.clone(), &ns);
+    // A finished request that `aws-jit drain` released keeps no finalizer: nothing is
+    // left to revoke, and putting it back would make a later deletion wait for an
+    // operator that may be gone.
+    if request.meta().deletion_timestamp.is_none()
+        && phase(&request).is_some_and(Phase::is_terminal)
+        && !request.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        if let Some(uid) = request.uid() {
+            ctx.tokens
+                .delete(&uid)
+                .await
+                .map_err(|e| kube::runtime::finalizer::Error::ApplyFailed(Error::Tokens(e)))?;
+        }
+        return Ok(Action::await_change());
+    }
     let started = std::time::Instant::now();
     let result = finalizer(&api, FINALIZER, request, |event| async {
         match event {
@@ -504,6 +519,18 @@ async fn apply(
                     .phase(
                         Phase::Approved,
                         format!("approved by {by}; granting access"),
+                    )
+                    .apply(api)
+                    .await?;
+            }
+            // Cancelled by `aws-jit drain`: no decision; the execution's outcome
+            // (Cancelled) becomes the phase once it has ended.
+            Some("cancelled") => {
+                let phase = status.phase.unwrap_or(Phase::AwaitingApproval);
+                StatusUpdate::from(request)
+                    .phase(
+                        phase,
+                        "cancelled before a decision; waiting for the execution to end",
                     )
                     .apply(api)
                     .await?;

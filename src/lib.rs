@@ -7,6 +7,7 @@ pub mod contract;
 pub mod controller;
 pub mod crd;
 pub mod decide;
+pub mod drain;
 pub mod faults;
 pub mod interactions;
 pub mod leader;

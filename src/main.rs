@@ -29,6 +29,9 @@ enum Command {
     /// --interactions-addr, take them over the HTTP endpoint. Both may run at once;
     /// with neither, the relay only posts.
     Relay(RelayArgs),
+    /// Before uninstalling: revoke every active grant, cancel every pending request,
+    /// then release the requests' finalizers (the records are kept).
+    Drain(aws_jit::drain::Args),
 }
 
 #[derive(Args)]
@@ -366,6 +369,16 @@ fn main() -> ExitCode {
             init_tracing();
             match tokio::runtime::Runtime::new() {
                 Ok(rt) => rt.block_on(relay(args)),
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Drain(args) => {
+            init_tracing();
+            match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt.block_on(aws_jit::drain::main(args)),
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
                     ExitCode::FAILURE

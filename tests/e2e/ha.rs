@@ -87,6 +87,23 @@ fn sample_value(text: &str, sample: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The operator's Role may read and renew only the Lease `aws-jit-controller`; each
+/// test elects on a Lease of its own, so it grants the same rights on that one.
+fn allow_lease(lease: &str) {
+    let yaml = format!(
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: {lease}\n  namespace: {OPERATOR_NS}\n\
+         rules:\n- apiGroups: [coordination.k8s.io]\n  resources: [leases]\n  resourceNames: [{lease}]\n  verbs: [get, patch]\n\
+         ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {lease}\n  namespace: {OPERATOR_NS}\n\
+         roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: {lease}}}\n\
+         subjects:\n- {{kind: ServiceAccount, name: aws-jit, namespace: {OPERATOR_NS}}}\n"
+    );
+    crate::support::succeeded(&stack().kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &yaml,
+    ));
+}
+
 async fn holder(lease: &str) -> Option<String> {
     let admin = stack().kube.client(User::Admin).await;
     let leases: Api<Lease> = Api::namespaced(admin, OPERATOR_NS);
@@ -118,6 +135,7 @@ async fn the_standby_takes_over_a_killed_leader_mid_lifecycle() {
     // This test runs its own replicas instead of the Env's unelected operator.
     env.kill_operator();
     let lease = unique("ha-lease");
+    allow_lease(&lease);
     let a = start_replica(&env, &lease, "replica-a").await;
     wait_holder(&lease, Some(&a.identity)).await;
     let b = start_replica(&env, &lease, "replica-b").await;
@@ -213,6 +231,7 @@ async fn a_replica_that_loses_its_lease_stops_leading_and_says_so() {
     let mut env = Env::new("ha-lost", "").await;
     env.kill_operator();
     let lease = unique("ha-lost");
+    allow_lease(&lease);
     let mut a = start_replica(&env, &lease, "replica-a").await;
     wait_holder(&lease, Some(&a.identity)).await;
     // Someone else takes the Lease (an admin, or a replica that saw it expire while

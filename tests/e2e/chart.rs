@@ -1,0 +1,1192 @@
+//! The Helm chart (`charts/aws-jit/`) on the real stack, with helm built from Go modules
+//! like the other binaries: lint and schema, a server-side dry run of what it renders,
+//! an install whose ServiceAccount runs the real `aws-jit` binary (outside a pod: no
+//! kubelet runs here) through a request's whole life, least privilege checked with
+//! `kubectl auth can-i`, and an uninstall whose pre-delete drain revokes what is active.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use aws_jit::crd::{AccessRequest, FINALIZER, Phase};
+use kube::ResourceExt;
+use kube::api::Api;
+use serde_json::Value;
+
+use crate::controller::{ACCOUNT, BASE_TRUST_POLICY};
+use crate::support::aws::AwsOutputs;
+use crate::support::kube::User;
+use crate::support::wait::eventually;
+use crate::support::{refused, stack, succeeded, unique};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+const WAIT: Duration = Duration::from_secs(60);
+
+fn chart_dir() -> PathBuf {
+    Path::new(ROOT).join("charts/aws-jit")
+}
+
+fn ci_values() -> String {
+    format!("{ROOT}/charts/aws-jit/ci/test-values.yaml")
+}
+
+/// Helm's own state (cache, config, data) in a directory of this test process.
+fn helm_home() -> &'static Path {
+    static HOME: OnceLock<PathBuf> = OnceLock::new();
+    HOME.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("aws-jit-helm-")
+            .tempdir()
+            .expect("helm home")
+            .keep();
+        crate::support::procs::remove_at_exit(dir.clone());
+        dir
+    })
+}
+
+/// The Go-built helm (`hack/ensure-tools.sh`), found where the other binaries are.
+fn helm_command(args: &[&str]) -> Command {
+    let bin_dir = std::env::var_os("AWS_JIT_BIN_DIR")
+        .map(PathBuf::from)
+        .expect("AWS_JIT_BIN_DIR is not set: run `eval \"$(hack/ensure-tools.sh)\"` first");
+    let helm = bin_dir.join("helm");
+    assert!(helm.is_file(), "no helm in {}", bin_dir.display());
+    let home = helm_home();
+    let mut cmd = Command::new(helm);
+    cmd.env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .args(args)
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn helm(args: &[&str]) -> Output {
+    helm_command(args).output().expect("run helm")
+}
+
+/// helm against the stack, as the admin.
+fn helm_admin(args: &[&str]) -> Output {
+    let kubeconfig = stack().kube.kubeconfig(User::Admin);
+    let mut all: Vec<&str> = args.to_vec();
+    let kc = kubeconfig.to_string_lossy().into_owned();
+    all.extend(["--kubeconfig", &kc]);
+    helm(&all)
+}
+
+/// `--set` values from a deployed template's outputs (what the README tells users).
+fn aws_values(aws: &AwsOutputs, watch_ns: &str) -> Vec<String> {
+    [
+        ("aws.region", crate::support::aws::REGION),
+        ("aws.stateMachineArn", &aws.state_machine_arn),
+        ("aws.requestQueueUrl", &aws.request_queue_url),
+        ("aws.requestDeadLetterQueueUrl", &aws.request_dlq_url),
+        ("aws.workQueueUrl", &aws.work_queue_url),
+        ("aws.workDeadLetterQueueUrl", &aws.work_dlq_url),
+        ("aws.alertQueueUrl", &aws.alert_queue_url),
+        ("aws.alertDeadLetterQueueUrl", &aws.alert_dlq_url),
+        ("controller.watchNamespace", watch_ns),
+        ("controller.pollInterval", "1s"),
+    ]
+    .iter()
+    .flat_map(|(k, v)| ["--set".to_string(), format!("{k}={v}")])
+    .collect()
+}
+
+fn render(release: &str, ns: &str, extra: &[&str]) -> String {
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let values = ci_values();
+    let mut args = vec!["template", release, &chart, "-n", ns, "-f", &values];
+    args.extend(extra);
+    succeeded(&helm(&args))
+}
+
+fn docs(yaml: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(yaml)
+        .filter_map(|d| Value::deserialize(d).ok())
+        .filter(|v| v.is_object())
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} rendered"))
+}
+
+#[test]
+fn chart_crds_are_the_repositorys_crds() {
+    let repo = std::fs::read(format!("{ROOT}/crds/aws-jit.yaml")).expect("crds/aws-jit.yaml");
+    let path = chart_dir().join("crds/aws-jit.yaml");
+    let meta = std::fs::symlink_metadata(&path).expect("the chart's crds/aws-jit.yaml");
+    assert!(
+        meta.file_type().is_file(),
+        "a symlink is lost when helm packages the chart: copy crds/aws-jit.yaml"
+    );
+    assert!(
+        std::fs::read(&path).expect("read") == repo,
+        "charts/aws-jit/crds/aws-jit.yaml differs from crds/aws-jit.yaml: cp crds/aws-jit.yaml charts/aws-jit/crds/"
+    );
+    let copy = std::fs::read(chart_dir().join("files/admission-policies.yaml")).expect("read");
+    assert!(
+        copy == std::fs::read(format!("{ROOT}/deploy/admission/policies.yaml")).expect("read"),
+        "charts/aws-jit/files/admission-policies.yaml differs from deploy/admission/policies.yaml: copy it"
+    );
+}
+
+#[test]
+fn chart_lints_strictly_and_its_schema_refuses_bad_values() {
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let values = ci_values();
+    succeeded(&helm(&["lint", "--strict", &chart]));
+    succeeded(&helm(&["lint", "--strict", &chart, "-f", &values]));
+    for (bad, says) in [
+        ("replicaCount=two", "/replicaCount"),
+        ("controller.pollInterval=soon", "/controller/pollInterval"),
+        (
+            "controller.trustPolicySizeLimit=10000",
+            "/controller/trustPolicySizeLimit",
+        ),
+        ("aws.stateMachineArn=not-an-arn", "/aws/stateMachineArn"),
+        ("replicas=2", "replicas"),
+    ] {
+        let out = helm(&["lint", "--strict", &chart, "-f", &values, "--set", bad]);
+        refused(&out, says);
+    }
+    // Rendering without the template's outputs says what is missing.
+    let out = helm(&["template", "x", &chart]);
+    refused(&out, "aws.region is required");
+    let out = helm(&[
+        "template",
+        "x",
+        &chart,
+        "-f",
+        &values,
+        "--set",
+        "relay.slack.existingSecret=",
+    ]);
+    refused(&out, "relay.slack.existingSecret is required");
+}
+
+/// The rendered admission policies are deploy/admission's, renamed after the release;
+/// the rendered RBAC rules are deploy/rbac/operator.yaml's.
+#[test]
+fn chart_admission_policies_and_rbac_match_deploy() {
+    let rendered = docs(&render("rel", "ops", &[]));
+    let deployed = docs(
+        &std::fs::read_to_string(format!("{ROOT}/deploy/admission/policies.yaml")).expect("read"),
+    );
+    let admission: Vec<&Value> = rendered
+        .iter()
+        .filter(|d| d["apiVersion"] == "admissionregistration.k8s.io/v1")
+        .collect();
+    assert_eq!(admission.len(), deployed.len());
+    for want in &deployed {
+        let name = want["metadata"]["name"].as_str().expect("name");
+        let renamed = format!("rel-{name}");
+        let got = find(&rendered, want["kind"].as_str().expect("kind"), &renamed);
+        assert_eq!(
+            got["spec"]["validations"], want["spec"]["validations"],
+            "{name}"
+        );
+        let mut got_spec = got["spec"].clone();
+        if let Some(policy) = got_spec.get_mut("policyName") {
+            assert_eq!(
+                *policy,
+                format!(
+                    "rel-{}",
+                    want["spec"]["policyName"].as_str().expect("policyName")
+                )
+            );
+            *policy = want["spec"]["policyName"].clone();
+        }
+        assert_eq!(
+            got_spec, want["spec"],
+            "{name}: the chart's spec differs from deploy/admission"
+        );
+        assert_eq!(
+            got["metadata"]["labels"]["app.kubernetes.io/instance"],
+            "rel"
+        );
+    }
+    let operator =
+        docs(&std::fs::read_to_string(format!("{ROOT}/deploy/rbac/operator.yaml")).expect("read"));
+    for kind in ["ClusterRole", "Role"] {
+        let want = operator.iter().find(|d| d["kind"] == kind).expect(kind);
+        let got = find(&rendered, kind, "rel-aws-jit:operator");
+        assert_eq!(
+            got["rules"], want["rules"],
+            "{kind} rules differ from deploy/rbac/operator.yaml"
+        );
+    }
+    let role = find(&rendered, "Role", "rel-aws-jit:operator");
+    assert_eq!(role["metadata"]["namespace"], "ops");
+}
+
+/// What the pod spec promises: hardened containers, probes on the metrics ports, the
+/// environment the binary reads, Slack credentials only from the Secret.
+#[test]
+fn chart_deployment_is_hardened_and_wired() {
+    let rendered = docs(&render("rel", "ops", &[]));
+    let deploy = find(&rendered, "Deployment", "rel-aws-jit");
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "rel-aws-jit");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let containers = pod["containers"].as_array().expect("containers");
+    let names: Vec<&str> = containers
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
+    assert_eq!(names, ["controller", "relay"]);
+    for c in containers {
+        let sc = &c["securityContext"];
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", c["name"]);
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{}", c["name"]);
+        assert_eq!(
+            sc["capabilities"]["drop"],
+            serde_json::json!(["ALL"]),
+            "{}",
+            c["name"]
+        );
+        assert_eq!(
+            c["image"], containers[0]["image"],
+            "one image for both containers"
+        );
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    }
+    let env = |c: &Value| -> BTreeMap<String, Value> {
+        c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| (e["name"].as_str().expect("name").to_string(), e.clone()))
+            .collect()
+    };
+    let controller = env(&containers[0]);
+    for name in [
+        "AWS_REGION",
+        "AWS_JIT_STATE_MACHINE_ARN",
+        "AWS_JIT_REQUEST_QUEUE_URL",
+        "AWS_JIT_REQUEST_DLQ_URL",
+        "AWS_JIT_WORK_QUEUE_URL",
+        "AWS_JIT_WORK_DLQ_URL",
+        "POD_NAMESPACE",
+        "POD_NAME",
+        "AWS_JIT_POLL_INTERVAL",
+        "AWS_JIT_TRUST_POLICY_SIZE_LIMIT",
+        "AWS_JIT_METRICS_ADDR",
+        "AWS_JIT_LEADER_ELECTION",
+        "AWS_JIT_LEASE_NAME",
+        "RUST_LOG",
+    ] {
+        assert!(controller.contains_key(name), "controller has no {name}");
+    }
+    assert_eq!(controller["AWS_JIT_METRICS_ADDR"]["value"], "0.0.0.0:8080");
+    assert_eq!(containers[0]["ports"][0]["name"], "metrics");
+    assert_eq!(containers[0]["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(
+        controller["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    let relay = env(&containers[1]);
+    assert_eq!(relay["AWS_JIT_METRICS_ADDR"]["value"], "0.0.0.0:8082");
+    assert_eq!(
+        relay["SLACK_BOT_TOKEN"]["valueFrom"]["secretKeyRef"]["name"],
+        "aws-jit-slack"
+    );
+    assert_eq!(
+        relay["SLACK_APP_TOKEN"]["valueFrom"]["secretKeyRef"]["key"],
+        "SLACK_APP_TOKEN"
+    );
+    assert!(
+        !relay.contains_key("SLACK_SIGNING_SECRET"),
+        "Socket Mode needs no signing secret"
+    );
+    assert!(!relay.contains_key("AWS_JIT_INTERACTIONS_ADDR"));
+    assert!(
+        !rendered
+            .iter()
+            .any(|d| d["metadata"]["name"] == "rel-aws-jit-interactions")
+    );
+    // IRSA: the role annotation lands on the ServiceAccount.
+    let sa = find(&rendered, "ServiceAccount", "rel-aws-jit");
+    assert_eq!(
+        sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/aws-jit-operator"
+    );
+    // Two replicas by default, so a PodDisruptionBudget; the drain hook is pre-delete.
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pdb = find(&rendered, "PodDisruptionBudget", "rel-aws-jit");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    let job = find(&rendered, "Job", "rel-aws-jit-drain");
+    assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        serde_json::json!(["drain"])
+    );
+    assert_eq!(
+        job["spec"]["template"]["spec"]["serviceAccountName"],
+        "rel-aws-jit"
+    );
+
+    // The HTTP interactivity endpoint, when asked for: port, Service, signing secret.
+    let rendered = docs(&render(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "relay.interactions.enabled=true",
+            "--set",
+            "replicaCount=1",
+            "--set",
+            "metrics.serviceMonitor.enabled=true",
+        ],
+    ));
+    let deploy = find(&rendered, "Deployment", "rel-aws-jit");
+    let relay = &deploy["spec"]["template"]["spec"]["containers"][1];
+    let relay_env = env(relay);
+    assert_eq!(
+        relay_env["AWS_JIT_INTERACTIONS_ADDR"]["value"],
+        "0.0.0.0:8081"
+    );
+    assert!(relay_env.contains_key("SLACK_SIGNING_SECRET"));
+    let svc = find(&rendered, "Service", "rel-aws-jit-interactions");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "interactions");
+    assert!(
+        !rendered.iter().any(|d| d["kind"] == "PodDisruptionBudget"),
+        "one replica: no PDB"
+    );
+    let monitor = find(&rendered, "ServiceMonitor", "rel-aws-jit");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+#[tokio::test]
+async fn chart_renders_what_the_apiserver_accepts() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("chart-dry").await;
+    let release = unique("dry");
+    let yaml = render(&release, &ns, &["--set", "relay.interactions.enabled=true"]);
+    let out = kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "--dry-run=server", "-n", &ns, "-f", "-"],
+        &yaml,
+    );
+    let said = succeeded(&out);
+    for what in [
+        "deployment.apps/",
+        "serviceaccount/",
+        "clusterrole.rbac.authorization.k8s.io/",
+        "role.rbac.authorization.k8s.io/",
+        "validatingadmissionpolicy.admissionregistration.k8s.io/",
+        "validatingadmissionpolicybinding.admissionregistration.k8s.io/",
+        "poddisruptionbudget.policy/",
+        "job.batch/",
+        "service/",
+    ] {
+        assert!(said.contains(what), "no {what} in the dry run: {said}");
+    }
+    assert!(said.contains("(server dry run)"), "{said}");
+}
+
+/// One release of the chart on the stack, with a moto stack of its own and a
+/// namespace for requests (the release's operator watches only that one).
+struct Release {
+    name: String,
+    fullname: String,
+    /// The release namespace: the operator's (token Secrets, the Lease).
+    ns: String,
+    /// Where the requests are.
+    requests_ns: String,
+    sdk: aws_config::SdkConfig,
+    iam_role_name: String,
+    access_role: String,
+    dir: tempfile::TempDir,
+    installed: bool,
+}
+
+impl Release {
+    async fn install(prefix: &str) -> Release {
+        let stack = stack();
+        let ns = stack.kube.create_namespace(&format!("{prefix}-op")).await;
+        let requests_ns = stack.kube.create_namespace(prefix).await;
+        let aws = stack.aws.deploy(prefix).await;
+        let sdk = stack.aws.sdk_config().await;
+        let name = unique(prefix);
+        let chart = chart_dir().to_string_lossy().into_owned();
+        let values = ci_values();
+        let mut args: Vec<String> = ["install", &name, &chart, "-n", &ns, "-f", &values]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(aws_values(&aws, &requests_ns));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let said = succeeded(&helm_admin(&args));
+        assert!(said.contains("STATUS: deployed"), "{said}");
+        let fullname = format!("{name}-aws-jit");
+        // An IAM role with foreign statements, and an AccessRole for it.
+        let iam_role_name = unique(&format!("{prefix}-admin"));
+        let created = aws_sdk_iam::Client::new(&sdk)
+            .create_role()
+            .role_name(&iam_role_name)
+            .path("/jit/")
+            .assume_role_policy_document(BASE_TRUST_POLICY)
+            .send()
+            .await
+            .expect("create the IAM role in moto");
+        let arn = created
+            .role()
+            .map(|r| r.arn().to_string())
+            .expect("role ARN");
+        let access_role = unique(prefix);
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {access_role}\nspec:\n\
+             \x20 roleArn: {arn}\n  approvers: [{{user: carol}}, {{user: dave}}]\n  requesters: [{{user: alice}}]\n\
+             \x20 principal: {{template: 'arn:aws:iam::{ACCOUNT}:user/{{username}}'}}\n"
+        );
+        succeeded(
+            &stack
+                .kube
+                .kubectl_stdin(User::Admin, &["apply", "-f", "-"], &yaml),
+        );
+        Release {
+            name,
+            fullname,
+            ns,
+            requests_ns,
+            sdk,
+            iam_role_name,
+            access_role,
+            dir: tempfile::tempdir().expect("temp dir"),
+            installed: true,
+        }
+    }
+
+    fn service_account(&self) -> String {
+        format!("system:serviceaccount:{}:{}", self.ns, self.fullname)
+    }
+
+    /// A kubeconfig with a token minted for the chart's ServiceAccount.
+    fn service_account_kubeconfig(&self) -> PathBuf {
+        let kube = &stack().kube;
+        let token = succeeded(&kube.kubectl(
+            User::Admin,
+            &[
+                "create",
+                "token",
+                &self.fullname,
+                "-n",
+                &self.ns,
+                "--duration=1h",
+            ],
+        ));
+        let ca = std::fs::read(kube.ca_file()).expect("ca");
+        let config = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "stack", "cluster": {
+                "server": kube.server(),
+                "certificate-authority-data": k8s_openapi::ByteString(ca),
+            }}],
+            "users": [{"name": "sa", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "stack", "user": "sa"}}],
+            "current-context": "sa",
+        });
+        let path = self.dir.path().join("kubeconfig-sa.yaml");
+        std::fs::write(&path, serde_json::to_vec(&config).expect("json"))
+            .expect("write kubeconfig");
+        path
+    }
+
+    /// A container's environment as the chart set it on the object in the apiserver
+    /// (`kind`/`name`), with the downward API resolved as a kubelet would.
+    fn container_env(&self, kind: &str, name: &str, container: &str) -> Vec<(String, String)> {
+        let json = succeeded(&stack().kube.kubectl(
+            User::Admin,
+            &["get", kind, name, "-n", &self.ns, "-o", "json"],
+        ));
+        let obj: Value = serde_json::from_str(&json).expect("json");
+        let c = obj["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .find(|c| c["name"] == container)
+            .unwrap_or_else(|| panic!("no container {container} in {kind} {name}"))
+            .clone();
+        assert_eq!(
+            c["args"][0],
+            if container == "drain" {
+                "drain"
+            } else {
+                container
+            }
+        );
+        c["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                let key = e["name"].as_str().expect("name").to_string();
+                let value = match (
+                    &e["value"],
+                    e["valueFrom"]["fieldRef"]["fieldPath"].as_str(),
+                ) {
+                    (Value::String(v), _) => v.clone(),
+                    (_, Some("metadata.namespace")) => self.ns.clone(),
+                    (_, Some("metadata.name")) => format!("{}-test-pod", self.fullname),
+                    other => panic!("unexpected env {key}: {other:?}"),
+                };
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Runs the real binary with `args` and the chart's environment for it, as the
+    /// chart's ServiceAccount, against moto.
+    fn binary(&self, args: &[&str], env: Vec<(String, String)>, log: &str) -> Command {
+        let kubeconfig = self.service_account_kubeconfig();
+        let log = std::fs::File::create(self.dir.path().join(log)).expect("log file");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aws-jit"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(env)
+            .env("KUBECONFIG", kubeconfig)
+            .env("AWS_ENDPOINT_URL", &stack().aws.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            // Other tests run in parallel: no fixed port (the chart's 0.0.0.0:8080).
+            .env("AWS_JIT_METRICS_ADDR", "127.0.0.1:0")
+            .env("RUST_LOG", "info,aws_jit=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        cmd
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    /// Starts `aws-jit controller` with the Deployment's controller environment.
+    fn start_operator(&self) -> Running<'_> {
+        let env = self.container_env("deployment", &self.fullname, "controller");
+        let child = self
+            .binary(&["controller"], env, "controller.log")
+            .spawn()
+            .expect("start aws-jit controller");
+        Running {
+            child,
+            release: self,
+        }
+    }
+
+    fn request(&self, name: &str, extra: &str) {
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {}\n\
+             spec:\n  role: {}\n  requester: alice\n  reason: chart e2e\n{extra}",
+            self.requests_ns, self.access_role
+        );
+        succeeded(
+            &stack()
+                .kube
+                .kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+        );
+    }
+
+    fn approve(&self, name: &str) {
+        let patch = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}}]"#;
+        succeeded(&stack().kube.kubectl(
+            User::Carol,
+            &[
+                "patch",
+                "accessrequest",
+                name,
+                "-n",
+                &self.requests_ns,
+                "--subresource=status",
+                "--type=json",
+                "-p",
+                patch,
+            ],
+        ));
+    }
+
+    async fn requests(&self) -> Api<AccessRequest> {
+        Api::namespaced(stack().kube.client(User::Admin).await, &self.requests_ns)
+    }
+
+    async fn wait_phase(&self, name: &str, phase: Phase) -> AccessRequest {
+        let api = self.requests().await;
+        eventually(&format!("{name} to reach {phase:?}"), WAIT, || {
+            let api = api.clone();
+            async move {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                let now = r.status.as_ref().and_then(|s| s.phase);
+                if now == Some(phase) {
+                    Ok(r)
+                } else {
+                    Err(format!("{now:?}: {:?}", r.status))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn grants(&self) -> Vec<aws_jit::trust_policy::GrantInfo> {
+        let role = aws_sdk_iam::Client::new(&self.sdk)
+            .get_role()
+            .role_name(&self.iam_role_name)
+            .send()
+            .await
+            .expect("get role");
+        let doc = role
+            .role()
+            .and_then(|r| r.assume_role_policy_document())
+            .expect("trust policy");
+        aws_jit::trust_policy::grants(&aws_jit::trust_policy::parse(doc).expect("parse"))
+    }
+
+    async fn outcome(&self, name: &str) -> String {
+        let r = self.requests().await.get(name).await.expect("get");
+        let arn = r
+            .status
+            .and_then(|s| s.execution_arn)
+            .expect("executionArn");
+        let exec = aws_sdk_sfn::Client::new(&self.sdk)
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+            .expect("describe");
+        let output: Value = exec
+            .output()
+            .and_then(|o| serde_json::from_str(o).ok())
+            .unwrap_or_default();
+        format!(
+            "{} {}",
+            exec.status().as_str(),
+            output["outcome"].as_str().unwrap_or_default()
+        )
+    }
+
+    fn can_i(&self, args: &[&str]) -> bool {
+        let sa = format!("--as={}", self.service_account());
+        let mut all = vec!["auth", "can-i"];
+        all.extend(args);
+        all.push(&sa);
+        let out = stack().kube.kubectl(User::Admin, &all);
+        let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            said == "yes" || said == "no",
+            "can-i {args:?}: {said} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        said == "yes"
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        // Cluster-scoped objects (ClusterRole, bindings, admission policies) must not
+        // outlive a failed test; the hook is skipped (no kubelet runs the Job).
+        if self.installed {
+            let _ = helm_admin(&["uninstall", &self.name, "-n", &self.ns, "--no-hooks"]);
+        }
+    }
+}
+
+/// A running `aws-jit controller`: killed when dropped (a panicking test included),
+/// its log shown when the test failed.
+struct Running<'a> {
+    child: std::process::Child,
+    release: &'a Release,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.release.log("controller.log");
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "controller log (last lines, newest first):\n{}",
+                tail.join("\n")
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn chart_service_account_runs_a_request_through_its_whole_life() {
+    let release = Release::install("chart-life").await;
+    let _operator = release.start_operator();
+    release.request("life", "  duration: 1h\n");
+    release.wait_phase("life", Phase::AwaitingApproval).await;
+    release.approve("life");
+    let r = release.wait_phase("life", Phase::Active).await;
+    assert!(r.finalizers().iter().any(|f| f == FINALIZER));
+    let grants = release.grants().await;
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(
+        grants[0].principal,
+        format!("arn:aws:iam::{ACCOUNT}:user/alice")
+    );
+    // The token Secret is in the release namespace.
+    let uid = r.uid().expect("uid");
+    succeeded(&stack().kube.kubectl(
+        User::Admin,
+        &[
+            "get",
+            "secret",
+            &aws_jit::tokens::secret_name(&uid),
+            "-n",
+            &release.ns,
+        ],
+    ));
+    // alice ends it early with the documented command.
+    let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done"}}}"#;
+    succeeded(&stack().kube.kubectl(
+        User::Alice,
+        &[
+            "patch",
+            "accessrequest",
+            "life",
+            "-n",
+            &release.requests_ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            patch,
+        ],
+    ));
+    release.wait_phase("life", Phase::Revoked).await;
+    assert!(
+        release.grants().await.is_empty(),
+        "the statement is removed"
+    );
+    assert_eq!(release.outcome("life").await, "SUCCEEDED Revoked");
+    // Events were recorded (events.k8s.io create/patch).
+    let events = succeeded(
+        &stack()
+            .kube
+            .kubectl(User::Admin, &["get", "events", "-n", &release.requests_ns]),
+    );
+    assert!(
+        events.contains("Approved") && events.contains("Revoked"),
+        "{events}"
+    );
+    // Deleting it: the operator removes its finalizer.
+    succeeded(&stack().kube.kubectl(
+        User::Alice,
+        &[
+            "delete",
+            "ar",
+            "life",
+            "-n",
+            &release.requests_ns,
+            "--wait=false",
+        ],
+    ));
+    let api = release.requests().await;
+    eventually("life to be gone", WAIT, || {
+        let api = api.clone();
+        async move {
+            match api.get_opt("life").await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(r) => Err(format!("still there, finalizers {:?}", r.finalizers())),
+            }
+        }
+    })
+    .await;
+    let log = release.log("controller.log");
+    assert!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "the chart's RBAC refused something:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn chart_service_account_has_only_what_it_needs() {
+    let release = Release::install("chart-rbac").await;
+    let (ns, other) = (release.ns.as_str(), release.requests_ns.as_str());
+    let lease = "lease/aws-jit-controller";
+    // What the controller, the relay and the drain call.
+    for needed in [
+        vec!["list", "accessrequests.aws-jit.io", "-A"],
+        vec!["watch", "accessrequests.aws-jit.io", "-n", other],
+        vec!["patch", "accessrequests.aws-jit.io", "-n", other],
+        vec![
+            "patch",
+            "accessrequests.aws-jit.io",
+            "--subresource=status",
+            "-n",
+            other,
+        ],
+        vec![
+            "manage",
+            "accessrequests.aws-jit.io",
+            "--subresource=status",
+            "-n",
+            other,
+        ],
+        vec!["list", "accessroles.aws-jit.io"],
+        vec!["get", "accessroles.aws-jit.io"],
+        vec!["create", "events.events.k8s.io", "-n", other],
+        vec!["create", "secrets", "-n", ns],
+        vec!["watch", "secrets", "-n", ns],
+        vec!["delete", "secrets", "-n", ns],
+        vec!["create", "leases.coordination.k8s.io", "-n", ns],
+        vec!["get", lease, "-n", ns],
+        vec!["patch", lease, "-n", ns],
+    ] {
+        assert!(
+            release.can_i(&needed),
+            "the chart's ServiceAccount cannot {needed:?}"
+        );
+    }
+    // And nothing more.
+    for refused in [
+        vec!["get", "secrets", "-n", other],
+        vec!["get", "secrets", "-n", "kube-system"],
+        vec!["list", "secrets", "-A"],
+        vec!["update", "secrets", "-n", ns],
+        vec!["create", "accessroles.aws-jit.io"],
+        vec!["update", "accessroles.aws-jit.io"],
+        vec!["patch", "accessroles.aws-jit.io"],
+        vec!["delete", "accessroles.aws-jit.io"],
+        vec!["create", "accessrequests.aws-jit.io", "-n", other],
+        vec!["delete", "accessrequests.aws-jit.io", "-n", other],
+        vec!["update", "accessrequests.aws-jit.io", "-n", other],
+        vec![
+            "update",
+            "accessrequests.aws-jit.io",
+            "--subresource=status",
+            "-n",
+            other,
+        ],
+        vec![
+            "submit-for-others",
+            "accessrequests.aws-jit.io",
+            "-n",
+            other,
+        ],
+        vec!["create", "pods", "-n", ns],
+        vec!["create", "leases.coordination.k8s.io", "-n", other],
+        vec!["get", "lease/someone-elses", "-n", ns],
+        vec!["delete", lease, "-n", ns],
+        vec!["create", "clusterrolebindings"],
+        vec!["delete", "events.events.k8s.io", "-n", other],
+    ] {
+        assert!(
+            !release.can_i(&refused),
+            "the chart's ServiceAccount may {refused:?}"
+        );
+    }
+}
+
+/// `helm uninstall`: the pre-delete Job is created by helm; the test plays kubelet for
+/// it (no kubelet runs here): it runs the Job's command with the Job's environment as
+/// the chart's ServiceAccount while the chart's operator runs, then reports the Job
+/// complete so helm goes on.
+#[tokio::test]
+async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept() {
+    let mut release = Release::install("chart-drain").await;
+    let operator = release.start_operator();
+    release.request("active", "  duration: 1h\n");
+    release.request("pending", "");
+    release.wait_phase("active", Phase::AwaitingApproval).await;
+    release.approve("active");
+    release.wait_phase("active", Phase::Active).await;
+    release.wait_phase("pending", Phase::AwaitingApproval).await;
+    assert_eq!(release.grants().await.len(), 1);
+    // Approved just before the uninstall: caught in between (vote not yet counted, or
+    // the grant in progress), it must end revoked all the same.
+    release.request("late", "  duration: 1h\n");
+    release.wait_phase("late", Phase::AwaitingApproval).await;
+    release.approve("late");
+
+    let admin_kubeconfig = stack().kube.kubeconfig(User::Admin);
+    let uninstall = helm_command(&[
+        "uninstall",
+        &release.name,
+        "-n",
+        &release.ns,
+        "--timeout=5m",
+        "--kubeconfig",
+        &admin_kubeconfig.to_string_lossy(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("helm uninstall");
+    let job = format!("{}-drain", release.fullname);
+    eventually("helm to create the drain Job", WAIT, || {
+        let out = stack()
+            .kube
+            .kubectl(User::Admin, &["get", "job", &job, "-n", &release.ns]);
+        async move {
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        }
+    })
+    .await;
+    let env = release.container_env("job", &job, "drain");
+    assert!(
+        env.iter()
+            .any(|(k, v)| k == "AWS_JIT_WATCH_NAMESPACE" && *v == release.requests_ns)
+    );
+    let drained = release
+        .binary(&["drain"], env, "drain.log")
+        .env("AWS_JIT_POLL_INTERVAL", "1s")
+        .status()
+        .expect("run aws-jit drain");
+    let log = release.log("drain.log");
+    assert!(drained.success(), "aws-jit drain failed:\n{log}");
+
+    // The active grant was revoked, in the drain's name; the pending request cancelled.
+    let active = release.wait_phase("active", Phase::Revoked).await;
+    assert!(
+        release.grants().await.is_empty(),
+        "the statement is removed"
+    );
+    assert_eq!(release.outcome("active").await, "SUCCEEDED Revoked");
+    let revocation = active
+        .status
+        .as_ref()
+        .and_then(|s| s.revocation.clone())
+        .expect("revocation record");
+    assert_eq!(revocation.requested_by, release.service_account());
+    assert_eq!(revocation.reason.as_deref(), Some(aws_jit::drain::REASON));
+    assert!(
+        active
+            .status
+            .as_ref()
+            .and_then(|s| s.revoked_at.clone())
+            .is_some()
+    );
+    let pending = release.wait_phase("pending", Phase::Revoked).await;
+    assert_eq!(release.outcome("pending").await, "SUCCEEDED Cancelled");
+    let late = release.wait_phase("late", Phase::Revoked).await;
+    assert!(
+        ["SUCCEEDED Revoked", "SUCCEEDED Cancelled"]
+            .contains(&release.outcome("late").await.as_str()),
+        "{:?}",
+        late.status
+    );
+    assert!(release.grants().await.is_empty(), "nothing granted is left");
+    // Records kept, finalizers released, and released they stay while the operator runs.
+    for r in [&active, &pending, &late] {
+        assert!(
+            !r.finalizers().iter().any(|f| f == FINALIZER),
+            "{} keeps its finalizer",
+            r.name_any()
+        );
+    }
+    assert!(log.contains("drained"), "{log}");
+
+    // The kubelet's part: the Job's pod succeeded.
+    let now = jiff::Timestamp::now().to_string();
+    let status = serde_json::json!({"status": {
+        "startTime": now, "completionTime": now, "succeeded": 1,
+        "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "lastTransitionTime": now, "lastProbeTime": now},
+            {"type": "Complete", "status": "True", "lastTransitionTime": now, "lastProbeTime": now},
+        ],
+    }});
+    succeeded(&stack().kube.kubectl(
+        User::Admin,
+        &[
+            "patch",
+            "job",
+            &job,
+            "-n",
+            &release.ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status.to_string(),
+        ],
+    ));
+    let out = tokio::task::spawn_blocking(move || uninstall.wait_with_output())
+        .await
+        .expect("join")
+        .expect("helm uninstall");
+    let said = succeeded(&out);
+    assert!(said.contains("uninstalled"), "{said}");
+    drop(operator);
+    release.installed = false;
+
+    // Everything the chart made is gone, cluster-scoped objects included.
+    for (kind, name) in [
+        ("clusterrole", format!("{}:operator", release.fullname)),
+        (
+            "validatingadmissionpolicy",
+            format!("{}-accessrequest-status", release.fullname),
+        ),
+    ] {
+        refused(
+            &stack().kube.kubectl(User::Admin, &["get", kind, &name]),
+            "NotFound",
+        );
+    }
+    refused(
+        &stack().kube.kubectl(
+            User::Admin,
+            &["get", "deployment", &release.fullname, "-n", &release.ns],
+        ),
+        "NotFound",
+    );
+    // The records remain, without finalizers: deleting them needs no operator.
+    let api = release.requests().await;
+    for name in ["active", "pending", "late"] {
+        let r = api.get(name).await.expect("the record is kept");
+        assert!(r.finalizers().is_empty(), "{name}: {:?}", r.finalizers());
+    }
+    succeeded(&stack().kube.kubectl(
+        User::Admin,
+        &[
+            "delete",
+            "ar",
+            "active",
+            "-n",
+            &release.requests_ns,
+            "--wait=true",
+            "--timeout=30s",
+        ],
+    ));
+}
+
+/// The Dockerfile (no Docker engine runs here; `hack/check-dockerfile.sh` lints it and
+/// runs its build commands): it builds, locked, the binary its runtime stage copies and
+/// runs as the entrypoint, as the user the chart expects, and the binary serves every
+/// subcommand the chart's containers and hook pass as args.
+#[test]
+fn dockerfile_builds_and_runs_the_binary_the_chart_uses() {
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).expect("Dockerfile");
+    let joined = dockerfile.replace("\\\n", " ");
+    let instructions: Vec<&str> = joined
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<&&str> = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .collect();
+    assert_eq!(
+        froms.len(),
+        2,
+        "multi-stage: a builder and a runtime: {froms:?}"
+    );
+    assert!(froms[0].ends_with(" AS builder"), "{}", froms[0]);
+    assert_eq!(*froms[1], "FROM gcr.io/distroless/cc-debian12:nonroot");
+    let build = instructions
+        .iter()
+        .find(|l| l.starts_with("RUN ") && l.contains("cargo build"))
+        .expect("a RUN with cargo build");
+    for flag in ["--release", "--locked", "--bin aws-jit"] {
+        assert!(build.contains(flag), "the build must use {flag}: {build}");
+    }
+    assert!(
+        build.contains("target/release/aws-jit /out/aws-jit"),
+        "{build}"
+    );
+    assert!(instructions.contains(&"RUN cargo fetch --locked"));
+    let runtime: Vec<&&str> = instructions
+        .iter()
+        .skip_while(|l| !l.starts_with("FROM gcr.io"))
+        .collect();
+    assert!(
+        runtime.contains(&&"COPY --from=builder /out/aws-jit /aws-jit"),
+        "{runtime:?}"
+    );
+    assert!(
+        runtime.contains(&&"ENTRYPOINT [\"/aws-jit\"]"),
+        "{runtime:?}"
+    );
+    // The user the chart's podSecurityContext names.
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let uid = values["podSecurityContext"]["runAsUser"]
+        .as_u64()
+        .expect("runAsUser");
+    assert!(
+        runtime.contains(&&format!("USER {uid}:{uid}").as_str()),
+        "{runtime:?}"
+    );
+    let ignore = std::fs::read_to_string(format!("{ROOT}/.dockerignore")).expect(".dockerignore");
+    for kept in ["!Cargo.toml", "!Cargo.lock", "!src/"] {
+        assert!(
+            ignore.lines().any(|l| l == kept),
+            ".dockerignore drops {kept}"
+        );
+    }
+    // Every args[0] the chart passes is a subcommand of the binary.
+    let rendered = docs(&render("rel", "ops", &[]));
+    let mut subcommands = Vec::new();
+    for d in &rendered {
+        for c in d["spec"]["template"]["spec"]["containers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            subcommands.push(c["args"][0].as_str().expect("args[0]").to_string());
+        }
+    }
+    subcommands.sort();
+    assert_eq!(subcommands, ["controller", "drain", "relay"]);
+    for sub in &subcommands {
+        let out = Command::new(env!("CARGO_BIN_EXE_aws-jit"))
+            .args([sub.as_str(), "--help"])
+            .output()
+            .expect("run aws-jit");
+        succeeded(&out);
+    }
+}
+
+/// Without a running operator nothing can be revoked: the drain says so by its deadline
+/// and fails (so `helm uninstall` stops before deleting anything), naming what is left.
+#[tokio::test]
+async fn drain_fails_at_its_deadline_naming_what_is_left() {
+    let release = Release::install("chart-stuck").await;
+    release.request("orphan", "");
+    let drain_env = release.container_env("deployment", &release.fullname, "controller");
+    let out = release
+        .binary(&["drain"], drain_env, "drain.log")
+        .env("AWS_JIT_DRAIN_TIMEOUT", "2s")
+        .env("AWS_JIT_POLL_INTERVAL", "500ms")
+        .status()
+        .expect("run aws-jit drain");
+    let log = release.log("drain.log");
+    assert!(
+        !out.success(),
+        "the drain must fail when it cannot finish:\n{log}"
+    );
+    assert!(
+        log.contains("1 request(s) not drained after 2s")
+            && log.contains(&format!(
+                "{}/orphan: not taken up by the operator yet",
+                release.requests_ns
+            )),
+        "{log}"
+    );
+}
