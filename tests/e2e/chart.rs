@@ -817,6 +817,38 @@ async fn chart_service_account_runs_a_request_through_its_whole_life() {
         !log.contains("Forbidden") && !log.contains("forbidden"),
         "the chart's RBAC refused something:\n{log}"
     );
+    assert!(
+        log.contains("leading"),
+        "it ran as the Lease's leader:\n{log}"
+    );
+    assert_log_lines_name_their_request(&log, &uid);
+}
+
+/// The binary logs JSON lines, and every line about a request (any line that mentions
+/// its uid, e.g. through its execution's ARN) names it, in a span or its own fields:
+/// namespace, name and uid, which is what a log query filters on.
+fn assert_log_lines_name_their_request(log: &str, uid: &str) {
+    let mut about = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        if !line.contains(uid) {
+            continue;
+        }
+        about += 1;
+        // In a span, or in the line's own fields.
+        let mut spans = v["spans"].as_array().cloned().unwrap_or_default();
+        spans.push(v["fields"].clone());
+        assert!(
+            spans.iter().any(|s| s["request_uid"] == uid
+                && s["request_name"] == "life"
+                && s["request_namespace"]
+                    .as_str()
+                    .is_some_and(|n| !n.is_empty())),
+            "a line about the request without its identity: {line}"
+        );
+    }
+    assert!(about >= 3, "only {about} lines about the request:\n{log}");
 }
 
 #[tokio::test]
