@@ -168,8 +168,15 @@ pub async fn run(
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
-            if let Err(e) = res {
-                warn!(error = %e, "reconcile failed");
+            use kube::runtime::controller::Error as C;
+            match res {
+                Ok(_) => {}
+                // Already told (or deliberately not) by `error_policy`.
+                Err(C::ReconcilerFailed(..)) => {}
+                Err(C::ObjectNotFound(obj)) => {
+                    tracing::debug!(%obj, "deleted before its reconcile")
+                }
+                Err(e) => warn!(error = %e, "the controller's watch failed; retrying"),
             }
         })
         .await;
@@ -239,7 +246,11 @@ fn error_policy(
     );
     let conflict =
         matches!(error, F::ApplyFailed(Error::Kube(kube::Error::Api(s))) if s.is_conflict());
-    if waiting || conflict {
+    // Reconciled from a cache that has not seen our own finalizer yet: the JSON patch's
+    // `test` fails (422) or conflicts. The watch event that follows reconciles it again.
+    let stale =
+        matches!(error, F::AddFinalizer(kube::Error::Api(s)) if s.code == 422 || s.is_conflict());
+    if waiting || conflict || stale {
         return Action::requeue(ctx.settings.poll_interval.min(Duration::from_secs(2)));
     }
     let kind = match error {
