@@ -629,34 +629,12 @@ impl Release {
     }
 
     async fn wait_phase(&self, name: &str, phase: Phase) -> AccessRequest {
-        let api = self.requests().await;
-        eventually(&format!("{name} to reach {phase:?}"), WAIT, || {
-            let api = api.clone();
-            async move {
-                let r = api.get(name).await.map_err(|e| e.to_string())?;
-                let now = r.status.as_ref().and_then(|s| s.phase);
-                if now == Some(phase) {
-                    Ok(r)
-                } else {
-                    Err(format!("{now:?}: {:?}", r.status))
-                }
-            }
-        })
-        .await
+        crate::controller::wait_phase(&self.requests().await, name, phase, WAIT).await
     }
 
     async fn grants(&self) -> Vec<aws_jit::trust_policy::GrantInfo> {
-        let role = aws_sdk_iam::Client::new(&self.sdk)
-            .get_role()
-            .role_name(&self.iam_role_name)
-            .send()
-            .await
-            .expect("get role");
-        let doc = role
-            .role()
-            .and_then(|r| r.assume_role_policy_document())
-            .expect("trust policy");
-        aws_jit::trust_policy::grants(&aws_jit::trust_policy::parse(doc).expect("parse"))
+        let doc = crate::controller::trust_policy(&self.sdk, &self.iam_role_name).await;
+        aws_jit::trust_policy::grants(&doc)
     }
 
     async fn outcome(&self, name: &str) -> String {

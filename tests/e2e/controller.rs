@@ -267,20 +267,7 @@ impl Env {
         phase: Phase,
         within: Duration,
     ) -> AccessRequest {
-        let api = self.requests();
-        eventually(&format!("{name} to reach {phase:?}"), within, || {
-            let api = api.clone();
-            async move {
-                let r = api.get(name).await.map_err(|e| e.to_string())?;
-                let now = r.status.as_ref().and_then(|s| s.phase);
-                if now == Some(phase) {
-                    Ok(r)
-                } else {
-                    Err(format!("phase {now:?}, status {:?}", r.status))
-                }
-            }
-        })
-        .await
+        wait_phase(&self.requests(), name, phase, within).await
     }
 
     pub async fn execution(
@@ -328,6 +315,46 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.kill_operator();
     }
+}
+
+/// Waits until the request `name` reaches `phase`.
+pub async fn wait_phase(
+    api: &Api<AccessRequest>,
+    name: &str,
+    phase: Phase,
+    within: Duration,
+) -> AccessRequest {
+    eventually(&format!("{name} to reach {phase:?}"), within, || {
+        let api = api.clone();
+        async move {
+            let r = api.get(name).await.map_err(|e| e.to_string())?;
+            let now = r.status.as_ref().and_then(|s| s.phase);
+            if now == Some(phase) {
+                Ok(r)
+            } else {
+                Err(format!("phase {now:?}, status {:?}", r.status))
+            }
+        }
+    })
+    .await
+}
+
+/// An IAM role's trust policy as IAM returns it.
+pub async fn trust_policy(
+    sdk: &aws_config::SdkConfig,
+    role_name: &str,
+) -> aws_jit::trust_policy::Document {
+    let role = aws_sdk_iam::Client::new(sdk)
+        .get_role()
+        .role_name(role_name)
+        .send()
+        .await
+        .expect("get role");
+    let doc = role
+        .role()
+        .and_then(|r| r.assume_role_policy_document())
+        .expect("trust policy");
+    aws_jit::trust_policy::parse(doc).expect("parse trust policy")
 }
 
 pub fn condition(r: &AccessRequest, type_: &str) -> Option<(String, String)> {
@@ -558,17 +585,7 @@ async fn out_of_reach(secret: &str) {
 impl Env {
     /// The role's trust policy as IAM returns it.
     pub async fn trust_policy(&self) -> aws_jit::trust_policy::Document {
-        let role = aws_sdk_iam::Client::new(&self.sdk)
-            .get_role()
-            .role_name(&self.iam_role_name)
-            .send()
-            .await
-            .expect("get role");
-        let doc = role
-            .role()
-            .and_then(|r| r.assume_role_policy_document())
-            .expect("trust policy");
-        aws_jit::trust_policy::parse(doc).expect("parse trust policy")
+        trust_policy(&self.sdk, &self.iam_role_name).await
     }
 
     /// The statements that are not aws-jit's, as JSON values.
