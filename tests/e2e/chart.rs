@@ -14,7 +14,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use serde_json::Value;
 
-use crate::controller::{ACCOUNT, BASE_TRUST_POLICY};
+use crate::controller::ACCOUNT;
 use crate::support::aws::AwsOutputs;
 use crate::support::kube::User;
 use crate::support::wait::eventually;
@@ -434,19 +434,7 @@ impl Release {
         assert!(said.contains("STATUS: deployed"), "{said}");
         let fullname = format!("{name}-aws-jit");
         // An IAM role with foreign statements, and an AccessRole for it.
-        let iam_role_name = unique(&format!("{prefix}-admin"));
-        let created = aws_sdk_iam::Client::new(&sdk)
-            .create_role()
-            .role_name(&iam_role_name)
-            .path("/jit/")
-            .assume_role_policy_document(BASE_TRUST_POLICY)
-            .send()
-            .await
-            .expect("create the IAM role in moto");
-        let arn = created
-            .role()
-            .map(|r| r.arn().to_string())
-            .expect("role ARN");
+        let (iam_role_name, arn) = crate::controller::create_iam_role(&sdk, prefix).await;
         let access_role = unique(prefix);
         let yaml = format!(
             "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {access_role}\nspec:\n\

@@ -49,20 +49,7 @@ impl Env {
         let ns = stack.kube.create_namespace(prefix).await;
         let aws = stack.aws.deploy_with_params(prefix, &[], params).await;
         let sdk = stack.aws.sdk_config().await;
-        let iam = aws_sdk_iam::Client::new(&sdk);
-        let iam_role_name = unique(&format!("{prefix}-admin"));
-        let created = iam
-            .create_role()
-            .role_name(&iam_role_name)
-            .path("/jit/")
-            .assume_role_policy_document(BASE_TRUST_POLICY)
-            .send()
-            .await
-            .expect("create the IAM role in moto");
-        let iam_role_arn = created
-            .role()
-            .map(|r| r.arn().to_string())
-            .expect("role ARN");
+        let (iam_role_name, iam_role_arn) = create_iam_role(&sdk, prefix).await;
         let access_role = unique(prefix);
         let mut spec = format!(
             "  roleArn: {iam_role_arn}\n  approvers: [{{user: carol}}, {{user: dave}}, {{group: sre-leads}}]\n\
@@ -315,6 +302,25 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.kill_operator();
     }
+}
+
+/// An IAM role in moto with foreign statements ([`BASE_TRUST_POLICY`]): its name
+/// and ARN.
+pub async fn create_iam_role(sdk: &aws_config::SdkConfig, prefix: &str) -> (String, String) {
+    let name = unique(&format!("{prefix}-admin"));
+    let created = aws_sdk_iam::Client::new(sdk)
+        .create_role()
+        .role_name(&name)
+        .path("/jit/")
+        .assume_role_policy_document(BASE_TRUST_POLICY)
+        .send()
+        .await
+        .expect("create the IAM role in moto");
+    let arn = created
+        .role()
+        .map(|r| r.arn().to_string())
+        .expect("role ARN");
+    (name, arn)
 }
 
 /// Waits until the request `name` reaches `phase`.
