@@ -288,7 +288,7 @@ pub fn phase_of(state: &ExecutionState) -> Option<(Phase, String)> {
             Some(Outcome::Denied) => (Phase::Denied, "the request was denied".into()),
             Some(Outcome::Cancelled) => (
                 Phase::Revoked,
-                "the request was withdrawn before a decision".into(),
+                "cancelled before a decision (withdrawn, deleted, or drained at uninstall)".into(),
             ),
             Some(Outcome::ApprovalTimedOut) => (
                 Phase::Expired,

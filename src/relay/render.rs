@@ -201,7 +201,13 @@ fn step_line(alert: &Alert, mentions: &Mentions) -> String {
             Some(d) => format!("Denied by *{}*.", escape(&d.approver_name, 200)),
             None => "Denied.".into(),
         },
-        Event::Cancelled => format!("Cancelled: {}", escape(&alert.error_text(), 500)),
+        // The error is always `Cancelled`; only its cause says more.
+        Event::Cancelled => match alert.error.get("Cause").and_then(Value::as_str) {
+            Some(cause) if !cause.is_empty() => {
+                format!("Cancelled before a decision: {}", escape(cause, 500))
+            }
+            _ => "Cancelled before a decision.".into(),
+        },
         Event::ApprovalTimedOut => "Nobody approved in time; the request expired.".into(),
         Event::Granted => format!(
             "Granted (approved by *{}*) until *{}*.",

@@ -165,7 +165,7 @@ fn every_event_renders_its_state_and_step() {
         (
             "cancelled",
             ":heavy_multiplication_x: AWS access request: cancelled",
-            "Cancelled: Cancelled: the AccessRequest no longer exists",
+            "Cancelled before a decision: the AccessRequest no longer exists",
         ),
         (
             "approval_timed_out",
