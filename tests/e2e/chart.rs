@@ -233,6 +233,8 @@ fn chart_deployment_is_hardened_and_wired() {
     let deploy = find(&rendered, "Deployment", "rel-aws-jit");
     let pod = &deploy["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "rel-aws-jit");
+    // Longer than a queue long poll (20 s), so a rollout stops the pod cleanly.
+    assert_eq!(pod["terminationGracePeriodSeconds"], 45);
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
         pod["securityContext"]["seccompProfile"]["type"],
@@ -570,9 +572,13 @@ impl Release {
 
     /// Starts `aws-jit controller` with the Deployment's controller environment.
     fn start_operator(&self) -> Running<'_> {
+        self.start_operator_logging_to("controller.log")
+    }
+
+    fn start_operator_logging_to(&self, log: &str) -> Running<'_> {
         let env = self.container_env("deployment", &self.fullname, "controller");
         let child = self
-            .binary(&["controller"], env, "controller.log")
+            .binary(&["controller"], env, log)
             .spawn()
             .expect("start aws-jit controller");
         Running {
@@ -592,6 +598,25 @@ impl Release {
                 .kube
                 .kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
         );
+    }
+
+    /// alice ends her access early with the documented command.
+    fn revoke(&self, name: &str) {
+        let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done"}}}"#;
+        succeeded(&stack().kube.kubectl(
+            User::Alice,
+            &[
+                "patch",
+                "accessrequest",
+                name,
+                "-n",
+                &self.requests_ns,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                patch,
+            ],
+        ));
     }
 
     fn approve(&self, name: &str) {
@@ -681,6 +706,29 @@ struct Running<'a> {
     release: &'a Release,
 }
 
+impl Running<'_> {
+    /// How a rollout stops a pod: SIGTERM, then the process must stop its loops (handing
+    /// back what it holds, releasing the Lease) and exit 0 on its own.
+    async fn terminate(mut self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: a signal to our own child, which has not been waited for yet.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+        let child = &mut self.child;
+        let status = eventually("the operator to exit after SIGTERM", WAIT, || {
+            let status = child.try_wait();
+            async move {
+                match status {
+                    Ok(Some(status)) => Ok(status),
+                    Ok(None) => Err("still running".to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        assert!(status.success(), "exit after SIGTERM: {status}");
+    }
+}
+
 impl Drop for Running<'_> {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -724,21 +772,7 @@ async fn chart_service_account_runs_a_request_through_its_whole_life() {
         ],
     ));
     // alice ends it early with the documented command.
-    let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done"}}}"#;
-    succeeded(&stack().kube.kubectl(
-        User::Alice,
-        &[
-            "patch",
-            "accessrequest",
-            "life",
-            "-n",
-            &release.requests_ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            patch,
-        ],
-    ));
+    release.revoke("life");
     release.wait_phase("life", Phase::Revoked).await;
     assert!(
         release.grants().await.is_empty(),
@@ -815,6 +849,49 @@ fn assert_log_lines_name_their_request(log: &str, uid: &str) {
         );
     }
     assert!(about >= 3, "only {about} lines about the request:\n{log}");
+}
+
+#[tokio::test]
+async fn an_upgrade_rolls_the_operator_and_keeps_a_grant_in_flight() {
+    let release = Release::install("chart-upgrade").await;
+    let old = release.start_operator();
+    release.request("held", "  duration: 1h\n");
+    release.wait_phase("held", Phase::AwaitingApproval).await;
+    release.approve("held");
+    release.wait_phase("held", Phase::Active).await;
+    assert_eq!(release.grants().await.len(), 1);
+    // `helm upgrade --reuse-values` with a changed setting, as the README says.
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let said = succeeded(&helm_admin(&[
+        "upgrade",
+        &release.name,
+        &chart,
+        "-n",
+        &release.ns,
+        "--reuse-values",
+        "--set",
+        "controller.pollInterval=2s",
+    ]));
+    assert!(said.contains("STATUS: deployed"), "{said}");
+    let env = release.container_env("deployment", &release.fullname, "controller");
+    assert!(
+        env.contains(&("AWS_JIT_POLL_INTERVAL".to_string(), "2s".to_string())),
+        "{env:?}"
+    );
+    // The rollout: the old pod is stopped as the kubelet stops it, and the new one (the
+    // upgraded Deployment's env) takes over.
+    old.terminate().await;
+    let _new = release.start_operator_logging_to("controller-upgraded.log");
+    // The grant survived the rollout and the new operator still ends it.
+    let r = release.wait_phase("held", Phase::Active).await;
+    assert!(r.finalizers().iter().any(|f| f == FINALIZER));
+    release.revoke("held");
+    release.wait_phase("held", Phase::Revoked).await;
+    assert!(
+        release.grants().await.is_empty(),
+        "the statement is removed"
+    );
+    assert_eq!(release.outcome("held").await, "SUCCEEDED Revoked");
 }
 
 #[tokio::test]
