@@ -600,29 +600,38 @@ impl Release {
         );
     }
 
+    /// alice asks for an hour and carol approves; returns the request once Active.
+    async fn approved_for_an_hour(&self, name: &str) -> AccessRequest {
+        self.request(name, "  duration: 1h\n");
+        self.wait_phase(name, Phase::AwaitingApproval).await;
+        self.approve(name);
+        self.wait_phase(name, Phase::Active).await
+    }
+
+    /// alice ends her access early; the operator revokes it: the statement is gone and
+    /// the execution ends `Revoked`.
+    async fn end_early(&self, name: &str) {
+        self.revoke(name);
+        self.wait_phase(name, Phase::Revoked).await;
+        assert!(self.grants().await.is_empty(), "the statement is removed");
+        assert_eq!(self.outcome(name).await, "SUCCEEDED Revoked");
+    }
+
     /// alice ends her access early with the documented command.
     fn revoke(&self, name: &str) {
         let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done"}}}"#;
-        succeeded(&stack().kube.kubectl(
-            User::Alice,
-            &[
-                "patch",
-                "accessrequest",
-                name,
-                "-n",
-                &self.requests_ns,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                patch,
-            ],
-        ));
+        self.patch_status(User::Alice, name, "merge", patch);
     }
 
     fn approve(&self, name: &str) {
         let patch = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}}]"#;
+        self.patch_status(User::Carol, name, "json", patch);
+    }
+
+    fn patch_status(&self, user: User, name: &str, kind: &str, patch: &str) {
+        let kind = format!("--type={kind}");
         succeeded(&stack().kube.kubectl(
-            User::Carol,
+            user,
             &[
                 "patch",
                 "accessrequest",
@@ -630,7 +639,7 @@ impl Release {
                 "-n",
                 &self.requests_ns,
                 "--subresource=status",
-                "--type=json",
+                &kind,
                 "-p",
                 patch,
             ],
@@ -748,10 +757,7 @@ impl Drop for Running<'_> {
 async fn chart_service_account_runs_a_request_through_its_whole_life() {
     let release = Release::install("chart-life").await;
     let _operator = release.start_operator();
-    release.request("life", "  duration: 1h\n");
-    release.wait_phase("life", Phase::AwaitingApproval).await;
-    release.approve("life");
-    let r = release.wait_phase("life", Phase::Active).await;
+    let r = release.approved_for_an_hour("life").await;
     assert!(r.finalizers().iter().any(|f| f == FINALIZER));
     let grants = release.grants().await;
     assert_eq!(grants.len(), 1, "{grants:?}");
@@ -772,13 +778,7 @@ async fn chart_service_account_runs_a_request_through_its_whole_life() {
         ],
     ));
     // alice ends it early with the documented command.
-    release.revoke("life");
-    release.wait_phase("life", Phase::Revoked).await;
-    assert!(
-        release.grants().await.is_empty(),
-        "the statement is removed"
-    );
-    assert_eq!(release.outcome("life").await, "SUCCEEDED Revoked");
+    release.end_early("life").await;
     // Events were recorded (events.k8s.io create/patch).
     let events = succeeded(
         &stack()
@@ -855,10 +855,7 @@ fn assert_log_lines_name_their_request(log: &str, uid: &str) {
 async fn an_upgrade_rolls_the_operator_and_keeps_a_grant_in_flight() {
     let release = Release::install("chart-upgrade").await;
     let old = release.start_operator();
-    release.request("held", "  duration: 1h\n");
-    release.wait_phase("held", Phase::AwaitingApproval).await;
-    release.approve("held");
-    release.wait_phase("held", Phase::Active).await;
+    release.approved_for_an_hour("held").await;
     assert_eq!(release.grants().await.len(), 1);
     // `helm upgrade --reuse-values` with a changed setting, as the README says.
     let chart = chart_dir().to_string_lossy().into_owned();
@@ -885,13 +882,7 @@ async fn an_upgrade_rolls_the_operator_and_keeps_a_grant_in_flight() {
     // The grant survived the rollout and the new operator still ends it.
     let r = release.wait_phase("held", Phase::Active).await;
     assert!(r.finalizers().iter().any(|f| f == FINALIZER));
-    release.revoke("held");
-    release.wait_phase("held", Phase::Revoked).await;
-    assert!(
-        release.grants().await.is_empty(),
-        "the statement is removed"
-    );
-    assert_eq!(release.outcome("held").await, "SUCCEEDED Revoked");
+    release.end_early("held").await;
 }
 
 #[tokio::test]

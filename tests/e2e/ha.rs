@@ -153,21 +153,26 @@ async fn the_standby_takes_over_a_killed_leader_mid_lifecycle() {
 
     env.request(User::Alice, "ha", "  duration: 5s\n");
     env.wait_phase("ha", Phase::AwaitingApproval).await;
-    // Only the leader did that.
-    assert!(a.metric("aws_jit_reconciles_total{result=\"ok\"}").await >= 1.0);
-    assert!(
-        a.metric("aws_jit_queue_messages_total{queue=\"request\",result=\"processed\"}")
-            .await
-            >= 1.0
-    );
+    // Only the leader did that. (The consumer counts a message after deleting it,
+    // which may come a moment after the reconciler has seen the stored token.)
+    const PROCESSED: &str = "aws_jit_queue_messages_total{queue=\"request\",result=\"processed\"}";
+    eventually("the leader to count its work", WAIT, || async {
+        let reconciles = a.metric("aws_jit_reconciles_total{result=\"ok\"}").await;
+        let processed = a.metric(PROCESSED).await;
+        if reconciles >= 1.0 && processed >= 1.0 {
+            Ok(())
+        } else {
+            Err(format!("reconciles {reconciles}, processed {processed}"))
+        }
+    })
+    .await;
     assert_eq!(
         b.metric("aws_jit_reconciles_total{result=\"ok\"}").await,
         0.0,
         "the standby reconciled while the leader led"
     );
     assert_eq!(
-        b.metric("aws_jit_queue_messages_total{queue=\"request\",result=\"processed\"}")
-            .await,
+        b.metric(PROCESSED).await,
         0.0,
         "the standby consumed the request queue while the leader led"
     );
