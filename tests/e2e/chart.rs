@@ -223,6 +223,45 @@ fn chart_admission_policies_and_rbac_match_deploy() {
     }
     let role = find(&rendered, "Role", "rel-aws-jit:operator");
     assert_eq!(role["metadata"]["namespace"], "ops");
+    assert!(
+        !rendered
+            .iter()
+            .any(|d| d["metadata"]["name"] == "rel-aws-jit:operator-requests"),
+        "no namespaced request Role when every namespace is watched"
+    );
+
+    // Watching one namespace: the same rules, split. AccessRoles (cluster-scoped) stay
+    // in the ClusterRole; the request rules move to a Role in the watched namespace.
+    let scoped = docs(&render(
+        "rel",
+        "ops",
+        &["--set", "controller.watchNamespace=team-a"],
+    ));
+    let cluster_rules = find(&scoped, "ClusterRole", "rel-aws-jit:operator")["rules"].clone();
+    let requests = find(&scoped, "Role", "rel-aws-jit:operator-requests");
+    assert_eq!(requests["metadata"]["namespace"], "team-a");
+    let binding = find(&scoped, "RoleBinding", "rel-aws-jit:operator-requests");
+    assert_eq!(binding["metadata"]["namespace"], "team-a");
+    assert_eq!(binding["subjects"][0]["name"], "rel-aws-jit");
+    assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    let want = operator
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole")
+        .expect("ClusterRole")["rules"]
+        .as_array()
+        .expect("rules")
+        .clone();
+    let mut joined = cluster_rules.as_array().expect("rules").clone();
+    joined.extend(requests["rules"].as_array().expect("rules").iter().cloned());
+    assert_eq!(
+        joined, want,
+        "the split rules are deploy's, no more, no less"
+    );
+    assert_eq!(cluster_rules.as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        cluster_rules[0]["resources"],
+        serde_json::json!(["accessroles"])
+    );
 }
 
 /// What the pod spec promises: hardened containers, probes on the metrics ports, the
@@ -890,9 +929,9 @@ async fn chart_service_account_has_only_what_it_needs() {
     let release = Release::install("chart-rbac").await;
     let (ns, other) = (release.ns.as_str(), release.requests_ns.as_str());
     let lease = "lease/aws-jit-controller";
-    // What the controller, the relay and the drain call.
+    // What the controller, the relay and the drain call (the release watches `other`).
     for needed in [
-        vec!["list", "accessrequests.aws-jit.io", "-A"],
+        vec!["list", "accessrequests.aws-jit.io", "-n", other],
         vec!["watch", "accessrequests.aws-jit.io", "-n", other],
         vec!["patch", "accessrequests.aws-jit.io", "-n", other],
         vec![
@@ -924,8 +963,18 @@ async fn chart_service_account_has_only_what_it_needs() {
             "the chart's ServiceAccount cannot {needed:?}"
         );
     }
-    // And nothing more.
+    // And nothing more: not even requests outside the namespace it watches.
     for refused in [
+        vec!["list", "accessrequests.aws-jit.io", "-A"],
+        vec!["get", "accessrequests.aws-jit.io", "-n", "kube-system"],
+        vec![
+            "patch",
+            "accessrequests.aws-jit.io",
+            "--subresource=status",
+            "-n",
+            "kube-system",
+        ],
+        vec!["create", "events.events.k8s.io", "-n", "kube-system"],
         vec!["get", "secrets", "-n", other],
         vec!["get", "secrets", "-n", "kube-system"],
         vec!["list", "secrets", "-A"],
