@@ -44,21 +44,7 @@ fn vote(
     name: &str,
     value: &str,
 ) -> std::process::Output {
-    let patch = format!(r#"[{{"op":"add","path":"/status/approvals/-","value":{value}}}]"#);
-    kube.kubectl(
-        as_user,
-        &[
-            "patch",
-            "accessrequest",
-            name,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=json",
-            "-p",
-            &patch,
-        ],
-    )
+    kube.append_approval(as_user, ns, name, value)
 }
 
 /// A merge patch of status, `{"status": <status>}`.
@@ -70,20 +56,7 @@ fn merge_status(
     status: &str,
 ) -> std::process::Output {
     let patch = format!(r#"{{"status":{status}}}"#);
-    kube.kubectl(
-        as_user,
-        &[
-            "patch",
-            "accessrequest",
-            name,
-            "-n",
-            ns,
-            "--subresource=status",
-            "--type=merge",
-            "-p",
-            &patch,
-        ],
-    )
+    kube.patch_status(as_user, ns, name, "merge", &patch)
 }
 
 /// Asks for an early revoke: sets `status.revocation` to `value`.
@@ -285,56 +258,17 @@ async fn approvals_are_append_only_and_one_per_person() {
     // Another approver may not change or remove carol's vote.
     let change = r#"[{"op":"replace","path":"/status/approvals/0/decision","value":"Deny"}]"#;
     refused(
-        &kube.kubectl(
-            User::Dave,
-            &[
-                "patch",
-                "ar",
-                &name,
-                "-n",
-                &ns,
-                "--subresource=status",
-                "--type=json",
-                "-p",
-                change,
-            ],
-        ),
+        &kube.patch_status(User::Dave, &ns, &name, "json", change),
         "status.approvals is append-only",
     );
     let remove = r#"[{"op":"remove","path":"/status/approvals/0"}]"#;
     refused(
-        &kube.kubectl(
-            User::Dave,
-            &[
-                "patch",
-                "ar",
-                &name,
-                "-n",
-                &ns,
-                "--subresource=status",
-                "--type=json",
-                "-p",
-                remove,
-            ],
-        ),
+        &kube.patch_status(User::Dave, &ns, &name, "json", remove),
         "status.approvals is append-only",
     );
     // Nor may carol change her own mind after the fact.
     refused(
-        &kube.kubectl(
-            User::Carol,
-            &[
-                "patch",
-                "ar",
-                &name,
-                "-n",
-                &ns,
-                "--subresource=status",
-                "--type=json",
-                "-p",
-                change,
-            ],
-        ),
+        &kube.patch_status(User::Carol, &ns, &name, "json", change),
         "status.approvals is append-only",
     );
     // A second vote by the same person is a duplicate key of the list-map.
@@ -439,20 +373,7 @@ async fn approvers_cannot_touch_any_other_status_field() {
     let (ns, name) = awaiting(kube, "adm-fields", User::Alice).await;
     for (field, value) in OPERATOR_FIELDS {
         let patch = format!(r#"{{"status":{{"{field}":{value}}}}}"#);
-        let out = kube.kubectl(
-            User::Carol,
-            &[
-                "patch",
-                "ar",
-                &name,
-                "-n",
-                &ns,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &patch,
-            ],
-        );
+        let out = kube.patch_status(User::Carol, &ns, &name, "merge", &patch);
         refused(
             &out,
             "only the aws-jit operator may change status fields other than approvals",
@@ -462,20 +383,7 @@ async fn approvers_cannot_touch_any_other_status_field() {
     let sneaky = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}},
                      {"op":"replace","path":"/status/phase","value":"Active"}]"#;
     refused(
-        &kube.kubectl(
-            User::Carol,
-            &[
-                "patch",
-                "ar",
-                &name,
-                "-n",
-                &ns,
-                "--subresource=status",
-                "--type=json",
-                "-p",
-                sneaky,
-            ],
-        ),
+        &kube.patch_status(User::Carol, &ns, &name, "json", sneaky),
         "only the aws-jit operator may change status fields other than approvals",
     );
     assert!(approvals(kube, &ns, &name).is_empty());
@@ -674,22 +582,7 @@ async fn revocation_is_set_once() {
     );
     // Not removed, however it is asked.
     refused(&revoke(kube, User::Alice, &ns, &name, "null"), set_once);
-    let json_patch = |user: User, patch: &str| {
-        kube.kubectl(
-            user,
-            &[
-                "patch",
-                "ar",
-                &name,
-                "-n",
-                &ns,
-                "--subresource=status",
-                "--type=json",
-                "-p",
-                patch,
-            ],
-        )
-    };
+    let json_patch = |user: User, patch: &str| kube.patch_status(user, &ns, &name, "json", patch);
     refused(
         &json_patch(
             User::Carol,
@@ -716,20 +609,7 @@ async fn a_null_revocation_does_not_block_a_real_one() {
     // The CRD lets the field be null; whoever writes that records nobody, and must not
     // take the one slot a real revocation needs.
     let null = r#"[{"op":"add","path":"/status/revocation","value":null}]"#;
-    succeeded(&kube.kubectl(
-        User::Bob,
-        &[
-            "patch",
-            "ar",
-            &name,
-            "-n",
-            &ns,
-            "--subresource=status",
-            "--type=json",
-            "-p",
-            null,
-        ],
-    ));
+    succeeded(&kube.patch_status(User::Bob, &ns, &name, "json", null));
     succeeded(&revoke(
         kube,
         User::Alice,

@@ -659,30 +659,14 @@ impl Release {
     /// alice ends her access early with the documented command.
     fn revoke(&self, name: &str) {
         let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done"}}}"#;
-        self.patch_status(User::Alice, name, "merge", patch);
+        let kube = &stack().kube;
+        succeeded(&kube.patch_status(User::Alice, &self.requests_ns, name, "merge", patch));
     }
 
     fn approve(&self, name: &str) {
-        let patch = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}}]"#;
-        self.patch_status(User::Carol, name, "json", patch);
-    }
-
-    fn patch_status(&self, user: User, name: &str, kind: &str, patch: &str) {
-        let kind = format!("--type={kind}");
-        succeeded(&stack().kube.kubectl(
-            user,
-            &[
-                "patch",
-                "accessrequest",
-                name,
-                "-n",
-                &self.requests_ns,
-                "--subresource=status",
-                &kind,
-                "-p",
-                patch,
-            ],
-        ));
+        let approval = r#"{"approver":"carol","decision":"Approve"}"#;
+        let kube = &stack().kube;
+        succeeded(&kube.append_approval(User::Carol, &self.requests_ns, name, approval));
     }
 
     async fn requests(&self) -> Api<AccessRequest> {

@@ -162,24 +162,15 @@ impl Env {
 
     /// An approver's documented kubectl command.
     pub fn vote(&self, as_user: User, name: &str, decision: &str) {
-        let patch = format!(
-            r#"[{{"op":"add","path":"/status/approvals/-","value":{{"approver":"{}","decision":"{decision}","comment":"e2e"}}}}]"#,
+        let approval = format!(
+            r#"{{"approver":"{}","decision":"{decision}","comment":"e2e"}}"#,
             as_user.name()
         );
-        succeeded(&stack().kube.kubectl(
-            as_user,
-            &[
-                "patch",
-                "accessrequest",
-                name,
-                "-n",
-                &self.ns,
-                "--subresource=status",
-                "--type=json",
-                "-p",
-                &patch,
-            ],
-        ));
+        succeeded(
+            &stack()
+                .kube
+                .append_approval(as_user, &self.ns, name, &approval),
+        );
     }
 
     /// alice asks for `name`, and its IAM role disappears before carol approves: IAM
@@ -200,20 +191,11 @@ impl Env {
     pub fn revoke(&self, as_user: User, name: &str, reason: &str) {
         let patch =
             json!({"status": {"revocation": {"requestedBy": as_user.name(), "reason": reason}}});
-        succeeded(&stack().kube.kubectl(
-            as_user,
-            &[
-                "patch",
-                "ar",
-                name,
-                "-n",
-                &self.ns,
-                "--subresource=status",
-                "--type=merge",
-                "-p",
-                &patch.to_string(),
-            ],
-        ));
+        succeeded(
+            &stack()
+                .kube
+                .patch_status(as_user, &self.ns, name, "merge", &patch.to_string()),
+        );
     }
 
     pub async fn wait_message(&self, name: &str, message: &str) {
@@ -748,11 +730,10 @@ async fn twenty_requests_for_one_role_approved_at_once() {
         .map(|name| {
             let (ns, name) = (env.ns.clone(), name.clone());
             std::thread::spawn(move || {
-                let patch = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}}]"#;
-                stack().kube.kubectl(
-                    User::Carol,
-                    &["patch", "ar", &name, "-n", &ns, "--subresource=status", "--type=json", "-p", patch],
-                )
+                let approval = r#"{"approver":"carol","decision":"Approve"}"#;
+                stack()
+                    .kube
+                    .append_approval(User::Carol, &ns, &name, approval)
             })
         })
         .collect();
@@ -909,19 +890,23 @@ async fn concurrent_votes_are_never_dropped_by_the_controllers_status_writes() {
     env.request(User::Alice, "three", "");
     env.wait_phase("three", Phase::AwaitingApproval).await;
     // Three approvers at once, while the controller keeps writing status.
-    let votes: Vec<_> = [(User::Carol, ""), (User::Dave, ""), (User::Erin, r#","group":"sre""#)]
-        .into_iter()
-        .map(|(user, group)| {
-            let ns = env.ns.clone();
-            std::thread::spawn(move || {
-                let patch = format!(
-                    r#"[{{"op":"add","path":"/status/approvals/-","value":{{"approver":"{}","decision":"Approve"{group}}}}}]"#,
-                    user.name()
-                );
-                stack().kube.kubectl(user, &["patch", "ar", "three", "-n", &ns, "--subresource=status", "--type=json", "-p", &patch])
-            })
+    let votes: Vec<_> = [
+        (User::Carol, ""),
+        (User::Dave, ""),
+        (User::Erin, r#","group":"sre""#),
+    ]
+    .into_iter()
+    .map(|(user, group)| {
+        let ns = env.ns.clone();
+        std::thread::spawn(move || {
+            let approval = format!(
+                r#"{{"approver":"{}","decision":"Approve"{group}}}"#,
+                user.name()
+            );
+            stack().kube.append_approval(user, &ns, "three", &approval)
         })
-        .collect();
+    })
+    .collect();
     for v in votes {
         succeeded(&v.join().expect("vote thread"));
     }

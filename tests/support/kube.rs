@@ -268,6 +268,40 @@ impl KubeStack {
         out
     }
 
+    /// `kubectl patch accessrequest NAME -n NS --subresource=status --type=TYPE -p PATCH`
+    /// as `user`: how approvers vote and requesters revoke (TYPE `json` or `merge`).
+    pub fn patch_status(
+        &self,
+        user: User,
+        ns: &str,
+        name: &str,
+        patch_type: &str,
+        patch: &str,
+    ) -> Output {
+        let patch_type = format!("--type={patch_type}");
+        self.kubectl(
+            user,
+            &[
+                "patch",
+                "accessrequest",
+                name,
+                "-n",
+                ns,
+                "--subresource=status",
+                &patch_type,
+                "-p",
+                patch,
+            ],
+        )
+    }
+
+    /// Appends one entry (`approval`, its JSON) to `status.approvals`: the documented
+    /// vote command.
+    pub fn append_approval(&self, user: User, ns: &str, name: &str, approval: &str) -> Output {
+        let patch = format!(r#"[{{"op":"add","path":"/status/approvals/-","value":{approval}}}]"#);
+        self.patch_status(user, ns, name, "json", &patch)
+    }
+
     /// Creates a namespace with a unique name starting with `prefix`, as admin.
     pub async fn create_namespace(&self, prefix: &str) -> String {
         use k8s_openapi::api::core::v1::Namespace;
