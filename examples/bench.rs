@@ -1267,34 +1267,27 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
             .unwrap_or(0),
     ));
     out.push_str(LATENCY_HEADER);
-    out.push_str(&latency_row(
-        "**apply → AwaitingApproval**",
-        span(|r| r.apply, |r| r.awaiting),
-    ));
-    out.push_str(&latency_row(
-        "**approve → Active**",
-        span(|r| r.approve, |r| r.active),
-    ));
-    out.push_str(&latency_row(
-        "apply → Pending (execution started)",
-        span(|r| r.apply, |r| r.pending),
-    ));
-    out.push_str(&latency_row(
-        "Pending → AwaitingApproval",
-        span(|r| r.pending, |r| r.awaiting),
-    ));
-    out.push_str(&latency_row(
-        "AwaitingApproval seen → approval sent (bench)",
-        span(|r| r.awaiting, |r| r.approve),
-    ));
-    out.push_str(&latency_row(
-        "approve → Approved",
-        span(|r| r.approve, |r| r.approved),
-    ));
-    out.push_str(&latency_row(
-        "Approved → Active",
-        span(|r| r.approved, |r| r.active),
-    ));
+    type Mark = fn(&Rec) -> Option<Instant>;
+    let rows: [(&str, Mark, Mark); 7] = [
+        ("**apply → AwaitingApproval**", |r| r.apply, |r| r.awaiting),
+        ("**approve → Active**", |r| r.approve, |r| r.active),
+        (
+            "apply → Pending (execution started)",
+            |r| r.apply,
+            |r| r.pending,
+        ),
+        ("Pending → AwaitingApproval", |r| r.pending, |r| r.awaiting),
+        (
+            "AwaitingApproval seen → approval sent (bench)",
+            |r| r.awaiting,
+            |r| r.approve,
+        ),
+        ("approve → Approved", |r| r.approve, |r| r.approved),
+        ("Approved → Active", |r| r.approved, |r| r.active),
+    ];
+    for (label, from, to) in rows {
+        out.push_str(&latency_row(label, span(from, to)));
+    }
 
     let d = delta(&metrics_before, &metrics_after);
     let w = writes(&d, n);

@@ -47,6 +47,15 @@ fn vote(
     kube.append_approval(as_user, ns, name, value)
 }
 
+/// `as_user` approves, in their own name.
+fn approves(kube: &KubeStack, as_user: User, ns: &str, name: &str) {
+    let approval = format!(
+        r#"{{"approver":"{}","decision":"Approve"}}"#,
+        as_user.name()
+    );
+    succeeded(&vote(kube, as_user, ns, name, &approval));
+}
+
 /// A merge patch of status, `{"status": <status>}`.
 fn merge_status(
     kube: &KubeStack,
@@ -200,13 +209,7 @@ async fn self_approval_is_refused() {
         );
     }
     // Someone else may.
-    succeeded(&vote(
-        kube,
-        User::Dave,
-        &ns,
-        &name,
-        r#"{"approver":"dave","decision":"Approve"}"#,
-    ));
+    approves(kube, User::Dave, &ns, &name);
 }
 
 /// Requesters reach the status subresource (to ask for revocation), so the status
@@ -248,13 +251,7 @@ async fn requester_cannot_approve_or_write_operator_status() {
 async fn approvals_are_append_only_and_one_per_person() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-append", User::Alice).await;
-    succeeded(&vote(
-        kube,
-        User::Carol,
-        &ns,
-        &name,
-        r#"{"approver":"carol","decision":"Approve"}"#,
-    ));
+    approves(kube, User::Carol, &ns, &name);
     // Another approver may not change or remove carol's vote.
     let change = r#"[{"op":"replace","path":"/status/approvals/0/decision","value":"Deny"}]"#;
     refused(
@@ -393,23 +390,11 @@ async fn approvers_cannot_touch_any_other_status_field() {
 async fn operator_status_apply_keeps_concurrent_approvals() {
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-ssa", User::Alice).await;
-    succeeded(&vote(
-        kube,
-        User::Carol,
-        &ns,
-        &name,
-        r#"{"approver":"carol","decision":"Approve"}"#,
-    ));
+    approves(kube, User::Carol, &ns, &name);
     // The operator applies its view again, still listing approvals as [] (it never owns
     // an approver's entry), and moves the phase on.
     operator_applies_status(kube, &ns, &name, "Approved");
-    succeeded(&vote(
-        kube,
-        User::Dave,
-        &ns,
-        &name,
-        r#"{"approver":"dave","decision":"Approve"}"#,
-    ));
+    approves(kube, User::Dave, &ns, &name);
     operator_applies_status(kube, &ns, &name, "Active");
     let got: Vec<String> = approvals(kube, &ns, &name)
         .iter()

@@ -277,6 +277,15 @@ impl Env {
         }
     }
 
+    /// The one work item of `kind` (`grant` or `revoke`) of `run`, taken off the work
+    /// queue.
+    async fn work_item(&self, kind: &str, run: &Run) -> Value {
+        self.take_all(&self.out.work_queue_url, kind, &[run], STEP)
+            .await
+            .remove(&run.arn)
+            .unwrap_or_else(|| panic!("no {kind} item for {}", run.arn))
+    }
+
     /// The hold task of each run, i.e. each grant was answered with success.
     async fn holds(&self, runs: &[&Run], timeout: Duration) -> BTreeMap<String, Value> {
         self.take_all(&self.out.request_queue_url, "hold", runs, timeout)
@@ -674,12 +683,7 @@ async fn redelivered_grants_and_revokes_change_nothing() {
     let worker = env.worker();
     let run = env.start(600).await;
     env.approve(&[&run]).await;
-    let grant_item = env
-        .take_all(&env.out.work_queue_url, "grant", &[&run], STEP)
-        .await
-        .remove(&run.arn)
-        .expect("grant item")
-        .to_string();
+    let grant_item = env.work_item("grant", &run).await.to_string();
 
     let first = match worker.handle(&grant_item).await {
         Outcome::Answered {
@@ -739,12 +743,7 @@ async fn redelivered_grants_and_revokes_change_nothing() {
         .send()
         .await
         .expect("end the hold");
-    let revoke_item = env
-        .take_all(&env.out.work_queue_url, "revoke", &[&run], STEP)
-        .await
-        .remove(&run.arn)
-        .expect("revoke item")
-        .to_string();
+    let revoke_item = env.work_item("revoke", &run).await.to_string();
     match worker.handle(&revoke_item).await {
         Outcome::Answered {
             answer: Answer::Revoked(r),
@@ -915,12 +914,7 @@ async fn a_grant_for_an_execution_that_ended_is_taken_back() {
     let worker = env.worker();
     let run = env.start(600).await;
     env.approve(&[&run]).await;
-    let grant_item = env
-        .take_all(&env.out.work_queue_url, "grant", &[&run], STEP)
-        .await
-        .remove(&run.arn)
-        .expect("grant item")
-        .to_string();
+    let grant_item = env.work_item("grant", &run).await.to_string();
     // The execution ends before the worker gets to the item: its grant task fails (as a
     // timeout, or another operator replica, would fail it) and the revoke behind it is
     // answered, so the grant item is
@@ -937,11 +931,7 @@ async fn a_grant_for_an_execution_that_ended_is_taken_back() {
         .send()
         .await
         .expect("fail the grant task");
-    let revoke_item = env
-        .take_all(&env.out.work_queue_url, "revoke", &[&run], STEP)
-        .await
-        .remove(&run.arn)
-        .expect("revoke item");
+    let revoke_item = env.work_item("revoke", &run).await;
     env.sfn
         .send_task_success()
         .task_token(revoke_item["task_token"].as_str().expect("token"))
