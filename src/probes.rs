@@ -1,7 +1,8 @@
 //! `/metrics`, `/healthz` and `/readyz` on one port, for Prometheus and the kubelet.
 //!
-//! - `/healthz` (liveness): the process answers and none of its loops has died. A
-//!   replica that waits for the lease is alive.
+//! - `/healthz` (liveness): the process answers. A loop that dies ends the process
+//!   (the controller exits when it stops leading), so there is nothing else to report;
+//!   a replica that waits for the Lease is alive.
 //! - `/readyz` (readiness): the process has reached the Kubernetes API (and, for the
 //!   relay, its queue) and is not shutting down. A standby replica is ready: it is
 //!   healthy and takes over when the leader goes.
@@ -26,7 +27,6 @@ pub enum ProbeError {
 #[derive(Debug, Default)]
 pub struct Health {
     ready: AtomicBool,
-    failed: AtomicBool,
     stopping: AtomicBool,
 }
 
@@ -40,22 +40,13 @@ impl Health {
         self.ready.store(true, Ordering::SeqCst);
     }
 
-    /// A loop died: the kubelet should restart the container.
-    pub fn set_failed(&self) {
-        self.failed.store(true, Ordering::SeqCst);
-    }
-
     /// Shutting down: take the pod out of its Service.
     pub fn set_stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
-    pub fn is_live(&self) -> bool {
-        !self.failed.load(Ordering::SeqCst)
-    }
-
     pub fn is_ready(&self) -> bool {
-        self.is_live() && self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst) && !self.stopping.load(Ordering::SeqCst)
     }
 }
 
@@ -69,7 +60,7 @@ struct Shared {
 pub fn router(health: Arc<Health>, metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
-        .route("/healthz", get(healthz))
+        .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(Shared { health, metrics })
 }
@@ -105,14 +96,6 @@ async fn metrics_text(State(s): State<Shared>) -> impl IntoResponse {
     }
 }
 
-async fn healthz(State(s): State<Shared>) -> (StatusCode, &'static str) {
-    if s.health.is_live() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::INTERNAL_SERVER_ERROR, "a loop has stopped\n")
-    }
-}
-
 async fn readyz(State(s): State<Shared>) -> (StatusCode, &'static str) {
     if s.health.is_ready() {
         (StatusCode::OK, "ok\n")
@@ -126,16 +109,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readiness_needs_start_and_ends_with_shutdown_or_failure() {
+    fn readiness_needs_start_and_ends_with_shutdown() {
         let h = Health::default();
-        assert!(h.is_live() && !h.is_ready());
+        assert!(!h.is_ready());
         h.set_ready();
         assert!(h.is_ready());
         h.set_stopping();
-        assert!(!h.is_ready() && h.is_live());
-        let h = Health::default();
-        h.set_ready();
-        h.set_failed();
-        assert!(!h.is_ready() && !h.is_live());
+        assert!(!h.is_ready());
     }
 }
