@@ -82,6 +82,8 @@ pub struct Settings {
 pub struct Context {
     pub client: kube::Client,
     pub sfn: StepFunctionClient,
+    /// The AWS accounts whose roles may be granted.
+    pub scope: crate::decide::Scope,
     pub tokens: TokenStore,
     pub recorder: Recorder,
     pub roles: Api<AccessRole>,
@@ -98,6 +100,7 @@ fn now() -> Time {
 pub async fn run(
     client: kube::Client,
     sfn: StepFunctionClient,
+    scope: crate::decide::Scope,
     settings: Settings,
     faults: crate::faults::Faults,
     metrics: Arc<crate::metrics::Metrics>,
@@ -112,6 +115,7 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         sfn,
+        scope,
         tokens: TokenStore::new(client.clone(), &settings.operator_namespace),
         recorder: Recorder::new(
             client.clone(),
@@ -369,7 +373,7 @@ async fn apply(
             .get_opt(&request.spec.role)
             .await
             .map_err(Error::Kube)?;
-        return match decide::plan(request, role.as_ref()) {
+        return match decide::plan_in(request, role.as_ref(), &ctx.scope) {
             Err(rejection) => {
                 info!(reason = rejection.reason(), "rejected: {rejection}");
                 StatusUpdate::from(request)
@@ -388,10 +392,12 @@ async fn apply(
                 Ok(Action::await_change())
             }
             Ok(input) => {
-                let arn = ctx
-                    .sfn
-                    .start_execution(&execution_name(&uid), &input)
-                    .await?;
+                let arn = match ctx.sfn.start_execution(&execution_name(&uid), &input).await {
+                    Err(SfnError::InputConflict { name }) => {
+                        return tampered(request, ctx, api, &name).await;
+                    }
+                    other => other?,
+                };
                 info!(execution_arn = %arn, "execution started");
                 ctx.faults
                     .point(crate::faults::points::AFTER_START_EXECUTION)
@@ -418,7 +424,14 @@ async fn apply(
 
     // 2. Ended: the execution's outcome is the request's final phase.
     let state = ctx.sfn.describe(&execution_arn).await?;
-    if let Some((phase, message)) = decide::phase_of(&state) {
+    if let Some((phase, mut message)) = decide::phase_of(&state) {
+        // Who denied, from our own record when the execution kept no cause.
+        if phase == Phase::Denied && !message.starts_with("denied by") {
+            let tokens = ctx.tokens.get(&uid).await?;
+            if let Some(by) = tokens.get(keys::DECIDED_BY) {
+                message = format!("denied by {by}");
+            }
+        }
         let mut update = StatusUpdate::from(request).phase(phase, message.clone());
         if matches!(phase, Phase::Expired | Phase::Revoked) && update.status.granted_at.is_some() {
             update.status.revoked_at.get_or_insert_with(now);
@@ -445,39 +458,24 @@ async fn apply(
     // 3. Running: where the tokens say it is.
     let tokens = ctx.tokens.get(&uid).await?;
     let poll = ctx.settings.poll_interval;
-    if let Some(hold_token) = tokens.get(keys::HOLD_TOKEN) {
-        let granted_at = tokens.get(keys::GRANTED_AT).and_then(parse_time);
-        let expires_at = tokens.get(keys::EXPIRES_AT).and_then(parse_time);
-        let mut message = format!(
-            "access granted until {}",
-            tokens.get(keys::EXPIRES_AT).unwrap_or("its expiry")
-        );
-        if let Some(revocation) = &status.revocation
-            && tokens.get(keys::HOLD_ENDED).is_none()
-        {
+    // A revocation from someone with no say is cleared at once, whatever the phase:
+    // it is set-once for everyone but the operator, so left in place it would block the
+    // requester's, an approver's or an admin's.
+    let revocation = match &status.revocation {
+        Some(revocation) => {
             let role = ctx
                 .roles
                 .get_opt(&request.spec.role)
                 .await
                 .map_err(Error::Kube)?;
-            let by = &revocation.requested_by;
-            if decide::may_revoke(role.as_ref(), &request.spec.requester, revocation) {
-                let output = json!({"ended_by": by, "reason": revocation.reason.clone().unwrap_or_default()});
-                ctx.sfn.send_success(hold_token, &output).await?;
-                ctx.tokens
-                    .put(&identity(request, &uid), &[(keys::HOLD_ENDED, by)])
-                    .await?;
-                event(
-                    ctx,
-                    request,
-                    EventType::Normal,
-                    "RevokeRequested",
-                    "Revoke",
-                    format!("{by} ended access early"),
-                )
-                .await;
-            } else {
-                // Set-once for everyone else: clear it, or it would block a legitimate one.
+            // The operator's own record (`aws-jit drain` ends the hold, or cancels the
+            // approval, before it writes the revocation) is never cleared.
+            let ended_by_operator = tokens.get(keys::HOLD_ENDED).is_some()
+                || tokens.get(keys::APPROVAL_ANSWER) == Some("cancelled");
+            if !ended_by_operator
+                && !decide::may_revoke(role.as_ref(), &request.spec.requester, revocation)
+            {
+                let by = &revocation.requested_by;
                 let clear = json!({"status": {"revocation": null}});
                 api.patch_status(
                     &request.name_any(),
@@ -492,11 +490,43 @@ async fn apply(
                     EventType::Warning,
                     "RevokeIgnored",
                     "Revoke",
-                    format!("{by} is neither the requester nor an approver of this role"),
+                    format!(
+                        "{by} is neither the requester, an approver of this role, nor an admin"
+                    ),
                 )
                 .await;
                 return Ok(Action::requeue(Duration::from_millis(200)));
             }
+            Some(revocation)
+        }
+        None => None,
+    };
+    if let Some(hold_token) = tokens.get(keys::HOLD_TOKEN) {
+        let granted_at = tokens.get(keys::GRANTED_AT).and_then(parse_time);
+        let expires_at = tokens.get(keys::EXPIRES_AT).and_then(parse_time);
+        let mut message = format!(
+            "access granted until {}",
+            tokens.get(keys::EXPIRES_AT).unwrap_or("its expiry")
+        );
+        if let Some(revocation) = revocation
+            && tokens.get(keys::HOLD_ENDED).is_none()
+        {
+            let by = &revocation.requested_by;
+            let output =
+                json!({"ended_by": by, "reason": revocation.reason.clone().unwrap_or_default()});
+            ctx.sfn.send_success(hold_token, &output).await?;
+            ctx.tokens
+                .put(&identity(request, &uid), &[(keys::HOLD_ENDED, by)])
+                .await?;
+            event(
+                ctx,
+                request,
+                EventType::Normal,
+                "RevokeRequested",
+                "Revoke",
+                format!("{by} ended access early"),
+            )
+            .await;
         }
         if tokens.get(keys::HOLD_ENDED).is_some() || status.revocation.is_some() {
             message = "access is being revoked early".into();
@@ -523,6 +553,35 @@ async fn apply(
         return Ok(Action::requeue(next.max(Duration::from_millis(500))));
     }
     if let Some(token) = tokens.get(keys::APPROVAL_TOKEN) {
+        if let Some(revocation) = revocation
+            && tokens.get(keys::APPROVAL_ANSWER).is_none()
+        {
+            // Withdrawn before a decision: cancel rather than grant and then revoke.
+            let by = &revocation.requested_by;
+            ctx.sfn
+                .send_failure(
+                    token,
+                    errors::CANCELLED,
+                    &format!("{by} revoked the request before it was decided"),
+                )
+                .await?;
+            ctx.tokens
+                .put(
+                    &identity(request, &uid),
+                    &[(keys::APPROVAL_ANSWER, "cancelled"), (keys::DECIDED_BY, by)],
+                )
+                .await?;
+            event(
+                ctx,
+                request,
+                EventType::Normal,
+                "RevokeRequested",
+                "Revoke",
+                format!("{by} revoked the request before it was decided"),
+            )
+            .await;
+            return Ok(Action::requeue(poll));
+        }
         match tokens.get(keys::APPROVAL_ANSWER) {
             Some("approved") => {
                 let by = tokens.get(keys::DECIDED_BY).unwrap_or("the approvers");
@@ -546,10 +605,16 @@ async fn apply(
                     .apply(api)
                     .await?;
             }
+            // The phase becomes Denied when the execution ends denied: only what the
+            // execution really did is a terminal phase.
             Some(_) => {
                 let by = tokens.get(keys::DECIDED_BY).unwrap_or("an approver");
+                let phase = status.phase.unwrap_or(Phase::AwaitingApproval);
                 StatusUpdate::from(request)
-                    .phase(Phase::Denied, format!("denied by {by}"))
+                    .phase(
+                        phase,
+                        format!("denied by {by}; waiting for the execution to end"),
+                    )
                     .apply(api)
                     .await?;
             }
@@ -565,6 +630,55 @@ async fn apply(
         .apply(api)
         .await?;
     Ok(Action::requeue(poll))
+}
+
+/// The request's execution name is taken by an execution someone else started with
+/// another input (the name is predictable from the uid, which anyone who may read the
+/// request sees). Nothing is granted for this request: it ends `Failed` with a
+/// `Tampered` condition and a Warning Event, and the foreign execution is stopped. Its
+/// tasks are refused on the queues (the request records no execution).
+async fn tampered(
+    request: &AccessRequest,
+    ctx: &Context,
+    api: &Api<AccessRequest>,
+    name: &str,
+) -> Result<Action, Error> {
+    let foreign = ctx.sfn.execution_arn(name)?;
+    let message = format!(
+        "execution {name} was started by someone other than aws-jit, with an input aws-jit \
+         did not write: nothing is granted for this request. Report it to your AWS \
+         security team; to ask for access again, create a new AccessRequest"
+    );
+    warn!(execution_arn = %foreign, "execution name squatted with a foreign input");
+    let mut update = StatusUpdate::from(request).phase(Phase::Failed, message.clone());
+    decide::set_condition(
+        &mut update.status.conditions,
+        "Tampered",
+        true,
+        "ForeignExecution",
+        &format!("{foreign} was not started by aws-jit"),
+        request.metadata.generation,
+        &now(),
+    );
+    update.apply(api).await?;
+    event(
+        ctx,
+        request,
+        EventType::Warning,
+        "ExecutionTampered",
+        "Start",
+        message,
+    )
+    .await;
+    ctx.metrics.refused("execution", "ExecutionSquatted");
+    if let Err(e) = ctx
+        .sfn
+        .stop(&foreign, "aws-jit: not started by aws-jit for this request")
+        .await
+    {
+        warn!(error = %e, execution_arn = %foreign, "cannot stop the foreign execution");
+    }
+    Ok(Action::await_change())
 }
 
 fn identity(request: &AccessRequest, uid: &str) -> crate::contract::RequestIdentity {
@@ -638,6 +752,9 @@ async fn answer_approval(
                 requester_arn,
             };
             ctx.sfn.send_success(token, &output).await?;
+            ctx.faults
+                .point(crate::faults::points::AFTER_APPROVAL_ANSWERED)
+                .await;
             ctx.metrics.approval("approved");
             let by = approvers.join(", ");
             ctx.tokens
@@ -686,8 +803,16 @@ async fn answer_approval(
                 )
                 .await?;
             let message = format!("denied by {decided}");
+            let phase = request
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .unwrap_or(Phase::AwaitingApproval);
             StatusUpdate::from(request)
-                .phase(Phase::Denied, message.clone())
+                .phase(
+                    phase,
+                    format!("{message}; waiting for the execution to end"),
+                )
                 .apply(api)
                 .await?;
             event(ctx, request, EventType::Normal, "Denied", "Deny", message).await;

@@ -50,6 +50,15 @@ pub enum Rejection {
     BadRoleArn(String),
     #[error("the request has no uid or namespace yet")]
     Incomplete,
+    #[error(
+        "roleArn {role_arn:?} is in account {account}, which this operator does not serve \
+         (it serves {served}; see the controller's --aws-account-ids)"
+    )]
+    AccountNotServed {
+        role_arn: String,
+        account: String,
+        served: String,
+    },
 }
 
 impl Rejection {
@@ -65,6 +74,7 @@ impl Rejection {
             Rejection::NoPrincipal { .. } => "NoPrincipal",
             Rejection::BadRoleArn(_) => "InvalidRoleArn",
             Rejection::Incomplete => "Incomplete",
+            Rejection::AccountNotServed { .. } => "AccountNotServed",
         }
     }
 }
@@ -113,7 +123,132 @@ pub fn principal_for(role: &AccessRole, username: &str) -> Result<String, Reject
         requester: username.to_string(),
         why: format!("{arn:?} is not a valid IAM principal ARN"),
     })?;
+    if let Some(why) = unsafe_principal(&arn) {
+        return Err(Rejection::NoPrincipal {
+            requester: username.to_string(),
+            why: format!("{arn:?} {why}"),
+        });
+    }
     Ok(arn)
+}
+
+/// Why a well-formed principal ARN still cannot stand for one person, if it cannot.
+/// Only IAM users and IAM roles name an identity the account controls: an STS
+/// assumed-role or federated-user ARN carries a session name its caller chooses (anyone
+/// who may assume `Dev` can name a session `bob`), and an account root principal trusts
+/// every identity of that account that is allowed `sts:AssumeRole`.
+fn unsafe_principal(arn: &str) -> Option<&'static str> {
+    let parsed = crate::arn::parse(arn)?;
+    if parsed.service == "sts" {
+        return Some(
+            "is an STS session principal: its session name is chosen by whoever assumes \
+             the role, so it does not identify a person; map the requester to an IAM user or \
+             role ARN",
+        );
+    }
+    match parsed.resource.split_once('/') {
+        Some(("user" | "role", rest)) if !rest.is_empty() => None,
+        _ => Some(
+            "is neither an IAM user nor an IAM role (an account root principal would trust \
+             every identity in the account)",
+        ),
+    }
+}
+
+/// Which AWS accounts the operator may grant roles in: the roles an AccessRole names
+/// must be in one of them (by default the operator's own account, the state machine's).
+/// The worker edits a role by name in the account its credentials are in, so a role ARN
+/// in another account would otherwise edit the same-named role here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    accounts: Vec<String>,
+}
+
+impl Scope {
+    pub fn new(accounts: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            accounts: accounts.into_iter().collect(),
+        }
+    }
+
+    pub fn accounts(&self) -> &[String] {
+        &self.accounts
+    }
+
+    /// Refuses a role ARN outside the served accounts.
+    pub fn check_role(&self, role_arn: &str) -> Result<(), Rejection> {
+        let (account, _) =
+            crate::arn::role(role_arn).ok_or_else(|| Rejection::BadRoleArn(role_arn.into()))?;
+        if self.accounts.iter().any(|a| a == account) {
+            return Ok(());
+        }
+        Err(Rejection::AccountNotServed {
+            role_arn: role_arn.to_string(),
+            account: account.to_string(),
+            served: if self.accounts.is_empty() {
+                "no account".into()
+            } else {
+                self.accounts.join(", ")
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    #[test]
+    fn only_users_and_roles_stand_for_a_person() {
+        for ok in [
+            "arn:aws:iam::123456789012:user/alice",
+            "arn:aws:iam::123456789012:user/people/alice",
+            "arn:aws:iam::123456789012:role/alice-sso",
+        ] {
+            assert_eq!(unsafe_principal(ok), None, "{ok}");
+        }
+        for bad in [
+            "arn:aws:sts::123456789012:assumed-role/Dev/bob",
+            "arn:aws:sts::123456789012:federated-user/bob",
+            "arn:aws:iam::123456789012:root",
+            "arn:aws:iam::123456789012:group/admins",
+            "arn:aws:iam::123456789012:user/",
+        ] {
+            assert!(unsafe_principal(bad).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_outside_the_served_accounts_are_refused() {
+        let scope = Scope::new(["123456789012".to_string()]);
+        assert_eq!(
+            scope.check_role("arn:aws:iam::123456789012:role/jit/admin"),
+            Ok(())
+        );
+        let err = scope
+            .check_role("arn:aws:iam::210987654321:role/jit/admin")
+            .unwrap_err();
+        assert_eq!(err.reason(), "AccountNotServed");
+        assert!(err.to_string().contains("210987654321"), "{err}");
+        assert_eq!(
+            Scope::new([])
+                .check_role("arn:aws:iam::123456789012:role/a")
+                .unwrap_err()
+                .reason(),
+            "AccountNotServed"
+        );
+    }
+}
+
+/// [`plan`], and the role's account must be one the operator serves.
+pub fn plan_in(
+    request: &AccessRequest,
+    role: Option<&AccessRole>,
+    scope: &Scope,
+) -> Result<ExecutionInput, Rejection> {
+    let input = plan(request, role)?;
+    scope.check_role(&input.role_arn)?;
+    Ok(input)
 }
 
 /// `<account>/<role name>`: one FIFO message group per target role.
@@ -264,11 +399,16 @@ pub fn tally(role: &AccessRole, requester: &str, approvals: &[Approval]) -> (Tal
     }
 }
 
-/// Whether a revocation may end access early: the requester, or an approver of the
-/// role (by user, or by the group claimed, which admission checked). Admins delete the
-/// request instead.
+/// The group whose members are cluster admins (they hold every verb); a revocation
+/// asked as this group (admission checks the caller is in it) is an admin's.
+pub const ADMIN_GROUP: &str = "system:masters";
+
+/// Whether a revocation may end access early: the requester, an approver of the role
+/// (by user, or by the group claimed, which admission checked), or a cluster admin (as
+/// [`ADMIN_GROUP`]).
 pub fn may_revoke(role: Option<&AccessRole>, requester: &str, revocation: &Revocation) -> bool {
     revocation.requested_by == requester
+        || revocation.group.as_deref() == Some(ADMIN_GROUP)
         || role.is_some_and(|r| {
             lists(
                 &r.spec.approvers,
@@ -282,10 +422,10 @@ pub fn may_revoke(role: Option<&AccessRole>, requester: &str, revocation: &Revoc
 pub fn phase_of(state: &ExecutionState) -> Option<(Phase, String)> {
     Some(match state {
         ExecutionState::Running => return None,
-        ExecutionState::Succeeded { outcome, .. } => match outcome {
+        ExecutionState::Succeeded { outcome, output } => match outcome {
             Some(Outcome::Expired) => (Phase::Expired, "access expired and was revoked".into()),
             Some(Outcome::Revoked) => (Phase::Revoked, "access was ended early and revoked".into()),
-            Some(Outcome::Denied) => (Phase::Denied, "the request was denied".into()),
+            Some(Outcome::Denied) => (Phase::Denied, denial_message(output)),
             Some(Outcome::Cancelled) => (
                 Phase::Revoked,
                 "cancelled before a decision (withdrawn, deleted, or drained at uninstall)".into(),
@@ -316,6 +456,20 @@ pub fn phase_of(state: &ExecutionState) -> Option<(Phase, String)> {
             format!("the execution ended with status {status}"),
         ),
     })
+}
+
+/// "denied by dave: not now", from the `Denied` failure's cause the execution kept
+/// (`output.error.Cause`, a [`crate::contract::DenialCause`] as JSON).
+fn denial_message(output: &serde_json::Value) -> String {
+    let cause = output
+        .pointer("/error/Cause")
+        .and_then(|c| c.as_str())
+        .and_then(|c| serde_json::from_str::<crate::contract::DenialCause>(c).ok());
+    match cause {
+        Some(c) if c.comment.is_empty() => format!("denied by {}", c.approver_name),
+        Some(c) => format!("denied by {}: {}", c.approver_name, c.comment),
+        None => "the request was denied".into(),
+    }
 }
 
 /// Sets a condition, keeping `lastTransitionTime` when its status does not change

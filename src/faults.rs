@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 pub mod points {
     /// The reconciler started the execution but has not written status.
     pub const AFTER_START_EXECUTION: &str = "after-start-execution";
+    /// The reconciler answered the approval task but has not recorded that it did.
+    pub const AFTER_APPROVAL_ANSWERED: &str = "after-approval-answered";
     /// The consumer stored a task token but has not deleted the message.
     pub const AFTER_TOKEN_STORED: &str = "after-token-stored";
     /// The worker changed the trust policy but has not answered the grant task.

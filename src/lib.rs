@@ -3,6 +3,8 @@
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
 
 pub mod arn;
+pub mod authority;
+pub mod authorize;
 pub mod contract;
 pub mod controller;
 pub mod crd;

@@ -53,6 +53,12 @@ pub struct QueueLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub queue: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlackLabels {
     pub method: &'static str,
     pub result: &'static str,
@@ -98,6 +104,9 @@ pub struct Metrics {
     pub slack_rate_limited: Counter,
     /// `aws_jit_leader`: 1 while this replica holds the lease (or runs unelected).
     pub leader: Gauge,
+    /// `aws_jit_refused_tasks_total{queue, reason}`: tasks from AWS that Kubernetes does
+    /// not back (a foreign execution, a forged or altered work item), refused.
+    pub refused_tasks: Family<RefusedLabels, Counter>,
     requests: Arc<RequestsCollector>,
 }
 
@@ -164,6 +173,12 @@ impl Metrics {
             "1 while this replica leads (reconciles and consumes queues)",
             leader.clone(),
         );
+        let refused_tasks = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "refused_tasks",
+            "Tasks from AWS refused because Kubernetes does not back them, by queue and reason",
+            refused_tasks.clone(),
+        );
         let requests = Arc::new(RequestsCollector::default());
         registry.register_collector(Box::new(requests.clone()));
         Metrics {
@@ -177,6 +192,7 @@ impl Metrics {
             slack_requests,
             slack_rate_limited,
             leader,
+            refused_tasks,
             requests,
         }
     }
@@ -209,6 +225,12 @@ impl Metrics {
 
     pub fn grant(&self, result: &'static str) {
         self.grants.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    pub fn refused(&self, queue: &'static str, reason: &'static str) {
+        self.refused_tasks
+            .get_or_create(&RefusedLabels { queue, reason })
+            .inc();
     }
 
     pub fn slack_request(&self, method: &'static str, result: &'static str) {

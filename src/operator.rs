@@ -21,6 +21,26 @@ pub struct AwsTargets {
     pub request_dead_letter_url: Option<String>,
     pub work_queue_url: String,
     pub work_dead_letter_url: Option<String>,
+    /// The AWS accounts whose roles may be granted; empty: the state machine's own
+    /// account (see [`AwsTargets::scope`]).
+    pub accounts: Vec<String>,
+}
+
+impl AwsTargets {
+    /// The accounts the operator serves: those configured, else the account of the
+    /// state machine (the operator's own).
+    pub fn scope(&self) -> crate::decide::Scope {
+        if !self.accounts.is_empty() {
+            return crate::decide::Scope::new(self.accounts.iter().cloned());
+        }
+        let own = self
+            .state_machine_arn
+            .split(':')
+            .nth(4)
+            .filter(|a| !a.is_empty())
+            .map(str::to_owned);
+        crate::decide::Scope::new(own)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +100,13 @@ pub async fn run(
 ) {
     let sfn = StepFunctionClient::new(aws_sdk_sfn::Client::new(aws), &config.aws.state_machine_arn);
     let sqs = aws_sdk_sqs::Client::new(aws);
+    let scope = config.aws.scope();
+    let authority = crate::authority::Authority::new(
+        kube.clone(),
+        sfn.clone(),
+        scope.clone(),
+        config.metrics.clone(),
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -94,12 +121,15 @@ pub async fn run(
         wait: config.queue_wait,
         faults: config.faults.clone(),
         metrics: config.metrics.clone(),
+        authority: authority.clone(),
     };
     let consumer = {
         let rx = stop_rx.clone();
+        let requests = Arc::new(requests);
         tokio::spawn(async move { requests.run(stopped(rx)).await })
     };
     let mut worker = Worker::new(
+        authority,
         sqs.clone(),
         aws_sdk_iam::Client::new(aws),
         sfn.clone(),
@@ -119,6 +149,7 @@ pub async fn run(
     let reconciler = tokio::spawn(controller::run(
         kube.clone(),
         sfn.clone(),
+        scope,
         config.settings.clone(),
         config.faults.clone(),
         config.metrics.clone(),

@@ -4,20 +4,33 @@
 //! message comes back). Writing the Secret wakes the request's reconciler, which does
 //! everything else.
 //!
-//! A task for a request that no longer exists is answered at once (approval: failure
-//! `Cancelled`; hold: success, which revokes now), so its execution does not wait for
-//! a timeout. A message that cannot be understood is moved to the dead-letter queue
-//! with a log line: it never blocks the queue and never stops the loop.
-use std::time::Duration;
+//! Only a task of the execution the controller started and recorded for a request is
+//! kept ([`crate::authority`]): a task of any other execution that names a live request
+//! (someone in the AWS account started one with a copy of its identity) is refused,
+//! reported on the request it impersonated, and answered. A task for a request that no
+//! longer exists is answered at once (approval: failure `Cancelled`; hold: success,
+//! which revokes now), so its execution does not wait for a timeout. A message that
+//! cannot be understood is moved to the dead-letter queue with a log line: it never
+//! blocks the queue and never stops the loop.
+//!
+//! A task token is never lost to a passing outage: a message whose handling fails for
+//! a transient reason (the apiserver is down, throttling) stays with this consumer,
+//! which tries again with exponential back-off and jitter and keeps the message
+//! invisible meanwhile (`ChangeMessageVisibility`), so SQS never counts it towards the
+//! dead-letter queue. Messages are handled concurrently, so one that waits does not
+//! hold up the rest. Should a task reach the dead-letter queue all the same (the
+//! operator crashed with it five times), [`RequestQueue::redrive`] gives it another go
+//! once a minute, and a Warning Event on its request says so.
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::Message;
-use kube::ResourceExt;
-use kube::api::Api;
+use backon::BackoffBuilder;
 use serde_json::json;
 use tracing::{Instrument, error, info, warn};
 
+use crate::authority::{Authority, AuthorityError};
 use crate::contract::{RequestIdentity, RequestTask, errors};
-use crate::crd::AccessRequest;
 use crate::metrics::{outcome, queue};
 use crate::sfn::StepFunctionClient;
 use crate::tokens::{TokenStore, keys};
@@ -32,6 +45,29 @@ pub enum QueueError {
     Tokens(#[from] crate::tokens::TokenError),
     #[error(transparent)]
     StepFunctions(#[from] crate::sfn::SfnError),
+    #[error(transparent)]
+    Authority(#[from] AuthorityError),
+}
+
+/// How many messages are handled at once.
+const MAX_IN_FLIGHT: usize = 64;
+/// How long a message this consumer holds stays invisible beyond its next retry.
+const HOLD_MARGIN: Duration = Duration::from_secs(10);
+/// How often the dead-letter queue is looked at for tasks to give another go.
+const REDRIVE_EVERY: Duration = Duration::from_secs(60);
+/// A dead-lettered message that still cannot be handled is not looked at again for this
+/// long.
+const REDRIVE_PARK: i32 = 900;
+
+/// The back-off of a message whose handling failed: 1 s doubling to 30 s, with jitter,
+/// for as long as it takes.
+fn retry_delays() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_secs(1))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// What became of one message.
@@ -56,15 +92,37 @@ pub struct RequestQueue {
     pub wait: Duration,
     pub faults: crate::faults::Faults,
     pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    /// Judges whether a task belongs to the execution of its request.
+    pub authority: Authority,
 }
 
 impl RequestQueue {
     /// Consumes until `shutdown` resolves. Errors are logged and retried with backoff.
-    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+    /// At shutdown, messages still being worked on go back to the queue at once.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let mut backoff = Duration::from_millis(200);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut in_flight = tokio::task::JoinSet::new();
+        let mut receive_delays = retry_delays();
+        let mut next_redrive = Instant::now();
         loop {
-            let receive = self.receive();
+            while let Some(joined) = in_flight.try_join_next() {
+                if let Err(e) = joined {
+                    error!(error = %e, "a request-queue message's task ended abnormally");
+                }
+            }
+            if in_flight.len() >= MAX_IN_FLIGHT {
+                tokio::select! {
+                    biased;
+                    _ = &mut shutdown => break,
+                    _ = in_flight.join_next() => continue,
+                }
+            }
+            if self.dead_letter_url.is_some() && Instant::now() >= next_redrive {
+                next_redrive = Instant::now() + REDRIVE_EVERY;
+                self.redrive().await;
+            }
+            let receive = self.receive(&self.queue_url, self.wait);
             tokio::pin!(receive);
             let received = tokio::select! {
                 biased;
@@ -73,40 +131,49 @@ impl RequestQueue {
                     // than stay invisible for the visibility timeout.
                     if let Ok(messages) = receive.await {
                         for m in &messages {
-                            self.release(m).await;
+                            self.set_visibility(&self.queue_url, m, 0).await;
                         }
                     }
-                    return;
+                    break;
                 }
                 r = &mut receive => r,
             };
             match received {
                 Ok(messages) => {
-                    backoff = Duration::from_millis(200);
+                    receive_delays = retry_delays();
                     for m in messages {
+                        let this = self.clone();
+                        let stop = stop_rx.clone();
                         let span = message_span(&m);
-                        self.process(m).instrument(span).await;
+                        in_flight
+                            .spawn(async move { this.process(m, stop).await }.instrument(span));
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, "cannot receive from the request queue; backing off");
+                    let delay = receive_delays.next().unwrap_or(Duration::from_secs(30));
+                    warn!(error = %e, retry_in = ?delay, "cannot receive from the request queue; backing off");
                     tokio::select! {
-                        _ = &mut shutdown => return,
-                        _ = tokio::time::sleep(backoff) => {}
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                 }
+            }
+        }
+        let _ = stop_tx.send(true);
+        while let Some(joined) = in_flight.join_next().await {
+            if let Err(e) = joined {
+                error!(error = %e, "a request-queue message's task ended abnormally");
             }
         }
     }
 
-    async fn receive(&self) -> Result<Vec<Message>, QueueError> {
+    async fn receive(&self, queue_url: &str, wait: Duration) -> Result<Vec<Message>, QueueError> {
         let out = self
             .sqs
             .receive_message()
-            .queue_url(&self.queue_url)
+            .queue_url(queue_url)
             .max_number_of_messages(10)
-            .wait_time_seconds(i32::try_from(self.wait.as_secs()).unwrap_or(20).min(20))
+            .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20).min(20))
             .send()
             .await
             .map_err(|e| QueueError::Sqs {
@@ -116,37 +183,123 @@ impl RequestQueue {
         Ok(out.messages.unwrap_or_default())
     }
 
-    async fn process(&self, message: Message) {
+    /// Handles one message until it is done with: deleted once handled, dead-lettered
+    /// when it is poison, retried with back-off (and kept invisible) while the failure
+    /// is transient, handed back to the queue at shutdown.
+    async fn process(&self, message: Message, mut stop: tokio::sync::watch::Receiver<bool>) {
         let Some(receipt) = message.receipt_handle() else {
             return;
         };
         let body = message.body().unwrap_or_default();
-        match self.handle(body).await {
-            Ok(Handled::Poison(why)) => {
-                error!(
-                    message_id = message.message_id().unwrap_or_default(),
-                    why, "poison message on the request queue"
-                );
-                self.dead_letter(body, receipt).await;
-                self.metrics
-                    .queue_message(queue::REQUEST, outcome::DEAD_LETTERED);
-            }
-            Ok(_) => {
-                self.faults
-                    .point(crate::faults::points::AFTER_TOKEN_STORED)
-                    .await;
-                if let Err(e) = self.delete(receipt).await {
-                    // It comes back; storing a token twice is harmless.
-                    warn!(error = %e, "cannot delete a handled message");
+        let mut delays = retry_delays();
+        // The queue's own visibility timeout holds it at first; from the first retry on,
+        // this consumer says how long.
+        let mut held_until: Option<Instant> = None;
+        loop {
+            match self.handle(body).await {
+                Ok(Handled::Poison(why)) => {
+                    error!(
+                        message_id = message.message_id().unwrap_or_default(),
+                        why, "poison message on the request queue"
+                    );
+                    self.dead_letter(body, receipt).await;
+                    self.metrics
+                        .queue_message(queue::REQUEST, outcome::DEAD_LETTERED);
+                    return;
                 }
-                self.metrics
-                    .queue_message(queue::REQUEST, outcome::PROCESSED);
+                Ok(_) => {
+                    self.faults
+                        .point(crate::faults::points::AFTER_TOKEN_STORED)
+                        .await;
+                    if let Err(e) = self.delete(&self.queue_url, receipt).await {
+                        // It comes back; storing a token twice is harmless.
+                        warn!(error = %e, "cannot delete a handled message");
+                    }
+                    self.metrics
+                        .queue_message(queue::REQUEST, outcome::PROCESSED);
+                    return;
+                }
+                Err(e) => {
+                    self.metrics.queue_message(queue::REQUEST, outcome::FAILED);
+                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    warn!(error = %e, retry_in = ?delay, "cannot handle a request-queue message yet; trying again");
+                    let needed = Instant::now() + delay + HOLD_MARGIN / 2;
+                    if held_until.is_none_or(|until| until < needed) {
+                        let hold = delay + HOLD_MARGIN;
+                        let seconds = i32::try_from(hold.as_secs()).unwrap_or(i32::MAX);
+                        if self
+                            .set_visibility(&self.queue_url, &message, seconds)
+                            .await
+                        {
+                            held_until = Some(Instant::now() + hold);
+                        }
+                    }
+                    tokio::select! {
+                        _ = stopped(&mut stop) => {
+                            self.set_visibility(&self.queue_url, &message, 0).await;
+                            return;
+                        }
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
             }
-            // Not deleted: SQS gives it back after its visibility timeout.
+        }
+    }
+
+    /// Gives dead-lettered tasks another go: one that can now be handled is, and leaves
+    /// the dead-letter queue; one that still cannot stays there, out of sight for a
+    /// while. Each is reported on its request (a Warning Event), so a token that went
+    /// to the dead-letter queue is never silent.
+    pub async fn redrive(&self) {
+        let Some(dlq) = self.dead_letter_url.clone() else {
+            return;
+        };
+        let messages = match self.receive(&dlq, Duration::ZERO).await {
+            Ok(m) => m,
             Err(e) => {
-                self.metrics.queue_message(queue::REQUEST, outcome::FAILED);
-                warn!(error = %e, "cannot handle a request-queue message yet; it will come back")
+                warn!(error = %e, "cannot look at the request dead-letter queue");
+                return;
             }
+        };
+        for message in messages {
+            let span = message_span(&message);
+            async {
+                let Some(receipt) = message.receipt_handle() else {
+                    return;
+                };
+                let body = message.body().unwrap_or_default();
+                let handled = self.handle(body).await;
+                let note = match &handled {
+                    Ok(Handled::Stored) | Ok(Handled::AnsweredOrphan) => {
+                        if let Err(e) = self.delete(&dlq, receipt).await {
+                            warn!(error = %e, "cannot delete a redriven message");
+                        }
+                        info!("a dead-lettered task was handled after all");
+                        "a task of this request had gone to the request dead-letter queue; \
+                         it was handled now"
+                            .to_string()
+                    }
+                    Ok(Handled::Poison(_)) => {
+                        self.set_visibility(&dlq, &message, REDRIVE_PARK).await;
+                        return;
+                    }
+                    Err(e) => {
+                        self.set_visibility(&dlq, &message, REDRIVE_PARK).await;
+                        format!(
+                            "a task of this request is in the request dead-letter queue and \
+                             cannot be handled yet ({e}); it is tried again every {} minutes",
+                            REDRIVE_PARK / 60
+                        )
+                    }
+                };
+                if let Ok(task) = serde_json::from_str::<RequestTask>(body) {
+                    self.authority
+                        .notify(task_identity(&task), "DeadLetteredTask", &note)
+                        .await;
+                }
+            }
+            .instrument(span)
+            .await;
         }
     }
 
@@ -170,16 +323,24 @@ impl RequestQueue {
             } => (input, execution_arn),
         };
         let who = &input.request;
-        let api: Api<AccessRequest> = Api::namespaced(self.client.clone(), &who.namespace);
-        let live = api
-            .get_opt(&who.name)
-            .await?
-            .filter(|r| r.uid().as_deref() == Some(who.uid.as_str()));
-        let Some(_request) = live else {
-            info!("task for a request that no longer exists; ending it");
-            self.answer_orphan(&task).await?;
-            return Ok(Handled::AnsweredOrphan);
+        let kind = match &task {
+            RequestTask::Approval { .. } => "approval",
+            RequestTask::Hold { .. } => "hold",
         };
+        match self
+            .authority
+            .task(queue::REQUEST, who, execution_arn)
+            .await
+        {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(AuthorityError::Refused(refusal)) => {
+                info!(task = kind, %refusal, "not this request's task; ending it");
+                self.answer_orphan(&task, &refusal.to_string()).await?;
+                return Ok(Handled::AnsweredOrphan);
+            }
+            Err(e) => return Err(e.into()),
+        }
         let identity = RequestIdentity {
             namespace: who.namespace.clone(),
             name: who.name.clone(),
@@ -217,33 +378,28 @@ impl RequestQueue {
         Ok(Handled::Stored)
     }
 
-    async fn answer_orphan(&self, task: &RequestTask) -> Result<(), QueueError> {
+    /// Ends a task no request of ours stands behind: an approval is cancelled, a hold
+    /// ended (its execution revokes).
+    async fn answer_orphan(&self, task: &RequestTask, why: &str) -> Result<(), QueueError> {
         match task {
             RequestTask::Approval { task_token, .. } => {
                 self.sfn
-                    .send_failure(
-                        task_token,
-                        errors::CANCELLED,
-                        "the AccessRequest no longer exists",
-                    )
+                    .send_failure(task_token, errors::CANCELLED, why)
                     .await?;
             }
             RequestTask::Hold { task_token, .. } => {
                 self.sfn
-                    .send_success(
-                        task_token,
-                        &json!({"ended_by": "aws-jit", "reason": "AccessRequest no longer exists"}),
-                    )
+                    .send_success(task_token, &json!({"ended_by": "aws-jit", "reason": why}))
                     .await?;
             }
         }
         Ok(())
     }
 
-    async fn delete(&self, receipt: &str) -> Result<(), QueueError> {
+    async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), QueueError> {
         self.sqs
             .delete_message()
-            .queue_url(&self.queue_url)
+            .queue_url(queue_url)
             .receipt_handle(receipt)
             .send()
             .await
@@ -254,22 +410,25 @@ impl RequestQueue {
         Ok(())
     }
 
-    /// Makes a received message visible again at once.
-    async fn release(&self, message: &Message) {
+    /// Sets how long a received message stays invisible (0: visible again at once).
+    /// False when SQS did not take it.
+    async fn set_visibility(&self, queue_url: &str, message: &Message, seconds: i32) -> bool {
         let Some(receipt) = message.receipt_handle() else {
-            return;
+            return false;
         };
         let res = self
             .sqs
             .change_message_visibility()
-            .queue_url(&self.queue_url)
+            .queue_url(queue_url)
             .receipt_handle(receipt)
-            .visibility_timeout(0)
+            .visibility_timeout(seconds)
             .send()
             .await;
         if let Err(e) = res {
-            warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), "cannot return a message to the queue; it comes back after its visibility timeout");
+            warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), seconds, "cannot change a message's visibility; it comes back after its visibility timeout");
+            return false;
         }
+        true
     }
 
     /// Moves a message that will never be understood out of the way.
@@ -290,7 +449,7 @@ impl RequestQueue {
                 self.faults
                     .point(crate::faults::points::AFTER_TOKEN_STORED)
                     .await;
-                if let Err(e) = self.delete(receipt).await {
+                if let Err(e) = self.delete(&self.queue_url, receipt).await {
                     warn!(error = %e, "moved a poison message to the dead-letter queue but cannot delete it");
                 }
             }
@@ -298,6 +457,17 @@ impl RequestQueue {
                 warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), "cannot move a poison message to the dead-letter queue; SQS's redrive will")
             }
         }
+    }
+}
+
+/// Resolves once the consumer is stopping.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn task_identity(task: &RequestTask) -> &RequestIdentity {
+    match task {
+        RequestTask::Approval { input, .. } | RequestTask::Hold { input, .. } => &input.request,
     }
 }
 

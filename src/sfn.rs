@@ -219,6 +219,20 @@ impl StepFunctionClient {
         }
     }
 
+    /// Stops an execution (only ever one aws-jit did not start: stopping one of ours
+    /// would skip its revoke).
+    pub async fn stop(&self, execution_arn: &str, cause: &str) -> Result<(), SfnError> {
+        self.client
+            .stop_execution()
+            .execution_arn(execution_arn)
+            .error("aws-jit.Foreign")
+            .cause(truncate(cause, 32_768))
+            .send()
+            .await
+            .map_err(|e| SfnError::api("StopExecution", &e))?;
+        Ok(())
+    }
+
     /// Where the execution is.
     pub async fn describe(&self, execution_arn: &str) -> Result<ExecutionState, SfnError> {
         let out = self

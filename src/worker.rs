@@ -172,6 +172,9 @@ pub enum WorkerError {
     },
     #[error("the work item is malformed: {reason}")]
     MalformedTask { reason: String },
+    /// Kubernetes does not back the grant (or cannot be asked yet).
+    #[error("refused: {0}")]
+    NotAuthorized(#[from] crate::authority::AuthorityError),
     #[error("SQS {call} failed: {message}")]
     Sqs { call: &'static str, message: String },
 }
@@ -182,6 +185,7 @@ impl WorkerError {
         match self {
             WorkerError::Iam { transient, .. } => *transient,
             WorkerError::Sqs { .. } => true,
+            WorkerError::NotAuthorized(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -295,6 +299,7 @@ pub enum Outcome {
 /// give it one message body at a time with [`Worker::handle`].
 #[derive(Clone, Debug)]
 pub struct Worker {
+    authority: crate::authority::Authority,
     sqs: aws_sdk_sqs::Client,
     iam: aws_sdk_iam::Client,
     sfn: StepFunctionClient,
@@ -310,13 +315,17 @@ pub struct Worker {
 impl Worker {
     /// A worker on the work queue `queue_url`, with IAM's default trust-policy size limit,
     /// 20-second long polls and no dead-letter URL (poison is left to SQS's redrive).
+    /// Every grant is first put to `authority` (Kubernetes), and what it answers is what
+    /// is granted.
     pub fn new(
+        authority: crate::authority::Authority,
         sqs: aws_sdk_sqs::Client,
         iam: aws_sdk_iam::Client,
         sfn: StepFunctionClient,
         queue_url: impl Into<String>,
     ) -> Self {
         Self {
+            authority,
             sqs,
             iam,
             sfn,
@@ -573,7 +582,16 @@ impl Worker {
                     input,
                     ..
                 } => {
-                    let result = self.grant(&input).await.map(Answer::Granted);
+                    // Kubernetes says what may be granted; the message only says which
+                    // request. A refusal grants nothing and fails the task.
+                    let result = match self
+                        .authority
+                        .grant(queue::WORK, &execution_arn, &input)
+                        .await
+                    {
+                        Ok(planned) => self.grant(&planned).await.map(Answer::Granted),
+                        Err(refused) => Err(WorkerError::from(refused)),
+                    };
                     let outcome = self
                         .answer(&task_token, self.settle(result, errors::GRANT_FAILED))
                         .await;

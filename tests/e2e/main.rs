@@ -6,6 +6,7 @@
 mod support;
 
 mod admission;
+mod attacks;
 mod chart;
 mod controller;
 mod crashes;

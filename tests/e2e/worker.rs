@@ -1,20 +1,24 @@
 //! The trust-policy worker (`aws_jit::worker`) against the shipped state machine on moto:
 //! each test deploys the template, creates an IAM role whose trust policy holds foreign
-//! statements, starts executions with the contract's input, plays the approver from the
+//! statements, backs each execution with an AccessRequest in the real apiserver (approved
+//! by carol, its execution recorded in status, as the controller would have left it),
+//! starts executions with the input the controller derives, plays the approver from the
 //! request queue, and lets the real worker consume the work queue. What is checked is
 //! what AWS would enforce: the role's trust policy while access is held and after, and
 //! how the execution ended.
 use std::collections::{BTreeMap, BTreeSet};
-use std::hash::{BuildHasher, RandomState};
 use std::time::{Duration, Instant};
 
 use aws_jit::contract::{GrantOutput, Outcome as ExecutionOutcome};
+use aws_jit::crd::{AccessRequest, AccessRole};
 use aws_jit::sfn::{ExecutionState, StepFunctionClient, TaskAnswer, execution_name};
 use aws_jit::worker::{Answer, DEAD_LETTER_REASON_ATTRIBUTE, Outcome, RevokeOutput, Worker};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
 use crate::support::aws::{ACCOUNT_ID, AwsOutputs};
+use crate::support::kube::User;
 use crate::support::{self, wait::eventually};
 
 /// Deadline for a step the state machine or the worker takes at once (moto on a busy
@@ -43,6 +47,10 @@ fn base_policy() -> Value {
 
 /// One deployed stack, one IAM role, and the clients to play the rest of the operator.
 struct Env {
+    /// Where the AccessRequests behind the executions live.
+    ns: String,
+    /// The operator's identity, which records executions and reads requests.
+    kube: kube::Client,
     sfn: aws_sdk_sfn::Client,
     sqs: aws_sdk_sqs::Client,
     iam: aws_sdk_iam::Client,
@@ -116,7 +124,11 @@ impl Env {
             .await
             .expect("create the IAM role");
         let role_arn = created.role().expect("role").arn().to_string();
+        let ns = support::stack().kube.create_namespace(prefix).await;
+        let kube = support::stack().kube.client(User::Operator).await;
         let mut env = Env {
+            ns,
+            kube,
             sfn: aws_sdk_sfn::Client::new(&sdk),
             sqs: aws_sdk_sqs::Client::new(&sdk),
             iam,
@@ -135,6 +147,7 @@ impl Env {
     /// A worker on this stack, as the operator builds one (short polls for the tests).
     fn worker(&self) -> Worker {
         Worker::new(
+            self.authority(),
             self.sqs.clone(),
             self.iam.clone(),
             StepFunctionClient::new(self.sfn.clone(), &self.out.state_machine_arn),
@@ -161,20 +174,88 @@ impl Env {
             .await
     }
 
-    async fn start_for(&self, role_arn: &str, work_group: &str, duration_seconds: u64) -> Run {
-        let uid = uuid();
-        let input = json!({
-            "requester_arn": REQUESTER_ARN,
-            "requester_name": "alice",
-            "reason": "fix prod",
-            "ticket": "OPS-1",
-            "role_arn": role_arn,
-            "method": "TrustPolicy",
-            "work_group": work_group,
-            "duration_seconds": duration_seconds,
-            "approval_timeout_seconds": 60,
-            "request": {"namespace": "team-a", "name": "fix-prod", "uid": uid},
-        });
+    /// The authority the operator builds: the moto account is the one it serves.
+    fn authority(&self) -> aws_jit::authority::Authority {
+        aws_jit::authority::Authority::new(
+            self.kube.clone(),
+            StepFunctionClient::new(self.sfn.clone(), &self.out.state_machine_arn),
+            aws_jit::decide::Scope::new([ACCOUNT_ID.to_string()]),
+            Default::default(),
+        )
+    }
+
+    /// An AccessRole for `role_arn` and an AccessRequest of alice for it, approved by
+    /// carol, with `execution_arn` recorded in status as the controller records it.
+    /// Returns the request and the input the controller derives for it.
+    async fn backed_request(
+        &self,
+        role_arn: &str,
+        duration_seconds: u64,
+    ) -> (AccessRequest, aws_jit::contract::ExecutionInput) {
+        let kube = &support::stack().kube;
+        let role_name = support::unique("worker-role");
+        let role: AccessRole = serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRole",
+            "metadata": {"name": role_name},
+            "spec": {"roleArn": role_arn, "maxDuration": "12h",
+                     "approvers": [{"user": "carol"}], "requesters": [{"user": "alice"}],
+                     "principal": {"template": format!("arn:aws:iam::{ACCOUNT_ID}:user/{{username}}")}}
+        }))
+        .expect("an AccessRole");
+        let role = Api::<AccessRole>::all(kube.client(User::Admin).await)
+            .create(&PostParams::default(), &role)
+            .await
+            .expect("the admin creates the AccessRole");
+        let name = support::unique("fix-prod");
+        let request: AccessRequest = serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": name, "namespace": self.ns},
+            "spec": {"role": role_name, "requester": "alice",
+                     "duration": format!("{duration_seconds}s"),
+                     "reason": "fix prod", "ticket": "OPS-1"}
+        }))
+        .expect("an AccessRequest");
+        let alice = kube.client(User::Alice).await;
+        let request = Api::<AccessRequest>::namespaced(alice, &self.ns)
+            .create(&PostParams::default(), &request)
+            .await
+            .expect("alice creates her request");
+        let input = aws_jit::decide::plan_in(
+            &request,
+            Some(&role),
+            &aws_jit::decide::Scope::new([ACCOUNT_ID.to_string()]),
+        )
+        .expect("the request is valid against its role");
+        (request, input)
+    }
+
+    /// Records the execution and carol's approval in the request's status: the
+    /// execution ARN as the operator, the vote as carol herself.
+    async fn record(&self, request: &AccessRequest, execution_arn: &str) {
+        let api = Api::<AccessRequest>::namespaced(self.kube.clone(), &self.ns);
+        let name = request.metadata.name.clone().expect("name");
+        let status = json!({"status": {"phase": "AwaitingApproval", "executionArn": execution_arn,
+                                       "approvals": []}});
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .expect("the operator records the execution");
+        support::succeeded(&support::stack().kube.append_approval(
+            User::Carol,
+            &self.ns,
+            &name,
+            r#"{"approver":"carol","decision":"Approve"}"#,
+        ));
+    }
+
+    async fn start_for(&self, role_arn: &str, _work_group: &str, duration_seconds: u64) -> Run {
+        let (request, planned) = self.backed_request(role_arn, duration_seconds).await;
+        let uid = planned.request.uid.clone();
+        let input = serde_json::to_value(&planned).expect("JSON");
+        let arn = StepFunctionClient::new(self.sfn.clone(), &self.out.state_machine_arn)
+            .execution_arn(&execution_name(&uid))
+            .expect("an execution ARN");
+        // Recorded before the start, as the grant may come at once.
+        self.record(&request, &arn).await;
         let started = self
             .sfn
             .start_execution()
@@ -184,6 +265,7 @@ impl Env {
             .send()
             .await
             .expect("start execution");
+        assert_eq!(started.execution_arn(), arn);
         Run {
             arn: started.execution_arn().to_string(),
             uid,
@@ -464,20 +546,6 @@ fn seconds_between(from: &str, to: &str) -> i64 {
     let from: jiff::Timestamp = from.parse().expect("RFC 3339");
     let to: jiff::Timestamp = to.parse().expect("RFC 3339");
     to.as_second() - from.as_second()
-}
-
-/// A random UUID-shaped request UID, as Kubernetes gives.
-fn uuid() -> String {
-    let a = RandomState::new().hash_one(0u8);
-    let b = RandomState::new().hash_one(1u8);
-    format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        b >> 52,
-        b & 0xffff_ffff_ffff
-    )
 }
 
 #[tokio::test]
@@ -983,6 +1051,7 @@ async fn without_a_dead_letter_url_poison_is_left_to_sqs_redrive() {
     // The worker as built without WorkDeadLetterQueueUrl.
     let worker = env.spawn(
         Worker::new(
+            env.authority(),
             env.sqs.clone(),
             env.iam.clone(),
             StepFunctionClient::new(env.sfn.clone(), &env.out.state_machine_arn),
@@ -1059,6 +1128,7 @@ async fn transient_iam_errors_leave_the_work_for_later() {
             .build(),
     );
     let broken = Worker::new(
+        env.authority(),
         env.sqs.clone(),
         unreachable_iam,
         StepFunctionClient::new(env.sfn.clone(), &env.out.state_machine_arn),

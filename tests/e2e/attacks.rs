@@ -1,0 +1,466 @@
+//! Attacks on the real stack, one test each, as the users who would try them: a plain
+//! AWS caller in the account (who can start executions of the state machine or send to
+//! its queues, but holds no approval), a requester, an approver. Each asserts the attack
+//! is refused and that nothing was granted: the managed role's trust policy is what AWS
+//! enforces, so that is what is read.
+use std::time::Duration;
+
+use aws_jit::crd::{AccessRequest, Phase};
+use aws_jit::faults::points;
+use aws_sdk_sqs::types::QueueAttributeName;
+use k8s_openapi::api::core::v1::Event;
+use kube::api::{Api, ListParams};
+use serde_json::{Value, json};
+
+use crate::controller::{ACCOUNT, Env};
+use crate::support::kube::User;
+use crate::support::wait::eventually;
+use crate::support::{stack, succeeded};
+
+const WAIT: Duration = Duration::from_secs(60);
+const MALLORY: &str = "arn:aws:iam::123456789012:user/mallory";
+const ALICE: &str = "arn:aws:iam::123456789012:user/alice";
+
+/// The principals aws-jit's statements in the managed role's trust policy name.
+async fn granted(env: &Env) -> Vec<String> {
+    aws_jit::trust_policy::grants(&env.trust_policy().await)
+        .into_iter()
+        .map(|g| g.principal)
+        .collect()
+}
+
+/// The input the controller gave the request's execution (what an AWS caller with
+/// `states:DescribeExecution` can read, or rebuild from the request).
+async fn real_input(env: &Env, name: &str) -> Value {
+    let exec = env.execution(name).await;
+    serde_json::from_str(exec.input().expect("input")).expect("JSON input")
+}
+
+async fn start_foreign(env: &Env, name: &str, input: &Value) -> String {
+    aws_sdk_sfn::Client::new(&env.sdk)
+        .start_execution()
+        .state_machine_arn(&env.aws.state_machine_arn)
+        .name(name)
+        .input(input.to_string())
+        .send()
+        .await
+        .expect("a plain AWS caller starts an execution")
+        .execution_arn()
+        .to_string()
+}
+
+async fn execution_status(env: &Env, arn: &str) -> (String, String) {
+    let out = aws_sdk_sfn::Client::new(&env.sdk)
+        .describe_execution()
+        .execution_arn(arn)
+        .send()
+        .await
+        .expect("describe execution");
+    let output: Value = out
+        .output()
+        .and_then(|o| serde_json::from_str(o).ok())
+        .unwrap_or_default();
+    (
+        out.status().as_str().to_string(),
+        output["outcome"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Waits until the execution `arn` is no longer running; returns (status, outcome).
+async fn ended(env: &Env, arn: &str) -> (String, String) {
+    eventually(&format!("{arn} to end"), WAIT, || async move {
+        let s = execution_status(env, arn).await;
+        if s.0 == "RUNNING" { Err(s.0) } else { Ok(s) }
+    })
+    .await
+}
+
+/// The Warning Events on request `name` with `reason`.
+async fn warnings(env: &Env, name: &str, reason: &str) -> Vec<String> {
+    let events: Api<Event> = Api::namespaced(stack().kube.client(User::Admin).await, &env.ns);
+    let list = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
+        .await
+        .expect("list events");
+    list.items
+        .into_iter()
+        .filter(|e| e.type_.as_deref() == Some("Warning") && e.reason.as_deref() == Some(reason))
+        .map(|e| e.message.unwrap_or_default())
+        .collect()
+}
+
+async fn wait_warning(env: &Env, name: &str, reason: &str) -> String {
+    eventually(
+        &format!("a {reason} Warning Event on {name}"),
+        WAIT,
+        || async move {
+            warnings(env, name, reason)
+                .await
+                .into_iter()
+                .next()
+                .ok_or_else(|| "none yet".to_string())
+        },
+    )
+    .await
+}
+
+/// Waits until the work queue holds nothing (every item received and settled).
+async fn work_queue_settled(env: &Env) {
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let url = env.aws.work_queue_url.clone();
+    eventually("the work queue to be empty", WAIT, || {
+        let (sqs, url) = (sqs.clone(), url.clone());
+        async move {
+            let attrs = sqs
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+                .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            let n: usize = attrs
+                .attributes()
+                .map(|a| {
+                    a.values()
+                        .filter_map(|v| v.parse::<usize>().ok())
+                        .sum::<usize>()
+                })
+                .unwrap_or(1);
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(format!("{n} messages"))
+            }
+        }
+    })
+    .await;
+}
+
+/// A plain AWS caller copies a pending request's identity into an execution of their
+/// own (their principal, 12 hours) and waits for the real approval to come. Before the
+/// fix the consumer stored the foreign execution's token in the request's place, so
+/// carol's approval went to it and the worker granted mallory what its input said.
+#[tokio::test]
+async fn a_foreign_execution_riding_a_real_approval_gets_nothing() {
+    let env = Env::new("atk-ride", "").await;
+    env.request(User::Alice, "ridden", "  duration: 2m\n");
+    env.wait_phase("ridden", Phase::AwaitingApproval).await;
+    let mut forged = real_input(&env, "ridden").await;
+    forged["requester_arn"] = json!(MALLORY);
+    forged["duration_seconds"] = json!(43_200);
+    let foreign = start_foreign(&env, "mallory-rides", &forged).await;
+    // The foreign execution's approval task is refused and answered at once.
+    let warning = wait_warning(&env, "ridden", "ForeignExecution").await;
+    assert!(warning.contains(&foreign), "{warning}");
+    assert_eq!(
+        ended(&env, &foreign).await,
+        ("SUCCEEDED".into(), "Cancelled".into())
+    );
+    env.vote(User::Carol, "ridden", "Approve");
+    env.wait_phase("ridden", Phase::Active).await;
+    assert_eq!(granted(&env).await, vec![ALICE.to_string()]);
+}
+
+/// A plain AWS caller with `sqs:SendMessage` on the work queue writes grant items by
+/// hand: one for no request at all, one naming a live approved request's real execution
+/// but another principal, one asking that request's grant for 12 hours. None grants.
+#[tokio::test]
+async fn hand_written_grant_items_grant_nothing() {
+    let env = Env::new("atk-forge", "").await;
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let role_arn = format!("arn:aws:iam::{ACCOUNT}:role/jit/{}", env.iam_role_name);
+    let send = |body: Value, dedup: &str| {
+        let (sqs, url, dedup) = (
+            sqs.clone(),
+            env.aws.work_queue_url.clone(),
+            dedup.to_string(),
+        );
+        let group = format!("{ACCOUNT}/{}", env.iam_role_name);
+        async move {
+            sqs.send_message()
+                .queue_url(url)
+                .message_group_id(group)
+                .message_deduplication_id(dedup)
+                .message_body(body.to_string())
+                .send()
+                .await
+                .expect("a plain AWS caller sends to the work queue");
+        }
+    };
+    let input = |uid: &str, name: &str, principal: &str, seconds: u64| {
+        json!({
+            "requester_arn": principal, "requester_name": "mallory", "reason": "x",
+            "ticket": "", "role_arn": role_arn, "method": "TrustPolicy",
+            "work_group": format!("{ACCOUNT}/{}", env.iam_role_name),
+            "duration_seconds": seconds, "approval_timeout_seconds": 60,
+            "request": {"namespace": env.ns, "name": name, "uid": uid}
+        })
+    };
+    // 1. No execution, no request.
+    send(
+        json!({"type": "grant", "task_token": "forged", "input":
+            input("0b5f7a4e-9c1d-4e2b-8f3a-1d2c3b4a5f6e", "nobody", MALLORY, 3600),
+            "execution_arn": format!("arn:aws:states:us-east-1:{ACCOUNT}:execution:x:forged")}),
+        "forged-1",
+    )
+    .await;
+    work_queue_settled(&env).await;
+    assert!(
+        granted(&env).await.is_empty(),
+        "a forged grant with no request"
+    );
+
+    // 2 and 3. Alice's request, approved; the operator is stopped right after its grant
+    // so the forged items are judged while the real grant stands.
+    env.request(User::Alice, "target", "  duration: 2m\n");
+    env.wait_phase("target", Phase::AwaitingApproval).await;
+    let real = real_input(&env, "target").await;
+    let uid = real["request"]["uid"].as_str().expect("uid").to_string();
+    let execution_arn = env
+        .requests()
+        .get("target")
+        .await
+        .expect("get")
+        .status
+        .and_then(|s| s.execution_arn)
+        .expect("executionArn");
+    env.vote(User::Carol, "target", "Approve");
+    env.wait_phase("target", Phase::Active).await;
+    let mut other_principal = real.clone();
+    other_principal["requester_arn"] = json!(MALLORY);
+    let mut longer = real.clone();
+    longer["duration_seconds"] = json!(43_200);
+    let before = env.trust_policy().await;
+    for (i, forged) in [other_principal, longer].into_iter().enumerate() {
+        send(
+            json!({"type": "grant", "task_token": "forged", "input": forged,
+                   "execution_arn": execution_arn}),
+            &format!("forged-{uid}-{i}"),
+        )
+        .await;
+    }
+    work_queue_settled(&env).await;
+    assert_eq!(granted(&env).await, vec![ALICE.to_string()]);
+    assert_eq!(
+        env.trust_policy().await,
+        before,
+        "the standing grant is untouched (its expiry included)"
+    );
+    let warning = wait_warning(&env, "target", "InputMismatch").await;
+    assert!(
+        warning.contains("requester_arn") || warning.contains("duration_seconds"),
+        "{warning}"
+    );
+}
+
+/// A plain AWS caller reads a new request's uid and starts `ar-<uid>` first, with input
+/// of their own, before the operator gets to it. The request must end `Failed` as
+/// tampered, nothing granted, whatever the approvers do.
+#[tokio::test]
+async fn a_squatted_execution_name_fails_the_request_and_grants_nothing() {
+    let mut env = Env::new("atk-squat", "").await;
+    env.kill_operator();
+    env.request(User::Alice, "squatted", "  duration: 2m\n");
+    let r: AccessRequest = env.requests().get("squatted").await.expect("get");
+    let uid = r.metadata.uid.clone().expect("uid");
+    let forged = json!({
+        "requester_arn": MALLORY, "requester_name": "alice", "reason": "e2e", "ticket": "",
+        "role_arn": format!("arn:aws:iam::{ACCOUNT}:role/jit/{}", env.iam_role_name),
+        "method": "TrustPolicy", "work_group": format!("{ACCOUNT}/{}", env.iam_role_name),
+        "duration_seconds": 43_200, "approval_timeout_seconds": 3600,
+        "request": {"namespace": env.ns, "name": "squatted", "uid": uid}
+    });
+    let foreign = start_foreign(&env, &format!("ar-{uid}"), &forged).await;
+    env.start_operator();
+    let failed = env.wait_phase("squatted", Phase::Failed).await;
+    let status = failed.status.expect("status");
+    assert!(
+        status.execution_arn.is_none(),
+        "the foreign execution is not recorded"
+    );
+    let tampered = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Tampered")
+        .expect("a Tampered condition");
+    assert_eq!(tampered.status, "True");
+    wait_warning(&env, "squatted", "ExecutionTampered").await;
+    // The foreign execution is stopped (moto leaves a token-waiting one RUNNING until
+    // its task is answered; the consumer refuses and answers it).
+    let (state, _) = ended(&env, &foreign).await;
+    assert_ne!(state, "RUNNING");
+    // Approving changes nothing.
+    env.vote(User::Carol, "squatted", "Approve");
+    work_queue_settled(&env).await;
+    assert!(granted(&env).await.is_empty());
+    assert_eq!(
+        env.requests()
+            .get("squatted")
+            .await
+            .expect("get")
+            .status
+            .and_then(|s| s.phase),
+        Some(Phase::Failed)
+    );
+}
+
+/// An AccessRole naming a role in an account the operator does not serve is refused
+/// (the worker edits roles by name in its own account, so it would have edited the
+/// same-named role here); so is a requester mapped to an STS session principal, whose
+/// name anyone who may assume the role chooses.
+#[tokio::test]
+async fn roles_in_other_accounts_and_session_principals_are_refused() {
+    let env = Env::new("atk-scope", "").await;
+    let other = format!("{}-other", env.access_role);
+    let yaml = format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {other}\nspec:\n\
+         \x20 roleArn: arn:aws:iam::210987654321:role/jit/{role}\n\
+         \x20 approvers: [{{user: carol}}]\n  requesters: [{{user: alice}}]\n\
+         \x20 principal: {{template: 'arn:aws:iam::{ACCOUNT}:user/{{username}}'}}\n\
+         ---\napiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {other}-sts\nspec:\n\
+         \x20 roleArn: arn:aws:iam::{ACCOUNT}:role/jit/{role}\n\
+         \x20 approvers: [{{user: carol}}]\n  requesters: [{{user: alice}}]\n\
+         \x20 principal: {{template: 'arn:aws:sts::{ACCOUNT}:assumed-role/Dev/{{username}}'}}\n",
+        role = env.iam_role_name,
+    );
+    succeeded(
+        &stack()
+            .kube
+            .kubectl_stdin(User::Admin, &["apply", "-f", "-"], &yaml),
+    );
+    for (name, role, needle) in [
+        ("cross-account", other.clone(), "210987654321"),
+        ("session", format!("{other}-sts"), "STS session principal"),
+    ] {
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+             spec:\n  role: {role}\n  requester: alice\n  reason: e2e\n",
+            ns = env.ns
+        );
+        succeeded(
+            &stack()
+                .kube
+                .kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+        );
+        let r = env.wait_phase(name, Phase::Rejected).await;
+        let message = r.status.and_then(|s| s.message).unwrap_or_default();
+        assert!(message.contains(needle), "{name}: {message}");
+        assert!(
+            r.metadata.uid.is_some()
+                && env
+                    .requests()
+                    .get(name)
+                    .await
+                    .expect("get")
+                    .status
+                    .and_then(|s| s.execution_arn)
+                    .is_none(),
+            "{name}: no execution started"
+        );
+    }
+    assert!(granted(&env).await.is_empty());
+}
+
+/// The requester withdraws a request before it is decided: it is cancelled, and a later
+/// approval grants nothing (before, the grant happened and was then revoked).
+#[tokio::test]
+async fn a_revocation_before_approval_cancels_the_request() {
+    let env = Env::new("atk-withdraw", "").await;
+    env.request(User::Alice, "withdrawn", "  duration: 2m\n");
+    env.wait_phase("withdrawn", Phase::AwaitingApproval).await;
+    env.revoke(User::Alice, "withdrawn", "not needed any more");
+    let r = env.wait_phase("withdrawn", Phase::Revoked).await;
+    assert!(
+        r.status.and_then(|s| s.granted_at).is_none(),
+        "never granted"
+    );
+    assert_eq!(
+        env.execution_outcome("withdrawn").await,
+        ("SUCCEEDED".into(), "Cancelled".into())
+    );
+    assert!(granted(&env).await.is_empty());
+}
+
+/// Someone with no say writes `status.revocation` first (admission lets anyone who
+/// reaches status do it once, in their own name) while the request waits for approval;
+/// it must not block a real one. Here the first writer is dave, who is no approver of
+/// this role. Before the fix such a revocation was cleared only once access was active,
+/// so the requester's own withdrawal was refused by admission until then.
+#[tokio::test]
+async fn an_ineligible_revocation_does_not_block_the_requesters() {
+    let env = Env::new("atk-block", "  approvers: [{user: carol}]\n").await;
+    env.request(User::Alice, "blocked", "  duration: 2m\n");
+    env.wait_phase("blocked", Phase::AwaitingApproval).await;
+    env.revoke(User::Dave, "blocked", "I have no say");
+    wait_warning(&env, "blocked", "RevokeIgnored").await;
+    eventually("dave's revocation to be cleared", WAIT, || async {
+        let r = env
+            .requests()
+            .get("blocked")
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.status.and_then(|s| s.revocation) {
+            None => Ok(()),
+            Some(rev) => Err(rev.requested_by),
+        }
+    })
+    .await;
+    env.revoke(User::Alice, "blocked", "withdrawn");
+    env.wait_phase("blocked", Phase::Revoked).await;
+    assert!(granted(&env).await.is_empty());
+}
+
+/// An approval is delivered and the operator dies before it records it; then an approver
+/// appends a Deny. Before the fix the restarted controller answered Deny (too late: the
+/// task was over), wrote `Denied` and deleted the tokens, while the execution granted
+/// access that status said was denied and nobody could end early. Now what Kubernetes
+/// says at grant time wins (the Deny stops the grant) and the phase is what the
+/// execution did.
+#[tokio::test]
+async fn status_never_says_denied_while_access_is_granted() {
+    let mut env = Env::new("atk-late-deny", "").await;
+    env.faults.arm(points::AFTER_APPROVAL_ANSWERED);
+    env.request(User::Alice, "late", "  duration: 2m\n");
+    env.wait_phase("late", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "late", "Approve");
+    let faults = env.faults.clone();
+    eventually("the approval to be answered", WAIT, || {
+        let faults = faults.clone();
+        async move {
+            if faults.was_hit(points::AFTER_APPROVAL_ANSWERED) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
+    })
+    .await;
+    env.kill_operator();
+    env.vote(User::Dave, "late", "Deny");
+    env.start_operator();
+    let done = eventually("the request to end", WAIT, || async {
+        let r = env
+            .requests()
+            .get("late")
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.status.as_ref().and_then(|s| s.phase) {
+            Some(p) if p.is_terminal() => Ok(r),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let (state, _) = env.execution_outcome("late").await;
+    assert_ne!(state, "RUNNING");
+    assert!(
+        granted(&env).await.is_empty(),
+        "the late Deny stopped the grant"
+    );
+    let phase = done.status.and_then(|s| s.phase);
+    assert_eq!(
+        phase,
+        Some(Phase::Failed),
+        "the execution's grant failed, and status says so"
+    );
+}
