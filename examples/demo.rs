@@ -113,6 +113,7 @@ async fn main() {
         faults: aws_jit::faults::Faults::default(),
         metrics: Default::default(),
         health: aws_jit::probes::Health::new(),
+        sweep_interval: Duration::from_secs(60),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn({

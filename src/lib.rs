@@ -19,6 +19,7 @@ pub mod probes;
 pub mod relay;
 pub mod request_queue;
 pub mod sfn;
+pub mod sweeper;
 pub mod tokens;
 pub mod trust_policy;
 pub mod worker;

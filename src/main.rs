@@ -89,6 +89,9 @@ struct ControllerArgs {
     /// state machine's account). A role in any other account is refused.
     #[arg(long, env = "AWS_JIT_ACCOUNT_IDS", value_delimiter = ',')]
     aws_account_ids: Vec<String>,
+    /// How often the drift sweeper compares AWS with Kubernetes (it also runs at start).
+    #[arg(long, env = "AWS_JIT_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    sweep_interval: Duration,
     /// The operator's namespace, where task-token Secrets live.
     #[arg(long, env = "POD_NAMESPACE", default_value = "aws-jit-system")]
     operator_namespace: String,
@@ -180,6 +183,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
         faults: aws_jit::faults::Faults::default(),
         metrics,
         health: health.clone(),
+        sweep_interval: args.sweep_interval,
     };
     let stopping = health.clone();
     let shutdown = async move {

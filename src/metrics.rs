@@ -107,6 +107,9 @@ pub struct Metrics {
     /// `aws_jit_refused_tasks_total{queue, reason}`: tasks from AWS that Kubernetes does
     /// not back (a foreign execution, a forged or altered work item), refused.
     pub refused_tasks: Family<RefusedLabels, Counter>,
+    /// `aws_jit_drift_removed_total{kind="statement|execution"}`: what the drift sweeper
+    /// removed because no approved request accounted for it.
+    pub drift_removed: Family<KindLabels, Counter>,
     requests: Arc<RequestsCollector>,
 }
 
@@ -179,6 +182,12 @@ impl Metrics {
             "Tasks from AWS refused because Kubernetes does not back them, by queue and reason",
             refused_tasks.clone(),
         );
+        let drift_removed = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "drift_removed",
+            "Grants and executions in AWS that no approved request accounted for, removed",
+            drift_removed.clone(),
+        );
         let requests = Arc::new(RequestsCollector::default());
         registry.register_collector(Box::new(requests.clone()));
         Metrics {
@@ -193,6 +202,7 @@ impl Metrics {
             slack_rate_limited,
             leader,
             refused_tasks,
+            drift_removed,
             requests,
         }
     }
@@ -231,6 +241,10 @@ impl Metrics {
         self.refused_tasks
             .get_or_create(&RefusedLabels { queue, reason })
             .inc();
+    }
+
+    pub fn drift_removed(&self, kind: &'static str) {
+        self.drift_removed.get_or_create(&KindLabels { kind }).inc();
     }
 
     pub fn slack_request(&self, method: &'static str, result: &'static str) {

@@ -57,6 +57,8 @@ pub struct Config {
     pub metrics: Arc<Metrics>,
     /// What `/healthz` and `/readyz` answer.
     pub health: Arc<Health>,
+    /// How often the drift sweeper runs (it also runs at start).
+    pub sweep_interval: Duration,
 }
 
 /// Runs the operator's loops while this replica leads (see [`crate::leader`]); with
@@ -142,6 +144,20 @@ pub async fn run(
     if let Some(dlq) = &config.aws.work_dead_letter_url {
         worker = worker.with_dead_letter_url(dlq);
     }
+    let sweeper = crate::sweeper::Sweeper {
+        client: kube.clone(),
+        sfn: aws_sdk_sfn::Client::new(aws),
+        state_machine_arn: config.aws.state_machine_arn.clone(),
+        worker: worker.clone(),
+        scope: scope.clone(),
+        watch_namespace: config.settings.watch_namespace.clone(),
+        metrics: config.metrics.clone(),
+        interval: config.sweep_interval,
+    };
+    let sweeper = {
+        let rx = stop_rx.clone();
+        tokio::spawn(async move { sweeper.run(stopped(rx)).await })
+    };
     let worker = {
         let rx = stop_rx.clone();
         tokio::spawn(async move { worker.run(stopped(rx)).await })
@@ -157,7 +173,7 @@ pub async fn run(
     ));
     shutdown.await;
     let _ = stop_tx.send(true);
-    for task in [consumer, worker, reconciler] {
+    for task in [consumer, worker, sweeper, reconciler] {
         if let Err(e) = task.await {
             tracing::error!(error = %e, "an operator loop ended abnormally");
         }

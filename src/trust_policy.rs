@@ -323,6 +323,42 @@ pub fn sweep(doc: &Document, now: Timestamp) -> (Document, RevokeReport) {
     remove_where(doc, |info| info.expires_at <= now)
 }
 
+/// The `Sid`s of statements that start with [`SID_PREFIX`], in document order: ours, and
+/// lookalikes (a hand edit, or someone hoping a statement named like ours is left
+/// alone). The drift sweeper judges each against the requests.
+pub fn prefixed_sids(doc: &Document) -> Vec<String> {
+    doc.statements()
+        .iter()
+        .filter_map(statement_sid)
+        .filter(|s| s.starts_with(SID_PREFIX))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes every statement whose `Sid` is one of `sids`, whatever its shape (only ever
+/// called with [`SID_PREFIX`]ed ones). Returns the document and the `Sid`s removed;
+/// foreign statements stay as they are.
+pub fn remove_sids(doc: &Document, sids: &[String]) -> (Document, Vec<String>) {
+    let mut removed = Vec::new();
+    let kept: Vec<Value> = doc
+        .statements()
+        .iter()
+        .filter(|statement| match statement_sid(statement) {
+            Some(sid) if sid.starts_with(SID_PREFIX) && sids.iter().any(|s| s == sid) => {
+                removed.push(sid.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect();
+    if removed.is_empty() {
+        (doc.clone(), removed)
+    } else {
+        (doc.with_statements(kept), removed)
+    }
+}
+
 /// Our statements in `doc`, in document order.
 pub fn grants(doc: &Document) -> Vec<GrantInfo> {
     doc.statements().iter().filter_map(as_ours).collect()
@@ -434,6 +470,33 @@ pub fn validate_principal(arn: &str) -> Result<(), TrustPolicyError> {
         return Err(invalid());
     }
     crate::arn::parse(arn).map(|_| ()).ok_or_else(invalid)
+}
+
+#[cfg(test)]
+mod remove_tests {
+    use super::*;
+
+    #[test]
+    fn statements_named_like_ours_are_removed_by_sid_whatever_their_shape() {
+        let doc = parse(
+            r#"{"Version":"2012-10-17","Statement":[
+            {"Sid":"Ec2","Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"},
+            {"Sid":"AwsJitplanted","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::123456789012:user/mallory"},"Action":"sts:AssumeRole"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(prefixed_sids(&doc), vec!["AwsJitplanted".to_string()]);
+        assert!(grants(&doc).is_empty(), "a lookalike is not one of ours");
+        let (after, removed) = remove_sids(&doc, &["AwsJitplanted".into(), "Ec2".into()]);
+        assert_eq!(removed, vec!["AwsJitplanted".to_string()]);
+        assert_eq!(
+            after.statements().len(),
+            1,
+            "foreign statements stay, even if named"
+        );
+        let (same, none) = remove_sids(&after, &["AwsJitplanted".into()]);
+        assert!(none.is_empty());
+        assert_eq!(same, after);
+    }
 }
 
 #[cfg(test)]

@@ -300,6 +300,10 @@ pub enum Outcome {
 #[derive(Clone, Debug)]
 pub struct Worker {
     authority: crate::authority::Authority,
+    /// One lock per role: every read-modify-write of a trust policy in this process
+    /// (grant, revoke, the drift sweeper) holds its role's.
+    locks:
+        std::sync::Arc<std::sync::Mutex<HashMap<String, std::sync::Arc<tokio::sync::Mutex<()>>>>>,
     sqs: aws_sdk_sqs::Client,
     iam: aws_sdk_iam::Client,
     sfn: StepFunctionClient,
@@ -326,6 +330,7 @@ impl Worker {
     ) -> Self {
         Self {
             authority,
+            locks: Default::default(),
             sqs,
             iam,
             sfn,
@@ -719,6 +724,8 @@ impl Worker {
             });
         }
         let role = role_name(&input.role_arn)?;
+        let lock = self.lock(&role);
+        let _edit = lock.lock().await;
         let now = Timestamp::now();
         let document = self.trust_policy(&role).await?;
         let plan = plan_grant(
@@ -763,6 +770,8 @@ impl Worker {
     async fn revoke(&self, input: &ExecutionInput) -> Result<RevokeOutput, WorkerError> {
         self.faults.point(faults::points::BEFORE_REVOKE).await;
         let role = role_name(&input.role_arn)?;
+        let lock = self.lock(&role);
+        let _edit = lock.lock().await;
         let now = Timestamp::now();
         let nothing = || RevokeOutput {
             revoked_at: whole_seconds(now).to_string(),
@@ -804,6 +813,53 @@ impl Worker {
                 Ok(plan.output)
             }
         }
+    }
+
+    fn lock(&self, role: &str) -> std::sync::Arc<tokio::sync::Mutex<()>> {
+        match self.locks.lock() {
+            Ok(mut locks) => locks.entry(role.to_owned()).or_default().clone(),
+            // A panic elsewhere poisoned the map: a fresh lock still orders this
+            // process's own edits of the role from here on.
+            Err(poisoned) => poisoned
+                .into_inner()
+                .entry(role.to_owned())
+                .or_default()
+                .clone(),
+        }
+    }
+
+    /// Revokes what `input` names (the request's statement, and expired ones), as a
+    /// revoke work item does.
+    pub async fn revoke_input(&self, input: &ExecutionInput) -> Result<RevokeOutput, WorkerError> {
+        self.revoke(input).await
+    }
+
+    /// Removes the statements `choose` picks (by `Sid`, with a reason) from the trust
+    /// policy of `role_arn`, under the role's lock; returns what was removed. For the
+    /// drift sweeper.
+    pub async fn edit_trust_policy(
+        &self,
+        role_arn: &str,
+        choose: impl FnOnce(&Document) -> Vec<(String, String)>,
+    ) -> Result<Vec<(String, String)>, WorkerError> {
+        let role = role_name(role_arn)?;
+        let lock = self.lock(&role);
+        let _edit = lock.lock().await;
+        let document = match self.trust_policy(&role).await {
+            Err(WorkerError::RoleNotFound { .. }) => return Ok(Vec::new()),
+            other => other?,
+        };
+        let chosen = choose(&document);
+        let sids: Vec<String> = chosen.iter().map(|(sid, _)| sid.clone()).collect();
+        let (updated, removed) = trust_policy::remove_sids(&document, &sids);
+        if removed.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.update_trust_policy(&role, &updated).await?;
+        Ok(chosen
+            .into_iter()
+            .filter(|(sid, _)| removed.contains(sid))
+            .collect())
     }
 
     async fn trust_policy(&self, role: &str) -> Result<Document, WorkerError> {

@@ -464,3 +464,78 @@ async fn status_never_says_denied_while_access_is_granted() {
         "the execution's grant failed, and status says so"
     );
 }
+
+/// Someone with IAM rights (or a revoke that was lost) leaves statements in a managed
+/// role's trust policy that no approved request accounts for: one in aws-jit's exact
+/// shape for a request that has ended, and one named like aws-jit's with no expiry at
+/// all. The drift sweeper removes both, reports the first on its request, and leaves
+/// every foreign statement and the live grant alone.
+#[tokio::test]
+async fn the_drift_sweeper_removes_grants_nothing_approved() {
+    let env = Env::new("atk-drift", "").await;
+    env.request(User::Alice, "ended", "  duration: 2m\n");
+    env.wait_phase("ended", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "ended", "Approve");
+    env.wait_phase("ended", Phase::Active).await;
+    let ended_sid = aws_jit::trust_policy::grants(&env.trust_policy().await)[0]
+        .sid
+        .clone();
+    env.revoke(User::Alice, "ended", "done");
+    env.wait_phase("ended", Phase::Revoked).await;
+    env.request(User::Alice, "live", "  duration: 2m\n");
+    env.wait_phase("live", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "live", "Approve");
+    env.wait_phase("live", Phase::Active).await;
+    let live = env.trust_policy().await;
+    let foreign_before = env.foreign_statements().await;
+
+    // The plant: the ended request's statement back, valid for 12 hours, and a
+    // permanent one for mallory named like aws-jit's.
+    let mut planted: Value =
+        serde_json::from_str(&aws_jit::trust_policy::to_json(&live)).expect("JSON");
+    let expiry = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(12))
+        .expect("time")
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let statements = planted["Statement"].as_array_mut().expect("statements");
+    statements.push(json!({"Sid": ended_sid, "Effect": "Allow",
+        "Principal": {"AWS": ALICE}, "Action": "sts:AssumeRole",
+        "Condition": {"DateLessThan": {"aws:CurrentTime": expiry}}}));
+    statements.push(json!({"Sid": "AwsJitBackdoor", "Effect": "Allow",
+        "Principal": {"AWS": MALLORY}, "Action": "sts:AssumeRole"}));
+    aws_sdk_iam::Client::new(&env.sdk)
+        .update_assume_role_policy()
+        .role_name(&env.iam_role_name)
+        .policy_document(planted.to_string())
+        .send()
+        .await
+        .expect("an IAM admin edits the trust policy");
+
+    let warning = wait_warning(&env, "ended", "DriftRemoved").await;
+    assert!(warning.contains(&ended_sid), "{warning}");
+    eventually("the planted statements to be gone", WAIT, || async {
+        let doc = env.trust_policy().await;
+        let sids = aws_jit::trust_policy::prefixed_sids(&doc);
+        if sids
+            .iter()
+            .any(|s| s == "AwsJitBackdoor" || *s == ended_sid)
+        {
+            Err(format!("{sids:?}"))
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    assert_eq!(
+        granted(&env).await,
+        vec![ALICE.to_string()],
+        "the live grant stays"
+    );
+    assert_eq!(
+        env.trust_policy().await,
+        live,
+        "exactly as it was before the plant"
+    );
+    assert_eq!(env.foreign_statements().await, foreign_before);
+}

@@ -113,6 +113,7 @@ impl Env {
             faults: self.faults.clone(),
             metrics: Default::default(),
             health: aws_jit::probes::Health::new(),
+            sweep_interval: Duration::from_secs(2),
         }
     }
 

@@ -1,0 +1,642 @@
+//! The drift sweeper: at start and then periodically, the operator compares what it
+//! manages in AWS with what Kubernetes approved, and removes what nothing accounts for,
+//! loudly (an error log line, a Warning Event `DriftRemoved` on the request concerned,
+//! `aws_jit_drift_removed_total{kind}`).
+//!
+//! - **Trust-policy statements** whose `Sid` carries aws-jit's prefix, in every role an
+//!   AccessRole names: one is kept only while an approved, unended AccessRequest of that
+//!   role accounts for it (same principal, an expiry no later than the grant's). A
+//!   statement named like ours but in a shape aws-jit never writes is removed too. The
+//!   edit takes the worker's per-role lock, so it never races a grant or a revoke.
+//! - **Executions of the state machine** that no request recorded (a foreign execution,
+//!   or one whose name was squatted) are stopped, and any statement keyed by the request
+//!   it named is revoked (so even an execution stopped by mistake leaves nothing).
+//!
+//! With `--watch-namespace` the operator sees only its namespace's requests, so a
+//! statement for a request it cannot see may be another installation's: it is reported
+//! but left (its AWS-enforced expiry still ends it). Every execution of the state
+//! machine belongs to this installation, so executions are judged either way.
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use kube::Resource;
+use kube::api::{Api, ListParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use tracing::{error, info, warn};
+
+use crate::contract::ExecutionInput;
+use crate::crd::{AccessRequest, AccessRole, GrantMethod, Phase};
+use crate::decide::{self, Scope, Tally};
+use crate::metrics::Metrics;
+use crate::trust_policy::{self, Document, GrantInfo};
+use crate::worker::Worker;
+
+/// Slack on an expiry bound: the grant's own clock and ours may differ by this much.
+const EXPIRY_SLACK: SignedDuration = SignedDuration::from_secs(120);
+/// An execution this young whose request has not recorded it yet is left to the
+/// controller (it records right after it starts one).
+const YOUNG: SignedDuration = SignedDuration::from_secs(120);
+
+/// What becomes of one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatementVerdict {
+    Keep,
+    /// Past its expiry: inert, removed quietly.
+    Expired,
+    /// Might be another installation's (a request this operator cannot see).
+    Unknown,
+    /// Nothing approved accounts for it: removed and reported.
+    Drift(String),
+}
+
+/// What becomes of one running execution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutionVerdict {
+    Ours,
+    /// Just started; the controller has not recorded it yet.
+    Young,
+    /// Not started by aws-jit for a request it knows: stopped and reported.
+    Foreign(String),
+}
+
+/// The requests and roles the sweep judges by, indexed.
+pub struct Known<'a> {
+    by_sid: HashMap<String, &'a AccessRequest>,
+    by_uid: HashMap<&'a str, &'a AccessRequest>,
+    roles: HashMap<String, &'a AccessRole>,
+    /// Every request there is, not one namespace's.
+    complete: bool,
+}
+
+impl<'a> Known<'a> {
+    pub fn new(requests: &'a [AccessRequest], roles: &'a [AccessRole], complete: bool) -> Self {
+        let mut by_sid = HashMap::new();
+        let mut by_uid = HashMap::new();
+        for r in requests {
+            if let Some(uid) = r.metadata.uid.as_deref() {
+                by_uid.insert(uid, r);
+                if let Ok(sid) = trust_policy::sid_for(uid) {
+                    by_sid.insert(sid, r);
+                }
+            }
+        }
+        let roles = roles
+            .iter()
+            .filter_map(|r| r.metadata.name.clone().map(|n| (n, r)))
+            .collect();
+        Known {
+            by_sid,
+            by_uid,
+            roles,
+            complete,
+        }
+    }
+
+    fn request_of_sid(&self, sid: &str) -> Option<&'a AccessRequest> {
+        self.by_sid.get(sid).copied()
+    }
+}
+
+/// Judges one `Sid`ed statement in the trust policy of `role_arn` (`info` is `None` for
+/// a statement named like ours in another shape).
+pub fn judge_statement(
+    known: &Known<'_>,
+    role_arn: &str,
+    sid: &str,
+    info: Option<&GrantInfo>,
+    now: Timestamp,
+) -> StatementVerdict {
+    let Some(info) = info else {
+        return StatementVerdict::Drift(
+            "a statement named like aws-jit's, in a shape aws-jit never writes".into(),
+        );
+    };
+    if info.expires_at <= now {
+        return StatementVerdict::Expired;
+    }
+    let Some(request) = known.request_of_sid(sid) else {
+        return if known.complete {
+            StatementVerdict::Drift("no AccessRequest has the uid this statement names".into())
+        } else {
+            StatementVerdict::Unknown
+        };
+    };
+    let drift = |why: String| StatementVerdict::Drift(why);
+    let Some(role) = known.roles.get(&request.spec.role) else {
+        return drift(format!(
+            "the request's AccessRole {:?} no longer exists",
+            request.spec.role
+        ));
+    };
+    if crate::arn::role(&role.spec.role_arn) != crate::arn::role(role_arn) {
+        return drift(format!(
+            "the request's AccessRole grants {}, not this role",
+            role.spec.role_arn
+        ));
+    }
+    let status = request.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or(Phase::Pending);
+    if phase.is_terminal() {
+        return drift(format!(
+            "the request is {phase:?}: its access should have been revoked"
+        ));
+    }
+    let approved = matches!(phase, Phase::Approved | Phase::Active)
+        || matches!(
+            decide::tally(
+                role,
+                &request.spec.requester,
+                &status.approvals.clone().unwrap_or_default()
+            )
+            .0,
+            Tally::Approved { .. }
+        );
+    if !approved {
+        return drift("the request is not approved".into());
+    }
+    match decide::principal_for(role, &request.spec.requester) {
+        Ok(p) if p == info.principal => {}
+        Ok(p) => {
+            return drift(format!(
+                "it names {}, but the request is for {p}",
+                info.principal
+            ));
+        }
+        Err(e) => return drift(format!("the request maps to no principal: {e}")),
+    }
+    let latest = match (phase, status.expires_at.as_ref()) {
+        (Phase::Active, Some(expires)) => expires.0,
+        _ => {
+            let duration = request
+                .spec
+                .duration
+                .clone()
+                .unwrap_or_else(|| role.spec.default_duration.clone());
+            match decide::parse_duration("duration", &duration)
+                .ok()
+                .and_then(|d| SignedDuration::try_from(d).ok())
+                .and_then(|d| now.checked_add(d).ok())
+            {
+                Some(t) => t,
+                None => return drift(format!("the request's duration {duration:?} is unusable")),
+            }
+        }
+    };
+    if latest
+        .checked_add(EXPIRY_SLACK)
+        .is_ok_and(|bound| info.expires_at > bound)
+    {
+        return drift(format!(
+            "it expires at {}, later than the grant's {latest}",
+            info.expires_at
+        ));
+    }
+    StatementVerdict::Keep
+}
+
+/// Judges one running execution of the state machine.
+pub fn judge_execution(
+    known: &Known<'_>,
+    name: &str,
+    arn: &str,
+    started: Option<Timestamp>,
+    now: Timestamp,
+) -> ExecutionVerdict {
+    let young = started
+        .and_then(|s| s.checked_add(YOUNG).ok())
+        .is_some_and(|t| t > now);
+    let Some(uid) = name.strip_prefix("ar-") else {
+        return ExecutionVerdict::Foreign(
+            "its name is not one aws-jit gives (ar-<request uid>)".into(),
+        );
+    };
+    let Some(request) = known.by_uid.get(uid) else {
+        if young {
+            return ExecutionVerdict::Young;
+        }
+        return ExecutionVerdict::Foreign("no AccessRequest has the uid it names".into());
+    };
+    let status = request.status.clone().unwrap_or_default();
+    match status.execution_arn.as_deref() {
+        Some(recorded) if recorded == arn => ExecutionVerdict::Ours,
+        None if young && !status.phase.is_some_and(Phase::is_terminal) => ExecutionVerdict::Young,
+        Some(recorded) => ExecutionVerdict::Foreign(format!("its request records {recorded}")),
+        None => ExecutionVerdict::Foreign("its request never recorded it".into()),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("Step Functions {call}: {message}")]
+    StepFunctions { call: &'static str, message: String },
+}
+
+/// The sweeper's I/O.
+pub struct Sweeper {
+    pub client: kube::Client,
+    pub sfn: aws_sdk_sfn::Client,
+    pub state_machine_arn: String,
+    pub worker: Worker,
+    pub scope: Scope,
+    pub watch_namespace: Option<String>,
+    pub metrics: Arc<Metrics>,
+    pub interval: Duration,
+}
+
+/// What one sweep removed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// (role, Sid, why) of statements removed as drift.
+    pub statements: Vec<(String, String, String)>,
+    /// (execution ARN, why) of executions stopped.
+    pub executions: Vec<(String, String)>,
+}
+
+impl Sweeper {
+    /// Sweeps now, then every `interval`, until `shutdown`.
+    pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            match self.sweep().await {
+                Ok(swept) if swept == Swept::default() => info!("drift sweep: nothing to remove"),
+                Ok(swept) => warn!(
+                    statements = swept.statements.len(),
+                    executions = swept.executions.len(),
+                    "drift sweep removed what nothing approved"
+                ),
+                Err(e) => warn!(error = %e, "drift sweep failed; trying again next time"),
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(self.interval) => {}
+            }
+        }
+    }
+
+    /// One sweep.
+    pub async fn sweep(&self) -> Result<Swept, SweepError> {
+        let requests_api: Api<AccessRequest> = match &self.watch_namespace {
+            Some(ns) => Api::namespaced(self.client.clone(), ns),
+            None => Api::all(self.client.clone()),
+        };
+        let requests = requests_api.list(&ListParams::default()).await?.items;
+        let roles = Api::<AccessRole>::all(self.client.clone())
+            .list(&ListParams::default())
+            .await?
+            .items;
+        let known = Known::new(&requests, &roles, self.watch_namespace.is_none());
+        let mut swept = Swept::default();
+        let mut managed: Vec<&str> = roles
+            .iter()
+            .filter(|r| r.spec.method == GrantMethod::TrustPolicy)
+            .map(|r| r.spec.role_arn.as_str())
+            .filter(|arn| self.scope.check_role(arn).is_ok())
+            .collect();
+        managed.sort_unstable();
+        managed.dedup();
+        for role_arn in managed {
+            match self.sweep_role(&known, role_arn).await {
+                Ok(removed) => {
+                    for (sid, why) in removed {
+                        self.report(
+                            &known,
+                            "statement",
+                            known.request_of_sid(&sid),
+                            &format!(
+                                "removed statement {sid} from the trust policy of {role_arn}: {why}"
+                            ),
+                        )
+                        .await;
+                        swept.statements.push((role_arn.to_owned(), sid, why));
+                    }
+                }
+                Err(e) => warn!(%role_arn, error = %e, "cannot sweep this role's trust policy"),
+            }
+        }
+        for (arn, name, started) in self.running_executions().await? {
+            let verdict = judge_execution(&known, &name, &arn, started, Timestamp::now());
+            let ExecutionVerdict::Foreign(why) = verdict else {
+                continue;
+            };
+            self.stop_foreign(&arn).await;
+            let request = name
+                .strip_prefix("ar-")
+                .and_then(|uid| known.by_uid.get(uid).copied());
+            self.report(&known, "execution", request, &format!(
+                "stopped execution {arn}, which aws-jit did not start for a request it knows: {why}"
+            ))
+            .await;
+            swept.executions.push((arn, why));
+        }
+        Ok(swept)
+    }
+
+    /// Judges and edits one role's trust policy under the worker's lock for the role.
+    async fn sweep_role(
+        &self,
+        known: &Known<'_>,
+        role_arn: &str,
+    ) -> Result<Vec<(String, String)>, crate::worker::WorkerError> {
+        let now = Timestamp::now();
+        self.worker
+            .edit_trust_policy(role_arn, |doc: &Document| {
+                let ours: HashMap<String, GrantInfo> = trust_policy::grants(doc)
+                    .into_iter()
+                    .map(|g| (g.sid.clone(), g))
+                    .collect();
+                let mut remove = Vec::new();
+                for sid in trust_policy::prefixed_sids(doc) {
+                    match judge_statement(known, role_arn, &sid, ours.get(&sid), now) {
+                        StatementVerdict::Keep => {}
+                        StatementVerdict::Unknown => warn!(
+                            %role_arn, %sid,
+                            "a statement for a request this operator cannot see (another \
+                             namespace or installation?); left to its expiry"
+                        ),
+                        StatementVerdict::Expired => remove.push((sid, String::new())),
+                        StatementVerdict::Drift(why) => remove.push((sid, why)),
+                    }
+                }
+                remove
+            })
+            .await
+            .map(|removed| {
+                removed
+                    .into_iter()
+                    .filter(|(_, why)| !why.is_empty())
+                    .collect()
+            })
+    }
+
+    async fn running_executions(
+        &self,
+    ) -> Result<Vec<(String, String, Option<Timestamp>)>, SweepError> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .sfn
+                .list_executions()
+                .state_machine_arn(&self.state_machine_arn)
+                .status_filter(aws_sdk_sfn::types::ExecutionStatus::Running)
+                .set_next_token(token.take())
+                .send()
+                .await
+                .map_err(|e| SweepError::StepFunctions {
+                    call: "ListExecutions",
+                    message: aws_sdk_sfn::error::DisplayErrorContext(e).to_string(),
+                })?;
+            for e in page.executions() {
+                let started = Timestamp::from_second(e.start_date().secs()).ok();
+                out.push((e.execution_arn().to_owned(), e.name().to_owned(), started));
+            }
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    /// Stops a foreign execution and revokes whatever statement is keyed by the request
+    /// its input names, on a role this operator manages.
+    async fn stop_foreign(&self, arn: &str) {
+        let input = match self
+            .sfn
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+        {
+            Ok(out) => out
+                .input()
+                .and_then(|i| serde_json::from_str::<ExecutionInput>(i).ok()),
+            Err(e) => {
+                warn!(execution_arn = %arn, error = %aws_sdk_sfn::error::DisplayErrorContext(e), "cannot read the foreign execution");
+                None
+            }
+        };
+        let stopped = self
+            .sfn
+            .stop_execution()
+            .execution_arn(arn)
+            .error("aws-jit.Foreign")
+            .cause("aws-jit: not started by aws-jit for a request it knows (drift sweep)")
+            .send()
+            .await;
+        if let Err(e) = stopped {
+            warn!(execution_arn = %arn, error = %aws_sdk_sfn::error::DisplayErrorContext(e), "cannot stop the foreign execution");
+        }
+        if let Some(input) = input
+            && self.scope.check_role(&input.role_arn).is_ok()
+            && let Err(e) = self.worker.revoke_input(&input).await
+        {
+            warn!(execution_arn = %arn, error = %e, "cannot revoke what the foreign execution's request names");
+        }
+    }
+
+    async fn report(
+        &self,
+        _known: &Known<'_>,
+        kind: &'static str,
+        request: Option<&AccessRequest>,
+        note: &str,
+    ) {
+        self.metrics.drift_removed(kind);
+        error!(kind, note, "drift removed");
+        let Some(request) = request else {
+            return;
+        };
+        let recorder = Recorder::new(
+            self.client.clone(),
+            Reporter {
+                controller: "aws-jit-controller".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        );
+        let ev = Event {
+            type_: EventType::Warning,
+            reason: "DriftRemoved".into(),
+            note: Some(crate::sfn::truncate(note, 1024).to_owned()),
+            action: "Sweep".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&ev, &request.object_ref(&())).await {
+            warn!(error = %e, "cannot publish the drift event");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const ROLE_ARN: &str = "arn:aws:iam::123456789012:role/jit/prod-admin";
+    const UID: &str = "0b5f7a4e-9c1d-4e2b-8f3a-1d2c3b4a5f6e";
+    const ALICE: &str = "arn:aws:iam::123456789012:user/alice";
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn role() -> AccessRole {
+        serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRole",
+            "metadata": {"name": "prod-admin"},
+            "spec": {"roleArn": ROLE_ARN, "approvers": [{"user": "carol"}],
+                     "requesters": [{"user": "alice"}],
+                     "principal": {"template": "arn:aws:iam::123456789012:user/{username}"}}
+        }))
+        .unwrap()
+    }
+
+    fn request(status: serde_json::Value) -> AccessRequest {
+        serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "fix", "namespace": "team", "uid": UID},
+            "spec": {"role": "prod-admin", "requester": "alice", "duration": "30m", "reason": "x"},
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    fn info(principal: &str, expires: &str) -> GrantInfo {
+        GrantInfo {
+            sid: trust_policy::sid_for(UID).unwrap(),
+            principal: principal.into(),
+            expires_at: ts(expires),
+        }
+    }
+
+    fn judge(status: serde_json::Value, g: Option<&GrantInfo>, complete: bool) -> StatementVerdict {
+        let requests = [request(status)];
+        let roles = [role()];
+        let known = Known::new(&requests, &roles, complete);
+        let sid = trust_policy::sid_for(UID).unwrap();
+        judge_statement(&known, ROLE_ARN, &sid, g, ts("2026-12-01T10:00:00Z"))
+    }
+
+    fn is_drift(v: &StatementVerdict) -> bool {
+        matches!(v, StatementVerdict::Drift(_))
+    }
+
+    #[test]
+    fn an_active_grant_as_approved_is_kept() {
+        let g = info(ALICE, "2026-12-01T10:30:00Z");
+        let status = json!({"phase": "Active", "expiresAt": "2026-12-01T10:30:00Z"});
+        assert_eq!(judge(status, Some(&g), true), StatementVerdict::Keep);
+        // Granted, status not written yet: the votes approve it.
+        let status = json!({"phase": "AwaitingApproval",
+            "approvals": [{"approver": "carol", "decision": "Approve"}]});
+        assert_eq!(judge(status, Some(&g), true), StatementVerdict::Keep);
+    }
+
+    #[test]
+    fn what_nothing_approved_accounts_for_is_drift() {
+        let g = info(ALICE, "2026-12-01T10:30:00Z");
+        // Not approved.
+        assert!(is_drift(&judge(
+            json!({"phase": "AwaitingApproval"}),
+            Some(&g),
+            true
+        )));
+        // Ended: the revoke was lost.
+        assert!(is_drift(&judge(
+            json!({"phase": "Expired"}),
+            Some(&g),
+            true
+        )));
+        // Someone else's principal.
+        let mallory = info(
+            "arn:aws:iam::123456789012:user/mallory",
+            "2026-12-01T10:30:00Z",
+        );
+        assert!(is_drift(&judge(
+            json!({"phase": "Active"}),
+            Some(&mallory),
+            true
+        )));
+        // Longer than granted.
+        let longer = info(ALICE, "2026-12-01T22:00:00Z");
+        let status = json!({"phase": "Active", "expiresAt": "2026-12-01T10:30:00Z"});
+        assert!(is_drift(&judge(status, Some(&longer), true)));
+        let status = json!({"phase": "Approved"});
+        assert!(
+            is_drift(&judge(status, Some(&longer), true)),
+            "30m from now at most"
+        );
+        // A lookalike statement.
+        assert!(is_drift(&judge(json!({"phase": "Active"}), None, false)));
+    }
+
+    #[test]
+    fn unknown_requests_are_drift_only_when_every_request_is_seen() {
+        let requests: [AccessRequest; 0] = [];
+        let roles = [role()];
+        let g = info(ALICE, "2026-12-01T10:30:00Z");
+        let now = ts("2026-12-01T10:00:00Z");
+        let all = Known::new(&requests, &roles, true);
+        assert!(is_drift(&judge_statement(
+            &all,
+            ROLE_ARN,
+            &g.sid,
+            Some(&g),
+            now
+        )));
+        let some = Known::new(&requests, &roles, false);
+        assert_eq!(
+            judge_statement(&some, ROLE_ARN, &g.sid, Some(&g), now),
+            StatementVerdict::Unknown
+        );
+        let expired = info(ALICE, "2026-12-01T09:00:00Z");
+        assert_eq!(
+            judge_statement(&all, ROLE_ARN, &g.sid, Some(&expired), now),
+            StatementVerdict::Expired
+        );
+    }
+
+    #[test]
+    fn executions_are_ours_only_when_their_request_recorded_them() {
+        let arn = format!("arn:aws:states:us-east-1:123456789012:execution:sm:ar-{UID}");
+        let now = ts("2026-12-01T10:00:00Z");
+        let old = Some(ts("2026-12-01T09:00:00Z"));
+        let recorded = [request(json!({"phase": "Active", "executionArn": arn}))];
+        let unrecorded = [request(json!({"phase": "Failed"}))];
+        let pending = [request(json!({"phase": "Pending"}))];
+        let none: [AccessRequest; 0] = [];
+        let roles = [role()];
+        let name = format!("ar-{UID}");
+        let k = Known::new(&recorded, &roles, false);
+        assert_eq!(
+            judge_execution(&k, &name, &arn, old, now),
+            ExecutionVerdict::Ours
+        );
+        assert!(matches!(
+            judge_execution(&k, "mallory", "arn:x", old, now),
+            ExecutionVerdict::Foreign(_)
+        ));
+        let k = Known::new(&unrecorded, &roles, false);
+        assert!(matches!(
+            judge_execution(&k, &name, &arn, Some(now), now),
+            ExecutionVerdict::Foreign(_)
+        ));
+        let k = Known::new(&pending, &roles, false);
+        assert_eq!(
+            judge_execution(&k, &name, &arn, Some(now), now),
+            ExecutionVerdict::Young
+        );
+        assert!(matches!(
+            judge_execution(&k, &name, &arn, old, now),
+            ExecutionVerdict::Foreign(_)
+        ));
+        let k = Known::new(&none, &roles, false);
+        assert!(matches!(
+            judge_execution(&k, &name, &arn, old, now),
+            ExecutionVerdict::Foreign(_)
+        ));
+    }
+}
