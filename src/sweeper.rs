@@ -43,7 +43,7 @@ const YOUNG: SignedDuration = SignedDuration::from_secs(120);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatementVerdict {
     Keep,
-    /// Past its expiry: inert, removed quietly.
+    /// Past its expiry: inert (AWS refuses it), left for the worker's own sweep.
     Expired,
     /// Might be another installation's (a request this operator cannot see).
     Unknown,
@@ -357,7 +357,8 @@ impl Sweeper {
                             "a statement for a request this operator cannot see (another \
                              namespace or installation?); left to its expiry"
                         ),
-                        StatementVerdict::Expired => remove.push((sid, String::new())),
+                        // Inert; the worker sweeps them with its next edit of the role.
+                        StatementVerdict::Expired => {}
                         StatementVerdict::Drift(why) => remove.push((sid, why)),
                     }
                 }

@@ -539,3 +539,73 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
     );
     assert_eq!(env.foreign_statements().await, foreign_before);
 }
+
+/// The apiserver is unreachable for the operator while a request's approval task
+/// waits on the request queue, for longer than SQS takes to move an abandoned message
+/// to the dead-letter queue (the queue's visibility timeout is cut to 1 s here, so five
+/// receives take seconds, as five minutes do with the template's 60 s). Before the fix
+/// the consumer left a message it could not handle to come back, SQS dead-lettered it,
+/// and the approval token was lost: the request never became AwaitingApproval. Now the
+/// consumer keeps the message and tries again.
+#[tokio::test]
+async fn an_apiserver_outage_loses_no_task_token() {
+    let mut env = Env::new("atk-outage", "").await;
+    env.kill_operator();
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    sqs.set_queue_attributes()
+        .queue_url(&env.aws.request_queue_url)
+        .attributes(QueueAttributeName::VisibilityTimeout, "1")
+        .send()
+        .await
+        .expect("short visibility timeout");
+    let port = stack().kube.server().rsplit(':').next().expect("port");
+    let target = format!("127.0.0.1:{port}").parse().expect("address");
+    let outage = crate::support::outage::Outage::start(target).await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(stack().kube.kubeconfig(User::Operator))
+        .expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    config.cluster_url = format!("https://{}", outage.addr()).parse().expect("URL");
+    let proxied = kube::Client::try_from(config).expect("client");
+    // The controller stops right after it starts the execution, so the approval task
+    // finds a request that has not recorded it; then the apiserver goes away.
+    env.faults.arm(points::AFTER_START_EXECUTION);
+    env.start_operator_via(proxied);
+    env.request(User::Alice, "outage", "  duration: 2m\n");
+    let faults = env.faults.clone();
+    eventually("the execution to be started", WAIT, || {
+        let faults = faults.clone();
+        async move {
+            if faults.was_hit(points::AFTER_START_EXECUTION) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
+    })
+    .await;
+    outage.begin();
+    // The outage's length (three times what SQS needs to dead-letter the message
+    // here), not a wait for anything.
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    outage.end();
+    env.kill_operator();
+    env.start_operator();
+    env.wait_phase("outage", Phase::AwaitingApproval).await;
+    let dead = sqs
+        .receive_message()
+        .queue_url(&env.aws.request_dlq_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .expect("receive from the DLQ");
+    assert!(
+        dead.messages().is_empty(),
+        "nothing was dead-lettered: {:?}",
+        dead.messages()
+    );
+    env.vote(User::Carol, "outage", "Approve");
+    env.wait_phase("outage", Phase::Active).await;
+    assert_eq!(env.executions_started().await, 1);
+}

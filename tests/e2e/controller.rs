@@ -119,8 +119,14 @@ impl Env {
 
     /// Starts the operator (the same `run` the binary calls) as a task of this test.
     pub fn start_operator(&mut self) {
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let kube = self.kube.clone();
+        self.start_operator_via(kube);
+    }
+
+    /// [`Env::start_operator`] with the operator's own Kubernetes client (e.g. one that
+    /// goes through an [`crate::support::outage::Outage`]).
+    pub fn start_operator_via(&mut self, kube: kube::Client) {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let sdk = self.sdk.clone();
         let config = self.config();
         self.operator = Some(tokio::spawn(async move {

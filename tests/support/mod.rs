@@ -5,6 +5,7 @@
 pub mod aws;
 pub mod kube;
 pub mod measure;
+pub mod outage;
 pub mod procs;
 pub mod project;
 pub mod slack;
