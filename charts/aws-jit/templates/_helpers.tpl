@@ -45,6 +45,20 @@ app.kubernetes.io/part-of: aws-jit
 {{- end }}
 {{- end }}
 
+{{/* The relay's ServiceAccount: its own, never the controller's. */}}
+{{- define "aws-jit.relayServiceAccountName" -}}
+{{- if .Values.relay.serviceAccount.create }}
+{{- default (printf "%s-relay" (include "aws-jit.fullname" .)) .Values.relay.serviceAccount.name }}
+{{- else }}
+{{- required "relay.serviceAccount.name is required when relay.serviceAccount.create is false" .Values.relay.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* A ServiceAccount's username, as the apiserver authenticates it. */}}
+{{- define "aws-jit.saUsername" -}}
+{{- printf "system:serviceaccount:%s:%s" .namespace .name }}
+{{- end }}
+
 {{- define "aws-jit.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
