@@ -1,6 +1,11 @@
 //! RBAC and the admission policies, exercised as the real users of the stack.
+use std::time::Duration;
+
 use crate::support::kube::{KubeStack, User};
+use crate::support::wait::eventually;
 use crate::support::{refused, stack, succeeded};
+
+const WAIT: Duration = Duration::from_secs(30);
 
 fn create_request(
     kube: &KubeStack,
@@ -1156,4 +1161,51 @@ async fn a_deleted_namespace_takes_its_requests_along() {
         ],
     ));
     assert!(!exists(kube, &ns, &name));
+}
+
+/// Without its parameter (the ConfigMap naming who is who) a policy refuses: nobody is
+/// the operator or a trusted submitter by default. A binding of the create policy to a
+/// ConfigMap that does not exist, in one namespace of this test's.
+#[tokio::test]
+async fn a_missing_parameter_refuses_everything() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("adm-no-params").await;
+    let binding = format!("{ns}-no-params");
+    succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\n\
+             metadata: {{name: {binding}}}\n\
+             spec:\n  policyName: aws-jit-accessrequest-create\n  validationActions: [Deny]\n\
+             \x20 paramRef: {{name: not-there, namespace: aws-jit-system, parameterNotFoundAction: Deny}}\n\
+             \x20 matchResources:\n    namespaceSelector:\n      matchExpressions:\n\
+             \x20       - {{key: kubernetes.io/metadata.name, operator: In, values: [{ns}]}}\n"
+        ),
+    ));
+    // The binding loads asynchronously: a request in alice's own name, which only this
+    // binding can refuse, is refused once it is in force; a trusted submitter's is too.
+    eventually("the binding without a parameter to refuse", WAIT, || {
+        let out = create_request(kube, User::Alice, &ns, "own", "alice");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        let result = match out.status.success() {
+            false if said.contains("no params found") => Ok(()),
+            false => panic!("refused for another reason: {said}"),
+            // Admitted before the binding was in force: try again.
+            true => {
+                succeeded(&kube.kubectl(User::Admin, &["delete", "ar", "own", "-n", &ns]));
+                Err("admitted".to_string())
+            }
+        };
+        std::future::ready(result)
+    })
+    .await;
+    refused(
+        &create_request(kube, User::GitOps, &ns, "for-bob", "bob"),
+        "no params found",
+    );
+    succeeded(&kube.kubectl(
+        User::Admin,
+        &["delete", "validatingadmissionpolicybinding", &binding],
+    ));
 }
