@@ -1,6 +1,11 @@
 //! RBAC and the admission policies, exercised as the real users of the stack.
+use std::time::Duration;
+
 use crate::support::kube::{KubeStack, User};
+use crate::support::wait::eventually;
 use crate::support::{refused, stack, succeeded};
+
+const WAIT: Duration = Duration::from_secs(30);
 
 fn create_request(
     kube: &KubeStack,
@@ -141,7 +146,8 @@ async fn requester_must_be_the_creator_unless_trusted() {
         "for-alice",
         "alice",
     ));
-    // The GitOps controller's service account holds submit-for-others.
+    // The GitOps controller's service account is a trusted submitter, by name (the
+    // admission parameter), which no RBAC wildcard confers.
     succeeded(&create_request(
         kube,
         User::GitOps,
@@ -298,19 +304,97 @@ async fn only_the_operator_records_slack_votes() {
         ),
         "approvals via Slack are recorded only by the aws-jit operator",
     );
+    // The relay, for the person Slack identified.
+    succeeded(&vote(
+        kube,
+        User::Relay,
+        &ns,
+        &name,
+        r#"{"approver":"dave","decision":"Approve","via":"slack"}"#,
+    ));
+    // The controller is the operator too.
     succeeded(&vote(
         kube,
         User::Operator,
         &ns,
         &name,
-        r#"{"approver":"dave","decision":"Approve","via":"slack"}"#,
+        r#"{"approver":"erin","decision":"Approve","via":"slack"}"#,
     ));
-    assert_eq!(approvals(kube, &ns, &name)[0]["via"], "slack");
+    let got = approvals(kube, &ns, &name);
+    assert_eq!(got[0]["via"], "slack");
+    assert_eq!(got[1]["via"], "slack");
 }
 
-/// Each status field other than approvals and revocation (which non-operators may write,
-/// under rules of their own), with a value an approver might try to set.
-/// The first assertion keeps this list (and the policy's) in step with the CRD.
+/// The relay speaks for whoever Slack identified, but only as Slack, never for the
+/// requester, and append-only like everyone else.
+#[tokio::test]
+async fn the_relay_records_slack_votes_only() {
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-relay", User::Alice).await;
+    refused(
+        &vote(
+            kube,
+            User::Relay,
+            &ns,
+            &name,
+            r#"{"approver":"alice","decision":"Approve","via":"slack"}"#,
+        ),
+        "you may not approve or deny your own AccessRequest",
+    );
+    refused(
+        &vote(
+            kube,
+            User::Relay,
+            &ns,
+            &name,
+            r#"{"approver":"carol","decision":"Approve","via":"kubectl"}"#,
+        ),
+        "the Slack relay records only votes via slack",
+    );
+    succeeded(&vote(
+        kube,
+        User::Relay,
+        &ns,
+        &name,
+        r#"{"approver":"carol","decision":"Approve","via":"slack"}"#,
+    ));
+    let change = r#"[{"op":"replace","path":"/status/approvals/0/decision","value":"Deny"}]"#;
+    refused(
+        &kube.patch_status(User::Relay, &ns, &name, "json", change),
+        "status.approvals is append-only",
+    );
+    // RBAC: no finalizer (main resource) writes, no deletes, no Secrets.
+    refused(
+        &kube.kubectl(
+            User::Relay,
+            &[
+                "patch",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ],
+        ),
+        "Forbidden",
+    );
+    refused(
+        &kube.kubectl(User::Relay, &["delete", "ar", &name, "-n", &ns]),
+        "Forbidden",
+    );
+    refused(
+        &kube.kubectl(User::Relay, &["get", "secrets", "-n", "aws-jit-system"]),
+        "Forbidden",
+    );
+    let got = approvals(kube, &ns, &name);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["approver"], "carol");
+}
+
+/// Values an attacker might try for status fields other than approvals and revocation.
+/// A field of the CRD not listed here is attacked with a value made from its schema.
 const OPERATOR_FIELDS: [(&str, &str); 8] = [
     ("phase", r#""Active""#),
     (
@@ -331,51 +415,73 @@ const OPERATOR_FIELDS: [(&str, &str); 8] = [
 /// Status fields that people other than the operator write, each with its own rules.
 const NOT_OPERATOR_ONLY: [&str; 2] = ["approvals", "revocation"];
 
-#[tokio::test]
-async fn approvers_cannot_touch_any_other_status_field() {
+/// The relay's own state: written by operator identities (controller and relay) only.
+const RELAY_STATE: &str = "slack";
+
+/// Every status field of the CRD that only the operator may write, each with a value
+/// to try (from [`OPERATOR_FIELDS`], or made from the field's schema).
+fn operator_fields() -> Vec<(String, String)> {
     let crd = aws_jit::crd::all()
         .into_iter()
         .find(|c| c.spec.names.kind == "AccessRequest")
         .expect("AccessRequest CRD");
     let schema = serde_json::to_value(&crd.spec.versions[0].schema).expect("schema as JSON");
-    let mut in_crd: Vec<String> = schema["openAPIV3Schema"]["properties"]["status"]["properties"]
+    let props = schema["openAPIV3Schema"]["properties"]["status"]["properties"]
         .as_object()
         .expect("status properties")
-        .keys()
-        .filter(|k| !NOT_OPERATOR_ONLY.contains(&k.as_str()))
-        .cloned()
-        .collect();
-    in_crd.sort();
-    let mut covered: Vec<String> = OPERATOR_FIELDS.iter().map(|(f, _)| f.to_string()).collect();
-    covered.sort();
-    assert_eq!(
-        in_crd, covered,
-        "a status field was added: cover it here and in deploy/admission/policies.yaml"
-    );
-    let policies = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/deploy/admission/policies.yaml"
-    ))
-    .expect("policies readable");
-    for field in &covered {
-        assert!(
-            policies.contains(&format!(
-                "object.?status.?{field} == oldObject.?status.?{field}"
-            )),
-            "the status policy does not protect status.{field}"
-        );
-    }
+        .clone();
+    props
+        .iter()
+        .filter(|(k, _)| !NOT_OPERATOR_ONLY.contains(&k.as_str()))
+        .map(|(field, prop)| {
+            let value = match OPERATOR_FIELDS.iter().find(|(f, _)| f == field) {
+                Some((_, v)) => v.to_string(),
+                None => match prop["type"].as_str() {
+                    Some("string") => r#""forged""#.to_string(),
+                    Some("integer") | Some("number") => "7".to_string(),
+                    Some("boolean") => "true".to_string(),
+                    Some("array") => "[]".to_string(),
+                    _ => r#"{}"#.to_string(),
+                },
+            };
+            (field.clone(), value)
+        })
+        .collect()
+}
 
+#[tokio::test]
+async fn approvers_cannot_touch_any_other_status_field() {
+    let fields = operator_fields();
+    assert!(fields.len() >= OPERATOR_FIELDS.len(), "{fields:?}");
     let kube = &stack().kube;
     let (ns, name) = awaiting(kube, "adm-fields", User::Alice).await;
-    for (field, value) in OPERATOR_FIELDS {
+    for (field, value) in &fields {
         let patch = format!(r#"{{"status":{{"{field}":{value}}}}}"#);
-        let out = kube.patch_status(User::Carol, &ns, &name, "merge", &patch);
-        refused(
-            &out,
-            "only the aws-jit operator may change status fields other than approvals",
-        );
+        for who in [User::Carol, User::Alice] {
+            let out = kube.patch_status(who, &ns, &name, "merge", &patch);
+            refused(
+                &out,
+                &format!(
+                    "only the aws-jit operator may change status fields other than approvals and revocation (changed: {field})"
+                ),
+            );
+        }
+        // The relay keeps its own state, and nothing else of the operator's.
+        let out = kube.patch_status(User::Relay, &ns, &name, "merge", &patch);
+        if field == RELAY_STATE {
+            succeeded(&out);
+        } else {
+            refused(
+                &out,
+                "only the aws-jit operator may change status fields other than approvals",
+            );
+        }
     }
+    // Removing a field the operator wrote is a change too.
+    refused(
+        &merge_status(kube, User::Carol, &ns, &name, r#"{"message":null}"#),
+        "(changed: message)",
+    );
     // Sneaking a field change in beside a legitimate vote is refused as a whole.
     let sneaky = r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}},
                      {"op":"replace","path":"/status/phase","value":"Active"}]"#;
@@ -693,4 +799,413 @@ async fn readme_revoke_command_works_as_written() {
     let got = revocation(kube, &ns, &name);
     assert_eq!(got["requestedBy"], "alice", "{got}");
     assert_eq!(got["reason"], "done", "{got}");
+}
+
+/// `olivia` owns namespace `ns` the way "namespace admin" bindings often look: a Role of
+/// every verb on every resource of every group. RBAC lets her reach everything about
+/// AccessRequests there, custom verbs included; admission must still not take her for
+/// the operator, a trusted submitter or an admin.
+fn namespace_owner(kube: &KubeStack, ns: &str) {
+    succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: owner\n  namespace: {ns}\n\
+             rules: [{{apiGroups: ['*'], resources: ['*'], verbs: ['*']}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: olivia-owns\n  namespace: {ns}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: owner}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: olivia}}]\n"
+        ),
+    ));
+    // The old mark of the operator, and what a wildcard gives away.
+    for verb in [
+        "manage",
+        "submit-for-others",
+        "delete",
+        "deletecollection",
+        "update",
+    ] {
+        let out = kube.kubectl(
+            User::Olivia,
+            &[
+                "auth",
+                "can-i",
+                verb,
+                "accessrequests.aws-jit.io",
+                "--subresource=status",
+                "-n",
+                ns,
+            ],
+        );
+        assert_eq!(succeeded(&out).trim(), "yes", "olivia can {verb}");
+    }
+}
+
+/// The request as stored, for comparing before and after an attack.
+fn stored(kube: &KubeStack, ns: &str, name: &str) -> serde_json::Value {
+    let out = succeeded(&kube.kubectl(
+        User::Admin,
+        &["get", "accessrequest", name, "-n", ns, "-o", "json"],
+    ));
+    let mut obj: serde_json::Value = serde_json::from_str(&out).expect("kubectl prints JSON");
+    // Only the object, not its bookkeeping (a refused write changes neither anyway).
+    obj["metadata"]
+        .as_object_mut()
+        .map(|m| m.remove("managedFields"));
+    obj
+}
+
+/// Records an attack that was not refused as it should be.
+fn attack(got_through: &mut Vec<String>, what: &str, out: &std::process::Output, needle: &str) {
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() || !said.contains(needle) {
+        got_through.push(format!("{what}: {}", said.trim()));
+    }
+}
+
+/// Every attack is tried, and every one that is not refused is reported at once.
+#[tokio::test]
+async fn wildcard_namespace_admin_is_not_the_operator() {
+    let kube = &stack().kube;
+    let (ns, name) = awaiting(kube, "adm-wildcard", User::Alice).await;
+    namespace_owner(kube, &ns);
+    let add = r#"{"metadata":{"finalizers":["aws-jit.io/revoke"]}}"#;
+    succeeded(&kube.kubectl(
+        User::Operator,
+        &["patch", "ar", &name, "-n", &ns, "--type=merge", "-p", add],
+    ));
+    let before = stored(kube, &ns, &name);
+    let mut got_through = Vec::new();
+    let olivia_votes = |approval: &str| vote(kube, User::Olivia, &ns, &name, approval);
+
+    // An approval in someone else's name, or one via Slack.
+    attack(
+        &mut got_through,
+        "an approval in carol's name",
+        &olivia_votes(r#"{"approver":"carol","decision":"Approve"}"#),
+        r#"approver must be "olivia""#,
+    );
+    attack(
+        &mut got_through,
+        "a vote via slack",
+        &olivia_votes(r#"{"approver":"olivia","decision":"Approve","via":"slack"}"#),
+        "approvals via Slack are recorded only by the aws-jit operator",
+    );
+    // Any operator field, by merge patch and by update.
+    for (field, value) in operator_fields() {
+        let patch = format!(r#"{{"status":{{"{field}":{value}}}}}"#);
+        attack(
+            &mut got_through,
+            &format!("status.{field}"),
+            &kube.patch_status(User::Olivia, &ns, &name, "merge", &patch),
+            "only the aws-jit operator may change status fields other than approvals",
+        );
+    }
+    let mut replaced = before.clone();
+    replaced["status"]["phase"] = "Active".into();
+    attack(
+        &mut got_through,
+        "status.phase by update",
+        &kube.kubectl_stdin(
+            User::Olivia,
+            &["replace", "--subresource=status", "-f", "-"],
+            &replaced.to_string(),
+        ),
+        "only the aws-jit operator may change status fields other than approvals",
+    );
+    // Someone else's revocation.
+    attack(
+        &mut got_through,
+        "a revocation in alice's name",
+        &revoke(kube, User::Olivia, &ns, &name, r#"{"requestedBy":"alice"}"#),
+        r#"revocation.requestedBy must be "olivia""#,
+    );
+    // The revoke finalizer, by patch and by update.
+    let mut unfinalized = stored(kube, &ns, &name);
+    unfinalized["metadata"]["finalizers"] = serde_json::json!([]);
+    attack(
+        &mut got_through,
+        "the finalizer, by patch",
+        &kube.kubectl(
+            User::Olivia,
+            &[
+                "patch",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ],
+        ),
+        "only the aws-jit operator may remove the aws-jit.io/revoke finalizer",
+    );
+    attack(
+        &mut got_through,
+        "the finalizer, by update",
+        &kube.kubectl_stdin(
+            User::Olivia,
+            &["replace", "-f", "-"],
+            &unfinalized.to_string(),
+        ),
+        "only the aws-jit operator may remove the aws-jit.io/revoke finalizer",
+    );
+    // A request for someone else, or in a group that is not hers.
+    attack(
+        &mut got_through,
+        "a request for bob",
+        &create_request(kube, User::Olivia, &ns, "for-bob", "bob"),
+        "spec.requester must be you (olivia)",
+    );
+    let as_sre = format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: as-sre\n  namespace: {ns}\n\
+         spec:\n  role: prod-admin\n  requester: olivia\n  requesterGroup: sre\n  reason: wildcard\n"
+    );
+    attack(
+        &mut got_through,
+        "a request as group sre",
+        &kube.kubectl_stdin(User::Olivia, &["create", "-f", "-"], &as_sre),
+        "spec.requesterGroup must be one of your own groups",
+    );
+    // Nor may she rewrite who the operator is: the parameter lives in the operator's
+    // namespace, where her Role does not reach.
+    attack(
+        &mut got_through,
+        "reading the admission parameter",
+        &kube.kubectl(
+            User::Olivia,
+            &[
+                "get",
+                "configmap",
+                "aws-jit-admission",
+                "-n",
+                "aws-jit-system",
+            ],
+        ),
+        "Forbidden",
+    );
+    // Her own request, which she may make, she may not approve.
+    succeeded(&create_request(kube, User::Olivia, &ns, "own", "olivia"));
+    operator_applies_status(kube, &ns, "own", "AwaitingApproval");
+    attack(
+        &mut got_through,
+        "approving her own request",
+        &vote(
+            kube,
+            User::Olivia,
+            &ns,
+            "own",
+            r#"{"approver":"olivia","decision":"Approve"}"#,
+        ),
+        "you may not approve or deny your own AccessRequest",
+    );
+    assert!(
+        got_through.is_empty(),
+        "attacks by a wildcard namespace admin that got through:\n{}",
+        got_through.join("\n")
+    );
+    assert_eq!(stored(kube, &ns, &name), before, "the request is unchanged");
+    assert!(approvals(kube, &ns, "own").is_empty());
+}
+
+/// `user` deletes `name` (kubectl, waiting for nothing: a finalizer may hold it).
+fn delete(kube: &KubeStack, user: User, ns: &str, name: &str) -> std::process::Output {
+    kube.kubectl(user, &["delete", "ar", name, "-n", ns, "--wait=false"])
+}
+
+fn exists(kube: &KubeStack, ns: &str, name: &str) -> bool {
+    let out = kube.kubectl(User::Admin, &["get", "ar", name, "-n", ns, "-o", "name"]);
+    out.status.success()
+}
+
+const DELETE_REFUSED: &str = "only the requester (alice), the aws-jit operator, a trusted submitter or an admin may delete this AccessRequest";
+
+#[tokio::test]
+async fn only_the_requester_deletes_their_request() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-delete", User::Alice).await;
+    namespace_owner(kube, &ns);
+    let before = stored(kube, &ns, &name);
+    // Another requester, whose role grants `delete`.
+    refused(&delete(kube, User::Bob, &ns, &name), DELETE_REFUSED);
+    // An approver has no delete at all.
+    refused(&delete(kube, User::Carol, &ns, &name), "Forbidden");
+    // The namespace's wildcard admin: not an admin of AWS access.
+    refused(&delete(kube, User::Olivia, &ns, &name), DELETE_REFUSED);
+    // The relay: RBAC gives it no delete.
+    refused(&delete(kube, User::Relay, &ns, &name), "Forbidden");
+    assert_eq!(
+        stored(kube, &ns, &name),
+        before,
+        "alice's request is untouched"
+    );
+    // alice may.
+    succeeded(&delete(kube, User::Alice, &ns, &name));
+    assert!(!exists(kube, &ns, &name));
+}
+
+/// A collection delete is admitted object by object: the refusal holds, and nothing is
+/// deleted that the caller could not delete one by one.
+#[tokio::test]
+async fn deletecollection_is_refused_like_delete() {
+    use aws_jit::crd::AccessRequest;
+    use kube::api::{Api, DeleteParams, ListParams};
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-delete-all", User::Alice).await;
+    namespace_owner(kube, &ns);
+    let before = stored(kube, &ns, &name);
+    let api: Api<AccessRequest> = Api::namespaced(kube.client(User::Olivia).await, &ns);
+    let err = api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect_err("olivia's collection delete must be refused");
+    assert!(err.to_string().contains(DELETE_REFUSED), "{err}");
+    refused(
+        &kube.kubectl(User::Olivia, &["delete", "ar", "--all", "-n", &ns]),
+        DELETE_REFUSED,
+    );
+    assert_eq!(
+        stored(kube, &ns, &name),
+        before,
+        "alice's request is untouched"
+    );
+    // Requesters hold no deletecollection.
+    let api: Api<AccessRequest> = Api::namespaced(kube.client(User::Bob).await, &ns);
+    let err = api
+        .delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await
+        .expect_err("bob holds no deletecollection");
+    assert!(err.to_string().contains("forbidden"), "{err}");
+    assert!(exists(kube, &ns, &name));
+}
+
+/// A GitOps controller prunes what it applied (for other people); an admin may delete
+/// anything (break glass); the operator too.
+#[tokio::test]
+async fn trusted_submitters_admins_and_the_operator_may_delete() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("adm-delete-trusted").await;
+    for name in ["pruned", "broken-glass"] {
+        succeeded(&create_request(kube, User::GitOps, &ns, name, "alice"));
+    }
+    succeeded(&delete(kube, User::GitOps, &ns, "pruned"));
+    succeeded(&delete(kube, User::Admin, &ns, "broken-glass"));
+    // The operator's RBAC has no delete; the policy would let it (asked as the admin,
+    // impersonating: admission sees the operator's name).
+    succeeded(&create_request(
+        kube,
+        User::Alice,
+        &ns,
+        "by-operator",
+        "alice",
+    ));
+    let out = kube.kubectl(
+        User::Admin,
+        &[
+            "delete",
+            "ar",
+            "by-operator",
+            "-n",
+            &ns,
+            "--dry-run=server",
+            &format!("--as={}", User::Operator.name()),
+            "--as-group=developers",
+        ],
+    );
+    succeeded(&out);
+    for name in ["pruned", "broken-glass"] {
+        assert!(!exists(kube, &ns, name), "{name} is deleted");
+    }
+}
+
+/// Deleting a namespace deletes its requests (the namespace controller, once the
+/// namespace is terminating); the revoke finalizer still holds each until the operator
+/// has revoked.
+#[tokio::test]
+async fn a_deleted_namespace_takes_its_requests_along() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-delete-ns", User::Alice).await;
+    let namespace_controller = "--as=system:serviceaccount:kube-system:namespace-controller";
+    refused(
+        &kube.kubectl(
+            User::Admin,
+            &[
+                "delete",
+                "ar",
+                &name,
+                "-n",
+                &ns,
+                "--dry-run=server",
+                namespace_controller,
+            ],
+        ),
+        DELETE_REFUSED,
+    );
+    succeeded(&kube.kubectl(User::Admin, &["delete", "namespace", &ns, "--wait=false"]));
+    // No kube-controller-manager runs here: play the namespace controller.
+    succeeded(&kube.kubectl(
+        User::Admin,
+        &[
+            "delete",
+            "ar",
+            &name,
+            "-n",
+            &ns,
+            "--wait=false",
+            namespace_controller,
+        ],
+    ));
+    assert!(!exists(kube, &ns, &name));
+}
+
+/// Without its parameter (the ConfigMap naming who is who) a policy refuses: nobody is
+/// the operator or a trusted submitter by default. A binding of the create policy to a
+/// ConfigMap that does not exist, in one namespace of this test's.
+#[tokio::test]
+async fn a_missing_parameter_refuses_everything() {
+    let kube = &stack().kube;
+    let ns = kube.create_namespace("adm-no-params").await;
+    let binding = format!("{ns}-no-params");
+    succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: admissionregistration.k8s.io/v1\nkind: ValidatingAdmissionPolicyBinding\n\
+             metadata: {{name: {binding}}}\n\
+             spec:\n  policyName: aws-jit-accessrequest-create\n  validationActions: [Deny]\n\
+             \x20 paramRef: {{name: not-there, namespace: aws-jit-system, parameterNotFoundAction: Deny}}\n\
+             \x20 matchResources:\n    namespaceSelector:\n      matchExpressions:\n\
+             \x20       - {{key: kubernetes.io/metadata.name, operator: In, values: [{ns}]}}\n"
+        ),
+    ));
+    // The binding loads asynchronously: a request in alice's own name, which only this
+    // binding can refuse, is refused once it is in force; a trusted submitter's is too.
+    eventually("the binding without a parameter to refuse", WAIT, || {
+        let out = create_request(kube, User::Alice, &ns, "own", "alice");
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        let result = match out.status.success() {
+            false if said.contains("no params found") => Ok(()),
+            false => panic!("refused for another reason: {said}"),
+            // Admitted before the binding was in force: try again.
+            true => {
+                succeeded(&kube.kubectl(User::Admin, &["delete", "ar", "own", "-n", &ns]));
+                Err("admitted".to_string())
+            }
+        };
+        std::future::ready(result)
+    })
+    .await;
+    refused(
+        &create_request(kube, User::GitOps, &ns, "for-bob", "bob"),
+        "no params found",
+    );
+    succeeded(&kube.kubectl(
+        User::Admin,
+        &["delete", "validatingadmissionpolicybinding", &binding],
+    ));
 }

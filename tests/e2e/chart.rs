@@ -151,6 +151,12 @@ fn chart_lints_strictly_and_its_schema_refuses_bad_values() {
         ),
         ("aws.stateMachineArn=not-an-arn", "/aws/stateMachineArn"),
         ("replicas=2", "replicas"),
+        ("relay.replicaCount=0", "/relay/replicaCount"),
+        ("networkPolicy.enabled=maybe", "/networkPolicy/enabled"),
+        (
+            "admissionPolicies.trustedSubmitters.users[0]=a\\,b",
+            "/admissionPolicies/trustedSubmitters/users/0",
+        ),
     ] {
         let out = helm(&["lint", "--strict", &chart, "-f", &values, "--set", bad]);
         refused(&out, says);
@@ -170,8 +176,9 @@ fn chart_lints_strictly_and_its_schema_refuses_bad_values() {
     refused(&out, "relay.slack.existingSecret is required");
 }
 
-/// The rendered admission policies are deploy/admission's, renamed after the release;
-/// the rendered RBAC rules are deploy/rbac/operator.yaml's.
+/// The rendered admission policies are deploy/admission's, renamed after the release and
+/// bound to the release's parameter, which names the release's own identities; the
+/// rendered RBAC rules are deploy/rbac/operator.yaml's.
 #[test]
 fn chart_admission_policies_and_rbac_match_deploy() {
     let rendered = docs(&render("rel", "ops", &[]));
@@ -202,6 +209,12 @@ fn chart_admission_policies_and_rbac_match_deploy() {
             );
             *policy = want["spec"]["policyName"].clone();
         }
+        if let Some(param) = got_spec.get_mut("paramRef") {
+            assert_eq!(param["name"], "rel-aws-jit-admission", "{name}");
+            assert_eq!(param["namespace"], "ops", "{name}");
+            assert_eq!(param["parameterNotFoundAction"], "Deny", "{name}");
+            *param = want["spec"]["paramRef"].clone();
+        }
         assert_eq!(
             got_spec, want["spec"],
             "{name}: the chart's spec differs from deploy/admission"
@@ -211,57 +224,238 @@ fn chart_admission_policies_and_rbac_match_deploy() {
             "rel"
         );
     }
+    // The parameter: deploy/admission/params.yaml's keys, with the release's identities.
+    let params = docs(
+        &std::fs::read_to_string(format!("{ROOT}/deploy/admission/params.yaml")).expect("read"),
+    );
+    let keys = |v: &Value| -> Vec<String> {
+        v["data"]
+            .as_object()
+            .expect("data")
+            .keys()
+            .cloned()
+            .collect()
+    };
+    let config = find(&rendered, "ConfigMap", "rel-aws-jit-admission");
+    assert_eq!(keys(config), keys(&params[0]));
+    assert_eq!(config["metadata"]["namespace"], "ops");
+    assert_eq!(
+        config["data"]["operators"],
+        "system:serviceaccount:ops:rel-aws-jit"
+    );
+    assert_eq!(
+        config["data"]["relays"],
+        "system:serviceaccount:ops:rel-aws-jit-relay"
+    );
+    assert_eq!(config["data"]["trustedSubmitters"], "");
+    assert_eq!(config["data"]["adminGroups"], "system:masters");
+    let custom = docs(&render(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "admissionPolicies.trustedSubmitters.users={system:serviceaccount:argocd:argocd-application-controller,flux}",
+            "--set",
+            "admissionPolicies.trustedSubmitters.groups={gitops}",
+            "--set",
+            "admissionPolicies.adminGroups={platform-admins}",
+            "--set",
+            "relay.enabled=false",
+        ],
+    ));
+    let config = find(&custom, "ConfigMap", "rel-aws-jit-admission");
+    assert_eq!(
+        config["data"]["trustedSubmitters"],
+        "system:serviceaccount:argocd:argocd-application-controller,flux"
+    );
+    assert_eq!(config["data"]["trustedSubmitterGroups"], "gitops");
+    assert_eq!(config["data"]["adminGroups"], "platform-admins");
+    assert_eq!(config["data"]["relays"], "", "no relay, no relay identity");
+
     let operator =
         docs(&std::fs::read_to_string(format!("{ROOT}/deploy/rbac/operator.yaml")).expect("read"));
-    for kind in ["ClusterRole", "Role"] {
-        let want = operator.iter().find(|d| d["kind"] == kind).expect(kind);
-        let got = find(&rendered, kind, "rel-aws-jit:operator");
+    let deployed_rules = |kind: &str, name: &str| -> Value {
+        operator
+            .iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name} in deploy/rbac/operator.yaml"))["rules"]
+            .clone()
+    };
+    for (kind, name) in [
+        ("ClusterRole", "aws-jit:operator"),
+        ("Role", "aws-jit:operator"),
+        ("ClusterRole", "aws-jit:relay"),
+    ] {
+        let got = find(&rendered, kind, &format!("rel-{name}"));
         assert_eq!(
-            got["rules"], want["rules"],
-            "{kind} rules differ from deploy/rbac/operator.yaml"
+            got["rules"],
+            deployed_rules(kind, name),
+            "{kind} {name} rules differ from deploy/rbac/operator.yaml"
         );
     }
     let role = find(&rendered, "Role", "rel-aws-jit:operator");
     assert_eq!(role["metadata"]["namespace"], "ops");
+    for (kind, name, sa) in [
+        ("ClusterRoleBinding", "rel-aws-jit:operator", "rel-aws-jit"),
+        ("RoleBinding", "rel-aws-jit:operator", "rel-aws-jit"),
+        (
+            "ClusterRoleBinding",
+            "rel-aws-jit:relay",
+            "rel-aws-jit-relay",
+        ),
+    ] {
+        let binding = find(&rendered, kind, name);
+        assert_eq!(binding["subjects"][0]["name"], sa, "{kind} {name}");
+        assert_eq!(binding["subjects"].as_array().map(Vec::len), Some(1));
+    }
     assert!(
         !rendered
             .iter()
-            .any(|d| d["metadata"]["name"] == "rel-aws-jit:operator-requests"),
+            .any(|d| d["metadata"]["name"] == "rel-aws-jit:operator-requests"
+                || d["metadata"]["name"] == "rel-aws-jit:relay-requests"),
         "no namespaced request Role when every namespace is watched"
     );
 
     // Watching one namespace: the same rules, split. AccessRoles (cluster-scoped) stay
-    // in the ClusterRole; the request rules move to a Role in the watched namespace.
+    // in the ClusterRoles; the request rules move to Roles in the watched namespace. The
+    // admission bindings match that namespace only.
     let scoped = docs(&render(
         "rel",
         "ops",
         &["--set", "controller.watchNamespace=team-a"],
     ));
-    let cluster_rules = find(&scoped, "ClusterRole", "rel-aws-jit:operator")["rules"].clone();
-    let requests = find(&scoped, "Role", "rel-aws-jit:operator-requests");
-    assert_eq!(requests["metadata"]["namespace"], "team-a");
-    let binding = find(&scoped, "RoleBinding", "rel-aws-jit:operator-requests");
-    assert_eq!(binding["metadata"]["namespace"], "team-a");
-    assert_eq!(binding["subjects"][0]["name"], "rel-aws-jit");
-    assert_eq!(binding["subjects"][0]["namespace"], "ops");
-    let want = operator
+    for (who, sa) in [("operator", "rel-aws-jit"), ("relay", "rel-aws-jit-relay")] {
+        let cluster_rules =
+            find(&scoped, "ClusterRole", &format!("rel-aws-jit:{who}"))["rules"].clone();
+        let requests = find(&scoped, "Role", &format!("rel-aws-jit:{who}-requests"));
+        assert_eq!(requests["metadata"]["namespace"], "team-a");
+        let binding = find(
+            &scoped,
+            "RoleBinding",
+            &format!("rel-aws-jit:{who}-requests"),
+        );
+        assert_eq!(binding["metadata"]["namespace"], "team-a");
+        assert_eq!(binding["subjects"][0]["name"], sa);
+        assert_eq!(binding["subjects"][0]["namespace"], "ops");
+        let want = deployed_rules("ClusterRole", &format!("aws-jit:{who}"))
+            .as_array()
+            .expect("rules")
+            .clone();
+        let mut joined = cluster_rules.as_array().expect("rules").clone();
+        joined.extend(requests["rules"].as_array().expect("rules").iter().cloned());
+        assert_eq!(
+            joined, want,
+            "{who}: the split rules are deploy's, no more, no less"
+        );
+        assert_eq!(cluster_rules.as_array().map(Vec::len), Some(1));
+        assert_eq!(
+            cluster_rules[0]["resources"],
+            serde_json::json!(["accessroles"])
+        );
+    }
+    for d in scoped
         .iter()
-        .find(|d| d["kind"] == "ClusterRole")
-        .expect("ClusterRole")["rules"]
-        .as_array()
-        .expect("rules")
-        .clone();
-    let mut joined = cluster_rules.as_array().expect("rules").clone();
-    joined.extend(requests["rules"].as_array().expect("rules").iter().cloned());
+        .filter(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+    {
+        assert_eq!(
+            d["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"],
+            serde_json::json!([{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a"]}]),
+            "{}",
+            d["metadata"]["name"]
+        );
+    }
+}
+
+/// The NetworkPolicies: on by default, ingress only to the metrics ports from the
+/// configured peers and to the interactions port when its Service is on; egress open
+/// unless rules are given; nothing rendered when off.
+#[test]
+fn chart_network_policies_allow_only_what_is_served() {
+    let rendered = docs(&render("rel", "ops", &[]));
+    let controller = find(&rendered, "NetworkPolicy", "rel-aws-jit");
+    let deploy = find(&rendered, "Deployment", "rel-aws-jit");
     assert_eq!(
-        joined, want,
-        "the split rules are deploy's, no more, no less"
+        controller["spec"]["podSelector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
     );
-    assert_eq!(cluster_rules.as_array().map(Vec::len), Some(1));
     assert_eq!(
-        cluster_rules[0]["resources"],
-        serde_json::json!(["accessroles"])
+        controller["spec"]["policyTypes"],
+        serde_json::json!(["Ingress"])
     );
+    let ingress = controller["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(
+        ingress[0]["ports"],
+        serde_json::json!([{"port": 8080, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        ingress[0]["from"],
+        serde_json::json!([
+            {"podSelector": {}},
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+        ])
+    );
+    let relay = find(&rendered, "NetworkPolicy", "rel-aws-jit-relay");
+    let relay_deploy = find(&rendered, "Deployment", "rel-aws-jit-relay");
+    assert_eq!(
+        relay["spec"]["podSelector"]["matchLabels"],
+        relay_deploy["spec"]["selector"]["matchLabels"]
+    );
+    let ingress = relay["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 1, "Socket Mode: no interactions port");
+    assert_eq!(ingress[0]["ports"][0]["port"], 8082);
+
+    let rendered = docs(&render(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "relay.interactions.enabled=true",
+            "--set",
+            "networkPolicy.metricsFrom[0].namespaceSelector.matchLabels.team=observability",
+            "--set",
+            "networkPolicy.interactionsFrom[0].namespaceSelector.matchLabels.ingress=yes",
+            "--set",
+            "networkPolicy.egress[0].ports[0].port=443",
+        ],
+    ));
+    let relay = find(&rendered, "NetworkPolicy", "rel-aws-jit-relay");
+    assert_eq!(
+        relay["spec"]["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    assert_eq!(
+        relay["spec"]["egress"],
+        serde_json::json!([{"ports": [{"port": 443}]}])
+    );
+    let ingress = relay["spec"]["ingress"].as_array().expect("ingress");
+    assert_eq!(ingress.len(), 2);
+    assert_eq!(
+        ingress[0]["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"team": "observability"}}}])
+    );
+    assert_eq!(ingress[1]["ports"][0]["port"], 8081);
+    assert_eq!(
+        ingress[1]["from"],
+        serde_json::json!([{"namespaceSelector": {"matchLabels": {"ingress": "yes"}}}])
+    );
+
+    let off = docs(&render(
+        "rel",
+        "ops",
+        &["--set", "networkPolicy.enabled=false"],
+    ));
+    assert!(
+        !off.iter().any(|d| d["kind"] == "NetworkPolicy"),
+        "networkPolicy.enabled=false renders none"
+    );
+    let no_relay = docs(&render("rel", "ops", &["--set", "relay.enabled=false"]));
+    let names: Vec<&Value> = no_relay
+        .iter()
+        .filter(|d| d["kind"] == "NetworkPolicy")
+        .map(|d| &d["metadata"]["name"])
+        .collect();
+    assert_eq!(names, ["rel-aws-jit"]);
 }
 
 /// What the pod spec promises: hardened containers, probes on the metrics ports, the
@@ -272,20 +466,38 @@ fn chart_deployment_is_hardened_and_wired() {
     let deploy = find(&rendered, "Deployment", "rel-aws-jit");
     let pod = &deploy["spec"]["template"]["spec"];
     assert_eq!(pod["serviceAccountName"], "rel-aws-jit");
-    // Longer than a queue long poll (20 s), so a rollout stops the pod cleanly.
-    assert_eq!(pod["terminationGracePeriodSeconds"], 45);
-    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(
-        pod["securityContext"]["seccompProfile"]["type"],
-        "RuntimeDefault"
+    // The relay runs as its own ServiceAccount, so in a Deployment of its own.
+    let relay_deploy = find(&rendered, "Deployment", "rel-aws-jit-relay");
+    let relay_pod = &relay_deploy["spec"]["template"]["spec"];
+    assert_eq!(relay_pod["serviceAccountName"], "rel-aws-jit-relay");
+    assert_ne!(
+        deploy["spec"]["selector"]["matchLabels"], relay_deploy["spec"]["selector"]["matchLabels"],
+        "neither Deployment selects the other's pods"
     );
-    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(relay_deploy["spec"]["replicas"], 2);
+    for pod in [pod, relay_pod] {
+        // Longer than a queue long poll (20 s), so a rollout stops the pod cleanly.
+        assert_eq!(pod["terminationGracePeriodSeconds"], 45);
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+    }
+    let mut containers = pod["containers"].as_array().expect("containers").clone();
+    containers.extend(
+        relay_pod["containers"]
+            .as_array()
+            .expect("containers")
+            .iter()
+            .cloned(),
+    );
     let names: Vec<&str> = containers
         .iter()
         .filter_map(|c| c["name"].as_str())
         .collect();
-    assert_eq!(names, ["controller", "relay"]);
-    for c in containers {
+    assert_eq!(names, ["controller", "relay"], "one container per pod");
+    for c in &containers {
         let sc = &c["securityContext"];
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{}", c["name"]);
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{}", c["name"]);
@@ -356,11 +568,47 @@ fn chart_deployment_is_hardened_and_wired() {
             .iter()
             .any(|d| d["metadata"]["name"] == "rel-aws-jit-interactions")
     );
-    // IRSA: the role annotation lands on the ServiceAccount.
+    // IRSA: each role annotation lands on its own ServiceAccount.
     let sa = find(&rendered, "ServiceAccount", "rel-aws-jit");
     assert_eq!(
         sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
         "arn:aws:iam::123456789012:role/aws-jit-operator"
+    );
+    let relay_sa = find(&rendered, "ServiceAccount", "rel-aws-jit-relay");
+    assert_eq!(
+        relay_sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"],
+        "arn:aws:iam::123456789012:role/aws-jit-relay"
+    );
+    // The metrics Services select each its Deployment's pods.
+    let metrics = find(&rendered, "Service", "rel-aws-jit-metrics");
+    assert_eq!(
+        metrics["spec"]["selector"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+    let relay_metrics = find(&rendered, "Service", "rel-aws-jit-relay-metrics");
+    assert_eq!(
+        relay_metrics["spec"]["selector"],
+        relay_deploy["spec"]["selector"]["matchLabels"]
+    );
+    assert_eq!(
+        relay_metrics["spec"]["ports"][0]["targetPort"],
+        "relay-metrics"
+    );
+    // The relay's name must not be the controller's: that would hand it the controller's
+    // rights.
+    let chart = chart_dir().to_string_lossy().into_owned();
+    let values = ci_values();
+    refused(
+        &helm(&[
+            "template",
+            "rel",
+            &chart,
+            "-f",
+            &values,
+            "--set",
+            "relay.serviceAccount.name=rel-aws-jit",
+        ]),
+        "relay.serviceAccount.name must differ from serviceAccount.name",
     );
     // Two replicas by default, so a PodDisruptionBudget; the drain hook is pre-delete.
     assert_eq!(deploy["spec"]["replicas"], 2);
@@ -368,6 +616,11 @@ fn chart_deployment_is_hardened_and_wired() {
     assert_eq!(
         pdb["spec"]["selector"]["matchLabels"],
         deploy["spec"]["selector"]["matchLabels"]
+    );
+    let pdb = find(&rendered, "PodDisruptionBudget", "rel-aws-jit-relay");
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        relay_deploy["spec"]["selector"]["matchLabels"]
     );
     let job = find(&rendered, "Job", "rel-aws-jit-drain");
     assert_eq!(job["metadata"]["annotations"]["helm.sh/hook"], "pre-delete");
@@ -390,11 +643,13 @@ fn chart_deployment_is_hardened_and_wired() {
             "--set",
             "replicaCount=1",
             "--set",
+            "relay.replicaCount=1",
+            "--set",
             "metrics.serviceMonitor.enabled=true",
         ],
     ));
-    let deploy = find(&rendered, "Deployment", "rel-aws-jit");
-    let relay = &deploy["spec"]["template"]["spec"]["containers"][1];
+    let deploy = find(&rendered, "Deployment", "rel-aws-jit-relay");
+    let relay = &deploy["spec"]["template"]["spec"]["containers"][0];
     let relay_env = env(relay);
     assert_eq!(
         relay_env["AWS_JIT_INTERACTIONS_ADDR"]["value"],
@@ -403,12 +658,50 @@ fn chart_deployment_is_hardened_and_wired() {
     assert!(relay_env.contains_key("SLACK_SIGNING_SECRET"));
     let svc = find(&rendered, "Service", "rel-aws-jit-interactions");
     assert_eq!(svc["spec"]["ports"][0]["targetPort"], "interactions");
+    assert_eq!(
+        svc["spec"]["selector"], deploy["spec"]["selector"]["matchLabels"],
+        "the interactions Service reaches the relay's pods"
+    );
     assert!(
         !rendered.iter().any(|d| d["kind"] == "PodDisruptionBudget"),
         "one replica: no PDB"
     );
     let monitor = find(&rendered, "ServiceMonitor", "rel-aws-jit");
     assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+/// `helm upgrade --reuse-values` from a release older than a value keeps the old values,
+/// without the new keys: the chart still renders, with the safe defaults (the relay's
+/// own ServiceAccount, the admin group, no NetworkPolicy rather than a broken one).
+#[test]
+fn chart_renders_the_values_of_an_older_release() {
+    let rendered = docs(&render(
+        "rel",
+        "ops",
+        &[
+            "--set",
+            "relay.serviceAccount=null",
+            "--set",
+            "relay.replicaCount=null",
+            "--set",
+            "networkPolicy=null",
+            "--set",
+            "admissionPolicies.trustedSubmitters=null",
+            "--set",
+            "admissionPolicies.adminGroups=null",
+        ],
+    ));
+    let relay = find(&rendered, "Deployment", "rel-aws-jit-relay");
+    assert_eq!(
+        relay["spec"]["template"]["spec"]["serviceAccountName"],
+        "rel-aws-jit-relay"
+    );
+    assert_eq!(relay["spec"]["replicas"], 2);
+    find(&rendered, "ServiceAccount", "rel-aws-jit-relay");
+    let config = find(&rendered, "ConfigMap", "rel-aws-jit-admission");
+    assert_eq!(config["data"]["adminGroups"], "system:masters");
+    assert_eq!(config["data"]["trustedSubmitters"], "");
+    assert!(!rendered.iter().any(|d| d["kind"] == "NetworkPolicy"));
 }
 
 #[tokio::test]
@@ -433,6 +726,8 @@ async fn chart_renders_what_the_apiserver_accepts() {
         "poddisruptionbudget.policy/",
         "job.batch/",
         "service/",
+        "configmap/",
+        "networkpolicy.networking.k8s.io/",
     ] {
         assert!(said.contains(what), "no {what} in the dry run: {said}");
     }
@@ -463,6 +758,17 @@ impl Release {
         let aws = stack.aws.deploy(prefix).await;
         let sdk = stack.aws.sdk_config().await;
         let name = unique(prefix);
+        // This release's admission policies, which name its identities, are the ones for
+        // its namespace (the test stack's own leave it alone: tests/support/project.rs).
+        succeeded(&stack.kube.kubectl(
+            User::Admin,
+            &[
+                "label",
+                "namespace",
+                &requests_ns,
+                &format!("aws-jit.dev/chart-release={name}"),
+            ],
+        ));
         let chart = chart_dir().to_string_lossy().into_owned();
         let values = ci_values();
         let mut args: Vec<String> = ["install", &name, &chart, "-n", &ns, "-f", &values]
@@ -474,6 +780,7 @@ impl Release {
         let said = succeeded(&helm_admin(&args));
         assert!(said.contains("STATUS: deployed"), "{said}");
         let fullname = format!("{name}-aws-jit");
+        wait_for_release_policies(&fullname, &requests_ns).await;
         // An IAM role with foreign statements, and an AccessRole for it.
         let (iam_role_name, arn) = crate::controller::create_iam_role(&sdk, prefix).await;
         let access_role = unique(prefix);
@@ -504,19 +811,22 @@ impl Release {
         format!("system:serviceaccount:{}:{}", self.ns, self.fullname)
     }
 
-    /// A kubeconfig with a token minted for the chart's ServiceAccount.
+    /// The relay's ServiceAccount (the chart's default name).
+    fn relay_account(&self) -> String {
+        format!("{}-relay", self.fullname)
+    }
+
+    /// A kubeconfig with a token minted for the chart's (controller) ServiceAccount.
     fn service_account_kubeconfig(&self) -> PathBuf {
+        self.kubeconfig_for(&self.fullname)
+    }
+
+    /// A kubeconfig with a token minted for the release's ServiceAccount `sa`.
+    fn kubeconfig_for(&self, sa: &str) -> PathBuf {
         let kube = &stack().kube;
         let token = succeeded(&kube.kubectl(
             User::Admin,
-            &[
-                "create",
-                "token",
-                &self.fullname,
-                "-n",
-                &self.ns,
-                "--duration=1h",
-            ],
+            &["create", "token", sa, "-n", &self.ns, "--duration=1h"],
         ));
         let ca = std::fs::read(kube.ca_file()).expect("ca");
         let config = serde_json::json!({
@@ -530,7 +840,7 @@ impl Release {
             "contexts": [{"name": "sa", "context": {"cluster": "stack", "user": "sa"}}],
             "current-context": "sa",
         });
-        let path = self.dir.path().join("kubeconfig-sa.yaml");
+        let path = self.dir.path().join(format!("kubeconfig-{sa}.yaml"));
         std::fs::write(&path, serde_json::to_vec(&config).expect("json"))
             .expect("write kubeconfig");
         path
@@ -706,7 +1016,16 @@ impl Release {
     }
 
     fn can_i(&self, args: &[&str]) -> bool {
-        let sa = format!("--as={}", self.service_account());
+        self.can_i_as(&self.service_account(), args)
+    }
+
+    fn relay_can_i(&self, args: &[&str]) -> bool {
+        let relay = format!("system:serviceaccount:{}:{}", self.ns, self.relay_account());
+        self.can_i_as(&relay, args)
+    }
+
+    fn can_i_as(&self, user: &str, args: &[&str]) -> bool {
+        let sa = format!("--as={user}");
         let mut all = vec!["auth", "can-i"];
         all.extend(args);
         all.push(&sa);
@@ -719,6 +1038,40 @@ impl Release {
         );
         said == "yes"
     }
+}
+
+/// Policies and their parameters load asynchronously: waits until the release's own
+/// policies (named after it) refuse a request made for someone else in `ns`.
+async fn wait_for_release_policies(fullname: &str, ns: &str) {
+    let forged = format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: forged\n  namespace: {ns}\n\
+         spec: {{role: probe, requester: bob, reason: probe}}\n"
+    );
+    let policy = format!("{fullname}-accessrequest-create");
+    eventually(
+        "the release's admission policies to be enforced",
+        WAIT,
+        || {
+            let out = stack().kube.kubectl_stdin(
+                User::Alice,
+                &["create", "--dry-run=server", "-f", "-"],
+                &forged,
+            );
+            let said = String::from_utf8_lossy(&out.stderr).into_owned();
+            let policy = policy.clone();
+            async move {
+                if !out.status.success()
+                    && said.contains(&policy)
+                    && !said.contains("failed to configure binding")
+                {
+                    Ok(())
+                } else {
+                    Err(said)
+                }
+            }
+        },
+    )
+    .await;
 }
 
 impl Drop for Release {
@@ -800,6 +1153,30 @@ async fn chart_service_account_runs_a_request_through_its_whole_life() {
             &release.ns,
         ],
     ));
+    // Another requester (RBAC grants requesters `delete`) cannot delete alice's request,
+    // which would end her access: refused, and the grant stays.
+    refused(
+        &stack().kube.kubectl(
+            User::Bob,
+            &[
+                "delete",
+                "ar",
+                "life",
+                "-n",
+                &release.requests_ns,
+                "--wait=false",
+            ],
+        ),
+        "only the requester (alice)",
+    );
+    let r = release
+        .requests()
+        .await
+        .get("life")
+        .await
+        .expect("still there");
+    assert!(r.metadata.deletion_timestamp.is_none(), "not being deleted");
+    assert_eq!(release.grants().await.len(), 1, "the grant is untouched");
     // alice ends it early with the documented command.
     release.end_early("life").await;
     // Events were recorded (events.k8s.io create/patch).
@@ -925,13 +1302,6 @@ async fn chart_service_account_has_only_what_it_needs() {
             "-n",
             other,
         ],
-        vec![
-            "manage",
-            "accessrequests.aws-jit.io",
-            "--subresource=status",
-            "-n",
-            other,
-        ],
         vec!["list", "accessroles.aws-jit.io"],
         vec!["get", "accessroles.aws-jit.io"],
         vec!["create", "events.events.k8s.io", "-n", other],
@@ -983,6 +1353,13 @@ async fn chart_service_account_has_only_what_it_needs() {
             "-n",
             other,
         ],
+        vec![
+            "manage",
+            "accessrequests.aws-jit.io",
+            "--subresource=status",
+            "-n",
+            other,
+        ],
         vec!["create", "pods", "-n", ns],
         vec!["create", "leases.coordination.k8s.io", "-n", other],
         vec!["get", "lease/someone-elses", "-n", ns],
@@ -995,6 +1372,101 @@ async fn chart_service_account_has_only_what_it_needs() {
             "the chart's ServiceAccount may {refused:?}"
         );
     }
+    // The relay's own ServiceAccount: read requests and roles, patch status (Slack votes,
+    // status.slack), record Events. Nothing of the controller's.
+    for needed in [
+        vec!["get", "accessrequests.aws-jit.io", "-n", other],
+        vec!["list", "accessrequests.aws-jit.io", "-n", other],
+        vec!["watch", "accessrequests.aws-jit.io", "-n", other],
+        vec![
+            "patch",
+            "accessrequests.aws-jit.io",
+            "--subresource=status",
+            "-n",
+            other,
+        ],
+        vec!["get", "accessroles.aws-jit.io"],
+        vec!["list", "accessroles.aws-jit.io"],
+        vec!["create", "events.events.k8s.io", "-n", other],
+    ] {
+        assert!(
+            release.relay_can_i(&needed),
+            "the relay's ServiceAccount cannot {needed:?}"
+        );
+    }
+    for refused in [
+        vec!["get", "secrets", "-n", ns],
+        vec!["list", "secrets", "-n", ns],
+        vec!["create", "secrets", "-n", ns],
+        vec!["create", "serviceaccounts/token", "-n", ns],
+        vec!["create", "leases.coordination.k8s.io", "-n", ns],
+        vec!["get", lease, "-n", ns],
+        // The finalizer is on the request itself: no write to it at all.
+        vec!["patch", "accessrequests.aws-jit.io", "-n", other],
+        vec!["update", "accessrequests.aws-jit.io", "-n", other],
+        vec!["delete", "accessrequests.aws-jit.io", "-n", other],
+        vec!["create", "accessrequests.aws-jit.io", "-n", other],
+        vec![
+            "update",
+            "accessrequests.aws-jit.io",
+            "--subresource=status",
+            "-n",
+            other,
+        ],
+        vec!["list", "accessrequests.aws-jit.io", "-A"],
+        vec!["patch", "accessroles.aws-jit.io"],
+        vec!["create", "pods", "-n", ns],
+    ] {
+        assert!(
+            !release.relay_can_i(&refused),
+            "the relay's ServiceAccount may {refused:?}"
+        );
+    }
+
+    // Admission decides fields: as the relay (a real token for its ServiceAccount) a
+    // Slack vote passes, an operator field does not; the controller's passes.
+    let kube = &stack().kube;
+    release.request("fields", "");
+    let relay_kubeconfig = release.kubeconfig_for(&release.relay_account());
+    let controller_kubeconfig = release.service_account_kubeconfig();
+    let patch_as = |kubeconfig: &Path, patch: &str| {
+        let mut cmd = Command::new(kube.bin_dir().join("kubectl"));
+        cmd.arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args([
+                "patch",
+                "accessrequest",
+                "fields",
+                "-n",
+                other,
+                "--subresource=status",
+                "--type=merge",
+                "-p",
+                patch,
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kubectl")
+    };
+    refused(
+        &patch_as(&relay_kubeconfig, r#"{"status":{"phase":"Active"}}"#),
+        "only the aws-jit operator may change status fields other than approvals and revocation (changed: phase)",
+    );
+    refused(
+        &patch_as(
+            &relay_kubeconfig,
+            r#"{"status":{"approvals":[{"approver":"alice","decision":"Approve","via":"slack"}]}}"#,
+        ),
+        "you may not approve or deny your own AccessRequest",
+    );
+    succeeded(&patch_as(
+        &relay_kubeconfig,
+        r#"{"status":{"approvals":[{"approver":"carol","decision":"Approve","via":"slack"}]}}"#,
+    ));
+    succeeded(&patch_as(
+        &controller_kubeconfig,
+        r#"{"status":{"message":"the controller's own field"}}"#,
+    ));
 }
 
 /// `helm uninstall`: the pre-delete Job is created by helm; the test plays kubelet for
@@ -1158,18 +1630,32 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
         let r = api.get(name).await.expect("the record is kept");
         assert!(r.finalizers().is_empty(), "{name}: {:?}", r.finalizers());
     }
-    succeeded(&stack().kube.kubectl(
-        User::Admin,
-        &[
-            "delete",
-            "ar",
-            "active",
-            "-n",
-            &release.requests_ns,
-            "--wait=true",
-            "--timeout=30s",
-        ],
-    ));
+    // Until the apiserver has seen the release's admission policies go, their binding
+    // may outlive its parameter ConfigMap, and refuses (fails closed) meanwhile.
+    let ns = release.requests_ns.clone();
+    eventually("deleting a drained record to succeed", WAIT, || {
+        let out = stack().kube.kubectl(
+            User::Admin,
+            &[
+                "delete",
+                "ar",
+                "active",
+                "-n",
+                &ns,
+                "--wait=true",
+                "--timeout=30s",
+            ],
+        );
+        async move {
+            let said = String::from_utf8_lossy(&out.stderr).into_owned();
+            match out.status.success() {
+                true => Ok(()),
+                false if said.contains("no params found") => Err(said),
+                false => panic!("delete refused for another reason: {said}"),
+            }
+        }
+    })
+    .await;
 }
 
 /// The Dockerfile (no Docker engine runs here; `hack/check-dockerfile.sh` lints it and

@@ -40,10 +40,15 @@ pub enum User {
     Erin,
     /// Argo CD's application controller service account `argocd/argocd-application-controller`.
     GitOps,
+    /// The Slack relay's service account `aws-jit-system/aws-jit-relay`.
+    Relay,
+    /// A namespace owner, group `team-leads`: no aws-jit role of its own; tests bind it
+    /// a wildcard Role (`*` on `*` in `*`) in their namespace.
+    Olivia,
 }
 
 impl User {
-    pub const ALL: [User; 8] = [
+    pub const ALL: [User; 10] = [
         User::Admin,
         User::Operator,
         User::Alice,
@@ -52,6 +57,8 @@ impl User {
         User::Dave,
         User::Erin,
         User::GitOps,
+        User::Relay,
+        User::Olivia,
     ];
 
     /// The username the apiserver authenticates.
@@ -65,6 +72,8 @@ impl User {
             User::Dave => "dave",
             User::Erin => "erin",
             User::GitOps => "system:serviceaccount:argocd:argocd-application-controller",
+            User::Relay => "system:serviceaccount:aws-jit-system:aws-jit-relay",
+            User::Olivia => "olivia",
         }
     }
 
@@ -80,6 +89,12 @@ impl User {
             User::Alice | User::Bob => &["developers"],
             User::Carol | User::Dave | User::Erin => &["sre"],
             User::GitOps => &["system:serviceaccounts", "system:serviceaccounts:argocd"],
+            User::Relay => &[
+                "system:serviceaccounts",
+                "system:serviceaccounts:aws-jit-system",
+                "system:authenticated",
+            ],
+            User::Olivia => &["team-leads"],
         }
     }
 
@@ -94,6 +109,8 @@ impl User {
             User::Dave => "dave",
             User::Erin => "erin",
             User::GitOps => "gitops",
+            User::Relay => "relay",
+            User::Olivia => "olivia",
         }
     }
 }

@@ -29,6 +29,25 @@ pub fn install(kube: &KubeStack) {
     ));
     succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &path("deploy/rbac/")]));
     succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &path("deploy/admission/")]));
+    succeeded(&kube.kubectl(
+        User::Admin,
+        &["apply", "-f", &path("tests/fixtures/admission-params.yaml")],
+    ));
+    // One install's policies per namespace: the chart tests' releases serve namespaces
+    // of their own (labelled so by the admin), with policies that name their identities.
+    for policy in ["create", "status", "finalizer", "delete"] {
+        succeeded(&kube.kubectl(
+            User::Admin,
+            &[
+                "patch",
+                "validatingadmissionpolicybinding",
+                &format!("aws-jit-accessrequest-{policy}"),
+                "--type=merge",
+                "-p",
+                r#"{"spec":{"matchResources":{"namespaceSelector":{"matchExpressions":[{"key":"aws-jit.dev/chart-release","operator":"DoesNotExist"}]}}}}"#,
+            ],
+        ));
+    }
     wait_for_policies(kube);
 }
 
@@ -47,7 +66,7 @@ fn wait_for_policies(kube: &KubeStack) {
              spec: {{role: probe, requester: alice, reason: probe}}\n"
         ),
     ));
-    let probes: [(&str, User, Vec<&str>); 3] = [
+    let probes: [(&str, User, Vec<&str>); 4] = [
         (
             "create policy",
             User::Alice,
@@ -84,6 +103,18 @@ fn wait_for_policies(kube: &KubeStack) {
                 r#"{"metadata":{"finalizers":null}}"#,
             ],
         ),
+        (
+            "delete policy",
+            User::Bob,
+            vec![
+                "delete",
+                "accessrequest",
+                "probe",
+                "-n",
+                ns,
+                "--dry-run=server",
+            ],
+        ),
     ];
     let forged = format!(
         "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: forged\n  namespace: {ns}\n\
@@ -94,7 +125,12 @@ fn wait_for_policies(kube: &KubeStack) {
         loop {
             let out = kube.kubectl_stdin(user, &args, &forged);
             let said = String::from_utf8_lossy(&out.stderr).into_owned();
-            if !out.status.success() && said.contains("ValidatingAdmissionPolicy") {
+            // Refused by the rule itself, not for want of its parameter (the policy's
+            // ConfigMap may reach the apiserver's informer after the policy).
+            if !out.status.success()
+                && said.contains("ValidatingAdmissionPolicy")
+                && !said.contains("failed to configure binding")
+            {
                 break;
             }
             assert!(
@@ -103,5 +139,22 @@ fn wait_for_policies(kube: &KubeStack) {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+    // And the parameter is the test stack's: the trusted submitter is let through.
+    loop {
+        let out = kube.kubectl_stdin(
+            User::GitOps,
+            &["create", "--dry-run=server", "-n", ns, "-f", "-"],
+            &forged,
+        );
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the admission parameter is not in force after {READY_TIMEOUT:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

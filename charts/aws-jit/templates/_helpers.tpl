@@ -45,6 +45,29 @@ app.kubernetes.io/part-of: aws-jit
 {{- end }}
 {{- end }}
 
+{{/*
+Values added after the first release default here too, so `helm upgrade --reuse-values`
+from an older release (which keeps the old values, without the new keys) still renders.
+*/}}
+{{- define "aws-jit.relayServiceAccount" -}}
+{{- toYaml (.Values.relay.serviceAccount | default (dict "create" true "name" "" "annotations" (dict))) }}
+{{- end }}
+
+{{/* The relay's ServiceAccount: its own, never the controller's. */}}
+{{- define "aws-jit.relayServiceAccountName" -}}
+{{- $sa := include "aws-jit.relayServiceAccount" . | fromYaml }}
+{{- if $sa.create }}
+{{- default (printf "%s-relay" (include "aws-jit.fullname" .)) $sa.name }}
+{{- else }}
+{{- required "relay.serviceAccount.name is required when relay.serviceAccount.create is false" $sa.name }}
+{{- end }}
+{{- end }}
+
+{{/* A ServiceAccount's username, as the apiserver authenticates it. */}}
+{{- define "aws-jit.saUsername" -}}
+{{- printf "system:serviceaccount:%s:%s" .namespace .name }}
+{{- end }}
+
 {{- define "aws-jit.image" -}}
 {{- if .Values.image.digest }}
 {{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
