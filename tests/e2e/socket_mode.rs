@@ -181,7 +181,7 @@ async fn a_deny_over_socket_mode_asks_why_and_the_submitted_modal_denies() {
     let ack = w.submit(STRANGER, view, "sneaky").await;
     assert_eq!(ack["payload"]["response_action"], "errors", "{ack}");
     let why = ack["payload"]["errors"][interactions::modal::COMMENT_BLOCK].to_string();
-    assert!(why.contains("not listed as an approver"), "{why}");
+    assert!(why.contains("not mapped to a Kubernetes user"), "{why}");
     assert!(w.env.approvals("deny-socket").await.is_empty());
     // dave's reason closes the modal (a bare ack) and denies.
     bare(&w.submit(DAVE, view, "change freeze until Monday").await);
