@@ -12,7 +12,7 @@ use crate::controller::Env;
 use crate::support::kube::User;
 use crate::support::slack::{Call, SlackStandIn, ghost_alert};
 use crate::support::wait::eventually;
-use crate::support::{stack, succeeded};
+use crate::support::{refused, stack, succeeded};
 
 const TOKEN: &str = "xoxb-test-relay";
 const ROLE_CHANNEL: &str = "C0ROLE";
@@ -926,4 +926,26 @@ async fn annotations_a_requester_sets_do_not_steer_the_relay() {
         slack.accepted().iter().all(|c| c.channel != "C0ELSEWHERE"),
         "an annotation chose the channel"
     );
+}
+
+/// Attack, the other way in: alice writes the relay's state into her request's status
+/// herself (she may patch status, to vote and revoke), to silence its alerts or point
+/// them at another message. Only the operator's identities may write `status.slack`.
+#[tokio::test]
+#[ignore = "needs the admission policies to make status.slack operator-only (issue 10, the admission part); un-ignore when merged"]
+async fn requesters_and_approvers_cannot_write_the_relays_status() {
+    let env = Env::new("relay-status", ROLE_SPEC).await;
+    env.request(User::Alice, "mine", "");
+    env.wait_phase("mine", Phase::AwaitingApproval).await;
+    let patch = r#"[{"op":"add","path":"/status/slack","value":{"channel":"C0ELSEWHERE","ts":"1.000001","relayed":["requested","approved","granted","expired"]}}]"#;
+    for user in [User::Alice, User::Carol] {
+        refused(
+            &stack()
+                .kube
+                .patch_status(user, &env.ns, "mine", "json", patch),
+            "denied request",
+        );
+    }
+    let r = env.requests().get("mine").await.expect("get");
+    assert_eq!(r.status.and_then(|s| s.slack), None);
 }
