@@ -94,7 +94,7 @@ const MAX_BODY: usize = 256 * 1024;
 
 /// The decision logic both transports share. `kube` must carry the operator's identity
 /// (RBAC verb `manage` on `accessrequests/status`): only it may record `via: slack`
-/// votes.
+/// votes. It also reads SlackIdentities (`get`), to know who clicked.
 #[derive(Clone)]
 pub struct Handler {
     pub kube: kube::Client,

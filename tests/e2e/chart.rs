@@ -257,10 +257,14 @@ fn chart_admission_policies_and_rbac_match_deploy() {
         joined, want,
         "the split rules are deploy's, no more, no less"
     );
-    assert_eq!(cluster_rules.as_array().map(Vec::len), Some(1));
+    assert_eq!(cluster_rules.as_array().map(Vec::len), Some(2));
     assert_eq!(
         cluster_rules[0]["resources"],
         serde_json::json!(["accessroles"])
+    );
+    assert_eq!(
+        cluster_rules[1]["resources"],
+        serde_json::json!(["slackidentities"])
     );
 }
 
