@@ -526,6 +526,24 @@ async fn only_admins_may_map_slack_users_to_people() {
             "forbidden",
         );
     }
+    // A namespace admin with every verb on every resource of their namespace is no
+    // admin of SlackIdentities: they are cluster-scoped, beyond any RoleBinding.
+    let ns = kube.create_namespace("slack-ns-admin").await;
+    succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: owner\n  namespace: {ns}\n\
+             rules: [{{apiGroups: ['*'], resources: ['*'], verbs: ['*']}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: owner\n  namespace: {ns}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: owner}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]\n"
+        ),
+    ));
+    refused(
+        &kube.kubectl_stdin(User::Alice, &["create", "-n", &ns, "-f", "-"], &forged),
+        "forbidden",
+    );
     let got = succeeded(&kube.kubectl(
         User::Admin,
         &[
