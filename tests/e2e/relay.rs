@@ -177,6 +177,25 @@ async fn every_step_of_a_request_is_one_living_message_with_thread_replies() {
     .await;
     // The relay may be quicker than the operator's status; both end in the same place.
     let r = env.wait_phase("happy", Phase::Expired).await;
+    // status.slack is the relay's field alone: the controller's status apply (a full
+    // snapshot of its own fields, forced) never claims it, so never reverts or wipes it.
+    let owners: Vec<String> = r
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:status/f:slack").is_some())
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(
+        owners,
+        [aws_jit::relay::FIELD_MANAGER],
+        "owners of status.slack"
+    );
     assert_eq!(slack_of(&r).channel, ROLE_CHANNEL);
     let ts = slack_of(&r).ts;
     let (posts, updates, replies) = calls_of(&slack, &env.ns, "happy", &ts);
