@@ -439,12 +439,16 @@ impl Relay {
         if let Some(request) = &target.request {
             let mut relayed = target.relayed.clone();
             relayed.push(event.to_string());
-            // A request deleted meanwhile has nothing left to remember.
-            let _ = self
+            // A request deleted meanwhile has nothing left to remember; the alert is
+            // shown either way.
+            if let Err(why) = self
                 .retry("remember the message in status.slack", || {
                     self.remember(request, &channel, &ts, &relayed)
                 })
-                .await;
+                .await
+            {
+                warn!(%why, "could not remember the Slack message on the request");
+            }
         }
         info!(event, channel, execution_arn = %alert.execution_arn, "alert shown in Slack");
         Ok(Settled::Delivered)
@@ -597,7 +601,22 @@ impl Relay {
                 Err(Failure::Refused(format!("request gone: {}", e.message)))
             }
             // A failed `test` (re-created, or status written meanwhile) is a bare 422:
-            // the next attempt reads again.
+            // the next attempt reads again. A 422 on an unchanged object is the schema
+            // refusing the record itself: retrying cannot help.
+            Err(kube::Error::Api(e)) if e.code == 422 => match api.get_opt(&name).await {
+                Ok(Some(r)) if r.uid() == request.uid() => {
+                    if r.resource_version() == current.resource_version() {
+                        Err(Failure::Refused(format!(
+                            "status.slack refused: {}",
+                            e.message
+                        )))
+                    } else {
+                        Err(Failure::Transient("the request changed meanwhile".into()))
+                    }
+                }
+                Ok(_) => Err(Failure::Refused("request gone".into())),
+                Err(e) => Err(Failure::Transient(format!("Kubernetes: {e}"))),
+            },
             Err(e) => Err(Failure::Transient(format!("Kubernetes: {e}"))),
         }
     }
