@@ -285,6 +285,8 @@ impl<'a> StatusUpdate<'a> {
         // list that lets them append with a JSON patch.
         status.approvals = Some(Vec::new());
         status.revocation = None;
+        // The relay's field: never claimed (nor wiped) by this apply.
+        status.slack = None;
         Self { request, status }
     }
 
@@ -310,6 +312,7 @@ impl<'a> StatusUpdate<'a> {
         let mut comparable = current.clone();
         comparable.approvals = Some(Vec::new());
         comparable.revocation = None;
+        comparable.slack = None;
         if comparable == self.status && current.approvals.is_some() {
             return Ok(false);
         }

@@ -353,13 +353,18 @@ pub struct Ignored {
 
 /// Counts the valid votes: each person once, never the requester, only approvers the
 /// role lists (by user, or by the group the vote was cast as, which admission checked
-/// against the voter's real groups). One valid Deny denies.
+/// against the voter's real groups). One valid Deny denies. An approver named
+/// `slack:<ID>` (how older releases recorded a Slack click through a group entry) is a
+/// Slack account, not a person: it is not counted, because it could be the requester or
+/// someone who also votes under their own name.
 pub fn tally(role: &AccessRole, requester: &str, approvals: &[Approval]) -> (Tally, Vec<Ignored>) {
     let need = usize::try_from(role.spec.approvals_required.max(1)).unwrap_or(1);
     let mut approvers: Vec<String> = Vec::new();
     let mut ignored = Vec::new();
     for vote in approvals {
-        let why = if vote.approver == requester {
+        let why = if vote.approver.starts_with("slack:") {
+            Some("a Slack account, not a Kubernetes user: map it with a SlackIdentity")
+        } else if vote.approver == requester {
             Some("the requester cannot decide on their own request")
         } else if !lists(&role.spec.approvers, &vote.approver, vote.group.as_deref()) {
             Some("not an approver of this AccessRole")

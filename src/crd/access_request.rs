@@ -179,9 +179,28 @@ pub struct RequestRef {
     pub uid: String,
 }
 
+/// The request's living Slack message, as the relay remembers it. Written only by the
+/// relay (the operator's identity), never by the controller's status apply, and never
+/// read from anything a requester can write (annotations are the creator's).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SlackMessage {
+    /// The channel the message was posted to.
+    #[schemars(length(max = 80))]
+    pub channel: String,
+    /// The message's `ts` (its ID within the channel).
+    #[schemars(length(max = 32))]
+    pub ts: String,
+    /// The events already shown, in order (a redelivered alert is not shown twice).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(max = 64)))]
+    pub relayed: Vec<String>,
+}
+
 /// What the controller observed and did. Written by the controller with server-side
-/// apply, except `approvals`, which approvers append to, and `revocation`, which the
-/// requester, an approver or an admin sets once to end access early.
+/// apply, except `approvals`, which approvers append to, `revocation`, which the
+/// requester, an approver or an admin sets once to end access early, and `slack`, which
+/// the relay writes.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRequestStatus {
@@ -228,4 +247,9 @@ pub struct AccessRequestStatus {
     /// A human-readable summary of the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+
+    /// The request's living Slack message; the relay's field (JSON patch, field
+    /// manager `aws-jit-relay`), not part of the controller's apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slack: Option<SlackMessage>,
 }

@@ -59,7 +59,8 @@ pub struct AccessRoleSpec {
     #[x_kube(validation = Rule::new("self >= 1").message("approvalsRequired must be at least 1"))]
     pub approvals_required: i32,
 
-    /// Who may approve: users or groups, each optionally with a Slack user ID.
+    /// Who may approve: users or groups (from Slack too, once a SlackIdentity maps the
+    /// person's Slack user to their username).
     #[schemars(length(min = 1, max = 64))]
     pub approvers: Vec<Subject>,
 
@@ -123,7 +124,9 @@ pub struct Subject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253))]
     pub group: Option<String>,
-    /// Slack user ID (e.g. `U012AB3CD`) of this approver, for approving from Slack.
+    /// Slack user ID (e.g. `U012AB3CD`) to @-mention in this role's alerts. It does not
+    /// let anyone approve from Slack: a click counts only for the person a
+    /// SlackIdentity maps the Slack user to (deprecated as a mapping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self.matches('^[UW][A-Z0-9]{2,20}$')").message("slackUserId must be a Slack user ID such as U012AB3CD"))]
     #[schemars(length(max = 24))]

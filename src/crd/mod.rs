@@ -7,12 +7,14 @@
 
 mod access_request;
 mod access_role;
+mod slack_identity;
 
 pub use access_request::{
     AccessRequest, AccessRequestSpec, AccessRequestStatus, Approval, ApprovalChannel, Decision,
-    Phase, RequestRef, Revocation,
+    Phase, RequestRef, Revocation, SlackMessage,
 };
 pub use access_role::{AccessRole, AccessRoleSpec, GrantMethod, PrincipalMapping, Subject};
+pub use slack_identity::{SLACK_USER_ID_RE, SlackIdentity, SlackIdentitySpec};
 
 use kube::CustomResourceExt;
 
@@ -46,7 +48,11 @@ pub(crate) fn cel_quoted(re: &str) -> String {
 pub fn all()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
-    vec![AccessRequest::crd(), AccessRole::crd()]
+    vec![
+        AccessRequest::crd(),
+        AccessRole::crd(),
+        SlackIdentity::crd(),
+    ]
 }
 
 /// The CRDs as one multi-document YAML stream.

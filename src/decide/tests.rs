@@ -260,6 +260,38 @@ fn group_votes_count_when_cast_as_a_listed_group() {
 }
 
 #[test]
+fn slack_account_names_are_not_people_and_never_count() {
+    // How older releases recorded a Slack click through a group entry: the requester
+    // (or an approver who also votes by kubectl) behind `slack:<ID>` must not count.
+    let mut own = vote("slack:UALICE01", Decision::Approve);
+    own.group = Some("sre".into());
+    own.via = ApprovalChannel::Slack;
+    let (t, ignored) = tally(&role(1), "alice", std::slice::from_ref(&own));
+    assert_eq!(t, Tally::Pending { have: 0, need: 1 });
+    assert_eq!(ignored.len(), 1, "{ignored:?}");
+    assert_eq!(ignored[0].approver, "slack:UALICE01");
+    assert!(
+        ignored[0].why.contains("not a Kubernetes user"),
+        "{ignored:?}"
+    );
+    // dave by kubectl plus dave's Slack account is one person: one approval of two.
+    let mut twice = vote("slack:UDAVE001", Decision::Approve);
+    twice.group = Some("sre".into());
+    let (t, _) = tally(&role(2), "alice", &[vote("dave", Decision::Approve), twice]);
+    assert_eq!(t, Tally::Pending { have: 1, need: 2 });
+    // Nor does such a Deny deny.
+    let mut deny = vote("slack:UERIN001", Decision::Deny);
+    deny.group = Some("sre".into());
+    let (t, _) = tally(&role(1), "alice", &[deny, vote("carol", Decision::Approve)]);
+    assert_eq!(
+        t,
+        Tally::Approved {
+            approvers: vec!["carol".into()]
+        }
+    );
+}
+
+#[test]
 fn execution_states_map_to_phases() {
     let ok = |o| ExecutionState::Succeeded {
         outcome: Some(o),

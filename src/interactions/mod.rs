@@ -21,15 +21,18 @@
 //!    written). Over Socket Mode the app token authenticated the connection.
 //! 2. The request is looked up and must still be the one the button was rendered for
 //!    (same uid) and be `AwaitingApproval`.
-//! 3. The clicking Slack user ID is mapped to an approver of the request's AccessRole:
-//!    the `approvers[]` entry with that `slackUserId`. A `user` entry votes as that
-//!    user. A `group` entry names no Kubernetes user, so the vote is recorded as
-//!    approver `slack:<SlackUserID>` with `group: <group>` (the controller counts it by
-//!    the group; each Slack user still has one vote). A user entry wins when a Slack ID
-//!    is on both. No mapping: no approval.
-//! 4. The requester may not decide on their own request (also enforced by the
-//!    controller's tally), and each approver votes once: the approvals list is keyed by
-//!    approver, so the apiserver refuses a second vote ("Duplicate value").
+//! 3. The clicking Slack user ID is resolved to a person, as Kubernetes knows them:
+//!    the [`SlackIdentity`] named after the ID (lower case), which only admins may
+//!    write, gives the Kubernetes username (what the person's `kubectl` votes carry)
+//!    and the groups they may approve as. No SlackIdentity: no vote. The AccessRole's
+//!    `approvers[].slackUserId` is not a mapping (it only picks who alerts mention).
+//! 4. That person is checked against the AccessRole exactly as a `kubectl` vote is
+//!    ([`voter_for`]): a `user` entry naming the username, else a `group` entry naming
+//!    one of the person's groups (recorded as `group`). The vote is recorded as
+//!    `approver: <username>`, so the requester may not decide on their own request
+//!    whichever channel they use (also enforced by the controller's tally), and each
+//!    person votes once across `kubectl` and Slack together: the approvals list is
+//!    keyed by approver, so the apiserver refuses a second vote ("Duplicate value").
 //! 5. The vote is appended with a JSON patch on the status subresource that first
 //!    tests `metadata.uid`, so a request deleted and re-created under the same name
 //!    is never voted on by an old button.
@@ -72,7 +75,7 @@ use kube::api::{Api, Patch, PatchParams};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::crd::{AccessRequest, AccessRole, Decision, Phase, RequestRef, Subject};
+use crate::crd::{AccessRequest, AccessRole, Decision, Phase, RequestRef, SlackIdentity};
 pub use modal::SlackWeb;
 pub use verify::{Refusal, SigningSecret};
 
@@ -91,7 +94,7 @@ const MAX_BODY: usize = 256 * 1024;
 
 /// The decision logic both transports share. `kube` must carry the operator's identity
 /// (RBAC verb `manage` on `accessrequests/status`): only it may record `via: slack`
-/// votes.
+/// votes. It also reads SlackIdentities (`get`), to know who clicked.
 #[derive(Clone)]
 pub struct Handler {
     pub kube: kube::Client,
@@ -412,9 +415,11 @@ pub enum Outcome {
     Recorded { approver: String },
     /// This approver has a vote on the request already.
     AlreadyVoted { approver: String },
-    /// The Slack user is not an approver of the role (no `slackUserId` entry).
+    /// No SlackIdentity maps the Slack user to a Kubernetes user.
     NotMapped,
-    /// The Slack user maps to the requester.
+    /// The person is not an approver of the role (by user, nor by a group of theirs).
+    NotApprover { username: String },
+    /// The Slack user is the requester.
     OwnRequest,
     /// The request is gone, or is a newer one under the same name.
     NotFound,
@@ -441,7 +446,10 @@ impl Outcome {
                 "You already voted on {what} (as {approver}); a vote cannot be changed. Nothing was recorded."
             ),
             Outcome::NotMapped => format!(
-                "Your Slack account is not listed as an approver of {what}'s AccessRole (no approvers[] entry with your slackUserId), so your {verb} was not recorded."
+                "Your Slack account is not mapped to a Kubernetes user (an admin maps it with a SlackIdentity), so your {verb} of {what} was not recorded."
+            ),
+            Outcome::NotApprover { username } => format!(
+                "You ({username}) are not listed as an approver of {what}'s AccessRole, by name or by a group of yours, so your {verb} was not recorded."
             ),
             Outcome::OwnRequest => {
                 format!("You cannot approve or deny your own request {what}. Nothing was recorded.")
@@ -467,21 +475,33 @@ impl Outcome {
     }
 }
 
-/// The approver (and group) a Slack user votes as on `role`, if any. A `user` entry
-/// wins over a `group` entry with the same Slack ID.
-pub fn approver_for(role: &AccessRole, slack_user: &str) -> Option<(String, Option<String>)> {
-    let entries = || {
-        role.spec
-            .approvers
-            .iter()
-            .filter(move |s| s.slack_user_id.as_deref() == Some(slack_user))
-    };
-    if let Some(user) = entries().find_map(|s: &Subject| s.user.clone()) {
-        return Some((user, None));
+/// A person behind a Slack account, in Kubernetes' terms (from their SlackIdentity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Person {
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+/// Whether `id` has the shape of a Slack user ID (`U…`/`W…`, upper-case letters and
+/// digits), as [`crate::crd::SLACK_USER_ID_RE`] says.
+pub fn is_slack_user_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some('U' | 'W'))
+        && (3..=21).contains(&id.len())
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+}
+
+/// The person a SlackIdentity names for `slack_user`: it must be that user's object
+/// (the apiserver makes its name the ID in lower case; the ID is checked again here).
+pub fn person_from(identity: &SlackIdentity, slack_user: &str) -> Option<Person> {
+    let spec = &identity.spec;
+    if spec.slack_user_id != slack_user || spec.username.is_empty() {
+        return None;
     }
-    entries()
-        .find_map(|s: &Subject| s.group.clone())
-        .map(|group| (format!("slack:{slack_user}"), Some(group)))
+    Some(Person {
+        username: spec.username.clone(),
+        groups: spec.groups.clone(),
+    })
 }
 
 /// Who a permitted Slack vote is cast as.
@@ -489,6 +509,49 @@ pub fn approver_for(role: &AccessRole, slack_user: &str) -> Option<(String, Opti
 pub struct Voter {
     pub approver: String,
     pub group: Option<String>,
+}
+
+/// How `person` votes on `role`, as a `kubectl` vote would: as themselves when a `user`
+/// entry names them (no group), else through the first `group` entry that names one
+/// of their groups. `None`: not an approver.
+pub fn voter_for(role: &AccessRole, person: &Person) -> Option<Voter> {
+    let approvers = &role.spec.approvers;
+    if approvers
+        .iter()
+        .any(|s| s.user.as_deref() == Some(person.username.as_str()))
+    {
+        return Some(Voter {
+            approver: person.username.clone(),
+            group: None,
+        });
+    }
+    approvers
+        .iter()
+        .filter_map(|s| s.group.as_ref())
+        .find(|g| person.groups.contains(g))
+        .map(|g| Voter {
+            approver: person.username.clone(),
+            group: Some(g.clone()),
+        })
+}
+
+/// The person behind `slack_user`, from their SlackIdentity.
+async fn resolve(kube: &kube::Client, slack_user: &str) -> Result<Person, Outcome> {
+    if !is_slack_user_id(slack_user) {
+        return Err(Outcome::NotMapped);
+    }
+    let identities: Api<SlackIdentity> = Api::all(kube.clone());
+    match identities
+        .get_opt(&SlackIdentity::name_for(slack_user))
+        .await
+    {
+        Ok(Some(identity)) => person_from(&identity, slack_user).ok_or(Outcome::NotMapped),
+        Ok(None) => Err(Outcome::NotMapped),
+        Err(e) => Err(Outcome::Failed(format!(
+            "reading the SlackIdentity: {}",
+            short(&e)
+        ))),
+    }
 }
 
 /// Whether the Slack user may vote on `target` now, and as whom (reads only).
@@ -526,12 +589,15 @@ pub async fn check(
             )));
         }
     };
-    let Some((approver, group)) = approver_for(&role, slack_user) else {
-        return Err(Outcome::NotMapped);
-    };
-    if approver == request.spec.requester {
+    let person = resolve(kube, slack_user).await?;
+    if person.username == request.spec.requester {
         return Err(Outcome::OwnRequest);
     }
+    let Some(Voter { approver, group }) = voter_for(&role, &person) else {
+        return Err(Outcome::NotApprover {
+            username: person.username,
+        });
+    };
     let Some(approvals) = status.approvals else {
         // The controller creates the list when it takes the request up.
         return Err(Outcome::NotAwaiting(None));
@@ -690,54 +756,98 @@ mod tests {
         AccessRole::new("r", spec)
     }
 
-    #[test]
-    fn a_slack_id_maps_to_its_user_entry() {
-        let r = role(json!([
-            {"user": "carol", "slackUserId": "UCAROL01"},
-            {"user": "dave", "slackUserId": "UDAVE001"},
-            {"user": "erin"},
-        ]));
-        assert_eq!(approver_for(&r, "UCAROL01"), Some(("carol".into(), None)));
-        assert_eq!(approver_for(&r, "UDAVE001"), Some(("dave".into(), None)));
-        assert_eq!(approver_for(&r, "UNOBODY1"), None);
-        assert_eq!(approver_for(&r, ""), None);
+    fn identity(slack: &str, username: &str, groups: &[&str]) -> SlackIdentity {
+        let spec: crate::crd::SlackIdentitySpec = serde_json::from_value(json!({
+            "slackUserId": slack, "username": username, "groups": groups,
+        }))
+        .unwrap();
+        SlackIdentity::new(&SlackIdentity::name_for(slack), spec)
+    }
+
+    fn person(username: &str, groups: &[&str]) -> Person {
+        Person {
+            username: username.into(),
+            groups: groups.iter().map(|g| g.to_string()).collect(),
+        }
     }
 
     #[test]
-    fn a_group_entry_votes_as_the_slack_user_in_that_group_and_a_user_entry_wins() {
+    fn slack_user_ids_are_checked_before_any_lookup() {
+        for ok in ["UCAROL01", "W012AB3CD", "U01"] {
+            assert!(is_slack_user_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "U",
+            "ucarol01",
+            "XCAROL01",
+            "U/../x",
+            "U CAROL",
+            "UCARÖL01",
+        ] {
+            assert!(!is_slack_user_id(bad), "{bad}");
+        }
+        assert!(!is_slack_user_id(&format!("U{}", "A".repeat(21))));
+    }
+
+    #[test]
+    fn a_slack_identity_names_the_person_only_for_its_own_slack_id() {
+        let i = identity("UCAROL01", "carol", &["sre"]);
+        assert_eq!(person_from(&i, "UCAROL01"), Some(person("carol", &["sre"])));
+        // An object that names another Slack ID (whatever its name) maps nobody.
+        assert_eq!(person_from(&i, "UDAVE001"), None);
+    }
+
+    #[test]
+    fn a_person_votes_as_their_username_by_user_entry_first_then_by_group() {
         let r = role(json!([
-            {"group": "sre-leads", "slackUserId": "ULEAD001"},
-            {"group": "sre-leads", "slackUserId": "UCAROL01"},
-            {"user": "carol", "slackUserId": "UCAROL01"},
+            {"user": "carol"},
+            {"group": "sre-leads"},
+            {"group": "sre"},
         ]));
+        let voter = |p: &Person| voter_for(&r, p).map(|v| (v.approver, v.group));
         assert_eq!(
-            approver_for(&r, "ULEAD001"),
-            Some(("slack:ULEAD001".into(), Some("sre-leads".into())))
+            voter(&person("carol", &["sre"])),
+            Some(("carol".into(), None))
         );
-        assert_eq!(approver_for(&r, "UCAROL01"), Some(("carol".into(), None)));
+        assert_eq!(
+            voter(&person("dave", &["developers", "sre"])),
+            Some(("dave".into(), Some("sre".into())))
+        );
+        assert_eq!(voter(&person("erin", &["developers"])), None);
+        // The legacy slackUserId on an entry grants nothing by itself.
+        let legacy = role(json!([{"group": "sre-leads", "slackUserId": "ULEAD001"}]));
+        assert_eq!(voter_for(&legacy, &person("lead", &[])), None);
     }
 
     #[test]
-    fn a_group_vote_from_slack_counts_for_the_controller() {
-        // The mapped vote is one the controller's tally counts.
-        let r = role(json!([{"group": "sre-leads", "slackUserId": "ULEAD001"}]));
-        let (approver, group) = approver_for(&r, "ULEAD001").unwrap();
-        let vote = crate::crd::Approval {
-            approver,
-            decision: Decision::Approve,
-            group,
-            comment: None,
-            time: None,
-            via: crate::crd::ApprovalChannel::Slack,
+    fn a_group_vote_from_slack_counts_for_the_controller_as_the_person() {
+        // The vote is the one a kubectl vote by the same person would be: the tally
+        // counts it once, and not at all for the requester.
+        let r = role(json!([{"group": "sre"}]));
+        let slack_vote = |p: &Person| {
+            let Voter { approver, group } = voter_for(&r, p).unwrap();
+            crate::crd::Approval {
+                approver,
+                decision: Decision::Approve,
+                group,
+                comment: None,
+                time: None,
+                via: crate::crd::ApprovalChannel::Slack,
+            }
         };
-        let (tally, ignored) = crate::decide::tally(&r, "alice", &[vote]);
+        let dave = slack_vote(&person("dave", &["sre"]));
+        let (tally, ignored) = crate::decide::tally(&r, "alice", std::slice::from_ref(&dave));
         assert!(ignored.is_empty(), "{ignored:?}");
         assert_eq!(
             tally,
             crate::decide::Tally::Approved {
-                approvers: vec!["slack:ULEAD001".into()]
+                approvers: vec!["dave".into()]
             }
         );
+        let own = slack_vote(&person("alice", &["sre"]));
+        let (tally, _) = crate::decide::tally(&r, "alice", &[own]);
+        assert_eq!(tally, crate::decide::Tally::Pending { have: 0, need: 1 });
     }
 
     #[test]
@@ -770,7 +880,14 @@ mod tests {
         assert!(
             Outcome::NotMapped
                 .text(&t, Decision::Approve)
-                .contains("not listed as an approver")
+                .contains("not mapped to a Kubernetes user")
+        );
+        assert!(
+            Outcome::NotApprover {
+                username: "erin".into()
+            }
+            .text(&t, Decision::Approve)
+            .contains("(erin) are not listed as an approver")
         );
         assert!(
             Outcome::OwnRequest

@@ -4,11 +4,17 @@
 //! It long-polls the alert queue (FIFO, one message group per execution), renders each
 //! event ([`render`]) and posts it to the channel of the request's AccessRole (its
 //! `slackChannel`), or the configured default. A request has one living message: the
-//! first event posts it and its channel and `ts` are remembered on the AccessRequest
-//! (annotations [`CHANNEL_ANNOTATION`], [`TS_ANNOTATION`]); every later event
-//! `chat.update`s it and adds a thread reply. The events already shown are listed in
-//! [`RELAYED_ANNOTATION`], so a message that comes back (relay killed after Slack
+//! first event posts it and its channel and `ts` are remembered on the AccessRequest's
+//! `status.slack` ([`crate::crd::SlackMessage`]); every later event `chat.update`s it
+//! and adds a thread reply. The events already shown are listed in
+//! `status.slack.relayed`, so a message that comes back (relay killed after Slack
 //! accepted it) is not shown twice. A request that no longer exists gets new messages.
+//!
+//! That state is in status, which only the operator's identities may write (the
+//! admission policies), and is written by a JSON patch on the status subresource under
+//! the field manager [`FIELD_MANAGER`]; the controller's status apply leaves it alone.
+//! Nothing is read from annotations: whoever creates a request writes those, and could
+//! otherwise silence its alerts or point them at another request's message.
 //!
 //! A message is deleted only after Slack accepted it. `429` waits `Retry-After`; 5xx,
 //! transport and Kubernetes errors are retried with backoff while the message's
@@ -35,7 +41,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, debug, error, info, warn};
 
-use crate::crd::{AccessRequest, AccessRole};
+use crate::crd::{AccessRequest, AccessRole, SlackMessage};
 
 pub mod render;
 pub mod slack;
@@ -43,12 +49,8 @@ pub mod slack;
 use render::{Alert, Mentions, Rendered};
 use slack::{Failure, SlackApi};
 
-/// The channel of the request's living Slack message.
-pub const CHANNEL_ANNOTATION: &str = "aws-jit.io/slack-channel";
-/// The `ts` of the request's living Slack message.
-pub const TS_ANNOTATION: &str = "aws-jit.io/slack-ts";
-/// The events already shown in Slack, comma-separated (redeliveries are skipped).
-pub const RELAYED_ANNOTATION: &str = "aws-jit.io/slack-relayed";
+/// The field manager of the relay's writes to `status.slack`.
+pub const FIELD_MANAGER: &str = "aws-jit-relay";
 /// SQS message attribute carrying why a message was dead-lettered (as the worker's).
 pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = crate::worker::DEAD_LETTER_REASON_ATTRIBUTE;
 
@@ -437,12 +439,16 @@ impl Relay {
         if let Some(request) = &target.request {
             let mut relayed = target.relayed.clone();
             relayed.push(event.to_string());
-            // A request deleted meanwhile has nothing left to remember.
-            let _ = self
-                .retry("annotate the request", || {
+            // A request deleted meanwhile has nothing left to remember; the alert is
+            // shown either way.
+            if let Err(why) = self
+                .retry("remember the message in status.slack", || {
                     self.remember(request, &channel, &ts, &relayed)
                 })
-                .await;
+                .await
+            {
+                warn!(%why, "could not remember the Slack message on the request");
+            }
         }
         info!(event, channel, execution_arn = %alert.execution_arn, "alert shown in Slack");
         Ok(Settled::Delivered)
@@ -542,26 +548,14 @@ impl Relay {
             .and_then(|r| r.spec.slack_channel.clone())
             .filter(|c| !c.is_empty())
             .unwrap_or_else(|| self.config.default_channel.clone());
-        let annotations = request
+        let remembered = request
             .as_ref()
-            .map(|r| r.annotations().clone())
+            .and_then(|r| r.status.as_ref())
+            .and_then(|s| s.slack.clone())
             .unwrap_or_default();
-        let living = match (
-            annotations.get(CHANNEL_ANNOTATION),
-            annotations.get(TS_ANNOTATION),
-        ) {
-            (Some(c), Some(t)) if !c.is_empty() && !t.is_empty() => Some((c.clone(), t.clone())),
-            _ => None,
-        };
-        let relayed = annotations
-            .get(RELAYED_ANNOTATION)
-            .map(|s| {
-                s.split(',')
-                    .filter(|e| !e.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        let living = (!remembered.channel.is_empty() && !remembered.ts.is_empty())
+            .then(|| (remembered.channel.clone(), remembered.ts.clone()));
+        let relayed = remembered.relayed;
         Ok(Target {
             request,
             channel,
@@ -571,8 +565,9 @@ impl Relay {
         })
     }
 
-    /// Remembers the living message and the events shown, on the request (merge patch;
-    /// the uid makes it a precondition, so a recreated request is not touched).
+    /// Remembers the living message and the events shown in the request's `status.slack`
+    /// (a JSON patch on the status subresource that first tests the uid, so a recreated
+    /// request is not touched).
     async fn remember(
         &self,
         request: &AccessRequest,
@@ -582,26 +577,46 @@ impl Relay {
     ) -> Result<(), Failure> {
         let api: Api<AccessRequest> =
             Api::namespaced(self.kube.clone(), &request.namespace().unwrap_or_default());
-        let patch = json!({"metadata": {
-            "uid": request.meta().uid,
-            "annotations": {
-                CHANNEL_ANNOTATION: channel,
-                TS_ANNOTATION: ts,
-                RELAYED_ANNOTATION: relayed.join(","),
-            }
-        }});
-        match api
-            .patch(
-                &request.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
-            .await
-        {
+        let name = request.name_any();
+        // Read again on every attempt: whether status exists decides the patch.
+        let current = match api.get_opt(&name).await {
+            Ok(Some(r)) if r.uid() == request.uid() => r,
+            Ok(_) => return Err(Failure::Refused("request gone".into())),
+            Err(e) => return Err(Failure::Transient(format!("Kubernetes: {e}"))),
+        };
+        let slack = SlackMessage {
+            channel: channel.to_string(),
+            ts: ts.to_string(),
+            relayed: relayed.to_vec(),
+        };
+        let patch = remember_patch(&current, &slack)
+            .map_err(|e| Failure::Refused(format!("building the status patch: {e}")))?;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        match api.patch_status(&name, &params, &patch).await {
             Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+            Err(kube::Error::Api(e)) if e.code == 404 => {
                 Err(Failure::Refused(format!("request gone: {}", e.message)))
             }
+            // A failed `test` (re-created, or status written meanwhile) is a bare 422:
+            // the next attempt reads again. A 422 on an unchanged object is the schema
+            // refusing the record itself: retrying cannot help.
+            Err(kube::Error::Api(e)) if e.code == 422 => match api.get_opt(&name).await {
+                Ok(Some(r)) if r.uid() == request.uid() => {
+                    if r.resource_version() == current.resource_version() {
+                        Err(Failure::Refused(format!(
+                            "status.slack refused: {}",
+                            e.message
+                        )))
+                    } else {
+                        Err(Failure::Transient("the request changed meanwhile".into()))
+                    }
+                }
+                Ok(_) => Err(Failure::Refused("request gone".into())),
+                Err(e) => Err(Failure::Transient(format!("Kubernetes: {e}"))),
+            },
             Err(e) => Err(Failure::Transient(format!("Kubernetes: {e}"))),
         }
     }
@@ -680,6 +695,27 @@ impl Relay {
             ),
         }
     }
+}
+
+/// The JSON patch that records `slack` on `request`, as read just before. It tests the
+/// uid first, so a re-created request is never touched. Once the controller wrote
+/// status, only `status.slack` is set; before, status is created, on condition that the
+/// object is still the one read (its resourceVersion), so a status written meanwhile
+/// is never replaced.
+fn remember_patch(
+    request: &AccessRequest,
+    slack: &SlackMessage,
+) -> Result<Patch<()>, serde_json::Error> {
+    let uid = request.meta().uid.clone().unwrap_or_default();
+    let mut ops = vec![json!({"op": "test", "path": "/metadata/uid", "value": uid})];
+    if request.status.is_some() {
+        ops.push(json!({"op": "add", "path": "/status/slack", "value": slack}));
+    } else {
+        let version = request.resource_version().unwrap_or_default();
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion", "value": version}));
+        ops.push(json!({"op": "add", "path": "/status", "value": {"slack": slack}}));
+    }
+    serde_json::from_value(serde_json::Value::Array(ops)).map(Patch::Json)
 }
 
 /// Fills what the alert lacks from the request: a `denied` alert whose `Cause` is
@@ -801,6 +837,41 @@ mod tests {
                 .expect("denial")
                 .approver_name,
             "erin"
+        );
+    }
+
+    #[test]
+    fn the_relay_state_patch_tests_the_uid_and_never_replaces_a_status() {
+        let slack = SlackMessage {
+            channel: "C1".into(),
+            ts: "1.2".into(),
+            relayed: vec!["requested".into()],
+        };
+        let mut request: AccessRequest = serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "r", "namespace": "n", "uid": "u1", "resourceVersion": "7"},
+            "spec": {"role": "a", "requester": "alice", "reason": "r"},
+        }))
+        .expect("request");
+        let ops = |r: &AccessRequest| match remember_patch(r, &slack).expect("patch") {
+            Patch::Json(p) => serde_json::to_value(p).expect("json"),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            ops(&request),
+            json!([
+                {"op": "test", "path": "/metadata/uid", "value": "u1"},
+                {"op": "test", "path": "/metadata/resourceVersion", "value": "7"},
+                {"op": "add", "path": "/status", "value": {"slack": {"channel": "C1", "ts": "1.2", "relayed": ["requested"]}}},
+            ])
+        );
+        request.status = Some(Default::default());
+        assert_eq!(
+            ops(&request),
+            json!([
+                {"op": "test", "path": "/metadata/uid", "value": "u1"},
+                {"op": "add", "path": "/status/slack", "value": {"channel": "C1", "ts": "1.2", "relayed": ["requested"]}},
+            ])
         );
     }
 

@@ -315,3 +315,75 @@ async fn requesters_cannot_define_roles() {
         "Forbidden",
     );
 }
+
+/// A Slack user ID no other test uses.
+fn fresh_slack_id() -> String {
+    let tail: String = unique("")
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    format!("UCRD{}", tail.to_ascii_uppercase())
+}
+
+#[tokio::test]
+async fn slack_identity_rules_keep_one_person_per_slack_user() {
+    use crate::support::slack_interactions::slack_identity_yaml;
+    let kube = &stack().kube;
+    let id = fresh_slack_id();
+    let name = id.to_ascii_lowercase();
+    let other = fresh_slack_id();
+    let cases = [
+        // The name is the Slack ID in lower case: anything else is refused...
+        (
+            slack_identity_yaml("carol", &id, "carol", &[]),
+            "metadata.name must be spec.slackUserId in lower case",
+        ),
+        (
+            slack_identity_yaml(&other.to_ascii_lowercase(), &id, "carol", &[]),
+            "metadata.name must be spec.slackUserId in lower case",
+        ),
+        (
+            slack_identity_yaml("ucarol", "carol", "carol", &[]),
+            "slackUserId must be a Slack user ID",
+        ),
+        (
+            slack_identity_yaml(&name, &id, "slack:UCAROL01", &[]),
+            "username must be a person's Kubernetes username",
+        ),
+        (
+            slack_identity_yaml(
+                &name,
+                &id,
+                "system:serviceaccount:aws-jit-system:aws-jit",
+                &[],
+            ),
+            "username must be a person's Kubernetes username",
+        ),
+        (slack_identity_yaml(&name, &id, "", &[]), "spec.username"),
+        (
+            slack_identity_yaml(&name, &id, "carol", &[""]),
+            "spec.groups",
+        ),
+    ];
+    for (yaml, message) in cases {
+        refused(
+            &kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &yaml),
+            message,
+        );
+    }
+    let good = slack_identity_yaml(&name, &id, "carol", &["sre", "sre-leads"]);
+    succeeded(&kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &good));
+    // ... so a second mapping of the same Slack user cannot exist.
+    refused(
+        &kube.kubectl_stdin(
+            User::Admin,
+            &["create", "-f", "-"],
+            &slack_identity_yaml(&name, &id, "dave", &[]),
+        ),
+        "AlreadyExists",
+    );
+    let table = succeeded(&kube.kubectl(User::Admin, &["get", "slackidentity", &name]));
+    for needle in ["SLACK USER", "USERNAME", &id, "carol"] {
+        assert!(table.contains(needle), "{needle} in:\n{table}");
+    }
+}

@@ -10,24 +10,31 @@ use aws_jit::interactions::{self, SigningSecret};
 use crate::controller::Env;
 use crate::support::kube::User;
 use crate::support::slack_interactions::{
-    Signing, Slack, TRIGGER_ID, ViewsApi, block_actions, view_submission,
+    Signing, Slack, TRIGGER_ID, ViewsApi, block_actions, map_slack_users, slack_identity_yaml,
+    view_submission,
 };
-use crate::support::stack;
 use crate::support::wait::eventually;
+use crate::support::{refused, stack, succeeded};
 
 const SECRET: &str = "e2e0signing0secret0000000000000a";
 pub(crate) const BOT_TOKEN: &str = "xoxb-e2e-bot-token";
 pub(crate) const WAIT: Duration = Duration::from_secs(60);
 
-/// Slack user IDs of the test's approvers (as the AccessRoles below map them).
+/// Slack user IDs of the test's people (as `support::slack_interactions::SLACK_IDENTITIES`
+/// maps them: carol, dave and erin approve; alice requests and is in group sre too).
 pub(crate) const CAROL: &str = "UCAROL01";
 pub(crate) const DAVE: &str = "UDAVE001";
 pub(crate) const ALICE: &str = "UALICE01";
-/// A Slack user no AccessRole maps.
+pub(crate) const ERIN: &str = "UERIN001";
+/// A Slack user no SlackIdentity maps.
 pub(crate) const STRANGER: &str = "USTRANGE1";
 
-pub(crate) const ROLE: &str =
-    "  approvers: [{user: carol, slackUserId: UCAROL01}, {user: dave, slackUserId: UDAVE001}]";
+pub(crate) const ROLE: &str = "  approvers: [{user: carol}, {user: dave}]";
+
+/// Approvers by group only, each entry with the `slackUserId` older releases mapped
+/// clicks by (they recorded such a vote as `slack:<ID>`, which never matched the
+/// requester nor the person's kubectl vote). It must grant nothing by itself.
+pub(crate) const SRE_GROUP_ROLE: &str = "  approvers: [{group: sre, slackUserId: UALICE01}, {group: sre, slackUserId: UDAVE001}, {group: sre, slackUserId: UCAROL01}]";
 
 /// The operator (Env) plus the interactions endpoint serving with the operator's client.
 struct World {
@@ -56,6 +63,7 @@ impl World {
     }
 
     async fn start(prefix: &str, role_spec: &str, modal: bool) -> World {
+        map_slack_users();
         let env = Env::new(prefix, role_spec).await;
         let kube = stack().kube.client(User::Operator).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -241,7 +249,7 @@ async fn a_deny_click_asks_for_a_comment_and_the_submitted_modal_ends_in_denied(
     assert!(w.env.approvals("deny-why").await.is_empty());
     // The refused clicks are told at once, without a modal.
     let text = w.click(STRANGER, false, "deny-why", &uid).await;
-    assert!(text.contains("not listed as an approver"), "{text}");
+    assert!(text.contains("not mapped to a Kubernetes user"), "{text}");
     assert_eq!(views.opened().len(), 1);
     // ... also through the click's response_url, which is what Slack shows for a
     // block_actions click.
@@ -308,7 +316,14 @@ async fn a_click_by_an_unmapped_slack_user_is_refused_and_nothing_is_written() {
     let uid = w.env.awaiting("strangers").await;
     for approve in [true, false] {
         let text = w.click(STRANGER, approve, "strangers", &uid).await;
-        assert!(text.contains("not listed as an approver"), "{text}");
+        assert!(text.contains("not mapped to a Kubernetes user"), "{text}");
+        assert!(w.env.approvals("strangers").await.is_empty());
+        // erin is mapped, but the role does not list her (nor a group of hers).
+        let text = w.click(ERIN, approve, "strangers", &uid).await;
+        assert!(
+            text.contains("(erin) are not listed as an approver"),
+            "{text}"
+        );
         assert!(w.env.approvals("strangers").await.is_empty());
     }
     // A button from an older request of the same name (another uid) is refused too.
@@ -334,11 +349,7 @@ async fn a_click_by_an_unmapped_slack_user_is_refused_and_nothing_is_written() {
 
 #[tokio::test]
 async fn the_requester_cannot_approve_their_own_request_from_slack() {
-    let w = World::new(
-        "slack-self",
-        "  approvers: [{user: alice, slackUserId: UALICE01}, {user: carol, slackUserId: UCAROL01}]",
-    )
-    .await;
+    let w = World::new("slack-self", "  approvers: [{user: alice}, {user: carol}]").await;
     let uid = w.env.awaiting("mine").await;
     for approve in [true, false] {
         let text = w.click(ALICE, approve, "mine", &uid).await;
@@ -392,21 +403,160 @@ async fn forged_and_replayed_clicks_get_401_and_nothing_is_written() {
 }
 
 #[tokio::test]
-async fn a_group_entry_votes_as_its_slack_user_in_that_group() {
-    // A `group` approvers entry names no Kubernetes user: the vote is recorded as
-    // `slack:<ID>` in that group, and the controller counts it by the group.
+async fn a_mapped_group_member_votes_as_their_username_in_that_group() {
+    // erin's SlackIdentity lists group sre-leads: her click counts through the role's
+    // group entry, recorded under her Kubernetes username.
+    let w = World::new("slack-group", "  approvers: [{group: sre-leads}]").await;
+    let uid = w.env.awaiting("by-group").await;
+    let text = w.click(ERIN, true, "by-group", &uid).await;
+    assert!(text.contains("Recorded your approval"), "{text}");
+    assert!(text.contains("as erin"), "{text}");
+    let vote = w
+        .env
+        .only_slack_vote("by-group", Phase::Active, "erin", Decision::Approve)
+        .await;
+    assert_eq!(vote.group.as_deref(), Some("sre-leads"));
+}
+
+/// Attack: alice asks, and, being in the approver group too, approves her own request
+/// with one click in Slack. Refused: her click is alice, whatever the entry says.
+#[tokio::test]
+async fn the_requester_in_an_approver_group_cannot_approve_their_own_request_from_slack() {
+    let w = World::new("slack-self-group", SRE_GROUP_ROLE).await;
+    let uid = w.env.awaiting("own").await;
+    for approve in [true, false] {
+        let text = w.click(ALICE, approve, "own", &uid).await;
+        assert!(text.contains("your own request"), "{text}");
+        assert!(
+            w.env.approvals("own").await.is_empty(),
+            "nothing may be recorded"
+        );
+    }
+    assert_eq!(
+        w.env.get("own").await.status.and_then(|s| s.phase),
+        Some(Phase::AwaitingApproval)
+    );
+    // Another member of the group approves, as who they are.
+    let text = w.click(CAROL, true, "own", &uid).await;
+    assert!(text.contains("Recorded your approval"), "{text}");
+    let vote = w
+        .env
+        .only_slack_vote("own", Phase::Active, "carol", Decision::Approve)
+        .await;
+    assert_eq!(vote.group.as_deref(), Some("sre"));
+}
+
+/// Attack: dave approves by kubectl, then clicks Approve in Slack, to make two of two
+/// approvals alone. Refused: both are dave, and dave has voted.
+#[tokio::test]
+async fn one_person_votes_once_across_kubectl_and_slack() {
     let w = World::new(
-        "slack-group",
-        "  approvers: [{group: sre-leads, slackUserId: ULEAD001}]",
+        "slack-twice",
+        &format!("{SRE_GROUP_ROLE}\n  approvalsRequired: 2"),
     )
     .await;
-    let uid = w.env.awaiting("by-group").await;
-    let text = w.click("ULEAD001", true, "by-group", &uid).await;
-    assert!(text.contains("Recorded"), "{text}");
-    let r = w.env.wait_phase("by-group", Phase::Active).await;
-    let approvals = r.status.and_then(|s| s.approvals).unwrap_or_default();
+    let uid = w.env.awaiting("once").await;
+    succeeded(&stack().kube.append_approval(
+        User::Dave,
+        &w.env.ns,
+        "once",
+        r#"{"approver":"dave","decision":"Approve","group":"sre","comment":"by kubectl"}"#,
+    ));
+    w.env.wait_message("once", "1 of 2 approvals").await;
+    for approve in [true, false] {
+        let text = w.click(DAVE, approve, "once", &uid).await;
+        assert!(text.contains("already voted"), "{text}");
+        assert!(text.contains("as dave"), "{text}");
+    }
+    let approvals = w.env.approvals("once").await;
     assert_eq!(approvals.len(), 1, "{approvals:?}");
-    assert_eq!(approvals[0].approver, "slack:ULEAD001");
-    assert_eq!(approvals[0].group.as_deref(), Some("sre-leads"));
-    assert_eq!(approvals[0].via, ApprovalChannel::Slack);
+    assert_eq!(
+        w.env.get("once").await.status.and_then(|s| s.phase),
+        Some(Phase::AwaitingApproval)
+    );
+    // A second person makes it two.
+    let text = w.click(CAROL, true, "once", &uid).await;
+    assert!(text.contains("Recorded"), "{text}");
+    let r = w.env.wait_phase("once", Phase::Active).await;
+    let votes: Vec<_> = r
+        .status
+        .and_then(|s| s.approvals)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.approver, a.via))
+        .collect();
+    assert_eq!(
+        votes,
+        [
+            ("dave".to_string(), ApprovalChannel::Kubectl),
+            ("carol".to_string(), ApprovalChannel::Slack)
+        ]
+    );
+}
+
+/// Attack: a requester (or an approver) maps a Slack account to someone else, to vote
+/// as them. Only admins may write SlackIdentities.
+#[tokio::test]
+async fn only_admins_may_map_slack_users_to_people() {
+    map_slack_users();
+    let kube = &stack().kube;
+    let forged = slack_identity_yaml("uforged01", "UFORGED01", "carol", &["sre"]);
+    for user in [User::Alice, User::Carol] {
+        refused(
+            &kube.kubectl_stdin(user, &["create", "-f", "-"], &forged),
+            "forbidden",
+        );
+        // Nor may they re-point an existing mapping (alice's own included).
+        refused(
+            &kube.kubectl(
+                user,
+                &[
+                    "patch",
+                    "slackidentity",
+                    "ualice01",
+                    "--type=merge",
+                    "-p",
+                    r#"{"spec":{"username":"carol"}}"#,
+                ],
+            ),
+            "forbidden",
+        );
+        refused(
+            &kube.kubectl(user, &["delete", "slackidentity", "ucarol01"]),
+            "forbidden",
+        );
+    }
+    // A namespace admin with every verb on every resource of their namespace is no
+    // admin of SlackIdentities: they are cluster-scoped, beyond any RoleBinding.
+    let ns = kube.create_namespace("slack-ns-admin").await;
+    succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata:\n  name: owner\n  namespace: {ns}\n\
+             rules: [{{apiGroups: ['*'], resources: ['*'], verbs: ['*']}}]\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: owner\n  namespace: {ns}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: owner}}\n\
+             subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: User, name: alice}}]\n"
+        ),
+    ));
+    refused(
+        &kube.kubectl_stdin(User::Alice, &["create", "-n", &ns, "-f", "-"], &forged),
+        "forbidden",
+    );
+    let got = succeeded(&kube.kubectl(
+        User::Admin,
+        &[
+            "get",
+            "slackidentity",
+            "ualice01",
+            "-o",
+            "jsonpath={.spec.username}",
+        ],
+    ));
+    assert_eq!(got, "alice");
+    refused(
+        &kube.kubectl(User::Admin, &["get", "slackidentity", "uforged01"]),
+        "NotFound",
+    );
 }

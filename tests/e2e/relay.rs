@@ -4,8 +4,7 @@
 //! Slack stand-in (`support::slack`).
 use std::time::Duration;
 
-use aws_jit::crd::{AccessRequest, Phase};
-use aws_jit::relay::{CHANNEL_ANNOTATION, RELAYED_ANNOTATION, TS_ANNOTATION};
+use aws_jit::crd::{AccessRequest, Phase, SlackMessage};
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
@@ -13,7 +12,7 @@ use crate::controller::Env;
 use crate::support::kube::User;
 use crate::support::slack::{Call, SlackStandIn, ghost_alert};
 use crate::support::wait::eventually;
-use crate::support::{stack, succeeded};
+use crate::support::{refused, stack, succeeded};
 
 const TOKEN: &str = "xoxb-test-relay";
 const ROLE_CHANNEL: &str = "C0ROLE";
@@ -91,7 +90,15 @@ fn config(env: &Env, slack: &SlackStandIn) -> aws_jit::relay::Config {
     c
 }
 
-/// Waits until the request's annotations list `events` as shown in Slack.
+/// What the relay remembers on the request (`status.slack`).
+fn slack_of(r: &AccessRequest) -> SlackMessage {
+    r.status
+        .as_ref()
+        .and_then(|s| s.slack.clone())
+        .unwrap_or_default()
+}
+
+/// Waits until the request's `status.slack` lists `events` as shown in Slack.
 async fn wait_relayed(env: &Env, name: &str, events: &[&str]) -> AccessRequest {
     let want = events.join(",");
     let api = env.requests();
@@ -100,8 +107,8 @@ async fn wait_relayed(env: &Env, name: &str, events: &[&str]) -> AccessRequest {
         let want = want.clone();
         async move {
             let r = api.get(name).await.map_err(|e| e.to_string())?;
-            let got = r.annotations().get(RELAYED_ANNOTATION).cloned();
-            if got.as_deref() == Some(want.as_str()) {
+            let got = slack_of(&r).relayed.join(",");
+            if got == want {
                 Ok(r)
             } else {
                 Err(format!("{got:?}"))
@@ -170,8 +177,27 @@ async fn every_step_of_a_request_is_one_living_message_with_thread_replies() {
     .await;
     // The relay may be quicker than the operator's status; both end in the same place.
     let r = env.wait_phase("happy", Phase::Expired).await;
-    assert_eq!(r.annotations()[CHANNEL_ANNOTATION], ROLE_CHANNEL);
-    let ts = r.annotations()[TS_ANNOTATION].clone();
+    // status.slack is the relay's field alone: the controller's status apply (a full
+    // snapshot of its own fields, forced) never claims it, so never reverts or wipes it.
+    let owners: Vec<String> = r
+        .metadata
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter(|m| {
+            m.fields_v1
+                .as_ref()
+                .is_some_and(|f| f.0.pointer("/f:status/f:slack").is_some())
+        })
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    assert_eq!(
+        owners,
+        [aws_jit::relay::FIELD_MANAGER],
+        "owners of status.slack"
+    );
+    assert_eq!(slack_of(&r).channel, ROLE_CHANNEL);
+    let ts = slack_of(&r).ts;
     let (posts, updates, replies) = calls_of(&slack, &env.ns, "happy", &ts);
     assert_eq!(posts.len(), 1, "one top-level message: {posts:#?}");
     let first = &posts[0];
@@ -236,7 +262,7 @@ async fn every_step_of_a_request_is_one_living_message_with_thread_replies() {
 
     // nope: requested → denied by dave.
     let r = wait_relayed(&env, "nope", &["requested", "denied"]).await;
-    let ts = r.annotations()[TS_ANNOTATION].clone();
+    let ts = slack_of(&r).ts;
     let (posts, updates, replies) = calls_of(&slack, &env.ns, "nope", &ts);
     assert_eq!((posts.len(), updates.len(), replies.len()), (1, 1, 1));
     assert_eq!(header(&updates[0]), ":no_entry: AWS access request: denied");
@@ -322,7 +348,7 @@ async fn slack_rate_limits_and_outages_lose_and_duplicate_nothing() {
         19,
         "{outcomes:?}"
     );
-    let ts = r.annotations()[TS_ANNOTATION].clone();
+    let ts = slack_of(&r).ts;
     let (posts, updates, replies) = calls_of(&slack, &env.ns, "flaky", &ts);
     assert_eq!(
         (posts.len(), updates.len(), replies.len()),
@@ -591,7 +617,7 @@ async fn shown_in_order(
     events: &[&str],
 ) -> (Vec<Call>, Vec<Call>) {
     let r = wait_relayed(env, name, events).await;
-    let ts = r.annotations()[TS_ANNOTATION].clone();
+    let ts = slack_of(&r).ts;
     let (posts, updates, replies) = calls_of(slack, &env.ns, name, &ts);
     let later = events.len() - 1;
     assert_eq!(
@@ -825,4 +851,120 @@ async fn a_revoke_nobody_answers_in_time_is_loud_and_says_aws_still_ends_access(
     })
     .await;
     relay.shutdown().await;
+}
+
+/// Attack: alice creates her requests with the annotations older releases kept the
+/// relay's state in: one says every event was already shown (so no alert about it would
+/// ever reach Slack), the other points at bob's living message (so its alerts would
+/// overwrite it). The relay reads only `status.slack`, which only the operator writes.
+#[tokio::test]
+async fn annotations_a_requester_sets_do_not_steer_the_relay() {
+    let env = Env::new("relay-steer", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let _relay = RelayTask::start(&env, config(&env, &slack));
+
+    env.request(User::Bob, "victim", "  requesterGroup: developers\n");
+    let victim = eventually("bob's message", WAIT, || async {
+        match calls_of(&slack, &env.ns, "victim", "").0.as_slice() {
+            [one] => Ok(one.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(victim.channel, ROLE_CHANNEL);
+
+    let every_event = "requested,approved,denied,cancelled,approval_timed_out,granted,\
+                       grant_failed,expired,revoked,revoke_failed";
+    for (name, annotations) in [
+        (
+            "silenced",
+            format!(
+                "aws-jit.io/slack-relayed: \"{every_event}\"\n    aws-jit.io/slack-channel: C0ELSEWHERE\n    aws-jit.io/slack-ts: \"1.000001\""
+            ),
+        ),
+        (
+            "hijack",
+            format!(
+                "aws-jit.io/slack-channel: {}\n    aws-jit.io/slack-ts: \"{}\"",
+                victim.channel, victim.ts
+            ),
+        ),
+    ] {
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
+             \x20 annotations:\n    {annotations}\nspec:\n  role: {role}\n  requester: alice\n  reason: e2e\n",
+            ns = env.ns,
+            role = env.access_role,
+        );
+        succeeded(
+            &stack()
+                .kube
+                .kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+        );
+    }
+    // Each gets its own message in its role's channel (what Slack shows comes first:
+    // the failure lists what happened to bob's message meanwhile).
+    let posts = eventually("a message of its own for each", WAIT, || async {
+        let mine: Vec<Vec<Call>> = ["silenced", "hijack"]
+            .iter()
+            .map(|name| calls_of(&slack, &env.ns, name, "").0)
+            .collect();
+        match mine.as_slice() {
+            [a, b] if a.len() == 1 && b.len() == 1 => Ok([a[0].clone(), b[0].clone()]),
+            _ => {
+                let (_, updates, replies) = calls_of(&slack, &env.ns, "victim", &victim.ts);
+                Err(format!(
+                    "own posts {mine:?}; bob's message updated {} times, replied to {} times",
+                    updates.len(),
+                    replies.len()
+                ))
+            }
+        }
+    })
+    .await;
+    for (name, post) in ["silenced", "hijack"].iter().zip(&posts) {
+        assert_eq!(post.channel, ROLE_CHANNEL, "{name}");
+        assert_ne!(post.ts, victim.ts, "{name}");
+        let r = wait_relayed(&env, name, &["requested"]).await;
+        let remembered = slack_of(&r);
+        assert_eq!(
+            (remembered.channel.as_str(), remembered.ts.as_str()),
+            (ROLE_CHANNEL, post.ts.as_str()),
+            "{name}"
+        );
+    }
+    // bob's message was never touched: no update, no thread reply.
+    let (posts, updates, replies) = calls_of(&slack, &env.ns, "victim", &victim.ts);
+    assert_eq!(posts.len(), 1, "{posts:#?}");
+    assert!(
+        updates.is_empty(),
+        "bob's message was overwritten: {updates:#?}"
+    );
+    assert!(replies.is_empty(), "{replies:#?}");
+    assert!(
+        slack.accepted().iter().all(|c| c.channel != "C0ELSEWHERE"),
+        "an annotation chose the channel"
+    );
+}
+
+/// Attack, the other way in: alice writes the relay's state into her request's status
+/// herself (she may patch status, to vote and revoke), to silence its alerts or point
+/// them at another message. Only the operator's identities may write `status.slack`.
+#[tokio::test]
+#[ignore = "needs the admission policies to make status.slack operator-only (issue 10, the admission part); un-ignore when merged"]
+async fn requesters_and_approvers_cannot_write_the_relays_status() {
+    let env = Env::new("relay-status", ROLE_SPEC).await;
+    env.request(User::Alice, "mine", "");
+    env.wait_phase("mine", Phase::AwaitingApproval).await;
+    let patch = r#"[{"op":"add","path":"/status/slack","value":{"channel":"C0ELSEWHERE","ts":"1.000001","relayed":["requested","approved","granted","expired"]}}]"#;
+    for user in [User::Alice, User::Carol] {
+        refused(
+            &stack()
+                .kube
+                .patch_status(user, &env.ns, "mine", "json", patch),
+            "denied request",
+        );
+    }
+    let r = env.requests().get("mine").await.expect("get");
+    assert_eq!(r.status.and_then(|s| s.slack), None);
 }

@@ -11,9 +11,11 @@ use aws_jit::interactions::{self, Handler, SlackWeb, socket};
 use serde_json::{Value, json};
 
 use crate::controller::Env;
-use crate::interactions::{ALICE, BOT_TOKEN, CAROL, DAVE, ROLE, STRANGER, WAIT};
+use crate::interactions::{ALICE, BOT_TOKEN, CAROL, DAVE, ROLE, SRE_GROUP_ROLE, STRANGER, WAIT};
 use crate::support::kube::User;
-use crate::support::slack_interactions::{ViewsApi, block_actions, view_submission};
+use crate::support::slack_interactions::{
+    ViewsApi, block_actions, map_slack_users, view_submission,
+};
 use crate::support::slack_socket::SocketStandIn;
 use crate::support::stack;
 use crate::support::wait::eventually;
@@ -83,6 +85,7 @@ impl Drop for Client {
 
 impl World {
     async fn new(prefix: &str, role_spec: &str) -> World {
+        map_slack_users();
         let env = Env::new(prefix, role_spec).await;
         let socket = SocketStandIn::start(APP_TOKEN).await;
         let views = ViewsApi::start(BOT_TOKEN).await;
@@ -178,7 +181,7 @@ async fn a_deny_over_socket_mode_asks_why_and_the_submitted_modal_denies() {
     let ack = w.submit(STRANGER, view, "sneaky").await;
     assert_eq!(ack["payload"]["response_action"], "errors", "{ack}");
     let why = ack["payload"]["errors"][interactions::modal::COMMENT_BLOCK].to_string();
-    assert!(why.contains("not listed as an approver"), "{why}");
+    assert!(why.contains("not mapped to a Kubernetes user"), "{why}");
     assert!(w.env.approvals("deny-socket").await.is_empty());
     // dave's reason closes the modal (a bare ack) and denies.
     bare(&w.submit(DAVE, view, "change freeze until Monday").await);
@@ -194,13 +197,13 @@ async fn a_deny_over_socket_mode_asks_why_and_the_submitted_modal_denies() {
 async fn unmapped_users_and_the_requester_are_refused_over_socket_mode() {
     let w = World::new(
         "sock-refused",
-        "  approvers: [{user: alice, slackUserId: UALICE01}, {user: carol, slackUserId: UCAROL01}]",
+        "  approvers: [{user: alice}, {user: carol}]",
     )
     .await;
     let uid = w.env.awaiting("refused").await;
     bare(&w.click(STRANGER, true, "refused", &uid).await);
     let text = w.answer(1).await;
-    assert!(text.contains("not listed as an approver"), "{text}");
+    assert!(text.contains("not mapped to a Kubernetes user"), "{text}");
     bare(&w.click(ALICE, true, "refused", &uid).await);
     let text = w.answer(2).await;
     assert!(text.contains("your own request"), "{text}");
@@ -213,6 +216,49 @@ async fn unmapped_users_and_the_requester_are_refused_over_socket_mode() {
     bare(&w.click(CAROL, true, "refused", &uid).await);
     assert!(w.answer(3).await.contains("Recorded"));
     w.env.wait_phase("refused", Phase::Active).await;
+}
+
+/// Attacks over Socket Mode: alice (requester, also in the approver group) approves her
+/// own request; dave approves by kubectl, then again in Slack. Both refused; the vote of
+/// a second person then counts once.
+#[tokio::test]
+async fn over_socket_mode_a_click_is_the_person_who_votes_once_and_never_on_their_own() {
+    let w = World::new(
+        "sock-person",
+        &format!("{SRE_GROUP_ROLE}\n  approvalsRequired: 2"),
+    )
+    .await;
+    let uid = w.env.awaiting("person").await;
+    bare(&w.click(ALICE, true, "person", &uid).await);
+    let text = w.answer(1).await;
+    assert!(text.contains("your own request"), "{text}");
+    assert!(w.env.approvals("person").await.is_empty());
+    crate::support::succeeded(&stack().kube.append_approval(
+        User::Dave,
+        &w.env.ns,
+        "person",
+        r#"{"approver":"dave","decision":"Approve","group":"sre","comment":"by kubectl"}"#,
+    ));
+    w.env.wait_message("person", "1 of 2 approvals").await;
+    bare(&w.click(DAVE, true, "person", &uid).await);
+    let text = w.answer(2).await;
+    assert!(text.contains("already voted"), "{text}");
+    assert_eq!(w.env.approvals("person").await.len(), 1);
+    assert_eq!(
+        w.env.get("person").await.status.and_then(|s| s.phase),
+        Some(Phase::AwaitingApproval)
+    );
+    bare(&w.click(CAROL, true, "person", &uid).await);
+    assert!(w.answer(3).await.contains("Recorded"));
+    let r = w.env.wait_phase("person", Phase::Active).await;
+    let approvers: Vec<_> = r
+        .status
+        .and_then(|s| s.approvals)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| a.approver)
+        .collect();
+    assert_eq!(approvers, ["dave", "carol"]);
 }
 
 #[tokio::test]
@@ -308,6 +354,7 @@ async fn a_bad_app_token_is_refused_clearly_and_retried_with_backoff() {
 
 #[tokio::test]
 async fn the_relay_binary_runs_socket_mode_when_slack_app_token_is_set() {
+    map_slack_users();
     let env = Env::new("sock-binary", ROLE).await;
     let socket = SocketStandIn::start(APP_TOKEN).await;
     let relay = |app_token: &str| {

@@ -309,3 +309,53 @@ impl ViewsApi {
         self.opened.lock().unwrap().clone()
     }
 }
+
+/// The people behind the tests' Slack users, as an admin maps them: Slack user ID,
+/// Kubernetes username, groups they may approve as from Slack. SlackIdentities are
+/// cluster-scoped, so every test shares these (and agrees on them).
+pub const SLACK_IDENTITIES: &[(&str, &str, &[&str])] = &[
+    ("UCAROL01", "carol", &["sre"]),
+    ("UDAVE001", "dave", &["sre"]),
+    // alice requests, and is also an approver by group (SREs who both ask and approve).
+    ("UALICE01", "alice", &["developers", "sre"]),
+    ("UERIN001", "erin", &["sre", "sre-leads"]),
+];
+
+/// A SlackIdentity as YAML.
+pub fn slack_identity_yaml(
+    name: &str,
+    slack_user: &str,
+    username: &str,
+    groups: &[&str],
+) -> String {
+    let groups = groups
+        .iter()
+        .map(|g| format!("{g:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "apiVersion: aws-jit.io/v1alpha1\nkind: SlackIdentity\nmetadata:\n  name: {name}\n\
+         spec:\n  slackUserId: {slack_user}\n  username: {username}\n  groups: [{groups}]\n"
+    )
+}
+
+/// Applies [`SLACK_IDENTITIES`] as admin, once per test run.
+pub fn map_slack_users() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let yaml: String = SLACK_IDENTITIES
+            .iter()
+            .map(|(id, user, groups)| {
+                format!(
+                    "---\n{}",
+                    slack_identity_yaml(&id.to_ascii_lowercase(), id, user, groups)
+                )
+            })
+            .collect();
+        super::succeeded(&super::stack().kube.kubectl_stdin(
+            super::kube::User::Admin,
+            &["apply", "-f", "-"],
+            &yaml,
+        ));
+    });
+}
