@@ -35,9 +35,6 @@ use crate::worker::Worker;
 
 /// Slack on an expiry bound: the grant's own clock and ours may differ by this much.
 const EXPIRY_SLACK: SignedDuration = SignedDuration::from_secs(120);
-/// An execution this young whose request has not recorded it yet is left to the
-/// controller (it records right after it starts one).
-const YOUNG: SignedDuration = SignedDuration::from_secs(120);
 
 /// What becomes of one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +52,7 @@ pub enum StatementVerdict {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecutionVerdict {
     Ours,
-    /// Just started; the controller has not recorded it yet.
+    /// Its request has not recorded an execution yet: the controller's to decide.
     Young,
     /// Not started by aws-jit for a request it knows: stopped and reported.
     Foreign(String),
@@ -196,34 +193,27 @@ pub fn judge_statement(
     StatementVerdict::Keep
 }
 
-/// Judges one running execution of the state machine.
-pub fn judge_execution(
-    known: &Known<'_>,
-    name: &str,
-    arn: &str,
-    started: Option<Timestamp>,
-    now: Timestamp,
-) -> ExecutionVerdict {
-    let young = started
-        .and_then(|s| s.checked_add(YOUNG).ok())
-        .is_some_and(|t| t > now);
+/// Judges one running execution of the state machine, against requests listed after
+/// the executions were (so a request always exists before its execution is seen). No
+/// clock is trusted: an execution whose request has not recorded one yet, and has not
+/// ended, is left to the controller, which adopts it or marks the request tampered.
+pub fn judge_execution(known: &Known<'_>, name: &str, arn: &str) -> ExecutionVerdict {
     let Some(uid) = name.strip_prefix("ar-") else {
         return ExecutionVerdict::Foreign(
             "its name is not one aws-jit gives (ar-<request uid>)".into(),
         );
     };
     let Some(request) = known.by_uid.get(uid) else {
-        if young {
-            return ExecutionVerdict::Young;
-        }
         return ExecutionVerdict::Foreign("no AccessRequest has the uid it names".into());
     };
     let status = request.status.clone().unwrap_or_default();
     match status.execution_arn.as_deref() {
         Some(recorded) if recorded == arn => ExecutionVerdict::Ours,
-        None if young && !status.phase.is_some_and(Phase::is_terminal) => ExecutionVerdict::Young,
         Some(recorded) => ExecutionVerdict::Foreign(format!("its request records {recorded}")),
-        None => ExecutionVerdict::Foreign("its request never recorded it".into()),
+        None if status.phase.is_some_and(Phase::is_terminal) => {
+            ExecutionVerdict::Foreign("its request ended without ever recording it".into())
+        }
+        None => ExecutionVerdict::Young,
     }
 }
 
@@ -279,6 +269,8 @@ impl Sweeper {
 
     /// One sweep.
     pub async fn sweep(&self) -> Result<Swept, SweepError> {
+        // Executions first: every request is listed after its execution was started.
+        let executions = self.running_executions().await?;
         let requests_api: Api<AccessRequest> = match &self.watch_namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
@@ -317,15 +309,22 @@ impl Sweeper {
                 Err(e) => warn!(%role_arn, error = %e, "cannot sweep this role's trust policy"),
             }
         }
-        for (arn, name, started) in self.running_executions().await? {
-            let verdict = judge_execution(&known, &name, &arn, started, Timestamp::now());
-            let ExecutionVerdict::Foreign(why) = verdict else {
+        for (arn, name) in executions {
+            let ExecutionVerdict::Foreign(why) = judge_execution(&known, &name, &arn) else {
                 continue;
             };
-            self.stop_foreign(&arn).await;
             let request = name
                 .strip_prefix("ar-")
                 .and_then(|uid| known.by_uid.get(uid).copied());
+            // What its input names is revoked only when no live request of ours could
+            // own that statement.
+            let orphan = request.is_none_or(|r| {
+                r.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .is_some_and(Phase::is_terminal)
+            });
+            self.stop_foreign(&arn, orphan).await;
             self.report(&known, "execution", request, &format!(
                 "stopped execution {arn}, which aws-jit did not start for a request it knows: {why}"
             ))
@@ -373,9 +372,7 @@ impl Sweeper {
             })
     }
 
-    async fn running_executions(
-        &self,
-    ) -> Result<Vec<(String, String, Option<Timestamp>)>, SweepError> {
+    async fn running_executions(&self) -> Result<Vec<(String, String)>, SweepError> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -392,8 +389,7 @@ impl Sweeper {
                     message: aws_sdk_sfn::error::DisplayErrorContext(e).to_string(),
                 })?;
             for e in page.executions() {
-                let started = Timestamp::from_second(e.start_date().secs()).ok();
-                out.push((e.execution_arn().to_owned(), e.name().to_owned(), started));
+                out.push((e.execution_arn().to_owned(), e.name().to_owned()));
             }
             match page.next_token() {
                 Some(t) if !t.is_empty() => token = Some(t.to_owned()),
@@ -402,9 +398,10 @@ impl Sweeper {
         }
     }
 
-    /// Stops a foreign execution and revokes whatever statement is keyed by the request
-    /// its input names, on a role this operator manages.
-    async fn stop_foreign(&self, arn: &str) {
+    /// Stops a foreign execution and, for an `orphan` (its request gone or ended),
+    /// revokes whatever statement is keyed by the request its input names, on a role
+    /// this operator manages.
+    async fn stop_foreign(&self, arn: &str, orphan: bool) {
         let input = match self
             .sfn
             .describe_execution()
@@ -431,7 +428,7 @@ impl Sweeper {
         if let Err(e) = stopped {
             warn!(execution_arn = %arn, error = %aws_sdk_sfn::error::DisplayErrorContext(e), "cannot stop the foreign execution");
         }
-        if let Some(input) = input
+        if let Some(input) = input.filter(|_| orphan)
             && self.scope.check_role(&input.role_arn).is_ok()
             && let Err(e) = self.worker.revoke_input(&input).await
         {
@@ -603,41 +600,27 @@ mod tests {
     #[test]
     fn executions_are_ours_only_when_their_request_recorded_them() {
         let arn = format!("arn:aws:states:us-east-1:123456789012:execution:sm:ar-{UID}");
-        let now = ts("2026-12-01T10:00:00Z");
-        let old = Some(ts("2026-12-01T09:00:00Z"));
         let recorded = [request(json!({"phase": "Active", "executionArn": arn}))];
-        let unrecorded = [request(json!({"phase": "Failed"}))];
+        let elsewhere = [request(json!({"phase": "Active", "executionArn": "arn:x"}))];
+        let ended = [request(json!({"phase": "Failed"}))];
         let pending = [request(json!({"phase": "Pending"}))];
         let none: [AccessRequest; 0] = [];
         let roles = [role()];
         let name = format!("ar-{UID}");
         let k = Known::new(&recorded, &roles, false);
-        assert_eq!(
-            judge_execution(&k, &name, &arn, old, now),
-            ExecutionVerdict::Ours
-        );
+        assert_eq!(judge_execution(&k, &name, &arn), ExecutionVerdict::Ours);
         assert!(matches!(
-            judge_execution(&k, "mallory", "arn:x", old, now),
+            judge_execution(&k, "mallory", "arn:x"),
             ExecutionVerdict::Foreign(_)
         ));
-        let k = Known::new(&unrecorded, &roles, false);
-        assert!(matches!(
-            judge_execution(&k, &name, &arn, Some(now), now),
-            ExecutionVerdict::Foreign(_)
-        ));
+        for requests in [&elsewhere[..], &ended[..], &none[..]] {
+            let k = Known::new(requests, &roles, false);
+            assert!(matches!(
+                judge_execution(&k, &name, &arn),
+                ExecutionVerdict::Foreign(_)
+            ));
+        }
         let k = Known::new(&pending, &roles, false);
-        assert_eq!(
-            judge_execution(&k, &name, &arn, Some(now), now),
-            ExecutionVerdict::Young
-        );
-        assert!(matches!(
-            judge_execution(&k, &name, &arn, old, now),
-            ExecutionVerdict::Foreign(_)
-        ));
-        let k = Known::new(&none, &roles, false);
-        assert!(matches!(
-            judge_execution(&k, &name, &arn, old, now),
-            ExecutionVerdict::Foreign(_)
-        ));
+        assert_eq!(judge_execution(&k, &name, &arn), ExecutionVerdict::Young);
     }
 }

@@ -441,7 +441,18 @@ fn operator_fields() -> Vec<(String, String)> {
                     Some("integer") | Some("number") => "7".to_string(),
                     Some("boolean") => "true".to_string(),
                     Some("array") => "[]".to_string(),
-                    _ => r#"{}"#.to_string(),
+                    // An object with its required fields, so the schema lets it through
+                    // to admission.
+                    _ => {
+                        let required: serde_json::Map<String, serde_json::Value> = prop["required"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|r| r.as_str())
+                            .map(|r| (r.to_string(), serde_json::json!("forged")))
+                            .collect();
+                        serde_json::Value::Object(required).to_string()
+                    }
                 },
             };
             (field.clone(), value)

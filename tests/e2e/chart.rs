@@ -347,11 +347,22 @@ fn chart_admission_policies_and_rbac_match_deploy() {
             joined, want,
             "{who}: the split rules are deploy's, no more, no less"
         );
-        assert_eq!(cluster_rules.as_array().map(Vec::len), Some(1));
         assert_eq!(
             cluster_rules[0]["resources"],
             serde_json::json!(["accessroles"])
         );
+        // The relay also reads SlackIdentities (cluster-scoped: who a Slack user is).
+        let cluster_only: Vec<String> = cluster_rules
+            .as_array()
+            .expect("rules")
+            .iter()
+            .map(|r| r["resources"].to_string())
+            .collect();
+        let expected: &[&str] = match who {
+            "relay" => &[r#"["accessroles"]"#, r#"["slackidentities"]"#],
+            _ => &[r#"["accessroles"]"#],
+        };
+        assert_eq!(cluster_only, expected, "{who}");
     }
     for d in scoped
         .iter()

@@ -65,7 +65,7 @@ impl World {
     async fn start(prefix: &str, role_spec: &str, modal: bool) -> World {
         map_slack_users();
         let env = Env::new(prefix, role_spec).await;
-        let kube = stack().kube.client(User::Operator).await;
+        let kube = stack().kube.client(User::Relay).await;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind the interactions endpoint");

@@ -43,7 +43,7 @@ impl Client {
             .with_test_writer()
             .with_env_filter("aws_jit::interactions=debug")
             .try_init();
-        let kube = stack().kube.client(User::Operator).await;
+        let kube = stack().kube.client(User::Relay).await;
         let handler = Handler::new(kube).with_slack(
             SlackWeb::new(&views.api_url, BOT_TOKEN)
                 .expect("Slack client")
@@ -359,6 +359,7 @@ async fn the_relay_binary_runs_socket_mode_when_slack_app_token_is_set() {
     let socket = SocketStandIn::start(APP_TOKEN).await;
     let relay = |app_token: &str| {
         let mut cmd = stack().operator_command("relay");
+        cmd.env("KUBECONFIG", stack().kube.kubeconfig(User::Relay));
         // An alert queue nothing writes to: this test is about the clicks.
         cmd.args(["--alert-queue-url", &env.aws.alert_dlq_url])
             .args(["--default-channel", "C0SOCKET"])
