@@ -4,7 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-eval "$(hack/ensure-tools.sh)"
+# On a line of its own: `eval "$(…)"` would hide a failed build (eval's status is the
+# exports', not ensure-tools'), and the run would go on without its tools.
+exports=$(hack/ensure-tools.sh)
+eval "$exports"
 
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
