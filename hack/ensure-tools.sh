@@ -8,7 +8,8 @@
 # Binaries: kube-apiserver, kubectl (hack/tools/k8s), etcd (hack/tools/etcd) and helm
 # (hack/tools/helm), built with Go from those modules into
 #   ${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}/bin/<hash of go.mod/go.sum, flags, go version>/
-# moto: a virtualenv at ${AWS_JIT_CACHE}/venv/<hash of hack/requirements-moto.txt>/.
+# moto (and cfn-lint): a virtualenv at ${AWS_JIT_CACHE}/venv/<hash of
+# hack/requirements-moto.txt>/.
 # Both are skipped when already there, so a second run builds nothing. The binaries are
 # built in a temporary directory renamed into place when complete; the venv (which
 # cannot move) is marked complete last. Either way an interrupted build is never
@@ -165,6 +166,8 @@ ensure_moto() {
 		exec 9>&-
 	fi
 	moto_server=$dest/bin/moto_server
+	cfn_lint=$dest/bin/cfn-lint
+	[[ -x $cfn_lint ]] || die "no cfn-lint in $dest (hack/requirements-moto.txt pins it)"
 }
 
 ensure_binaries
@@ -172,5 +175,6 @@ ensure_moto
 
 printf 'export AWS_JIT_BIN_DIR=%q\n' "$bin_dir"
 printf 'export AWS_JIT_MOTO_SERVER=%q\n' "$moto_server"
+printf 'export AWS_JIT_CFN_LINT=%q\n' "$cfn_lint"
 # shellcheck disable=SC2016 # $PATH is expanded by whoever evals this line, not here
 printf 'export PATH=%q:"$PATH"\n' "$bin_dir"

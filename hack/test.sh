@@ -9,6 +9,10 @@ cd "$(dirname "$0")/.."
 exports=$(hack/ensure-tools.sh)
 eval "$exports"
 
+echo "==> cfn-lint deploy/aws/aws-jit.yaml" >&2
+# moto deploys the template but skips its Rules and queue policies: cfn-lint checks
+# them against CloudFormation's schemas (2 s).
+"$AWS_JIT_CFN_LINT" deploy/aws/aws-jit.yaml
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings" >&2
