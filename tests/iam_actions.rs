@@ -1056,6 +1056,8 @@ fn condition_holds(cond: &Json, r: &Request) -> bool {
                     };
                     let equal = have.is_some_and(|h| want.contains(&h));
                     match op.as_str() {
+                        // "Null": "false" = the key is present; "true" = absent.
+                        "Null" => want.iter().all(|w| (*w == "true") == have.is_none()),
                         "StringEquals" | "ArnEquals" => equal,
                         // A missing key makes a negated operator true, as IAM does.
                         "StringNotEquals" | "ArnNotEquals" => !equal,
