@@ -18,7 +18,9 @@
 //! cannot tell, so it says so instead of guessing.
 //!
 //! Who calls: the modules the `relay` subcommand runs (`src/relay/`, `src/interactions/`)
-//! run as the relay's role; everything else (controller, drain) as the operator's.
+//! run as the relay's role; everything else (controller, drain) as the operator's. Relay
+//! code that uses an operator module's AWS-calling fn or type is refused, since its
+//! calls would be counted as the operator's.
 //! Which queue an SQS call uses comes from configuration, not from the code's text, so
 //! [`SQS_QUEUES`] says it per file; a new SQS call site fails until it is listed there.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -555,6 +557,71 @@ fn defined_fns<'a>(sources: impl Iterator<Item = &'a str>) -> BTreeSet<String> {
         .collect()
 }
 
+/// The attribution by path is only right if relay code does not run an operator
+/// module's AWS call. Refuses a `crate::<module>::<item>` path in relay code whose item
+/// is a fn that makes an AWS call in that module, or a type whose impl does.
+fn relay_reaches_operator_calls(sources: &[(String, String)], calls: &[Call]) -> Vec<String> {
+    let item = regex_lite::Regex::new(r"\bfn\s+([A-Za-z_][A-Za-z0-9_]*)").expect("regex");
+    let imp = regex_lite::Regex::new(
+        r"\bimpl\b(?:\s*<[^>{]*>)?\s+(?:[\w:]+(?:<[^>{]*>)?\s+for\s+)?(\w+)",
+    )
+    .expect("regex");
+    // module path (e.g. `sfn`, `relay::slack`) -> the fns and impl types around its calls
+    let mut calling: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (file, src) in sources {
+        let code = code_only(src);
+        let line_start = |line: usize| {
+            code.match_indices('\n')
+                .nth(line.saturating_sub(2))
+                .map_or(0, |(i, _)| i + 1)
+        };
+        let module = file
+            .trim_start_matches("src/")
+            .trim_end_matches(".rs")
+            .trim_end_matches("/mod")
+            .replace('/', "::");
+        for c in calls.iter().filter(|c| &c.file == file) {
+            let before = &code[..line_start(c.line)];
+            let names = calling.entry(module.clone()).or_default();
+            for re in [&item, &imp] {
+                if let Some(m) = re.captures_iter(before).last() {
+                    names.insert(m[1].to_string());
+                }
+            }
+        }
+    }
+    let path = regex_lite::Regex::new(r"\bcrate::((?:\w+::)*)(\{[^}]*\}|\w+)").expect("regex");
+    let mut errors = Vec::new();
+    for (file, src) in sources
+        .iter()
+        .filter(|(f, _)| Identity::of(f) == Identity::Relay)
+    {
+        let code = code_only(src);
+        for m in path.captures_iter(&code) {
+            let module = m[1].trim_end_matches("::");
+            let Some(names) = calling.get(module) else {
+                continue;
+            };
+            let items = m[2].trim_matches(|c| c == '{' || c == '}');
+            for name in items
+                .split(',')
+                .map(|n| n.trim().split(" as ").next().unwrap_or(""))
+            {
+                if names.contains(name) {
+                    let line = code[..m.get(0).expect("match").start()]
+                        .matches('\n')
+                        .count()
+                        + 1;
+                    errors.push(format!(
+                        "{file}:{line}: the relay uses crate::{module}::{name}, which makes AWS calls in src/{module}: the scan would count them as the operator's; keep AWS calls the relay makes in its own modules"
+                    ));
+                }
+            }
+        }
+    }
+    errors
+}
+
 /// Every AWS SDK call under `src/`.
 fn scan_sources(ops: &BTreeMap<String, Vec<Operation>>) -> Vec<Call> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -592,6 +659,7 @@ fn scan_sources(ops: &BTreeMap<String, Vec<Operation>>) -> Vec<Call> {
             Err(e) => errors.extend(e),
         }
     }
+    errors.extend(relay_reaches_operator_calls(&sources, &calls));
     assert!(
         errors.is_empty(),
         "the scan of src/ is ambiguous:\n{}",
@@ -1376,6 +1444,26 @@ mod tests {
     let call = "fn f() { slack.send_message(&m).await; }";
     let errors = scan_file("src/y.rs", call, ops, &none).expect_err("undecidable");
     assert!(errors[0].contains("never reaches .send()"), "{errors:?}");
+    // Relay code running an operator module's AWS call would be mis-attributed: refused.
+    let sources = [
+        (
+            "src/sfn.rs".to_string(),
+            "pub fn plain() {}\nimpl Client {\n    async fn start(&self) {\n        self.c.start_execution().send().await;\n    }\n}\n"
+                .to_string(),
+        ),
+        (
+            "src/relay/x.rs".to_string(),
+            "use crate::sfn::{plain, Client as C};\nfn f() { crate::sfn::plain(); }\n".to_string(),
+        ),
+    ];
+    let sfn_calls = scan_file(&sources[0].0, &sources[0].1, ops, &none).expect("ok");
+    let errors = relay_reaches_operator_calls(&sources, &sfn_calls);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("src/relay/x.rs:1: the relay uses crate::sfn::Client"),
+        "{errors:?}"
+    );
+
     // Unless the package defines a fn of that name: then it is that wrapper.
     let own = defined_fns(["async fn send_message(&self) {}"].into_iter());
     assert_eq!(
