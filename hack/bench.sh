@@ -8,7 +8,10 @@
 #   hack/bench.sh 200 -- --poll-interval 15s   # flags after -- go to every run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(hack/ensure-tools.sh)"
+# On a line of its own: `eval "$(…)"` would hide a failed build (eval's status is the
+# exports', not ensure-tools'), and the run would go on without its tools.
+exports=$(hack/ensure-tools.sh)
+eval "$exports"
 
 sizes=()
 while (($#)) && [[ $1 != -- ]]; do

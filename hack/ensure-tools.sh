@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Builds (once) the pinned binaries the tests run, and moto's server in a virtualenv.
 #
-#   eval "$(hack/ensure-tools.sh)"
+#   eval "$(hack/ensure-tools.sh)"           # interactively
+#   exports=$(hack/ensure-tools.sh)          # in a script under set -e: a failure stops
+#   eval "$exports"                          # it (eval "$(...)" would carry on)
 #
 # Binaries: kube-apiserver, kubectl (hack/tools/k8s), etcd (hack/tools/etcd) and helm
 # (hack/tools/helm), built with Go from those modules into
 #   ${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}/bin/<hash of go.mod/go.sum, flags, go version>/
-# moto: a virtualenv at ${AWS_JIT_CACHE}/venv/<hash of hack/requirements-moto.txt>/.
+# moto (and cfn-lint): a virtualenv at ${AWS_JIT_CACHE}/venv/<hash of
+# hack/requirements-moto.txt>/.
 # Both are skipped when already there, so a second run builds nothing. The binaries are
 # built in a temporary directory renamed into place when complete; the venv (which
 # cannot move) is marked complete last. Either way an interrupted build is never
 # mistaken for a finished one. Logs go to stderr; stdout carries only the `export`
 # lines to eval.
 set -euo pipefail
+# Command substitutions keep errexit (bash clears it there by default), so a failure
+# inside $(…) stops it too; and a $(…) is never an argument of another command (whose
+# status would hide its failure): assigned on a line of its own, then used.
+shopt -s inherit_errexit
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}
@@ -52,7 +59,10 @@ ldflags_for() {
 		done
 		;;
 	helm)
-		flags+=" -X helm.sh/helm/v4/internal/version.version=$(modversion helm helm.sh/helm/v4)"
+		local v
+		v=$(modversion helm helm.sh/helm/v4)
+		[[ $v =~ ^v[0-9]+\. ]] || die "cannot read helm.sh/helm/v4's version from $tools/helm/go.mod"
+		flags+=" -X helm.sh/helm/v4/internal/version.version=$v"
 		flags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
 		;;
 	esac
@@ -62,15 +72,15 @@ ldflags_for() {
 bin_key() {
 	# Everything that decides the binaries: the modules, what is built with which flags,
 	# and the toolchain.
-	local entry name
-	{
-		(cd "$tools" && sha256sum ./*/go.mod ./*/go.sum)
-		for entry in "${binaries[@]}"; do
-			read -r name _ <<<"$entry"
-			printf '%s %s\n' "$entry" "$(ldflags_for "$name")"
-		done
-		GOTOOLCHAIN=local go env GOVERSION GOOS GOARCH
-	} | sha256sum | cut -c1-16
+	local entry name flags inputs
+	inputs=$(cd "$tools" && sha256sum ./*/go.mod ./*/go.sum)
+	for entry in "${binaries[@]}"; do
+		read -r name _ <<<"$entry"
+		flags=$(ldflags_for "$name")
+		inputs+=$'\n'"$entry $flags"
+	done
+	inputs+=$'\n'$(GOTOOLCHAIN=local go env GOVERSION GOOS GOARCH)
+	printf '%s\n' "$inputs" | sha256sum | cut -c1-16
 }
 
 bin_complete() {
@@ -83,7 +93,7 @@ bin_complete() {
 }
 
 build_binaries() {
-	local dest=$1 entry name mod pkg start
+	local dest=$1 entry name mod pkg start flags
 	# Leftovers of a killed build (we hold the lock: no other build is running).
 	rm -rf "$cache"/bin/.tmp.*
 	build_tmp=$(mktemp -d "$cache/bin/.tmp.XXXXXX")
@@ -95,9 +105,10 @@ build_binaries() {
 		read -r name mod pkg <<<"$entry"
 		log "building $name ($pkg)"
 		start=$SECONDS
+		flags=$(ldflags_for "$name")
 		# -mod=readonly: go.mod/go.sum are complete and checked in; never rewrite them here.
 		GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS='-mod=readonly -buildvcs=false' \
-			go -C "$tools/$mod" build -trimpath -ldflags="$(ldflags_for "$name")" -o "$build_tmp/$name" "$pkg" >&2
+			go -C "$tools/$mod" build -trimpath -ldflags="$flags" -o "$build_tmp/$name" "$pkg" >&2
 		log "built $name in $((SECONDS - start))s"
 	done
 	touch "$build_tmp/.complete"
@@ -155,6 +166,8 @@ ensure_moto() {
 		exec 9>&-
 	fi
 	moto_server=$dest/bin/moto_server
+	cfn_lint=$dest/bin/cfn-lint
+	[[ -x $cfn_lint ]] || die "no cfn-lint in $dest (hack/requirements-moto.txt pins it)"
 }
 
 ensure_binaries
@@ -162,4 +175,6 @@ ensure_moto
 
 printf 'export AWS_JIT_BIN_DIR=%q\n' "$bin_dir"
 printf 'export AWS_JIT_MOTO_SERVER=%q\n' "$moto_server"
+printf 'export AWS_JIT_CFN_LINT=%q\n' "$cfn_lint"
+# shellcheck disable=SC2016 # $PATH is expanded by whoever evals this line, not here
 printf 'export PATH=%q:"$PATH"\n' "$bin_dir"

@@ -7,7 +7,10 @@
 #   hack/relay-bench.sh 100 --rate 5          # flags go to the example (--help)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(hack/ensure-tools.sh)"
+# On a line of its own: `eval "$(…)"` would hide a failed build (eval's status is the
+# exports', not ensure-tools'), and the run would go on without its tools.
+exports=$(hack/ensure-tools.sh)
+eval "$exports"
 
 profile=(--release)
 [[ ${RELAY_BENCH_PROFILE:-release} == dev ]] && profile=()

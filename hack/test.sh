@@ -4,8 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-eval "$(hack/ensure-tools.sh)"
+# On a line of its own: `eval "$(…)"` would hide a failed build (eval's status is the
+# exports', not ensure-tools'), and the run would go on without its tools.
+exports=$(hack/ensure-tools.sh)
+eval "$exports"
 
+echo "==> cfn-lint deploy/aws/aws-jit.yaml" >&2
+# moto deploys the template but skips its Rules and queue policies: cfn-lint checks
+# them against CloudFormation's schemas (2 s).
+"$AWS_JIT_CFN_LINT" deploy/aws/aws-jit.yaml
 echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings" >&2

@@ -627,18 +627,154 @@ async fn the_template_deploys_least_privilege_and_dead_letter_queues() {
     assert_eq!(statements[0]["Action"], "sqs:SendMessage");
     assert_eq!(statements[0]["Resource"], queue_arns);
 
-    // The operator's policy.
-    let policy = op
-        .iam
+    // The operator's and the relay's policies, as deployed (tests/iam_actions.rs checks
+    // them against the code; here: what CloudFormation made of them).
+    let executions = format!(
+        "arn:aws:states:us-east-1:{ACCOUNT_ID}:execution:{}:*",
+        out.state_machine_arn.rsplit(':').next().expect("name")
+    );
+    let consume = json!([
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility"
+    ]);
+    let operator = [
+        (
+            "ConsumeRequestAndWorkQueues",
+            "Allow",
+            consume.clone(),
+            json!([arn_of(&out.request_queue_url), arn_of(&out.work_queue_url)]),
+        ),
+        (
+            "DeadLetterPoisonMessages",
+            "Allow",
+            json!("sqs:SendMessage"),
+            json!([arn_of(&out.request_dlq_url), arn_of(&out.work_dlq_url)]),
+        ),
+        (
+            "DriveTheStateMachine",
+            "Allow",
+            json!(["states:StartExecution", "states:ListExecutions"]),
+            json!(out.state_machine_arn),
+        ),
+        (
+            "ReadExecutions",
+            "Allow",
+            json!("states:DescribeExecution"),
+            json!(executions),
+        ),
+        (
+            "StopForeignExecutions",
+            "Allow",
+            json!("states:StopExecution"),
+            json!(executions),
+        ),
+        (
+            "AnswerTasks",
+            "Allow",
+            json!(["states:SendTaskSuccess", "states:SendTaskFailure"]),
+            json!("*"),
+        ),
+        (
+            "ReadManagedRoles",
+            "Allow",
+            json!("iam:GetRole"),
+            json!([format!("arn:aws:iam::{ACCOUNT_ID}:role/jit/*")]),
+        ),
+        (
+            "EditTrustPolicyOfManagedRoles",
+            "Allow",
+            json!("iam:UpdateAssumeRolePolicy"),
+            json!([format!("arn:aws:iam::{ACCOUNT_ID}:role/jit/*")]),
+        ),
+        (
+            "NeverEditOwnRoles",
+            "Deny",
+            json!("iam:UpdateAssumeRolePolicy"),
+            json!([
+                out.operator_role_arn,
+                out.relay_role_arn,
+                out.state_machine_role_arn
+            ]),
+        ),
+    ];
+    let relay = [
+        (
+            "ConsumeAlertQueue",
+            "Allow",
+            consume,
+            json!(arn_of(&out.alert_queue_url)),
+        ),
+        (
+            "DeadLetterRefusedAlerts",
+            "Allow",
+            json!("sqs:SendMessage"),
+            json!(arn_of(&out.alert_dlq_url)),
+        ),
+    ];
+    for (policy_arn, expected) in [
+        (&out.operator_policy_arn, &operator[..]),
+        (&out.relay_policy_arn, &relay[..]),
+    ] {
+        let doc = managed_policy(&op.iam, policy_arn).await;
+        let by_sid: HashMap<&str, &Value> = doc["Statement"]
+            .as_array()
+            .expect("statements")
+            .iter()
+            .map(|s| (s["Sid"].as_str().expect("every statement has a Sid"), s))
+            .collect();
+        assert_eq!(by_sid.len(), expected.len(), "{doc}");
+        for (sid, effect, action, resource) in expected {
+            let s = by_sid
+                .get(sid)
+                .unwrap_or_else(|| panic!("no statement {sid} in {doc}"));
+            assert_eq!(s["Effect"], *effect, "{sid}");
+            assert_eq!(s["Action"], *action, "{sid}");
+            assert_eq!(s["Resource"], *resource, "{sid}");
+            // RequireManagedRoleTag defaults to false: no condition anywhere.
+            assert!(
+                s.get("NotAction").is_none()
+                    && s.get("NotResource").is_none()
+                    && s.get("Condition").is_none(),
+                "{sid}: {s}"
+            );
+        }
+    }
+}
+
+/// With `RequireManagedRoleTag=true` the trust-policy edit carries the tag condition.
+#[tokio::test]
+async fn the_template_can_require_a_tag_on_managed_roles() {
+    let moto = &support::stack().aws;
+    let out = moto
+        .deploy_with_params("sm-tagged", &[], &[("RequireManagedRoleTag", "true")])
+        .await;
+    let iam = aws_sdk_iam::Client::new(&moto.sdk_config().await);
+    let doc = managed_policy(&iam, &out.operator_policy_arn).await;
+    let edit = doc["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .find(|s| s["Sid"] == "EditTrustPolicyOfManagedRoles")
+        .expect("EditTrustPolicyOfManagedRoles");
+    assert_eq!(
+        edit["Condition"],
+        json!({"StringEquals": {"iam:ResourceTag/aws-jit-managed": "true"}}),
+        "{doc}"
+    );
+}
+
+/// The default version of a managed policy, as JSON.
+async fn managed_policy(iam: &aws_sdk_iam::Client, arn: &str) -> Value {
+    let policy = iam
         .get_policy()
-        .policy_arn(&out.operator_policy_arn)
+        .policy_arn(arn)
         .send()
         .await
         .expect("get policy");
-    let version = op
-        .iam
+    let version = iam
         .get_policy_version()
-        .policy_arn(&out.operator_policy_arn)
+        .policy_arn(arn)
         .version_id(
             policy
                 .policy()
@@ -648,85 +784,12 @@ async fn the_template_deploys_least_privilege_and_dead_letter_queues() {
         .send()
         .await
         .expect("get policy version");
-    let doc = policy_json(
+    policy_json(
         version
             .policy_version()
             .and_then(|v| v.document())
             .expect("document"),
-    );
-    let by_sid: HashMap<&str, &Value> = doc["Statement"]
-        .as_array()
-        .expect("statements")
-        .iter()
-        .map(|s| (s["Sid"].as_str().expect("every statement has a Sid"), s))
-        .collect();
-    let executions = format!(
-        "arn:aws:states:us-east-1:{ACCOUNT_ID}:execution:{}:*",
-        out.state_machine_arn.rsplit(':').next().expect("name")
-    );
-    let expected = [
-        (
-            "ConsumeAwsJitQueues",
-            json!([
-                "sqs:ReceiveMessage",
-                "sqs:DeleteMessage",
-                "sqs:ChangeMessageVisibility",
-                "sqs:GetQueueAttributes"
-            ]),
-            queue_arns.clone(),
-        ),
-        (
-            "DeadLetterPoisonWork",
-            json!("sqs:SendMessage"),
-            json!(arn_of(&out.work_dlq_url)),
-        ),
-        (
-            "DeadLetterRefusedAlerts",
-            json!("sqs:SendMessage"),
-            json!(arn_of(&out.alert_dlq_url)),
-        ),
-        (
-            "StartExecutions",
-            json!("states:StartExecution"),
-            json!(out.state_machine_arn),
-        ),
-        (
-            "ReadAndStopExecutions",
-            json!([
-                "states:DescribeExecution",
-                "states:StopExecution",
-                "states:GetExecutionHistory"
-            ]),
-            json!(executions),
-        ),
-        (
-            "AnswerTasks",
-            json!([
-                "states:SendTaskSuccess",
-                "states:SendTaskFailure",
-                "states:SendTaskHeartbeat"
-            ]),
-            json!("*"),
-        ),
-        (
-            "EditTrustPolicyOfManagedRoles",
-            json!(["iam:GetRole", "iam:UpdateAssumeRolePolicy"]),
-            json!([format!("arn:aws:iam::{ACCOUNT_ID}:role/*")]),
-        ),
-    ];
-    assert_eq!(by_sid.len(), expected.len(), "{doc}");
-    for (sid, action, resource) in expected {
-        let s = by_sid
-            .get(sid)
-            .unwrap_or_else(|| panic!("no statement {sid} in {doc}"));
-        assert_eq!(s["Effect"], "Allow", "{sid}");
-        assert_eq!(s["Action"], action, "{sid}");
-        assert_eq!(s["Resource"], resource, "{sid}");
-        assert!(
-            s.get("NotAction").is_none() && s.get("NotResource").is_none(),
-            "{sid}"
-        );
-    }
+    )
 }
 
 /// A policy document as IAM returns it: URL-encoded JSON. moto 5.2.5 returns the inline

@@ -12,7 +12,10 @@
 //! therefore resolves the template's `DefinitionString` (`Fn::Sub`) from the stack's
 //! outputs and parameters, exactly as CloudFormation does, and creates the state machine
 //! in the executing backend under the same name and role, so it has the stack's ARN.
-//! Everything else (queues, roles, policies) is the stack's own.
+//! Everything else (queues, roles, policies) is the stack's own, except what moto's
+//! CloudFormation skips: `AWS::SQS::QueuePolicy` (not created; moto would not enforce
+//! it anyway), `Rules` and `AllowedPattern` (not checked; [`check_allowed_patterns`]
+//! checks the patterns here, tests/iam_actions.rs the policies and the Rules).
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
@@ -58,6 +61,11 @@ pub struct AwsOutputs {
     pub work_dlq_url: String,
     pub alert_dlq_url: String,
     pub operator_policy_arn: String,
+    pub relay_policy_arn: String,
+    /// The template's `OperatorRoleArn` / `RelayRoleArn` parameters (the queue policies
+    /// name them; moto enforces neither, so they need not exist).
+    pub operator_role_arn: String,
+    pub relay_role_arn: String,
 }
 
 impl Moto {
@@ -117,8 +125,10 @@ impl Moto {
     }
 
     /// Deploys the shipped template as a new stack (name from `stack_prefix`, unique)
-    /// with `ManagedRoleArns` = every role of moto's account, waits for CREATE_COMPLETE
-    /// and returns its outputs.
+    /// with `ManagedRoleArns` = every role under the path `/jit/` of moto's account (where
+    /// the tests create the roles they grant), `OperatorRoleArn` / `RelayRoleArn` =
+    /// `role/<stack>-operator` / `role/<stack>-relay`, waits for CREATE_COMPLETE and
+    /// returns its outputs.
     pub async fn deploy(&self, stack_prefix: &str) -> AwsOutputs {
         self.deploy_with_params(stack_prefix, &[], &[]).await
     }
@@ -134,7 +144,9 @@ impl Moto {
     }
 
     /// [`Moto::deploy_with`] and more template parameters (e.g. `WorkTaskTimeoutSeconds`);
-    /// no `managed_role_arns`: every role of the account.
+    /// no `managed_role_arns`: every role under `/jit/`. Every parameter is checked
+    /// against the template's `AllowedPattern` first, as CloudFormation does and moto
+    /// does not.
     pub async fn deploy_with_params(
         &self,
         stack_prefix: &str,
@@ -144,7 +156,7 @@ impl Moto {
         let sdk = self.sdk_config().await;
         let cfn = aws_sdk_cloudformation::Client::new(&sdk);
         let stack_name = unique(stack_prefix);
-        let all_roles = [format!("arn:aws:iam::{ACCOUNT_ID}:role/*")];
+        let all_roles = [format!("arn:aws:iam::{ACCOUNT_ID}:role/jit/*")];
         let managed_role_arns = if managed_role_arns.is_empty() {
             &all_roles[..]
         } else {
@@ -155,8 +167,17 @@ impl Moto {
         let mut params: HashMap<String, String> = HashMap::from([
             ("NamePrefix".to_string(), stack_name.clone()),
             ("ManagedRoleArns".to_string(), managed_role_arns.join(",")),
+            (
+                "OperatorRoleArn".to_string(),
+                format!("arn:aws:iam::{ACCOUNT_ID}:role/{stack_name}-operator"),
+            ),
+            (
+                "RelayRoleArn".to_string(),
+                format!("arn:aws:iam::{ACCOUNT_ID}:role/{stack_name}-relay"),
+            ),
         ]);
         params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        check_allowed_patterns(&template, &params);
 
         let mut create = cfn
             .create_stack()
@@ -226,9 +247,41 @@ impl Moto {
             work_dlq_url: out("WorkDeadLetterQueueUrl"),
             alert_dlq_url: out("AlertDeadLetterQueueUrl"),
             operator_policy_arn: out("OperatorPolicyArn"),
+            relay_policy_arn: out("RelayPolicyArn"),
+            operator_role_arn: params["OperatorRoleArn"].clone(),
+            relay_role_arn: params["RelayRoleArn"].clone(),
         };
         register_with_executor(&sdk, &template, &params, &deployed).await;
         deployed
+    }
+}
+
+/// moto ignores a parameter's `AllowedPattern`; CloudFormation refuses a value that does
+/// not match it (each element, for a `CommaDelimitedList`). Panics on such a value, so
+/// no test runs on a stack AWS would not create.
+fn check_allowed_patterns(template: &str, params: &HashMap<String, String>) {
+    let doc: serde_yaml::Value = serde_yaml::from_str(template).expect("template is YAML");
+    let declared = doc["Parameters"].as_mapping().expect("template Parameters");
+    for (name, value) in params {
+        let decl = declared
+            .get(name.as_str())
+            .unwrap_or_else(|| panic!("the template has no parameter {name}"));
+        let Some(pattern) = decl["AllowedPattern"].as_str() else {
+            continue;
+        };
+        let re = regex_lite::Regex::new(pattern)
+            .unwrap_or_else(|e| panic!("{name}: AllowedPattern {pattern:?}: {e}"));
+        let values: Vec<&str> = if decl["Type"].as_str() == Some("CommaDelimitedList") {
+            value.split(',').collect()
+        } else {
+            vec![value.as_str()]
+        };
+        for v in values {
+            assert!(
+                re.is_match(v),
+                "parameter {name} = {v:?} does not match its AllowedPattern {pattern:?}: CloudFormation would refuse the stack"
+            );
+        }
     }
 }
 
