@@ -98,6 +98,8 @@ impl Authority {
         execution_arn: &str,
     ) -> Result<AccessRequest, AuthorityError> {
         let expected = self.sfn.execution_arn(&execution_name(&identity.uid))?;
+        self.precheck(queue, identity, &expected, execution_arn)
+            .await?;
         let request = self.request(identity).await?;
         match authorize::check_execution(request.as_ref(), identity, &expected, execution_arn) {
             Ok(()) => request.ok_or(AuthorityError::Refused(Refusal::NotYetRecorded)),
@@ -119,6 +121,8 @@ impl Authority {
     ) -> Result<ExecutionInput, AuthorityError> {
         let identity = &claimed.request;
         let expected = self.sfn.execution_arn(&execution_name(&identity.uid))?;
+        self.precheck(queue, identity, &expected, execution_arn)
+            .await?;
         let request = self.request(identity).await?;
         let role = match &request {
             Some(r) => Api::<AccessRole>::all(self.client.clone())
@@ -144,14 +148,61 @@ impl Authority {
         }
     }
 
+    /// What can be refused without asking Kubernetes: an identity no request can have,
+    /// an execution that is not `ar-<uid>` of this state machine. Done first, so a
+    /// forged message never costs a lookup that could fail transiently.
+    async fn precheck(
+        &self,
+        queue: &'static str,
+        identity: &RequestIdentity,
+        expected: &str,
+        execution_arn: &str,
+    ) -> Result<(), AuthorityError> {
+        let refused = authorize::check_identity(identity).err().or_else(|| {
+            (execution_arn != expected).then(|| Refusal::ForeignExecution {
+                claimed: execution_arn.to_owned(),
+                expected: expected.to_owned(),
+                uid: identity.uid.clone(),
+            })
+        });
+        match refused {
+            None => Ok(()),
+            Some(refusal) => {
+                // The request it names, if any, is told (a valid identity only).
+                let request = match authorize::check_identity(identity) {
+                    Ok(()) => self.request(identity).await.ok().flatten(),
+                    Err(_) => None,
+                };
+                self.report(queue, identity, request.as_ref(), execution_arn, &refusal)
+                    .await;
+                Err(AuthorityError::Refused(refusal))
+            }
+        }
+    }
+
+    /// The request, or None; a refusal by the apiserver (forbidden, invalid) is final,
+    /// only a failure to reach it is worth retrying.
     async fn request(
         &self,
         identity: &RequestIdentity,
     ) -> Result<Option<AccessRequest>, AuthorityError> {
-        Api::<AccessRequest>::namespaced(self.client.clone(), &identity.namespace)
+        match Api::<AccessRequest>::namespaced(self.client.clone(), &identity.namespace)
             .get_opt(&identity.name)
             .await
-            .map_err(AuthorityError::Kube)
+        {
+            Ok(r) => Ok(r),
+            Err(kube::Error::Api(status))
+                if (400..500).contains(&status.code) && status.code != 429 =>
+            {
+                warn!(code = status.code, message = %status.message, "the apiserver refuses to look the request up");
+                Err(AuthorityError::Refused(Refusal::NoSuchRequest {
+                    namespace: identity.namespace.clone(),
+                    name: identity.name.clone(),
+                    uid: identity.uid.clone(),
+                }))
+            }
+            Err(e) => Err(AuthorityError::Kube(e)),
+        }
     }
 
     /// A Warning Event on the request `identity` names, if it exists and is that one.

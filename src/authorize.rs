@@ -60,6 +60,36 @@ pub enum Refusal {
     Mismatch { fields: String },
 }
 
+/// Refuses an identity no AccessRequest can have: a namespace or name that is not a
+/// DNS-1123 name, or a uid that is not a UUID. Checked before anything is looked up, so
+/// a forged message cannot make a lookup fail in a way that looks transient.
+pub fn check_identity(identity: &crate::contract::RequestIdentity) -> Result<(), Refusal> {
+    let dns_label = |s: &str, max: usize| {
+        !s.is_empty()
+            && s.len() <= max
+            && s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && s.ends_with(|c: char| c.is_ascii_alphanumeric())
+    };
+    let uuid = |s: &str| {
+        s.len() == 36
+            && s.char_indices().all(|(i, c)| match i {
+                8 | 13 | 18 | 23 => c == '-',
+                _ => c.is_ascii_hexdigit(),
+            })
+    };
+    if dns_label(&identity.namespace, 63) && dns_label(&identity.name, 253) && uuid(&identity.uid) {
+        Ok(())
+    } else {
+        Err(Refusal::NoSuchRequest {
+            namespace: identity.namespace.clone(),
+            name: identity.name.clone(),
+            uid: identity.uid.clone(),
+        })
+    }
+}
+
 impl Refusal {
     /// Whether the same message may be accepted later (only [`Refusal::NotYetRecorded`]).
     pub fn is_transient(&self) -> bool {
@@ -289,6 +319,32 @@ mod tests {
             claimed_arn,
             claimed,
         )
+    }
+
+    #[test]
+    fn identities_no_request_can_have_are_refused_before_any_lookup() {
+        let ok = crate::contract::RequestIdentity {
+            namespace: "team-a".into(),
+            name: "fix.prod-1".into(),
+            uid: UID.into(),
+        };
+        assert_eq!(check_identity(&ok), Ok(()));
+        for (ns, name, uid) in [
+            ("team-a", "", UID),
+            ("", "fix", UID),
+            ("team-a", "x?watch=true", UID),
+            ("team-a", "../secrets", UID),
+            ("Team", "fix", UID),
+            ("team-a", "fix", "u"),
+            ("team-a", "fix", "0b5f7a4e-9c1d-4e2b-8f3a-1d2c3b4a5f6Z"),
+        ] {
+            let id = crate::contract::RequestIdentity {
+                namespace: ns.into(),
+                name: name.into(),
+                uid: uid.into(),
+            };
+            assert!(check_identity(&id).is_err(), "{ns:?} {name:?} {uid:?}");
+        }
     }
 
     #[test]

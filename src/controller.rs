@@ -479,14 +479,16 @@ async fn apply(
                 && !decide::may_revoke(role.as_ref(), &request.spec.requester, revocation)
             {
                 let by = &revocation.requested_by;
-                let clear = json!({"status": {"revocation": null}});
-                api.patch_status(
-                    &request.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&clear),
-                )
-                .await
-                .map_err(Error::Kube)?;
+                // Only the very revocation judged: one written meanwhile by someone with
+                // a say is never cleared on the word of an older cache.
+                let clear = serde_json::from_value(json!([
+                    {"op": "test", "path": "/status/revocation/requestedBy", "value": by},
+                    {"op": "remove", "path": "/status/revocation"}
+                ]))
+                .map(Patch::<()>::Json)?;
+                api.patch_status(&request.name_any(), &PatchParams::default(), &clear)
+                    .await
+                    .map_err(Error::Kube)?;
                 event(
                     ctx,
                     request,

@@ -52,7 +52,7 @@ pub enum Rejection {
     Incomplete,
     #[error(
         "roleArn {role_arn:?} is in account {account}, which this operator does not serve \
-         (it serves {served}; see the controller's --aws-account-ids)"
+         (it serves {served}: the account of its state machine and credentials)"
     )]
     AccountNotServed {
         role_arn: String,

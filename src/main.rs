@@ -85,10 +85,6 @@ struct ControllerArgs {
     /// Template output WorkDeadLetterQueueUrl.
     #[arg(long, env = "AWS_JIT_WORK_DLQ_URL")]
     work_dlq_url: Option<String>,
-    /// The AWS accounts whose roles AccessRoles may name, comma-separated (default: the
-    /// state machine's account). A role in any other account is refused.
-    #[arg(long, env = "AWS_JIT_ACCOUNT_IDS", value_delimiter = ',')]
-    aws_account_ids: Vec<String>,
     /// How often the drift sweeper compares AWS with Kubernetes (it also runs at start).
     #[arg(long, env = "AWS_JIT_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     sweep_interval: Duration,
@@ -171,7 +167,6 @@ async fn controller(args: ControllerArgs) -> ExitCode {
             request_dead_letter_url: args.request_dlq_url,
             work_queue_url: args.work_queue_url,
             work_dead_letter_url: args.work_dlq_url,
-            accounts: args.aws_account_ids,
         },
         settings: aws_jit::controller::Settings {
             watch_namespace: args.watch_namespace,

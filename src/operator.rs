@@ -21,18 +21,14 @@ pub struct AwsTargets {
     pub request_dead_letter_url: Option<String>,
     pub work_queue_url: String,
     pub work_dead_letter_url: Option<String>,
-    /// The AWS accounts whose roles may be granted; empty: the state machine's own
-    /// account (see [`AwsTargets::scope`]).
-    pub accounts: Vec<String>,
 }
 
 impl AwsTargets {
-    /// The accounts the operator serves: those configured, else the account of the
-    /// state machine (the operator's own).
+    /// The accounts the operator serves: the state machine's own. The worker edits
+    /// roles with the operator's own credentials, by name, so a role in any other
+    /// account would edit the same-named role here; cross-account grants need
+    /// per-account credentials, which aws-jit does not have yet.
     pub fn scope(&self) -> crate::decide::Scope {
-        if !self.accounts.is_empty() {
-            return crate::decide::Scope::new(self.accounts.iter().cloned());
-        }
         let own = self
             .state_machine_arn
             .split(':')

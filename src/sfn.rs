@@ -155,10 +155,13 @@ impl StepFunctionClient {
                     .send()
                     .await
                     .map_err(|e| SfnError::api("DescribeExecution", &e))?;
+                // Exactly what we would send, as JSON: a struct would ignore fields it
+                // does not know, which an execution started by someone else could carry.
+                let ours = serde_json::to_value(input)?;
                 let same = existing
                     .input()
-                    .and_then(|i| serde_json::from_str::<ExecutionInput>(i).ok())
-                    .is_some_and(|i| &i == input);
+                    .and_then(|i| serde_json::from_str::<serde_json::Value>(i).ok())
+                    .is_some_and(|theirs| theirs == ours);
                 if same {
                     Ok(arn)
                 } else {

@@ -9,8 +9,12 @@
 //!   statement named like ours but in a shape aws-jit never writes is removed too. The
 //!   edit takes the worker's per-role lock, so it never races a grant or a revoke.
 //! - **Executions of the state machine** that no request recorded (a foreign execution,
-//!   or one whose name was squatted) are stopped, and any statement keyed by the request
-//!   it named is revoked (so even an execution stopped by mistake leaves nothing).
+//!   or one whose name was squatted) are stopped. Nothing is revoked on the word of a
+//!   foreign execution's input (whoever started it wrote that).
+//!
+//! A statement the lists call drift is judged again on requests read afresh while the
+//! role's lock is held, so a grant made (or a request created) after the lists is never
+//! removed.
 //!
 //! With `--watch-namespace` the operator sees only its namespace's requests, so a
 //! statement for a request it cannot see may be another installation's: it is reported
@@ -26,7 +30,6 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::{error, info, warn};
 
-use crate::contract::ExecutionInput;
 use crate::crd::{AccessRequest, AccessRole, GrantMethod, Phase};
 use crate::decide::{self, Scope, Tally};
 use crate::metrics::Metrics;
@@ -217,6 +220,34 @@ pub fn judge_execution(known: &Known<'_>, name: &str, arn: &str) -> ExecutionVer
     }
 }
 
+/// The `Sid`s (with why) of the statements in `doc` that nothing accounts for.
+pub fn drift_in(
+    known: &Known<'_>,
+    role_arn: &str,
+    doc: &Document,
+    now: Timestamp,
+) -> Vec<(String, String)> {
+    let ours: HashMap<String, GrantInfo> = trust_policy::grants(doc)
+        .into_iter()
+        .map(|g| (g.sid.clone(), g))
+        .collect();
+    let mut drift = Vec::new();
+    for sid in trust_policy::prefixed_sids(doc) {
+        match judge_statement(known, role_arn, &sid, ours.get(&sid), now) {
+            StatementVerdict::Keep => {}
+            StatementVerdict::Unknown => warn!(
+                %role_arn, %sid,
+                "a statement for a request this operator cannot see (another namespace or \
+                 installation?); left to its expiry"
+            ),
+            // Inert; the worker sweeps them with its next edit of the role.
+            StatementVerdict::Expired => {}
+            StatementVerdict::Drift(why) => drift.push((sid, why)),
+        }
+    }
+    drift
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {
     #[error("Kubernetes API: {0}")]
@@ -267,10 +298,8 @@ impl Sweeper {
         }
     }
 
-    /// One sweep.
-    pub async fn sweep(&self) -> Result<Swept, SweepError> {
-        // Executions first: every request is listed after its execution was started.
-        let executions = self.running_executions().await?;
+    /// The requests this operator sees and every AccessRole, read now.
+    async fn read_kubernetes(&self) -> Result<(Vec<AccessRequest>, Vec<AccessRole>), SweepError> {
         let requests_api: Api<AccessRequest> = match &self.watch_namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
@@ -280,11 +309,25 @@ impl Sweeper {
             .list(&ListParams::default())
             .await?
             .items;
-        let known = Known::new(&requests, &roles, self.watch_namespace.is_none());
+        Ok((requests, roles))
+    }
+
+    /// One sweep.
+    pub async fn sweep(&self) -> Result<Swept, SweepError> {
+        // Executions first: every request is listed after its execution was started.
+        let executions = self.running_executions().await?;
+        let (requests, roles) = self.read_kubernetes().await?;
+        let complete = self.watch_namespace.is_none();
+        let known = Known::new(&requests, &roles, complete);
         let mut swept = Swept::default();
+        // Every role an AccessRole names; watching one namespace, only the roles its
+        // requests use (statements of requests it cannot see are not its to judge).
+        let used: std::collections::HashSet<&str> =
+            requests.iter().map(|r| r.spec.role.as_str()).collect();
         let mut managed: Vec<&str> = roles
             .iter()
             .filter(|r| r.spec.method == GrantMethod::TrustPolicy)
+            .filter(|r| complete || r.metadata.name.as_deref().is_some_and(|n| used.contains(n)))
             .map(|r| r.spec.role_arn.as_str())
             .filter(|arn| self.scope.check_role(arn).is_ok())
             .collect();
@@ -294,10 +337,10 @@ impl Sweeper {
             match self.sweep_role(&known, role_arn).await {
                 Ok(removed) => {
                     for (sid, why) in removed {
+                        let request = known.request_of_sid(&sid);
                         self.report(
-                            &known,
                             "statement",
-                            known.request_of_sid(&sid),
+                            request,
                             &format!(
                                 "removed statement {sid} from the trust policy of {role_arn}: {why}"
                             ),
@@ -316,16 +359,8 @@ impl Sweeper {
             let request = name
                 .strip_prefix("ar-")
                 .and_then(|uid| known.by_uid.get(uid).copied());
-            // What its input names is revoked only when no live request of ours could
-            // own that statement.
-            let orphan = request.is_none_or(|r| {
-                r.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(Phase::is_terminal)
-            });
-            self.stop_foreign(&arn, orphan).await;
-            self.report(&known, "execution", request, &format!(
+            self.stop_foreign(&arn).await;
+            self.report("execution", request, &format!(
                 "stopped execution {arn}, which aws-jit did not start for a request it knows: {why}"
             ))
             .await;
@@ -335,41 +370,35 @@ impl Sweeper {
     }
 
     /// Judges and edits one role's trust policy under the worker's lock for the role.
+    /// What the (older) lists call drift is judged again on requests read afresh, after
+    /// the policy was read under the lock: a grant made since the lists, or a request
+    /// created since, is never taken for drift.
     async fn sweep_role(
         &self,
         known: &Known<'_>,
         role_arn: &str,
     ) -> Result<Vec<(String, String)>, crate::worker::WorkerError> {
-        let now = Timestamp::now();
         self.worker
-            .edit_trust_policy(role_arn, |doc: &Document| {
-                let ours: HashMap<String, GrantInfo> = trust_policy::grants(doc)
-                    .into_iter()
-                    .map(|g| (g.sid.clone(), g))
-                    .collect();
-                let mut remove = Vec::new();
-                for sid in trust_policy::prefixed_sids(doc) {
-                    match judge_statement(known, role_arn, &sid, ours.get(&sid), now) {
-                        StatementVerdict::Keep => {}
-                        StatementVerdict::Unknown => warn!(
-                            %role_arn, %sid,
-                            "a statement for a request this operator cannot see (another \
-                             namespace or installation?); left to its expiry"
-                        ),
-                        // Inert; the worker sweeps them with its next edit of the role.
-                        StatementVerdict::Expired => {}
-                        StatementVerdict::Drift(why) => remove.push((sid, why)),
-                    }
+            .edit_trust_policy(role_arn, |doc: Document| async move {
+                let candidates = drift_in(known, role_arn, &doc, Timestamp::now());
+                if candidates.is_empty() {
+                    return candidates;
                 }
-                remove
-            })
-            .await
-            .map(|removed| {
-                removed
+                let (requests, roles) = match self.read_kubernetes().await {
+                    Ok(fresh) => fresh,
+                    Err(e) => {
+                        warn!(%role_arn, error = %e, "cannot read requests afresh; removing nothing");
+                        return Vec::new();
+                    }
+                };
+                let fresh = Known::new(&requests, &roles, known.complete);
+                let confirmed = drift_in(&fresh, role_arn, &doc, Timestamp::now());
+                candidates
                     .into_iter()
-                    .filter(|(_, why)| !why.is_empty())
+                    .filter(|(sid, _)| confirmed.iter().any(|(s, _)| s == sid))
                     .collect()
             })
+            .await
     }
 
     async fn running_executions(&self) -> Result<Vec<(String, String)>, SweepError> {
@@ -398,25 +427,9 @@ impl Sweeper {
         }
     }
 
-    /// Stops a foreign execution and, for an `orphan` (its request gone or ended),
-    /// revokes whatever statement is keyed by the request its input names, on a role
-    /// this operator manages.
-    async fn stop_foreign(&self, arn: &str, orphan: bool) {
-        let input = match self
-            .sfn
-            .describe_execution()
-            .execution_arn(arn)
-            .send()
-            .await
-        {
-            Ok(out) => out
-                .input()
-                .and_then(|i| serde_json::from_str::<ExecutionInput>(i).ok()),
-            Err(e) => {
-                warn!(execution_arn = %arn, error = %aws_sdk_sfn::error::DisplayErrorContext(e), "cannot read the foreign execution");
-                None
-            }
-        };
+    /// Stops a foreign execution. Nothing is revoked from what its input says (an
+    /// attacker writes that input); statements are judged on their own, above.
+    async fn stop_foreign(&self, arn: &str) {
         let stopped = self
             .sfn
             .stop_execution()
@@ -428,21 +441,9 @@ impl Sweeper {
         if let Err(e) = stopped {
             warn!(execution_arn = %arn, error = %aws_sdk_sfn::error::DisplayErrorContext(e), "cannot stop the foreign execution");
         }
-        if let Some(input) = input.filter(|_| orphan)
-            && self.scope.check_role(&input.role_arn).is_ok()
-            && let Err(e) = self.worker.revoke_input(&input).await
-        {
-            warn!(execution_arn = %arn, error = %e, "cannot revoke what the foreign execution's request names");
-        }
     }
 
-    async fn report(
-        &self,
-        _known: &Known<'_>,
-        kind: &'static str,
-        request: Option<&AccessRequest>,
-        note: &str,
-    ) {
+    async fn report(&self, kind: &'static str, request: Option<&AccessRequest>, note: &str) {
         self.metrics.drift_removed(kind);
         error!(kind, note, "drift removed");
         let Some(request) = request else {

@@ -828,20 +828,19 @@ impl Worker {
         }
     }
 
-    /// Revokes what `input` names (the request's statement, and expired ones), as a
-    /// revoke work item does.
-    pub async fn revoke_input(&self, input: &ExecutionInput) -> Result<RevokeOutput, WorkerError> {
-        self.revoke(input).await
-    }
-
     /// Removes the statements `choose` picks (by `Sid`, with a reason) from the trust
-    /// policy of `role_arn`, under the role's lock; returns what was removed. For the
-    /// drift sweeper.
-    pub async fn edit_trust_policy(
+    /// policy of `role_arn`, under the role's lock: `choose` sees the policy as IAM has
+    /// it now and may read Kubernetes afresh, and no grant or revoke of this process
+    /// runs until the edit is written. Returns what was removed. For the drift sweeper.
+    pub async fn edit_trust_policy<F, Fut>(
         &self,
         role_arn: &str,
-        choose: impl FnOnce(&Document) -> Vec<(String, String)>,
-    ) -> Result<Vec<(String, String)>, WorkerError> {
+        choose: F,
+    ) -> Result<Vec<(String, String)>, WorkerError>
+    where
+        F: FnOnce(Document) -> Fut,
+        Fut: Future<Output = Vec<(String, String)>>,
+    {
         let role = role_name(role_arn)?;
         let lock = self.lock(&role);
         let _edit = lock.lock().await;
@@ -849,7 +848,7 @@ impl Worker {
             Err(WorkerError::RoleNotFound { .. }) => return Ok(Vec::new()),
             other => other?,
         };
-        let chosen = choose(&document);
+        let chosen = choose(document.clone()).await;
         let sids: Vec<String> = chosen.iter().map(|(sid, _)| sid.clone()).collect();
         let (updated, removed) = trust_policy::remove_sids(&document, &sids);
         if removed.is_empty() {

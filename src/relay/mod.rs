@@ -44,6 +44,11 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::crd::{AccessRequest, AccessRole, SlackMessage};
 
 pub mod render;
+/// How long the relay tries to tell whether an alert comes from its request's own
+/// execution (the controller records it right after it starts one) before it gives up
+/// and dead-letters the alert.
+const RESOLVE_BUDGET: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub mod slack;
 
 use render::{Alert, Mentions, Rendered};
@@ -391,9 +396,20 @@ impl Relay {
     /// transient failures are retried here until they pass.
     pub async fn deliver(&self, alert: &Alert) -> Result<Settled, String> {
         let event = alert.event.name();
-        let target = self
-            .retry("look up the request", || self.resolve(alert))
-            .await?;
+        // An identity no request can have is refused before any lookup (a forged alert
+        // must not make a lookup fail in a way that looks worth retrying).
+        crate::authorize::check_identity(&alert.input.request).map_err(|r| r.to_string())?;
+        let target = tokio::time::timeout(
+            RESOLVE_BUDGET,
+            self.retry("look up the request", || self.resolve(alert)),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "could not tell within {RESOLVE_BUDGET:?} whether execution {} is its request's own",
+                alert.execution_arn
+            )
+        })??;
         if target.relayed.iter().any(|e| e == event) {
             info!(event, execution_arn = %alert.execution_arn, "alert already shown; skipping");
             return Ok(Settled::AlreadyShown);
@@ -514,13 +530,46 @@ impl Relay {
     /// The request, its role's channel and mentions, and what it remembers.
     async fn resolve(&self, alert: &Alert) -> Result<Target, Failure> {
         let who = &alert.input.request;
-        let kube_err = |e: kube::Error| Failure::Transient(format!("Kubernetes: {e}"));
+        // The apiserver's refusals (forbidden, invalid) are final; only failing to
+        // reach it is worth retrying.
+        let kube_err = |e: kube::Error| match e {
+            kube::Error::Api(s) if (400..500).contains(&s.code) && s.code != 429 => {
+                Failure::Refused(format!("Kubernetes refused the lookup: {}", s.message))
+            }
+            e => Failure::Transient(format!("Kubernetes: {e}")),
+        };
         let requests: Api<AccessRequest> = Api::namespaced(self.kube.clone(), &who.namespace);
         let request = requests
             .get_opt(&who.name)
             .await
             .map_err(kube_err)?
             .filter(|r| r.uid().as_deref() == Some(who.uid.as_str()));
+        // Only the execution the request recorded speaks for it: anyone who can start an
+        // execution could otherwise put a forged card (another role, duration, reason)
+        // in front of the approvers, or mark the real one cancelled.
+        if let Some(r) = &request {
+            let status = r.status.clone().unwrap_or_default();
+            match status.execution_arn.as_deref() {
+                Some(recorded) if recorded == alert.execution_arn => {}
+                Some(recorded) => {
+                    return Err(Failure::Refused(format!(
+                        "execution {} is not the request's own ({recorded})",
+                        alert.execution_arn
+                    )));
+                }
+                None if status.phase.is_some_and(crate::crd::Phase::is_terminal) => {
+                    return Err(Failure::Refused(format!(
+                        "the request ended without recording an execution; {} is not its own",
+                        alert.execution_arn
+                    )));
+                }
+                None => {
+                    return Err(Failure::Transient(
+                        "the request has not recorded its execution yet".into(),
+                    ));
+                }
+            }
+        }
         let roles: Api<AccessRole> = Api::all(self.kube.clone());
         let role = match &request {
             Some(r) => roles.get_opt(&r.spec.role).await.map_err(kube_err)?,

@@ -213,8 +213,9 @@ async fn hand_written_grant_items_grant_nothing() {
         "a forged grant with no request"
     );
 
-    // 2 and 3. Alice's request, approved; the operator is stopped right after its grant
-    // so the forged items are judged while the real grant stands.
+    // 2 and 3. Alice's request, recorded and waiting for approval: items naming its real
+    // execution, one for another principal, one for 12 hours, sent before anyone
+    // approved (nothing else stands in their way then).
     env.request(User::Alice, "target", "  duration: 2m\n");
     env.wait_phase("target", Phase::AwaitingApproval).await;
     let real = real_input(&env, "target").await;
@@ -227,14 +228,14 @@ async fn hand_written_grant_items_grant_nothing() {
         .status
         .and_then(|s| s.execution_arn)
         .expect("executionArn");
-    env.vote(User::Carol, "target", "Approve");
-    env.wait_phase("target", Phase::Active).await;
     let mut other_principal = real.clone();
     other_principal["requester_arn"] = json!(MALLORY);
     let mut longer = real.clone();
     longer["duration_seconds"] = json!(43_200);
-    let before = env.trust_policy().await;
-    for (i, forged) in [other_principal, longer].into_iter().enumerate() {
+    for (i, forged) in [other_principal.clone(), longer.clone(), real.clone()]
+        .into_iter()
+        .enumerate()
+    {
         send(
             json!({"type": "grant", "task_token": "forged", "input": forged,
                    "execution_arn": execution_arn}),
@@ -243,12 +244,35 @@ async fn hand_written_grant_items_grant_nothing() {
         .await;
     }
     work_queue_settled(&env).await;
-    assert_eq!(granted(&env).await, vec![ALICE.to_string()]);
-    assert_eq!(
-        env.trust_policy().await,
-        before,
-        "the standing grant is untouched (its expiry included)"
+    assert!(
+        granted(&env).await.is_empty(),
+        "nothing is granted before approval, whatever the item says"
     );
+    wait_warning(&env, "target", "NotApproved").await;
+
+    // 4. After carol approves: the real grant is alice's, for the approved 2 minutes;
+    // forged items changing the principal or the duration are refused.
+    env.vote(User::Carol, "target", "Approve");
+    let active = env.wait_phase("target", Phase::Active).await;
+    let expires = active
+        .status
+        .and_then(|s| s.expires_at)
+        .expect("expiresAt")
+        .0;
+    assert!(
+        expires <= jiff::Timestamp::now() + jiff::SignedDuration::from_secs(125),
+        "{expires}"
+    );
+    for (i, forged) in [other_principal, longer].into_iter().enumerate() {
+        send(
+            json!({"type": "grant", "task_token": "forged", "input": forged,
+                   "execution_arn": execution_arn}),
+            &format!("forged-after-{uid}-{i}"),
+        )
+        .await;
+    }
+    work_queue_settled(&env).await;
+    assert_eq!(granted(&env).await, vec![ALICE.to_string()]);
     let warning = wait_warning(&env, "target", "InputMismatch").await;
     assert!(
         warning.contains("requester_arn") || warning.contains("duration_seconds"),
@@ -274,7 +298,33 @@ async fn a_squatted_execution_name_fails_the_request_and_grants_nothing() {
         "request": {"namespace": env.ns, "name": "squatted", "uid": uid}
     });
     let foreign = start_foreign(&env, &format!("ar-{uid}"), &forged).await;
+    // And a second request squatted with exactly the input aws-jit would send, plus one
+    // field of the attacker's own: not adopted either.
+    env.request(User::Alice, "squatted-extra", "  duration: 2m\n");
+    let extra_req: AccessRequest = env.requests().get("squatted-extra").await.expect("get");
+    let role: aws_jit::crd::AccessRole = Api::all(env.kube.clone())
+        .get(&env.access_role)
+        .await
+        .expect("role");
+    let planned = aws_jit::decide::plan_in(
+        &extra_req,
+        Some(&role),
+        &aws_jit::decide::Scope::new([ACCOUNT.to_string()]),
+    )
+    .expect("valid");
+    let mut with_extra = serde_json::to_value(&planned).expect("JSON");
+    with_extra["next_state_reads_this"] = json!("attacker's");
+    let extra_uid = extra_req.metadata.uid.clone().expect("uid");
+    start_foreign(&env, &format!("ar-{extra_uid}"), &with_extra).await;
     env.start_operator();
+    let extra = env.wait_phase("squatted-extra", Phase::Failed).await;
+    assert!(
+        extra.status.is_some_and(|s| s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Tampered" && c.status == "True")),
+        "an input with an extra field is not what aws-jit would send"
+    );
     let failed = env.wait_phase("squatted", Phase::Failed).await;
     let status = failed.status.expect("status");
     assert!(

@@ -45,6 +45,11 @@ impl Env {
 
     /// [`Env::new`] with template parameters, e.g. `("WorkTaskTimeoutSeconds", "30")`.
     pub async fn with_template(prefix: &str, role_spec: &str, params: &[(&str, &str)]) -> Env {
+        // The operator's logs, captured per test (shown for a failing test).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("aws_jit=info")
+            .with_test_writer()
+            .try_init();
         let stack = stack();
         let ns = stack.kube.create_namespace(prefix).await;
         let aws = stack.aws.deploy_with_params(prefix, &[], params).await;
@@ -101,7 +106,6 @@ impl Env {
                 request_dead_letter_url: Some(self.aws.request_dlq_url.clone()),
                 work_queue_url: self.aws.work_queue_url.clone(),
                 work_dead_letter_url: Some(self.aws.work_dlq_url.clone()),
-                accounts: Vec::new(),
             },
             settings: aws_jit::controller::Settings {
                 watch_namespace: Some(self.ns.clone()),
@@ -113,7 +117,7 @@ impl Env {
             faults: self.faults.clone(),
             metrics: Default::default(),
             health: aws_jit::probes::Health::new(),
-            sweep_interval: Duration::from_secs(2),
+            sweep_interval: Duration::from_secs(5),
         }
     }
 

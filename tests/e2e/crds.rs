@@ -107,6 +107,21 @@ async fn samples_are_accepted() {
         ],
     ));
     assert_eq!(role, "TrustPolicy 1");
+    succeeded(&kube.kubectl(
+        User::Admin,
+        &["apply", "-f", &format!("{SAMPLES}/slackidentity.yaml")],
+    ));
+    let who = succeeded(&kube.kubectl(
+        User::Admin,
+        &[
+            "get",
+            "slackidentity",
+            "u0carol01",
+            "-o",
+            "jsonpath={.spec.username}",
+        ],
+    ));
+    assert_eq!(who, "carol");
 }
 
 #[tokio::test]

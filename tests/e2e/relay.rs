@@ -951,7 +951,6 @@ async fn annotations_a_requester_sets_do_not_steer_the_relay() {
 /// herself (she may patch status, to vote and revoke), to silence its alerts or point
 /// them at another message. Only the operator's identities may write `status.slack`.
 #[tokio::test]
-#[ignore = "needs the admission policies to make status.slack operator-only (issue 10, the admission part); un-ignore when merged"]
 async fn requesters_and_approvers_cannot_write_the_relays_status() {
     let env = Env::new("relay-status", ROLE_SPEC).await;
     env.request(User::Alice, "mine", "");
@@ -967,4 +966,87 @@ async fn requesters_and_approvers_cannot_write_the_relays_status() {
     }
     let r = env.requests().get("mine").await.expect("get");
     assert_eq!(r.status.and_then(|s| s.slack), None);
+}
+
+/// A plain AWS caller starts an execution with a copy of a live request's identity and
+/// input of their own (another duration, a reason that makes approvers hurry): its
+/// alerts come from the state machine itself. They must never reach the request's card
+/// (before, the forged "cancelled" updated the real card, or a forged "requested" that
+/// arrived first became the card approvers saw); they go to the alert dead-letter queue.
+#[tokio::test]
+async fn a_foreign_executions_alerts_never_reach_the_requests_card() {
+    let env = Env::new("relay-forged", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let _relay = RelayTask::start(&env, config(&env, &slack));
+    env.request(User::Alice, "real", "  duration: 2h\n");
+    env.wait_phase("real", Phase::AwaitingApproval).await;
+    let shown = wait_relayed(&env, "real", &["requested"]).await;
+    let exec = env.execution("real").await;
+    let mut forged: Value = serde_json::from_str(exec.input().expect("input")).expect("JSON");
+    forged["reason"] = json!("SEV1: approve at once");
+    forged["duration_seconds"] = json!(900);
+    let foreign = aws_sdk_sfn::Client::new(&env.sdk)
+        .start_execution()
+        .state_machine_arn(&env.aws.state_machine_arn)
+        .name("forged-alerts")
+        .input(forged.to_string())
+        .send()
+        .await
+        .expect("a plain AWS caller starts an execution")
+        .execution_arn()
+        .to_string();
+    // Its requested and (the consumer refuses its approval task) cancelled alerts land
+    // in the dead-letter queue.
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let dlq = env.aws.alert_dlq_url.clone();
+    let dead = std::cell::RefCell::new(Vec::<String>::new());
+    eventually("the foreign alerts to be dead-lettered", WAIT, || async {
+        let got = sqs
+            .receive_message()
+            .queue_url(&dlq)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        for m in got.messages() {
+            dead.borrow_mut()
+                .push(m.body().unwrap_or_default().to_string());
+            let _ = sqs
+                .delete_message()
+                .queue_url(&dlq)
+                .receipt_handle(m.receipt_handle().unwrap_or_default())
+                .send()
+                .await;
+        }
+        let events: Vec<String> = dead
+            .borrow()
+            .iter()
+            .filter_map(|b| serde_json::from_str::<Value>(b).ok())
+            .filter(|v| v["execution_arn"] == foreign.as_str())
+            .map(|v| v["event"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if events.contains(&"requested".to_string()) && events.len() >= 2 {
+            Ok(())
+        } else {
+            Err(format!("{events:?}"))
+        }
+    })
+    .await;
+    let now = env.requests().get("real").await.expect("get");
+    assert_eq!(slack_of(&now).relayed, vec!["requested".to_string()]);
+    let ts = slack_of(&shown).ts;
+    let (posts, updates, replies) = calls_of(&slack, &env.ns, "real", &ts);
+    assert_eq!(posts.len(), 1, "one card");
+    assert!(
+        updates.is_empty() && replies.is_empty(),
+        "{updates:?} {replies:?}"
+    );
+    assert!(
+        !slack
+            .accepted()
+            .iter()
+            .any(|c| c.blocks.to_string().contains("SEV1")),
+        "the forged reason is never shown"
+    );
 }

@@ -643,7 +643,11 @@ async fn the_template_deploys_least_privilege_and_dead_letter_queues() {
             "ConsumeRequestAndWorkQueues",
             "Allow",
             consume.clone(),
-            json!([arn_of(&out.request_queue_url), arn_of(&out.work_queue_url)]),
+            json!([
+                arn_of(&out.request_queue_url),
+                arn_of(&out.work_queue_url),
+                arn_of(&out.request_dlq_url)
+            ]),
         ),
         (
             "DeadLetterPoisonMessages",

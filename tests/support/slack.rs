@@ -283,7 +283,8 @@ pub fn ghost_alert(name: &str, role_arn: &str) -> String {
             "requester_arn": "arn:aws:iam::123456789012:user/alice", "requester_name": "alice",
             "reason": "ghost", "ticket": "", "role_arn": role_arn, "method": "TrustPolicy",
             "work_group": "g", "duration_seconds": 60, "approval_timeout_seconds": 60,
-            "request": {"namespace": "nowhere", "name": name, "uid": "no-uid"}
+            "request": {"namespace": "nowhere", "name": name,
+                        "uid": "00000000-0000-4000-8000-000000000000"}
         }
     })
     .to_string()
