@@ -101,6 +101,7 @@ async fn main() {
             request_dead_letter_url: Some(aws.request_dlq_url.clone()),
             work_queue_url: aws.work_queue_url.clone(),
             work_dead_letter_url: Some(aws.work_dlq_url.clone()),
+            alert_queue_url: None,
         },
         settings: aws_jit::controller::Settings {
             watch_namespace: Some(kube_ns.clone()),

@@ -51,6 +51,7 @@ pub struct Authority {
     scope: Scope,
     recorder: Recorder,
     metrics: Arc<Metrics>,
+    alerts: crate::alerts::SecurityAlerts,
 }
 
 impl std::fmt::Debug for Authority {
@@ -68,6 +69,7 @@ impl Authority {
         sfn: StepFunctionClient,
         scope: Scope,
         metrics: Arc<Metrics>,
+        alerts: crate::alerts::SecurityAlerts,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -82,6 +84,7 @@ impl Authority {
             scope,
             recorder,
             metrics,
+            alerts,
         }
     }
 
@@ -246,6 +249,19 @@ impl Authority {
         self.metrics.refused(queue, refusal.reason());
         if refusal.is_forgery() {
             error!(%execution_arn, %refusal, reason = refusal.reason(), "refused a task Kubernetes does not back");
+            let named = authorize::check_identity(identity)
+                .is_ok()
+                .then_some(identity);
+            self.alerts
+                .send(
+                    refusal.reason(),
+                    named,
+                    &format!(
+                        "refused a {queue}-queue task of execution {execution_arn} naming {}/{}: {refusal}",
+                        identity.namespace, identity.name
+                    ),
+                )
+                .await;
         } else {
             warn!(%execution_arn, %refusal, reason = refusal.reason(), "refused a task");
         }

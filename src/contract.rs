@@ -105,6 +105,27 @@ pub struct GrantOutput {
     pub statement_id: String,
 }
 
+/// A security finding the operator puts on the alert queue for the relay to post
+/// loudly: a tampered execution, a refused forged task, drift it removed. Not a step of
+/// an execution: `event` is always `"security"`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecurityAlert {
+    /// Always [`SecurityAlert::EVENT`].
+    pub event: String,
+    /// What was found, CamelCase (`ExecutionTampered`, `ForeignExecution`,
+    /// `DriftRemoved`, ...).
+    pub kind: String,
+    /// The request concerned, if any.
+    #[serde(default)]
+    pub request: Option<RequestIdentity>,
+    /// What happened and what was done, for a person.
+    pub message: String,
+}
+
+impl SecurityAlert {
+    pub const EVENT: &'static str = "security";
+}
+
 /// Task failure error names the state machine catches.
 pub mod errors {
     pub const DENIED: &str = "Denied";

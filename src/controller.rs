@@ -78,12 +78,22 @@ pub struct Settings {
     pub poll_interval: Duration,
 }
 
+/// What the controller checks against and reports to.
+pub struct Guard {
+    /// The AWS accounts whose roles may be granted.
+    pub scope: crate::decide::Scope,
+    /// Security findings for Slack.
+    pub alerts: crate::alerts::SecurityAlerts,
+}
+
 /// Shared by every reconcile.
 pub struct Context {
     pub client: kube::Client,
     pub sfn: StepFunctionClient,
     /// The AWS accounts whose roles may be granted.
     pub scope: crate::decide::Scope,
+    /// Security findings for Slack.
+    pub alerts: crate::alerts::SecurityAlerts,
     pub tokens: TokenStore,
     pub recorder: Recorder,
     pub roles: Api<AccessRole>,
@@ -100,7 +110,7 @@ fn now() -> Time {
 pub async fn run(
     client: kube::Client,
     sfn: StepFunctionClient,
-    scope: crate::decide::Scope,
+    guard: Guard,
     settings: Settings,
     faults: crate::faults::Faults,
     metrics: Arc<crate::metrics::Metrics>,
@@ -115,7 +125,8 @@ pub async fn run(
     let ctx = Arc::new(Context {
         client: client.clone(),
         sfn,
-        scope,
+        scope: guard.scope,
+        alerts: guard.alerts,
         tokens: TokenStore::new(client.clone(), &settings.operator_namespace),
         recorder: Recorder::new(
             client.clone(),
@@ -672,10 +683,19 @@ async fn tampered(
         EventType::Warning,
         "ExecutionTampered",
         "Start",
-        message,
+        message.clone(),
     )
     .await;
     ctx.metrics.refused("execution", "ExecutionSquatted");
+    if let Some(uid) = request.uid() {
+        ctx.alerts
+            .send(
+                "ExecutionTampered",
+                Some(&identity(request, &uid)),
+                &message,
+            )
+            .await;
+    }
     if let Err(e) = ctx
         .sfn
         .stop(&foreign, "aws-jit: not started by aws-jit for this request")

@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
 
+pub mod alerts;
 pub mod arn;
 pub mod authority;
 pub mod authorize;

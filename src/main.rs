@@ -85,6 +85,10 @@ struct ControllerArgs {
     /// Template output WorkDeadLetterQueueUrl.
     #[arg(long, env = "AWS_JIT_WORK_DLQ_URL")]
     work_dlq_url: Option<String>,
+    /// Template output AlertQueueUrl: security findings (tampering, forged tasks, drift)
+    /// go there for the relay to post to Slack. Unset: Events, logs and metrics only.
+    #[arg(long, env = "AWS_JIT_ALERT_QUEUE_URL")]
+    alert_queue_url: Option<String>,
     /// How often the drift sweeper compares AWS with Kubernetes (it also runs at start).
     #[arg(long, env = "AWS_JIT_SWEEP_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     sweep_interval: Duration,
@@ -167,6 +171,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
             request_dead_letter_url: args.request_dlq_url,
             work_queue_url: args.work_queue_url,
             work_dead_letter_url: args.work_dlq_url,
+            alert_queue_url: args.alert_queue_url,
         },
         settings: aws_jit::controller::Settings {
             watch_namespace: args.watch_namespace,

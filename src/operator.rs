@@ -21,6 +21,9 @@ pub struct AwsTargets {
     pub request_dead_letter_url: Option<String>,
     pub work_queue_url: String,
     pub work_dead_letter_url: Option<String>,
+    /// Where security findings go for the relay to post to Slack (template output
+    /// AlertQueueUrl); None: Events, logs and metrics only.
+    pub alert_queue_url: Option<String>,
 }
 
 impl AwsTargets {
@@ -99,11 +102,14 @@ pub async fn run(
     let sfn = StepFunctionClient::new(aws_sdk_sfn::Client::new(aws), &config.aws.state_machine_arn);
     let sqs = aws_sdk_sqs::Client::new(aws);
     let scope = config.aws.scope();
+    let alerts =
+        crate::alerts::SecurityAlerts::new(sqs.clone(), config.aws.alert_queue_url.clone());
     let authority = crate::authority::Authority::new(
         kube.clone(),
         sfn.clone(),
         scope.clone(),
         config.metrics.clone(),
+        alerts.clone(),
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -148,6 +154,7 @@ pub async fn run(
         scope: scope.clone(),
         watch_namespace: config.settings.watch_namespace.clone(),
         metrics: config.metrics.clone(),
+        alerts: alerts.clone(),
         interval: config.sweep_interval,
     };
     let sweeper = {
@@ -161,7 +168,7 @@ pub async fn run(
     let reconciler = tokio::spawn(controller::run(
         kube.clone(),
         sfn.clone(),
-        scope,
+        controller::Guard { scope, alerts },
         config.settings.clone(),
         config.faults.clone(),
         config.metrics.clone(),

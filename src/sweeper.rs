@@ -265,6 +265,7 @@ pub struct Sweeper {
     pub scope: Scope,
     pub watch_namespace: Option<String>,
     pub metrics: Arc<Metrics>,
+    pub alerts: crate::alerts::SecurityAlerts,
     pub interval: Duration,
 }
 
@@ -446,6 +447,16 @@ impl Sweeper {
     async fn report(&self, kind: &'static str, request: Option<&AccessRequest>, note: &str) {
         self.metrics.drift_removed(kind);
         error!(kind, note, "drift removed");
+        let identity = request.and_then(|r| {
+            Some(crate::contract::RequestIdentity {
+                namespace: r.metadata.namespace.clone()?,
+                name: r.metadata.name.clone()?,
+                uid: r.metadata.uid.clone()?,
+            })
+        });
+        self.alerts
+            .send("DriftRemoved", identity.as_ref(), note)
+            .await;
         let Some(request) = request else {
             return;
         };

@@ -104,6 +104,7 @@ const SQS_QUEUES: &[(&str, &str, &[&str])] = &[
         "sqs:SendMessage",
         &["RequestDeadLetterQueue"],
     ),
+    ("src/alerts.rs", "sqs:SendMessage", &["AlertQueue"]),
     ("src/worker.rs", "sqs:ReceiveMessage", &["WorkQueue"]),
     ("src/worker.rs", "sqs:DeleteMessage", &["WorkQueue"]),
     (
@@ -1496,7 +1497,12 @@ fn queue_policies_let_only_the_right_identities_send_and_consume() {
             Some(&[OPERATOR_ROLE]),
         ),
         ("WorkQueue", &[STATE_MACHINE_ROLE], Some(&[OPERATOR_ROLE])),
-        ("AlertQueue", &[STATE_MACHINE_ROLE], Some(&[RELAY_ROLE])),
+        // The operator sends its security findings (tampering, forged tasks, drift).
+        (
+            "AlertQueue",
+            &[STATE_MACHINE_ROLE, OPERATOR_ROLE],
+            Some(&[RELAY_ROLE]),
+        ),
         (
             "RequestDeadLetterQueue",
             &[OPERATOR_ROLE],

@@ -350,8 +350,12 @@ impl Relay {
         };
         let body = message.body().unwrap_or_default();
         debug!(body, "alert received");
-        let settled = match serde_json::from_str::<Alert>(body) {
-            Ok(alert) => {
+        let security = serde_json::from_str::<crate::contract::SecurityAlert>(body)
+            .ok()
+            .filter(|a| a.event == crate::contract::SecurityAlert::EVENT);
+        let settled = match (security, serde_json::from_str::<Alert>(body)) {
+            (Some(finding), _) => self.deliver_security(&finding).await,
+            (None, Ok(alert)) => {
                 // Every log line of this alert carries the request's identity.
                 let who = &alert.input.request;
                 let span = tracing::info_span!(
@@ -363,7 +367,7 @@ impl Relay {
                 );
                 self.deliver(&alert).instrument(span).await
             }
-            Err(e) => Err(format!("not an alert: {e}")),
+            (None, Err(e)) => Err(format!("not an alert: {e}")),
         };
         match settled {
             Ok(s) => {
@@ -467,6 +471,46 @@ impl Relay {
             }
         }
         info!(event, channel, execution_arn = %alert.execution_arn, "alert shown in Slack");
+        Ok(Settled::Delivered)
+    }
+
+    /// Posts a security finding of the operator, loudly, to the channel of the request's
+    /// role (or the default channel). Not part of any request's living message.
+    async fn deliver_security(
+        &self,
+        finding: &crate::contract::SecurityAlert,
+    ) -> Result<Settled, String> {
+        let mut channel = self.config.default_channel.clone();
+        let mut mentions = self.config.failure_mentions.clone();
+        if let Some(who) = finding
+            .request
+            .as_ref()
+            .filter(|w| crate::authorize::check_identity(w).is_ok())
+        {
+            let requests: Api<AccessRequest> = Api::namespaced(self.kube.clone(), &who.namespace);
+            if let Ok(Some(r)) = requests.get_opt(&who.name).await
+                && let Ok(Some(role)) = Api::<AccessRole>::all(self.kube.clone())
+                    .get_opt(&r.spec.role)
+                    .await
+            {
+                if let Some(c) = role.spec.slack_channel.clone().filter(|c| !c.is_empty()) {
+                    channel = c;
+                }
+                mentions.extend(
+                    role.spec
+                        .approvers
+                        .iter()
+                        .filter_map(|a| a.slack_user_id.as_ref())
+                        .map(|id| format!("<@{id}>")),
+                );
+            }
+        }
+        let message = render::security(finding, &Mentions(mentions));
+        self.retry("chat.postMessage (security)", || {
+            self.slack_post(&channel, &message, None)
+        })
+        .await?;
+        warn!(kind = %finding.kind, %channel, "security finding shown in Slack");
         Ok(Settled::Delivered)
     }
 

@@ -321,6 +321,38 @@ pub fn message(alert: &Alert, mentions: &Mentions) -> Rendered {
     }
 }
 
+/// A security finding of the operator (tampering, a forged task refused, drift removed):
+/// a message of its own, always loud.
+pub fn security(alert: &crate::contract::SecurityAlert, mentions: &Mentions) -> Rendered {
+    let request = alert
+        .request
+        .as_ref()
+        .map(|r| format!("`{}/{}`", escape(&r.namespace, 253), escape(&r.name, 253)))
+        .unwrap_or_else(|| "_no request_".into());
+    let header = format!(
+        ":rotating_light: aws-jit security: {}",
+        escape(&alert.kind, 60)
+    );
+    let blocks = json!([
+        {"type": "header", "text": {"type": "plain_text", "text": escape(&header, 140), "emoji": true}},
+        {"type": "section", "text": mrkdwn(format!(
+            "{}{}",
+            mention_prefix(mentions),
+            escape(&alert.message, 2500)
+        ))},
+        {"type": "context", "elements": [mrkdwn(format!("aws-jit · request {request}"))]},
+    ]);
+    Rendered {
+        text: format!(
+            "{}aws-jit security: {}: {}",
+            mention_prefix(mentions),
+            escape(&alert.kind, 60),
+            escape(&alert.message, 500)
+        ),
+        blocks,
+    }
+}
+
 /// The thread reply for the step `alert` records.
 pub fn step(alert: &Alert, mentions: &Mentions) -> Rendered {
     let line = step_line(alert, mentions);

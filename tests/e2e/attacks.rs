@@ -104,6 +104,57 @@ async fn wait_warning(env: &Env, name: &str, reason: &str) -> String {
     .await
 }
 
+/// Waits for the operator's security finding `kind` about request `name` on the alert
+/// queue (taking the queue's messages as it goes: no relay runs here).
+async fn wait_security_alert(
+    env: &Env,
+    kind: &str,
+    name: &str,
+) -> aws_jit::contract::SecurityAlert {
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let url = env.aws.alert_queue_url.clone();
+    let seen = std::cell::RefCell::new(Vec::<aws_jit::contract::SecurityAlert>::new());
+    eventually(
+        &format!("a {kind} security alert about {name}"),
+        WAIT,
+        || async {
+            let got = sqs
+                .receive_message()
+                .queue_url(&url)
+                .max_number_of_messages(10)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .map_err(|e| format!("{e:?}"))?;
+            for m in got.messages() {
+                let _ = sqs
+                    .delete_message()
+                    .queue_url(&url)
+                    .receipt_handle(m.receipt_handle().unwrap_or_default())
+                    .send()
+                    .await;
+                if let Ok(a) = serde_json::from_str::<aws_jit::contract::SecurityAlert>(
+                    m.body().unwrap_or_default(),
+                ) && a.event == aws_jit::contract::SecurityAlert::EVENT
+                {
+                    seen.borrow_mut().push(a);
+                }
+            }
+            seen.borrow()
+                .iter()
+                .find(|a| a.kind == kind && a.request.as_ref().is_some_and(|r| r.name == name))
+                .cloned()
+                .ok_or_else(|| {
+                    format!(
+                        "{:?}",
+                        seen.borrow().iter().map(|a| &a.kind).collect::<Vec<_>>()
+                    )
+                })
+        },
+    )
+    .await
+}
+
 /// Waits until the work queue holds nothing (every item received and settled).
 async fn work_queue_settled(env: &Env) {
     let sqs = aws_sdk_sqs::Client::new(&env.sdk);
@@ -153,6 +204,8 @@ async fn a_foreign_execution_riding_a_real_approval_gets_nothing() {
     // The foreign execution's approval task is refused and answered at once.
     let warning = wait_warning(&env, "ridden", "ForeignExecution").await;
     assert!(warning.contains(&foreign), "{warning}");
+    let alert = wait_security_alert(&env, "ForeignExecution", "ridden").await;
+    assert!(alert.message.contains(&foreign), "{}", alert.message);
     // Answered Cancelled by the consumer, or stopped by the drift sweeper first.
     let (state, _) = ended(&env, &foreign).await;
     assert!(
@@ -338,6 +391,12 @@ async fn a_squatted_execution_name_fails_the_request_and_grants_nothing() {
         .expect("a Tampered condition");
     assert_eq!(tampered.status, "True");
     wait_warning(&env, "squatted", "ExecutionTampered").await;
+    let alert = wait_security_alert(&env, "ExecutionTampered", "squatted").await;
+    assert!(
+        alert.message.contains("nothing is granted"),
+        "{}",
+        alert.message
+    );
     // The foreign execution is stopped (moto leaves a token-waiting one RUNNING until
     // its task is answered; the consumer refuses and answers it).
     let (state, _) = ended(&env, &foreign).await;
@@ -566,6 +625,8 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
 
     let warning = wait_warning(&env, "ended", "DriftRemoved").await;
     assert!(warning.contains(&ended_sid), "{warning}");
+    let alert = wait_security_alert(&env, "DriftRemoved", "ended").await;
+    assert!(alert.message.contains(&ended_sid), "{}", alert.message);
     eventually("the planted statements to be gone", WAIT, || async {
         let doc = env.trust_policy().await;
         let sids = aws_jit::trust_policy::prefixed_sids(&doc);

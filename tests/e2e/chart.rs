@@ -541,6 +541,7 @@ fn chart_deployment_is_hardened_and_wired() {
         "AWS_JIT_REQUEST_DLQ_URL",
         "AWS_JIT_WORK_QUEUE_URL",
         "AWS_JIT_WORK_DLQ_URL",
+        "AWS_JIT_ALERT_QUEUE_URL",
         "POD_NAMESPACE",
         "POD_NAME",
         "AWS_JIT_POLL_INTERVAL",

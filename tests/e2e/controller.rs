@@ -106,6 +106,7 @@ impl Env {
                 request_dead_letter_url: Some(self.aws.request_dlq_url.clone()),
                 work_queue_url: self.aws.work_queue_url.clone(),
                 work_dead_letter_url: Some(self.aws.work_dlq_url.clone()),
+                alert_queue_url: Some(self.aws.alert_queue_url.clone()),
             },
             settings: aws_jit::controller::Settings {
                 watch_namespace: Some(self.ns.clone()),

@@ -1050,3 +1050,41 @@ async fn a_foreign_executions_alerts_never_reach_the_requests_card() {
         "the forged reason is never shown"
     );
 }
+
+/// The operator's security findings (here: a tampered execution) are posted as a
+/// message of their own, loudly, in the request's role's channel.
+#[tokio::test]
+async fn security_findings_are_posted_loudly_in_the_roles_channel() {
+    let env = Env::new("relay-security", ROLE_SPEC).await;
+    let slack = SlackStandIn::start(TOKEN).await;
+    let _relay = RelayTask::start(&env, config(&env, &slack));
+    env.request(User::Alice, "watched", "");
+    let r = env.wait_phase("watched", Phase::AwaitingApproval).await;
+    let finding = json!({
+        "event": "security", "kind": "ExecutionTampered",
+        "request": {"namespace": env.ns, "name": "watched", "uid": r.metadata.uid},
+        "message": "execution ar-x was started by someone other than aws-jit"
+    });
+    send_alert(&env, "aws-jit-security", "finding-1", &finding.to_string()).await;
+    let post = eventually("the finding in Slack", WAIT, || async {
+        slack
+            .accepted()
+            .into_iter()
+            .find(|c| c.method == "chat.postMessage" && c.text.contains("aws-jit security"))
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+    assert_eq!(post.channel, ROLE_CHANNEL);
+    assert!(post.thread_ts.is_none(), "a message of its own");
+    assert!(post.text.contains("ExecutionTampered"), "{}", post.text);
+    assert!(
+        post.text.contains("<!subteam^S0SRE>"),
+        "loud: {}",
+        post.text
+    );
+    assert!(
+        post.text.contains("<@U0CAROL>"),
+        "the role's approvers: {}",
+        post.text
+    );
+}

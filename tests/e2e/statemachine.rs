@@ -650,6 +650,12 @@ async fn the_template_deploys_least_privilege_and_dead_letter_queues() {
             ]),
         ),
         (
+            "SendSecurityFindings",
+            "Allow",
+            json!("sqs:SendMessage"),
+            json!(arn_of(&out.alert_queue_url)),
+        ),
+        (
             "DeadLetterPoisonMessages",
             "Allow",
             json!("sqs:SendMessage"),

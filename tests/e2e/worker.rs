@@ -181,6 +181,7 @@ impl Env {
             StepFunctionClient::new(self.sfn.clone(), &self.out.state_machine_arn),
             aws_jit::decide::Scope::new([ACCOUNT_ID.to_string()]),
             Default::default(),
+            aws_jit::alerts::SecurityAlerts::none(),
         )
     }
 
