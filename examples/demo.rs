@@ -255,9 +255,9 @@ async fn main() {
                 "-n",
                 &kube_ns,
                 "--subresource=status",
-                "--type=merge",
+                "--type=json",
                 "-p",
-                r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done"}}}"#,
+                r#"[{"op":"add","path":"/status/revocations/-","value":{"requestedBy":"alice","reason":"done"}}]"#,
             ],
         ),
     );

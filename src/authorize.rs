@@ -192,8 +192,9 @@ pub fn check_grant(
     if request.metadata.deletion_timestamp.is_some() {
         return Err(Refusal::Deleting);
     }
-    if let Some(revocation) = &status.revocation
-        && decide::may_revoke(role, &request.spec.requester, revocation)
+    let revocations = status.revocations.clone().unwrap_or_default();
+    if let Some(revocation) =
+        decide::effective_revocation(role, &request.spec.requester, &revocations)
     {
         return Err(Refusal::Revoked(revocation.requested_by.clone()));
     }
@@ -465,7 +466,7 @@ mod tests {
             Err(Refusal::Deleting)
         );
         let mut status = approved();
-        status["revocation"] = json!({"requestedBy": "alice"});
+        status["revocations"] = json!([{"requestedBy": "alice"}]);
         let revoked = request(status);
         assert_eq!(
             grant(&revoked, &expected(), &input),
@@ -473,7 +474,7 @@ mod tests {
         );
         // A revocation by someone with no say does not block the grant.
         let mut status = approved();
-        status["revocation"] = json!({"requestedBy": "mallory"});
+        status["revocations"] = json!([{"requestedBy": "mallory"}]);
         let ignored = request(status);
         assert!(grant(&ignored, &expected(), &input).is_ok());
     }

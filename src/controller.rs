@@ -295,7 +295,7 @@ impl<'a> StatusUpdate<'a> {
         // Votes are the approvers' fields: never part of our snapshot beyond the empty
         // list that lets them append with a JSON patch.
         status.approvals = Some(Vec::new());
-        status.revocation = None;
+        status.revocations = Some(Vec::new());
         // The relay's field: never claimed (nor wiped) by this apply.
         status.slack = None;
         Self { request, status }
@@ -322,7 +322,7 @@ impl<'a> StatusUpdate<'a> {
         let current = self.request.status.clone().unwrap_or_default();
         let mut comparable = current.clone();
         comparable.approvals = Some(Vec::new());
-        comparable.revocation = None;
+        comparable.revocations = Some(Vec::new());
         comparable.slack = None;
         if comparable == self.status && current.approvals.is_some() {
             return Ok(false);
@@ -472,50 +472,38 @@ async fn apply(
     // 3. Running: where the tokens say it is.
     let tokens = ctx.tokens.get(&uid).await?;
     let poll = ctx.settings.poll_interval;
-    // A revocation from someone with no say is cleared at once, whatever the phase:
-    // it is set-once for everyone but the operator, so left in place it would block the
-    // requester's, an approver's or an admin's.
-    let revocation = match &status.revocation {
-        Some(revocation) => {
-            let role = ctx
-                .roles
-                .get_opt(&request.spec.role)
-                .await
-                .map_err(Error::Kube)?;
-            // The operator's own record (`aws-jit drain` ends the hold, or cancels the
-            // approval, before it writes the revocation) is never cleared.
-            let ended_by_operator = tokens.get(keys::HOLD_ENDED).is_some()
-                || tokens.get(keys::APPROVAL_ANSWER) == Some("cancelled");
-            if !ended_by_operator
-                && !decide::may_revoke(role.as_ref(), &request.spec.requester, revocation)
-            {
-                let by = &revocation.requested_by;
-                // Only the very revocation judged: one written meanwhile by someone with
-                // a say is never cleared on the word of an older cache.
-                let clear = serde_json::from_value(json!([
-                    {"op": "test", "path": "/status/revocation/requestedBy", "value": by},
-                    {"op": "remove", "path": "/status/revocation"}
-                ]))
-                .map(Patch::<()>::Json)?;
-                api.patch_status(&request.name_any(), &PatchParams::default(), &clear)
-                    .await
-                    .map_err(Error::Kube)?;
-                event(
-                    ctx,
-                    request,
-                    EventType::Warning,
-                    "RevokeIgnored",
-                    "Revoke",
-                    format!(
-                        "{by} is neither the requester, an approver of this role, nor an admin"
-                    ),
-                )
-                .await;
-                return Ok(Action::requeue(Duration::from_millis(200)));
-            }
-            Some(revocation)
+    // The first revocation by someone with a say counts; anyone else's is recorded and
+    // ignored (the list is keyed by person, so it can never stand in the way).
+    let revocations = status.revocations.clone().unwrap_or_default();
+    let revocation = if revocations.is_empty() {
+        None
+    } else {
+        let role = ctx
+            .roles
+            .get_opt(&request.spec.role)
+            .await
+            .map_err(Error::Kube)?;
+        let counts =
+            decide::effective_revocation(role.as_ref(), &request.spec.requester, &revocations)
+                .cloned();
+        for ignored in revocations
+            .iter()
+            .filter(|r| !decide::may_revoke(role.as_ref(), &request.spec.requester, r))
+        {
+            event(
+                ctx,
+                request,
+                EventType::Warning,
+                "RevokeIgnored",
+                "Revoke",
+                format!(
+                    "{} is neither the requester, an approver of this role, nor an admin",
+                    ignored.requested_by
+                ),
+            )
+            .await;
         }
-        None => None,
+        counts
     };
     if let Some(hold_token) = tokens.get(keys::HOLD_TOKEN) {
         let granted_at = tokens.get(keys::GRANTED_AT).and_then(parse_time);
@@ -524,7 +512,7 @@ async fn apply(
             "access granted until {}",
             tokens.get(keys::EXPIRES_AT).unwrap_or("its expiry")
         );
-        if let Some(revocation) = revocation
+        if let Some(revocation) = &revocation
             && tokens.get(keys::HOLD_ENDED).is_none()
         {
             let by = &revocation.requested_by;
@@ -544,7 +532,7 @@ async fn apply(
             )
             .await;
         }
-        if tokens.get(keys::HOLD_ENDED).is_some() || status.revocation.is_some() {
+        if tokens.get(keys::HOLD_ENDED).is_some() || revocation.is_some() {
             message = "access is being revoked early".into();
         }
         let mut update = StatusUpdate::from(request).phase(Phase::Active, message);
@@ -559,7 +547,7 @@ async fn apply(
             .map(|e| e.0.duration_since(jiff::Timestamp::now()))
             .and_then(|d| Duration::try_from(d).ok())
             .filter(|d| !d.is_zero());
-        let ending = tokens.get(keys::HOLD_ENDED).is_some() || status.revocation.is_some();
+        let ending = tokens.get(keys::HOLD_ENDED).is_some() || revocation.is_some();
         let next = match until_expiry {
             // Access is being ended now: watch the execution revoke.
             _ if ending => poll,

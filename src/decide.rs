@@ -423,6 +423,16 @@ pub fn may_revoke(role: Option<&AccessRole>, requester: &str, revocation: &Revoc
         })
 }
 
+/// The revocation that counts: the first one by someone with a say (the requester, a
+/// listed approver, an admin). Entries of anyone else are ignored, never in the way.
+pub fn effective_revocation<'a>(
+    role: Option<&AccessRole>,
+    requester: &str,
+    revocations: &'a [Revocation],
+) -> Option<&'a Revocation> {
+    revocations.iter().find(|r| may_revoke(role, requester, r))
+}
+
 /// The phase and message an ended execution means.
 pub fn phase_of(state: &ExecutionState) -> Option<(Phase, String)> {
     Some(match state {

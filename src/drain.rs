@@ -5,7 +5,7 @@
 //! AccessRequest in scope:
 //!
 //! - an active grant is ended: the hold task is answered (the state machine then revokes
-//!   now), and `status.revocation` records who ended it and why, so the record stays
+//!   now), and an entry of `status.revocations` records who ended it and why, so the record stays
 //!   true (the drain holds the operator's `manage` verb, so admission lets it write);
 //! - an undecided request is cancelled: the approval task fails with `Cancelled`;
 //! - a request in between (execution starting, grant in progress) is waited for, then
@@ -44,6 +44,8 @@ pub enum DrainError {
     Tokens(#[from] TokenError),
     #[error(transparent)]
     StepFunctions(#[from] SfnError),
+    #[error("cannot encode a patch: {0}")]
+    Encode(#[source] serde_json::Error),
     #[error(
         "{} request(s) not drained after {timeout:?}: {}",
         remaining.len(),
@@ -234,7 +236,11 @@ impl Drain {
                 self.summary.revoked += 1;
                 info!(request = %identity.name, namespace = %identity.namespace, "ending access now");
             }
-            if status.revocation.is_none() {
+            let recorded = status
+                .revocations
+                .as_ref()
+                .is_some_and(|r| r.iter().any(|r| r.requested_by == self.identity));
+            if !recorded {
                 self.record_revocation(request).await?;
             }
             return Ok(Step::Waiting("access is being revoked".into()));
@@ -266,19 +272,32 @@ impl Drain {
         ))
     }
 
-    /// `status.revocation`, set once, in the drain's own name.
+    /// An entry of `status.revocations` in the drain's own name, appended (the list is
+    /// created if the request has none yet, with the resourceVersion read, so a list
+    /// someone else created meanwhile is never replaced).
     async fn record_revocation(&self, request: &AccessRequest) -> Result<(), DrainError> {
-        let patch = json!({"status": {"revocation": {
+        let entry = json!({
             "requestedBy": self.identity,
             "reason": REASON,
             "time": jiff::Timestamp::now().to_string(),
-        }}});
+        });
+        let has_list = request
+            .status
+            .as_ref()
+            .is_some_and(|s| s.revocations.is_some());
+        let ops = if has_list {
+            json!([{"op": "add", "path": "/status/revocations/-", "value": entry}])
+        } else {
+            json!([
+                {"op": "test", "path": "/metadata/resourceVersion", "value": request.resource_version()},
+                {"op": "add", "path": "/status/revocations", "value": [entry]}
+            ])
+        };
+        let patch = serde_json::from_value(ops)
+            .map(Patch::<()>::Json)
+            .map_err(DrainError::Encode)?;
         self.requests_in(request)
-            .patch_status(
-                &request.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
-            )
+            .patch_status(&request.name_any(), &PatchParams::default(), &patch)
             .await?;
         Ok(())
     }

@@ -139,15 +139,14 @@ pub struct Approval {
     pub via: ApprovalChannel,
 }
 
-/// An explicit request to end access early, written to `status.revocation` by the
+/// An explicit request to end access early, appended to `status.revocations` by the
 /// requester, an approver or an admin (`kubectl patch --subresource=status`). It is a
 /// status field, not a spec change, because the spec is immutable and because it binds
 /// to the caller's identity the same way approvals do: admission accepts it only in the
-/// caller's own name, once, and never lets it be changed or removed, so the record of
-/// who ended the access stays true. Admission cannot know an AccessRole's approvers, so
-/// the controller re-checks that someone other than the requester is a listed approver
-/// or an admin before it acts; then it ends the hold and the state machine revokes now
-/// (phase `Revoked`).
+/// caller's own name and never lets an entry be changed or removed, so the record of who
+/// ended the access stays true. Admission cannot know an AccessRole's approvers, so the
+/// controller acts on the first entry of the requester, a listed approver or an admin;
+/// then it ends the hold and the state machine revokes now (phase `Revoked`).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Revocation {
@@ -198,8 +197,8 @@ pub struct SlackMessage {
 }
 
 /// What the controller observed and did. Written by the controller with server-side
-/// apply, except `approvals`, which approvers append to, `revocation`, which the
-/// requester, an approver or an admin sets once to end access early, and `slack`, which
+/// apply, except `approvals`, which approvers append to, `revocations`, which the
+/// requester, an approver or an admin append to to end access early, and `slack`, which
 /// the relay writes.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -226,11 +225,15 @@ pub struct AccessRequestStatus {
     #[schemars(length(max = 64))]
     pub approvals: Option<Vec<Approval>>,
 
-    /// An explicit early revoke, set once by the requester, an approver or an admin;
-    /// the controller's status apply does not own it, so never drops it. Present means:
-    /// end the hold and revoke now.
+    /// Explicit early revokes, one per person, append-only: the first by the requester,
+    /// a listed approver or an admin ends the hold and revokes now (before approval, it
+    /// cancels the request). Anyone else's entry is recorded and ignored, so it can never
+    /// stand in the way of one that counts. The controller's status apply does not own
+    /// the entries, so never drops them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revocation: Option<Revocation>,
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["requestedBy"]))]
+    #[schemars(length(max = 64))]
+    pub revocations: Option<Vec<Revocation>>,
 
     /// When access was granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

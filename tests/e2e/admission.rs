@@ -26,7 +26,7 @@ fn create_request(
 fn operator_applies_status(kube: &KubeStack, ns: &str, name: &str, phase: &str) {
     let yaml = format!(
         "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {ns}\n\
-         status:\n  phase: {phase}\n  message: operator wrote this\n  approvals: []\n"
+         status:\n  phase: {phase}\n  message: operator wrote this\n  approvals: []\n  revocations: []\n"
     );
     succeeded(&kube.kubectl_stdin(
         User::Operator,
@@ -73,7 +73,8 @@ fn merge_status(
     kube.patch_status(as_user, ns, name, "merge", &patch)
 }
 
-/// Asks for an early revoke: sets `status.revocation` to `value`.
+/// Asks for an early revoke: appends `value` to `status.revocations` (the README's
+/// command).
 fn revoke(
     kube: &KubeStack,
     as_user: User,
@@ -81,23 +82,21 @@ fn revoke(
     name: &str,
     value: &str,
 ) -> std::process::Output {
-    merge_status(
-        kube,
-        as_user,
-        ns,
-        name,
-        &format!(r#"{{"revocation":{value}}}"#),
-    )
+    let patch = format!(r#"[{{"op":"add","path":"/status/revocations/-","value":{value}}}]"#);
+    kube.patch_status(as_user, ns, name, "json", &patch)
 }
 
-/// `status.revocation` as stored (`Null` when absent).
-fn revocation(kube: &KubeStack, ns: &str, name: &str) -> serde_json::Value {
+/// `status.revocations` as stored (empty when absent).
+fn revocations(kube: &KubeStack, ns: &str, name: &str) -> Vec<serde_json::Value> {
     let out = succeeded(&kube.kubectl(
         User::Admin,
         &["get", "accessrequest", name, "-n", ns, "-o", "json"],
     ));
     let obj: serde_json::Value = serde_json::from_str(&out).expect("kubectl prints JSON");
-    obj["status"]["revocation"].clone()
+    obj["status"]["revocations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// A request of `requester`'s that the operator has granted (phase `Active`).
@@ -413,7 +412,7 @@ const OPERATOR_FIELDS: [(&str, &str); 8] = [
 ];
 
 /// Status fields that people other than the operator write, each with its own rules.
-const NOT_OPERATOR_ONLY: [&str; 2] = ["approvals", "revocation"];
+const NOT_OPERATOR_ONLY: [&str; 2] = ["approvals", "revocations"];
 
 /// The relay's own state: written by operator identities (controller and relay) only.
 const RELAY_STATE: &str = "slack";
@@ -473,7 +472,7 @@ async fn approvers_cannot_touch_any_other_status_field() {
             refused(
                 &out,
                 &format!(
-                    "only the aws-jit operator may change status fields other than approvals and revocation (changed: {field})"
+                    "only the aws-jit operator may change status fields other than approvals and revocations (changed: {field})"
                 ),
             );
         }
@@ -626,12 +625,13 @@ async fn requester_requests_revocation_in_their_own_name() {
         &name,
         r#"{"requestedBy":"alice","reason":"done","time":"2026-01-01T00:00:00Z"}"#,
     ));
-    let got = revocation(kube, &ns, &name);
-    assert_eq!(got["requestedBy"], "alice", "{got}");
-    assert_eq!(got["reason"], "done", "{got}");
-    // The operator's next status apply does not own the field, so it keeps it.
+    let got = revocations(kube, &ns, &name);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["requestedBy"], "alice");
+    assert_eq!(got[0]["reason"], "done");
+    // The operator's next status apply does not own the entries, so it keeps them.
     operator_applies_status(kube, &ns, &name, "Revoked");
-    assert_eq!(revocation(kube, &ns, &name), got);
+    assert_eq!(revocations(kube, &ns, &name), got);
 }
 
 #[tokio::test]
@@ -640,92 +640,36 @@ async fn forged_revocation_is_refused() {
     let (ns, name) = active(kube, "adm-revoke-forged", User::Alice).await;
     refused(
         &revoke(kube, User::Alice, &ns, &name, r#"{"requestedBy":"carol"}"#),
-        r#"revocation.requestedBy must be "alice""#,
+        r#"requestedBy must be "alice""#,
     );
     refused(
         &revoke(kube, User::Carol, &ns, &name, r#"{"requestedBy":"alice"}"#),
-        r#"revocation.requestedBy must be "carol""#,
+        r#"requestedBy must be "carol""#,
     );
     // Another requester (not a listed approver, which admission cannot know) can reach
     // status too, but never write anyone else's name.
     refused(
         &revoke(kube, User::Bob, &ns, &name, r#"{"requestedBy":"alice"}"#),
-        r#"revocation.requestedBy must be "bob""#,
+        r#"requestedBy must be "bob""#,
     );
-    assert!(revocation(kube, &ns, &name).is_null());
+    assert!(revocations(kube, &ns, &name).is_empty());
 }
 
+/// Entries are append-only and one per person: nobody changes or removes one (their
+/// own included), and anyone's entry leaves room for everyone else's.
 #[tokio::test]
-async fn revocation_is_set_once() {
+async fn revocations_are_append_only_and_never_in_each_others_way() {
     let kube = &stack().kube;
-    let (ns, name) = active(kube, "adm-revoke-once", User::Alice).await;
+    let (ns, name) = active(kube, "adm-revoke-list", User::Alice).await;
+    // bob (no say on this role, which admission cannot know) is first...
     succeeded(&revoke(
         kube,
-        User::Alice,
+        User::Bob,
         &ns,
         &name,
-        r#"{"requestedBy":"alice","reason":"done"}"#,
+        r#"{"requestedBy":"bob"}"#,
     ));
-    let set_once = "revocation was already requested by alice: status.revocation is set once";
-    // Not again, not with another reason, not by someone else in their own name.
-    refused(
-        &revoke(
-            kube,
-            User::Alice,
-            &ns,
-            &name,
-            r#"{"requestedBy":"alice","reason":"changed my mind"}"#,
-        ),
-        set_once,
-    );
-    refused(
-        &revoke(kube, User::Carol, &ns, &name, r#"{"requestedBy":"carol"}"#),
-        set_once,
-    );
-    // Not removed, however it is asked.
-    refused(&revoke(kube, User::Alice, &ns, &name, "null"), set_once);
-    let json_patch = |user: User, patch: &str| kube.patch_status(user, &ns, &name, "json", patch);
-    refused(
-        &json_patch(
-            User::Carol,
-            r#"[{"op":"remove","path":"/status/revocation"}]"#,
-        ),
-        set_once,
-    );
-    refused(
-        &json_patch(
-            User::Carol,
-            r#"[{"op":"replace","path":"/status/revocation","value":null}]"#,
-        ),
-        set_once,
-    );
-    let got = revocation(kube, &ns, &name);
-    assert_eq!(got["requestedBy"], "alice", "{got}");
-    assert_eq!(got["reason"], "done", "{got}");
-}
-
-#[tokio::test]
-async fn a_null_revocation_does_not_block_a_real_one() {
-    let kube = &stack().kube;
-    let (ns, name) = active(kube, "adm-revoke-null", User::Alice).await;
-    // The CRD lets the field be null; whoever writes that records nobody, and must not
-    // take the one slot a real revocation needs.
-    let null = r#"[{"op":"add","path":"/status/revocation","value":null}]"#;
-    succeeded(&kube.patch_status(User::Bob, &ns, &name, "json", null));
-    succeeded(&revoke(
-        kube,
-        User::Alice,
-        &ns,
-        &name,
-        r#"{"requestedBy":"alice"}"#,
-    ));
-    assert_eq!(revocation(kube, &ns, &name)["requestedBy"], "alice");
-}
-
-#[tokio::test]
-async fn approver_requests_revocation_in_their_own_name() {
-    let kube = &stack().kube;
-    let (ns, name) = active(kube, "adm-revoke-approver", User::Alice).await;
+    // ... and carol's and alice's still go in.
     succeeded(&revoke(
         kube,
         User::Carol,
@@ -733,7 +677,65 @@ async fn approver_requests_revocation_in_their_own_name() {
         &name,
         r#"{"requestedBy":"carol","reason":"incident over"}"#,
     ));
-    assert_eq!(revocation(kube, &ns, &name)["requestedBy"], "carol");
+    succeeded(&revoke(
+        kube,
+        User::Alice,
+        &ns,
+        &name,
+        r#"{"requestedBy":"alice","reason":"done"}"#,
+    ));
+    let append_only = "status.revocations is append-only";
+    let json_patch = |user: User, patch: &str| kube.patch_status(user, &ns, &name, "json", patch);
+    // Not again (the list is keyed by person), not changed, not removed.
+    assert!(
+        !revoke(
+            kube,
+            User::Alice,
+            &ns,
+            &name,
+            r#"{"requestedBy":"alice","reason":"again"}"#
+        )
+        .status
+        .success(),
+        "one entry per person"
+    );
+    refused(
+        &json_patch(
+            User::Alice,
+            r#"[{"op":"replace","path":"/status/revocations/2/reason","value":"changed"}]"#,
+        ),
+        append_only,
+    );
+    refused(
+        &json_patch(
+            User::Bob,
+            r#"[{"op":"remove","path":"/status/revocations/1"}]"#,
+        ),
+        append_only,
+    );
+    refused(
+        &json_patch(
+            User::Carol,
+            r#"[{"op":"replace","path":"/status/revocations","value":[]}]"#,
+        ),
+        append_only,
+    );
+    refused(
+        &merge_status(kube, User::Bob, &ns, &name, r#"{"revocations":null}"#),
+        append_only,
+    );
+    let who: Vec<serde_json::Value> = revocations(kube, &ns, &name)
+        .into_iter()
+        .map(|r| r["requestedBy"].clone())
+        .collect();
+    assert_eq!(
+        who,
+        [
+            serde_json::json!("bob"),
+            serde_json::json!("carol"),
+            serde_json::json!("alice")
+        ]
+    );
 }
 
 #[tokio::test]
@@ -750,7 +752,7 @@ async fn revocation_group_must_be_the_callers_own() {
         ),
         "you may only request revocation as a member of one of your own groups (sre",
     );
-    assert!(revocation(kube, &ns, &name).is_null());
+    assert!(revocations(kube, &ns, &name).is_empty());
     succeeded(&revoke(
         kube,
         User::Carol,
@@ -758,7 +760,7 @@ async fn revocation_group_must_be_the_callers_own() {
         &name,
         r#"{"requestedBy":"carol","group":"sre"}"#,
     ));
-    assert_eq!(revocation(kube, &ns, &name)["group"], "sre");
+    assert_eq!(revocations(kube, &ns, &name)[0]["group"], "sre");
 }
 
 #[tokio::test]
@@ -771,11 +773,11 @@ async fn revocation_cannot_carry_an_operator_field() {
             User::Alice,
             &ns,
             &name,
-            r#"{"revocation":{"requestedBy":"alice"},"revokedAt":"2026-01-01T00:00:00Z"}"#,
+            r#"{"revocations":[{"requestedBy":"alice"}],"revokedAt":"2026-01-01T00:00:00Z"}"#,
         ),
         "only the aws-jit operator may change status fields other than approvals",
     );
-    assert!(revocation(kube, &ns, &name).is_null());
+    assert!(revocations(kube, &ns, &name).is_empty());
 }
 
 /// The README's revoke command, run as written (only the request's name and namespace
@@ -788,7 +790,7 @@ async fn readme_revoke_command_works_as_written() {
         .split("```sh\n")
         .skip(1)
         .filter_map(|block| block.split("```").next())
-        .find(|block| block.contains(r#""revocation""#))
+        .find(|block| block.contains("/status/revocations/-"))
         .expect("README.md documents the revoke command in a ```sh block");
     let kube = &stack().kube;
     let (ns, name) = active(kube, "adm-revoke-readme", User::Alice).await;
@@ -807,9 +809,10 @@ async fn readme_revoke_command_works_as_written() {
         .output()
         .expect("run sh");
     succeeded(&out);
-    let got = revocation(kube, &ns, &name);
-    assert_eq!(got["requestedBy"], "alice", "{got}");
-    assert_eq!(got["reason"], "done", "{got}");
+    let got = revocations(kube, &ns, &name);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["requestedBy"], "alice");
+    assert_eq!(got[0]["reason"], "done");
 }
 
 /// `olivia` owns namespace `ns` the way "namespace admin" bindings often look: a Role of
@@ -933,7 +936,7 @@ async fn wildcard_namespace_admin_is_not_the_operator() {
         &mut got_through,
         "a revocation in alice's name",
         &revoke(kube, User::Olivia, &ns, &name, r#"{"requestedBy":"alice"}"#),
-        r#"revocation.requestedBy must be "olivia""#,
+        r#"requestedBy must be "olivia""#,
     );
     // The revoke finalizer, by patch and by update.
     let mut unfinalized = stored(kube, &ns, &name);

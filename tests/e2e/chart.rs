@@ -980,9 +980,9 @@ impl Release {
 
     /// alice ends her access early with the documented command.
     fn revoke(&self, name: &str) {
-        let patch = r#"{"status":{"revocation":{"requestedBy":"alice","reason":"done"}}}"#;
+        let patch = r#"[{"op":"add","path":"/status/revocations/-","value":{"requestedBy":"alice","reason":"done"}}]"#;
         let kube = &stack().kube;
-        succeeded(&kube.patch_status(User::Alice, &self.requests_ns, name, "merge", patch));
+        succeeded(&kube.patch_status(User::Alice, &self.requests_ns, name, "json", patch));
     }
 
     fn approve(&self, name: &str) {
@@ -1462,7 +1462,7 @@ async fn chart_service_account_has_only_what_it_needs() {
     };
     refused(
         &patch_as(&relay_kubeconfig, r#"{"status":{"phase":"Active"}}"#),
-        "only the aws-jit operator may change status fields other than approvals and revocation (changed: phase)",
+        "only the aws-jit operator may change status fields other than approvals and revocations (changed: phase)",
     );
     refused(
         &patch_as(
@@ -1553,7 +1553,11 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
     let revocation = active
         .status
         .as_ref()
-        .and_then(|s| s.revocation.clone())
+        .and_then(|s| s.revocations.clone())
+        .and_then(|r| {
+            r.into_iter()
+                .find(|r| r.requested_by == release.service_account())
+        })
         .expect("revocation record");
     assert_eq!(revocation.requested_by, release.service_account());
     assert_eq!(revocation.reason.as_deref(), Some(aws_jit::drain::REASON));

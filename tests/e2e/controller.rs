@@ -200,14 +200,15 @@ impl Env {
         self.vote(User::Carol, name, "Approve");
     }
 
-    /// The documented early revoke: `status.revocation` in the caller's own name.
+    /// The documented early revoke: an entry of `status.revocations` in the caller's own
+    /// name.
     pub fn revoke(&self, as_user: User, name: &str, reason: &str) {
-        let patch =
-            json!({"status": {"revocation": {"requestedBy": as_user.name(), "reason": reason}}});
+        let patch = json!([{"op": "add", "path": "/status/revocations/-",
+            "value": {"requestedBy": as_user.name(), "reason": reason}}]);
         succeeded(
             &stack()
                 .kube
-                .patch_status(as_user, &self.ns, name, "merge", &patch.to_string()),
+                .patch_status(as_user, &self.ns, name, "json", &patch.to_string()),
         );
     }
 
