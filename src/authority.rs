@@ -208,6 +208,17 @@ impl Authority {
         }
     }
 
+    /// Whether the request `identity` names exists (and is that one).
+    pub async fn exists(&self, identity: &RequestIdentity) -> Result<bool, AuthorityError> {
+        if authorize::check_identity(identity).is_err() {
+            return Ok(false);
+        }
+        Ok(self
+            .request(identity)
+            .await?
+            .is_some_and(|r| r.metadata.uid.as_deref() == Some(identity.uid.as_str())))
+    }
+
     /// A Warning Event on the request `identity` names, if it exists and is that one.
     pub async fn notify(&self, identity: &RequestIdentity, reason: &str, note: &str) {
         match self.request(identity).await {

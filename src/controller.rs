@@ -34,6 +34,9 @@ use crate::tokens::{self, TokenError, TokenStore, keys};
 /// the operator ended its execution).
 const ACTIVE_RECHECK: Duration = Duration::from_secs(300);
 
+/// The condition that says a task of the request sits in the request dead-letter queue.
+pub const TASK_DEAD_LETTERED: &str = "TaskDeadLettered";
+
 /// The field manager of every status write.
 pub const FIELD_MANAGER: &str = "aws-jit";
 
@@ -287,6 +290,9 @@ fn error_policy(
 struct StatusUpdate<'a> {
     request: &'a AccessRequest,
     status: AccessRequestStatus,
+    /// A task of this request that went to the request dead-letter queue: the note,
+    /// and whether it has been handled since.
+    dead_letter: Option<(String, bool)>,
 }
 
 impl<'a> StatusUpdate<'a> {
@@ -298,7 +304,24 @@ impl<'a> StatusUpdate<'a> {
         status.revocations = Some(Vec::new());
         // The relay's field: never claimed (nor wiped) by this apply.
         status.slack = None;
-        Self { request, status }
+        Self {
+            request,
+            status,
+            dead_letter: None,
+        }
+    }
+
+    /// A `TaskDeadLettered` condition while a task of the request sits in the request
+    /// dead-letter queue (the consumer redrives it once a minute), set back to False once
+    /// it was handled.
+    fn dead_letter(mut self, tokens: &tokens::Tokens) -> Self {
+        self.dead_letter = tokens.get(keys::DEAD_LETTERED).map(|note| {
+            (
+                note.to_owned(),
+                tokens.get(keys::DEAD_LETTER_STATE) == Some("redriven"),
+            )
+        });
+        self
     }
 
     fn phase(mut self, phase: Phase, message: impl Into<String>) -> Self {
@@ -318,7 +341,22 @@ impl<'a> StatusUpdate<'a> {
     }
 
     /// Writes the snapshot if it differs from what is there.
-    async fn apply(self, api: &Api<AccessRequest>) -> Result<bool, Error> {
+    async fn apply(mut self, api: &Api<AccessRequest>) -> Result<bool, Error> {
+        if let Some((note, redriven)) = &self.dead_letter {
+            decide::set_condition(
+                &mut self.status.conditions,
+                TASK_DEAD_LETTERED,
+                !redriven,
+                if *redriven {
+                    "Redriven"
+                } else {
+                    "InDeadLetterQueue"
+                },
+                note,
+                self.request.metadata.generation,
+                &now(),
+            );
+        }
         let current = self.request.status.clone().unwrap_or_default();
         let mut comparable = current.clone();
         comparable.approvals = Some(Vec::new());
@@ -472,6 +510,7 @@ async fn apply(
     // 3. Running: where the tokens say it is.
     let tokens = ctx.tokens.get(&uid).await?;
     let poll = ctx.settings.poll_interval;
+    let status_update = || StatusUpdate::from(request).dead_letter(&tokens);
     // The first revocation by someone with a say counts; anyone else's is recorded and
     // ignored (the list is keyed by person, so it can never stand in the way).
     let revocations = status.revocations.clone().unwrap_or_default();
@@ -535,7 +574,7 @@ async fn apply(
         if tokens.get(keys::HOLD_ENDED).is_some() || revocation.is_some() {
             message = "access is being revoked early".into();
         }
-        let mut update = StatusUpdate::from(request).phase(Phase::Active, message);
+        let mut update = status_update().phase(Phase::Active, message);
         update.status.granted_at = granted_at;
         update.status.expires_at = expires_at.clone();
         update.apply(api).await?;
@@ -589,7 +628,7 @@ async fn apply(
         match tokens.get(keys::APPROVAL_ANSWER) {
             Some("approved") => {
                 let by = tokens.get(keys::DECIDED_BY).unwrap_or("the approvers");
-                StatusUpdate::from(request)
+                status_update()
                     .phase(
                         Phase::Approved,
                         format!("approved by {by}; granting access"),
@@ -601,7 +640,7 @@ async fn apply(
             // (Cancelled) becomes the phase once it has ended.
             Some("cancelled") => {
                 let phase = status.phase.unwrap_or(Phase::AwaitingApproval);
-                StatusUpdate::from(request)
+                status_update()
                     .phase(
                         phase,
                         "cancelled before a decision; waiting for the execution to end",
@@ -614,7 +653,7 @@ async fn apply(
             Some(_) => {
                 let by = tokens.get(keys::DECIDED_BY).unwrap_or("an approver");
                 let phase = status.phase.unwrap_or(Phase::AwaitingApproval);
-                StatusUpdate::from(request)
+                status_update()
                     .phase(
                         phase,
                         format!("denied by {by}; waiting for the execution to end"),
@@ -622,11 +661,11 @@ async fn apply(
                     .apply(api)
                     .await?;
             }
-            None => answer_approval(request, ctx, api, &uid, token).await?,
+            None => answer_approval(request, ctx, api, &uid, token, &tokens).await?,
         }
         return Ok(Action::requeue(poll));
     }
-    StatusUpdate::from(request)
+    status_update()
         .phase(
             Phase::Pending,
             "execution started; waiting for it to ask for approval",
@@ -714,6 +753,7 @@ async fn answer_approval(
     api: &Api<AccessRequest>,
     uid: &str,
     token: &str,
+    tokens: &tokens::Tokens,
 ) -> Result<(), Error> {
     let Some(role) = ctx
         .roles
@@ -722,6 +762,7 @@ async fn answer_approval(
         .map_err(Error::Kube)?
     else {
         StatusUpdate::from(request)
+            .dead_letter(tokens)
             .phase(
                 Phase::AwaitingApproval,
                 format!("AccessRole {:?} is gone; waiting for it", request.spec.role),
@@ -751,6 +792,7 @@ async fn answer_approval(
     match tally {
         Tally::Pending { have, need } => {
             StatusUpdate::from(request)
+                .dead_letter(tokens)
                 .phase(
                     Phase::AwaitingApproval,
                     format!("{have} of {need} approvals"),
@@ -778,6 +820,7 @@ async fn answer_approval(
                 .await?;
             let message = format!("approved by {by}; granting access");
             StatusUpdate::from(request)
+                .dead_letter(tokens)
                 .phase(Phase::Approved, message.clone())
                 .apply(api)
                 .await?;
@@ -822,6 +865,7 @@ async fn answer_approval(
                 .and_then(|s| s.phase)
                 .unwrap_or(Phase::AwaitingApproval);
             StatusUpdate::from(request)
+                .dead_letter(tokens)
                 .phase(
                     phase,
                     format!("{message}; waiting for the execution to end"),

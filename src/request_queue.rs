@@ -55,9 +55,11 @@ const MAX_IN_FLIGHT: usize = 64;
 const HOLD_MARGIN: Duration = Duration::from_secs(10);
 /// How often the dead-letter queue is looked at for tasks to give another go.
 const REDRIVE_EVERY: Duration = Duration::from_secs(60);
-/// A dead-lettered message that still cannot be handled is not looked at again for this
+/// A dead-lettered message that will never be understood is not looked at again for this
 /// long.
 const REDRIVE_PARK: i32 = 900;
+/// A dead-lettered task that cannot be handled yet comes back for the next redrive.
+const REDRIVE_RETRY: i32 = 50;
 
 /// The back-off of a message whose handling failed: 1 s doubling to 30 s, with jitter,
 /// for as long as it takes.
@@ -268,38 +270,76 @@ impl RequestQueue {
                     return;
                 };
                 let body = message.body().unwrap_or_default();
-                let handled = self.handle(body).await;
-                let note = match &handled {
-                    Ok(Handled::Stored) | Ok(Handled::AnsweredOrphan) => {
+                let task = serde_json::from_str::<RequestTask>(body).ok();
+                // Surfaced on its request first: a TaskDeadLettered condition.
+                if let Some(task) = &task {
+                    self.record_dead_letter(task, "in the request dead-letter queue", false)
+                        .await;
+                }
+                match self.handle(body).await {
+                    Ok(Handled::Poison(_)) => {
+                        self.set_visibility(&dlq, &message, REDRIVE_PARK).await;
+                    }
+                    Ok(handled) => {
                         if let Err(e) = self.delete(&dlq, receipt).await {
                             warn!(error = %e, "cannot delete a redriven message");
                         }
                         info!("a dead-lettered task was handled after all");
-                        "a task of this request had gone to the request dead-letter queue; \
-                         it was handled now"
-                            .to_string()
-                    }
-                    Ok(Handled::Poison(_)) => {
-                        self.set_visibility(&dlq, &message, REDRIVE_PARK).await;
-                        return;
+                        if let Some(task) = &task {
+                            let note = "a task of this request had gone to the request \
+                                        dead-letter queue; it was handled now";
+                            self.authority
+                                .notify(task_identity(task), "DeadLetteredTask", note)
+                                .await;
+                            if handled == Handled::Stored {
+                                self.record_dead_letter(task, note, true).await;
+                            }
+                        }
                     }
                     Err(e) => {
-                        self.set_visibility(&dlq, &message, REDRIVE_PARK).await;
-                        format!(
-                            "a task of this request is in the request dead-letter queue and \
-                             cannot be handled yet ({e}); it is tried again every {} minutes",
-                            REDRIVE_PARK / 60
-                        )
+                        // Tried again at the next redrive.
+                        self.set_visibility(&dlq, &message, REDRIVE_RETRY).await;
+                        if let Some(task) = &task {
+                            let note = format!(
+                                "a task of this request is in the request dead-letter queue \
+                                 and cannot be handled yet ({e}); it is tried again every \
+                                 minute"
+                            );
+                            self.authority
+                                .notify(task_identity(task), "DeadLetteredTask", &note)
+                                .await;
+                        }
                     }
-                };
-                if let Ok(task) = serde_json::from_str::<RequestTask>(body) {
-                    self.authority
-                        .notify(task_identity(&task), "DeadLetteredTask", &note)
-                        .await;
                 }
             }
             .instrument(span)
             .await;
+        }
+    }
+
+    /// Records on the request's token Secret (which wakes its reconcile) that a task of
+    /// it is, or was, in the dead-letter queue: the controller shows it as the condition
+    /// `TaskDeadLettered` (True while there, False `Redriven` once handled). Only for a
+    /// request that exists: the authority's lookup says so.
+    async fn record_dead_letter(&self, task: &RequestTask, note: &str, redriven: bool) {
+        let identity = task_identity(task);
+        let exists = matches!(self.authority.exists(identity).await, Ok(true));
+        if !exists {
+            return;
+        }
+        let state = if redriven { "redriven" } else { "waiting" };
+        if let Err(e) = self
+            .tokens
+            .put(
+                identity,
+                &[
+                    (keys::DEAD_LETTERED, note),
+                    (keys::DEAD_LETTER_STATE, state),
+                ],
+            )
+            .await
+        {
+            warn!(error = %e, "cannot record the dead-lettered task on its request");
         }
     }
 

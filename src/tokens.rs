@@ -32,6 +32,11 @@ pub mod keys {
     pub const EXPIRES_AT: &str = "expires-at";
     /// Set once the hold task was answered (access ended early).
     pub const HOLD_ENDED: &str = "hold-ended";
+    /// What became of a task of the request that went to the request dead-letter queue
+    /// (a note for the `TaskDeadLettered` condition), and whether it is still there
+    /// (`waiting`) or was handled (`redriven`).
+    pub const DEAD_LETTERED: &str = "dead-lettered";
+    pub const DEAD_LETTER_STATE: &str = "dead-letter-state";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -727,3 +727,85 @@ async fn an_apiserver_outage_loses_no_task_token() {
     env.wait_phase("outage", Phase::Active).await;
     assert_eq!(env.executions_started().await, 1);
 }
+
+/// A task that reached the request dead-letter queue all the same (here: moved there the
+/// way SQS's redrive does, while the operator was down) is surfaced on its request (the
+/// `TaskDeadLettered` condition and a Warning Event) and handled from there: the request
+/// goes on to AwaitingApproval and Active, and the condition says it was redriven.
+#[tokio::test]
+async fn a_dead_lettered_task_is_surfaced_and_redriven() {
+    let mut env = Env::new("atk-dlq", "").await;
+    // The controller starts the execution and stops right there (as if it crashed), so
+    // nothing consumes the approval task; the operator is then taken down.
+    env.faults.arm(points::AFTER_START_EXECUTION);
+    env.request(User::Alice, "lost", "  duration: 2m\n");
+    let faults = env.faults.clone();
+    eventually("the execution to be started", WAIT, || {
+        let faults = faults.clone();
+        async move {
+            if faults.was_hit(points::AFTER_START_EXECUTION) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
+    })
+    .await;
+    env.kill_operator();
+    // SQS's redrive, by hand: the approval task moves to the dead-letter queue.
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let moved = eventually("the approval task to be moved to the DLQ", WAIT, || async {
+        let got = sqs
+            .receive_message()
+            .queue_url(&env.aws.request_queue_url)
+            .max_number_of_messages(1)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        let Some(m) = got.messages().first() else {
+            return Err("no message yet".to_string());
+        };
+        sqs.send_message()
+            .queue_url(&env.aws.request_dlq_url)
+            .message_body(m.body().unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        sqs.delete_message()
+            .queue_url(&env.aws.request_queue_url)
+            .receipt_handle(m.receipt_handle().unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(m.body().unwrap_or_default().to_string())
+    })
+    .await;
+    assert!(moved.contains("\"approval\""), "{moved}");
+    env.start_operator();
+    // Redriven within a minute or two (once at start, again every minute).
+    env.wait_phase_within("lost", Phase::AwaitingApproval, Duration::from_secs(150))
+        .await;
+    wait_warning(&env, "lost", "DeadLetteredTask").await;
+    let r = eventually("the TaskDeadLettered condition", WAIT, || async {
+        let r = env
+            .requests()
+            .get("lost")
+            .await
+            .map_err(|e| e.to_string())?;
+        let c = r.status.as_ref().and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == "TaskDeadLettered")
+                .cloned()
+        });
+        match c {
+            Some(c) if c.reason == "Redriven" => Ok(c),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(r.status, "False");
+    env.vote(User::Carol, "lost", "Approve");
+    env.wait_phase("lost", Phase::Active).await;
+}
