@@ -44,6 +44,15 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::crd::{AccessRequest, AccessRole, SlackMessage};
 
 pub mod render;
+/// The role's approvers who have a Slack user ID, as mentions.
+fn approver_mentions(role: &AccessRole) -> impl Iterator<Item = String> + '_ {
+    role.spec
+        .approvers
+        .iter()
+        .filter_map(|a| a.slack_user_id.as_ref())
+        .map(|id| format!("<@{id}>"))
+}
+
 /// How long the relay tries to tell whether an alert comes from its request's own
 /// execution (the controller records it right after it starts one) before it gives up
 /// and dead-letters the alert.
@@ -496,13 +505,7 @@ impl Relay {
                 if let Some(c) = role.spec.slack_channel.clone().filter(|c| !c.is_empty()) {
                     channel = c;
                 }
-                mentions.extend(
-                    role.spec
-                        .approvers
-                        .iter()
-                        .filter_map(|a| a.slack_user_id.as_ref())
-                        .map(|id| format!("<@{id}>")),
-                );
+                mentions.extend(approver_mentions(&role));
             }
         }
         let message = render::security(finding, &Mentions(mentions));
@@ -628,13 +631,7 @@ impl Relay {
         };
         let mut mentions = self.config.failure_mentions.clone();
         if let Some(role) = &role {
-            mentions.extend(
-                role.spec
-                    .approvers
-                    .iter()
-                    .filter_map(|a| a.slack_user_id.as_ref())
-                    .map(|id| format!("<@{id}>")),
-            );
+            mentions.extend(approver_mentions(role));
         }
         let channel = role
             .as_ref()

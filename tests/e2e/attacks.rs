@@ -540,18 +540,7 @@ async fn status_never_says_denied_while_access_is_granted() {
     env.request(User::Alice, "late", "  duration: 2m\n");
     env.wait_phase("late", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "late", "Approve");
-    let faults = env.faults.clone();
-    eventually("the approval to be answered", WAIT, || {
-        let faults = faults.clone();
-        async move {
-            if faults.was_hit(points::AFTER_APPROVAL_ANSWERED) {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        }
-    })
-    .await;
+    crate::crashes::stopped_at(&env, points::AFTER_APPROVAL_ANSWERED).await;
     env.kill_operator();
     env.vote(User::Dave, "late", "Deny");
     env.start_operator();
@@ -691,18 +680,7 @@ async fn an_apiserver_outage_loses_no_task_token() {
     env.faults.arm(points::AFTER_START_EXECUTION);
     env.start_operator_via(proxied);
     env.request(User::Alice, "outage", "  duration: 2m\n");
-    let faults = env.faults.clone();
-    eventually("the execution to be started", WAIT, || {
-        let faults = faults.clone();
-        async move {
-            if faults.was_hit(points::AFTER_START_EXECUTION) {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        }
-    })
-    .await;
+    crate::crashes::stopped_at(&env, points::AFTER_START_EXECUTION).await;
     outage.begin();
     // The outage's length (three times what SQS needs to dead-letter the message
     // here), not a wait for anything.
@@ -739,18 +717,7 @@ async fn a_dead_lettered_task_is_surfaced_and_redriven() {
     // nothing consumes the approval task; the operator is then taken down.
     env.faults.arm(points::AFTER_START_EXECUTION);
     env.request(User::Alice, "lost", "  duration: 2m\n");
-    let faults = env.faults.clone();
-    eventually("the execution to be started", WAIT, || {
-        let faults = faults.clone();
-        async move {
-            if faults.was_hit(points::AFTER_START_EXECUTION) {
-                Ok(())
-            } else {
-                Err("not yet".to_string())
-            }
-        }
-    })
-    .await;
+    crate::crashes::stopped_at(&env, points::AFTER_START_EXECUTION).await;
     env.kill_operator();
     // SQS's redrive, by hand: the approval task moves to the dead-letter queue.
     let sqs = aws_sdk_sqs::Client::new(&env.sdk);

@@ -14,7 +14,7 @@ use crate::support::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
 
-async fn stopped_at(env: &Env, point: &'static str) {
+pub(crate) async fn stopped_at(env: &Env, point: &'static str) {
     let faults = env.faults.clone();
     eventually(&format!("the operator to stop at {point}"), WAIT, || {
         let faults = faults.clone();
