@@ -13,9 +13,14 @@
 //!
 //! # Grant
 //!
-//! `GetRole` → [`trust_policy::parse`] → [`trust_policy::sweep`] (expired statements do not
-//! count against the size limit) → [`trust_policy::grant`] for `input.request.uid`,
-//! principal `input.requester_arn`, expiry `now + duration_seconds` (whole seconds) →
+//! First the grant is put to Kubernetes ([`crate::authority`]): the item must be the
+//! request's own recorded execution, the request approved, unended and unrevoked, and the
+//! item's input exactly what Kubernetes derives from the request and its AccessRole; what
+//! is granted is Kubernetes' answer, never the message's. A refusal grants nothing and
+//! fails the task. Then, under the role's lock (shared with revokes and the drift
+//! sweeper): `GetRole` → [`trust_policy::parse`] → [`trust_policy::sweep`] (expired
+//! statements do not count against the size limit) → [`trust_policy::grant`] for the
+//! request's uid, its principal, expiry `now + duration_seconds` (whole seconds) →
 //! `UpdateAssumeRolePolicy` → `SendTaskSuccess` with a [`GrantOutput`]. A grant that
 //! cannot be made (role not found, policy too large, access denied, malformed ARN, …)
 //! changes nothing and answers `GrantFailed` with the reason as the cause; the state
