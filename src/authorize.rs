@@ -472,6 +472,13 @@ mod tests {
             grant(&revoked, &expected(), &input),
             Err(Refusal::Revoked("alice".into()))
         );
+        // The first entry with a say counts, wherever it stands in the list.
+        let mut status = approved();
+        status["revocations"] = json!([{"requestedBy": "mallory"}, {"requestedBy": "alice"}]);
+        assert_eq!(
+            grant(&request(status), &expected(), &input),
+            Err(Refusal::Revoked("alice".into()))
+        );
         // A revocation by someone with no say does not block the grant.
         let mut status = approved();
         status["revocations"] = json!([{"requestedBy": "mallory"}]);

@@ -362,7 +362,8 @@ impl<'a> StatusUpdate<'a> {
         comparable.approvals = Some(Vec::new());
         comparable.revocations = Some(Vec::new());
         comparable.slack = None;
-        if comparable == self.status && current.approvals.is_some() {
+        if comparable == self.status && current.approvals.is_some() && current.revocations.is_some()
+        {
             return Ok(false);
         }
         let name = self.request.name_any();
@@ -525,8 +526,14 @@ async fn apply(
         let counts =
             decide::effective_revocation(role.as_ref(), &request.spec.requester, &revocations)
                 .cloned();
+        // Said while it matters: not once the access is being ended anyway (the drain's
+        // own entry is one of those).
+        let ending = counts.is_some()
+            || tokens.get(keys::HOLD_ENDED).is_some()
+            || tokens.get(keys::APPROVAL_ANSWER) == Some("cancelled");
         for ignored in revocations
             .iter()
+            .filter(|_| !ending)
             .filter(|r| !decide::may_revoke(role.as_ref(), &request.spec.requester, r))
         {
             event(

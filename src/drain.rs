@@ -229,7 +229,7 @@ impl Drain {
                     .send_success(hold, &json!({"ended_by": self.identity, "reason": REASON}))
                     .await?;
                 // Recorded before the revocation below: the controller then sees the hold
-                // already ended and does not weigh the revocation against the AccessRole.
+                // already ended (the revocation entry is the audit record, not what ends it).
                 self.tokens
                     .put(&identity, &[(keys::HOLD_ENDED, &self.identity)])
                     .await?;

@@ -271,11 +271,6 @@ impl RequestQueue {
                 };
                 let body = message.body().unwrap_or_default();
                 let task = serde_json::from_str::<RequestTask>(body).ok();
-                // Surfaced on its request first: a TaskDeadLettered condition.
-                if let Some(task) = &task {
-                    self.record_dead_letter(task, "in the request dead-letter queue", false)
-                        .await;
-                }
                 match self.handle(body).await {
                     Ok(Handled::Poison(_)) => {
                         self.set_visibility(&dlq, &message, REDRIVE_PARK).await;
@@ -297,7 +292,9 @@ impl RequestQueue {
                         }
                     }
                     Err(e) => {
-                        // Tried again at the next redrive.
+                        // Tried again at the next redrive. Only a task that is its
+                        // request's own comes this far (a foreign one is refused for good):
+                        // surfaced on the request as the TaskDeadLettered condition.
                         self.set_visibility(&dlq, &message, REDRIVE_RETRY).await;
                         if let Some(task) = &task {
                             let note = format!(
@@ -308,6 +305,7 @@ impl RequestQueue {
                             self.authority
                                 .notify(task_identity(task), "DeadLetteredTask", &note)
                                 .await;
+                            self.record_dead_letter(task, &note, false).await;
                         }
                     }
                 }

@@ -687,17 +687,15 @@ async fn revocations_are_append_only_and_never_in_each_others_way() {
     let append_only = "status.revocations is append-only";
     let json_patch = |user: User, patch: &str| kube.patch_status(user, &ns, &name, "json", patch);
     // Not again (the list is keyed by person), not changed, not removed.
-    assert!(
-        !revoke(
+    refused(
+        &revoke(
             kube,
             User::Alice,
             &ns,
             &name,
-            r#"{"requestedBy":"alice","reason":"again"}"#
-        )
-        .status
-        .success(),
-        "one entry per person"
+            r#"{"requestedBy":"alice","reason":"again"}"#,
+        ),
+        "Duplicate value",
     );
     refused(
         &json_patch(
@@ -1222,4 +1220,105 @@ async fn a_missing_parameter_refuses_everything() {
         User::Admin,
         &["delete", "validatingadmissionpolicybinding", &binding],
     ));
+}
+
+/// The revocations list cannot be crowded out, emptied away, reordered, or written by
+/// the relay. A namespace admin can mint ServiceAccounts at will and give them status
+/// rights: their entries would fill the list (64 at most) and leave no room for an
+/// approver's; so ServiceAccounts may not add one. The README's append needs the list:
+/// nobody but the operator removes it, even empty. Which entry is first decides who
+/// ended the access: no reordering. The relay records no revocation at all.
+#[tokio::test]
+async fn revocations_cannot_be_crowded_out_removed_reordered_or_relayed() {
+    let kube = &stack().kube;
+    let (ns, name) = active(kube, "adm-revoke-crowd", User::Alice).await;
+    // A ServiceAccount minted in the namespace, with the approver role there.
+    succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: minted\n  namespace: {ns}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: minted-approver\n  namespace: {ns}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'aws-jit:approver'}}\n\
+             subjects: [{{kind: ServiceAccount, name: minted, namespace: {ns}}}]\n"
+        ),
+    ));
+    let token = succeeded(&kube.kubectl(User::Admin, &["create", "token", "minted", "-n", &ns]));
+    let sa = format!("system:serviceaccount:{ns}:minted");
+    let patch = format!(
+        r#"[{{"op":"add","path":"/status/revocations/-","value":{{"requestedBy":"{sa}"}}}}]"#
+    );
+    let out = std::process::Command::new(kube.bin_dir().join("kubectl"))
+        .args(["--server", kube.server(), "--token", token.trim()])
+        .arg(format!(
+            "--certificate-authority={}",
+            kube.ca_file().display()
+        ))
+        .args([
+            "patch",
+            "accessrequest",
+            &name,
+            "-n",
+            &ns,
+            "--subresource=status",
+        ])
+        .args(["--type=json", "-p", &patch])
+        .output()
+        .expect("run kubectl");
+    refused(
+        &out,
+        "revocations are requested by people: a ServiceAccount may not add one",
+    );
+    // The relay: no revocation, in anyone's name.
+    refused(
+        &revoke(
+            kube,
+            User::Relay,
+            &ns,
+            &name,
+            r#"{"requestedBy":"carol","group":"system:masters"}"#,
+        ),
+        "(changed: revocations)",
+    );
+    // Not removed while empty.
+    refused(
+        &merge_status(kube, User::Bob, &ns, &name, r#"{"revocations":null}"#),
+        "status.revocations is append-only",
+    );
+    // Not reordered.
+    succeeded(&revoke(
+        kube,
+        User::Bob,
+        &ns,
+        &name,
+        r#"{"requestedBy":"bob"}"#,
+    ));
+    succeeded(&revoke(
+        kube,
+        User::Carol,
+        &ns,
+        &name,
+        r#"{"requestedBy":"carol"}"#,
+    ));
+    let swapped = r#"[{"op":"replace","path":"/status/revocations","value":[{"requestedBy":"carol"},{"requestedBy":"bob"}]}]"#;
+    refused(
+        &kube.patch_status(User::Carol, &ns, &name, "json", swapped),
+        "status.revocations is append-only",
+    );
+    // One entry per person: the list is keyed by requestedBy.
+    refused(
+        &revoke(
+            kube,
+            User::Bob,
+            &ns,
+            &name,
+            r#"{"requestedBy":"bob","reason":"again"}"#,
+        ),
+        "Duplicate value",
+    );
+    let who: Vec<serde_json::Value> = revocations(kube, &ns, &name)
+        .into_iter()
+        .map(|r| r["requestedBy"].clone())
+        .collect();
+    assert_eq!(who, [serde_json::json!("bob"), serde_json::json!("carol")]);
 }
