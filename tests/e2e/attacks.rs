@@ -13,6 +13,7 @@ use kube::api::{Api, ListParams};
 use serde_json::{Value, json};
 
 use crate::controller::{ACCOUNT, Env};
+use crate::support::aws::take_messages;
 use crate::support::kube::User;
 use crate::support::wait::eventually;
 use crate::support::{stack, succeeded};
@@ -118,24 +119,9 @@ async fn wait_security_alert(
         &format!("a {kind} security alert about {name}"),
         WAIT,
         || async {
-            let got = sqs
-                .receive_message()
-                .queue_url(&url)
-                .max_number_of_messages(10)
-                .wait_time_seconds(1)
-                .send()
-                .await
-                .map_err(|e| format!("{e:?}"))?;
-            for m in got.messages() {
-                let _ = sqs
-                    .delete_message()
-                    .queue_url(&url)
-                    .receipt_handle(m.receipt_handle().unwrap_or_default())
-                    .send()
-                    .await;
-                if let Ok(a) = serde_json::from_str::<aws_jit::contract::SecurityAlert>(
-                    m.body().unwrap_or_default(),
-                ) && a.event == aws_jit::contract::SecurityAlert::EVENT
+            for body in take_messages(&sqs, &url).await? {
+                if let Ok(a) = serde_json::from_str::<aws_jit::contract::SecurityAlert>(&body)
+                    && a.event == aws_jit::contract::SecurityAlert::EVENT
                 {
                     seen.borrow_mut().push(a);
                 }

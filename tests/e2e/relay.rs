@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use crate::controller::Env;
+use crate::support::aws::take_messages;
 use crate::support::kube::User;
 use crate::support::slack::{Call, SlackStandIn, ghost_alert};
 use crate::support::wait::eventually;
@@ -1001,24 +1002,8 @@ async fn a_foreign_executions_alerts_never_reach_the_requests_card() {
     let dlq = env.aws.alert_dlq_url.clone();
     let dead = std::cell::RefCell::new(Vec::<String>::new());
     eventually("the foreign alerts to be dead-lettered", WAIT, || async {
-        let got = sqs
-            .receive_message()
-            .queue_url(&dlq)
-            .max_number_of_messages(10)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        for m in got.messages() {
-            dead.borrow_mut()
-                .push(m.body().unwrap_or_default().to_string());
-            let _ = sqs
-                .delete_message()
-                .queue_url(&dlq)
-                .receipt_handle(m.receipt_handle().unwrap_or_default())
-                .send()
-                .await;
-        }
+        let taken = take_messages(&sqs, &dlq).await?;
+        dead.borrow_mut().extend(taken);
         let events: Vec<String> = dead
             .borrow()
             .iter()

@@ -441,3 +441,31 @@ fn exited(pid: u32) -> bool {
         Err(_) => true,
     }
 }
+
+/// One receive of up to ten messages from `queue_url` (a one-second long poll), each
+/// deleted once read: the bodies taken, for a test that watches a queue in place of its
+/// consumer.
+pub async fn take_messages(
+    sqs: &aws_sdk_sqs::Client,
+    queue_url: &str,
+) -> Result<Vec<String>, String> {
+    let got = sqs
+        .receive_message()
+        .queue_url(queue_url)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .map_err(|e| format!("receive: {e:?}"))?;
+    let mut bodies = Vec::new();
+    for m in got.messages() {
+        sqs.delete_message()
+            .queue_url(queue_url)
+            .receipt_handle(m.receipt_handle().unwrap_or_default())
+            .send()
+            .await
+            .map_err(|e| format!("delete: {e:?}"))?;
+        bodies.push(m.body().unwrap_or_default().to_string());
+    }
+    Ok(bodies)
+}
