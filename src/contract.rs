@@ -28,6 +28,20 @@ pub struct ExecutionInput {
     pub duration_seconds: u64,
     pub approval_timeout_seconds: u64,
     pub request: RequestIdentity,
+    /// The target role's name (the last segment of `role_arn`), for the state machine's
+    /// own IAM calls on it.
+    #[serde(default)]
+    pub role_name: String,
+    /// The session name the grant requires (`ar-<uid>`, [`crate::session::session_name`]).
+    #[serde(default)]
+    pub session_name: String,
+    /// The `sts:SourceIdentity` the grant requires ([`crate::session::source_identity`]).
+    #[serde(default)]
+    pub source_identity: String,
+    /// The inline deny policy on the role that ends this grant's sessions
+    /// ([`crate::session::policy_name`]).
+    #[serde(default)]
+    pub session_policy_name: String,
 }
 
 /// A task on the request queue: an approval to decide, or a hold to end early.
@@ -86,6 +100,11 @@ pub struct ApprovalOutput {
     pub approver_name: String,
     pub approvers: Vec<String>,
     pub requester_arn: String,
+    /// When the access ends (approval time + duration, whole seconds, `…Z`): the state
+    /// machine writes the sessions' deny with it before the grant, and the grant's trust
+    /// statement ends at the same instant.
+    #[serde(default)]
+    pub expires_at: String,
 }
 
 /// The cause of a `Denied` failure (sent as a JSON string).

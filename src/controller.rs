@@ -808,10 +808,17 @@ async fn answer_approval(
                 .await?;
         }
         Tally::Approved { approvers } => {
+            // The access window is fixed now: the execution writes the sessions' deny
+            // with this expiry before the grant, and the grant ends at the same instant.
+            let duration = decide::plan(request, Some(&role))
+                .map(|input| input.duration_seconds)
+                .unwrap_or(1);
+            let expires_at = decide::expiry_after(jiff::Timestamp::now(), duration);
             let output = ApprovalOutput {
                 approver_name: approvers.join(","),
                 approvers: approvers.clone(),
                 requester_arn,
+                expires_at: expires_at.clone(),
             };
             ctx.sfn.send_success(token, &output).await?;
             ctx.faults
@@ -822,7 +829,11 @@ async fn answer_approval(
             ctx.tokens
                 .put(
                     &identity(request, uid),
-                    &[(keys::APPROVAL_ANSWER, "approved"), (keys::DECIDED_BY, &by)],
+                    &[
+                        (keys::APPROVAL_ANSWER, "approved"),
+                        (keys::DECIDED_BY, &by),
+                        (keys::APPROVED_UNTIL, &expires_at),
+                    ],
                 )
                 .await?;
             let message = format!("approved by {by}; granting access");

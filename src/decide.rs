@@ -48,6 +48,8 @@ pub enum Rejection {
     NoPrincipal { requester: String, why: String },
     #[error("roleArn {0:?} is not an IAM role ARN")]
     BadRoleArn(String),
+    #[error("{0}")]
+    NoSourceIdentity(String),
     #[error("the request has no uid or namespace yet")]
     Incomplete,
     #[error(
@@ -73,6 +75,7 @@ impl Rejection {
             Rejection::ReasonRequired(_) => "ReasonRequired",
             Rejection::NoPrincipal { .. } => "NoPrincipal",
             Rejection::BadRoleArn(_) => "InvalidRoleArn",
+            Rejection::NoSourceIdentity(_) => "NoSourceIdentity",
             Rejection::Incomplete => "Incomplete",
             Rejection::AccountNotServed { .. } => "AccountNotServed",
         }
@@ -312,6 +315,8 @@ pub fn plan(
     }
     let requester_arn = principal_for(role, &spec.requester)?;
     let work_group = work_group(&role.spec.role_arn)?;
+    let source_identity = crate::session::source_identity(&spec.requester)
+        .map_err(|e| Rejection::NoSourceIdentity(e.to_string()))?;
     let (Some(namespace), Some(uid)) = (
         request.metadata.namespace.clone(),
         request.metadata.uid.clone(),
@@ -328,12 +333,29 @@ pub fn plan(
         work_group,
         duration_seconds: duration.as_secs().max(1),
         approval_timeout_seconds: approval_timeout.as_secs().max(1),
+        role_name: crate::arn::role(&role.spec.role_arn)
+            .map(|(_, name)| name.to_owned())
+            .ok_or_else(|| Rejection::BadRoleArn(role.spec.role_arn.clone()))?,
+        session_name: crate::session::session_name(&uid).map_err(|_| Rejection::Incomplete)?,
+        source_identity,
+        session_policy_name: crate::session::policy_name(&uid),
         request: RequestIdentity {
             namespace,
             name: request.metadata.name.clone().unwrap_or_default(),
             uid,
         },
     })
+}
+
+/// `now + duration_seconds`, in whole seconds, as IAM and Step Functions write times
+/// (`2026-12-01T13:00:00Z`). Rounded down: access never outlasts what was approved.
+pub fn expiry_after(now: jiff::Timestamp, duration_seconds: u64) -> String {
+    let whole = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
+    let seconds = i64::try_from(duration_seconds).unwrap_or(i64::MAX);
+    whole
+        .checked_add(jiff::SignedDuration::from_secs(seconds))
+        .unwrap_or(jiff::Timestamp::MAX)
+        .to_string()
 }
 
 /// Where the approvals of a request stand against its role's rule.

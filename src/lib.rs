@@ -19,6 +19,7 @@ pub mod operator;
 pub mod probes;
 pub mod relay;
 pub mod request_queue;
+pub mod session;
 pub mod sfn;
 pub mod sweeper;
 pub mod tokens;

@@ -222,6 +222,68 @@ impl StepFunctionClient {
         }
     }
 
+    /// Whether a task still waits for its answer: `SendTaskHeartbeat` with its token.
+    /// The worker asks right before it writes a grant, so a work item that outlived its
+    /// task never leaves a statement nobody will revoke.
+    pub async fn heartbeat(&self, task_token: &str) -> Result<TaskAnswer, SfnError> {
+        match self
+            .client
+            .send_task_heartbeat()
+            .task_token(task_token)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(TaskAnswer::Delivered),
+            Err(err) if task_is_over(err.as_service_error().and_then(|e| e.code())) => {
+                Ok(TaskAnswer::AlreadyOver)
+            }
+            Err(err) => Err(SfnError::api("SendTaskHeartbeat", &err)),
+        }
+    }
+
+    /// The input an execution was started with (ours: the controller checked it when it
+    /// started the execution, see [`StepFunctionClient::start_execution`]).
+    pub async fn input_of(&self, execution_arn: &str) -> Result<ExecutionInput, SfnError> {
+        let out = self
+            .client
+            .describe_execution()
+            .execution_arn(execution_arn)
+            .send()
+            .await
+            .map_err(|e| SfnError::api("DescribeExecution", &e))?;
+        Ok(serde_json::from_str(out.input().unwrap_or("{}"))?)
+    }
+
+    /// Starts the session cleanup of a grant on `cleanup_state_machine_arn` (the deny
+    /// goes once no session of the grant can be alive), named like the request's
+    /// execution so it happens once: an existing one counts as started.
+    pub async fn start_cleanup<T: Serialize>(
+        &self,
+        cleanup_state_machine_arn: &str,
+        name: &str,
+        input: &T,
+    ) -> Result<(), SfnError> {
+        let res = self
+            .client
+            .start_execution()
+            .state_machine_arn(cleanup_state_machine_arn)
+            .name(name)
+            .input(serde_json::to_string(input)?)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .as_service_error()
+                    .is_some_and(|e| e.is_execution_already_exists()) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(SfnError::api("StartExecution", &err)),
+        }
+    }
+
     /// Stops an execution (only ever one aws-jit did not start: stopping one of ours
     /// would skip its revoke).
     pub async fn stop(&self, execution_arn: &str, cause: &str) -> Result<(), SfnError> {

@@ -519,6 +519,7 @@ mod tests {
             sid: trust_policy::sid_for(UID).unwrap(),
             principal: principal.into(),
             expires_at: ts(expires),
+            session: None,
         }
     }
 

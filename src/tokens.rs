@@ -30,6 +30,9 @@ pub mod keys {
     pub const HOLD_TOKEN: &str = "hold-token";
     pub const GRANTED_AT: &str = "granted-at";
     pub const EXPIRES_AT: &str = "expires-at";
+    /// The expiry the approval answer fixed (`ApprovalOutput::expires_at`), for ending
+    /// access when the execution could not.
+    pub const APPROVED_UNTIL: &str = "approved-until";
     /// Set once the hold task was answered (access ended early).
     pub const HOLD_ENDED: &str = "hold-ended";
     /// What became of a task of the request that went to the request dead-letter queue

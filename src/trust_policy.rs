@@ -2,8 +2,11 @@
 //!
 //! A grant adds one statement to the role's trust policy that lets the requester call
 //! `sts:AssumeRole` until an expiry, enforced by AWS itself through a
-//! `DateLessThan aws:CurrentTime` condition: even if every revoke is lost, access ends
-//! on time. A revoke removes that statement and sweeps every expired statement of ours.
+//! `DateLessThan aws:CurrentTime` condition, and only as a named session: the statement
+//! requires `sts:SourceIdentity` (the person) and `sts:RoleSessionName` (the request),
+//! and allows `sts:SetSourceIdentity` for that. The condition ends new sessions at the
+//! expiry; the request's deny policy ([`crate::session`]) ends the live ones. A revoke
+//! removes the statement and sweeps every expired statement of ours.
 //!
 //! This module is pure: it turns a policy document (as `GetRole` returns it) into a new
 //! document (for `UpdateAssumeRolePolicy`). The read-modify-write itself, and keeping two
@@ -14,8 +17,12 @@
 //! A statement is ours only if it has exactly the shape [`grant`] writes: the keys `Sid`,
 //! `Effect`, `Principal`, `Action` and `Condition` and nothing else; a `Sid` of
 //! [`SID_PREFIX`] followed by one or more ASCII letters or digits; `Effect` `Allow`;
-//! `Principal` `{"AWS": "<string>"}`; `Action` `sts:AssumeRole`; and `Condition`
-//! `{"DateLessThan": {"aws:CurrentTime": "<timestamp>"}}`. Anything else, including a
+//! `Principal` `{"AWS": "<string>"}`; `Action` `["sts:AssumeRole",
+//! "sts:SetSourceIdentity"]`; and `Condition` `{"DateLessThan": {"aws:CurrentTime":
+//! "<timestamp>"}, "StringEquals": {"sts:SourceIdentity": "<s>", "sts:RoleSessionName":
+//! "<s>"}}`, or the shape of releases before named sessions (`Action` `sts:AssumeRole`,
+//! the `DateLessThan` alone), so grants made before an upgrade are still revoked and
+//! swept. Anything else, including a
 //! statement whose `Sid` starts with `AwsJit` but whose shape differs (a hand edit, a
 //! `Deny`, an extra key), is foreign: it is never changed, never removed, never swept,
 //! and [`grant`] refuses to overwrite it. A person who widened one of our statements by
@@ -62,8 +69,12 @@ const MAX_UID_CHARS: usize = 64;
 const MAX_ARN_CHARS: usize = 2048;
 
 const ACTION: &str = "sts:AssumeRole";
+const SET_SOURCE_IDENTITY: &str = "sts:SetSourceIdentity";
 const CONDITION_OPERATOR: &str = "DateLessThan";
 const CONDITION_KEY: &str = "aws:CurrentTime";
+const SESSION_OPERATOR: &str = "StringEquals";
+const SOURCE_IDENTITY_KEY: &str = "sts:SourceIdentity";
+const SESSION_NAME_KEY: &str = "sts:RoleSessionName";
 
 /// Why a trust policy could not be read or a grant could not be made. Every variant
 /// means "nothing was changed": the caller keeps the document it had.
@@ -119,6 +130,14 @@ pub enum TrustPolicyError {
     SidConflict {
         /// The conflicting `Sid`.
         sid: String,
+    },
+    /// The session terms cannot be written (STS: 2 to 64 of `[A-Za-z0-9_+=,.@-]`).
+    #[error("{what} {value:?} is not a valid STS value (2 to 64 of A-Z a-z 0-9 _+=,.@-)")]
+    InvalidSession {
+        /// `session name` or `source identity`.
+        what: &'static str,
+        /// The value as given.
+        value: String,
     },
     /// The grant would push the minified policy over IAM's size limit.
     #[error(
@@ -180,6 +199,36 @@ impl fmt::Display for Document {
     }
 }
 
+/// Who a grant's sessions must say they are: `sts:SourceIdentity` and
+/// `sts:RoleSessionName` (see [`crate::session`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionTerms {
+    pub session_name: String,
+    pub source_identity: String,
+}
+
+impl SessionTerms {
+    fn validate(&self) -> Result<(), TrustPolicyError> {
+        let ok = |v: &str| {
+            (2..=64).contains(&v.len())
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
+        };
+        for (what, value) in [
+            ("session name", &self.session_name),
+            ("source identity", &self.source_identity),
+        ] {
+            if !ok(value) {
+                return Err(TrustPolicyError::InvalidSession {
+                    what,
+                    value: value.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 /// One statement of ours, as found in a document.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantInfo {
@@ -190,6 +239,9 @@ pub struct GrantInfo {
     pub principal: String,
     /// When AWS stops honouring the statement (`DateLessThan aws:CurrentTime`).
     pub expires_at: Timestamp,
+    /// The session terms the statement requires; `None` for a statement written before
+    /// sessions were named (it is still ours: revoked and swept alike).
+    pub session: Option<SessionTerms>,
 }
 
 /// What [`revoke`] or [`sweep`] did.
@@ -207,15 +259,7 @@ pub struct RevokeReport {
 /// percent-encoding, so `+` is a literal plus), or plain JSON as moto and hand-written
 /// input give it. Input whose first non-blank character is `{` is taken as plain JSON.
 pub fn parse(input: &str) -> Result<Document, TrustPolicyError> {
-    let trimmed = input.trim();
-    let json: Cow<'_, str> = if trimmed.starts_with('{') {
-        Cow::Borrowed(trimmed)
-    } else {
-        percent_decode_str(trimmed)
-            .decode_utf8()
-            .map_err(|_| TrustPolicyError::NotUtf8)?
-    };
-    let Value::Object(root) = serde_json::from_str::<Value>(&json)? else {
+    let Value::Object(root) = decode_json(input)? else {
         return Err(TrustPolicyError::NotAnObject);
     };
     match root.get("Statement") {
@@ -225,6 +269,20 @@ pub fn parse(input: &str) -> Result<Document, TrustPolicyError> {
         Some(_) => return Err(TrustPolicyError::BadStatement),
     }
     Ok(Document { root })
+}
+
+/// Any IAM policy document as IAM returns it (URL-encoded JSON, or plain JSON as moto
+/// gives it), as a JSON value.
+pub fn decode_json(input: &str) -> Result<Value, TrustPolicyError> {
+    let trimmed = input.trim();
+    let json: Cow<'_, str> = if trimmed.starts_with('{') {
+        Cow::Borrowed(trimmed)
+    } else {
+        percent_decode_str(trimmed)
+            .decode_utf8()
+            .map_err(|_| TrustPolicyError::NotUtf8)?
+    };
+    Ok(serde_json::from_str::<Value>(&json)?)
 }
 
 /// Minified JSON for `UpdateAssumeRolePolicy` (the SDK does any encoding the wire needs).
@@ -251,7 +309,10 @@ pub fn sid_for(request_uid: &str) -> Result<String, TrustPolicyError> {
 }
 
 /// Adds the statement for `request_uid`, letting `principal_arn` assume the role until
-/// `expires_at` (truncated to whole seconds, so never later than asked).
+/// `expires_at` (truncated to whole seconds, so never later than asked), and only with
+/// the `session` terms: its source identity set (`sts:SetSourceIdentity` is allowed for
+/// that) and its session name, so every CloudTrail event names the person and the
+/// request, and the request's deny policy can end exactly these sessions.
 ///
 /// A statement of ours with the same `Sid` is replaced in place, so a retried grant is
 /// idempotent and a re-grant moves the expiry. Fails, leaving `doc` as it is, when the
@@ -263,13 +324,15 @@ pub fn grant(
     doc: &Document,
     request_uid: &str,
     principal_arn: &str,
+    session: &SessionTerms,
     expires_at: Timestamp,
     limit: usize,
 ) -> Result<Document, TrustPolicyError> {
     let sid = sid_for(request_uid)?;
     validate_principal(principal_arn)?;
+    session.validate()?;
     let expiry = format_expiry(expires_at)?;
-    let ours = our_statement(&sid, principal_arn, &expiry);
+    let ours = our_statement(&sid, principal_arn, session, &expiry);
 
     let mut statements = Vec::with_capacity(doc.statements().len() + 1);
     let mut placed = false;
@@ -393,7 +456,10 @@ fn statement_sid(statement: &Value) -> Option<&str> {
     statement.get("Sid").and_then(Value::as_str)
 }
 
-/// `Some` only for a statement in exactly the shape [`our_statement`] writes.
+/// `Some` only for a statement in exactly the shape [`our_statement`] writes, or the
+/// shape releases before named sessions wrote (`Action` `sts:AssumeRole` alone, the
+/// expiry alone as `Condition`): those grants are still live after an upgrade and must
+/// still be revoked and swept.
 fn as_ours(statement: &Value) -> Option<GrantInfo> {
     let fields = statement.as_object()?;
     if fields.len() != 5 {
@@ -404,19 +470,47 @@ fn as_ours(statement: &Value) -> Option<GrantInfo> {
     if suffix.is_empty() || !suffix.chars().all(|c| c.is_ascii_alphanumeric()) {
         return None;
     }
-    if fields.get("Effect")?.as_str()? != "Allow" || fields.get("Action")?.as_str()? != ACTION {
+    if fields.get("Effect")?.as_str()? != "Allow" {
         return None;
     }
     let principal = single_entry(fields.get("Principal")?, "AWS")?.as_str()?;
-    let date = single_entry(fields.get("Condition")?, CONDITION_OPERATOR)?;
-    let expires_at = single_entry(date, CONDITION_KEY)?
-        .as_str()?
-        .parse::<Timestamp>()
-        .ok()?;
+    let condition = fields.get("Condition")?.as_object()?;
+    let expiry_of = |date: &Value| {
+        single_entry(date, CONDITION_KEY)?
+            .as_str()?
+            .parse::<Timestamp>()
+            .ok()
+    };
+    let (expires_at, session) = match fields.get("Action")? {
+        Value::String(action) if action == ACTION && condition.len() == 1 => {
+            (expiry_of(condition.get(CONDITION_OPERATOR)?)?, None)
+        }
+        Value::Array(actions)
+            if actions.len() == 2
+                && actions[0].as_str() == Some(ACTION)
+                && actions[1].as_str() == Some(SET_SOURCE_IDENTITY)
+                && condition.len() == 2 =>
+        {
+            let terms = condition.get(SESSION_OPERATOR)?.as_object()?;
+            if terms.len() != 2 {
+                return None;
+            }
+            let session = SessionTerms {
+                session_name: terms.get(SESSION_NAME_KEY)?.as_str()?.to_owned(),
+                source_identity: terms.get(SOURCE_IDENTITY_KEY)?.as_str()?.to_owned(),
+            };
+            (
+                expiry_of(condition.get(CONDITION_OPERATOR)?)?,
+                Some(session),
+            )
+        }
+        _ => return None,
+    };
     Some(GrantInfo {
         sid: sid.to_owned(),
         principal: principal.to_owned(),
         expires_at,
+        session,
     })
 }
 
@@ -430,13 +524,19 @@ fn single_entry<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
     }
 }
 
-fn our_statement(sid: &str, principal_arn: &str, expiry: &str) -> Value {
+fn our_statement(sid: &str, principal_arn: &str, session: &SessionTerms, expiry: &str) -> Value {
     serde_json::json!({
         "Sid": sid,
         "Effect": "Allow",
         "Principal": { "AWS": principal_arn },
-        "Action": ACTION,
-        "Condition": { CONDITION_OPERATOR: { CONDITION_KEY: expiry } },
+        "Action": [ACTION, SET_SOURCE_IDENTITY],
+        "Condition": {
+            CONDITION_OPERATOR: { CONDITION_KEY: expiry },
+            SESSION_OPERATOR: {
+                SOURCE_IDENTITY_KEY: session.source_identity,
+                SESSION_NAME_KEY: session.session_name,
+            },
+        },
     })
 }
 
@@ -502,6 +602,13 @@ mod remove_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn terms(uid: &str) -> SessionTerms {
+        SessionTerms {
+            session_name: format!("ar-{uid}"),
+            source_identity: "alice".to_owned(),
+        }
+    }
     use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
     use proptest::prelude::*;
     use serde_json::json;
@@ -572,7 +679,15 @@ mod tests {
     fn grant_keeps_foreign_statements_and_adds_ours() {
         let doc = base_doc();
         let expiry = ts("2026-11-26T13:00:00Z");
-        let granted = grant(&doc, UID_A, ALICE, expiry, DEFAULT_SIZE_LIMIT).unwrap();
+        let granted = grant(
+            &doc,
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            expiry,
+            DEFAULT_SIZE_LIMIT,
+        )
+        .unwrap();
         let statements = granted.statements();
         assert_eq!(statements.len(), 4);
         assert_eq!(compact(&statements[..3]), compact(&foreign_statements()));
@@ -582,8 +697,14 @@ mod tests {
                 "Sid": "AwsJit0b5f7a4e9c1d4e2b8f3a1d2c3b4a5f6e",
                 "Effect": "Allow",
                 "Principal": {"AWS": ALICE},
-                "Action": "sts:AssumeRole",
-                "Condition": {"DateLessThan": {"aws:CurrentTime": "2026-11-26T13:00:00Z"}}
+                "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
+                "Condition": {
+                    "DateLessThan": {"aws:CurrentTime": "2026-11-26T13:00:00Z"},
+                    "StringEquals": {
+                        "sts:SourceIdentity": "alice",
+                        "sts:RoleSessionName": format!("ar-{UID_A}"),
+                    }
+                }
             })
             .to_string()
         );
@@ -593,6 +714,7 @@ mod tests {
                 sid: "AwsJit0b5f7a4e9c1d4e2b8f3a1d2c3b4a5f6e".into(),
                 principal: ALICE.into(),
                 expires_at: expiry,
+                session: Some(terms(UID_A)),
             }]
         );
         // Top-level keys kept, in order, and the output is minified.
@@ -645,6 +767,7 @@ mod tests {
             &doc,
             UID_A,
             ALICE,
+            &terms(UID_A),
             ts("2026-06-01T00:00:00Z"),
             DEFAULT_SIZE_LIMIT,
         )
@@ -660,16 +783,48 @@ mod tests {
 
     #[test]
     fn regrant_replaces_in_place() {
-        let first = grant(&base_doc(), UID_A, ALICE, ts("2026-06-01T00:00:00Z"), 4096).unwrap();
-        let first = grant(&first, UID_B, ALICE, ts("2026-06-01T00:00:00Z"), 4096).unwrap();
-        let again = grant(&first, UID_A, ALICE, ts("2026-06-01T00:00:00Z"), 4096).unwrap();
+        let first = grant(
+            &base_doc(),
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            ts("2026-06-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
+        let first = grant(
+            &first,
+            UID_B,
+            ALICE,
+            &terms(UID_B),
+            ts("2026-06-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
+        let again = grant(
+            &first,
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            ts("2026-06-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
         assert_eq!(
             to_json(&again),
             to_json(&first),
             "retried grant is idempotent"
         );
 
-        let moved = grant(&first, UID_A, BOB, ts("2026-06-02T00:00:00Z"), 4096).unwrap();
+        let moved = grant(
+            &first,
+            UID_A,
+            BOB,
+            &terms(UID_A),
+            ts("2026-06-02T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
         let listed = grants(&moved);
         assert_eq!(listed.len(), 2);
         assert_eq!(listed[0].principal, BOB);
@@ -682,14 +837,14 @@ mod tests {
     fn size_limit_refused_with_size_and_limit() {
         let doc = base_doc();
         let expiry = ts("2026-06-01T00:00:00Z");
-        let fits = grant(&doc, UID_A, ALICE, expiry, usize::MAX).unwrap();
+        let fits = grant(&doc, UID_A, ALICE, &terms(UID_A), expiry, usize::MAX).unwrap();
         let size = to_json(&fits).chars().count();
         assert!(
-            grant(&doc, UID_A, ALICE, expiry, size).is_ok(),
+            grant(&doc, UID_A, ALICE, &terms(UID_A), expiry, size).is_ok(),
             "limit is inclusive"
         );
 
-        let err = grant(&doc, UID_A, ALICE, expiry, size - 1).unwrap_err();
+        let err = grant(&doc, UID_A, ALICE, &terms(UID_A), expiry, size - 1).unwrap_err();
         assert!(
             matches!(err, TrustPolicyError::TooLarge { size: s, limit } if s == size && limit == size - 1)
         );
@@ -707,16 +862,50 @@ mod tests {
         }))
         .unwrap();
         let doc = parse(&pretty).unwrap();
-        let granted = grant(&doc, UID_A, ALICE, ts("2026-06-01T00:00:00Z"), usize::MAX).unwrap();
+        let granted = grant(
+            &doc,
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            ts("2026-06-01T00:00:00Z"),
+            usize::MAX,
+        )
+        .unwrap();
         let minified = to_json(&granted).chars().count();
-        assert!(grant(&doc, UID_A, ALICE, ts("2026-06-01T00:00:00Z"), minified).is_ok());
+        assert!(
+            grant(
+                &doc,
+                UID_A,
+                ALICE,
+                &terms(UID_A),
+                ts("2026-06-01T00:00:00Z"),
+                minified
+            )
+            .is_ok()
+        );
         assert!(pretty.len() > to_json(&doc).len());
     }
 
     #[test]
     fn revoke_removes_only_ours() {
-        let doc = grant(&base_doc(), UID_A, ALICE, ts("2026-06-01T00:00:00Z"), 4096).unwrap();
-        let doc = grant(&doc, UID_B, BOB, ts("2026-06-01T00:00:00Z"), 4096).unwrap();
+        let doc = grant(
+            &base_doc(),
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            ts("2026-06-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
+        let doc = grant(
+            &doc,
+            UID_B,
+            BOB,
+            &terms(UID_B),
+            ts("2026-06-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
         let (revoked, report) = revoke(&doc, UID_A, ts("2026-05-01T00:00:00Z"));
         assert_eq!(report.removed.len(), 1);
         assert_eq!(report.removed[0].sid, sid_for(UID_A).unwrap());
@@ -728,9 +917,25 @@ mod tests {
     #[test]
     fn sweep_removes_expired_of_ours_and_keeps_live_ones() {
         let now = ts("2026-06-01T12:00:00Z");
-        let doc = grant(&base_doc(), UID_A, ALICE, ts("2026-06-01T11:00:00Z"), 4096).unwrap();
-        let doc = grant(&doc, UID_B, BOB, now, 4096).unwrap(); // expiring exactly now
-        let doc = grant(&doc, UID_C, ALICE, ts("2026-06-01T13:00:00Z"), 4096).unwrap();
+        let doc = grant(
+            &base_doc(),
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            ts("2026-06-01T11:00:00Z"),
+            4096,
+        )
+        .unwrap();
+        let doc = grant(&doc, UID_B, BOB, &terms(UID_B), now, 4096).unwrap(); // expiring exactly now
+        let doc = grant(
+            &doc,
+            UID_C,
+            ALICE,
+            &terms(UID_C),
+            ts("2026-06-01T13:00:00Z"),
+            4096,
+        )
+        .unwrap();
         let (swept, report) = revoke(&doc, "11111111-2222-4333-8444-555566667777", now);
         let removed: Vec<_> = report.removed.iter().map(|g| g.sid.clone()).collect();
         assert_eq!(
@@ -746,8 +951,24 @@ mod tests {
     #[test]
     fn revoke_is_idempotent_and_identity_when_never_granted() {
         let now = ts("2026-05-01T00:00:00Z");
-        let doc = grant(&base_doc(), UID_A, ALICE, ts("2026-06-01T00:00:00Z"), 4096).unwrap();
-        let doc = grant(&doc, UID_B, BOB, ts("2026-06-01T00:00:00Z"), 4096).unwrap();
+        let doc = grant(
+            &base_doc(),
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            ts("2026-06-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
+        let doc = grant(
+            &doc,
+            UID_B,
+            BOB,
+            &terms(UID_B),
+            ts("2026-06-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
         let (once, _) = revoke(&doc, UID_A, now);
         let (twice, report) = revoke(&once, UID_A, now);
         assert_eq!(to_json(&twice), to_json(&once));
@@ -783,26 +1004,98 @@ mod tests {
         assert_eq!(report.lookalikes.len(), 4);
         assert_eq!(to_json(&after), to_json(&doc));
 
-        let err = grant(&doc, UID_A, ALICE, ts("2031-01-01T00:00:00Z"), 4096).unwrap_err();
+        let err = grant(
+            &doc,
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            ts("2031-01-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap_err();
         assert!(matches!(err, TrustPolicyError::SidConflict { sid: s } if s == sid));
     }
 
     #[test]
     fn duplicate_statements_of_ours_collapse_on_grant() {
         let sid = sid_for(UID_A).unwrap();
-        let stale = our_statement(&sid, ALICE, "2026-01-01T00:00:00Z");
+        let stale = our_statement(&sid, ALICE, &terms(UID_A), "2026-01-01T00:00:00Z");
         let ec2 = foreign_statements()[0].clone();
         let doc = parse(&json!({"Statement": [stale.clone(), ec2, stale]}).to_string()).unwrap();
-        let granted = grant(&doc, UID_A, BOB, ts("2026-02-01T00:00:00Z"), 4096).unwrap();
+        let granted = grant(
+            &doc,
+            UID_A,
+            BOB,
+            &terms(UID_A),
+            ts("2026-02-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
         assert_eq!(granted.statements().len(), 2);
         assert_eq!(grants(&granted)[0].principal, BOB);
         assert_eq!(granted.statements()[1], foreign_statements()[0]);
     }
 
     #[test]
+    fn statements_of_releases_before_named_sessions_are_still_ours() {
+        let sid = sid_for(UID_A).unwrap();
+        let old = json!({
+            "Sid": sid, "Effect": "Allow", "Principal": {"AWS": ALICE},
+            "Action": "sts:AssumeRole",
+            "Condition": {"DateLessThan": {"aws:CurrentTime": "2026-06-01T00:00:00Z"}}
+        });
+        let doc = parse(&json!({"Statement": [old, foreign_statements()[0].clone()]}).to_string())
+            .unwrap();
+        let found = grants(&doc);
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].session, None);
+        let (revoked, report) = revoke(&doc, UID_A, ts("2026-01-01T00:00:00Z"));
+        assert_eq!(report.removed.len(), 1);
+        assert_eq!(revoked.statements(), &foreign_statements()[..1]);
+        let (swept, report) = sweep(&doc, ts("2026-06-01T00:00:00Z"));
+        assert_eq!(
+            report.removed.len(),
+            1,
+            "an expired old-shape grant is swept"
+        );
+        assert_eq!(swept.statements().len(), 1);
+    }
+
+    #[test]
+    fn session_terms_must_be_sts_values() {
+        for (name, identity) in [("a", "alice"), ("ar-x", "a:b"), ("ar x", "alice")] {
+            let bad = SessionTerms {
+                session_name: name.into(),
+                source_identity: identity.into(),
+            };
+            let err = grant(
+                &base_doc(),
+                UID_A,
+                ALICE,
+                &bad,
+                ts("2026-06-01T00:00:00Z"),
+                4096,
+            )
+            .unwrap_err();
+            assert!(
+                matches!(err, TrustPolicyError::InvalidSession { .. }),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
     fn empty_statement_list_after_revoke_is_kept_as_empty_array() {
         let doc = parse(r#"{"Version":"2012-10-17","Statement":[]}"#).unwrap();
-        let granted = grant(&doc, UID_A, ALICE, ts("2026-06-01T00:00:00Z"), 4096).unwrap();
+        let granted = grant(
+            &doc,
+            UID_A,
+            ALICE,
+            &terms(UID_A),
+            ts("2026-06-01T00:00:00Z"),
+            4096,
+        )
+        .unwrap();
         let (revoked, report) = revoke(&granted, UID_A, ts("2026-01-01T00:00:00Z"));
         assert_eq!(report.removed.len(), 1);
         assert_eq!(
@@ -814,13 +1107,20 @@ mod tests {
     #[test]
     fn expiry_is_whole_seconds_utc_rounded_down() {
         let expiry = ts("2026-11-26T13:00:00.999999999Z");
-        let granted = grant(&base_doc(), UID_A, ALICE, expiry, 4096).unwrap();
+        let granted = grant(&base_doc(), UID_A, ALICE, &terms(UID_A), expiry, 4096).unwrap();
         assert!(to_json(&granted).contains(r#""aws:CurrentTime":"2026-11-26T13:00:00Z""#));
         let offset = ts("2026-11-26T14:00:00+01:00");
-        let granted = grant(&base_doc(), UID_A, ALICE, offset, 4096).unwrap();
+        let granted = grant(&base_doc(), UID_A, ALICE, &terms(UID_A), offset, 4096).unwrap();
         assert!(to_json(&granted).contains(r#""aws:CurrentTime":"2026-11-26T13:00:00Z""#));
         assert!(matches!(
-            grant(&base_doc(), UID_A, ALICE, ts("1969-12-31T23:59:59Z"), 4096),
+            grant(
+                &base_doc(),
+                UID_A,
+                ALICE,
+                &terms(UID_A),
+                ts("1969-12-31T23:59:59Z"),
+                4096
+            ),
             Err(TrustPolicyError::InvalidExpiry { .. })
         ));
     }
@@ -837,7 +1137,7 @@ mod tests {
             "ünïcode",
             "a".repeat(65).as_str(),
         ] {
-            let err = grant(&base_doc(), uid, ALICE, expiry, 4096).unwrap_err();
+            let err = grant(&base_doc(), uid, ALICE, &terms(uid), expiry, 4096).unwrap_err();
             assert!(
                 matches!(err, TrustPolicyError::InvalidRequestUid { .. }),
                 "{uid:?}: {err}"
@@ -845,7 +1145,7 @@ mod tests {
         }
         assert_eq!(sid_for("a-b-c").unwrap(), "AwsJitabc");
         // A malformed UID cannot name a statement of ours: revoke only sweeps.
-        let doc = grant(&base_doc(), UID_A, ALICE, expiry, 4096).unwrap();
+        let doc = grant(&base_doc(), UID_A, ALICE, &terms(UID_A), expiry, 4096).unwrap();
         let (same, report) = revoke(&doc, "", ts("2026-01-01T00:00:00Z"));
         assert!(report.removed.is_empty());
         assert_eq!(same, doc);
@@ -872,7 +1172,7 @@ mod tests {
             "arn:aws:iam::123456789012:user/al ice",
             "arn:aws:iam::123456789012:user/alice\"",
         ] {
-            let err = grant(&base_doc(), UID_A, arn, expiry, 4096).unwrap_err();
+            let err = grant(&base_doc(), UID_A, arn, &terms(UID_A), expiry, 4096).unwrap_err();
             assert!(
                 matches!(err, TrustPolicyError::InvalidPrincipal { .. }),
                 "{arn:?}: {err}"
@@ -886,7 +1186,7 @@ mod tests {
             "arn:aws:iam::123456789012:user/first.last+tag=x,y@corp",
         ] {
             assert!(
-                grant(&base_doc(), UID_A, arn, expiry, 4096).is_ok(),
+                grant(&base_doc(), UID_A, arn, &terms(UID_A), expiry, 4096).is_ok(),
                 "{arn}"
             );
         }
@@ -1017,9 +1317,9 @@ mod tests {
     /// Our shape with one mutation, under a Sid no generated UID (lowercase hex) can
     /// produce. Expired, so a sweep would remove it if it wrongly counted as ours.
     fn arb_lookalike() -> impl Strategy<Value = Value> {
-        ("[A-Z]{4}", 0..6usize).prop_map(|(suffix, mutation)| {
+        ("[A-Z]{4}", 0..8usize).prop_map(|(suffix, mutation)| {
             let sid = format!("{SID_PREFIX}{suffix}");
-            let mut statement = our_statement(&sid, ALICE, "2000-01-01T00:00:00Z");
+            let mut statement = our_statement(&sid, ALICE, &terms("x"), "2000-01-01T00:00:00Z");
             let Value::Object(fields) = &mut statement else {
                 unreachable!()
             };
@@ -1038,6 +1338,19 @@ mod tests {
                 }
                 4 => {
                     fields.shift_remove("Condition");
+                }
+                5 => {
+                    // No session-name term: any session name would do.
+                    if let Some(terms) = fields
+                        .get_mut("Condition")
+                        .and_then(|c| c.get_mut("StringEquals"))
+                        .and_then(Value::as_object_mut)
+                    {
+                        terms.shift_remove("sts:RoleSessionName");
+                    }
+                }
+                6 => {
+                    fields.insert("Action".into(), json!(["sts:AssumeRole", "sts:TagSession"]));
                 }
                 _ => {
                     fields.insert(
@@ -1088,7 +1401,7 @@ mod tests {
         grants
             .iter()
             .fold(doc.clone(), |doc, (uid, principal, expiry)| {
-                grant(&doc, uid, principal, *expiry, usize::MAX).unwrap()
+                grant(&doc, uid, principal, &terms(uid), *expiry, usize::MAX).unwrap()
             })
     }
 
@@ -1109,7 +1422,7 @@ mod tests {
         ) {
             prop_assume!(!existing.iter().any(|(u, _, _)| *u == uid));
             let base = grant_all(&doc_from(&others, single), &existing);
-            let granted = grant(&base, &uid, &principal, expiry, usize::MAX).unwrap();
+            let granted = grant(&base, &uid, &principal, &terms(&uid), expiry, usize::MAX).unwrap();
             prop_assert_eq!(grants(&granted).len(), existing.len() + 1);
             // Before every expiry, so only the named grant goes.
             let (revoked, report) = revoke(&granted, &uid, Timestamp::UNIX_EPOCH);

@@ -175,6 +175,21 @@ pub enum WorkerError {
         sid: String,
         expired_at: String,
     },
+    #[error("the approved expiry {expires_at} cannot be granted: {why}")]
+    BadExpiry { expires_at: String, why: String },
+    #[error(
+        "the sessions' deny policy {policy} is not in place on role {role} as the state \
+         machine writes it ({found}); nothing is granted without it"
+    )]
+    NoSessionDeny {
+        role: String,
+        policy: String,
+        found: String,
+    },
+    #[error("the grant task is over (timed out or its execution ended); nothing was written")]
+    TaskOver,
+    #[error("Step Functions: {0}")]
+    Sfn(#[from] crate::sfn::SfnError),
     #[error("the work item is malformed: {reason}")]
     MalformedTask { reason: String },
     /// Kubernetes does not back the grant (or cannot be asked yet).
@@ -191,6 +206,7 @@ impl WorkerError {
             WorkerError::Iam { transient, .. } => *transient,
             WorkerError::Sqs { .. } => true,
             WorkerError::NotAuthorized(e) => e.is_transient(),
+            WorkerError::Sfn(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -590,7 +606,7 @@ impl Worker {
                     task_token,
                     execution_arn,
                     input,
-                    ..
+                    approval,
                 } => {
                     // Kubernetes says what may be granted; the message only says which
                     // request. A refusal grants nothing and fails the task.
@@ -599,9 +615,19 @@ impl Worker {
                         .grant(queue::WORK, &execution_arn, &input)
                         .await
                     {
-                        Ok(planned) => self.grant(&planned).await.map(Answer::Granted),
+                        Ok(planned) => self
+                            .grant(&planned, &approval, &task_token)
+                            .await
+                            .map(Answer::Granted),
                         Err(refused) => Err(WorkerError::from(refused)),
                     };
+                    if let Err(WorkerError::TaskOver) = &result {
+                        info!("the grant task was over before anything was written");
+                        return Outcome::Answered {
+                            answer: failure(errors::GRANT_FAILED, &WorkerError::TaskOver),
+                            delivery: TaskAnswer::AlreadyOver,
+                        };
+                    }
                     let outcome = self
                         .answer(&task_token, self.settle(result, errors::GRANT_FAILED))
                         .await;
@@ -722,13 +748,23 @@ impl Worker {
         }
     }
 
-    async fn grant(&self, input: &ExecutionInput) -> Result<GrantOutput, WorkerError> {
+    async fn grant(
+        &self,
+        input: &ExecutionInput,
+        approval: &Value,
+        task_token: &str,
+    ) -> Result<GrantOutput, WorkerError> {
         if input.method != "TrustPolicy" {
             return Err(WorkerError::WrongMethod {
                 method: input.method.clone(),
             });
         }
+        let approved_until = approved_until(approval)?;
         let role = role_name(&input.role_arn)?;
+        let session = trust_policy::SessionTerms {
+            session_name: input.session_name.clone(),
+            source_identity: input.source_identity.clone(),
+        };
         let lock = self.lock(&role);
         let _edit = lock.lock().await;
         let now = Timestamp::now();
@@ -738,10 +774,22 @@ impl Worker {
             &role,
             &input.request.uid,
             &input.requester_arn,
+            &session,
+            Some(approved_until),
             input.duration_seconds,
             now,
             self.size_limit,
         )?;
+        if plan.document.is_some() {
+            // Nothing is granted unless the deny that ends its sessions is in place,
+            // with this grant's expiry; and only while the task still waits (a grant
+            // written after its task timed out would be nobody's to revoke).
+            self.check_session_deny(&role, input, &plan.output.expires_at)
+                .await?;
+            if self.sfn.heartbeat(task_token).await? == TaskAnswer::AlreadyOver {
+                return Err(WorkerError::TaskOver);
+            }
+        }
         for sid in &plan.lookalikes {
             warn!(
                 %role,
@@ -770,6 +818,119 @@ impl Worker {
         }
         self.faults.point(faults::points::AFTER_GRANT).await;
         Ok(plan.output)
+    }
+
+    /// The request's deny policy on the role must be exactly the state machine's
+    /// "deny after the expiry" for this grant ([`crate::session::deny_document`]).
+    async fn check_session_deny(
+        &self,
+        role: &str,
+        input: &ExecutionInput,
+        expires_at: &str,
+    ) -> Result<(), WorkerError> {
+        let missing = |found: &str| WorkerError::NoSessionDeny {
+            role: role.to_owned(),
+            policy: input.session_policy_name.clone(),
+            found: found.to_owned(),
+        };
+        if input.session_policy_name.is_empty() || input.session_name.is_empty() {
+            return Err(missing("the execution names no deny policy"));
+        }
+        let out = match self
+            .iam
+            .get_role_policy()
+            .role_name(role)
+            .policy_name(&input.session_policy_name)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(err) => {
+                return match WorkerError::iam("iam:GetRolePolicy", role, &err) {
+                    // NoSuchEntity names the policy here, not the role.
+                    WorkerError::RoleNotFound { .. } => Err(missing("no such policy")),
+                    other => Err(other),
+                };
+            }
+        };
+        match crate::session::deny_state(out.policy_document(), &input.session_name, expires_at) {
+            crate::session::DenyState::Expiring => Ok(()),
+            crate::session::DenyState::Revoked => Err(missing("already tightened: revoked")),
+            crate::session::DenyState::Other => Err(missing("another document")),
+        }
+    }
+
+    /// Ends a grant now, whatever became of its execution: the sessions' deny is
+    /// tightened to "deny now" (so live sessions end), the trust statement goes, and the
+    /// session cleanup is started (it removes the deny once no session can be alive).
+    /// Idempotent; for the controller when an execution ended without revoking.
+    pub async fn end_access(
+        &self,
+        input: &ExecutionInput,
+        expires_at: &str,
+        cleanup: &CleanupTarget,
+    ) -> Result<RevokeOutput, WorkerError> {
+        let role = role_name(&input.role_arn)?;
+        let session_name = if input.session_name.is_empty() {
+            crate::session::session_name(&input.request.uid).map_err(|e| {
+                WorkerError::MalformedTask {
+                    reason: e.to_string(),
+                }
+            })?
+        } else {
+            input.session_name.clone()
+        };
+        let policy = crate::session::policy_name(&input.request.uid);
+        let document = crate::session::deny_document(&session_name, expires_at, true);
+        match self
+            .iam
+            .put_role_policy()
+            .role_name(&role)
+            .policy_name(&policy)
+            .policy_document(document.to_string())
+            .send()
+            .await
+        {
+            Ok(_) => {
+                info!(%role, %policy, "sessions' deny tightened: the grant's sessions end now")
+            }
+            Err(err) => match WorkerError::iam("iam:PutRolePolicy", &role, &err) {
+                WorkerError::RoleNotFound { .. } => {
+                    info!(%role, "the role does not exist (any more): no session can use it");
+                }
+                other => return Err(other),
+            },
+        }
+        let revoked = self.revoke(input).await?;
+        let max_session_seconds = self.max_session_seconds(&role).await?;
+        self.sfn
+            .start_cleanup(
+                &cleanup.state_machine_arn,
+                &crate::sfn::execution_name(&input.request.uid),
+                &serde_json::json!({
+                    "role_name": role,
+                    "session_policy_name": policy,
+                    "session_name": session_name,
+                    "expires_at": expires_at,
+                    "max_session_seconds": max_session_seconds,
+                }),
+            )
+            .await?;
+        Ok(revoked)
+    }
+
+    /// The role's `MaxSessionDuration` (IAM's default, 3600, for a role that is gone).
+    async fn max_session_seconds(&self, role: &str) -> Result<i32, WorkerError> {
+        match self.iam.get_role().role_name(role).send().await {
+            Ok(out) => Ok(out
+                .role()
+                .and_then(|r| r.max_session_duration())
+                .unwrap_or(3600)),
+            Err(err) => match WorkerError::iam("iam:GetRole", role, &err) {
+                WorkerError::RoleNotFound { .. } => Ok(3600),
+                other => Err(other),
+            },
+        }
     }
 
     async fn revoke(&self, input: &ExecutionInput) -> Result<RevokeOutput, WorkerError> {
@@ -1032,6 +1193,26 @@ impl Worker {
     }
 }
 
+/// The expiry the approval fixed (`approval.expires_at` of the grant item).
+fn approved_until(approval: &Value) -> Result<Timestamp, WorkerError> {
+    let text = approval
+        .get("expires_at")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    text.parse::<Timestamp>()
+        .map_err(|_| WorkerError::BadExpiry {
+            expires_at: text.to_owned(),
+            why: "the approval carries no expiry (an execution of an older definition?)".into(),
+        })
+}
+
+/// Where the operator starts a grant's session cleanup itself (template output
+/// `CleanupStateMachineArn`).
+#[derive(Clone, Debug)]
+pub struct CleanupTarget {
+    pub state_machine_arn: String,
+}
+
 /// The name of the role an IAM role ARN names: the last path segment after `role/`
 /// (`arn:aws:iam::123456789012:role/jit/admin` → `admin`).
 pub fn role_name(role_arn: &str) -> Result<String, WorkerError> {
@@ -1057,11 +1238,14 @@ pub struct GrantPlan {
 
 /// The grant for `request_uid`, decided on `document` at `now` (pure; see the module's
 /// notes on idempotency). `role` only names the role in errors.
+#[allow(clippy::too_many_arguments)]
 pub fn plan_grant(
     document: &Document,
     role: &str,
     request_uid: &str,
     principal_arn: &str,
+    session: &trust_policy::SessionTerms,
+    approved_until: Option<Timestamp>,
     duration_seconds: u64,
     now: Timestamp,
     size_limit: usize,
@@ -1121,15 +1305,34 @@ pub fn plan_grant(
     }
 
     let granted_at = whole_seconds(now);
-    let expires_at = granted_at
+    let latest = granted_at
         .checked_add(duration)
         .map_err(|_| WorkerError::BadDuration {
             seconds: duration_seconds,
         })?;
+    // The approval fixed the window (and the sessions' deny ends at that instant); it
+    // can only be shorter than what Kubernetes allows from now, never longer.
+    let expires_at = match approved_until {
+        None => latest,
+        Some(until) if until > latest => {
+            return Err(WorkerError::BadExpiry {
+                expires_at: until.to_string(),
+                why: format!("later than now + the request's duration ({latest})"),
+            });
+        }
+        Some(until) if until <= now => {
+            return Err(WorkerError::BadExpiry {
+                expires_at: until.to_string(),
+                why: "already past: the grant came after the approved window".into(),
+            });
+        }
+        Some(until) => whole_seconds(until),
+    };
     let granted = trust_policy::grant(
         &swept_document,
         request_uid,
         principal_arn,
+        session,
         expires_at,
         size_limit,
     )
@@ -1391,6 +1594,83 @@ mod tests {
         .unwrap()
     }
 
+    fn terms() -> trust_policy::SessionTerms {
+        trust_policy::SessionTerms {
+            session_name: format!("ar-{UID}"),
+            source_identity: "alice".into(),
+        }
+    }
+
+    #[test]
+    fn the_approved_expiry_bounds_the_grant_and_can_only_shorten_it() {
+        let now = ts("2026-03-01T10:00:30Z");
+        let approved = ts("2026-03-01T11:00:00Z");
+        let plan = plan_grant(
+            &base(),
+            "admin",
+            UID,
+            ALICE,
+            &terms(),
+            Some(approved),
+            3600,
+            now,
+            2048,
+        )
+        .unwrap();
+        assert_eq!(plan.output.expires_at, "2026-03-01T11:00:00Z");
+        assert_eq!(plan.output.granted_at, "2026-03-01T10:00:30Z");
+        let ours = trust_policy::grants(&plan.document.unwrap());
+        assert_eq!(ours[0].expires_at, approved);
+        assert_eq!(ours[0].session, Some(terms()));
+        // An expiry later than Kubernetes allows from now is refused, not granted.
+        let err = plan_grant(
+            &base(),
+            "admin",
+            UID,
+            ALICE,
+            &terms(),
+            Some(ts("2026-03-01T11:00:31Z")),
+            3600,
+            now,
+            2048,
+        )
+        .unwrap_err();
+        assert!(matches!(err, WorkerError::BadExpiry { .. }), "{err}");
+        // A grant that comes after its window: nothing.
+        let err = plan_grant(
+            &base(),
+            "admin",
+            UID,
+            ALICE,
+            &terms(),
+            Some(ts("2026-03-01T10:00:30Z")),
+            3600,
+            now,
+            2048,
+        )
+        .unwrap_err();
+        assert!(matches!(err, WorkerError::BadExpiry { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_approved_expiry_comes_from_the_approval_output() {
+        assert_eq!(
+            approved_until(&json!({"expires_at": "2026-03-01T11:00:00Z"})).unwrap(),
+            ts("2026-03-01T11:00:00Z")
+        );
+        for bad in [
+            json!({}),
+            json!({"expires_at": "soon"}),
+            json!(null),
+            json!({"expires_at": 5}),
+        ] {
+            assert!(
+                matches!(approved_until(&bad), Err(WorkerError::BadExpiry { .. })),
+                "{bad}"
+            );
+        }
+    }
+
     fn input(body: Value) -> Value {
         json!({
             "type": "grant", "task_token": "tok", "execution_arn": "arn:x",
@@ -1457,7 +1737,18 @@ mod tests {
     #[test]
     fn a_grant_adds_a_statement_expiring_after_the_duration() {
         let now = ts("2026-03-01T10:00:00.75Z");
-        let plan = plan_grant(&base(), "admin", UID, ALICE, 3600, now, 2048).unwrap();
+        let plan = plan_grant(
+            &base(),
+            "admin",
+            UID,
+            ALICE,
+            &terms(),
+            None,
+            3600,
+            now,
+            2048,
+        )
+        .unwrap();
         assert_eq!(
             plan.output,
             GrantOutput {
@@ -1477,11 +1768,33 @@ mod tests {
     #[test]
     fn a_redelivered_grant_keeps_the_first_expiry() {
         let first = ts("2026-03-01T10:00:00Z");
-        let plan = plan_grant(&base(), "admin", UID, ALICE, 600, first, 2048).unwrap();
+        let plan = plan_grant(
+            &base(),
+            "admin",
+            UID,
+            ALICE,
+            &terms(),
+            None,
+            600,
+            first,
+            2048,
+        )
+        .unwrap();
         let doc = plan.document.unwrap();
         // Seconds or minutes later, the same item again: same answer, nothing written.
         for later in ["2026-03-01T10:00:01Z", "2026-03-01T10:09:59.9Z"] {
-            let again = plan_grant(&doc, "admin", UID, ALICE, 600, ts(later), 2048).unwrap();
+            let again = plan_grant(
+                &doc,
+                "admin",
+                UID,
+                ALICE,
+                &terms(),
+                None,
+                600,
+                ts(later),
+                2048,
+            )
+            .unwrap();
             assert_eq!(again.document, None, "{later}");
             assert_eq!(again.output, plan.output, "{later}");
         }
@@ -1491,6 +1804,8 @@ mod tests {
             "admin",
             UID,
             ALICE,
+            &terms(),
+            None,
             600,
             ts("2026-03-01T10:10:00Z"),
             2048,
@@ -1499,7 +1814,8 @@ mod tests {
         assert!(matches!(err, WorkerError::AlreadyExpired { .. }), "{err}");
         assert!(err.to_string().contains("2026-03-01T10:10:00Z"), "{err}");
         // Another principal under this request's Sid: refused, not rewritten.
-        let err = plan_grant(&doc, "admin", UID, BOB, 600, first, 2048).unwrap_err();
+        let err =
+            plan_grant(&doc, "admin", UID, BOB, &terms(), None, 600, first, 2048).unwrap_err();
         assert!(
             matches!(err, WorkerError::PrincipalMismatch { .. }),
             "{err}"
@@ -1509,12 +1825,22 @@ mod tests {
     #[test]
     fn a_grant_sweeps_expired_statements_first() {
         let t0 = ts("2026-03-01T10:00:00Z");
-        let old = plan_grant(&base(), "admin", OTHER_UID, BOB, 60, t0, 4096)
-            .unwrap()
-            .document
-            .unwrap();
+        let old = plan_grant(
+            &base(),
+            "admin",
+            OTHER_UID,
+            BOB,
+            &terms(),
+            None,
+            60,
+            t0,
+            4096,
+        )
+        .unwrap()
+        .document
+        .unwrap();
         let later = ts("2026-03-01T10:01:00Z");
-        let plan = plan_grant(&old, "admin", UID, ALICE, 60, later, 4096).unwrap();
+        let plan = plan_grant(&old, "admin", UID, ALICE, &terms(), None, 60, later, 4096).unwrap();
         assert_eq!(
             plan.swept,
             vec!["AwsJit7d1e2f3a4b5c4d6e8f708192a3b4c5d6".to_owned()]
@@ -1532,6 +1858,8 @@ mod tests {
             "admin",
             UID,
             ALICE,
+            &terms(),
+            None,
             60,
             Timestamp::now(),
             size + 10,
@@ -1561,7 +1889,17 @@ mod tests {
             (UID, ALICE, u64::MAX),
             (UID, ALICE, 1 << 40),
         ] {
-            let err = plan_grant(&base(), "admin", uid, principal, duration, now, 4096);
+            let err = plan_grant(
+                &base(),
+                "admin",
+                uid,
+                principal,
+                &terms(),
+                None,
+                duration,
+                now,
+                4096,
+            );
             assert!(err.is_err(), "{uid} {principal} {duration}");
         }
     }
@@ -1569,11 +1907,21 @@ mod tests {
     #[test]
     fn a_revoke_removes_the_request_and_sweeps_the_expired() {
         let t0 = ts("2026-03-01T10:00:00Z");
-        let doc = plan_grant(&base(), "admin", OTHER_UID, BOB, 60, t0, 4096)
-            .unwrap()
-            .document
-            .unwrap();
-        let doc = plan_grant(&doc, "admin", UID, ALICE, 3600, t0, 4096)
+        let doc = plan_grant(
+            &base(),
+            "admin",
+            OTHER_UID,
+            BOB,
+            &terms(),
+            None,
+            60,
+            t0,
+            4096,
+        )
+        .unwrap()
+        .document
+        .unwrap();
+        let doc = plan_grant(&doc, "admin", UID, ALICE, &terms(), None, 3600, t0, 4096)
             .unwrap()
             .document
             .unwrap();
