@@ -55,6 +55,9 @@ pub enum Error {
     /// Deletion waits for the execution to revoke; not a failure.
     #[error("waiting: {0}")]
     Waiting(String),
+    /// The controller could not end a grant its execution left (retried until done).
+    #[error("cannot end access: {0}")]
+    Revoke(String),
 }
 
 impl Error {
@@ -66,6 +69,7 @@ impl Error {
             Error::Encode(_) => "encode",
             Error::Incomplete(_) => "incomplete",
             Error::Waiting(_) => "waiting",
+            Error::Revoke(_) => "revoke",
         }
     }
 }
@@ -87,6 +91,17 @@ pub struct Guard {
     pub scope: crate::decide::Scope,
     /// Security findings for Slack.
     pub alerts: crate::alerts::SecurityAlerts,
+    /// Ends a grant when its execution ended without revoking (None: such a request
+    /// stays loud until an operator with IAM rights runs).
+    pub revoker: Option<Revoker>,
+}
+
+/// What the controller ends access with when the execution cannot: the trust-policy
+/// worker (under the role's lock) and the session cleanup it starts.
+#[derive(Clone, Debug)]
+pub struct Revoker {
+    pub worker: crate::worker::Worker,
+    pub cleanup: crate::worker::CleanupTarget,
 }
 
 /// Shared by every reconcile.
@@ -97,6 +112,7 @@ pub struct Context {
     pub scope: crate::decide::Scope,
     /// Security findings for Slack.
     pub alerts: crate::alerts::SecurityAlerts,
+    pub revoker: Option<Revoker>,
     pub tokens: TokenStore,
     pub recorder: Recorder,
     pub roles: Api<AccessRole>,
@@ -130,6 +146,7 @@ pub async fn run(
         sfn,
         scope: guard.scope,
         alerts: guard.alerts,
+        revoker: guard.revoker,
         tokens: TokenStore::new(client.clone(), &settings.operator_namespace),
         recorder: Recorder::new(
             client.clone(),
@@ -475,8 +492,19 @@ async fn apply(
         };
     };
 
-    // 2. Ended: the execution's outcome is the request's final phase.
+    // 2. Ended: the execution's outcome is the request's final phase. An execution that
+    // ended outside its flow (stopped, timed out, failed) after approval may have left a
+    // grant: it is ended here first, and retried until it is.
     let state = ctx.sfn.describe(&execution_arn).await?;
+    if !matches!(state, ExecutionState::Running) {
+        let tokens = ctx.tokens.get(&uid).await?;
+        let approved = tokens.get(keys::APPROVAL_ANSWER) == Some("approved");
+        if decide::needs_operator_revoke(&state, &status, approved) {
+            operator_revoke(request, ctx, api, &execution_arn, &state, &tokens).await?;
+            ctx.tokens.delete(&uid).await?;
+            return Ok(Action::await_change());
+        }
+    }
     if let Some((phase, mut message)) = decide::phase_of(&state) {
         // Who denied, from our own record when the execution kept no cause.
         if phase == Phase::Denied && !message.starts_with("denied by") {
@@ -584,6 +612,16 @@ async fn apply(
         let mut update = status_update().phase(Phase::Active, message);
         update.status.granted_at = granted_at;
         update.status.expires_at = expires_at.clone();
+        if update.status.access.is_none() {
+            let role = ctx
+                .roles
+                .get_opt(&request.spec.role)
+                .await
+                .map_err(Error::Kube)?;
+            update.status.access = decide::plan_in(request, role.as_ref(), &ctx.scope)
+                .ok()
+                .map(|input| decide::access_instructions(&input));
+        }
         update.apply(api).await?;
         // While access is held nothing changes in the execution until the expiry, except
         // through this controller (revoke action, deletion): look again at the expiry
@@ -896,6 +934,119 @@ async fn answer_approval(
     Ok(())
 }
 
+/// Ends a grant whose execution ended without revoking it: tightens the sessions' deny
+/// (live sessions end), removes the trust statement, starts the session cleanup. Until
+/// that succeeds the request says so loudly (condition `Revoked` False `RevokeFailing`,
+/// a Warning Event, a security alert for Slack, `aws_jit_revoke_failures_total`) and the
+/// error requeues it; once it has, the phase says what happened.
+async fn operator_revoke(
+    request: &AccessRequest,
+    ctx: &Context,
+    api: &Api<AccessRequest>,
+    execution_arn: &str,
+    state: &ExecutionState,
+    tokens: &tokens::Tokens,
+) -> Result<(), Error> {
+    let status = request.status.clone().unwrap_or_default();
+    let result = match &ctx.revoker {
+        None => Err("this controller runs without IAM access (no revoker)".to_owned()),
+        Some(revoker) => match ctx.sfn.input_of(execution_arn).await {
+            Err(e) => Err(format!("cannot read the execution's input: {e}")),
+            Ok(input) => {
+                // The grant's own expiry if it was made, else the one the approval
+                // fixed, else the latest one it could have had.
+                let expires_at = status
+                    .expires_at
+                    .as_ref()
+                    .map(|t| decide::expiry_after(t.0, 0))
+                    .or_else(|| tokens.get(keys::APPROVED_UNTIL).map(str::to_owned))
+                    .unwrap_or_else(|| {
+                        decide::expiry_after(jiff::Timestamp::now(), input.duration_seconds)
+                    });
+                revoker
+                    .worker
+                    .end_access(&input, &expires_at, &revoker.cleanup)
+                    .await
+                    .map(|out| (out, expires_at))
+                    .map_err(|e| e.to_string())
+            }
+        },
+    };
+    let generation = request.metadata.generation;
+    match result {
+        Ok((out, expires_at)) => {
+            let at = decide::expiry_after(jiff::Timestamp::now(), 0);
+            let expired = expires_at.as_str() <= at.as_str();
+            let (phase, message) = decide::after_operator_revoke(state, expired, &at);
+            info!(removed = ?out.removed, "ended a grant its execution left: {message}");
+            let mut update = StatusUpdate::from(request).phase(phase, message.clone());
+            update.status.revoked_at.get_or_insert_with(now);
+            decide::set_condition(
+                &mut update.status.conditions,
+                decide::REVOKED_CONDITION,
+                true,
+                "RevokedByOperator",
+                &message,
+                generation,
+                &now(),
+            );
+            update.apply(api).await?;
+            event(
+                ctx,
+                request,
+                EventType::Normal,
+                "RevokedByOperator",
+                "Revoke",
+                message,
+            )
+            .await;
+            Ok(())
+        }
+        Err(why) => {
+            ctx.metrics.revoke_failure();
+            let message = format!(
+                "the execution ended without revoking and the operator cannot end access yet \
+                 (retrying): {why}"
+            );
+            warn!(%why, "cannot end a grant its execution left; retrying");
+            let phase = status.phase.unwrap_or(Phase::Active);
+            let mut update = StatusUpdate::from(request).phase(phase, message.clone());
+            decide::set_condition(
+                &mut update.status.conditions,
+                decide::REVOKED_CONDITION,
+                false,
+                "RevokeFailing",
+                &message,
+                generation,
+                &now(),
+            );
+            if let Err(e) = update.apply(api).await {
+                warn!(error = %e, "cannot record the failing revoke in status");
+            }
+            event(
+                ctx,
+                request,
+                EventType::Warning,
+                "RevokeFailing",
+                "Revoke",
+                message.clone(),
+            )
+            .await;
+            // Slack hears it once per failing streak, not every retry.
+            let already_failing = status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == decide::REVOKED_CONDITION && c.status == "False");
+            if let Some(uid) = request.uid().filter(|_| !already_failing) {
+                ctx.alerts
+                    .send("RevokeFailing", Some(&identity(request, &uid)), &message)
+                    .await;
+            }
+            Err(Error::Revoke(why))
+        }
+    }
+}
+
 /// Deleting a request ends its access first: an undecided approval is cancelled, a
 /// hold is ended (the state machine revokes), and the finalizer stays until the
 /// execution has ended.
@@ -909,10 +1060,17 @@ async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error
         ctx.tokens.delete(&uid).await?;
         return Ok(Action::await_change());
     };
-    if !matches!(
-        ctx.sfn.describe(&execution_arn).await?,
-        ExecutionState::Running
-    ) {
+    let state = ctx.sfn.describe(&execution_arn).await?;
+    if !matches!(state, ExecutionState::Running) {
+        // Nothing is released while a grant its execution left may still be live.
+        let tokens = ctx.tokens.get(&uid).await?;
+        let approved = tokens.get(keys::APPROVAL_ANSWER) == Some("approved");
+        let status = request.status.clone().unwrap_or_default();
+        if decide::needs_operator_revoke(&state, &status, approved) {
+            let api: Api<AccessRequest> =
+                Api::namespaced(ctx.client.clone(), &request.namespace().unwrap_or_default());
+            operator_revoke(request, ctx, &api, &execution_arn, &state, &tokens).await?;
+        }
         ctx.tokens.delete(&uid).await?;
         info!("execution ended; releasing the request");
         return Ok(Action::await_change());

@@ -455,6 +455,90 @@ pub fn effective_revocation<'a>(
     revocations.iter().find(|r| may_revoke(role, requester, r))
 }
 
+/// How the requester uses a grant of `input` (`status.access`).
+pub fn access_instructions(input: &ExecutionInput) -> crate::crd::AccessInstructions {
+    let profile_name = format!("aws-jit-{}", input.request.name);
+    crate::crd::AccessInstructions {
+        role_arn: input.role_arn.clone(),
+        session_name: input.session_name.clone(),
+        source_identity: input.source_identity.clone(),
+        assume_role_command: crate::session::assume_role_command(
+            &input.role_arn,
+            &input.session_name,
+            &input.source_identity,
+        ),
+        profile: crate::session::config_profile(
+            &profile_name,
+            &input.role_arn,
+            &input.session_name,
+            &input.source_identity,
+        ),
+    }
+}
+
+/// The condition the controller keeps while it ends a grant itself (an execution that
+/// ended without revoking): False `RevokeFailing` while that fails, True
+/// `RevokedByOperator` once done.
+pub const REVOKED_CONDITION: &str = "Revoked";
+
+/// Whether the controller must end access itself: the execution ended outside its flow
+/// (stopped, timed out) or failed, after the request was approved (a grant may exist,
+/// or may still be written by a work item in flight), and that was not done yet.
+pub fn needs_operator_revoke(
+    state: &ExecutionState,
+    status: &crate::crd::AccessRequestStatus,
+    approved: bool,
+) -> bool {
+    let ended_outside = matches!(
+        state,
+        ExecutionState::Failed { .. } | ExecutionState::Ended { .. }
+    );
+    let granted = approved
+        || status.granted_at.is_some()
+        || matches!(status.phase, Some(Phase::Approved | Phase::Active));
+    let done = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == REVOKED_CONDITION && c.status == "True");
+    ended_outside && granted && !done
+}
+
+/// The phase and message once the controller ended a grant its execution did not: what
+/// really happened, not just "failed".
+pub fn after_operator_revoke(state: &ExecutionState, expired: bool, at: &str) -> (Phase, String) {
+    let ended = format!(
+        "the operator ended access at {at}: the sessions' deny was tightened (live sessions \
+         end) and the trust statement removed"
+    );
+    match state {
+        ExecutionState::Failed { error, cause }
+            if error == crate::contract::errors::GRANT_FAILED =>
+        {
+            (
+                Phase::Failed,
+                format!("the grant failed (nothing is granted): {cause}; {ended}"),
+            )
+        }
+        ExecutionState::Failed { error, cause } => (
+            if expired {
+                Phase::Expired
+            } else {
+                Phase::Revoked
+            },
+            format!("the execution failed ({error}: {cause}) without revoking; {ended}"),
+        ),
+        ExecutionState::Ended { status } => (
+            if expired {
+                Phase::Expired
+            } else {
+                Phase::Revoked
+            },
+            format!("the execution ended {status} while access could be live; {ended}"),
+        ),
+        _ => (Phase::Revoked, ended),
+    }
+}
+
 /// The phase and message an ended execution means.
 pub fn phase_of(state: &ExecutionState) -> Option<(Phase, String)> {
     Some(match state {

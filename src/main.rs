@@ -73,6 +73,10 @@ struct ControllerArgs {
     /// The state machine's ARN (template output StateMachineArn).
     #[arg(long, env = "AWS_JIT_STATE_MACHINE_ARN")]
     state_machine_arn: String,
+    /// Template output CleanupStateMachineArn: the operator starts a grant's session
+    /// cleanup itself when the execution ended without revoking.
+    #[arg(long, env = "AWS_JIT_CLEANUP_STATE_MACHINE_ARN")]
+    cleanup_state_machine_arn: String,
     /// Template output RequestQueueUrl.
     #[arg(long, env = "AWS_JIT_REQUEST_QUEUE_URL")]
     request_queue_url: String,
@@ -167,6 +171,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
     let config = aws_jit::operator::Config {
         aws: aws_jit::operator::AwsTargets {
             state_machine_arn: args.state_machine_arn,
+            cleanup_state_machine_arn: args.cleanup_state_machine_arn,
             request_queue_url: args.request_queue_url,
             request_dead_letter_url: args.request_dlq_url,
             work_queue_url: args.work_queue_url,

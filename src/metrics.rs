@@ -110,6 +110,9 @@ pub struct Metrics {
     /// `aws_jit_drift_removed_total{kind="statement|execution"}`: what the drift sweeper
     /// removed because no approved request accounted for it.
     pub drift_removed: Family<KindLabels, Counter>,
+    /// `aws_jit_revoke_failures_total`: tries of the controller to end a grant its
+    /// execution left (stopped, failed) that failed; each is retried.
+    pub revoke_failures: Counter,
     requests: Arc<RequestsCollector>,
 }
 
@@ -188,6 +191,12 @@ impl Metrics {
             "Grants and executions in AWS that no approved request accounted for, removed",
             drift_removed.clone(),
         );
+        let revoke_failures = Counter::default();
+        registry.register(
+            "revoke_failures",
+            "Failed tries to end a grant whose execution ended without revoking (retried)",
+            revoke_failures.clone(),
+        );
         let requests = Arc::new(RequestsCollector::default());
         registry.register_collector(Box::new(requests.clone()));
         Metrics {
@@ -203,6 +212,7 @@ impl Metrics {
             leader,
             refused_tasks,
             drift_removed,
+            revoke_failures,
             requests,
         }
     }
@@ -241,6 +251,10 @@ impl Metrics {
         self.refused_tasks
             .get_or_create(&RefusedLabels { queue, reason })
             .inc();
+    }
+
+    pub fn revoke_failure(&self) {
+        self.revoke_failures.inc();
     }
 
     pub fn drift_removed(&self, kind: &'static str) {

@@ -17,6 +17,8 @@ use crate::worker::Worker;
 #[derive(Clone, Debug)]
 pub struct AwsTargets {
     pub state_machine_arn: String,
+    /// The session-cleanup state machine (template output CleanupStateMachineArn).
+    pub cleanup_state_machine_arn: String,
     pub request_queue_url: String,
     pub request_dead_letter_url: Option<String>,
     pub work_queue_url: String,
@@ -146,6 +148,7 @@ pub async fn run(
     if let Some(dlq) = &config.aws.work_dead_letter_url {
         worker = worker.with_dead_letter_url(dlq);
     }
+    let worker_handle = worker.clone();
     let sweeper = crate::sweeper::Sweeper {
         client: kube.clone(),
         sfn: aws_sdk_sfn::Client::new(aws),
@@ -165,10 +168,20 @@ pub async fn run(
         let rx = stop_rx.clone();
         tokio::spawn(async move { worker.run(stopped(rx)).await })
     };
+    let revoker = controller::Revoker {
+        worker: worker_handle,
+        cleanup: crate::worker::CleanupTarget {
+            state_machine_arn: config.aws.cleanup_state_machine_arn.clone(),
+        },
+    };
     let reconciler = tokio::spawn(controller::run(
         kube.clone(),
         sfn.clone(),
-        controller::Guard { scope, alerts },
+        controller::Guard {
+            scope,
+            alerts,
+            revoker: Some(revoker),
+        },
         config.settings.clone(),
         config.faults.clone(),
         config.metrics.clone(),

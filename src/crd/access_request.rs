@@ -200,6 +200,28 @@ pub struct SlackMessage {
 /// apply, except `approvals`, which approvers append to, `revocations`, which the
 /// requester, an approver or an admin append to to end access early, and `slack`, which
 /// the relay writes.
+/// How to use a grant (`status.access`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessInstructions {
+    /// The role to assume.
+    #[schemars(length(max = 2048))]
+    pub role_arn: String,
+    /// The `RoleSessionName` every session must use (`ar-<request uid>`).
+    #[schemars(length(max = 64))]
+    pub session_name: String,
+    /// The `SourceIdentity` every session must set (the requester).
+    #[schemars(length(max = 64))]
+    pub source_identity: String,
+    /// A ready-to-run `aws sts assume-role` command (with the requester's own
+    /// credentials).
+    #[schemars(length(max = 4096))]
+    pub assume_role_command: String,
+    /// A `~/.aws/config` profile that assumes the role this way.
+    #[schemars(length(max = 4096))]
+    pub profile: String,
+}
+
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRequestStatus {
@@ -246,6 +268,12 @@ pub struct AccessRequestStatus {
     /// When access was revoked (at expiry or early).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revoked_at: Option<Time>,
+
+    /// How the requester uses the access, once it is granted: every session must be
+    /// named `sessionName` and carry `sourceIdentity` (the role's trust policy requires
+    /// both), so CloudTrail ties each AWS action to this request and this person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessInstructions>,
 
     /// A human-readable summary of the current phase.
     #[serde(default, skip_serializing_if = "Option::is_none")]

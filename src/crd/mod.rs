@@ -10,8 +10,8 @@ mod access_role;
 mod slack_identity;
 
 pub use access_request::{
-    AccessRequest, AccessRequestSpec, AccessRequestStatus, Approval, ApprovalChannel, Decision,
-    Phase, RequestRef, Revocation, SlackMessage,
+    AccessInstructions, AccessRequest, AccessRequestSpec, AccessRequestStatus, Approval,
+    ApprovalChannel, Decision, Phase, RequestRef, Revocation, SlackMessage,
 };
 pub use access_role::{AccessRole, AccessRoleSpec, GrantMethod, PrincipalMapping, Subject};
 pub use slack_identity::{SLACK_USER_ID_RE, SlackIdentity, SlackIdentitySpec};

@@ -96,6 +96,129 @@ fn a_valid_request_plans_the_execution_input() {
     assert_eq!(input.ticket, "INC-1");
     assert_eq!(input.request.namespace, "team-a");
     assert_eq!(input.request.uid, "5b0c2d1e-0000-4000-8000-000000000001");
+    assert_eq!(input.role_name, "prod-admin");
+    assert_eq!(
+        input.session_name,
+        "ar-5b0c2d1e-0000-4000-8000-000000000001"
+    );
+    assert_eq!(input.source_identity, "alice");
+    assert_eq!(
+        input.session_policy_name,
+        "AwsJit-5b0c2d1e-0000-4000-8000-000000000001"
+    );
+    let access = access_instructions(&input);
+    assert_eq!(
+        access.role_arn,
+        "arn:aws:iam::123456789012:role/ops/prod-admin"
+    );
+    assert!(
+        access
+            .assume_role_command
+            .contains("--role-session-name ar-5b0c2d1e-0000-4000-8000-000000000001"),
+        "{}",
+        access.assume_role_command
+    );
+}
+
+#[test]
+fn a_requester_that_cannot_be_a_source_identity_is_rejected() {
+    let mut role = role(1);
+    let long = format!("oidc:{}", "a".repeat(60));
+    role.spec.requesters.push(Subject {
+        user: Some(long.clone()),
+        group: None,
+        slack_user_id: None,
+    });
+    role.spec
+        .principal
+        .users
+        .insert(long, "arn:aws:iam::123456789012:user/long".to_string());
+    let err = plan(
+        &request(&format!("oidc:{}", "a".repeat(60)), None, "fix"),
+        Some(&role),
+    )
+    .unwrap_err();
+    assert_eq!(err.reason(), "NoSourceIdentity");
+    assert!(err.to_string().contains("at most 64"), "{err}");
+}
+
+#[test]
+fn the_operator_revokes_what_an_execution_left_once_it_was_approved() {
+    let aborted = ExecutionState::Ended {
+        status: "ABORTED".into(),
+    };
+    let failed = ExecutionState::Failed {
+        error: "RevokeFailed".into(),
+        cause: "x".into(),
+    };
+    let succeeded = ExecutionState::Succeeded {
+        outcome: Some(Outcome::Expired),
+        output: serde_json::Value::Null,
+    };
+    let active = crate::crd::AccessRequestStatus {
+        phase: Some(Phase::Active),
+        ..Default::default()
+    };
+    let pending = crate::crd::AccessRequestStatus {
+        phase: Some(Phase::AwaitingApproval),
+        ..Default::default()
+    };
+    assert!(needs_operator_revoke(&aborted, &active, false));
+    assert!(needs_operator_revoke(&failed, &active, false));
+    assert!(
+        needs_operator_revoke(&aborted, &pending, true),
+        "approved: a grant may be in flight"
+    );
+    assert!(
+        !needs_operator_revoke(&aborted, &pending, false),
+        "never approved: nothing granted"
+    );
+    assert!(
+        !needs_operator_revoke(&succeeded, &active, true),
+        "the execution revoked"
+    );
+    assert!(!needs_operator_revoke(
+        &ExecutionState::Running,
+        &active,
+        true
+    ));
+    let mut done = active.clone();
+    set_condition(
+        &mut done.conditions,
+        REVOKED_CONDITION,
+        true,
+        "RevokedByOperator",
+        "m",
+        None,
+        &Time(jiff::Timestamp::now()),
+    );
+    assert!(
+        !needs_operator_revoke(&aborted, &done, true),
+        "once done, done"
+    );
+
+    let (phase, message) = after_operator_revoke(&aborted, false, "2026-12-01T10:00:00Z");
+    assert_eq!(phase, Phase::Revoked);
+    assert!(
+        message.contains("ABORTED") && message.contains("2026-12-01T10:00:00Z"),
+        "{message}"
+    );
+    assert_eq!(after_operator_revoke(&failed, true, "t").0, Phase::Expired);
+    let grant_failed = ExecutionState::Failed {
+        error: "GrantFailed".into(),
+        cause: "no".into(),
+    };
+    assert_eq!(
+        after_operator_revoke(&grant_failed, false, "t").0,
+        Phase::Failed
+    );
+}
+
+#[test]
+fn expiries_are_whole_seconds_from_now() {
+    let now: jiff::Timestamp = "2026-12-01T10:00:00.9Z".parse().unwrap();
+    assert_eq!(expiry_after(now, 3600), "2026-12-01T11:00:00Z");
+    assert_eq!(expiry_after(now, 0), "2026-12-01T10:00:00Z");
 }
 
 #[test]

@@ -80,6 +80,7 @@ fn aws_values(aws: &AwsOutputs, watch_ns: &str) -> Vec<String> {
     [
         ("aws.region", crate::support::aws::REGION),
         ("aws.stateMachineArn", &aws.state_machine_arn),
+        ("aws.cleanupStateMachineArn", &aws.cleanup_state_machine_arn),
         ("aws.requestQueueUrl", &aws.request_queue_url),
         ("aws.requestDeadLetterQueueUrl", &aws.request_dlq_url),
         ("aws.workQueueUrl", &aws.work_queue_url),

@@ -102,6 +102,7 @@ impl Env {
         aws_jit::operator::Config {
             aws: aws_jit::operator::AwsTargets {
                 state_machine_arn: self.aws.state_machine_arn.clone(),
+                cleanup_state_machine_arn: self.aws.cleanup_state_machine_arn.clone(),
                 request_queue_url: self.aws.request_queue_url.clone(),
                 request_dead_letter_url: Some(self.aws.request_dlq_url.clone()),
                 work_queue_url: self.aws.work_queue_url.clone(),
