@@ -337,10 +337,13 @@ impl Env {
             .take_all(&self.out.request_queue_url, "approval", runs, STEP)
             .await;
         for body in approvals.values() {
+            // As the controller answers: the approval fixes the access window.
+            let duration = body["input"]["duration_seconds"].as_u64().expect("duration");
             let output = json!({
                 "approver_name": "carol",
                 "approvers": ["carol"],
                 "requester_arn": body["input"]["requester_arn"],
+                "expires_at": aws_jit::decide::expiry_after(jiff::Timestamp::now(), duration),
             });
             // moto's threaded server sometimes answers 500 under load; retry those.
             let token = body["task_token"].as_str().expect("task token").to_string();
@@ -533,8 +536,14 @@ fn expected_statement(run: &Run, expires_at: &str) -> Value {
         "Sid": run.sid(),
         "Effect": "Allow",
         "Principal": {"AWS": REQUESTER_ARN},
-        "Action": "sts:AssumeRole",
-        "Condition": {"DateLessThan": {"aws:CurrentTime": expires_at}},
+        "Action": ["sts:AssumeRole", "sts:SetSourceIdentity"],
+        "Condition": {
+            "DateLessThan": {"aws:CurrentTime": expires_at},
+            "StringEquals": {
+                "sts:SourceIdentity": run.input["source_identity"],
+                "sts:RoleSessionName": run.input["session_name"],
+            },
+        },
     })
 }
 
@@ -569,9 +578,11 @@ async fn worker_grants_for_the_hold_and_revokes_when_it_expires() {
     );
     assert_eq!(foreign(&held), statements(&env.base), "foreign statements");
     assert_eq!(grant.statement_id, run.sid());
-    assert_eq!(
-        seconds_between(&grant.granted_at, &grant.expires_at),
-        duration as i64
+    // The approval fixed the window; the grant came a moment after it.
+    let held_for = seconds_between(&grant.granted_at, &grant.expires_at);
+    assert!(
+        (duration as i64 - 5..=duration as i64).contains(&held_for),
+        "granted for {held_for}s of an approved {duration}s"
     );
     assert!(
         grant
