@@ -14,6 +14,7 @@ mod crds;
 mod ha;
 mod interactions;
 mod relay;
+mod sessions;
 mod socket_mode;
 mod stack;
 mod statemachine;

@@ -338,7 +338,9 @@ impl Env {
             .await;
         for body in approvals.values() {
             // As the controller answers: the approval fixes the access window.
-            let duration = body["input"]["duration_seconds"].as_u64().expect("duration");
+            let duration = body["input"]["duration_seconds"]
+                .as_u64()
+                .expect("duration");
             let output = json!({
                 "approver_name": "carol",
                 "approvers": ["carol"],
@@ -988,6 +990,47 @@ async fn poison_messages_are_dead_lettered_and_their_group_moves_on() {
 }
 
 #[tokio::test]
+async fn a_grant_without_its_sessions_deny_in_place_is_never_made() {
+    let env = Env::new("wk-nodeny", base_policy()).await;
+    let worker = env.worker();
+    let run = env.start(600).await;
+    env.approve(&[&run]).await;
+    let grant_item = env.work_item("grant", &run).await.to_string();
+    // The execution wrote the deny before it asked for the grant; it is gone when the
+    // worker gets the item (an inline-policy cleanup by hand, a definition that skips
+    // it): without it a session could outlive the grant, so nothing is granted.
+    let policy = run.input["session_policy_name"]
+        .as_str()
+        .expect("policy name");
+    env.iam
+        .get_role_policy()
+        .role_name(&env.role_name)
+        .policy_name(policy)
+        .send()
+        .await
+        .expect("the execution wrote the sessions' deny before the grant item");
+    env.iam
+        .delete_role_policy()
+        .role_name(&env.role_name)
+        .policy_name(policy)
+        .send()
+        .await
+        .expect("delete the deny");
+    match worker.handle(&grant_item).await {
+        Outcome::Answered {
+            answer: Answer::Failed { error, cause },
+            delivery: TaskAnswer::Delivered,
+        } => {
+            assert_eq!(error, "GrantFailed");
+            assert!(cause.contains("deny policy"), "{cause}");
+        }
+        other => panic!("a grant without its deny: {other:?}"),
+    }
+    let (_, after) = env.policy().await;
+    assert_eq!(after, env.base, "nothing granted");
+}
+
+#[tokio::test]
 async fn a_grant_for_an_execution_that_ended_is_taken_back() {
     let env = Env::new("wk-orphan", base_policy()).await;
     let t0 = Instant::now();
@@ -1023,9 +1066,11 @@ async fn a_grant_for_an_execution_that_ended_is_taken_back() {
         ExecutionState::Failed { error, .. } => assert_eq!(error, "GrantFailed"),
         other => panic!("expected FAILED, got {other:?}"),
     }
+    // The task is over: nothing is written at all (the heartbeat before the write,
+    // or the deny already tightened by the failed grant's path, says so).
     match worker.handle(&grant_item).await {
         Outcome::Answered {
-            answer: Answer::Granted(_),
+            answer: Answer::Failed { .. },
             delivery: TaskAnswer::AlreadyOver,
         } => {}
         other => panic!("grant for a stopped execution: {other:?}"),

@@ -1,0 +1,321 @@
+//! Access ends when the grant ends, live sessions included (issue 11), on the real stack:
+//! the operator's own code, the shipped state machines on moto, kubectl as the real
+//! users. What the documents *mean* is proven with a real policy evaluator
+//! (`policy_eval`); here: that the right documents are in IAM at the right times,
+//! written and removed by whom the design says, whatever becomes of the execution.
+use std::time::Duration;
+
+use aws_jit::crd::{AccessRequest, Phase};
+use serde_json::Value;
+
+use crate::controller::{ACCOUNT, Env, condition};
+use crate::support::kube::User;
+use crate::support::wait::eventually;
+use crate::support::{stack, succeeded};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A stack whose cleanup waits only `SessionGraceSeconds` = 1 after a role's (small)
+/// `MaxSessionDuration`, so a test sees the deny go.
+async fn env(prefix: &str, max_session_seconds: i32) -> Env {
+    let env = Env::with_template(
+        prefix,
+        "",
+        &[
+            ("SessionGraceSeconds", "1"),
+            ("WorkTaskTimeoutSeconds", "30"),
+        ],
+    )
+    .await;
+    // moto does not enforce IAM's 3600 s minimum: a short-lived role keeps tests short.
+    aws_sdk_iam::Client::new(&env.sdk)
+        .update_role()
+        .role_name(&env.iam_role_name)
+        .max_session_duration(max_session_seconds)
+        .send()
+        .await
+        .expect("update the role's MaxSessionDuration");
+    env
+}
+
+fn uid(r: &AccessRequest) -> String {
+    r.metadata.uid.clone().expect("uid")
+}
+
+fn expires_at(r: &AccessRequest) -> String {
+    let at = r
+        .status
+        .as_ref()
+        .and_then(|s| s.expires_at.clone())
+        .expect("expiresAt");
+    aws_jit::decide::expiry_after(at.0, 0)
+}
+
+/// The request's deny policy on the role, as IAM has it (None: there is none).
+async fn deny_policy(env: &Env, uid: &str) -> Option<Value> {
+    let got = aws_sdk_iam::Client::new(&env.sdk)
+        .get_role_policy()
+        .role_name(&env.iam_role_name)
+        .policy_name(aws_jit::session::policy_name(uid))
+        .send()
+        .await;
+    match got {
+        Ok(out) => {
+            Some(aws_jit::trust_policy::decode_json(out.policy_document()).expect("a JSON policy"))
+        }
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_no_such_entity_exception()) =>
+        {
+            None
+        }
+        Err(e) => panic!("get role policy: {e:?}"),
+    }
+}
+
+async fn wait_deny(env: &Env, uid: &str, want: Option<&Value>, what: &str) {
+    eventually(what, WAIT, || async move {
+        let got = deny_policy(env, uid).await;
+        if got.as_ref() == want {
+            Ok(())
+        } else {
+            Err(format!("the deny is {got:?}"))
+        }
+    })
+    .await;
+}
+
+fn expiring(uid: &str, expires_at: &str) -> Value {
+    aws_jit::session::deny_document(&format!("ar-{uid}"), expires_at, false)
+}
+
+fn revoked(uid: &str, expires_at: &str) -> Value {
+    aws_jit::session::deny_document(&format!("ar-{uid}"), expires_at, true)
+}
+
+/// alice asks, carol approves: the request once it is Active.
+async fn active(env: &Env, name: &str, duration: &str) -> AccessRequest {
+    env.request(User::Alice, name, &format!("  duration: {duration}\n"));
+    env.wait_phase(name, Phase::AwaitingApproval).await;
+    env.vote(User::Carol, name, "Approve");
+    env.wait_phase(name, Phase::Active).await
+}
+
+#[tokio::test]
+async fn a_grant_names_its_sessions_and_an_early_revoke_ends_them_at_once() {
+    let env = env("ses-revoke", 3600).await;
+    let r = active(&env, "named", "1h").await;
+    let uid = uid(&r);
+    let expires = expires_at(&r);
+    let session = format!("ar-{uid}");
+
+    // status.access says exactly how to use it.
+    let access = r
+        .status
+        .as_ref()
+        .and_then(|s| s.access.clone())
+        .expect("status.access once Active");
+    assert_eq!(access.session_name, session);
+    assert_eq!(access.source_identity, "alice");
+    assert!(
+        access
+            .role_arn
+            .ends_with(&format!("/{}", env.iam_role_name))
+    );
+    assert!(
+        access.assume_role_command.contains(&format!(
+            "--role-arn {} --role-session-name {session} --source-identity alice",
+            access.role_arn
+        )),
+        "{}",
+        access.assume_role_command
+    );
+    assert!(
+        access
+            .profile
+            .contains("credential_process = aws sts assume-role")
+    );
+
+    // The trust statement requires that session name and that source identity.
+    let grants = aws_jit::trust_policy::grants(&env.trust_policy().await);
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    assert_eq!(
+        grants[0].session,
+        Some(aws_jit::trust_policy::SessionTerms {
+            session_name: session.clone(),
+            source_identity: "alice".into(),
+        })
+    );
+    assert_eq!(
+        grants[0].principal,
+        format!("arn:aws:iam::{ACCOUNT}:user/alice")
+    );
+    // The deny that ends its sessions at the expiry is there from the grant on.
+    assert_eq!(
+        deny_policy(&env, &uid).await,
+        Some(expiring(&uid, &expires)),
+        "the sessions' deny, written by the execution before the grant"
+    );
+
+    // An early revoke: "deny now" before the statement goes.
+    env.revoke(User::Alice, "named", "done");
+    env.wait_phase("named", Phase::Revoked).await;
+    assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
+    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert_eq!(
+        env.execution_outcome("named").await,
+        ("SUCCEEDED".into(), "Revoked".into())
+    );
+    // The execution started the cleanup (it waits past the expiry, an hour from now).
+    let cleanup = aws_sdk_sfn::Client::new(&env.sdk)
+        .list_executions()
+        .state_machine_arn(&env.aws.cleanup_state_machine_arn)
+        .send()
+        .await
+        .expect("list cleanup executions");
+    assert!(
+        cleanup
+            .executions()
+            .iter()
+            .any(|e| e.name() == format!("ar-{uid}")),
+        "a cleanup execution for the request: {:?}",
+        cleanup.executions()
+    );
+}
+
+#[tokio::test]
+async fn deleting_an_active_request_ends_its_sessions_at_once() {
+    let env = env("ses-delete", 3600).await;
+    let r = active(&env, "deleted", "1h").await;
+    let uid = uid(&r);
+    let expires = expires_at(&r);
+    succeeded(&stack().kube.kubectl(
+        User::Alice,
+        &["delete", "ar", "deleted", "-n", &env.ns, "--wait=false"],
+    ));
+    env.wait_gone("deleted").await;
+    assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
+    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+}
+
+#[tokio::test]
+async fn the_execution_removes_the_deny_itself_with_the_operator_gone() {
+    let mut env = env("ses-alone", 2).await;
+    let r = active(&env, "alone", "6s").await;
+    let uid = uid(&r);
+    let expires = expires_at(&r);
+    assert_eq!(
+        deny_policy(&env, &uid).await,
+        Some(expiring(&uid, &expires))
+    );
+    // The cluster side is gone: no operator answers the revoke, nobody else helps.
+    env.kill_operator();
+    // The revoke times out (30 s), the execution still starts its cleanup, and the deny
+    // goes once no session can be alive (expiry + MaxSessionDuration 2 s + grace 1 s):
+    // until then it stays.
+    let expiry: jiff::Timestamp = expires.parse().expect("expiry");
+    let (sdk, role, policy) = (
+        env.sdk.clone(),
+        env.iam_role_name.clone(),
+        aws_jit::session::policy_name(&uid),
+    );
+    eventually(
+        "the deny to be removed by the cleanup",
+        Duration::from_secs(120),
+        || {
+            let (sdk, role, policy) = (sdk.clone(), role.clone(), policy.clone());
+            async move {
+                let got = aws_sdk_iam::Client::new(&sdk)
+                    .get_role_policy()
+                    .role_name(role)
+                    .policy_name(policy)
+                    .send()
+                    .await;
+                match got {
+                    Ok(_) => Err("still there".to_string()),
+                    Err(e)
+                        if e.as_service_error()
+                            .is_some_and(|s| s.is_no_such_entity_exception()) =>
+                    {
+                        let now = jiff::Timestamp::now();
+                        assert!(
+                            now >= expiry + jiff::SignedDuration::from_secs(3),
+                            "removed at {now}, before no session could be alive ({expiry} + 3 s)"
+                        );
+                        Ok(())
+                    }
+                    Err(e) => Err(format!("{e:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    // The statement the operator could not revoke is dead weight, not access: AWS
+    // stopped honouring it at the expiry (the drift sweeper removes it later).
+    let grants = aws_jit::trust_policy::grants(&env.trust_policy().await);
+    assert!(
+        grants
+            .iter()
+            .all(|g| g.expires_at <= jiff::Timestamp::now()),
+        "{grants:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stopped_execution_still_ends_the_access() {
+    let env = env("ses-stopped", 3600).await;
+    let r = active(&env, "stopped", "8s").await;
+    let uid = uid(&r);
+    let expires = expires_at(&r);
+    let arn = r
+        .status
+        .as_ref()
+        .and_then(|s| s.execution_arn.clone())
+        .expect("executionArn");
+    // Someone with StopExecution stops it during the hold: its own revoke never runs.
+    aws_sdk_sfn::Client::new(&env.sdk)
+        .stop_execution()
+        .execution_arn(&arn)
+        .send()
+        .await
+        .expect("stop execution");
+    let api = env.requests();
+    let r = eventually("the operator to end what the execution left", WAIT, || {
+        let api = api.clone();
+        async move {
+            let r = api.get("stopped").await.map_err(|e| e.to_string())?;
+            match condition(&r, aws_jit::decide::REVOKED_CONDITION) {
+                Some((s, reason)) if s == "True" && reason == "RevokedByOperator" => Ok(r),
+                other => Err(format!("{other:?}: {:?}", r.status)),
+            }
+        }
+    })
+    .await;
+    let status = r.status.clone().expect("status");
+    let message = status.message.clone().unwrap_or_default();
+    assert!(
+        matches!(status.phase, Some(Phase::Revoked | Phase::Expired)),
+        "{status:?}"
+    );
+    assert!(
+        message.contains("ABORTED"),
+        "the phase says what happened: {message}"
+    );
+    assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
+    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    // And the operator started the cleanup the execution never reached.
+    let cleanup = aws_sdk_sfn::Client::new(&env.sdk)
+        .list_executions()
+        .state_machine_arn(&env.aws.cleanup_state_machine_arn)
+        .send()
+        .await
+        .expect("list cleanup executions");
+    assert!(
+        cleanup
+            .executions()
+            .iter()
+            .any(|e| e.name() == format!("ar-{uid}")),
+        "{:?}",
+        cleanup.executions()
+    );
+}
