@@ -97,6 +97,7 @@ async fn main() {
     let config = aws_jit::operator::Config {
         aws: aws_jit::operator::AwsTargets {
             state_machine_arn: aws.state_machine_arn.clone(),
+            cleanup_state_machine_arn: aws.cleanup_state_machine_arn.clone(),
             request_queue_url: aws.request_queue_url.clone(),
             request_dead_letter_url: Some(aws.request_dlq_url.clone()),
             work_queue_url: aws.work_queue_url.clone(),
@@ -186,11 +187,38 @@ async fn main() {
         "access is granted",
         kube.kubectl(User::Alice, &["get", "ar", "-n", &kube_ns]),
     );
+    show(
+        "alice reads how to use it (status.access: the session name and source identity the role requires)",
+        kube.kubectl(
+            User::Alice,
+            &["get", "ar", "fix-billing-outage", "-n", &kube_ns, "-o", "jsonpath={.status.access.assumeRoleCommand}{\"\\n\\n\"}{.status.access.profile}"],
+        ),
+    );
     println!("\n=== the role's trust policy in AWS now holds an expiring statement for alice:");
     print_trust_policy(&iam, "prod-admin").await;
     println!(
         "\n(AWS itself refuses the statement after aws:CurrentTime passes the expiry, even if every revoke were lost.)"
     );
+    let uid = api
+        .get("fix-billing-outage")
+        .await
+        .ok()
+        .and_then(|r| r.metadata.uid)
+        .unwrap_or_default();
+    let policy = aws_jit::session::policy_name(&uid);
+    println!(
+        "\n=== and the execution put {policy} on the role: it ends the request's live sessions at the expiry"
+    );
+    if let Ok(out) = iam
+        .get_role_policy()
+        .role_name("prod-admin")
+        .policy_name(&policy)
+        .send()
+        .await
+    {
+        let doc = aws_jit::trust_policy::decode_json(out.policy_document()).unwrap_or_default();
+        println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
+    }
 
     println!("\n=== waiting for the 20 seconds to run out...");
     wait_phase(
