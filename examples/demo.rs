@@ -191,7 +191,15 @@ async fn main() {
         "alice reads how to use it (status.access: the session name and source identity the role requires)",
         kube.kubectl(
             User::Alice,
-            &["get", "ar", "fix-billing-outage", "-n", &kube_ns, "-o", "jsonpath={.status.access.assumeRoleCommand}{\"\\n\\n\"}{.status.access.profile}"],
+            &[
+                "get",
+                "ar",
+                "fix-billing-outage",
+                "-n",
+                &kube_ns,
+                "-o",
+                "jsonpath={.status.access.assumeRoleCommand}{\"\\n\\n\"}{.status.access.profile}",
+            ],
         ),
     );
     println!("\n=== the role's trust policy in AWS now holds an expiring statement for alice:");

@@ -312,6 +312,42 @@ mod tests {
         assert_eq!(deny_expiry("{}"), None);
     }
 
+    /// The figures the docs quote: what one grant costs in each of IAM's size limits,
+    /// and so how many grants of one role fit at once.
+    #[test]
+    fn what_a_grant_costs_in_each_iam_limit() {
+        use crate::trust_policy::{self, SessionTerms};
+        let name = session_name(UID).unwrap();
+        let empty = trust_policy::parse(r#"{"Version":"2012-10-17","Statement":[]}"#).unwrap();
+        let terms = SessionTerms {
+            session_name: name.clone(),
+            source_identity: "alice".into(),
+        };
+        let one = trust_policy::grant(
+            &empty,
+            UID,
+            "arn:aws:iam::123456789012:user/alice",
+            &terms,
+            "2026-12-01T14:00:00Z".parse().unwrap(),
+            usize::MAX,
+        )
+        .unwrap();
+        let statement = trust_policy::to_json(&one).len() - trust_policy::to_json(&empty).len();
+        let expiring = deny_document(&name, "2026-12-01T14:00:00Z", false)
+            .to_string()
+            .len();
+        let revoked = deny_document(&name, "2026-12-01T14:00:00Z", true)
+            .to_string()
+            .len();
+        assert_eq!((statement, expiring, revoked), (358, 260, 422));
+        // With a 100-character base statement of the role's own (and a comma each):
+        let fit =
+            |limit: usize| (limit - trust_policy::to_json(&empty).len() - 100) / (statement + 1);
+        assert_eq!((fit(2048), fit(4096)), (5, 11));
+        // Every inline policy of a role shares 10,240 characters.
+        assert_eq!((10_240 / expiring, 10_240 / revoked), (39, 24));
+    }
+
     #[test]
     fn the_profile_and_command_name_the_session_and_the_person() {
         let cmd = assume_role_command("arn:aws:iam::1:role/admin", "ar-x", "alice");
