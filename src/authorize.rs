@@ -224,37 +224,22 @@ pub fn check_grant(
     Ok(planned)
 }
 
-/// The fields of the execution input in which `claimed` differs from `planned`.
-fn differing_fields(planned: &ExecutionInput, claimed: &ExecutionInput) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let mut differs = |name: &'static str, same: bool| {
-        if !same {
-            out.push(name);
-        }
+/// The fields of the execution input in which `claimed` differs from `planned`: every
+/// field, compared as JSON, so a field added to the input later is checked too (the
+/// state machine acts on its input itself: the deny's role and policy name, the session).
+fn differing_fields(planned: &ExecutionInput, claimed: &ExecutionInput) -> Vec<String> {
+    let as_map = |input: &ExecutionInput| match serde_json::to_value(input) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
     };
-    differs(
-        "requester_arn",
-        planned.requester_arn == claimed.requester_arn,
-    );
-    differs(
-        "requester_name",
-        planned.requester_name == claimed.requester_name,
-    );
-    differs("reason", planned.reason == claimed.reason);
-    differs("ticket", planned.ticket == claimed.ticket);
-    differs("role_arn", planned.role_arn == claimed.role_arn);
-    differs("method", planned.method == claimed.method);
-    differs("work_group", planned.work_group == claimed.work_group);
-    differs(
-        "duration_seconds",
-        planned.duration_seconds == claimed.duration_seconds,
-    );
-    differs(
-        "approval_timeout_seconds",
-        planned.approval_timeout_seconds == claimed.approval_timeout_seconds,
-    );
-    differs("request", planned.request == claimed.request);
-    out
+    let (planned, claimed) = (as_map(planned), as_map(claimed));
+    let mut keys: Vec<&String> = planned.keys().chain(claimed.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| planned.get(*k) != claimed.get(*k))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -407,6 +392,20 @@ mod tests {
         let mut other_role = honest.clone();
         other_role.role_arn = "arn:aws:iam::123456789012:role/jit/billing-admin".into();
         cases.push((other_role, "role_arn"));
+        // The state machine writes the sessions' deny from its input: a session name or
+        // policy other than the request's would leave the grant's sessions unended.
+        let mut other_session = honest.clone();
+        other_session.session_name = "ar-someone-else".into();
+        cases.push((other_session, "session_name"));
+        let mut other_policy = honest.clone();
+        other_policy.session_policy_name = "AwsJit-x".into();
+        cases.push((other_policy, "session_policy_name"));
+        let mut other_identity = honest.clone();
+        other_identity.source_identity = "bob".into();
+        cases.push((other_identity, "source_identity"));
+        let mut other_role_name = honest.clone();
+        other_role_name.role_name = "billing-admin".into();
+        cases.push((other_role_name, "role_name"));
         for (claimed, field) in cases {
             match grant(&r, &expected(), &claimed) {
                 Err(Refusal::Mismatch { fields }) => assert!(fields.contains(field), "{fields}"),

@@ -840,6 +840,10 @@ async fn poison_and_orphan_tasks_never_block_the_request_queue() {
             name: "never-was".into(),
             uid: "0000-orphan".into(),
         },
+        role_name: "ghost".into(),
+        session_name: "ar-0000-orphan".into(),
+        source_identity: "alice".into(),
+        session_policy_name: "AwsJit-0000-orphan".into(),
     };
     let orphan = sfn
         .start_execution("orphan-0000", &input)
