@@ -58,7 +58,13 @@
 //! (compared parsed, not as text), and only then lets go of the role's lock. A write not
 //! shown within [`Worker::with_consistency_wait`] (10 s) is a transient error: the work
 //! item is retried (grant and revoke are idempotent), and it is logged and counted
-//! (`aws_jit_trust_policy_unconfirmed_writes_total`).
+//! (`aws_jit_trust_policy_unconfirmed_writes_total`). Until IAM shows that write, every
+//! later read of the role waits for it the same way, and fails the same way, so no work
+//! item of the role (another request's grant, the drift sweeper) builds on a read that
+//! may be older; after six waits (a minute) with IAM showing something else, someone
+//! else wrote the policy, and the worker goes on with what IAM returns. This is one
+//! process's memory: a new leader's first read of a role just written by the old one is
+//! not checked.
 //!
 //! # Errors and the message lifecycle
 //!
@@ -130,6 +136,11 @@ const DEFAULT_CONSISTENCY_WAIT: Duration = Duration::from_secs(10);
 /// First and longest pause between two reads of a write not shown yet (jittered).
 const MIN_READ_BACK_DELAY: Duration = Duration::from_millis(100);
 const MAX_READ_BACK_DELAY: Duration = Duration::from_secs(2);
+/// For how many consistency waits after a write IAM did not show the role's later reads
+/// still wait for it (a minute by default): long enough to cover IAM lagging well past
+/// one wait, short enough that a write someone else overwrote does not hold the role up
+/// for longer than a work item's retries last.
+const UNCONFIRMED_WAITS: u32 = 6;
 
 /// Message attribute that says why aws-jit dead-lettered a message.
 pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "aws-jit-dead-letter-reason";
@@ -203,7 +214,7 @@ pub enum WorkerError {
     /// IAM is eventually consistent: it accepted the write, but its reads kept returning
     /// something else for as long as the worker waited.
     #[error(
-        "IAM does not show the trust policy just written to role {role} after {waited:?} \
+        "IAM does not show the trust policy last written to role {role} after {waited:?} \
          (last read: {seen}); trying the work again later"
     )]
     NotConfirmed {
@@ -348,6 +359,10 @@ pub struct Worker {
     wait_time: Duration,
     retry_delay: Duration,
     consistency_wait: Duration,
+    /// Per role: the last trust policy written that IAM did not show in time, and when.
+    /// Until IAM shows it (or [`UNCONFIRMED_WAITS`] consistency waits pass), a read of the
+    /// role that does not show it may be stale, and nothing is built on it.
+    unconfirmed: std::sync::Arc<std::sync::Mutex<HashMap<String, (Document, std::time::Instant)>>>,
     faults: Faults,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -376,6 +391,7 @@ impl Worker {
             wait_time: MAX_WAIT_TIME,
             retry_delay: DEFAULT_RETRY_DELAY,
             consistency_wait: DEFAULT_CONSISTENCY_WAIT,
+            unconfirmed: Default::default(),
             faults: Faults::default(),
             metrics: Default::default(),
         }
@@ -425,7 +441,9 @@ impl Worker {
     /// after each write the worker reads the role back, pausing 0.1 s doubling to 2 s
     /// (up to twice that with jitter) between reads, for at most this long in pauses,
     /// and keeps the role's lock meanwhile. A write still not shown then leaves the work
-    /// item for a retry. `Duration::ZERO`: one read back, no pause.
+    /// item for a retry, and until IAM shows it (for up to six such waits) every later
+    /// read of the role waits for it the same way, so nothing is built on a read that
+    /// may be older. `Duration::ZERO`: one read back, no pause.
     pub fn with_consistency_wait(mut self, wait: Duration) -> Self {
         self.consistency_wait = wait;
         self
@@ -908,7 +926,63 @@ impl Worker {
             .collect())
     }
 
+    /// The role's trust policy, to build an edit on. If an earlier write of ours to the
+    /// role was not shown in time, IAM must show it first: a read that does not may be
+    /// older than that write (a revoke not yet seen would be written back).
     async fn trust_policy(&self, role: &str) -> Result<Document, WorkerError> {
+        match self.unconfirmed_write(role) {
+            Some(written) => {
+                info!(%role, "an earlier write to this role is not shown yet; waiting for it");
+                self.confirm_trust_policy(role, &written).await
+            }
+            None => self.read_trust_policy(role).await,
+        }
+    }
+
+    /// The last write to `role` IAM did not show, unless [`UNCONFIRMED_WAITS`] consistency
+    /// waits have passed since: then it is let go (someone else may have written the
+    /// policy since), with a warning.
+    fn unconfirmed_write(&self, role: &str) -> Option<Document> {
+        let mut unconfirmed = self
+            .unconfirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (written, since) = unconfirmed.get(role)?;
+        let horizon = self.consistency_wait.saturating_mul(UNCONFIRMED_WAITS);
+        if since.elapsed() <= horizon {
+            return Some(written.clone());
+        }
+        warn!(
+            %role,
+            waited = ?since.elapsed(),
+            "IAM never showed the trust policy last written to this role (someone else may \
+             have written it since); going on with what IAM returns"
+        );
+        unconfirmed.remove(role);
+        None
+    }
+
+    /// Records (`Some`) or clears (`None`) the write to `role` IAM did not show. A write
+    /// already recorded keeps its time, so waiting for it again does not extend it.
+    fn set_unconfirmed(&self, role: &str, written: Option<&Document>) {
+        let mut unconfirmed = self
+            .unconfirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match written {
+            None => {
+                unconfirmed.remove(role);
+            }
+            Some(doc) if unconfirmed.get(role).is_some_and(|(d, _)| d == doc) => {}
+            Some(doc) => {
+                self.metrics.trust_policy_unconfirmed_writes.inc();
+                unconfirmed.insert(role.to_owned(), (doc.clone(), std::time::Instant::now()));
+            }
+        }
+    }
+
+    /// `GetRole`, parsed.
+    async fn read_trust_policy(&self, role: &str) -> Result<Document, WorkerError> {
         let out = self
             .iam
             .get_role()
@@ -944,22 +1018,24 @@ impl Worker {
         // the document before it, and the next read-modify-write of the role (a grant
         // after a revoke) would build on that and write a removed statement back. So the
         // role's lock, which the caller holds, is kept until IAM shows the write.
-        self.confirm_trust_policy(role, document).await
+        self.confirm_trust_policy(role, document).await.map(drop)
     }
 
     /// Reads `role` back until IAM returns `written`, pausing with back-off between
-    /// reads, for at most the consistency wait in pauses. Transient read errors count as
-    /// "not shown yet"; others end the wait with that error.
+    /// reads, for at most the consistency wait in pauses, and returns what it read.
+    /// Transient read errors count as "not shown yet"; others end the wait with that
+    /// error. A write not shown is remembered for the role's later reads
+    /// ([`Worker::trust_policy`]); one shown clears what was remembered.
     async fn confirm_trust_policy(
         &self,
         role: &str,
         written: &Document,
-    ) -> Result<(), WorkerError> {
+    ) -> Result<Document, WorkerError> {
         let started = std::time::Instant::now();
         let mut pauses = read_back_delays(self.consistency_wait);
         let mut stale_reads: u32 = 0;
         loop {
-            let seen = match self.trust_policy(role).await {
+            let seen = match self.read_trust_policy(role).await {
                 Ok(read) if shows_write(&read, written) => {
                     if stale_reads > 0 {
                         info!(
@@ -969,7 +1045,8 @@ impl Worker {
                             "IAM shows the trust policy just written, after older reads"
                         );
                     }
-                    return Ok(());
+                    self.set_unconfirmed(role, None);
+                    return Ok(read);
                 }
                 Ok(_) => {
                     stale_reads += 1;
@@ -980,7 +1057,7 @@ impl Worker {
                 Err(err) => return Err(err),
             };
             let Some(pause) = pauses.next() else {
-                self.metrics.trust_policy_unconfirmed_writes.inc();
+                self.set_unconfirmed(role, Some(written));
                 let err = WorkerError::NotConfirmed {
                     role: role.to_owned(),
                     waited: started.elapsed(),
