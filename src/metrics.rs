@@ -113,6 +113,12 @@ pub struct Metrics {
     /// `aws_jit_revoke_failures_total`: tries of the controller to end a grant its
     /// execution left (stopped, failed) that failed; each is retried.
     pub revoke_failures: Counter,
+    /// `aws_jit_trust_policy_stale_reads_total`: reads of a trust policy just written by
+    /// the worker that returned another document (IAM's eventual consistency).
+    pub trust_policy_stale_reads: Counter,
+    /// `aws_jit_trust_policy_unconfirmed_writes_total`: trust-policy writes IAM did not
+    /// show within the worker's consistency wait (the work item is tried again).
+    pub trust_policy_unconfirmed_writes: Counter,
     requests: Arc<RequestsCollector>,
 }
 
@@ -196,6 +202,17 @@ impl Metrics {
             "revoke_failures",
             "Failed tries to end a grant whose execution ended without revoking (retried)",
             revoke_failures.clone(),
+        let trust_policy_stale_reads = Counter::default();
+        registry.register(
+            "trust_policy_stale_reads",
+            "Reads of a trust policy just written that returned another document",
+            trust_policy_stale_reads.clone(),
+        );
+        let trust_policy_unconfirmed_writes = Counter::default();
+        registry.register(
+            "trust_policy_unconfirmed_writes",
+            "Trust-policy writes IAM did not show within the consistency wait",
+            trust_policy_unconfirmed_writes.clone(),
         );
         let requests = Arc::new(RequestsCollector::default());
         registry.register_collector(Box::new(requests.clone()));
@@ -213,6 +230,8 @@ impl Metrics {
             refused_tasks,
             drift_removed,
             revoke_failures,
+            trust_policy_stale_reads,
+            trust_policy_unconfirmed_writes,
             requests,
         }
     }
@@ -367,6 +386,7 @@ mod tests {
         m.queue_message(queue::WORK, outcome::DEAD_LETTERED);
         m.approval("approved");
         m.slack_rate_limited.inc();
+        m.trust_policy_unconfirmed_writes.inc();
         let text = m.encode().unwrap();
         for line in [
             "aws_jit_reconciles_total{result=\"ok\"} 1",
@@ -376,6 +396,8 @@ mod tests {
             "aws_jit_queue_messages_total{queue=\"work\",result=\"dead_lettered\"} 1",
             "aws_jit_approvals_total{decision=\"approved\"} 1",
             "aws_jit_slack_rate_limited_total 1",
+            "aws_jit_trust_policy_unconfirmed_writes_total 1",
+            "aws_jit_trust_policy_stale_reads_total 0",
         ] {
             assert!(text.contains(line), "missing {line:?} in\n{text}");
         }

@@ -49,6 +49,23 @@
 //! `grant`), and whatever `input.method` says (removing a statement of ours is always
 //! safe).
 //!
+//! # Read your own writes
+//!
+//! IAM is eventually consistent: a `GetRole` right after `UpdateAssumeRolePolicy` may
+//! return the document from before it, and a read-modify-write built on that (a grant
+//! right after a revoke) would write the removed statement back. So after each write the
+//! worker reads the role back, with back-off, until IAM returns the document it wrote
+//! (compared parsed, not as text), and only then lets go of the role's lock. A write not
+//! shown within [`Worker::with_consistency_wait`] (10 s) is a transient error: the work
+//! item is retried (grant and revoke are idempotent), and it is logged and counted
+//! (`aws_jit_trust_policy_unconfirmed_writes_total`). Until IAM shows that write, every
+//! later read of the role waits for it the same way, and fails the same way, so no work
+//! item of the role (another request's grant, the drift sweeper) builds on a read that
+//! may be older; after six waits (a minute) with IAM showing something else, someone
+//! else wrote the policy, and the worker goes on with what IAM returns. This is one
+//! process's memory: a new leader's first read of a role just written by the old one is
+//! not checked.
+//!
 //! # Errors and the message lifecycle
 //!
 //! - Transient errors (throttling, IAM service faults, transport), and any failure to
@@ -112,6 +129,18 @@ const POISON_REDELIVERY: Duration = Duration::from_secs(5);
 /// Back-off of the receive loop itself when SQS cannot be reached.
 const MIN_RECEIVE_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(60);
+/// How long (in pauses between reads) a trust-policy write may take to show in IAM's
+/// reads before the work item is left for a retry instead; see
+/// [`Worker::with_consistency_wait`].
+const DEFAULT_CONSISTENCY_WAIT: Duration = Duration::from_secs(10);
+/// First and longest pause between two reads of a write not shown yet (jittered).
+const MIN_READ_BACK_DELAY: Duration = Duration::from_millis(100);
+const MAX_READ_BACK_DELAY: Duration = Duration::from_secs(2);
+/// For how many consistency waits after a write IAM did not show the role's later reads
+/// still wait for it (a minute by default): long enough to cover IAM lagging well past
+/// one wait, short enough that a write someone else overwrote does not hold the role up
+/// for longer than a work item's retries last.
+const UNCONFIRMED_WAITS: u32 = 6;
 
 /// Message attribute that says why aws-jit dead-lettered a message.
 pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "aws-jit-dead-letter-reason";
@@ -197,6 +226,18 @@ pub enum WorkerError {
     NotAuthorized(#[from] crate::authority::AuthorityError),
     #[error("SQS {call} failed: {message}")]
     Sqs { call: &'static str, message: String },
+    /// IAM is eventually consistent: it accepted the write, but its reads kept returning
+    /// something else for as long as the worker waited.
+    #[error(
+        "IAM does not show the trust policy last written to role {role} after {waited:?} \
+         (last read: {seen}); trying the work again later"
+    )]
+    NotConfirmed {
+        role: String,
+        waited: Duration,
+        /// What the last read returned: "a different document" or the read's error.
+        seen: String,
+    },
 }
 
 impl WorkerError {
@@ -204,7 +245,7 @@ impl WorkerError {
     pub fn is_transient(&self) -> bool {
         match self {
             WorkerError::Iam { transient, .. } => *transient,
-            WorkerError::Sqs { .. } => true,
+            WorkerError::Sqs { .. } | WorkerError::NotConfirmed { .. } => true,
             WorkerError::NotAuthorized(e) => e.is_transient(),
             WorkerError::Sfn(e) => e.is_transient(),
             _ => false,
@@ -333,6 +374,11 @@ pub struct Worker {
     size_limit: usize,
     wait_time: Duration,
     retry_delay: Duration,
+    consistency_wait: Duration,
+    /// Per role: the last trust policy written that IAM did not show in time, and when.
+    /// Until IAM shows it (or [`UNCONFIRMED_WAITS`] consistency waits pass), a read of the
+    /// role that does not show it may be stale, and nothing is built on it.
+    unconfirmed: std::sync::Arc<std::sync::Mutex<HashMap<String, (Document, std::time::Instant)>>>,
     faults: Faults,
     metrics: std::sync::Arc<crate::metrics::Metrics>,
 }
@@ -360,6 +406,8 @@ impl Worker {
             size_limit: trust_policy::DEFAULT_SIZE_LIMIT,
             wait_time: MAX_WAIT_TIME,
             retry_delay: DEFAULT_RETRY_DELAY,
+            consistency_wait: DEFAULT_CONSISTENCY_WAIT,
+            unconfirmed: Default::default(),
             faults: Faults::default(),
             metrics: Default::default(),
         }
@@ -402,6 +450,18 @@ impl Worker {
     /// two minutes).
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
+        self
+    }
+
+    /// How long a trust-policy write may take to show in IAM's reads (10 s by default):
+    /// after each write the worker reads the role back, pausing 0.1 s doubling to 2 s
+    /// (up to twice that with jitter) between reads, for at most this long in pauses,
+    /// and keeps the role's lock meanwhile. A write still not shown then leaves the work
+    /// item for a retry, and until IAM shows it (for up to six such waits) every later
+    /// read of the role waits for it the same way, so nothing is built on a read that
+    /// may be older. `Duration::ZERO`: one read back, no pause.
+    pub fn with_consistency_wait(mut self, wait: Duration) -> Self {
+        self.consistency_wait = wait;
         self
     }
 
@@ -1027,7 +1087,63 @@ impl Worker {
             .collect())
     }
 
+    /// The role's trust policy, to build an edit on. If an earlier write of ours to the
+    /// role was not shown in time, IAM must show it first: a read that does not may be
+    /// older than that write (a revoke not yet seen would be written back).
     async fn trust_policy(&self, role: &str) -> Result<Document, WorkerError> {
+        match self.unconfirmed_write(role) {
+            Some(written) => {
+                info!(%role, "an earlier write to this role is not shown yet; waiting for it");
+                self.confirm_trust_policy(role, &written).await
+            }
+            None => self.read_trust_policy(role).await,
+        }
+    }
+
+    /// The last write to `role` IAM did not show, unless [`UNCONFIRMED_WAITS`] consistency
+    /// waits have passed since: then it is let go (someone else may have written the
+    /// policy since), with a warning.
+    fn unconfirmed_write(&self, role: &str) -> Option<Document> {
+        let mut unconfirmed = self
+            .unconfirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (written, since) = unconfirmed.get(role)?;
+        let horizon = self.consistency_wait.saturating_mul(UNCONFIRMED_WAITS);
+        if since.elapsed() <= horizon {
+            return Some(written.clone());
+        }
+        warn!(
+            %role,
+            waited = ?since.elapsed(),
+            "IAM never showed the trust policy last written to this role (someone else may \
+             have written it since); going on with what IAM returns"
+        );
+        unconfirmed.remove(role);
+        None
+    }
+
+    /// Records (`Some`) or clears (`None`) the write to `role` IAM did not show. A write
+    /// already recorded keeps its time, so waiting for it again does not extend it.
+    fn set_unconfirmed(&self, role: &str, written: Option<&Document>) {
+        let mut unconfirmed = self
+            .unconfirmed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match written {
+            None => {
+                unconfirmed.remove(role);
+            }
+            Some(doc) if unconfirmed.get(role).is_some_and(|(d, _)| d == doc) => {}
+            Some(doc) => {
+                self.metrics.trust_policy_unconfirmed_writes.inc();
+                unconfirmed.insert(role.to_owned(), (doc.clone(), std::time::Instant::now()));
+            }
+        }
+    }
+
+    /// `GetRole`, parsed.
+    async fn read_trust_policy(&self, role: &str) -> Result<Document, WorkerError> {
         let out = self
             .iam
             .get_role()
@@ -1059,7 +1175,65 @@ impl Worker {
             .send()
             .await
             .map_err(|e| WorkerError::iam("iam:UpdateAssumeRolePolicy", role, &e))?;
-        Ok(())
+        // IAM is eventually consistent: a read right after the write may still return
+        // the document before it, and the next read-modify-write of the role (a grant
+        // after a revoke) would build on that and write a removed statement back. So the
+        // role's lock, which the caller holds, is kept until IAM shows the write.
+        self.confirm_trust_policy(role, document).await.map(drop)
+    }
+
+    /// Reads `role` back until IAM returns `written`, pausing with back-off between
+    /// reads, for at most the consistency wait in pauses, and returns what it read.
+    /// Transient read errors count as "not shown yet"; others end the wait with that
+    /// error. A write not shown is remembered for the role's later reads
+    /// ([`Worker::trust_policy`]); one shown clears what was remembered.
+    async fn confirm_trust_policy(
+        &self,
+        role: &str,
+        written: &Document,
+    ) -> Result<Document, WorkerError> {
+        let started = std::time::Instant::now();
+        let mut pauses = read_back_delays(self.consistency_wait);
+        let mut stale_reads: u32 = 0;
+        loop {
+            let seen = match self.read_trust_policy(role).await {
+                Ok(read) if shows_write(&read, written) => {
+                    if stale_reads > 0 {
+                        info!(
+                            %role,
+                            stale_reads,
+                            waited = ?started.elapsed(),
+                            "IAM shows the trust policy just written, after older reads"
+                        );
+                    }
+                    self.set_unconfirmed(role, None);
+                    return Ok(read);
+                }
+                Ok(_) => {
+                    stale_reads += 1;
+                    self.metrics.trust_policy_stale_reads.inc();
+                    "a different document".to_owned()
+                }
+                Err(err) if err.is_transient() => err.to_string(),
+                Err(err) => return Err(err),
+            };
+            let Some(pause) = pauses.next() else {
+                self.set_unconfirmed(role, Some(written));
+                let err = WorkerError::NotConfirmed {
+                    role: role.to_owned(),
+                    waited: started.elapsed(),
+                    seen,
+                };
+                warn!(
+                    %role,
+                    stale_reads,
+                    error = %err,
+                    "IAM does not show the trust policy just written; the work item is retried"
+                );
+                return Err(err);
+            };
+            tokio::time::sleep(pause).await;
+        }
     }
 
     /// Deletes a settled message. `Stays` when it could not be deleted: it comes back
@@ -1563,6 +1737,26 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// True when `read` (a trust policy as IAM returns it, parsed) is the document `written`:
+/// the same meaning, whatever IAM's encoding or key order. Statement order counts: IAM
+/// keeps it, so a reordered policy is someone else's write.
+fn shows_write(read: &Document, written: &Document) -> bool {
+    read == written
+}
+
+/// The pauses between the reads that confirm a write: 0.1 s doubling to 2 s, each up
+/// to twice that with jitter, until the next would make them add up to more than `wait`.
+fn read_back_delays(wait: Duration) -> impl Iterator<Item = Duration> {
+    backon::BackoffBuilder::build(
+        backon::ExponentialBuilder::default()
+            .with_min_delay(MIN_READ_BACK_DELAY)
+            .with_max_delay(MAX_READ_BACK_DELAY)
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(wait)),
+    )
+}
+
 /// `ts` rounded down to the second (its `Display` is then `YYYY-MM-DDTHH:MM:SSZ`).
 fn whole_seconds(ts: Timestamp) -> Timestamp {
     Timestamp::from_second(ts.as_second()).unwrap_or(ts)
@@ -2013,6 +2207,97 @@ mod tests {
         assert!(!is_transient_iam_code("MalformedPolicyDocument"));
         assert!(!is_transient_iam_code("LimitExceeded"));
         assert!(!is_transient_iam_code("UnmodifiableEntity"));
+    }
+
+    /// `value` with the keys of every object in reverse order.
+    fn keys_reversed(value: &Value) -> Value {
+        match value {
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .rev()
+                    .map(|(k, v)| (k.clone(), keys_reversed(v)))
+                    .collect(),
+            ),
+            Value::Array(items) => Value::Array(items.iter().map(keys_reversed).collect()),
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn a_write_shows_only_when_iam_returns_the_document_written() {
+        let t0 = ts("2026-03-01T10:00:00Z");
+        let granted = plan_grant(&base(), "admin", UID, ALICE, 3600, t0, 4096)
+            .unwrap()
+            .document
+            .unwrap();
+        // As IAM returns it: URL-encoded, and here with every object's keys reordered.
+        let written: Value = serde_json::from_str(&trust_policy::to_json(&granted)).unwrap();
+        let reordered = keys_reversed(&written).to_string();
+        assert_ne!(reordered, trust_policy::to_json(&granted));
+        let encoded =
+            percent_encoding::utf8_percent_encode(&reordered, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        assert!(shows_write(
+            &trust_policy::parse(&encoded).unwrap(),
+            &granted
+        ));
+        assert!(shows_write(
+            &trust_policy::parse(&trust_policy::to_json(&granted)).unwrap(),
+            &granted
+        ));
+
+        // A stale read of a grant: the policy before it.
+        assert!(!shows_write(&base(), &granted));
+        // A stale read of a revoke: the policy still holding the revoked statement.
+        let revoked = plan_revoke(&granted, UID, ts("2026-03-01T10:05:00Z"))
+            .document
+            .unwrap();
+        assert!(!shows_write(&granted, &revoked));
+        // The same statements in another order: not what was written.
+        let two = plan_grant(&granted, "admin", OTHER_UID, BOB, 3600, t0, 4096)
+            .unwrap()
+            .document
+            .unwrap();
+        let mut swapped: Value = serde_json::from_str(&trust_policy::to_json(&two)).unwrap();
+        swapped["Statement"].as_array_mut().unwrap().swap(1, 2);
+        let swapped = trust_policy::parse(&swapped.to_string()).unwrap();
+        assert!(!shows_write(&swapped, &two));
+        // One condition value changed (another expiry): not what was written.
+        let later = plan_grant(&base(), "admin", UID, ALICE, 3601, t0, 4096)
+            .unwrap()
+            .document
+            .unwrap();
+        assert!(!shows_write(&later, &granted));
+    }
+
+    #[test]
+    fn read_backs_pause_with_back_off_within_the_wait() {
+        for wait in [1, 10, 60].map(Duration::from_secs) {
+            let pauses: Vec<Duration> = read_back_delays(wait).collect();
+            let total: Duration = pauses.iter().sum();
+            assert!(total <= wait, "{wait:?}: {pauses:?}");
+            // Not one long sleep: the pauses add up to most of the wait.
+            assert!(
+                total + 2 * 2 * MAX_READ_BACK_DELAY >= wait,
+                "{wait:?}: {pauses:?}"
+            );
+            assert!(pauses[0] >= MIN_READ_BACK_DELAY && pauses[0] < 2 * MIN_READ_BACK_DELAY);
+            assert!(
+                pauses.iter().all(|p| *p < 2 * MAX_READ_BACK_DELAY),
+                "{pauses:?}"
+            );
+        }
+        // At the default wait, a write shown within a second is seen within a few reads.
+        let pauses: Vec<Duration> = read_back_delays(DEFAULT_CONSISTENCY_WAIT).collect();
+        assert!(pauses.len() >= 5, "{pauses:?}");
+        assert_eq!(read_back_delays(Duration::ZERO).count(), 0);
+        let err = WorkerError::NotConfirmed {
+            role: "admin".into(),
+            waited: Duration::from_secs(10),
+            seen: "a different document".into(),
+        };
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("role admin"), "{err}");
     }
 
     #[test]

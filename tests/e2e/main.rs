@@ -8,6 +8,7 @@ mod support;
 mod admission;
 mod attacks;
 mod chart;
+mod consistency;
 mod controller;
 mod crashes;
 mod crds;

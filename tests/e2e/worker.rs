@@ -23,12 +23,12 @@ use crate::support::{self, wait::eventually};
 
 /// Deadline for a step the state machine or the worker takes at once (moto on a busy
 /// machine).
-const STEP: Duration = Duration::from_secs(30);
+pub(crate) const STEP: Duration = Duration::from_secs(30);
 const REQUESTER_ARN: &str = "arn:aws:iam::123456789012:user/alice";
 
 /// The trust policy a role has before any grant: an EC2 service principal and a
 /// federated (GitHub OIDC) principal with conditions, keys in an unusual order.
-fn base_policy() -> Value {
+pub(crate) fn base_policy() -> Value {
     json!({
         "Version": "2012-10-17",
         "Statement": [
@@ -46,46 +46,46 @@ fn base_policy() -> Value {
 }
 
 /// One deployed stack, one IAM role, and the clients to play the rest of the operator.
-struct Env {
+pub(crate) struct Env {
     /// Where the AccessRequests behind the executions live.
     ns: String,
     /// The operator's identity, which records executions and reads requests.
     kube: kube::Client,
-    sfn: aws_sdk_sfn::Client,
-    sqs: aws_sdk_sqs::Client,
-    iam: aws_sdk_iam::Client,
-    out: AwsOutputs,
-    role_name: String,
-    role_arn: String,
+    pub(crate) sfn: aws_sdk_sfn::Client,
+    pub(crate) sqs: aws_sdk_sqs::Client,
+    pub(crate) iam: aws_sdk_iam::Client,
+    pub(crate) out: AwsOutputs,
+    pub(crate) role_name: String,
+    pub(crate) role_arn: String,
     /// The role's trust policy as created.
-    base: Value,
+    pub(crate) base: Value,
     /// ... and as `GetRole` returned it before any test step.
     base_text: String,
 }
 
 /// One execution.
-struct Run {
-    arn: String,
-    uid: String,
+pub(crate) struct Run {
+    pub(crate) arn: String,
+    pub(crate) uid: String,
     input: Value,
 }
 
 impl Run {
     /// The `Sid` the worker must use for this request.
-    fn sid(&self) -> String {
+    pub(crate) fn sid(&self) -> String {
         format!("AwsJit{}", self.uid.replace('-', ""))
     }
 }
 
 /// The worker running as a task, and how to stop it.
-struct Running {
+pub(crate) struct Running {
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Running {
     /// Stops the worker and checks that it stops promptly.
-    async fn stop(self) {
+    pub(crate) async fn stop(self) {
         let asked = Instant::now();
         let _ = self.stop.send(());
         tokio::time::timeout(STEP, self.task)
@@ -101,7 +101,7 @@ impl Running {
 }
 
 impl Env {
-    async fn new(prefix: &str, base: Value) -> Env {
+    pub(crate) async fn new(prefix: &str, base: Value) -> Env {
         // The worker's logs, captured per test (shown for a failing test, or with
         // --nocapture).
         let _ = tracing_subscriber::fmt()
@@ -158,7 +158,7 @@ impl Env {
         .with_retry_delay(Duration::from_secs(1))
     }
 
-    fn spawn(&self, worker: Worker) -> Running {
+    pub(crate) fn spawn(&self, worker: Worker) -> Running {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move { worker.run(stopped).await });
         Running { stop, task }
@@ -169,13 +169,13 @@ impl Env {
     }
 
     /// Starts an execution for this role with the contract's input.
-    async fn start(&self, duration_seconds: u64) -> Run {
+    pub(crate) async fn start(&self, duration_seconds: u64) -> Run {
         self.start_for(&self.role_arn, &self.work_group(), duration_seconds)
             .await
     }
 
     /// The authority the operator builds: the moto account is the one it serves.
-    fn authority(&self) -> aws_jit::authority::Authority {
+    pub(crate) fn authority(&self) -> aws_jit::authority::Authority {
         aws_jit::authority::Authority::new(
             self.kube.clone(),
             StepFunctionClient::new(self.sfn.clone(), &self.out.state_machine_arn),
@@ -332,7 +332,7 @@ impl Env {
     }
 
     /// Takes the approval task of every run, then approves them all.
-    async fn approve(&self, runs: &[&Run]) {
+    pub(crate) async fn approve(&self, runs: &[&Run]) {
         let approvals = self
             .take_all(&self.out.request_queue_url, "approval", runs, STEP)
             .await;
@@ -367,7 +367,7 @@ impl Env {
 
     /// The one work item of `kind` (`grant` or `revoke`) of `run`, taken off the work
     /// queue.
-    async fn work_item(&self, kind: &str, run: &Run) -> Value {
+    pub(crate) async fn work_item(&self, kind: &str, run: &Run) -> Value {
         self.take_all(&self.out.work_queue_url, kind, &[run], STEP)
             .await
             .remove(&run.arn)
@@ -375,13 +375,13 @@ impl Env {
     }
 
     /// The hold task of each run, i.e. each grant was answered with success.
-    async fn holds(&self, runs: &[&Run], timeout: Duration) -> BTreeMap<String, Value> {
+    pub(crate) async fn holds(&self, runs: &[&Run], timeout: Duration) -> BTreeMap<String, Value> {
         self.take_all(&self.out.request_queue_url, "hold", runs, timeout)
             .await
     }
 
     /// The role's trust policy: as `GetRole` returns it, and decoded.
-    async fn policy(&self) -> (String, Value) {
+    pub(crate) async fn policy(&self) -> (String, Value) {
         policy_of(&self.iam, &self.role_name).await
     }
 
@@ -405,7 +405,7 @@ impl Env {
     }
 
     /// Waits for the execution to succeed with `outcome`; returns its output.
-    async fn succeeded_with(
+    pub(crate) async fn succeeded_with(
         &self,
         run: &Run,
         outcome: ExecutionOutcome,
@@ -503,7 +503,7 @@ async fn drain(
 }
 
 /// The statements of ours (`Sid` starting with `AwsJit`; the base policies have none).
-fn ours(policy: &Value) -> Vec<Value> {
+pub(crate) fn ours(policy: &Value) -> Vec<Value> {
     statements(policy)
         .into_iter()
         .filter(|s| {
@@ -514,7 +514,7 @@ fn ours(policy: &Value) -> Vec<Value> {
         .collect()
 }
 
-fn foreign(policy: &Value) -> Vec<Value> {
+pub(crate) fn foreign(policy: &Value) -> Vec<Value> {
     statements(policy)
         .into_iter()
         .filter(|s| {
@@ -525,7 +525,7 @@ fn foreign(policy: &Value) -> Vec<Value> {
         .collect()
 }
 
-fn statements(policy: &Value) -> Vec<Value> {
+pub(crate) fn statements(policy: &Value) -> Vec<Value> {
     match &policy["Statement"] {
         Value::Array(all) => all.clone(),
         one => vec![one.clone()],
@@ -533,7 +533,7 @@ fn statements(policy: &Value) -> Vec<Value> {
 }
 
 /// The statement a grant must write (key order does not matter in the comparison).
-fn expected_statement(run: &Run, expires_at: &str) -> Value {
+pub(crate) fn expected_statement(run: &Run, expires_at: &str) -> Value {
     json!({
         "Sid": run.sid(),
         "Effect": "Allow",
@@ -549,7 +549,7 @@ fn expected_statement(run: &Run, expires_at: &str) -> Value {
     })
 }
 
-fn grant_of(hold: &Value) -> GrantOutput {
+pub(crate) fn grant_of(hold: &Value) -> GrantOutput {
     serde_json::from_value(hold["grant"].clone())
         .unwrap_or_else(|e| panic!("the hold's grant is not a GrantOutput ({e}): {hold}"))
 }

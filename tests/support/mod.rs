@@ -11,6 +11,7 @@ pub mod project;
 pub mod slack;
 pub mod slack_interactions;
 pub mod slack_socket;
+pub mod stale_iam;
 pub mod wait;
 
 use std::sync::OnceLock;
