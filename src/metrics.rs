@@ -202,6 +202,7 @@ impl Metrics {
             "revoke_failures",
             "Failed tries to end a grant whose execution ended without revoking (retried)",
             revoke_failures.clone(),
+        );
         let trust_policy_stale_reads = Counter::default();
         registry.register(
             "trust_policy_stale_reads",

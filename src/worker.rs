@@ -2226,7 +2226,7 @@ mod tests {
     #[test]
     fn a_write_shows_only_when_iam_returns_the_document_written() {
         let t0 = ts("2026-03-01T10:00:00Z");
-        let granted = plan_grant(&base(), "admin", UID, ALICE, 3600, t0, 4096)
+        let granted = plan_grant(&base(), "admin", UID, ALICE, &terms(), None, 3600, t0, 4096)
             .unwrap()
             .document
             .unwrap();
@@ -2254,16 +2254,26 @@ mod tests {
             .unwrap();
         assert!(!shows_write(&granted, &revoked));
         // The same statements in another order: not what was written.
-        let two = plan_grant(&granted, "admin", OTHER_UID, BOB, 3600, t0, 4096)
-            .unwrap()
-            .document
-            .unwrap();
+        let two = plan_grant(
+            &granted,
+            "admin",
+            OTHER_UID,
+            BOB,
+            &terms(),
+            None,
+            3600,
+            t0,
+            4096,
+        )
+        .unwrap()
+        .document
+        .unwrap();
         let mut swapped: Value = serde_json::from_str(&trust_policy::to_json(&two)).unwrap();
         swapped["Statement"].as_array_mut().unwrap().swap(1, 2);
         let swapped = trust_policy::parse(&swapped.to_string()).unwrap();
         assert!(!shows_write(&swapped, &two));
         // One condition value changed (another expiry): not what was written.
-        let later = plan_grant(&base(), "admin", UID, ALICE, 3601, t0, 4096)
+        let later = plan_grant(&base(), "admin", UID, ALICE, &terms(), None, 3601, t0, 4096)
             .unwrap()
             .document
             .unwrap();
