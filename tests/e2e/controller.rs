@@ -144,6 +144,27 @@ impl Env {
         self.stop = Some(tx);
     }
 
+    /// [`Env::start_operator`] with the operator's AWS going to `endpoint` (a proxy in
+    /// front of moto); returns the operator's metrics.
+    pub fn start_operator_through(
+        &mut self,
+        endpoint: &str,
+    ) -> std::sync::Arc<aws_jit::metrics::Metrics> {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let sdk = self.sdk.to_builder().endpoint_url(endpoint).build();
+        let config = self.config();
+        let metrics = config.metrics.clone();
+        let kube = self.kube.clone();
+        self.operator = Some(tokio::spawn(async move {
+            aws_jit::operator::run(kube, &sdk, config, async move {
+                let _ = rx.await;
+            })
+            .await;
+        }));
+        self.stop = Some(tx);
+        metrics
+    }
+
     /// Kills the operator at once (its tasks are dropped mid-flight, like a crash).
     /// The next start gets fresh, unarmed fault points.
     pub fn kill_operator(&mut self) {

@@ -319,3 +319,105 @@ async fn a_stopped_execution_still_ends_the_access() {
         cleanup.executions()
     );
 }
+
+#[tokio::test]
+async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
+    let mut env = env("ses-loud", 3600).await;
+    // The operator's AWS goes through a proxy that can refuse its IAM role writes, as an
+    // SCP or a permissions boundary changed under it would. The state machine's own
+    // IAM calls do not go through it.
+    env.kill_operator();
+    let proxy = crate::support::stale_iam::StaleIam::start(&stack().aws.endpoint).await;
+    let metrics = env.start_operator_through(&proxy.endpoint);
+    let r = active(&env, "stuck", "1h").await;
+    let uid = uid(&r);
+    let expires = expires_at(&r);
+
+    proxy.refuse_role_writes(true);
+    env.revoke(User::Alice, "stuck", "done");
+    // The execution tightens the deny itself (its own IAM rights), but the operator's
+    // revoke of the statement is refused: the execution fails RevokeFailed, and the
+    // operator keeps trying, loudly.
+    let api = env.requests();
+    let r = eventually("the request to say its revoke is failing", WAIT, || {
+        let api = api.clone();
+        async move {
+            let r = api.get("stuck").await.map_err(|e| e.to_string())?;
+            match condition(&r, aws_jit::decide::REVOKED_CONDITION) {
+                Some((s, reason)) if s == "False" && reason == "RevokeFailing" => Ok(r),
+                other => Err(format!("{other:?}: {:?}", r.status)),
+            }
+        }
+    })
+    .await;
+    let message = r.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("IAM denied"), "{message}");
+    assert!(
+        !aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty(),
+        "the statement is still there while IAM refuses"
+    );
+    assert_eq!(
+        deny_policy(&env, &uid).await,
+        Some(revoked(&uid, &expires)),
+        "the execution's own tightening ended the sessions meanwhile"
+    );
+    assert_eq!(env.execution("stuck").await.status().as_str(), "FAILED");
+    // A Warning Event, a security finding for Slack, the metric.
+    let events = succeeded(&stack().kube.kubectl(
+        User::Admin,
+        &[
+            "get",
+            "events",
+            "-n",
+            &env.ns,
+            "--field-selector",
+            "reason=RevokeFailing",
+            "-o",
+            "name",
+        ],
+    ));
+    assert!(!events.trim().is_empty(), "a RevokeFailing Event");
+    let sqs = aws_sdk_sqs::Client::new(&env.sdk);
+    let queue = env.aws.alert_queue_url.clone();
+    eventually(
+        "a RevokeFailing security finding on the alert queue",
+        WAIT,
+        || {
+            let (sqs, queue) = (sqs.clone(), queue.clone());
+            async move {
+                let bodies = crate::support::aws::take_messages(&sqs, &queue).await?;
+                if bodies
+                    .iter()
+                    .any(|b| b.contains("\"event\":\"security\"") && b.contains("RevokeFailing"))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("{bodies:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    assert!(metrics.revoke_failures.get() >= 1);
+
+    // IAM lets the operator again: the next try ends the access, and the phase says so.
+    proxy.refuse_role_writes(false);
+    let r = eventually("the operator to end the access", WAIT, || {
+        let api = api.clone();
+        async move {
+            let r = api.get("stuck").await.map_err(|e| e.to_string())?;
+            match condition(&r, aws_jit::decide::REVOKED_CONDITION) {
+                Some((s, _)) if s == "True" => Ok(r),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    let status = r.status.expect("status");
+    assert_eq!(status.phase, Some(Phase::Revoked));
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("RevokeFailed"), "what happened: {message}");
+    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
+    assert!(proxy.refused() >= 2, "the operator tried while refused");
+}

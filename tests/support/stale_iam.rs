@@ -52,6 +52,11 @@ struct Window {
 
 #[derive(Default)]
 struct Inner {
+    /// Refuse every IAM write to roles (`AccessDenied`), as an SCP or a permissions
+    /// boundary changed under the operator would.
+    refuse_role_writes: bool,
+    /// Writes refused so far.
+    refused: usize,
     stale_reads: usize,
     windows: HashMap<String, Window>,
     /// Per role: successful `UpdateAssumeRolePolicy` calls forwarded.
@@ -117,6 +122,17 @@ impl StaleIam {
         }
     }
 
+    /// While `on`, every `PutRolePolicy`, `DeleteRolePolicy` and `UpdateAssumeRolePolicy`
+    /// through the proxy is answered `AccessDenied` (403), and nothing reaches moto.
+    pub fn refuse_role_writes(&self, on: bool) {
+        self.shared.inner.lock().unwrap().refuse_role_writes = on;
+    }
+
+    /// Role writes refused so far.
+    pub fn refused(&self) -> usize {
+        self.shared.inner.lock().unwrap().refused
+    }
+
     /// An IAM client of `sdk` (as the operator builds one) that goes through this proxy.
     pub fn iam_client(&self, sdk: &aws_config::SdkConfig) -> aws_sdk_iam::Client {
         aws_sdk_iam::Client::from_conf(
@@ -163,6 +179,16 @@ async fn handle(
     params.extend(form(&body));
     let action = params.get("Action").cloned().unwrap_or_default();
     let role = params.get("RoleName").cloned();
+    if matches!(
+        action.as_str(),
+        "PutRolePolicy" | "DeleteRolePolicy" | "UpdateAssumeRolePolicy"
+    ) {
+        let mut inner = shared.inner.lock().unwrap();
+        if inner.refuse_role_writes {
+            inner.refused += 1;
+            return access_denied(&action).into_response();
+        }
+    }
     match (action.as_str(), role) {
         ("GetRole", Some(role)) => {
             if let Some(stale) = stale_read(&shared, &role) {
@@ -292,6 +318,20 @@ async fn record(response: reqwest::Response) -> Option<Recorded> {
         content_type,
         body,
     })
+}
+
+/// IAM's answer to a call the caller may not make (query protocol, XML).
+fn access_denied(action: &str) -> Recorded {
+    Recorded {
+        status: StatusCode::FORBIDDEN,
+        content_type: Some(header::HeaderValue::from_static("text/xml")),
+        body: Bytes::from(format!(
+            "<ErrorResponse xmlns=\"https://iam.amazonaws.com/doc/2010-05-08/\"><Error>\
+             <Type>Sender</Type><Code>AccessDenied</Code><Message>User is not authorized to \
+             perform: iam:{action} (refused by the test's proxy)</Message></Error>\
+             <RequestId>stale-iam</RequestId></ErrorResponse>"
+        )),
+    }
 }
 
 fn bad_gateway(reason: impl Into<String>) -> Recorded {
