@@ -608,6 +608,16 @@ async fn apply(
         }
         if tokens.get(keys::HOLD_ENDED).is_some() || revocation.is_some() {
             message = "access is being revoked early".into();
+        } else if expires_at
+            .as_ref()
+            .is_some_and(|e| e.0 <= jiff::Timestamp::now())
+        {
+            // The approval fixed the window, so the hold can outlast it by the grant's
+            // delay: AWS already refuses the access; say so.
+            message = format!(
+                "access expired at {} (AWS refuses it since); the execution is revoking",
+                tokens.get(keys::EXPIRES_AT).unwrap_or("its expiry")
+            );
         }
         let mut update = status_update().phase(Phase::Active, message);
         update.status.granted_at = granted_at;
