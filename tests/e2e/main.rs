@@ -13,6 +13,7 @@ mod crashes;
 mod crds;
 mod ha;
 mod interactions;
+mod policy_eval;
 mod relay;
 mod socket_mode;
 mod stack;
