@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds (once) the pinned binaries the tests run, and moto's server in a virtualenv.
+# Builds (once) the pinned binaries the tests run, moto's server in a virtualenv, and the
+# tests' IAM policy evaluator.
 #
 #   eval "$(hack/ensure-tools.sh)"           # interactively
 #   exports=$(hack/ensure-tools.sh)          # in a script under set -e: a failure stops
@@ -10,11 +11,14 @@
 #   ${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}/bin/<hash of go.mod/go.sum, flags, go version>/
 # moto (and cfn-lint): a virtualenv at ${AWS_JIT_CACHE}/venv/<hash of
 # hack/requirements-moto.txt>/.
-# Both are skipped when already there, so a second run builds nothing. The binaries are
-# built in a temporary directory renamed into place when complete; the venv (which
-# cannot move) is marked complete last. Either way an interrupted build is never
-# mistaken for a finished one. Logs go to stderr; stdout carries only the `export`
-# lines to eval.
+# The IAM policy evaluator (hack/policy-eval, Node.js): its packages at
+# ${AWS_JIT_CACHE}/policy-eval/<hash of package.json/package-lock.json>/node_modules
+# (npm ci from the lockfile), its CLI copied beside them as cli/evaluate-<hash>.mjs.
+# Each is skipped when already there, so a second run builds nothing (and needs no
+# network). The binaries and the evaluator's packages are built in a temporary directory
+# renamed into place when complete; the venv (which cannot move) is marked complete
+# last. Either way an interrupted build is never mistaken for a finished one. Logs go to
+# stderr; stdout carries only the `export` lines to eval.
 set -euo pipefail
 # Command substitutions keep errexit (bash clears it there by default), so a failure
 # inside $(…) stops it too; and a $(…) is never an argument of another command (whose
@@ -170,11 +174,66 @@ ensure_moto() {
 	[[ -x $cfn_lint ]] || die "no cfn-lint in $dest (hack/requirements-moto.txt pins it)"
 }
 
+# The policy evaluator's packages depend only on the lockfile (keyed by it, installed
+# once: offline afterwards); the CLI is a file copied next to them (keyed by its own
+# hash too), so editing it never reinstalls anything. Node resolves the CLI's imports
+# from the node_modules above it.
+ensure_policy_eval() {
+	local dir=$root/hack/policy-eval key dest cli tmp version
+	[[ -f $dir/package-lock.json && -f $dir/package.json && -f $dir/evaluate.mjs ]] ||
+		die "missing hack/policy-eval/{package.json,package-lock.json,evaluate.mjs}"
+	command -v node >/dev/null || die "node is not installed (needed for the IAM policy evaluator)"
+	key=$(cat "$dir/package.json" "$dir/package-lock.json" | sha256sum | cut -c1-16)
+	dest=$cache/policy-eval/$key
+	if [[ -f $dest/.complete ]]; then
+		log "policy evaluator up to date in $dest"
+	else
+		command -v npm >/dev/null || die "npm is not installed (needed for the IAM policy evaluator)"
+		mkdir -p "$cache/policy-eval"
+		exec 7>"$cache/policy-eval/.lock"
+		flock 7
+		if [[ -f $dest/.complete ]]; then
+			log "policy evaluator up to date in $dest"
+		else
+			rm -rf "$dest" "$cache"/policy-eval/.tmp.*
+			log "installing the policy evaluator into $dest"
+			eval_tmp=$(mktemp -d "$cache/policy-eval/.tmp.XXXXXX")
+			chmod 755 "$eval_tmp"
+			trap 'rm -rf "$eval_tmp"' EXIT
+			trap 'exit 130' INT TERM HUP
+			cp "$dir/package.json" "$dir/package-lock.json" "$eval_tmp/"
+			# Exactly the lockfile (npm ci fails if package.json disagrees with it); no
+			# install scripts, no audit or funding calls.
+			npm ci --prefix "$eval_tmp" --ignore-scripts --no-audit --no-fund --loglevel=error >&2
+			touch "$eval_tmp/.complete"
+			mv -T "$eval_tmp" "$dest"
+			trap - EXIT INT TERM HUP
+		fi
+		exec 7>&-
+	fi
+	key=$(sha256sum <"$dir/evaluate.mjs" | cut -c1-16)
+	cli=$dest/cli/evaluate-$key.mjs
+	if [[ ! -x $cli ]]; then
+		mkdir -p "$dest/cli"
+		tmp=$(mktemp "$dest/cli/.tmp.XXXXXX")
+		cp "$dir/evaluate.mjs" "$tmp"
+		chmod 755 "$tmp"
+		mv "$tmp" "$cli"
+	fi
+	# One run proves node can load it (and logs what it evaluates with).
+	version=$("$cli" --version)
+	log "policy evaluator $cli: $version"
+	policy_eval=$cli
+}
+
 ensure_binaries
 ensure_moto
+ensure_policy_eval
 
 printf 'export AWS_JIT_BIN_DIR=%q\n' "$bin_dir"
 printf 'export AWS_JIT_MOTO_SERVER=%q\n' "$moto_server"
 printf 'export AWS_JIT_CFN_LINT=%q\n' "$cfn_lint"
+# A command: reads the cases as JSON on stdin (see hack/policy-eval/README.md).
+printf 'export AWS_JIT_POLICY_EVAL=%q\n' "$policy_eval"
 # shellcheck disable=SC2016 # $PATH is expanded by whoever evals this line, not here
 printf 'export PATH=%q:"$PATH"\n' "$bin_dir"

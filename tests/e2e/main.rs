@@ -14,6 +14,7 @@ mod crashes;
 mod crds;
 mod ha;
 mod interactions;
+mod policy_eval;
 mod relay;
 mod sessions;
 mod socket_mode;

@@ -6,6 +6,7 @@ pub mod aws;
 pub mod kube;
 pub mod measure;
 pub mod outage;
+pub mod policy_eval;
 pub mod procs;
 pub mod project;
 pub mod slack;
