@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::controller::{ACCOUNT, Env, condition};
 use crate::support::kube::User;
+use crate::support::policy_eval::{Decision, RoleSession, assume_role, session_call};
 use crate::support::wait::eventually;
 use crate::support::{stack, succeeded};
 
@@ -93,6 +94,28 @@ fn revoked(uid: &str, expires_at: &str) -> Value {
     aws_jit::session::deny_document(&format!("ar-{uid}"), expires_at, true)
 }
 
+/// The role's trust policy as IAM holds it (a JSON document), and the role's id.
+async fn trust_and_id(env: &Env) -> (Value, String) {
+    let role = aws_sdk_iam::Client::new(&env.sdk)
+        .get_role()
+        .role_name(&env.iam_role_name)
+        .send()
+        .await
+        .expect("get role");
+    let role = role.role().expect("role");
+    let doc = aws_jit::trust_policy::decode_json(
+        role.assume_role_policy_document().expect("trust policy"),
+    )
+    .expect("JSON");
+    (doc, role.role_id().to_string())
+}
+
+/// What the role is for: administrator access (its permissions besides our deny).
+fn admin() -> Value {
+    serde_json::json!({"Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+}
+
 /// alice asks, carol approves: the request once it is Active.
 async fn active(env: &Env, name: &str, duration: &str) -> AccessRequest {
     env.request(User::Alice, name, &format!("  duration: {duration}\n"));
@@ -157,11 +180,102 @@ async fn a_grant_names_its_sessions_and_an_early_revoke_ends_them_at_once() {
         "the sessions' deny, written by the execution before the grant"
     );
 
+    // What these documents mean, judged by a real IAM policy evaluator on exactly what
+    // IAM holds (moto judges nothing).
+    let (trust, role_id) = trust_and_id(&env).await;
+    let alice = format!("arn:aws:iam::{ACCOUNT}:user/alice");
+    let role_arn = access.role_arn.clone();
+    let now = jiff::Timestamp::now();
+    let expiry: jiff::Timestamp = expires.parse().expect("expiry");
+    let after = expiry + jiff::SignedDuration::from_secs(1);
+    assert_eq!(
+        assume_role(&trust, &role_arn, &alice, &session, Some("alice"), now),
+        Decision::Allowed,
+        "alice, as the session the request names, may assume the role"
+    );
+    assert_ne!(
+        assume_role(&trust, &role_arn, &alice, "my-own-name", Some("alice"), now),
+        Decision::Allowed,
+        "under another session name she may not (the deny would not know it)"
+    );
+    assert_ne!(
+        assume_role(&trust, &role_arn, &alice, &session, None, now),
+        Decision::Allowed,
+        "nor without the source identity"
+    );
+    assert_ne!(
+        assume_role(&trust, &role_arn, &alice, &session, Some("alice"), after),
+        Decision::Allowed,
+        "nor after the expiry"
+    );
+    let deny = deny_policy(&env, &uid).await.expect("deny");
+    let hers = RoleSession {
+        role_arn: role_arn.clone(),
+        role_id: role_id.clone(),
+        session_name: session.clone(),
+        source_identity: Some("alice".into()),
+        issued_at: now,
+    };
+    let call = |s: &RoleSession, at| {
+        session_call(
+            &[admin(), deny.clone()],
+            s,
+            at,
+            "iam:PutRolePolicy",
+            &role_arn,
+        )
+    };
+    assert_eq!(call(&hers, now), Decision::Allowed, "her session works now");
+    assert_eq!(
+        call(&hers, after),
+        Decision::ExplicitlyDenied,
+        "and is denied after the expiry, though issued before it"
+    );
+    let later_grant = RoleSession {
+        session_name: "ar-00000000-0000-4000-8000-000000000002".into(),
+        ..hers.clone()
+    };
+    assert_eq!(
+        call(&later_grant, after),
+        Decision::Allowed,
+        "another grant's session of alice is not this grant's deny's business"
+    );
+
     // An early revoke: "deny now" before the statement goes.
     env.revoke(User::Alice, "named", "done");
     env.wait_phase("named", Phase::Revoked).await;
-    assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
+    let tightened = deny_policy(&env, &uid).await;
+    assert_eq!(tightened, Some(revoked(&uid, &expires)));
     assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    let now = jiff::Timestamp::now();
+    let tightened = tightened.expect("deny");
+    assert_eq!(
+        session_call(
+            &[admin(), tightened.clone()],
+            &hers,
+            now,
+            "s3:GetObject",
+            "*"
+        ),
+        Decision::ExplicitlyDenied,
+        "her live session ends at once, before the expiry"
+    );
+    assert_eq!(
+        session_call(
+            &[admin(), tightened],
+            &later_grant,
+            now,
+            "s3:GetObject",
+            "*"
+        ),
+        Decision::Allowed
+    );
+    let (trust, _) = trust_and_id(&env).await;
+    assert_ne!(
+        assume_role(&trust, &role_arn, &alice, &session, Some("alice"), now),
+        Decision::Allowed,
+        "and no new session"
+    );
     assert_eq!(
         env.execution_outcome("named").await,
         ("SUCCEEDED".into(), "Revoked".into())
