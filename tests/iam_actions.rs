@@ -23,6 +23,12 @@
 //! calls would be counted as the operator's.
 //! Which queue an SQS call uses comes from configuration, not from the code's text, so
 //! [`SQS_QUEUES`] says it per file; a new SQS call site fails until it is listed there.
+//! Likewise which state machine a `states:StartExecution` starts: [`STARTS`].
+//!
+//! 3. The two state machines' execution roles, against their definitions: every Task's
+//!    action is allowed to its machine's role on what it targets, every grant is used
+//!    by a Task, and neither role can write an inline policy on the installation's own
+//!    roles.
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -38,9 +44,12 @@ const REGION: &str = "us-east-1";
 const OPERATOR_ROLE: &str = "arn:aws:iam::123456789012:role/aws-jit-operator";
 const RELAY_ROLE: &str = "arn:aws:iam::123456789012:role/aws-jit-relay";
 const STATE_MACHINE_ROLE: &str = "arn:aws:iam::123456789012:role/aws-jit-state-machine";
+const CLEANUP_ROLE: &str = "arn:aws:iam::123456789012:role/aws-jit-session-cleanup";
 /// A managed role, under the `ManagedRoleArns` the checks deploy with.
 const MANAGED_ROLE: &str = "arn:aws:iam::123456789012:role/jit/admin";
 const STATE_MACHINE: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:aws-jit-access";
+const CLEANUP_MACHINE: &str =
+    "arn:aws:states:us-east-1:123456789012:stateMachine:aws-jit-session-cleanup";
 const EXECUTION: &str = "arn:aws:states:us-east-1:123456789012:execution:aws-jit-access:ar-1";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -75,9 +84,40 @@ impl Identity {
 /// What `aws-jit relay` runs; everything else runs as the operator.
 const RELAY_MODULES: &[&str] = &["src/relay/", "src/interactions/"];
 
-/// Granted ahead of the code that calls them, with why. When the caller lands this
-/// test fails until its entry is removed, so no entry outlives its reason.
-const NOT_YET_CALLED: &[(Identity, &str, &str)] = &[];
+/// Granted ahead of the code that calls them, with why: `(identity, action, resource or
+/// None for any, why)`. When the caller lands this test fails until its entry is
+/// removed, so no entry outlives its reason.
+const NOT_YET_CALLED: &[(Identity, &str, Option<&str>, &str)] = &[
+    (
+        Identity::Operator,
+        "states:SendTaskHeartbeat",
+        None,
+        "issue 11: the worker checks a grant's task is live before its trust-policy write",
+    ),
+    (
+        Identity::Operator,
+        "iam:GetRolePolicy",
+        None,
+        "issue 11: the worker checks the state machine's session deny before it grants",
+    ),
+    (
+        Identity::Operator,
+        "iam:PutRolePolicy",
+        None,
+        "issue 11: the controller tightens the session deny when it revokes for a stopped or failed execution",
+    ),
+    (
+        Identity::Operator,
+        "states:StartExecution",
+        Some(CLEANUP_MACHINE),
+        "issue 11: the controller starts the session cleanup when it revokes for a stopped or failed execution; \
+         list that call's file with SessionCleanupStateMachine in STARTS",
+    ),
+];
+
+/// The state machines (template logical IDs) the `states:StartExecution` calls of each
+/// file start: their ARNs come from configuration, not the code's text.
+const STARTS: &[(&str, &[&str])] = &[("src/sfn.rs", &["StateMachine"])];
 
 /// The queues (template logical IDs) the SQS calls of each file use.
 const SQS_QUEUES: &[(&str, &str, &[&str])] = &[
@@ -130,11 +170,14 @@ const SQS_QUEUES: &[(&str, &str, &[&str])] = &[
 /// The resource a call of a Step Functions or IAM action targets. SQS: [`SQS_QUEUES`].
 fn fixed_resource(action: &str) -> Option<&'static str> {
     Some(match action {
-        "states:StartExecution" | "states:ListExecutions" => STATE_MACHINE,
+        "states:ListExecutions" => STATE_MACHINE,
         "states:DescribeExecution" | "states:StopExecution" => EXECUTION,
         // No resource-level permissions: a task token is the capability.
         "states:SendTaskSuccess" | "states:SendTaskFailure" | "states:SendTaskHeartbeat" => "*",
-        "iam:GetRole" | "iam:UpdateAssumeRolePolicy" => MANAGED_ROLE,
+        "iam:GetRole"
+        | "iam:UpdateAssumeRolePolicy"
+        | "iam:GetRolePolicy"
+        | "iam:PutRolePolicy" => MANAGED_ROLE,
         _ => return None,
     })
 }
@@ -1183,6 +1226,18 @@ fn needs(calls: &[Call], t: &Template) -> Result<Vec<Need>, Vec<String>> {
                     c.action
                 )),
             }
+        } else if c.action == "states:StartExecution" {
+            match STARTS.iter().find(|(f, _)| *f == c.file) {
+                Some((_, machines)) => {
+                    for m in *machines {
+                        out.push((c.identity, c.action.clone(), t.reference(m), site.clone()));
+                    }
+                }
+                None => errors.push(format!(
+                    "{site} calls {}: say in STARTS which state machine it starts",
+                    c.action
+                )),
+            }
         } else if let Some(resource) = fixed_resource(&c.action) {
             out.push((c.identity, c.action.clone(), resource.to_string(), site));
         } else {
@@ -1230,10 +1285,10 @@ fn check(calls: &[Call], t: &Template) -> Result<(), Vec<String>> {
             ));
         }
     }
-    let pending = |identity: Identity, action: &str| {
+    let pending = |identity: Identity, action: &str, resource: &str| {
         NOT_YET_CALLED
             .iter()
-            .any(|(i, a, _)| *i == identity && *a == action)
+            .any(|(i, a, r, _)| *i == identity && *a == action && r.is_none_or(|r| r == resource))
     };
     for identity in [Identity::Operator, Identity::Relay] {
         for s in t.policy(identity.policy()).iter().filter(|s| s.allow) {
@@ -1253,7 +1308,7 @@ fn check(calls: &[Call], t: &Template) -> Result<(), Vec<String>> {
                     let called = needed
                         .iter()
                         .any(|(i, a, _, _)| *i == identity && a == action);
-                    if !used && !pending(identity, action) {
+                    if !used && !pending(identity, action, resource) {
                         errors.push(format!(
                             "{} {} allows {action} on {resource}, which no {identity:?} code calls{}: remove the grant (or list it in NOT_YET_CALLED with why)",
                             identity.policy(),
@@ -1264,20 +1319,23 @@ fn check(calls: &[Call], t: &Template) -> Result<(), Vec<String>> {
                 }
             }
         }
-        for (i, action, why) in NOT_YET_CALLED.iter().filter(|(i, _, _)| *i == identity) {
-            if let Some((_, _, _, site)) = needed.iter().find(|(n, a, _, _)| n == i && a == action)
+        for (i, action, resource, why) in NOT_YET_CALLED.iter().filter(|(i, ..)| *i == identity) {
+            if let Some((_, _, _, site)) = needed
+                .iter()
+                .find(|(n, a, r, _)| n == i && a == action && resource.is_none_or(|want| r == want))
             {
                 errors.push(format!(
                     "{action} is called now ({site}): remove it from NOT_YET_CALLED ({why})"
                 ));
             }
-            if !t
-                .policy(identity.policy())
-                .iter()
-                .any(|s| s.allow && s.actions.contains(&action.to_string()))
-            {
+            if !t.policy(identity.policy()).iter().any(|s| {
+                s.allow
+                    && s.actions.contains(&action.to_string())
+                    && resource.is_none_or(|want| s.resources.iter().any(|p| glob(p, want)))
+            }) {
                 errors.push(format!(
-                    "NOT_YET_CALLED lists {action}, which {} does not allow",
+                    "NOT_YET_CALLED lists {action} on {}, which {} does not allow",
+                    resource.unwrap_or("*"),
                     identity.policy()
                 ));
             }
@@ -1659,25 +1717,28 @@ fn the_operator_never_edits_its_own_roles_and_honours_the_tag() {
         ("RelayRoleArn", jit_relay),
     ]);
     let p = t.policy("OperatorPolicy");
-    let edit = |resource: &str, tags: &[(&str, &str)]| {
-        decide(
-            &p,
-            &Request {
-                principal: jit_operator,
-                action: "iam:UpdateAssumeRolePolicy",
-                resource,
-                tags,
-            },
-        )
-    };
-    for own in [jit_operator, jit_relay, STATE_MACHINE_ROLE] {
-        assert_eq!(edit(own, &[]), Decision::ExplicitDeny, "{own}");
+    for action in ["iam:UpdateAssumeRolePolicy", "iam:PutRolePolicy"] {
+        let edit = |resource: &str, tags: &[(&str, &str)]| {
+            decide(
+                &p,
+                &Request {
+                    principal: jit_operator,
+                    action,
+                    resource,
+                    tags,
+                },
+            )
+        };
+        for own in [jit_operator, jit_relay, STATE_MACHINE_ROLE, CLEANUP_ROLE] {
+            assert_eq!(edit(own, &[]), Decision::ExplicitDeny, "{action} {own}");
+        }
+        assert_eq!(edit(MANAGED_ROLE, &[]), Decision::Allow, "{action}");
+        assert_eq!(
+            edit("arn:aws:iam::123456789012:role/other", &[]),
+            Decision::ImplicitDeny,
+            "{action}"
+        );
     }
-    assert_eq!(edit(MANAGED_ROLE, &[]), Decision::Allow);
-    assert_eq!(
-        edit("arn:aws:iam::123456789012:role/other", &[]),
-        Decision::ImplicitDeny
-    );
 
     let t = Template::load(&[("RequireManagedRoleTag", "true")]);
     let p = t.policy("OperatorPolicy");
@@ -1708,7 +1769,16 @@ fn the_operator_never_edits_its_own_roles_and_honours_the_tag() {
         ),
         Decision::Allow
     );
+    assert_eq!(
+        decide(&p, &r("iam:PutRolePolicy", &[])),
+        Decision::ImplicitDeny
+    );
+    assert_eq!(
+        decide(&p, &r("iam:PutRolePolicy", &[("aws-jit-managed", "true")])),
+        Decision::Allow
+    );
     assert_eq!(decide(&p, &r("iam:GetRole", &[])), Decision::Allow);
+    assert_eq!(decide(&p, &r("iam:GetRolePolicy", &[])), Decision::Allow);
 }
 
 /// The Step Functions rights name this state machine and its executions, nothing wider.
@@ -1732,6 +1802,11 @@ fn step_functions_rights_are_scoped_to_this_state_machine() {
         decide(&p, &r("states:StartExecution", other_machine)),
         Decision::ImplicitDeny
     );
+    // The session cleanup (started when the operator revokes in an execution's place).
+    assert_eq!(
+        decide(&p, &r("states:StartExecution", CLEANUP_MACHINE)),
+        Decision::Allow
+    );
     for action in ["states:DescribeExecution", "states:StopExecution"] {
         assert_eq!(
             decide(&p, &r(action, EXECUTION)),
@@ -1744,11 +1819,7 @@ fn step_functions_rights_are_scoped_to_this_state_machine() {
             "{action}"
         );
     }
-    for never in [
-        "states:GetExecutionHistory",
-        "states:SendTaskHeartbeat",
-        "sqs:GetQueueAttributes",
-    ] {
+    for never in ["states:GetExecutionHistory", "sqs:GetQueueAttributes"] {
         assert_eq!(
             decide(&p, &r(never, "*")),
             Decision::ImplicitDeny,
@@ -1763,4 +1834,245 @@ fn step_functions_rights_are_scoped_to_this_state_machine() {
                 && s.resources.iter().all(|r| r.contains(":aws-jit-alerts"))),
         "the relay touches the alert queues only: {relay:#?}"
     );
+}
+
+/// One right a state machine's Task needs: `(action, resource, state)`.
+type TaskNeed = (String, String, String);
+
+/// What the Tasks of the state machine `logical` call, on which resources: SQS sends on
+/// the queue their `QueueUrl` names, aws-sdk:iam calls on a managed role (the role
+/// comes from the execution input), and starts of the state machine they name.
+fn task_needs(t: &Template, logical: &str) -> Vec<TaskNeed> {
+    let body = match &t.resource(logical)["Properties"]["DefinitionString"] {
+        Yaml::Tagged(sub) if sub.tag == "!Sub" => sub.value.as_str().expect("a string"),
+        other => panic!("{logical}.DefinitionString is not !Sub: {other:?}"),
+    };
+    let definition: Json = serde_json::from_str(&t.sub(body)).expect("the definition is JSON");
+    let by_url: HashMap<String, String> = t
+        .resources_of_type("AWS::SQS::Queue")
+        .into_iter()
+        .map(|q| (t.reference(&q), q))
+        .collect();
+    let mut out = Vec::new();
+    for (state, s) in definition["States"].as_object().expect("States") {
+        if s["Type"] != "Task" {
+            continue;
+        }
+        let resource = s["Resource"].as_str().expect("Resource");
+        let integration = resource
+            .strip_prefix("arn:aws:states:::")
+            .unwrap_or_else(|| panic!("{state}: {resource}: teach task_needs"));
+        let need = match integration
+            .trim_end_matches(".waitForTaskToken")
+            .split(':')
+            .collect::<Vec<_>>()[..]
+        {
+            ["sqs", "sendMessage"] => {
+                let url = s["Parameters"]["QueueUrl"].as_str().expect("QueueUrl");
+                let queue = by_url
+                    .get(url)
+                    .unwrap_or_else(|| panic!("{state}: {url} is none of the template's queues"));
+                ("sqs:SendMessage".to_string(), queue_arn(t, queue))
+            }
+            ["aws-sdk", "iam", api] => {
+                let mut action = api.to_string();
+                action[..1].make_ascii_uppercase();
+                (format!("iam:{action}"), MANAGED_ROLE.to_string())
+            }
+            ["states", "startExecution"] => (
+                "states:StartExecution".to_string(),
+                s["Parameters"]["StateMachineArn"]
+                    .as_str()
+                    .expect("StateMachineArn")
+                    .to_string(),
+            ),
+            _ => panic!("{state}: {resource}: teach task_needs"),
+        };
+        out.push((need.0, need.1, state.clone()));
+    }
+    out
+}
+
+/// Like [`check`], for the two state machines' execution roles and their Tasks.
+fn check_state_machines(t: &Template) -> Result<(), Vec<String>> {
+    let queue_policies = t.queue_policies();
+    let mut errors = Vec::new();
+    for (machine, role) in [
+        ("StateMachine", "StateMachineRole"),
+        ("SessionCleanupStateMachine", "SessionCleanupRole"),
+    ] {
+        let policy = t.policy_inline(role);
+        let principal = t.attribute(role, "Arn");
+        let needs = task_needs(t, machine);
+        for (action, resource, state) in &needs {
+            let r = Request {
+                principal: &principal,
+                action,
+                resource,
+                tags: &[("aws-jit-managed", "true")],
+            };
+            let d = decide(&policy, &r);
+            if d != Decision::Allow {
+                errors.push(format!(
+                    "{machine}.{state} calls {action} on {resource}, which {role} does not allow ({d:?})"
+                ));
+            }
+            if let Some((queue, statements)) = queue_policies
+                .iter()
+                .find(|(q, _)| queue_arn(t, q) == *resource)
+                && decide(statements, &r) == Decision::ExplicitDeny
+            {
+                errors.push(format!(
+                    "{machine}.{state}: the queue policy of {queue} denies {role} {action}"
+                ));
+            }
+        }
+        for s in policy.iter().filter(|s| s.allow) {
+            for action in &s.actions {
+                for resource in &s.resources {
+                    let used = needs
+                        .iter()
+                        .any(|(a, r, _)| a == action && (glob(resource, r) || r == resource));
+                    if !used {
+                        errors.push(format!(
+                            "{role} {} allows {action} on {resource}, which no Task of {machine} calls: remove the grant",
+                            s.sid
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
+/// Issue 11: the flow writes the session deny and starts the cleanup, the cleanup reads
+/// the role and deletes the deny; their roles allow exactly that (with and without the
+/// tag requirement), and the check fails on a grant taken away or one added.
+#[test]
+fn the_state_machines_roles_allow_exactly_what_their_tasks_call() {
+    for tagged in ["false", "true"] {
+        let t = Template::load(&[("RequireManagedRoleTag", tagged)]);
+        if let Err(errors) = check_state_machines(&t) {
+            panic!("RequireManagedRoleTag={tagged}:\n{}", errors.join("\n"));
+        }
+    }
+    let text = std::fs::read_to_string(TEMPLATE).expect("read the template");
+    let edit = |role: &str, f: &dyn Fn(&mut Vec<Yaml>)| {
+        let mut doc: Yaml = serde_yaml::from_str(&text).expect("YAML");
+        let statements =
+            doc["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+                .as_sequence_mut()
+                .expect("statements");
+        f(statements);
+        Template::from_doc(doc, &[])
+    };
+    let t = edit("StateMachineRole", &|s| {
+        s.retain(|s| s["Sid"].as_str() != Some("StartSessionCleanup"))
+    });
+    let errors = check_state_machines(&t).expect_err("a missing grant must fail");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("StateMachine.StartSessionCleanup calls states:StartExecution")),
+        "{errors:#?}"
+    );
+    // The flow never deletes a session deny: that grant would be unused.
+    let t = edit("StateMachineRole", &|s| {
+        let write = s
+            .iter_mut()
+            .find(|s| s["Sid"].as_str() == Some("WriteSessionDenyOnManagedRoles"))
+            .expect("statement");
+        write["Action"] =
+            serde_yaml::from_str("[iam:PutRolePolicy, iam:DeleteRolePolicy]").expect("yaml");
+    });
+    let errors = check_state_machines(&t).expect_err("an unused grant must fail");
+    assert!(
+        errors.iter().any(|e| e.contains("iam:DeleteRolePolicy")),
+        "{errors:#?}"
+    );
+}
+
+/// Whatever `ManagedRoleArns` covers, neither state machine can write or delete an
+/// inline policy (an Allow there is a privilege escalation) of the operator's, the
+/// relay's or their own roles; with `RequireManagedRoleTag` only tagged roles; reading
+/// a role stays allowed. The own-role ARNs the denies spell out (a GetAtt would be a
+/// circular dependency) are the roles' real ARNs.
+#[test]
+fn the_state_machines_never_edit_own_roles_and_honour_the_tag() {
+    let jit_operator = "arn:aws:iam::123456789012:role/jit/aws-jit-operator";
+    let jit_relay = "arn:aws:iam::123456789012:role/jit/aws-jit-relay";
+    let managed =
+        format!("arn:aws:iam::123456789012:role/jit/*,{STATE_MACHINE_ROLE},{CLEANUP_ROLE}");
+    let t = Template::load(&[
+        ("ManagedRoleArns", managed.as_str()),
+        ("OperatorRoleArn", jit_operator),
+        ("RelayRoleArn", jit_relay),
+    ]);
+    assert_eq!(t.attribute("StateMachineRole", "Arn"), STATE_MACHINE_ROLE);
+    assert_eq!(t.attribute("SessionCleanupRole", "Arn"), CLEANUP_ROLE);
+    for (role, action) in [
+        ("StateMachineRole", "iam:PutRolePolicy"),
+        ("SessionCleanupRole", "iam:DeleteRolePolicy"),
+    ] {
+        let p = t.policy_inline(role);
+        let principal = t.attribute(role, "Arn");
+        let r = |resource, tags| Request {
+            principal: &principal,
+            action,
+            resource,
+            tags,
+        };
+        for own in [jit_operator, jit_relay, STATE_MACHINE_ROLE, CLEANUP_ROLE] {
+            assert_eq!(
+                decide(&p, &r(own, &[])),
+                Decision::ExplicitDeny,
+                "{role} {own}"
+            );
+        }
+        assert_eq!(decide(&p, &r(MANAGED_ROLE, &[])), Decision::Allow, "{role}");
+        assert_eq!(
+            decide(&p, &r("arn:aws:iam::123456789012:role/other", &[])),
+            Decision::ImplicitDeny,
+            "{role}"
+        );
+    }
+    let t = Template::load(&[("RequireManagedRoleTag", "true")]);
+    for (role, action) in [
+        ("StateMachineRole", "iam:PutRolePolicy"),
+        ("SessionCleanupRole", "iam:DeleteRolePolicy"),
+    ] {
+        let p = t.policy_inline(role);
+        let principal = t.attribute(role, "Arn");
+        let r = |action, tags| Request {
+            principal: &principal,
+            action,
+            resource: MANAGED_ROLE,
+            tags,
+        };
+        assert_eq!(
+            decide(&p, &r(action, &[])),
+            Decision::ImplicitDeny,
+            "{role}"
+        );
+        assert_eq!(
+            decide(&p, &r(action, &[("aws-jit-managed", "false")])),
+            Decision::ImplicitDeny,
+            "{role}"
+        );
+        assert_eq!(
+            decide(&p, &r(action, &[("aws-jit-managed", "true")])),
+            Decision::Allow,
+            "{role}"
+        );
+        assert_eq!(
+            decide(&p, &r("iam:GetRole", &[])),
+            Decision::Allow,
+            "{role}"
+        );
+    }
 }

@@ -3,19 +3,24 @@
 //! every test deploys `deploy/aws/aws-jit.yaml` as a CloudFormation stack of its own
 //! (see [`Moto::deploy`]), so tests never share queues.
 //!
-//! The server comes from `AWS_JIT_MOTO_SERVER` (set by `hack/ensure-tools.sh`).
+//! The server is moto's, from the virtualenv of `AWS_JIT_MOTO_SERVER` (set by
+//! `hack/ensure-tools.sh`), started through `tests/support/moto_server.py`: moto's own
+//! `main` with one gap closed (a Task `states:startExecution` takes its parameters in
+//! PascalCase, as on AWS; moto 5.2.5 passes them to botocore unchanged and fails).
 //!
 //! moto gap worked around here (also in deploy/aws/README.md): moto's CloudFormation
 //! creates `AWS::StepFunctions::StateMachine` in its plain Step Functions backend, but
 //! with `execute_state_machine` on, the Step Functions API is served by a second backend
-//! that runs the ASL and does not see the stack's state machine. [`Moto::deploy`]
-//! therefore resolves the template's `DefinitionString` (`Fn::Sub`) from the stack's
-//! outputs and parameters, exactly as CloudFormation does, and creates the state machine
-//! in the executing backend under the same name and role, so it has the stack's ARN.
+//! that runs the ASL and does not see the stack's state machines. [`Moto::deploy`]
+//! therefore resolves each template `DefinitionString` (`Fn::Sub`) from the stack's
+//! outputs and parameters, exactly as CloudFormation does, and creates both state
+//! machines (the flow and its session cleanup) in the executing backend under the same
+//! name and role, so they have the stack's ARNs.
 //! Everything else (queues, roles, policies) is the stack's own, except what moto's
 //! CloudFormation skips: `AWS::SQS::QueuePolicy` (not created; moto would not enforce
-//! it anyway), `Rules` and `AllowedPattern` (not checked; [`check_allowed_patterns`]
-//! checks the patterns here, tests/iam_actions.rs the policies and the Rules).
+//! it anyway), `Rules`, `AllowedPattern` and `MinValue`/`MaxValue` (not checked;
+//! [`check_parameters`] checks them here, tests/iam_actions.rs the policies and the
+//! Rules).
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::PathBuf;
@@ -32,6 +37,8 @@ pub const REGION: &str = "us-east-1";
 
 /// The shipped template, read at run time so a test always deploys the current one.
 pub const TEMPLATE_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/aws/aws-jit.yaml");
+/// moto's `main` with the gap described at the top of this file closed.
+const LAUNCHER_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/moto_server.py");
 
 /// From spawning moto to a server that answers. Generous: importing moto takes a few
 /// seconds, more on a machine busy compiling.
@@ -54,6 +61,9 @@ pub struct AwsOutputs {
     pub name_prefix: String,
     pub state_machine_arn: String,
     pub state_machine_role_arn: String,
+    /// The session cleanup state machine (`CleanupStateMachineArn`) and its role.
+    pub cleanup_state_machine_arn: String,
+    pub cleanup_role_arn: String,
     pub request_queue_url: String,
     pub work_queue_url: String,
     pub alert_queue_url: String,
@@ -86,14 +96,26 @@ impl Moto {
         procs::remove_at_exit(dir.clone());
         let log = dir.join("moto.log");
 
+        // moto_server's own virtualenv python runs the launcher.
+        let python = std::path::Path::new(&server)
+            .parent()
+            .map(|bin| bin.join("python"))
+            .filter(|p| p.exists())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no python next to {} (AWS_JIT_MOTO_SERVER must be the virtualenv's bin/moto_server)",
+                    server.to_string_lossy()
+                )
+            });
         let port = free_port();
-        let mut cmd = Command::new(&server);
-        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        let mut cmd = Command::new(&python);
+        cmd.arg(LAUNCHER_PATH)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             // The state machine's own SQS calls go to http://localhost:$MOTO_PORT.
             .env("MOTO_PORT", port.to_string())
             .current_dir(&dir);
         let pid = procs::spawn_service(cmd, log.clone())
-            .unwrap_or_else(|e| panic!("start {}: {e}", server.to_string_lossy()));
+            .unwrap_or_else(|e| panic!("start {} {LAUNCHER_PATH}: {e}", python.display()));
 
         let endpoint = format!("http://127.0.0.1:{port}");
         // A throwaway runtime, on a thread of its own so that start() also works when
@@ -145,8 +167,8 @@ impl Moto {
 
     /// [`Moto::deploy_with`] and more template parameters (e.g. `WorkTaskTimeoutSeconds`);
     /// no `managed_role_arns`: every role under `/jit/`. Every parameter is checked
-    /// against the template's `AllowedPattern` first, as CloudFormation does and moto
-    /// does not.
+    /// against the template's `AllowedPattern`, `MinValue` and `MaxValue` first, as
+    /// CloudFormation does and moto does not.
     pub async fn deploy_with_params(
         &self,
         stack_prefix: &str,
@@ -177,7 +199,7 @@ impl Moto {
             ),
         ]);
         params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        check_allowed_patterns(&template, &params);
+        check_parameters(&template, &params);
 
         let mut create = cfn
             .create_stack()
@@ -240,6 +262,8 @@ impl Moto {
             name_prefix: stack_name.clone(),
             state_machine_arn: out("StateMachineArn"),
             state_machine_role_arn: out("StateMachineRoleArn"),
+            cleanup_state_machine_arn: out("CleanupStateMachineArn"),
+            cleanup_role_arn: out("SessionCleanupRoleArn"),
             request_queue_url: out("RequestQueueUrl"),
             work_queue_url: out("WorkQueueUrl"),
             alert_queue_url: out("AlertQueueUrl"),
@@ -256,16 +280,28 @@ impl Moto {
     }
 }
 
-/// moto ignores a parameter's `AllowedPattern`; CloudFormation refuses a value that does
-/// not match it (each element, for a `CommaDelimitedList`). Panics on such a value, so
-/// no test runs on a stack AWS would not create.
-fn check_allowed_patterns(template: &str, params: &HashMap<String, String>) {
+/// moto ignores a parameter's `AllowedPattern`, `MinValue` and `MaxValue`;
+/// CloudFormation refuses a value that does not match its pattern (each element, for a
+/// `CommaDelimitedList`) or a `Number` outside its bounds. Panics on such a value, so no
+/// test runs on a stack AWS would not create.
+fn check_parameters(template: &str, params: &HashMap<String, String>) {
     let doc: serde_yaml::Value = serde_yaml::from_str(template).expect("template is YAML");
     let declared = doc["Parameters"].as_mapping().expect("template Parameters");
     for (name, value) in params {
         let decl = declared
             .get(name.as_str())
             .unwrap_or_else(|| panic!("the template has no parameter {name}"));
+        if decl["Type"].as_str() == Some("Number") {
+            let n: f64 = value
+                .parse()
+                .unwrap_or_else(|e| panic!("parameter {name} = {value:?} is not a number: {e}"));
+            let min = decl["MinValue"].as_f64().unwrap_or(f64::NEG_INFINITY);
+            let max = decl["MaxValue"].as_f64().unwrap_or(f64::INFINITY);
+            assert!(
+                (min..=max).contains(&n),
+                "parameter {name} = {value} is outside [{min}, {max}] (MinValue, MaxValue): CloudFormation would refuse the stack"
+            );
+        }
         let Some(pattern) = decl["AllowedPattern"].as_str() else {
             continue;
         };
@@ -285,8 +321,9 @@ fn check_allowed_patterns(template: &str, params: &HashMap<String, String>) {
     }
 }
 
-/// The moto gap described at the top of this file: create the stack's state machine, its
-/// definition resolved the way CloudFormation resolves it, in the backend that runs it.
+/// The moto gap described at the top of this file: create the stack's state machines
+/// (the session cleanup first: the flow names it), each definition resolved the way
+/// CloudFormation resolves it, in the backend that runs them.
 async fn register_with_executor(
     sdk: &aws_config::SdkConfig,
     template: &str,
@@ -294,15 +331,63 @@ async fn register_with_executor(
     out: &AwsOutputs,
 ) {
     let doc: serde_yaml::Value = serde_yaml::from_str(template).expect("template is YAML");
-    let sub = &doc["Resources"]["StateMachine"]["Properties"]["DefinitionString"];
-    let serde_yaml::Value::Tagged(sub) = sub else {
-        panic!("StateMachine.DefinitionString is expected to be !Sub: {sub:?}");
-    };
-    assert_eq!(sub.tag, "!Sub", "StateMachine.DefinitionString");
-    let body = sub.value.as_str().expect("!Sub of a plain string");
+    let vars = substitutions(&doc, params, out);
+    let sfn = aws_sdk_sfn::Client::new(sdk);
+    for (logical, arn, role) in [
+        (
+            "SessionCleanupStateMachine",
+            &out.cleanup_state_machine_arn,
+            &out.cleanup_role_arn,
+        ),
+        (
+            "StateMachine",
+            &out.state_machine_arn,
+            &out.state_machine_role_arn,
+        ),
+    ] {
+        let definition = definition(&doc, logical, &vars);
+        let name = arn
+            .rsplit(':')
+            .next()
+            .expect("state machine ARN has a name");
+        let created = sfn
+            .create_state_machine()
+            .name(name)
+            .definition(&definition)
+            .role_arn(role)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("moto refused the {logical} definition: {e:?}"));
+        assert_eq!(
+            created.state_machine_arn(),
+            arn.as_str(),
+            "the executable {logical} must have the stack's ARN"
+        );
+    }
+}
 
-    // What CloudFormation substitutes: pseudo parameters, parameters (given or default),
-    // and the Ref of the resources the definition names.
+/// The `DefinitionString` of the state machine `logical`, its `Fn::Sub` resolved.
+fn definition(doc: &serde_yaml::Value, logical: &str, vars: &HashMap<String, String>) -> String {
+    let sub = &doc["Resources"][logical]["Properties"]["DefinitionString"];
+    let serde_yaml::Value::Tagged(sub) = sub else {
+        panic!("{logical}.DefinitionString is expected to be !Sub: {sub:?}");
+    };
+    assert_eq!(sub.tag, "!Sub", "{logical}.DefinitionString");
+    let body = sub.value.as_str().expect("!Sub of a plain string");
+    let definition = substitute(body, vars);
+    serde_json::from_str::<serde_json::Value>(&definition).unwrap_or_else(|e| {
+        panic!("the resolved {logical} definition is not JSON ({e}):\n{definition}")
+    });
+    definition
+}
+
+/// What CloudFormation substitutes in a `DefinitionString`: pseudo parameters,
+/// parameters (given or default), and the Ref of the resources the definitions name.
+fn substitutions(
+    doc: &serde_yaml::Value,
+    params: &HashMap<String, String>,
+    out: &AwsOutputs,
+) -> HashMap<String, String> {
     let mut vars: HashMap<String, String> = HashMap::from([
         ("AWS::Partition".into(), "aws".into()),
         ("AWS::Region".into(), REGION.into()),
@@ -311,46 +396,26 @@ async fn register_with_executor(
         ("RequestQueue".into(), out.request_queue_url.clone()),
         ("WorkQueue".into(), out.work_queue_url.clone()),
         ("AlertQueue".into(), out.alert_queue_url.clone()),
+        (
+            "SessionCleanupStateMachine".into(),
+            out.cleanup_state_machine_arn.clone(),
+        ),
     ]);
-    if let Some(declared) = doc["Parameters"].as_mapping() {
-        for (name, decl) in declared {
-            let name = name.as_str().expect("parameter name").to_string();
-            let value = params
-                .get(&name)
-                .cloned()
-                .or_else(|| match &decl["Default"] {
-                    serde_yaml::Value::String(s) => Some(s.clone()),
-                    serde_yaml::Value::Number(n) => Some(n.to_string()),
-                    _ => None,
-                });
-            if let Some(value) = value {
-                vars.insert(name, value);
-            }
+    for (name, decl) in doc["Parameters"].as_mapping().expect("template Parameters") {
+        let name = name.as_str().expect("parameter name").to_string();
+        let value = params
+            .get(&name)
+            .cloned()
+            .or_else(|| match &decl["Default"] {
+                serde_yaml::Value::String(s) => Some(s.clone()),
+                serde_yaml::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            });
+        if let Some(value) = value {
+            vars.insert(name, value);
         }
     }
-    let definition = substitute(body, &vars);
-    serde_json::from_str::<serde_json::Value>(&definition)
-        .unwrap_or_else(|e| panic!("the resolved definition is not JSON ({e}):\n{definition}"));
-
-    let name = out
-        .state_machine_arn
-        .rsplit(':')
-        .next()
-        .expect("state machine ARN has a name");
-    let sfn = aws_sdk_sfn::Client::new(sdk);
-    let created = sfn
-        .create_state_machine()
-        .name(name)
-        .definition(&definition)
-        .role_arn(&out.state_machine_role_arn)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("moto refused the state machine definition: {e:?}"));
-    assert_eq!(
-        created.state_machine_arn(),
-        out.state_machine_arn,
-        "the executable state machine must have the stack's ARN"
-    );
+    vars
 }
 
 /// `Fn::Sub` without a variable map: `${Name}` -> `vars[Name]`, `${!Literal}` ->
