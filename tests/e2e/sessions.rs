@@ -74,18 +74,6 @@ async fn deny_policy(env: &Env, uid: &str) -> Option<Value> {
     }
 }
 
-async fn wait_deny(env: &Env, uid: &str, want: Option<&Value>, what: &str) {
-    eventually(what, WAIT, || async move {
-        let got = deny_policy(env, uid).await;
-        if got.as_ref() == want {
-            Ok(())
-        } else {
-            Err(format!("the deny is {got:?}"))
-        }
-    })
-    .await;
-}
-
 fn expiring(uid: &str, expires_at: &str) -> Value {
     aws_jit::session::deny_document(&format!("ar-{uid}"), expires_at, false)
 }
