@@ -399,10 +399,13 @@ async fn a_stopped_execution_still_ends_the_access() {
         matches!(status.phase, Some(Phase::Revoked | Phase::Expired)),
         "{status:?}"
     );
+    // AWS ends a stopped execution ABORTED at once; moto 5.2.5 lets the waiting task run
+    // out and ends it FAILED States.Timeout, without running the revoke either way.
     assert!(
-        message.contains("ABORTED"),
+        message.contains("ABORTED") || message.contains("States.Timeout"),
         "the phase says what happened: {message}"
     );
+    assert!(message.contains("the operator ended access"), "{message}");
     assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
     assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
     // And the operator started the cleanup the execution never reached.
