@@ -229,10 +229,13 @@ pub fn check_grant(
 /// state machine acts on its input itself: the deny's role and policy name, the session).
 fn differing_fields(planned: &ExecutionInput, claimed: &ExecutionInput) -> Vec<String> {
     let as_map = |input: &ExecutionInput| match serde_json::to_value(input) {
-        Ok(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
+        Ok(serde_json::Value::Object(map)) => Some(map),
+        _ => None,
     };
-    let (planned, claimed) = (as_map(planned), as_map(claimed));
+    let (Some(planned), Some(claimed)) = (as_map(planned), as_map(claimed)) else {
+        // Never equal by default: what cannot be compared differs.
+        return vec!["<unserializable>".to_owned()];
+    };
     let mut keys: Vec<&String> = planned.keys().chain(claimed.keys()).collect();
     keys.sort();
     keys.dedup();

@@ -89,8 +89,11 @@ pub fn source_identity(requester: &str) -> Result<String, SessionError> {
     if requester.is_empty() {
         return Err(SessionError::EmptyRequester);
     }
-    let plain =
-        requester.len() >= STS_MIN && requester.len() <= STS_MAX && requester.chars().all(sts_char);
+    // `=` is the escape character: a name with one is always escaped, so no plain name
+    // can equal another name's escaped form.
+    let plain = requester.len() >= STS_MIN
+        && requester.len() <= STS_MAX
+        && requester.chars().all(|c| sts_char(c) && c != '=');
     if plain {
         return Ok(requester.to_owned());
     }
@@ -104,7 +107,8 @@ pub fn source_identity(requester: &str) -> Result<String, SessionError> {
         }
     }
     if encoded.len() < STS_MIN {
-        encoded.push_str("=00");
+        // `==` is no escape of anything (an escaped `=` is `=3D`).
+        encoded.push_str("==");
     }
     if encoded.len() > STS_MAX {
         return Err(SessionError::SourceIdentityTooLong {
@@ -239,15 +243,31 @@ mod tests {
             "alice@example.com"
         );
         assert_eq!(source_identity("oidc:alice").unwrap(), "oidc=3Aalice");
-        // `=` is escaped once anything is: `oidc=3Aalice` itself stays distinct.
-        assert_eq!(source_identity("oidc=3Aalice").unwrap(), "oidc=3Aalice");
+        // `=` is always escaped: `oidc=3Aalice` itself stays distinct.
+        assert_eq!(source_identity("oidc=3Aalice").unwrap(), "oidc=3D3Aalice");
         assert_eq!(source_identity("a:=").unwrap(), "a=3A=3D");
+        assert_eq!(source_identity("a\0").unwrap(), "a=00");
         assert_ne!(
             source_identity("oidc:alice").unwrap(),
             source_identity("oidc_alice").unwrap()
         );
         assert_eq!(source_identity("é1").unwrap(), "=C3=A91");
-        assert_eq!(source_identity("a").unwrap(), "a=00");
+        assert_eq!(source_identity("a").unwrap(), "a==");
+        // Injective over a sample of tricky names.
+        let names = [
+            "a",
+            "a\0",
+            "a=",
+            "a==",
+            "=",
+            "oidc:alice",
+            "oidc=3Aalice",
+            "a b",
+            "a=20b",
+        ];
+        let encoded: std::collections::BTreeSet<String> =
+            names.iter().map(|n| source_identity(n).unwrap()).collect();
+        assert_eq!(encoded.len(), names.len(), "{encoded:?}");
         let long = format!("oidc:{}", "a".repeat(60));
         assert!(matches!(
             source_identity(&long),

@@ -214,9 +214,14 @@ pub enum WorkerError {
         role: String,
         policy: String,
         found: String,
+        /// Not there (yet): IAM may not show the state machine's write at once, so the
+        /// item is tried again (its task's timeout bounds the tries).
+        missing: bool,
     },
     #[error("the grant task is over (timed out or its execution ended); nothing was written")]
     TaskOver,
+    #[error("access is ended, but its session cleanup could not be started: {0}")]
+    CleanupNotStarted(String),
     #[error("Step Functions: {0}")]
     Sfn(#[from] crate::sfn::SfnError),
     #[error("the work item is malformed: {reason}")]
@@ -248,6 +253,7 @@ impl WorkerError {
             WorkerError::Sqs { .. } | WorkerError::NotConfirmed { .. } => true,
             WorkerError::NotAuthorized(e) => e.is_transient(),
             WorkerError::Sfn(e) => e.is_transient(),
+            WorkerError::NoSessionDeny { missing, .. } => *missing,
             _ => false,
         }
     }
@@ -888,13 +894,14 @@ impl Worker {
         input: &ExecutionInput,
         expires_at: &str,
     ) -> Result<(), WorkerError> {
-        let missing = |found: &str| WorkerError::NoSessionDeny {
+        let refused = |found: &str, missing: bool| WorkerError::NoSessionDeny {
             role: role.to_owned(),
             policy: input.session_policy_name.clone(),
             found: found.to_owned(),
+            missing,
         };
         if input.session_policy_name.is_empty() || input.session_name.is_empty() {
-            return Err(missing("the execution names no deny policy"));
+            return Err(refused("the execution names no deny policy", false));
         }
         let out = match self
             .iam
@@ -908,15 +915,15 @@ impl Worker {
             Err(err) => {
                 return match WorkerError::iam("iam:GetRolePolicy", role, &err) {
                     // NoSuchEntity names the policy here, not the role.
-                    WorkerError::RoleNotFound { .. } => Err(missing("no such policy")),
+                    WorkerError::RoleNotFound { .. } => Err(refused("no such policy", true)),
                     other => Err(other),
                 };
             }
         };
         match crate::session::deny_state(out.policy_document(), &input.session_name, expires_at) {
             crate::session::DenyState::Expiring => Ok(()),
-            crate::session::DenyState::Revoked => Err(missing("already tightened: revoked")),
-            crate::session::DenyState::Other => Err(missing("another document")),
+            crate::session::DenyState::Revoked => Err(refused("already tightened: revoked", false)),
+            crate::session::DenyState::Other => Err(refused("another document", false)),
         }
     }
 
@@ -931,52 +938,115 @@ impl Worker {
         cleanup: &CleanupTarget,
     ) -> Result<RevokeOutput, WorkerError> {
         let role = role_name(&input.role_arn)?;
-        let session_name = if input.session_name.is_empty() {
-            crate::session::session_name(&input.request.uid).map_err(|e| {
-                WorkerError::MalformedTask {
-                    reason: e.to_string(),
-                }
-            })?
-        } else {
-            input.session_name.clone()
-        };
+        let session_name = crate::session::session_name(&input.request.uid).map_err(|e| {
+            WorkerError::MalformedTask {
+                reason: e.to_string(),
+            }
+        })?;
         let policy = crate::session::policy_name(&input.request.uid);
-        let document = crate::session::deny_document(&session_name, expires_at, true);
+        // 1. Tighten the deny, if there is one to tighten; whatever happens, go on.
+        let tightened = self
+            .tighten_session_deny(&role, &policy, &session_name, expires_at)
+            .await;
+        // 2. The statement goes, whatever became of the deny.
+        let revoked = self.revoke(input).await;
+        // 3. The cleanup removes the deny once no session can be alive.
+        let cleaned = match &tightened {
+            Ok(Some((expiry, max_session_seconds))) => self
+                .sfn
+                .start_cleanup(
+                    &cleanup.state_machine_arn,
+                    &crate::sfn::execution_name(&input.request.uid),
+                    &serde_json::json!({
+                        "role_name": role,
+                        "session_policy_name": policy,
+                        "session_name": session_name,
+                        "expires_at": expiry,
+                        "max_session_seconds": max_session_seconds,
+                    }),
+                )
+                .await
+                .map_err(|e| WorkerError::CleanupNotStarted(e.to_string())),
+            _ => Ok(()),
+        };
+        let revoked = revoked?;
+        tightened?;
+        cleaned?;
+        Ok(revoked)
+    }
+
+    /// Makes the request's deny "deny now" and returns its expiry and the role's
+    /// `MaxSessionDuration` (what the cleanup needs); `None` when there is nothing to
+    /// tighten: no deny (the worker never grants without one, and the cleanup removes it
+    /// only once no session of the grant can be alive), or its sessions are all over
+    /// already. A deny written then would be one nobody removes.
+    async fn tighten_session_deny(
+        &self,
+        role: &str,
+        policy: &str,
+        session_name: &str,
+        expires_at: &str,
+    ) -> Result<Option<(String, i32)>, WorkerError> {
+        let existing = match self
+            .iam
+            .get_role_policy()
+            .role_name(role)
+            .policy_name(policy)
+            .send()
+            .await
+        {
+            Ok(out) => out.policy_document().to_owned(),
+            Err(err) => {
+                return match WorkerError::iam("iam:GetRolePolicy", role, &err) {
+                    WorkerError::RoleNotFound { .. } => {
+                        info!(%role, %policy, "no sessions' deny (never granted, or cleaned up): nothing to tighten");
+                        Ok(None)
+                    }
+                    other => Err(other),
+                };
+            }
+        };
+        // The deny's own expiry wins over the caller's guess: it is the grant's.
+        let expiry = crate::session::deny_expiry(&existing)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|| expires_at.to_owned());
+        let max_session_seconds = self.max_session_seconds(role).await?;
+        let over = expiry
+            .parse::<Timestamp>()
+            .ok()
+            .and_then(|e| {
+                e.checked_add(SignedDuration::from_secs(i64::from(max_session_seconds)))
+                    .ok()
+            })
+            .is_some_and(|end| end <= Timestamp::now());
+        if over {
+            info!(%role, %policy, "every session of the grant is over: the cleanup removes the deny");
+            return Ok(None);
+        }
+        if crate::session::deny_state(&existing, session_name, &expiry)
+            == crate::session::DenyState::Revoked
+        {
+            return Ok(Some((expiry, max_session_seconds)));
+        }
+        let document = crate::session::deny_document(session_name, &expiry, true);
         match self
             .iam
             .put_role_policy()
-            .role_name(&role)
-            .policy_name(&policy)
+            .role_name(role)
+            .policy_name(policy)
             .policy_document(document.to_string())
             .send()
             .await
         {
             Ok(_) => {
-                info!(%role, %policy, "sessions' deny tightened: the grant's sessions end now")
+                info!(%role, %policy, "sessions' deny tightened: the grant's sessions end now");
+                Ok(Some((expiry, max_session_seconds)))
             }
-            Err(err) => match WorkerError::iam("iam:PutRolePolicy", &role, &err) {
-                WorkerError::RoleNotFound { .. } => {
-                    info!(%role, "the role does not exist (any more): no session can use it");
-                }
-                other => return Err(other),
+            Err(err) => match WorkerError::iam("iam:PutRolePolicy", role, &err) {
+                WorkerError::RoleNotFound { .. } => Ok(None),
+                other => Err(other),
             },
         }
-        let revoked = self.revoke(input).await?;
-        let max_session_seconds = self.max_session_seconds(&role).await?;
-        self.sfn
-            .start_cleanup(
-                &cleanup.state_machine_arn,
-                &crate::sfn::execution_name(&input.request.uid),
-                &serde_json::json!({
-                    "role_name": role,
-                    "session_policy_name": policy,
-                    "session_name": session_name,
-                    "expires_at": expires_at,
-                    "max_session_seconds": max_session_seconds,
-                }),
-            )
-            .await?;
-        Ok(revoked)
     }
 
     /// The role's `MaxSessionDuration` (IAM's default, 3600, for a role that is gone).
@@ -1439,9 +1509,12 @@ pub fn plan_grant(
     let (swept_document, swept) = trust_policy::sweep(document, now);
     let swept_sids: Vec<String> = swept.removed.iter().map(|g| g.sid.clone()).collect();
 
+    // A statement of ours under this Sid whose session terms are not this grant's (an
+    // old-shape one, a hand edit) is not "already granted": its sessions would escape
+    // the deny. It is rewritten in place below.
     if let Some(existing) = trust_policy::grants(document)
         .into_iter()
-        .find(|g| g.sid == sid)
+        .find(|g| g.sid == sid && g.session.as_ref() == Some(session))
     {
         if existing.principal != principal_arn {
             return Err(WorkerError::PrincipalMismatch {
@@ -1844,6 +1917,37 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, WorkerError::BadExpiry { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_statement_under_the_sid_with_other_session_terms_is_rewritten_not_kept() {
+        let now = ts("2026-03-01T10:00:00Z");
+        let other = trust_policy::SessionTerms {
+            session_name: "anything-goes".into(),
+            source_identity: "alice".into(),
+        };
+        let planted = plan_grant(&base(), "admin", UID, ALICE, &other, None, 3600, now, 2048)
+            .unwrap()
+            .document
+            .unwrap();
+        let plan = plan_grant(
+            &planted,
+            "admin",
+            UID,
+            ALICE,
+            &terms(),
+            None,
+            3600,
+            now,
+            2048,
+        )
+        .unwrap();
+        let doc = plan
+            .document
+            .expect("rewritten, not taken as already granted");
+        let ours = trust_policy::grants(&doc);
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].session, Some(terms()));
     }
 
     #[test]
