@@ -292,6 +292,13 @@ fn error_policy(
         F::ApplyFailed(e) | F::CleanupFailed(e) => e.kind(),
         _ => "finalizer",
     };
+    // Ending a grant the execution left retries every 30 s: soon enough to matter,
+    // slow enough not to eat the account's IAM rate limit it shares with the worker.
+    let delay = if kind == "revoke" {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(5)
+    };
     warn!(
         request_namespace = request.namespace().unwrap_or_default(),
         request_name = request.name_any(),
@@ -300,7 +307,7 @@ fn error_policy(
         error = %error,
         "reconcile error; retrying"
     );
-    Action::requeue(Duration::from_secs(5))
+    Action::requeue(delay)
 }
 
 /// The fields the controller owns, as one snapshot for server-side apply.
@@ -352,6 +359,10 @@ impl<'a> StatusUpdate<'a> {
         );
         self.status.phase = Some(phase);
         self.status.message = Some(message);
+        // How to use an access that has ended is not something to leave lying around.
+        if phase.is_terminal() {
+            self.status.access = None;
+        }
         self.status.conditions = conditions;
         self.status.observed_generation = self.request.metadata.generation;
         self
@@ -498,7 +509,7 @@ async fn apply(
     let state = ctx.sfn.describe(&execution_arn).await?;
     if !matches!(state, ExecutionState::Running) {
         let tokens = ctx.tokens.get(&uid).await?;
-        let approved = tokens.get(keys::APPROVAL_ANSWER) == Some("approved");
+        let approved = may_have_granted(&tokens);
         if decide::needs_operator_revoke(&state, &status, approved) {
             operator_revoke(request, ctx, api, &execution_arn, &state, &tokens).await?;
             ctx.tokens.delete(&uid).await?;
@@ -858,10 +869,21 @@ async fn answer_approval(
         Tally::Approved { approvers } => {
             // The access window is fixed now: the execution writes the sessions' deny
             // with this expiry before the grant, and the grant ends at the same instant.
-            let duration = decide::plan(request, Some(&role))
-                .map(|input| input.duration_seconds)
-                .unwrap_or(1);
-            let expires_at = decide::expiry_after(jiff::Timestamp::now(), duration);
+            // Recorded before the answer, and reused by a retry: a crash in between must
+            // neither lose that a grant may follow nor move the window.
+            let expires_at = match tokens.get(keys::APPROVED_UNTIL) {
+                Some(until) => until.to_owned(),
+                None => {
+                    let duration = decide::plan(request, Some(&role))
+                        .map(|input| input.duration_seconds)
+                        .unwrap_or(1);
+                    let until = decide::expiry_after(jiff::Timestamp::now(), duration);
+                    ctx.tokens
+                        .put(&identity(request, uid), &[(keys::APPROVED_UNTIL, &until)])
+                        .await?;
+                    until
+                }
+            };
             let output = ApprovalOutput {
                 approver_name: approvers.join(","),
                 approvers: approvers.clone(),
@@ -877,11 +899,7 @@ async fn answer_approval(
             ctx.tokens
                 .put(
                     &identity(request, uid),
-                    &[
-                        (keys::APPROVAL_ANSWER, "approved"),
-                        (keys::DECIDED_BY, &by),
-                        (keys::APPROVED_UNTIL, &expires_at),
-                    ],
+                    &[(keys::APPROVAL_ANSWER, "approved"), (keys::DECIDED_BY, &by)],
                 )
                 .await?;
             let message = format!("approved by {by}; granting access");
@@ -942,6 +960,14 @@ async fn answer_approval(
         }
     }
     Ok(())
+}
+
+/// Whether the tokens say a grant may exist: the approval was answered (or about to be:
+/// its expiry is recorded first), or a hold was handed over.
+fn may_have_granted(tokens: &tokens::Tokens) -> bool {
+    tokens.get(keys::APPROVAL_ANSWER) == Some("approved")
+        || tokens.get(keys::APPROVED_UNTIL).is_some()
+        || tokens.get(keys::HOLD_TOKEN).is_some()
 }
 
 /// Ends a grant whose execution ended without revoking it: tightens the sessions' deny
@@ -1074,7 +1100,7 @@ async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error
     if !matches!(state, ExecutionState::Running) {
         // Nothing is released while a grant its execution left may still be live.
         let tokens = ctx.tokens.get(&uid).await?;
-        let approved = tokens.get(keys::APPROVAL_ANSWER) == Some("approved");
+        let approved = may_have_granted(&tokens);
         let status = request.status.clone().unwrap_or_default();
         if decide::needs_operator_revoke(&state, &status, approved) {
             let api: Api<AccessRequest> =

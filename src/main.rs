@@ -168,16 +168,21 @@ async fn controller(args: ControllerArgs) -> ExitCode {
         e
     });
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let targets = aws_jit::operator::AwsTargets {
+        state_machine_arn: args.state_machine_arn,
+        cleanup_state_machine_arn: args.cleanup_state_machine_arn,
+        request_queue_url: args.request_queue_url,
+        request_dead_letter_url: args.request_dlq_url,
+        work_queue_url: args.work_queue_url,
+        work_dead_letter_url: args.work_dlq_url,
+        alert_queue_url: args.alert_queue_url,
+    };
+    if let Err(e) = targets.validate() {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let config = aws_jit::operator::Config {
-        aws: aws_jit::operator::AwsTargets {
-            state_machine_arn: args.state_machine_arn,
-            cleanup_state_machine_arn: args.cleanup_state_machine_arn,
-            request_queue_url: args.request_queue_url,
-            request_dead_letter_url: args.request_dlq_url,
-            work_queue_url: args.work_queue_url,
-            work_dead_letter_url: args.work_dlq_url,
-            alert_queue_url: args.alert_queue_url,
-        },
+        aws: targets,
         settings: aws_jit::controller::Settings {
             watch_namespace: args.watch_namespace,
             operator_namespace: args.operator_namespace,

@@ -28,7 +28,66 @@ pub struct AwsTargets {
     pub alert_queue_url: Option<String>,
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum TargetsError {
+    #[error(
+        "{what} {arn:?} is not a state machine ARN (arn:<partition>:states:<region>:<account>:stateMachine:<name>)"
+    )]
+    NotAStateMachine { what: &'static str, arn: String },
+    #[error(
+        "the cleanup state machine {cleanup} must be the template's CleanupStateMachineArn: \
+         another machine than {main}, in its account and region"
+    )]
+    WrongCleanup { cleanup: String, main: String },
+}
+
+/// `(partition, region, account)` of a state machine ARN.
+fn machine_home(arn: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = arn.splitn(7, ':');
+    match (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) {
+        (Some("arn"), Some(p), Some("states"), Some(r), Some(a), Some("stateMachine"), Some(n))
+            if !r.is_empty() && a.len() == 12 && !n.is_empty() =>
+        {
+            Some((p, r, a))
+        }
+        _ => None,
+    }
+}
+
 impl AwsTargets {
+    /// Refuses a configuration that would quietly never start a cleanup: the cleanup
+    /// ARN must be another state machine than the main one (a start on the main one
+    /// would always find `ar-<uid>` "already there") in the same account and region.
+    pub fn validate(&self) -> Result<(), TargetsError> {
+        let main = machine_home(&self.state_machine_arn).ok_or_else(|| {
+            TargetsError::NotAStateMachine {
+                what: "the state machine",
+                arn: self.state_machine_arn.clone(),
+            }
+        })?;
+        let cleanup = machine_home(&self.cleanup_state_machine_arn).ok_or_else(|| {
+            TargetsError::NotAStateMachine {
+                what: "the cleanup state machine",
+                arn: self.cleanup_state_machine_arn.clone(),
+            }
+        })?;
+        if cleanup != main || self.cleanup_state_machine_arn == self.state_machine_arn {
+            return Err(TargetsError::WrongCleanup {
+                cleanup: self.cleanup_state_machine_arn.clone(),
+                main: self.state_machine_arn.clone(),
+            });
+        }
+        Ok(())
+    }
+
     /// The accounts the operator serves: the state machine's own. The worker edits
     /// roles with the operator's own credentials, by name, so a role in any other
     /// account would edit the same-named role here; cross-account grants need
@@ -41,6 +100,39 @@ impl AwsTargets {
             .filter(|a| !a.is_empty())
             .map(str::to_owned);
         crate::decide::Scope::new(own)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn targets(main: &str, cleanup: &str) -> AwsTargets {
+        AwsTargets {
+            state_machine_arn: main.into(),
+            cleanup_state_machine_arn: cleanup.into(),
+            request_queue_url: String::new(),
+            request_dead_letter_url: None,
+            work_queue_url: String::new(),
+            work_dead_letter_url: None,
+            alert_queue_url: None,
+        }
+    }
+
+    #[test]
+    fn a_cleanup_machine_that_would_never_run_is_refused() {
+        let main = "arn:aws:states:us-east-1:123456789012:stateMachine:aws-jit-access";
+        let ok = "arn:aws:states:us-east-1:123456789012:stateMachine:aws-jit-session-cleanup";
+        assert!(targets(main, ok).validate().is_ok());
+        for bad in [
+            main,
+            "arn:aws:states:eu-west-1:123456789012:stateMachine:aws-jit-session-cleanup",
+            "arn:aws:states:us-east-1:210987654321:stateMachine:aws-jit-session-cleanup",
+            "aws-jit-session-cleanup",
+            "",
+        ] {
+            assert!(targets(main, bad).validate().is_err(), "{bad:?}");
+        }
     }
 }
 

@@ -526,3 +526,71 @@ async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
     assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
     assert!(proxy.refused() >= 2, "the operator tried while refused");
 }
+
+#[tokio::test]
+async fn the_cleanup_machine_deletes_nothing_but_a_session_deny() {
+    // A plain AWS caller with StartExecution on the cleanup machine tries to have it
+    // delete a role's own inline policy (say, a restricting deny) at once.
+    let env = env("ses-forged", 3600).await;
+    let iam = aws_sdk_iam::Client::new(&env.sdk);
+    let keep = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Deny", "Action": "s3:DeleteBucket", "Resource": "*"}]});
+    iam.put_role_policy()
+        .role_name(&env.iam_role_name)
+        .policy_name("NoBucketDeletes")
+        .policy_document(keep.to_string())
+        .send()
+        .await
+        .expect("the role's own inline policy");
+    let sfn = aws_sdk_sfn::Client::new(&env.sdk);
+    let mut forged = Vec::new();
+    for (name, policy, session, expires) in [
+        (
+            "forged-1",
+            "NoBucketDeletes",
+            "ar-x",
+            "2000-01-01T00:00:00Z",
+        ),
+        ("forged-2", "AwsJit-x", "whatever", "2000-01-01T00:00:00Z"),
+        ("forged-3", "AwsJit-x", "ar-x", "yesterday"),
+    ] {
+        let started = sfn
+            .start_execution()
+            .state_machine_arn(&env.aws.cleanup_state_machine_arn)
+            .name(name)
+            .input(
+                serde_json::json!({"role_name": env.iam_role_name, "session_policy_name": policy,
+                    "session_name": session, "expires_at": expires, "max_session_seconds": 0})
+                .to_string(),
+            )
+            .send()
+            .await
+            .expect("start the cleanup machine");
+        forged.push(started.execution_arn().to_string());
+    }
+    for arn in &forged {
+        let (sfn, arn) = (sfn.clone(), arn.clone());
+        eventually("the forged cleanup to fail", WAIT, || {
+            let (sfn, arn) = (sfn.clone(), arn.clone());
+            async move {
+                let d = sfn
+                    .describe_execution()
+                    .execution_arn(&arn)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                match d.status().as_str() {
+                    "FAILED" if d.error() == Some("NotASessionDeny") => Ok(()),
+                    other => Err(format!("{other} {:?}", d.error())),
+                }
+            }
+        })
+        .await;
+    }
+    iam.get_role_policy()
+        .role_name(&env.iam_role_name)
+        .policy_name("NoBucketDeletes")
+        .send()
+        .await
+        .expect("the role's own policy is still there");
+}
