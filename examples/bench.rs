@@ -401,7 +401,18 @@ fn grants_per_role(principal: &str) -> usize {
     let expiry = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2);
     for i in 0..1000 {
         let uid = format!("{:08x}-0000-4000-8000-{:012x}", 0xfeed_u32, i);
-        match tp::grant(&doc, &uid, principal, expiry, tp::DEFAULT_SIZE_LIMIT) {
+        let terms = tp::SessionTerms {
+            session_name: format!("ar-{uid}"),
+            source_identity: REQUESTER.into(),
+        };
+        match tp::grant(
+            &doc,
+            &uid,
+            principal,
+            &terms,
+            expiry,
+            tp::DEFAULT_SIZE_LIMIT,
+        ) {
             Ok(next) => doc = next,
             Err(tp::TrustPolicyError::TooLarge { .. }) => return i as usize,
             Err(e) => panic!("grant: {e}"),
@@ -536,6 +547,10 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
                                     approver_name: APPROVER.into(),
                                     approvers: vec![APPROVER.into()],
                                     requester_arn: input.requester_arn.clone(),
+                                    expires_at: aws_jit::decide::expiry_after(
+                                        jiff::Timestamp::now(),
+                                        input.duration_seconds,
+                                    ),
                                 };
                                 recs.lock().expect("recs")[i].answered = Some(Instant::now());
                                 if let Err(e) = sfn
@@ -676,6 +691,10 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
                     name: format!("bench-{i:04}"),
                     uid: uid.clone(),
                 },
+                role_name: role.1.clone(),
+                session_name: format!("ar-{uid}"),
+                source_identity: REQUESTER.into(),
+                session_policy_name: aws_jit::session::policy_name(&uid),
             };
             recs.lock().expect("recs")[i].start = Some(Instant::now());
             if let Err(e) = sfn
@@ -793,10 +812,15 @@ async fn grant_alone(
     .map_err(|e| e.to_string())?;
     let now = jiff::Timestamp::now();
     let expires = now + jiff::SignedDuration::from_secs(input.duration_seconds as i64);
+    let terms = tp::SessionTerms {
+        session_name: input.session_name.clone(),
+        source_identity: input.source_identity.clone(),
+    };
     let granted = tp::grant(
         &doc,
         &input.request.uid,
         &input.requester_arn,
+        &terms,
         expires,
         tp::DEFAULT_SIZE_LIMIT,
     )
