@@ -1584,10 +1584,16 @@ pub fn plan_grant(
         size_limit,
     )
     .map_err(policy_error)?;
+    // The window's start (the approval), so a redelivered grant, which can only know
+    // the expiry, answers exactly the same.
+    let window_start = expires_at
+        .checked_sub(duration)
+        .map(|t| t.min(granted_at))
+        .unwrap_or(granted_at);
     Ok(GrantPlan {
         document: Some(granted),
         output: GrantOutput {
-            granted_at: granted_at.to_string(),
+            granted_at: window_start.to_string(),
             expires_at: expires_at.to_string(),
             statement_id: sid,
         },
@@ -1885,7 +1891,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plan.output.expires_at, "2026-03-01T11:00:00Z");
-        assert_eq!(plan.output.granted_at, "2026-03-01T10:00:30Z");
+        // granted_at is the window's start, so a redelivery answers the same.
+        assert_eq!(plan.output.granted_at, "2026-03-01T10:00:00Z");
         let ours = trust_policy::grants(&plan.document.unwrap());
         assert_eq!(ours[0].expires_at, approved);
         assert_eq!(ours[0].session, Some(terms()));

@@ -639,7 +639,7 @@ fn base_statements() -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn approved_access_is_granted_with_an_aws_enforced_expiry_then_expires() {
     let env = Env::new("ctl-happy", "").await;
-    env.request(User::Alice, "happy", "  duration: 4s\n");
+    env.request(User::Alice, "happy", "  duration: 15s\n");
     env.wait_phase("happy", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "happy", "Approve");
     let r = env.wait_phase("happy", Phase::Active).await;

@@ -49,7 +49,7 @@ async fn statements(env: &Env) -> Vec<aws_jit::trust_policy::GrantInfo> {
 async fn crash_after_start_execution_before_status() {
     let mut env = Env::new("crash-start", "").await;
     env.faults.arm(points::AFTER_START_EXECUTION);
-    env.request(User::Alice, "started", "  duration: 3s\n");
+    env.request(User::Alice, "started", "  duration: 15s\n");
     stopped_at(&env, points::AFTER_START_EXECUTION).await;
     let r = env.requests().get("started").await.expect("get");
     assert!(
@@ -77,7 +77,7 @@ async fn crash_after_the_token_is_stored_before_the_message_is_deleted() {
     let mut env = Env::new("crash-token", "").await;
     short_visibility(&env, &env.aws.request_queue_url.clone()).await;
     env.faults.arm(points::AFTER_TOKEN_STORED);
-    env.request(User::Alice, "tokened", "  duration: 3s\n");
+    env.request(User::Alice, "tokened", "  duration: 15s\n");
     stopped_at(&env, points::AFTER_TOKEN_STORED).await;
     env.kill_operator();
     env.start_operator();
@@ -159,7 +159,7 @@ async fn crash_during_revoke() {
     let mut env = Env::new("crash-revoke", "").await;
     short_visibility(&env, &env.aws.work_queue_url.clone()).await;
     env.faults.arm(points::BEFORE_REVOKE);
-    env.request(User::Alice, "revoking", "  duration: 3s\n");
+    env.request(User::Alice, "revoking", "  duration: 15s\n");
     env.wait_phase("revoking", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "revoking", "Approve");
     env.wait_phase("revoking", Phase::Active).await;

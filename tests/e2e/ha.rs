@@ -151,7 +151,7 @@ async fn the_standby_takes_over_a_killed_leader_mid_lifecycle() {
     assert_eq!(a.metric("aws_jit_leader").await, 1.0);
     assert_eq!(b.metric("aws_jit_leader").await, 0.0);
 
-    env.request(User::Alice, "ha", "  duration: 5s\n");
+    env.request(User::Alice, "ha", "  duration: 15s\n");
     env.wait_phase("ha", Phase::AwaitingApproval).await;
     // Only the leader did that. (The consumer counts a message after deleting it,
     // which may come a moment after the reconciler has seen the stored token.)
