@@ -565,7 +565,7 @@ async fn worker_grants_for_the_hold_and_revokes_when_it_expires() {
     let env = Env::new("wk-expire", base_policy()).await;
     let t0 = Instant::now();
     let worker = env.spawn(env.worker());
-    let duration = 8;
+    let duration = 12;
     let run = env.start(duration).await;
     env.approve(&[&run]).await;
 
