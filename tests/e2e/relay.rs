@@ -209,7 +209,7 @@ async fn every_step_of_a_request_is_one_living_message_with_thread_replies() {
         ":hourglass_flowing_sand: AWS access request: awaiting approval"
     );
     let fields = first.blocks[2]["fields"].to_string();
-    for needle in ["alice", "OPS-7", "4s", &format!("{}/happy", env.ns)] {
+    for needle in ["alice", "OPS-7", "15s", &format!("{}/happy", env.ns)] {
         assert!(fields.contains(needle), "{needle} in {fields}");
     }
     assert!(first.blocks.to_string().contains("*Reason*\\ne2e"));
