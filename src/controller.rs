@@ -999,9 +999,10 @@ async fn operator_revoke(
                     .unwrap_or_else(|| {
                         decide::expiry_after(jiff::Timestamp::now(), input.duration_seconds)
                     });
+                let granted = status.granted_at.is_some() || tokens.get(keys::HOLD_TOKEN).is_some();
                 revoker
                     .worker
-                    .end_access(&input, &expires_at, &revoker.cleanup)
+                    .end_access(&input, &expires_at, granted, &revoker.cleanup)
                     .await
                     .map(|out| (out, expires_at))
                     .map_err(|e| e.to_string())
@@ -1013,8 +1014,9 @@ async fn operator_revoke(
         Ok((out, expires_at)) => {
             let at = decide::expiry_after(jiff::Timestamp::now(), 0);
             let expired = expires_at.as_str() <= at.as_str();
-            let (phase, message) = decide::after_operator_revoke(state, expired, &at);
-            info!(removed = ?out.removed, "ended a grant its execution left: {message}");
+            let (phase, message) =
+                decide::after_operator_revoke(state, expired, out.tightened, &at);
+            info!(removed = ?out.revoked.removed, "ended a grant its execution left: {message}");
             let mut update = StatusUpdate::from(request).phase(phase, message.clone());
             update.status.revoked_at.get_or_insert_with(now);
             decide::set_condition(

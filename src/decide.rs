@@ -505,11 +505,23 @@ pub fn needs_operator_revoke(
 
 /// The phase and message once the controller ended a grant its execution did not: what
 /// really happened, not just "failed".
-pub fn after_operator_revoke(state: &ExecutionState, expired: bool, at: &str) -> (Phase, String) {
-    let ended = format!(
-        "the operator ended access at {at}: the sessions' deny was tightened (live sessions \
-         end) and the trust statement removed"
-    );
+pub fn after_operator_revoke(
+    state: &ExecutionState,
+    expired: bool,
+    tightened: bool,
+    at: &str,
+) -> (Phase, String) {
+    let ended = if tightened {
+        format!(
+            "the operator ended access at {at}: the sessions' deny was tightened (live \
+             sessions end) and the trust statement removed"
+        )
+    } else {
+        format!(
+            "the operator ended access at {at}: the trust statement removed (no session of \
+             the grant was left to end)"
+        )
+    };
     match state {
         ExecutionState::Failed { error, cause }
             if error == crate::contract::errors::GRANT_FAILED =>

@@ -125,31 +125,41 @@ fn sts_char(c: char) -> bool {
 }
 
 /// The deny policy for the sessions named `session_name`: denied everything after
-/// `expires_at`, and with `revoked` at once as well. The expiry statement stays in the
-/// tightened form too, so the document alone says until when sessions can exist.
+/// `expires_at`, and with `revoked` at once as well. Both forms have the "deny now"
+/// statement, dated [`NEVER`] until revoked and [`ALWAYS`] once revoked: the same length,
+/// so a role's inline-policy budget (10,240 characters for all of them) that took the
+/// grant's deny always takes its tightening. The expiry statement stays as it is, so the
+/// document alone says until when sessions can exist.
 pub fn deny_document(session_name: &str, expires_at: &str, revoked: bool) -> Value {
     let sessions = format!("*:{session_name}");
-    let mut statements = vec![json!({
-        "Sid": EXPIRE_SID,
-        "Effect": "Deny",
-        "Action": "*",
-        "Resource": "*",
-        "Condition": {
-            "StringLike": { "aws:userid": sessions },
-            "DateGreaterThan": { "aws:CurrentTime": expires_at },
+    json!({ "Version": "2012-10-17", "Statement": [
+        {
+            "Sid": EXPIRE_SID,
+            "Effect": "Deny",
+            "Action": "*",
+            "Resource": "*",
+            "Condition": {
+                "StringLike": { "aws:userid": sessions },
+                "DateGreaterThan": { "aws:CurrentTime": expires_at },
+            },
         },
-    })];
-    if revoked {
-        statements.push(json!({
+        {
             "Sid": REVOKED_SID,
             "Effect": "Deny",
             "Action": "*",
             "Resource": "*",
-            "Condition": { "StringLike": { "aws:userid": sessions } },
-        }));
-    }
-    json!({ "Version": "2012-10-17", "Statement": statements })
+            "Condition": {
+                "StringLike": { "aws:userid": sessions },
+                "DateGreaterThan": { "aws:CurrentTime": if revoked { ALWAYS } else { NEVER } },
+            },
+        },
+    ]})
 }
+
+/// The "deny now" statement's date while the grant runs: never reached.
+pub const NEVER: &str = "9999-12-31T23:59:59Z";
+/// Its date once revoked: always passed.
+pub const ALWAYS: &str = "1970-01-01T00:00:00Z";
 
 /// What a deny policy read from IAM says about a grant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,15 +298,25 @@ mod tests {
         let name = session_name(UID).unwrap();
         let expiring = deny_document(&name, "2026-12-01T14:00:00Z", false);
         let revoked = deny_document(&name, "2026-12-01T14:00:00Z", true);
-        assert_eq!(expiring["Statement"].as_array().unwrap().len(), 1);
+        assert_eq!(expiring["Statement"].as_array().unwrap().len(), 2);
         assert_eq!(revoked["Statement"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            expiring.to_string().len(),
+            revoked.to_string().len(),
+            "tightening never needs room the grant did not take"
+        );
         assert_eq!(
             revoked["Statement"][0], expiring["Statement"][0],
             "tightening keeps the expiry statement as it was"
         );
         assert_eq!(
             revoked["Statement"][1]["Condition"],
-            json!({"StringLike": {"aws:userid": format!("*:ar-{UID}")}})
+            json!({"StringLike": {"aws:userid": format!("*:ar-{UID}")},
+                   "DateGreaterThan": {"aws:CurrentTime": "1970-01-01T00:00:00Z"}})
+        );
+        assert_eq!(
+            expiring["Statement"][1]["Condition"]["DateGreaterThan"]["aws:CurrentTime"],
+            "9999-12-31T23:59:59Z"
         );
         let text = expiring.to_string();
         assert_eq!(
@@ -359,13 +379,13 @@ mod tests {
         let revoked = deny_document(&name, "2026-12-01T14:00:00Z", true)
             .to_string()
             .len();
-        assert_eq!((statement, expiring, revoked), (358, 260, 422));
+        assert_eq!((statement, expiring, revoked), (358, 483, 483));
         // With a 100-character base statement of the role's own (and a comma each):
         let fit =
             |limit: usize| (limit - trust_policy::to_json(&empty).len() - 100) / (statement + 1);
         assert_eq!((fit(2048), fit(4096)), (5, 11));
         // Every inline policy of a role shares 10,240 characters.
-        assert_eq!((10_240 / expiring, 10_240 / revoked), (39, 24));
+        assert_eq!(10_240 / expiring, 21);
     }
 
     #[test]

@@ -935,8 +935,9 @@ impl Worker {
         &self,
         input: &ExecutionInput,
         expires_at: &str,
+        granted: bool,
         cleanup: &CleanupTarget,
-    ) -> Result<RevokeOutput, WorkerError> {
+    ) -> Result<EndedAccess, WorkerError> {
         let role = role_name(&input.role_arn)?;
         let session_name = crate::session::session_name(&input.request.uid).map_err(|e| {
             WorkerError::MalformedTask {
@@ -946,13 +947,17 @@ impl Worker {
         let policy = crate::session::policy_name(&input.request.uid);
         // 1. Tighten the deny, if there is one to tighten; whatever happens, go on.
         let tightened = self
-            .tighten_session_deny(&role, &policy, &session_name, expires_at)
+            .tighten_session_deny(&role, &policy, &session_name, expires_at, granted)
             .await;
         // 2. The statement goes, whatever became of the deny.
         let revoked = self.revoke(input).await;
         // 3. The cleanup removes the deny once no session can be alive.
         let cleaned = match &tightened {
-            Ok(Some((expiry, max_session_seconds))) => self
+            Ok(Some(DenyCleanup {
+                expires_at: expiry,
+                max_session_seconds,
+                ..
+            })) => self
                 .sfn
                 .start_cleanup(
                     &cleanup.state_machine_arn,
@@ -970,23 +975,25 @@ impl Worker {
             _ => Ok(()),
         };
         let revoked = revoked?;
-        tightened?;
+        let tightened = tightened?.is_some_and(|c| c.tightened);
         cleaned?;
-        Ok(revoked)
+        Ok(EndedAccess { revoked, tightened })
     }
 
-    /// Makes the request's deny "deny now" and returns its expiry and the role's
-    /// `MaxSessionDuration` (what the cleanup needs); `None` when there is nothing to
-    /// tighten: no deny (the worker never grants without one, and the cleanup removes it
-    /// only once no session of the grant can be alive), or its sessions are all over
-    /// already. A deny written then would be one nobody removes.
+    /// Makes the request's deny "deny now" and returns what the cleanup needs: its expiry,
+    /// the role's `MaxSessionDuration`, and whether the deny is now tightened. A missing
+    /// deny is written only for a grant that was made (`granted`: someone removed it) and
+    /// while one of its sessions could still be alive. `None` when there is nothing to
+    /// do: no deny and never granted (the worker grants nothing without one), or no deny
+    /// and every session over (no deny is written that nobody would remove).
     async fn tighten_session_deny(
         &self,
         role: &str,
         policy: &str,
         session_name: &str,
         expires_at: &str,
-    ) -> Result<Option<(String, i32)>, WorkerError> {
+        granted: bool,
+    ) -> Result<Option<DenyCleanup>, WorkerError> {
         let existing = match self
             .iam
             .get_role_policy()
@@ -995,19 +1002,17 @@ impl Worker {
             .send()
             .await
         {
-            Ok(out) => out.policy_document().to_owned(),
-            Err(err) => {
-                return match WorkerError::iam("iam:GetRolePolicy", role, &err) {
-                    WorkerError::RoleNotFound { .. } => {
-                        info!(%role, %policy, "no sessions' deny (never granted, or cleaned up): nothing to tighten");
-                        Ok(None)
-                    }
-                    other => Err(other),
-                };
-            }
+            Ok(out) => Some(out.policy_document().to_owned()),
+            Err(err) => match WorkerError::iam("iam:GetRolePolicy", role, &err) {
+                // NoSuchEntity: the role, or here the policy.
+                WorkerError::RoleNotFound { .. } => None,
+                other => return Err(other),
+            },
         };
         // The deny's own expiry wins over the caller's guess: it is the grant's.
-        let expiry = crate::session::deny_expiry(&existing)
+        let expiry = existing
+            .as_deref()
+            .and_then(crate::session::deny_expiry)
             .map(|t| t.to_string())
             .unwrap_or_else(|| expires_at.to_owned());
         let max_session_seconds = self.max_session_seconds(role).await?;
@@ -1019,14 +1024,24 @@ impl Worker {
                     .ok()
             })
             .is_some_and(|end| end <= Timestamp::now());
+        let cleanup = |tightened| DenyCleanup {
+            expires_at: expiry.clone(),
+            max_session_seconds,
+            tightened,
+        };
         if over {
-            info!(%role, %policy, "every session of the grant is over: the cleanup removes the deny");
+            info!(%role, %policy, "every session of the grant is over: nothing to tighten");
+            return Ok(existing.map(|_| cleanup(false)));
+        }
+        if existing.is_none() && !granted {
+            info!(%role, %policy, "no sessions' deny and nothing granted: nothing to tighten");
             return Ok(None);
         }
-        if crate::session::deny_state(&existing, session_name, &expiry)
-            == crate::session::DenyState::Revoked
-        {
-            return Ok(Some((expiry, max_session_seconds)));
+        if existing.as_deref().is_some_and(|doc| {
+            crate::session::deny_state(doc, session_name, &expiry)
+                == crate::session::DenyState::Revoked
+        }) {
+            return Ok(Some(cleanup(true)));
         }
         let document = crate::session::deny_document(session_name, &expiry, true);
         match self
@@ -1040,7 +1055,7 @@ impl Worker {
         {
             Ok(_) => {
                 info!(%role, %policy, "sessions' deny tightened: the grant's sessions end now");
-                Ok(Some((expiry, max_session_seconds)))
+                Ok(Some(cleanup(true)))
             }
             Err(err) => match WorkerError::iam("iam:PutRolePolicy", role, &err) {
                 WorkerError::RoleNotFound { .. } => Ok(None),
@@ -1448,6 +1463,24 @@ fn approved_until(approval: &Value) -> Result<Timestamp, WorkerError> {
             expires_at: text.to_owned(),
             why: "the approval carries no expiry (an execution of an older definition?)".into(),
         })
+}
+
+/// What the cleanup of a request's deny needs to know.
+#[derive(Debug, Clone)]
+struct DenyCleanup {
+    expires_at: String,
+    max_session_seconds: i32,
+    /// The deny says "deny now".
+    tightened: bool,
+}
+
+/// What [`Worker::end_access`] did.
+#[derive(Debug, Clone)]
+pub struct EndedAccess {
+    pub revoked: RevokeOutput,
+    /// The sessions' deny now says "deny now" (false: there was none to tighten, e.g.
+    /// nothing was ever granted, or every session was already over).
+    pub tightened: bool,
 }
 
 /// Where the operator starts a grant's session cleanup itself (template output

@@ -197,19 +197,22 @@ fn the_operator_revokes_what_an_execution_left_once_it_was_approved() {
         "once done, done"
     );
 
-    let (phase, message) = after_operator_revoke(&aborted, false, "2026-12-01T10:00:00Z");
+    let (phase, message) = after_operator_revoke(&aborted, false, true, "2026-12-01T10:00:00Z");
     assert_eq!(phase, Phase::Revoked);
     assert!(
         message.contains("ABORTED") && message.contains("2026-12-01T10:00:00Z"),
         "{message}"
     );
-    assert_eq!(after_operator_revoke(&failed, true, "t").0, Phase::Expired);
+    assert_eq!(
+        after_operator_revoke(&failed, true, true, "t").0,
+        Phase::Expired
+    );
     let grant_failed = ExecutionState::Failed {
         error: "GrantFailed".into(),
         cause: "no".into(),
     };
     assert_eq!(
-        after_operator_revoke(&grant_failed, false, "t").0,
+        after_operator_revoke(&grant_failed, false, false, "t").0,
         Phase::Failed
     );
 }

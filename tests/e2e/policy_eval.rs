@@ -88,13 +88,21 @@ fn s_expire(uid: &str, expires_at: Timestamp) -> Value {
 
 /// The contract's S_revoked for one grant.
 fn s_revoked(uid: &str) -> Value {
-    json!({"Sid": "AwsJitSessionsRevoked", "Effect": "Deny", "Action": "*", "Resource": "*",
-     "Condition": {"StringLike": {"aws:userid": format!("*:ar-{uid}")}}})
+    s_revoked_from(uid, "1970-01-01T00:00:00Z")
 }
 
-/// The inline policy `AwsJit-<uid>` as written at grant: `[S_expire]`.
+/// S_revoked as it stands while the grant runs: dated never (the same length as the
+/// tightened one, so the role's budget always takes the tightening).
+fn s_revoked_from(uid: &str, from: &str) -> Value {
+    json!({"Sid": "AwsJitSessionsRevoked", "Effect": "Deny", "Action": "*", "Resource": "*",
+     "Condition": {"StringLike": {"aws:userid": format!("*:ar-{uid}")},
+                   "DateGreaterThan": {"aws:CurrentTime": from}}})
+}
+
+/// The inline policy `AwsJit-<uid>` as written at grant: `[S_expire, S_revoked(never)]`.
 fn deny_at_grant(uid: &str, expires_at: Timestamp) -> Value {
-    json!({"Version": "2012-10-17", "Statement": [s_expire(uid, expires_at)]})
+    json!({"Version": "2012-10-17", "Statement": [
+        s_expire(uid, expires_at), s_revoked_from(uid, "9999-12-31T23:59:59Z")]})
 }
 
 /// The inline policy `AwsJit-<uid>` tightened (early revoke, deletion, failed grant):

@@ -1188,20 +1188,24 @@ fn s_expire(run: &Run, expires_at: &str) -> Value {
                          "DateGreaterThan": {"aws:CurrentTime": expires_at}}})
 }
 
-/// The contract's statement that denies `run`'s sessions now.
-fn s_revoked(run: &Run) -> Value {
+/// The contract's statement that denies `run`'s sessions from `from` on: never (9999)
+/// while the grant runs, always (1970) once tightened; the same length either way.
+fn s_revoked(run: &Run, from: &str) -> Value {
     json!({"Sid": "AwsJitSessionsRevoked", "Effect": "Deny", "Action": "*", "Resource": "*",
-           "Condition": {"StringLike": {"aws:userid": format!("*:{}", run.name)}}})
+           "Condition": {"StringLike": {"aws:userid": format!("*:{}", run.name)},
+                         "DateGreaterThan": {"aws:CurrentTime": from}}})
 }
 
 /// The session deny as the flow writes it before the grant.
 fn deny_expire(run: &Run, expires_at: &str) -> Value {
-    json!({"Version": "2012-10-17", "Statement": [s_expire(run, expires_at)]})
+    json!({"Version": "2012-10-17", "Statement": [
+        s_expire(run, expires_at), s_revoked(run, "9999-12-31T23:59:59Z")]})
 }
 
 /// The session deny tightened (access ended before `expires_at`).
 fn deny_revoked(run: &Run, expires_at: &str) -> Value {
-    json!({"Version": "2012-10-17", "Statement": [s_expire(run, expires_at), s_revoked(run)]})
+    json!({"Version": "2012-10-17", "Statement": [
+        s_expire(run, expires_at), s_revoked(run, "1970-01-01T00:00:00Z")]})
 }
 
 fn cleanup_input(cleanup: &DescribeExecutionOutput) -> Value {
