@@ -50,7 +50,13 @@ impl SfnError {
         match self {
             SfnError::Api { code, .. } => matches!(
                 code.as_str(),
-                "Transport" | "ThrottlingException" | "ServiceUnavailable" | "InternalFailure"
+                // `Unknown`: an answer without an error code (a 5xx page from a proxy or
+                // an overloaded endpoint), nothing Step Functions decided.
+                "Transport"
+                    | "ThrottlingException"
+                    | "ServiceUnavailable"
+                    | "InternalFailure"
+                    | "Unknown"
             ),
             _ => false,
         }
