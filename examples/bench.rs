@@ -871,6 +871,10 @@ fn start_operator(
 ) -> u32 {
     let mut cmd = stack.operator_command("controller");
     cmd.args(["--state-machine-arn", &aws.state_machine_arn])
+        .args([
+            "--cleanup-state-machine-arn",
+            &aws.cleanup_state_machine_arn,
+        ])
         .args(["--request-queue-url", &aws.request_queue_url])
         .args(["--request-dlq-url", &aws.request_dlq_url])
         .args(["--work-queue-url", &aws.work_queue_url])

@@ -538,6 +538,7 @@ fn chart_deployment_is_hardened_and_wired() {
     for name in [
         "AWS_REGION",
         "AWS_JIT_STATE_MACHINE_ARN",
+        "AWS_JIT_CLEANUP_STATE_MACHINE_ARN",
         "AWS_JIT_REQUEST_QUEUE_URL",
         "AWS_JIT_REQUEST_DLQ_URL",
         "AWS_JIT_WORK_QUEUE_URL",
