@@ -1058,6 +1058,17 @@ async fn operator_revoke(
                 generation,
                 &now(),
             );
+            // Not ready while its end is pending: `kubectl wait --for=condition=Ready`
+            // and GitOps health must not read a stuck revoke as a healthy grant.
+            decide::set_condition(
+                &mut update.status.conditions,
+                "Ready",
+                false,
+                "RevokeFailing",
+                &message,
+                generation,
+                &now(),
+            );
             if let Err(e) = update.apply(api).await {
                 warn!(error = %e, "cannot record the failing revoke in status");
             }

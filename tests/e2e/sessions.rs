@@ -455,6 +455,11 @@ async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
         }
     })
     .await;
+    assert_eq!(
+        condition(&r, "Ready"),
+        Some(("False".into(), "RevokeFailing".into())),
+        "not Ready while its end is pending"
+    );
     let message = r.status.and_then(|s| s.message).unwrap_or_default();
     assert!(message.contains("IAM denied"), "{message}");
     assert!(
