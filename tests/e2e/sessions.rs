@@ -104,6 +104,24 @@ fn admin() -> Value {
         "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
 }
 
+/// A session cleanup execution exists for the request (named like its execution).
+async fn assert_cleanup_started(env: &Env, uid: &str) {
+    let cleanup = aws_sdk_sfn::Client::new(&env.sdk)
+        .list_executions()
+        .state_machine_arn(&env.aws.cleanup_state_machine_arn)
+        .send()
+        .await
+        .expect("list cleanup executions");
+    assert!(
+        cleanup
+            .executions()
+            .iter()
+            .any(|e| e.name() == format!("ar-{uid}")),
+        "a cleanup execution for the request: {:?}",
+        cleanup.executions()
+    );
+}
+
 /// alice asks, carol approves: the request once it is Active.
 async fn active(env: &Env, name: &str, duration: &str) -> AccessRequest {
     env.request(User::Alice, name, &format!("  duration: {duration}\n"));
@@ -269,20 +287,7 @@ async fn a_grant_names_its_sessions_and_an_early_revoke_ends_them_at_once() {
         ("SUCCEEDED".into(), "Revoked".into())
     );
     // The execution started the cleanup (it waits past the expiry, an hour from now).
-    let cleanup = aws_sdk_sfn::Client::new(&env.sdk)
-        .list_executions()
-        .state_machine_arn(&env.aws.cleanup_state_machine_arn)
-        .send()
-        .await
-        .expect("list cleanup executions");
-    assert!(
-        cleanup
-            .executions()
-            .iter()
-            .any(|e| e.name() == format!("ar-{uid}")),
-        "a cleanup execution for the request: {:?}",
-        cleanup.executions()
-    );
+    assert_cleanup_started(&env, &uid).await;
 }
 
 #[tokio::test]
@@ -409,20 +414,7 @@ async fn a_stopped_execution_still_ends_the_access() {
     assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
     assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
     // And the operator started the cleanup the execution never reached.
-    let cleanup = aws_sdk_sfn::Client::new(&env.sdk)
-        .list_executions()
-        .state_machine_arn(&env.aws.cleanup_state_machine_arn)
-        .send()
-        .await
-        .expect("list cleanup executions");
-    assert!(
-        cleanup
-            .executions()
-            .iter()
-            .any(|e| e.name() == format!("ar-{uid}")),
-        "{:?}",
-        cleanup.executions()
-    );
+    assert_cleanup_started(&env, &uid).await;
 }
 
 #[tokio::test]
