@@ -396,7 +396,7 @@ fn rates(d: &Counters, wall: Duration) -> String {
 /// size limit (moto enforces none; the operator does, and fails a grant that does not
 /// fit). The benchmark spreads its requests over enough roles that none is refused.
 fn grants_per_role(principal: &str) -> usize {
-    use aws_jit::trust_policy as tp;
+    use aws_jit::grant::trust_policy::document as tp;
     let mut doc = tp::parse(BASE_TRUST_POLICY).expect("base trust policy");
     let expiry = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(2);
     for i in 0..1000 {
@@ -547,7 +547,7 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
                                     approver_name: APPROVER.into(),
                                     approvers: vec![APPROVER.into()],
                                     requester_arn: input.requester_arn.clone(),
-                                    expires_at: aws_jit::decide::expiry_after(
+                                    expires_at: aws_jit::policy::decide::expiry_after(
                                         jiff::Timestamp::now(),
                                         input.duration_seconds,
                                     ),
@@ -694,13 +694,13 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
                 role_name: role.1.clone(),
                 session_name: format!("ar-{uid}"),
                 source_identity: REQUESTER.into(),
-                session_policy_name: aws_jit::session::policy_name(&uid),
+                session_policy_name: aws_jit::grant::trust_policy::session::policy_name(&uid),
             };
             recs.lock().expect("recs")[i].start = Some(Instant::now());
             if let Err(e) = sfn
                 .start_execution()
                 .state_machine_arn(machine)
-                .name(aws_jit::sfn::execution_name(&uid))
+                .name(aws_jit::aws::sfn::execution_name(&uid))
                 .input(serde_json::to_string(&input).expect("json"))
                 .send()
                 .await
@@ -784,7 +784,7 @@ async fn grant_alone(
     iam: &aws_sdk_iam::Client,
     body: &str,
 ) -> Result<(), String> {
-    use aws_jit::trust_policy as tp;
+    use aws_jit::grant::trust_policy::document as tp;
     let task: WorkTask = serde_json::from_str(body).map_err(|e| format!("work task: {e}"))?;
     let WorkTask::Grant {
         task_token, input, ..

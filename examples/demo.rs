@@ -53,9 +53,10 @@ async fn print_trust_policy(iam: &aws_sdk_iam::Client, role: &str) {
         .role()
         .and_then(|r| r.assume_role_policy_document())
         .unwrap_or_default();
-    let doc = aws_jit::trust_policy::parse(raw).expect("trust policy");
+    let doc = aws_jit::grant::trust_policy::document::parse(raw).expect("trust policy");
     let pretty: serde_json::Value =
-        serde_json::from_str(&aws_jit::trust_policy::to_json(&doc)).unwrap_or_default();
+        serde_json::from_str(&aws_jit::grant::trust_policy::document::to_json(&doc))
+            .unwrap_or_default();
     println!(
         "{}",
         serde_json::to_string_pretty(&pretty).unwrap_or_default()
@@ -94,8 +95,8 @@ async fn main() {
     // The operator, with its own identity, the same code the `controller` subcommand runs.
     let kube_ns = stack.kube.create_namespace("team-billing").await;
     let operator_kube = stack.kube.client(User::Operator).await;
-    let config = aws_jit::operator::Config {
-        aws: aws_jit::operator::AwsTargets {
+    let config = aws_jit::run::operator::Config {
+        aws: aws_jit::run::operator::AwsTargets {
             state_machine_arn: aws.state_machine_arn.clone(),
             cleanup_state_machine_arn: aws.cleanup_state_machine_arn.clone(),
             request_queue_url: aws.request_queue_url.clone(),
@@ -110,17 +111,17 @@ async fn main() {
             poll_interval: Duration::from_secs(1),
         },
         queue_wait: Duration::from_secs(1),
-        trust_policy_size_limit: aws_jit::trust_policy::DEFAULT_SIZE_LIMIT,
+        trust_policy_size_limit: aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT,
         faults: aws_jit::faults::Faults::default(),
         metrics: Default::default(),
-        health: aws_jit::probes::Health::new(),
+        health: aws_jit::telemetry::probes::Health::new(),
         sweep_interval: Duration::from_secs(60),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn({
         let sdk = sdk.clone();
         async move {
-            aws_jit::operator::run(operator_kube, &sdk, config, async move {
+            aws_jit::run::operator::run(operator_kube, &sdk, config, async move {
                 let _ = stopped.await;
             })
             .await
@@ -213,7 +214,7 @@ async fn main() {
         .ok()
         .and_then(|r| r.metadata.uid)
         .unwrap_or_default();
-    let policy = aws_jit::session::policy_name(&uid);
+    let policy = aws_jit::grant::trust_policy::session::policy_name(&uid);
     println!(
         "\n=== and the execution put {policy} on the role: it ends the request's live sessions at the expiry"
     );
@@ -224,7 +225,8 @@ async fn main() {
         .send()
         .await
     {
-        let doc = aws_jit::trust_policy::decode_json(out.policy_document()).unwrap_or_default();
+        let doc = aws_jit::grant::trust_policy::document::decode_json(out.policy_document())
+            .unwrap_or_default();
         println!("{}", serde_json::to_string_pretty(&doc).unwrap_or_default());
     }
 

@@ -242,7 +242,7 @@ async fn main() -> std::process::ExitCode {
         args.n as f64 / wall.as_secs_f64(),
         (args.n - 1) as f64 / posting.as_secs_f64().max(f64::EPSILON),
         args.channels as f64
-            / aws_jit::decide::parse_duration("pacing", &args.pacing)
+            / aws_jit::policy::decide::parse_duration("pacing", &args.pacing)
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(1.0)
     );

@@ -32,14 +32,14 @@ pub struct ExecutionInput {
     /// own IAM calls on it.
     #[serde(default)]
     pub role_name: String,
-    /// The session name the grant requires (`ar-<uid>`, [`crate::session::session_name`]).
+    /// The session name the grant requires (`ar-<uid>`, [`crate::grant::trust_policy::session::session_name`]).
     #[serde(default)]
     pub session_name: String,
-    /// The `sts:SourceIdentity` the grant requires ([`crate::session::source_identity`]).
+    /// The `sts:SourceIdentity` the grant requires ([`crate::grant::trust_policy::session::source_identity`]).
     #[serde(default)]
     pub source_identity: String,
     /// The inline deny policy on the role that ends this grant's sessions
-    /// ([`crate::session::policy_name`]).
+    /// ([`crate::grant::trust_policy::session::policy_name`]).
     #[serde(default)]
     pub session_policy_name: String,
 }

@@ -1,30 +1,32 @@
 //! aws-jit: just-in-time, time-bound, approved admin access to AWS, as a Kubernetes operator.
 //!
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
+//!
+//! The house, floor by floor (each imports only the floors below it):
+//! - [`run`]: process wiring: the operator's loops together, leader election, drain.
+//! - [`controller`] (reconcile, request queue, task tokens) and [`slack`] (relay,
+//!   interactions).
+//! - [`grant`]: the grant methods behind one seam, and the drift sweeper.
+//! - [`policy`] (pure decisions), [`aws`] (Step Functions, the one SQS consumer loop,
+//!   alerts), [`telemetry`] (metrics, probes).
+//! - [`crd`], [`contract`], [`faults`]: the resources, the state machine's messages,
+//!   test crash points.
 
-pub mod alerts;
-pub mod arn;
-pub mod authority;
-pub mod authorize;
+// Floors, from the ground up; a module imports only from floors below it.
 pub mod contract;
-pub mod controller;
 pub mod crd;
-pub mod decide;
-pub mod drain;
 pub mod faults;
-pub mod interactions;
-pub mod leader;
-pub mod metrics;
-pub mod operator;
-pub mod probes;
-pub mod relay;
-pub mod request_queue;
-pub mod session;
-pub mod sfn;
-pub mod sweeper;
-pub mod tokens;
-pub mod trust_policy;
-pub mod worker;
+
+pub mod aws;
+pub mod policy;
+pub mod telemetry;
+
+pub mod grant;
+
+pub mod controller;
+pub mod slack;
+
+pub mod run;
 
 /// kube, the AWS SDK and slack-morphism pull in two rustls crypto providers (ring and
 /// aws-lc-rs); with both present none is chosen and the first TLS call panics. Call

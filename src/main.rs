@@ -31,7 +31,7 @@ enum Command {
     Relay(RelayArgs),
     /// Before uninstalling: revoke every active grant, cancel every pending request,
     /// then release the requests' finalizers (the records are kept).
-    Drain(aws_jit::drain::Args),
+    Drain(aws_jit::run::drain::Args),
 }
 
 #[derive(Args)]
@@ -106,7 +106,7 @@ struct ControllerArgs {
     #[arg(long, env = "AWS_JIT_POLL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     poll_interval: Duration,
     /// The account's IAM trust-policy size quota (2048 unless raised; at most 4096).
-    #[arg(long, env = "AWS_JIT_TRUST_POLICY_SIZE_LIMIT", default_value_t = aws_jit::trust_policy::DEFAULT_SIZE_LIMIT)]
+    #[arg(long, env = "AWS_JIT_TRUST_POLICY_SIZE_LIMIT", default_value_t = aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT)]
     trust_policy_size_limit: usize,
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, env = "AWS_JIT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
@@ -124,7 +124,7 @@ struct ControllerArgs {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    aws_jit::decide::parse_duration("duration", s).map_err(|e| e.to_string())
+    aws_jit::policy::decide::parse_duration("duration", s).map_err(|e| e.to_string())
 }
 
 async fn shutdown_signal() {
@@ -151,24 +151,24 @@ async fn controller(args: ControllerArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = std::sync::Arc::new(aws_jit::metrics::Metrics::new());
-    let health = aws_jit::probes::Health::new();
+    let metrics = std::sync::Arc::new(aws_jit::telemetry::metrics::Metrics::new());
+    let health = aws_jit::telemetry::probes::Health::new();
     let probes = match serve_probes(args.metrics_addr, &health, &metrics).await {
         Ok(p) => p,
         Err(code) => return code,
     };
     let election = args.leader_election.then(|| {
-        let mut e = aws_jit::leader::Election::new(
+        let mut e = aws_jit::run::leader::Election::new(
             &args.lease_name,
             &args.operator_namespace,
-            &aws_jit::leader::default_identity(),
+            &aws_jit::run::leader::default_identity(),
         );
         e.lease_duration = args.lease_duration;
         e.renew_before = (args.lease_duration / 3).max(Duration::from_secs(1));
         e
     });
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let targets = aws_jit::operator::AwsTargets {
+    let targets = aws_jit::run::operator::AwsTargets {
         state_machine_arn: args.state_machine_arn,
         cleanup_state_machine_arn: args.cleanup_state_machine_arn,
         request_queue_url: args.request_queue_url,
@@ -181,7 +181,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::FAILURE;
     }
-    let config = aws_jit::operator::Config {
+    let config = aws_jit::run::operator::Config {
         aws: targets,
         settings: aws_jit::controller::Settings {
             watch_namespace: args.watch_namespace,
@@ -200,7 +200,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
         shutdown_signal().await;
         stopping.set_stopping();
     };
-    let result = aws_jit::operator::run_elected(kube, &aws, config, election, shutdown).await;
+    let result = aws_jit::run::operator::run_elected(kube, &aws, config, election, shutdown).await;
     probes.stop().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -244,20 +244,20 @@ async fn relay(args: RelayArgs) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        let slack = match aws_jit::interactions::SlackWeb::new(&args.slack_api_url, &token) {
+        let slack = match aws_jit::slack::interactions::SlackWeb::new(&args.slack_api_url, &token) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::FAILURE;
             }
         };
-        let state = aws_jit::interactions::State::new(
+        let state = aws_jit::slack::interactions::State::new(
             kube.clone(),
-            aws_jit::interactions::SigningSecret::new(&secret),
+            aws_jit::slack::interactions::SigningSecret::new(&secret),
         )
         .with_slack(slack);
         tokio::spawn(async move {
-            if let Err(e) = aws_jit::interactions::serve(listener, state).await {
+            if let Err(e) = aws_jit::slack::interactions::serve(listener, state).await {
                 tracing::error!(error = %e, "the Slack interactivity endpoint stopped");
             }
         });
@@ -267,7 +267,7 @@ async fn relay(args: RelayArgs) -> ExitCode {
         .ok()
         .filter(|t| !t.trim().is_empty())
     {
-        use aws_jit::interactions::{Handler, SlackWeb, socket};
+        use aws_jit::slack::interactions::{Handler, SlackWeb, socket};
         let built = socket::Config::new(&args.slack_api_url, &app_token)
             .map_err(|e| e.to_string())
             .and_then(|c| SlackWeb::new(&args.slack_api_url, &token).map(|s| (c, s)));
@@ -287,7 +287,7 @@ async fn relay(args: RelayArgs) -> ExitCode {
     }
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let mut config =
-        aws_jit::relay::Config::new(&args.alert_queue_url, &args.default_channel, &token);
+        aws_jit::slack::relay::Config::new(&args.alert_queue_url, &args.default_channel, &token);
     config.dead_letter_url = args.alert_dlq_url;
     config.slack_api_url = args.slack_api_url;
     config.pacing = args.pacing;
@@ -297,7 +297,7 @@ async fn relay(args: RelayArgs) -> ExitCode {
         .map(|m| m.trim().to_string())
         .filter(|m| !m.is_empty())
         .collect();
-    let health = aws_jit::probes::Health::new();
+    let health = aws_jit::telemetry::probes::Health::new();
     let probes = match serve_probes(args.metrics_addr, &health, &config.metrics).await {
         Ok(p) => p,
         Err(code) => return code,
@@ -308,7 +308,7 @@ async fn relay(args: RelayArgs) -> ExitCode {
         shutdown_signal().await;
         stopping.set_stopping();
     };
-    let result = aws_jit::relay::run(kube, &aws, config, shutdown).await;
+    let result = aws_jit::slack::relay::run(kube, &aws, config, shutdown).await;
     probes.stop().await;
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -322,7 +322,7 @@ async fn relay(args: RelayArgs) -> ExitCode {
 /// The probe server of one subcommand, stopped once its loops have stopped.
 struct Probes {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), aws_jit::probes::ProbeError>>,
+    task: tokio::task::JoinHandle<Result<(), aws_jit::telemetry::probes::ProbeError>>,
 }
 
 impl Probes {
@@ -338,8 +338,8 @@ impl Probes {
 
 async fn serve_probes(
     addr: std::net::SocketAddr,
-    health: &std::sync::Arc<aws_jit::probes::Health>,
-    metrics: &std::sync::Arc<aws_jit::metrics::Metrics>,
+    health: &std::sync::Arc<aws_jit::telemetry::probes::Health>,
+    metrics: &std::sync::Arc<aws_jit::telemetry::metrics::Metrics>,
 ) -> Result<Probes, ExitCode> {
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -349,7 +349,7 @@ async fn serve_probes(
         }
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(aws_jit::probes::serve(
+    let task = tokio::spawn(aws_jit::telemetry::probes::serve(
         listener,
         health.clone(),
         metrics.clone(),
@@ -397,7 +397,7 @@ fn main() -> ExitCode {
         Command::Drain(args) => {
             init_tracing();
             match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt.block_on(aws_jit::drain::main(args)),
+                Ok(rt) => rt.block_on(aws_jit::run::drain::main(args)),
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
                     ExitCode::FAILURE

@@ -82,7 +82,7 @@ impl Identity {
 }
 
 /// What `aws-jit relay` runs; everything else runs as the operator.
-const RELAY_MODULES: &[&str] = &["src/relay/", "src/interactions/"];
+const RELAY_MODULES: &[&str] = &["src/slack/relay/", "src/slack/interactions/"];
 
 /// Granted ahead of the code that calls them, with why: `(identity, action, resource or
 /// None for any, why)`. When the caller lands this test fails until its entry is
@@ -92,53 +92,73 @@ const NOT_YET_CALLED: &[(Identity, &str, Option<&str>, &str)] = &[];
 /// The state machines (template logical IDs) the `states:StartExecution` calls of each
 /// file start: their ARNs come from configuration, not the code's text.
 const STARTS: &[(&str, &[&str])] = &[(
-    "src/sfn.rs",
+    "src/aws/sfn.rs",
     &["StateMachine", "SessionCleanupStateMachine"],
 )];
 
 /// The queues (template logical IDs) the SQS calls of each file use.
 const SQS_QUEUES: &[(&str, &str, &[&str])] = &[
     (
-        "src/request_queue.rs",
+        "src/controller/request_queue.rs",
         "sqs:ReceiveMessage",
         // The dead-letter queue too: its tasks are redriven once a minute.
         &["RequestQueue", "RequestDeadLetterQueue"],
     ),
     (
-        "src/request_queue.rs",
+        "src/controller/request_queue.rs",
         "sqs:DeleteMessage",
         // The dead-letter queue too: its tasks are redriven once a minute.
         &["RequestQueue", "RequestDeadLetterQueue"],
     ),
     (
-        "src/request_queue.rs",
+        "src/controller/request_queue.rs",
         "sqs:ChangeMessageVisibility",
         // The dead-letter queue too: its tasks are redriven once a minute.
         &["RequestQueue", "RequestDeadLetterQueue"],
     ),
     (
-        "src/request_queue.rs",
+        "src/controller/request_queue.rs",
         "sqs:SendMessage",
         &["RequestDeadLetterQueue"],
     ),
-    ("src/alerts.rs", "sqs:SendMessage", &["AlertQueue"]),
-    ("src/worker.rs", "sqs:ReceiveMessage", &["WorkQueue"]),
-    ("src/worker.rs", "sqs:DeleteMessage", &["WorkQueue"]),
+    ("src/aws/alerts.rs", "sqs:SendMessage", &["AlertQueue"]),
     (
-        "src/worker.rs",
+        "src/grant/trust_policy/worker.rs",
+        "sqs:ReceiveMessage",
+        &["WorkQueue"],
+    ),
+    (
+        "src/grant/trust_policy/worker.rs",
+        "sqs:DeleteMessage",
+        &["WorkQueue"],
+    ),
+    (
+        "src/grant/trust_policy/worker.rs",
         "sqs:ChangeMessageVisibility",
         &["WorkQueue"],
     ),
-    ("src/worker.rs", "sqs:SendMessage", &["WorkDeadLetterQueue"]),
-    ("src/relay/mod.rs", "sqs:ReceiveMessage", &["AlertQueue"]),
-    ("src/relay/mod.rs", "sqs:DeleteMessage", &["AlertQueue"]),
     (
-        "src/relay/mod.rs",
+        "src/grant/trust_policy/worker.rs",
+        "sqs:SendMessage",
+        &["WorkDeadLetterQueue"],
+    ),
+    (
+        "src/slack/relay/mod.rs",
+        "sqs:ReceiveMessage",
+        &["AlertQueue"],
+    ),
+    (
+        "src/slack/relay/mod.rs",
+        "sqs:DeleteMessage",
+        &["AlertQueue"],
+    ),
+    (
+        "src/slack/relay/mod.rs",
         "sqs:ChangeMessageVisibility",
         &["AlertQueue"],
     ),
     (
-        "src/relay/mod.rs",
+        "src/slack/relay/mod.rs",
         "sqs:SendMessage",
         &["AlertDeadLetterQueue"],
     ),
@@ -1344,11 +1364,14 @@ fn every_aws_call_is_granted_to_its_caller_and_every_grant_is_called() {
     let calls = shipped_calls();
     // The scan sees the calls it must (a scan that finds nothing proves nothing).
     for (file, action) in [
-        ("src/request_queue.rs", "sqs:SendMessage"),
-        ("src/worker.rs", "sqs:SendMessage"),
-        ("src/worker.rs", "iam:UpdateAssumeRolePolicy"),
-        ("src/sfn.rs", "states:StartExecution"),
-        ("src/relay/mod.rs", "sqs:ReceiveMessage"),
+        ("src/controller/request_queue.rs", "sqs:SendMessage"),
+        ("src/grant/trust_policy/worker.rs", "sqs:SendMessage"),
+        (
+            "src/grant/trust_policy/worker.rs",
+            "iam:UpdateAssumeRolePolicy",
+        ),
+        ("src/aws/sfn.rs", "states:StartExecution"),
+        ("src/slack/relay/mod.rs", "sqs:ReceiveMessage"),
     ] {
         assert!(
             calls.iter().any(|c| c.file == file && c.action == action),
@@ -1390,10 +1413,12 @@ fn the_check_fails_on_a_missing_or_an_unused_grant() {
     });
     let errors = check(&calls, &t).expect_err("a missing grant must fail the check");
     assert!(
-        errors.iter().any(|e| e.starts_with("src/request_queue.rs:")
-            && e.contains(
-                "sqs:SendMessage on arn:aws:sqs:us-east-1:123456789012:aws-jit-requests-dlq"
-            )),
+        errors
+            .iter()
+            .any(|e| e.starts_with("src/controller/request_queue.rs:")
+                && e.contains(
+                    "sqs:SendMessage on arn:aws:sqs:us-east-1:123456789012:aws-jit-requests-dlq"
+                )),
         "{errors:#?}"
     );
 
@@ -1421,7 +1446,8 @@ fn the_check_fails_on_a_missing_or_an_unused_grant() {
     assert!(
         errors
             .iter()
-            .any(|e| e.starts_with("src/worker.rs:") && e.contains("iam:UpdateAssumeRolePolicy")),
+            .any(|e| e.starts_with("src/grant/trust_policy/worker.rs:")
+                && e.contains("iam:UpdateAssumeRolePolicy")),
         "{errors:#?}"
     );
 }
@@ -1460,7 +1486,7 @@ mod tests {
     assert_eq!(found, [(12, "sqs:ReceiveMessage"), (17, "sqs:SendMessage")]);
     assert!(calls.iter().all(|c| c.identity == Identity::Operator));
     let relay = scan_file(
-        "src/relay/x.rs",
+        "src/slack/relay/x.rs",
         "fn f() { q.receive_message().send(); }",
         ops,
         &none,
@@ -1475,20 +1501,20 @@ mod tests {
     // Relay code running an operator module's AWS call would be mis-attributed: refused.
     let sources = [
         (
-            "src/sfn.rs".to_string(),
+            "src/aws/sfn.rs".to_string(),
             "pub fn plain() {}\nimpl Client {\n    async fn start(&self) {\n        self.c.start_execution().send().await;\n    }\n}\n"
                 .to_string(),
         ),
         (
-            "src/relay/x.rs".to_string(),
-            "use crate::sfn::{plain, Client as C};\nfn f() { crate::sfn::plain(); }\n".to_string(),
+            "src/slack/relay/x.rs".to_string(),
+            "use crate::aws::sfn::{plain, Client as C};\nfn f() { crate::aws::sfn::plain(); }\n".to_string(),
         ),
     ];
     let sfn_calls = scan_file(&sources[0].0, &sources[0].1, ops, &none).expect("ok");
     let errors = relay_reaches_operator_calls(&sources, &sfn_calls);
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        errors[0].starts_with("src/relay/x.rs:1: the relay uses crate::sfn::Client"),
+        errors[0].starts_with("src/slack/relay/x.rs:1: the relay uses crate::aws::sfn::Client"),
         "{errors:?}"
     );
 

@@ -24,7 +24,7 @@ const ALICE: &str = "arn:aws:iam::123456789012:user/alice";
 
 /// The principals aws-jit's statements in the managed role's trust policy name.
 async fn granted(env: &Env) -> Vec<String> {
-    aws_jit::trust_policy::grants(&env.trust_policy().await)
+    aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await)
         .into_iter()
         .map(|g| g.principal)
         .collect()
@@ -346,10 +346,10 @@ async fn a_squatted_execution_name_fails_the_request_and_grants_nothing() {
         .get(&env.access_role)
         .await
         .expect("role");
-    let planned = aws_jit::decide::plan_in(
+    let planned = aws_jit::policy::decide::plan_in(
         &extra_req,
         Some(&role),
-        &aws_jit::decide::Scope::new([ACCOUNT.to_string()]),
+        &aws_jit::policy::decide::Scope::new([ACCOUNT.to_string()]),
     )
     .expect("valid");
     let mut with_extra = serde_json::to_value(&planned).expect("JSON");
@@ -584,7 +584,7 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
     env.wait_phase("ended", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "ended", "Approve");
     env.wait_phase("ended", Phase::Active).await;
-    let ended_sid = aws_jit::trust_policy::grants(&env.trust_policy().await)[0]
+    let ended_sid = aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await)[0]
         .sid
         .clone();
     env.revoke(User::Alice, "ended", "done");
@@ -599,7 +599,8 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
     // The plant: the ended request's statement back, valid for 12 hours, and a
     // permanent one for mallory named like aws-jit's.
     let mut planted: Value =
-        serde_json::from_str(&aws_jit::trust_policy::to_json(&live)).expect("JSON");
+        serde_json::from_str(&aws_jit::grant::trust_policy::document::to_json(&live))
+            .expect("JSON");
     let expiry = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_hours(12))
         .expect("time")
@@ -625,7 +626,7 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
     assert!(alert.message.contains(&ended_sid), "{}", alert.message);
     eventually("the planted statements to be gone", WAIT, || async {
         let doc = env.trust_policy().await;
-        let sids = aws_jit::trust_policy::prefixed_sids(&doc);
+        let sids = aws_jit::grant::trust_policy::document::prefixed_sids(&doc);
         if sids
             .iter()
             .any(|s| s == "AwsJitBackdoor" || *s == ended_sid)

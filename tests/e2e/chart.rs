@@ -1001,9 +1001,9 @@ impl Release {
         crate::controller::wait_phase(&self.requests().await, name, phase, WAIT).await
     }
 
-    async fn grants(&self) -> Vec<aws_jit::trust_policy::GrantInfo> {
+    async fn grants(&self) -> Vec<aws_jit::grant::trust_policy::document::GrantInfo> {
         let doc = crate::controller::trust_policy(&self.sdk, &self.iam_role_name).await;
-        aws_jit::trust_policy::grants(&doc)
+        aws_jit::grant::trust_policy::document::grants(&doc)
     }
 
     async fn outcome(&self, name: &str) -> String {
@@ -1162,7 +1162,7 @@ async fn chart_service_account_runs_a_request_through_its_whole_life() {
         &[
             "get",
             "secret",
-            &aws_jit::tokens::secret_name(&uid),
+            &aws_jit::controller::tokens::secret_name(&uid),
             "-n",
             &release.ns,
         ],
@@ -1562,7 +1562,10 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
         })
         .expect("revocation record");
     assert_eq!(revocation.requested_by, release.service_account());
-    assert_eq!(revocation.reason.as_deref(), Some(aws_jit::drain::REASON));
+    assert_eq!(
+        revocation.reason.as_deref(),
+        Some(aws_jit::run::drain::REASON)
+    );
     assert!(
         active
             .status

@@ -11,9 +11,9 @@
 //! built upon.
 use std::time::Duration;
 
+use aws_jit::aws::sfn::StepFunctionClient;
 use aws_jit::contract::Outcome as ExecutionOutcome;
-use aws_jit::sfn::StepFunctionClient;
-use aws_jit::worker::{Answer, Outcome, Worker};
+use aws_jit::grant::trust_policy::worker::{Answer, Outcome, Worker};
 use serde_json::{Value, json};
 
 use crate::support::{self, stale_iam::StaleIam};
@@ -145,7 +145,7 @@ async fn a_drift_removal_is_never_undone_by_the_next_grant() {
             let sid = sid.clone();
             async move {
                 assert!(
-                    aws_jit::trust_policy::prefixed_sids(&doc).contains(&sid),
+                    aws_jit::grant::trust_policy::document::prefixed_sids(&doc).contains(&sid),
                     "the sweeper sees the grant"
                 );
                 vec![(sid, "drift (test)".to_string())]
@@ -188,7 +188,7 @@ async fn a_write_iam_does_not_show_in_time_is_retried_and_holds_up_the_role() {
     let env = Env::new("cons-unconfirmed", base_policy()).await;
     let sdk = support::stack().aws.sdk_config().await;
     let iam = StaleIam::start(&support::stack().aws.endpoint).await;
-    let metrics = std::sync::Arc::new(aws_jit::metrics::Metrics::new());
+    let metrics = std::sync::Arc::new(aws_jit::telemetry::metrics::Metrics::new());
     // Items are handed to the worker one at a time, in the order under test.
     let worker = worker_through(&env, &iam, &sdk)
         .with_consistency_wait(Duration::from_secs(1))

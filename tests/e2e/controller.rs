@@ -1,6 +1,6 @@
 //! The controller on the real stack: AccessRequests applied and approved with kubectl
 //! as the real users, executions of the shipped state machine on moto, and the
-//! operator's own code (`aws_jit::operator::run`) running with the operator's identity.
+//! operator's own code (`aws_jit::run::operator::run`) running with the operator's identity.
 use std::time::Duration;
 
 use aws_jit::crd::{AccessRequest, Phase};
@@ -89,7 +89,7 @@ impl Env {
             iam_role_name,
             kube,
             sdk,
-            size_limit: aws_jit::trust_policy::DEFAULT_SIZE_LIMIT,
+            size_limit: aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT,
             faults: aws_jit::faults::Faults::default(),
             stop: None,
             operator: None,
@@ -98,9 +98,9 @@ impl Env {
         env
     }
 
-    pub fn config(&self) -> aws_jit::operator::Config {
-        aws_jit::operator::Config {
-            aws: aws_jit::operator::AwsTargets {
+    pub fn config(&self) -> aws_jit::run::operator::Config {
+        aws_jit::run::operator::Config {
+            aws: aws_jit::run::operator::AwsTargets {
                 state_machine_arn: self.aws.state_machine_arn.clone(),
                 cleanup_state_machine_arn: self.aws.cleanup_state_machine_arn.clone(),
                 request_queue_url: self.aws.request_queue_url.clone(),
@@ -118,7 +118,7 @@ impl Env {
             trust_policy_size_limit: self.size_limit,
             faults: self.faults.clone(),
             metrics: Default::default(),
-            health: aws_jit::probes::Health::new(),
+            health: aws_jit::telemetry::probes::Health::new(),
             sweep_interval: Duration::from_secs(5),
         }
     }
@@ -136,7 +136,7 @@ impl Env {
         let sdk = self.sdk.clone();
         let config = self.config();
         self.operator = Some(tokio::spawn(async move {
-            aws_jit::operator::run(kube, &sdk, config, async move {
+            aws_jit::run::operator::run(kube, &sdk, config, async move {
                 let _ = rx.await;
             })
             .await;
@@ -149,14 +149,14 @@ impl Env {
     pub fn start_operator_through(
         &mut self,
         endpoint: &str,
-    ) -> std::sync::Arc<aws_jit::metrics::Metrics> {
+    ) -> std::sync::Arc<aws_jit::telemetry::metrics::Metrics> {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let sdk = self.sdk.to_builder().endpoint_url(endpoint).build();
         let config = self.config();
         let metrics = config.metrics.clone();
         let kube = self.kube.clone();
         self.operator = Some(tokio::spawn(async move {
-            aws_jit::operator::run(kube, &sdk, config, async move {
+            aws_jit::run::operator::run(kube, &sdk, config, async move {
                 let _ = rx.await;
             })
             .await;
@@ -367,7 +367,7 @@ pub async fn wait_phase(
 pub async fn trust_policy(
     sdk: &aws_config::SdkConfig,
     role_name: &str,
-) -> aws_jit::trust_policy::Document {
+) -> aws_jit::grant::trust_policy::document::Document {
     let role = aws_sdk_iam::Client::new(sdk)
         .get_role()
         .role_name(role_name)
@@ -378,7 +378,7 @@ pub async fn trust_policy(
         .role()
         .and_then(|r| r.assume_role_policy_document())
         .expect("trust policy");
-    aws_jit::trust_policy::parse(doc).expect("parse trust policy")
+    aws_jit::grant::trust_policy::document::parse(doc).expect("parse trust policy")
 }
 
 pub fn condition(r: &AccessRequest, type_: &str) -> Option<(String, String)> {
@@ -608,14 +608,14 @@ async fn out_of_reach(secret: &str) {
 
 impl Env {
     /// The role's trust policy as IAM returns it.
-    pub async fn trust_policy(&self) -> aws_jit::trust_policy::Document {
+    pub async fn trust_policy(&self) -> aws_jit::grant::trust_policy::document::Document {
         trust_policy(&self.sdk, &self.iam_role_name).await
     }
 
     /// The statements that are not aws-jit's, as JSON values.
     pub async fn foreign_statements(&self) -> Vec<serde_json::Value> {
         let doc = self.trust_policy().await;
-        let ours: Vec<String> = aws_jit::trust_policy::grants(&doc)
+        let ours: Vec<String> = aws_jit::grant::trust_policy::document::grants(&doc)
             .into_iter()
             .map(|g| g.sid)
             .collect();
@@ -651,7 +651,7 @@ async fn approved_access_is_granted_with_an_aws_enforced_expiry_then_expires() {
         Some(("True".into(), "Active".into()))
     );
     // The trust policy holds one statement for alice, ending at expiresAt, AWS-enforced.
-    let grants = aws_jit::trust_policy::grants(&env.trust_policy().await);
+    let grants = aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await);
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(
         grants[0].principal,
@@ -667,7 +667,7 @@ async fn approved_access_is_granted_with_an_aws_enforced_expiry_then_expires() {
             .is_some()
     );
     assert_eq!(condition(&r, "Ready").map(|c| c.0), Some("False".into()));
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.foreign_statements().await, base_statements());
     assert_eq!(
         env.execution_outcome("happy").await,
@@ -683,7 +683,7 @@ async fn deleting_an_active_request_revokes_before_it_goes() {
     env.vote(User::Dave, "short-lived", "Approve");
     env.wait_phase("short-lived", Phase::Active).await;
     assert_eq!(
-        aws_jit::trust_policy::grants(&env.trust_policy().await).len(),
+        aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).len(),
         1
     );
     let exec_arn = env
@@ -697,7 +697,7 @@ async fn deleting_an_active_request_revokes_before_it_goes() {
     ));
     env.wait_gone("short-lived").await;
     // Gone only after the revoke: the statement is already removed.
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.foreign_statements().await, base_statements());
     let exec = aws_sdk_sfn::Client::new(&env.sdk)
         .describe_execution()
@@ -725,7 +725,7 @@ async fn the_revoke_action_ends_access_early() {
             .and_then(|s| s.revoked_at.clone())
             .is_some()
     );
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.foreign_statements().await, base_statements());
     assert_eq!(
         env.execution_outcome("enough").await,
@@ -783,7 +783,7 @@ async fn twenty_requests_for_one_role_approved_at_once() {
     }
     // While all are held (the earliest expiry has not passed): exactly the 20 grants.
     let doc = env.trust_policy().await;
-    let grants = aws_jit::trust_policy::grants(&doc);
+    let grants = aws_jit::grant::trust_policy::document::grants(&doc);
     let earliest = expiries.iter().min().copied().expect("twenty expiries");
     assert!(
         jiff::Timestamp::now() < earliest,
@@ -802,7 +802,7 @@ async fn twenty_requests_for_one_role_approved_at_once() {
         env.wait_phase_within(name, Phase::Expired, Duration::from_secs(180))
             .await;
     }
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.foreign_statements().await, base_statements());
     assert_eq!(env.executions_started().await, 20);
 }
@@ -842,7 +842,7 @@ async fn poison_and_orphan_tasks_never_block_the_request_queue() {
             .expect("send junk");
     }
     // An execution for a request that does not exist: its approval task is cancelled.
-    let sfn = aws_jit::sfn::StepFunctionClient::new(
+    let sfn = aws_jit::aws::sfn::StepFunctionClient::new(
         aws_sdk_sfn::Client::new(&env.sdk),
         &env.aws.state_machine_arn,
     );
@@ -879,7 +879,7 @@ async fn poison_and_orphan_tasks_never_block_the_request_queue() {
         let orphan = orphan.clone();
         async move {
             match sfn.describe(&orphan).await.map_err(|e| e.to_string())? {
-                aws_jit::sfn::ExecutionState::Succeeded {
+                aws_jit::aws::sfn::ExecutionState::Succeeded {
                     outcome: Some(aws_jit::contract::Outcome::Cancelled),
                     ..
                 } => Ok(()),

@@ -41,8 +41,8 @@ async fn short_visibility(env: &Env, queue_url: &str) {
         .expect("set visibility timeout");
 }
 
-async fn statements(env: &Env) -> Vec<aws_jit::trust_policy::GrantInfo> {
-    aws_jit::trust_policy::grants(&env.trust_policy().await)
+async fn statements(env: &Env) -> Vec<aws_jit::grant::trust_policy::document::GrantInfo> {
+    aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await)
 }
 
 #[tokio::test]

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use aws_jit::crd::Phase;
-use aws_jit::leader::{Election, LeaderError};
+use aws_jit::run::leader::{Election, LeaderError};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
@@ -34,7 +34,7 @@ async fn start_replica(env: &Env, lease: &str, identity: &str) -> Replica {
         .await
         .expect("bind probes");
     let addr = listener.local_addr().expect("probe address");
-    tokio::spawn(aws_jit::probes::serve(
+    tokio::spawn(aws_jit::telemetry::probes::serve(
         listener,
         config.health.clone(),
         config.metrics.clone(),
@@ -47,7 +47,7 @@ async fn start_replica(env: &Env, lease: &str, identity: &str) -> Replica {
     let kube = env.kube.clone();
     let sdk = env.sdk.clone();
     let handle = tokio::spawn(async move {
-        aws_jit::operator::run_elected(kube, &sdk, config, Some(election), async move {
+        aws_jit::run::operator::run_elected(kube, &sdk, config, Some(election), async move {
             let _ = rx.await;
         })
         .await
@@ -186,7 +186,7 @@ async fn the_standby_takes_over_a_killed_leader_mid_lifecycle() {
     assert!(r.status.and_then(|s| s.expires_at).is_some());
     assert_eq!(b.metric("aws_jit_leader").await, 1.0);
     assert_eq!(
-        aws_jit::trust_policy::grants(&env.trust_policy().await).len(),
+        aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).len(),
         1
     );
     // The new leader counted what it did.
@@ -204,7 +204,7 @@ async fn the_standby_takes_over_a_killed_leader_mid_lifecycle() {
 
     // The grant runs its time and is revoked, by the new leader.
     env.wait_phase("ha", Phase::Expired).await;
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.executions_started().await, 1, "one execution, not two");
     eventually("the revoke to be counted", WAIT, || async {
         let revoked = b.metric("aws_jit_grants_total{result=\"revoked\"}").await;

@@ -1,11 +1,11 @@
 //! Approvals from Slack on the real stack: the operator running in-process (the
-//! controller's `Env`), the interactivity endpoint (`aws_jit::interactions`) served on
+//! controller's `Env`), the interactivity endpoint (`aws_jit::slack::interactions`) served on
 //! a local port with the operator's identity, and Slack's clicks simulated by
 //! correctly (or wrongly) signed `block_actions` posts.
 use std::time::Duration;
 
 use aws_jit::crd::{AccessRequest, ApprovalChannel, Decision, Phase};
-use aws_jit::interactions::{self, SigningSecret};
+use aws_jit::slack::interactions::{self, SigningSecret};
 
 use crate::controller::Env;
 use crate::support::kube::User;

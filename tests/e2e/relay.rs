@@ -1,6 +1,6 @@
 //! The Slack relay on the real stack: the operator (`crate::controller::Env`) runs
 //! requests through the shipped state machine on moto, which writes the alert queue;
-//! the relay (`aws_jit::relay`, the code `aws-jit relay` runs) carries them to the
+//! the relay (`aws_jit::slack::relay`, the code `aws-jit relay` runs) carries them to the
 //! Slack stand-in (`support::slack`).
 use std::time::Duration;
 
@@ -28,14 +28,14 @@ struct RelayTask {
 }
 
 impl RelayTask {
-    fn start(env: &Env, config: aws_jit::relay::Config) -> RelayTask {
+    fn start(env: &Env, config: aws_jit::slack::relay::Config) -> RelayTask {
         // The relay's log, shown when a test fails.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter("aws_jit::relay=debug")
+            .with_env_filter("aws_jit::slack::relay=debug")
             .try_init();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let relay = aws_jit::relay::Relay::new(
+        let relay = aws_jit::slack::relay::Relay::new(
             env.kube.clone(),
             aws_sdk_sqs::Client::new(&env.sdk),
             config,
@@ -77,8 +77,9 @@ impl Drop for RelayTask {
     }
 }
 
-fn config(env: &Env, slack: &SlackStandIn) -> aws_jit::relay::Config {
-    let mut c = aws_jit::relay::Config::new(&env.aws.alert_queue_url, DEFAULT_CHANNEL, TOKEN);
+fn config(env: &Env, slack: &SlackStandIn) -> aws_jit::slack::relay::Config {
+    let mut c =
+        aws_jit::slack::relay::Config::new(&env.aws.alert_queue_url, DEFAULT_CHANNEL, TOKEN);
     c.dead_letter_url = Some(env.aws.alert_dlq_url.clone());
     c.slack_api_url = slack.url.clone();
     c.pacing = Duration::from_millis(50);
@@ -194,7 +195,7 @@ async fn every_step_of_a_request_is_one_living_message_with_thread_replies() {
         .collect();
     assert_eq!(
         owners,
-        [aws_jit::relay::FIELD_MANAGER],
+        [aws_jit::slack::relay::FIELD_MANAGER],
         "owners of status.slack"
     );
     assert_eq!(slack_of(&r).channel, ROLE_CHANNEL);
@@ -440,7 +441,7 @@ async fn a_refused_alert_goes_to_the_dead_letter_queue_and_the_rest_flows() {
             for m in out.messages() {
                 let reason = m
                     .message_attributes()
-                    .and_then(|a| a.get(aws_jit::relay::DEAD_LETTER_REASON_ATTRIBUTE))
+                    .and_then(|a| a.get(aws_jit::slack::relay::DEAD_LETTER_REASON_ATTRIBUTE))
                     .and_then(|v| v.string_value())
                     .unwrap_or_default()
                     .to_string();
@@ -845,7 +846,8 @@ async fn a_revoke_nobody_answers_in_time_is_loud_and_says_aws_still_ends_access(
     // Back up, the operator still takes the statement away (late, but not never).
     env.start_operator();
     eventually("the late revoke", WAIT, || async {
-        let grants = aws_jit::trust_policy::grants(&env.trust_policy().await).len();
+        let grants =
+            aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).len();
         if grants == 0 {
             Ok(())
         } else {

@@ -49,7 +49,7 @@ fn expires_at(r: &AccessRequest) -> String {
         .as_ref()
         .and_then(|s| s.expires_at.clone())
         .expect("expiresAt");
-    aws_jit::decide::expiry_after(at.0, 0)
+    aws_jit::policy::decide::expiry_after(at.0, 0)
 }
 
 /// The request's deny policy on the role, as IAM has it (None: there is none).
@@ -57,13 +57,14 @@ async fn deny_policy(env: &Env, uid: &str) -> Option<Value> {
     let got = aws_sdk_iam::Client::new(&env.sdk)
         .get_role_policy()
         .role_name(&env.iam_role_name)
-        .policy_name(aws_jit::session::policy_name(uid))
+        .policy_name(aws_jit::grant::trust_policy::session::policy_name(uid))
         .send()
         .await;
     match got {
-        Ok(out) => {
-            Some(aws_jit::trust_policy::decode_json(out.policy_document()).expect("a JSON policy"))
-        }
+        Ok(out) => Some(
+            aws_jit::grant::trust_policy::document::decode_json(out.policy_document())
+                .expect("a JSON policy"),
+        ),
         Err(e)
             if e.as_service_error()
                 .is_some_and(|s| s.is_no_such_entity_exception()) =>
@@ -75,11 +76,11 @@ async fn deny_policy(env: &Env, uid: &str) -> Option<Value> {
 }
 
 fn expiring(uid: &str, expires_at: &str) -> Value {
-    aws_jit::session::deny_document(&format!("ar-{uid}"), expires_at, false)
+    aws_jit::grant::trust_policy::session::deny_document(&format!("ar-{uid}"), expires_at, false)
 }
 
 fn revoked(uid: &str, expires_at: &str) -> Value {
-    aws_jit::session::deny_document(&format!("ar-{uid}"), expires_at, true)
+    aws_jit::grant::trust_policy::session::deny_document(&format!("ar-{uid}"), expires_at, true)
 }
 
 /// The role's trust policy as IAM holds it (a JSON document), and the role's id.
@@ -91,7 +92,7 @@ async fn trust_and_id(env: &Env) -> (Value, String) {
         .await
         .expect("get role");
     let role = role.role().expect("role");
-    let doc = aws_jit::trust_policy::decode_json(
+    let doc = aws_jit::grant::trust_policy::document::decode_json(
         role.assume_role_policy_document().expect("trust policy"),
     )
     .expect("JSON");
@@ -166,11 +167,11 @@ async fn a_grant_names_its_sessions_and_an_early_revoke_ends_them_at_once() {
     );
 
     // The trust statement requires that session name and that source identity.
-    let grants = aws_jit::trust_policy::grants(&env.trust_policy().await);
+    let grants = aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await);
     assert_eq!(grants.len(), 1, "{grants:?}");
     assert_eq!(
         grants[0].session,
-        Some(aws_jit::trust_policy::SessionTerms {
+        Some(aws_jit::grant::trust_policy::document::SessionTerms {
             session_name: session.clone(),
             source_identity: "alice".into(),
         })
@@ -252,7 +253,7 @@ async fn a_grant_names_its_sessions_and_an_early_revoke_ends_them_at_once() {
     env.wait_phase("named", Phase::Revoked).await;
     let tightened = deny_policy(&env, &uid).await;
     assert_eq!(tightened, Some(revoked(&uid, &expires)));
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     let now = jiff::Timestamp::now();
     let tightened = tightened.expect("deny");
     assert_eq!(
@@ -302,7 +303,7 @@ async fn deleting_an_active_request_ends_its_sessions_at_once() {
     ));
     env.wait_gone("deleted").await;
     assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
 }
 
 #[tokio::test]
@@ -324,7 +325,7 @@ async fn the_execution_removes_the_deny_itself_with_the_operator_gone() {
     let (sdk, role, policy) = (
         env.sdk.clone(),
         env.iam_role_name.clone(),
-        aws_jit::session::policy_name(&uid),
+        aws_jit::grant::trust_policy::session::policy_name(&uid),
     );
     eventually(
         "the deny to be removed by the cleanup",
@@ -359,7 +360,7 @@ async fn the_execution_removes_the_deny_itself_with_the_operator_gone() {
     .await;
     // The statement the operator could not revoke is dead weight, not access: AWS
     // stopped honouring it at the expiry (the drift sweeper removes it later).
-    let grants = aws_jit::trust_policy::grants(&env.trust_policy().await);
+    let grants = aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await);
     assert!(
         grants
             .iter()
@@ -391,7 +392,7 @@ async fn a_stopped_execution_still_ends_the_access() {
         let api = api.clone();
         async move {
             let r = api.get("stopped").await.map_err(|e| e.to_string())?;
-            match condition(&r, aws_jit::decide::REVOKED_CONDITION) {
+            match condition(&r, aws_jit::policy::decide::REVOKED_CONDITION) {
                 Some((s, reason)) if s == "True" && reason == "RevokedByOperator" => Ok(r),
                 other => Err(format!("{other:?}: {:?}", r.status)),
             }
@@ -412,7 +413,7 @@ async fn a_stopped_execution_still_ends_the_access() {
     );
     assert!(message.contains("the operator ended access"), "{message}");
     assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     // And the operator started the cleanup the execution never reached.
     assert_cleanup_started(&env, &uid).await;
 }
@@ -440,7 +441,7 @@ async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
         let api = api.clone();
         async move {
             let r = api.get("stuck").await.map_err(|e| e.to_string())?;
-            match condition(&r, aws_jit::decide::REVOKED_CONDITION) {
+            match condition(&r, aws_jit::policy::decide::REVOKED_CONDITION) {
                 Some((s, reason)) if s == "False" && reason == "RevokeFailing" => Ok(r),
                 other => Err(format!("{other:?}: {:?}", r.status)),
             }
@@ -455,7 +456,7 @@ async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
     let message = r.status.and_then(|s| s.message).unwrap_or_default();
     assert!(message.contains("IAM denied"), "{message}");
     assert!(
-        !aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty(),
+        !aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty(),
         "the statement is still there while IAM refuses"
     );
     assert_eq!(
@@ -508,7 +509,7 @@ async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
         let api = api.clone();
         async move {
             let r = api.get("stuck").await.map_err(|e| e.to_string())?;
-            match condition(&r, aws_jit::decide::REVOKED_CONDITION) {
+            match condition(&r, aws_jit::policy::decide::REVOKED_CONDITION) {
                 Some((s, _)) if s == "True" => Ok(r),
                 other => Err(format!("{other:?}")),
             }
@@ -519,7 +520,7 @@ async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
     assert_eq!(status.phase, Some(Phase::Revoked));
     let message = status.message.unwrap_or_default();
     assert!(message.contains("RevokeFailed"), "what happened: {message}");
-    assert!(aws_jit::trust_policy::grants(&env.trust_policy().await).is_empty());
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     assert_eq!(deny_policy(&env, &uid).await, Some(revoked(&uid, &expires)));
     assert!(proxy.refused() >= 2, "the operator tried while refused");
 }

@@ -1,5 +1,5 @@
 //! Approvals from Slack over Socket Mode on the real stack: the operator (the
-//! controller's `Env`), the Socket Mode client (`aws_jit::interactions::socket`, what
+//! controller's `Env`), the Socket Mode client (`aws_jit::slack::interactions::socket`, what
 //! `aws-jit relay` runs when SLACK_APP_TOKEN is set) connected to the Socket Mode
 //! stand-in (`support::slack_socket`), and the bot's Web API (`views.open`,
 //! `response_url`) on the `ViewsApi` stand-in. The payloads are the ones the HTTP tests
@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use aws_jit::crd::{Decision, Phase};
-use aws_jit::interactions::{self, Handler, SlackWeb, socket};
+use aws_jit::slack::interactions::{self, Handler, SlackWeb, socket};
 use serde_json::{Value, json};
 
 use crate::controller::Env;
@@ -41,7 +41,7 @@ impl Client {
     async fn start(api_url: &str, app_token: &str, views: &ViewsApi) -> Client {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter("aws_jit::interactions=debug")
+            .with_env_filter("aws_jit::slack::interactions=debug")
             .try_init();
         let kube = stack().kube.client(User::Relay).await;
         let handler = Handler::new(kube).with_slack(
@@ -316,7 +316,7 @@ async fn a_bad_app_token_is_refused_clearly_and_retried_with_backoff() {
     let views = ViewsApi::start(BOT_TOKEN).await;
     let wrong = "xapp-1-A0TEST001-revoked-token";
     // The error says what to check, and never holds the token.
-    let client = aws_jit::relay::slack::client(&socket.api_url).expect("client");
+    let client = aws_jit::slack::relay::slack::client(&socket.api_url).expect("client");
     let err = socket::open_connection(
         &client,
         &socket::AppToken::new(wrong).expect("an app token"),

@@ -1,4 +1,4 @@
-//! The trust-policy worker (`aws_jit::worker`) against the shipped state machine on moto:
+//! The trust-policy worker (`aws_jit::grant::trust_policy::worker`) against the shipped state machine on moto:
 //! each test deploys the template, creates an IAM role whose trust policy holds foreign
 //! statements, backs each execution with an AccessRequest in the real apiserver (approved
 //! by carol, its execution recorded in status, as the controller would have left it),
@@ -9,10 +9,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use aws_jit::aws::sfn::{ExecutionState, StepFunctionClient, TaskAnswer, execution_name};
 use aws_jit::contract::{GrantOutput, Outcome as ExecutionOutcome};
 use aws_jit::crd::{AccessRequest, AccessRole};
-use aws_jit::sfn::{ExecutionState, StepFunctionClient, TaskAnswer, execution_name};
-use aws_jit::worker::{Answer, DEAD_LETTER_REASON_ATTRIBUTE, Outcome, RevokeOutput, Worker};
+use aws_jit::grant::trust_policy::worker::{
+    Answer, DEAD_LETTER_REASON_ATTRIBUTE, Outcome, RevokeOutput, Worker,
+};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, QueueAttributeName};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -175,13 +177,13 @@ impl Env {
     }
 
     /// The authority the operator builds: the moto account is the one it serves.
-    pub(crate) fn authority(&self) -> aws_jit::authority::Authority {
-        aws_jit::authority::Authority::new(
+    pub(crate) fn authority(&self) -> aws_jit::controller::authority::Authority {
+        aws_jit::controller::authority::Authority::new(
             self.kube.clone(),
             StepFunctionClient::new(self.sfn.clone(), &self.out.state_machine_arn),
-            aws_jit::decide::Scope::new([ACCOUNT_ID.to_string()]),
+            aws_jit::policy::decide::Scope::new([ACCOUNT_ID.to_string()]),
             Default::default(),
-            aws_jit::alerts::SecurityAlerts::none(),
+            aws_jit::aws::alerts::SecurityAlerts::none(),
         )
     }
 
@@ -221,10 +223,10 @@ impl Env {
             .create(&PostParams::default(), &request)
             .await
             .expect("alice creates her request");
-        let input = aws_jit::decide::plan_in(
+        let input = aws_jit::policy::decide::plan_in(
             &request,
             Some(&role),
-            &aws_jit::decide::Scope::new([ACCOUNT_ID.to_string()]),
+            &aws_jit::policy::decide::Scope::new([ACCOUNT_ID.to_string()]),
         )
         .expect("the request is valid against its role");
         (request, input)
@@ -345,7 +347,7 @@ impl Env {
                 "approver_name": "carol",
                 "approvers": ["carol"],
                 "requester_arn": body["input"]["requester_arn"],
-                "expires_at": aws_jit::decide::expiry_after(jiff::Timestamp::now(), duration),
+                "expires_at": aws_jit::policy::decide::expiry_after(jiff::Timestamp::now(), duration),
             });
             // moto's threaded server sometimes answers 500 under load; retry those.
             let token = body["task_token"].as_str().expect("task token").to_string();
@@ -1032,7 +1034,7 @@ async fn a_grant_without_its_sessions_deny_in_place_is_never_made() {
         .role_name(&env.role_name)
         .policy_name(policy)
         .policy_document(
-            aws_jit::session::deny_document(
+            aws_jit::grant::trust_policy::session::deny_document(
                 run.input["session_name"].as_str().expect("session"),
                 "2099-01-01T00:00:00Z",
                 false,

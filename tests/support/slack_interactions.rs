@@ -1,13 +1,13 @@
-//! Slack's side of the interactivity endpoint (`aws_jit::interactions`): builds
+//! Slack's side of the interactivity endpoint (`aws_jit::slack::interactions`): builds
 //! `block_actions` payloads shaped like the ones Slack sends when someone clicks the
 //! awaiting-approval message's buttons, and POSTs them form-encoded, signed the way
 //! Slack signs (or deliberately not).
 //!
-//! The signature comes from `aws_jit::interactions::verify::signature`, which its unit
+//! The signature comes from `aws_jit::slack::interactions::verify::signature`, which its unit
 //! tests check against Slack's published example; the endpoint verifies with
 //! slack-morphism's verifier, a separate implementation.
-use aws_jit::interactions::verify::{self, now_unix};
-use aws_jit::interactions::{APPROVE_ACTION, DENY_ACTION};
+use aws_jit::slack::interactions::verify::{self, now_unix};
+use aws_jit::slack::interactions::{APPROVE_ACTION, DENY_ACTION};
 use serde_json::{Value, json};
 
 /// The `trigger_id` of every click [`block_actions`] builds.
@@ -190,7 +190,7 @@ pub fn form_body(payload: &Value) -> String {
 /// The `view_submission` Slack sends when `slack_user` submits the modal `view` (as
 /// `views.open` received it) with `comment` typed into its input.
 pub fn view_submission(slack_user: &str, view: &Value, comment: &str) -> Value {
-    use aws_jit::interactions::modal::{COMMENT_ACTION, COMMENT_BLOCK};
+    use aws_jit::slack::interactions::modal::{COMMENT_ACTION, COMMENT_BLOCK};
     json!({
         "type": "view_submission",
         "team": {"id": "T0TEST001", "domain": "aws-jit-e2e"},

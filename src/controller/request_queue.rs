@@ -5,7 +5,7 @@
 //! everything else.
 //!
 //! Only a task of the execution the controller started and recorded for a request is
-//! kept ([`crate::authority`]): a task of any other execution that names a live request
+//! kept ([`crate::controller::authority`]): a task of any other execution that names a live request
 //! (someone in the AWS account started one with a copy of its identity) is refused,
 //! reported on the request it impersonated, and answered. A task for a request that no
 //! longer exists is answered at once (approval: failure `Cancelled`; hold: success,
@@ -29,11 +29,11 @@ use backon::BackoffBuilder;
 use serde_json::json;
 use tracing::{Instrument, error, info, warn};
 
-use crate::authority::{Authority, AuthorityError};
+use crate::aws::sfn::StepFunctionClient;
 use crate::contract::{RequestIdentity, RequestTask, errors};
-use crate::metrics::{outcome, queue};
-use crate::sfn::StepFunctionClient;
-use crate::tokens::{TokenStore, keys};
+use crate::controller::authority::{Authority, AuthorityError};
+use crate::controller::tokens::{TokenStore, keys};
+use crate::telemetry::metrics::{outcome, queue};
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -42,9 +42,9 @@ pub enum QueueError {
     #[error(transparent)]
     Kube(#[from] kube::Error),
     #[error(transparent)]
-    Tokens(#[from] crate::tokens::TokenError),
+    Tokens(#[from] crate::controller::tokens::TokenError),
     #[error(transparent)]
-    StepFunctions(#[from] crate::sfn::SfnError),
+    StepFunctions(#[from] crate::aws::sfn::SfnError),
     #[error(transparent)]
     Authority(#[from] AuthorityError),
 }
@@ -93,7 +93,7 @@ pub struct RequestQueue {
     /// Long-poll wait (SQS allows up to 20 s).
     pub wait: Duration,
     pub faults: crate::faults::Faults,
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
     /// Judges whether a task belongs to the execution of its request.
     pub authority: Authority,
 }

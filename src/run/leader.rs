@@ -21,8 +21,8 @@ use std::time::Duration;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tracing::{info, warn};
 
-use crate::metrics::Metrics;
-use crate::probes::Health;
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::probes::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaderError {

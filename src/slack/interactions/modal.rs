@@ -40,7 +40,7 @@ impl SlackWeb {
     /// for a local stand-in); `bot_token` the app's bot token (`xoxb-…`).
     pub fn new(api_url: &str, bot_token: &str) -> Result<SlackWeb, String> {
         Ok(SlackWeb {
-            client: crate::relay::slack::client(api_url)?,
+            client: crate::slack::relay::slack::client(api_url)?,
             token: SlackApiToken::new(SlackApiTokenValue(bot_token.to_string())),
             response_url_prefix: SLACK_RESPONSE_URL_PREFIX.into(),
         })

@@ -5,7 +5,7 @@
 //! `DateLessThan aws:CurrentTime` condition, and only as a named session: the statement
 //! requires `sts:SourceIdentity` (the person) and `sts:RoleSessionName` (the request),
 //! and allows `sts:SetSourceIdentity` for that. The condition ends new sessions at the
-//! expiry; the request's deny policy ([`crate::session`]) ends the live ones. A revoke
+//! expiry; the request's deny policy ([`crate::grant::trust_policy::session`]) ends the live ones. A revoke
 //! removes the statement and sweeps every expired statement of ours.
 //!
 //! This module is pure: it turns a policy document (as `GetRole` returns it) into a new
@@ -200,7 +200,7 @@ impl fmt::Display for Document {
 }
 
 /// Who a grant's sessions must say they are: `sts:SourceIdentity` and
-/// `sts:RoleSessionName` (see [`crate::session`]).
+/// `sts:RoleSessionName` (see [`crate::grant::trust_policy::session`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionTerms {
     pub session_name: String,
@@ -569,7 +569,9 @@ pub fn validate_principal(arn: &str) -> Result<(), TrustPolicyError> {
     if arn.len() > MAX_ARN_CHARS {
         return Err(invalid());
     }
-    crate::arn::parse(arn).map(|_| ()).ok_or_else(invalid)
+    crate::policy::arn::parse(arn)
+        .map(|_| ())
+        .ok_or_else(invalid)
 }
 
 #[cfg(test)]

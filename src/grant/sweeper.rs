@@ -31,10 +31,10 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::{error, info, warn};
 
 use crate::crd::{AccessRequest, AccessRole, GrantMethod, Phase};
-use crate::decide::{self, Scope, Tally};
-use crate::metrics::Metrics;
-use crate::trust_policy::{self, Document, GrantInfo};
-use crate::worker::Worker;
+use crate::grant::trust_policy::document::{self as trust_policy, Document, GrantInfo};
+use crate::grant::trust_policy::worker::Worker;
+use crate::policy::decide::{self, Scope, Tally};
+use crate::telemetry::metrics::Metrics;
 
 /// Slack on an expiry bound: the grant's own clock and ours may differ by this much.
 const EXPIRY_SLACK: SignedDuration = SignedDuration::from_secs(120);
@@ -130,7 +130,7 @@ pub fn judge_statement(
             request.spec.role
         ));
     };
-    if crate::arn::role(&role.spec.role_arn) != crate::arn::role(role_arn) {
+    if crate::policy::arn::role(&role.spec.role_arn) != crate::policy::arn::role(role_arn) {
         return drift(format!(
             "the request's AccessRole grants {}, not this role",
             role.spec.role_arn
@@ -265,7 +265,7 @@ pub struct Sweeper {
     pub scope: Scope,
     pub watch_namespace: Option<String>,
     pub metrics: Arc<Metrics>,
-    pub alerts: crate::alerts::SecurityAlerts,
+    pub alerts: crate::aws::alerts::SecurityAlerts,
     pub interval: Duration,
 }
 
@@ -378,7 +378,7 @@ impl Sweeper {
         &self,
         known: &Known<'_>,
         role_arn: &str,
-    ) -> Result<Vec<(String, String)>, crate::worker::WorkerError> {
+    ) -> Result<Vec<(String, String)>, crate::grant::trust_policy::worker::WorkerError> {
         self.worker
             .edit_trust_policy(role_arn, |doc: Document| async move {
                 let candidates = drift_in(known, role_arn, &doc, Timestamp::now());
@@ -470,7 +470,7 @@ impl Sweeper {
         let ev = Event {
             type_: EventType::Warning,
             reason: "DriftRemoved".into(),
-            note: Some(crate::sfn::truncate(note, 1024).to_owned()),
+            note: Some(crate::aws::sfn::truncate(note, 1024).to_owned()),
             action: "Sweep".into(),
             secondary: None,
         };

@@ -3,7 +3,7 @@
 //! approved AccessRequest? Anyone in the AWS account who can `StartExecution`, or send
 //! to a queue, can write such a message; so a message only ever says *which* request,
 //! and what may be granted comes from Kubernetes alone (the request, its votes, its
-//! AccessRole). [`crate::authority`] does the reading; this module decides.
+//! AccessRole). [`crate::controller::authority`] does the reading; this module decides.
 //!
 //! The checks, in order:
 //! 1. The execution ARN is the one the controller starts for the request: the
@@ -19,7 +19,7 @@
 //!    made from Kubernetes' answer, never from the message.
 use crate::contract::ExecutionInput;
 use crate::crd::{AccessRequest, AccessRole, Phase};
-use crate::decide::{self, Rejection, Tally};
+use crate::policy::decide::{self, Rejection, Tally};
 
 /// Why a message from AWS is not acted on. The `Display` text goes to the task's failure
 /// cause, the log, and a Warning Event on the request it names.

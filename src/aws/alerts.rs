@@ -41,7 +41,7 @@ impl SecurityAlerts {
             event: SecurityAlert::EVENT.into(),
             kind: kind.into(),
             request: request.cloned(),
-            message: crate::sfn::truncate(message, 4000).to_owned(),
+            message: crate::aws::sfn::truncate(message, 4000).to_owned(),
         };
         let body = match serde_json::to_string(&alert) {
             Ok(b) => b,

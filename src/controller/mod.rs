@@ -1,13 +1,17 @@
 //! The AccessRequest controller: one reconcile that keeps each request's status true to
 //! its Step Functions execution. Data flows one way: the request and its role decide
 //! what execution starts; the execution asks for decisions through the request queue
-//! (tokens land in [`crate::tokens`]); the reconciler answers with the approvers'
+//! (tokens land in [`crate::controller::tokens`]); the reconciler answers with the approvers'
 //! votes and reads the execution's state back into status.
 //!
 //! Status is written with server-side apply under one field manager, as a full snapshot
 //! of the fields the controller owns and with the resourceVersion it was computed from:
 //! a concurrent change (an approver's vote) makes the write conflict and the request is
 //! reconciled again, so nothing an approver appended is ever dropped.
+pub mod authority;
+pub mod request_queue;
+pub mod tokens;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,11 +28,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, warn};
 
+use self::tokens::{TokenError, TokenStore, keys};
+use crate::aws::sfn::{ExecutionState, SfnError, StepFunctionClient, execution_name};
 use crate::contract::{ApprovalOutput, DenialCause, errors};
 use crate::crd::{AccessRequest, AccessRequestStatus, AccessRole, FINALIZER, Phase};
-use crate::decide::{self, Tally};
-use crate::sfn::{ExecutionState, SfnError, StepFunctionClient, execution_name};
-use crate::tokens::{self, TokenError, TokenStore, keys};
+use crate::policy::decide::{self, Tally};
 
 /// How often an active grant is looked at before its expiry (in case something outside
 /// the operator ended its execution).
@@ -88,9 +92,9 @@ pub struct Settings {
 /// What the controller checks against and reports to.
 pub struct Guard {
     /// The AWS accounts whose roles may be granted.
-    pub scope: crate::decide::Scope,
+    pub scope: crate::policy::decide::Scope,
     /// Security findings for Slack.
-    pub alerts: crate::alerts::SecurityAlerts,
+    pub alerts: crate::aws::alerts::SecurityAlerts,
     /// Ends a grant when its execution ended without revoking (None: such a request
     /// stays loud until an operator with IAM rights runs).
     pub revoker: Option<Revoker>,
@@ -100,8 +104,8 @@ pub struct Guard {
 /// worker (under the role's lock) and the session cleanup it starts.
 #[derive(Clone, Debug)]
 pub struct Revoker {
-    pub worker: crate::worker::Worker,
-    pub cleanup: crate::worker::CleanupTarget,
+    pub worker: crate::grant::trust_policy::worker::Worker,
+    pub cleanup: crate::grant::trust_policy::worker::CleanupTarget,
 }
 
 /// Shared by every reconcile.
@@ -109,16 +113,16 @@ pub struct Context {
     pub client: kube::Client,
     pub sfn: StepFunctionClient,
     /// The AWS accounts whose roles may be granted.
-    pub scope: crate::decide::Scope,
+    pub scope: crate::policy::decide::Scope,
     /// Security findings for Slack.
-    pub alerts: crate::alerts::SecurityAlerts,
+    pub alerts: crate::aws::alerts::SecurityAlerts,
     pub revoker: Option<Revoker>,
     pub tokens: TokenStore,
     pub recorder: Recorder,
     pub roles: Api<AccessRole>,
     pub settings: Settings,
     pub faults: crate::faults::Faults,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::telemetry::metrics::Metrics>,
 }
 
 fn now() -> Time {
@@ -132,7 +136,7 @@ pub async fn run(
     guard: Guard,
     settings: Settings,
     faults: crate::faults::Faults,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::telemetry::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let requests: Api<AccessRequest> = match &settings.watch_namespace {

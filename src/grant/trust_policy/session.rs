@@ -175,7 +175,7 @@ pub enum DenyState {
 /// Compares a deny policy as IAM returns it (JSON, or URL-encoded JSON) with the two
 /// documents of this grant. Key order and whitespace do not matter; anything else does.
 pub fn deny_state(document: &str, session_name: &str, expires_at: &str) -> DenyState {
-    let Ok(parsed) = crate::trust_policy::decode_json(document) else {
+    let Ok(parsed) = crate::grant::trust_policy::document::decode_json(document) else {
         return DenyState::Other;
     };
     if parsed == deny_document(session_name, expires_at, false) {
@@ -189,7 +189,7 @@ pub fn deny_state(document: &str, session_name: &str, expires_at: &str) -> DenyS
 
 /// The expiry a deny policy of ours keeps (its expire statement's time), if it is one.
 pub fn deny_expiry(document: &str) -> Option<Timestamp> {
-    let parsed = crate::trust_policy::decode_json(document).ok()?;
+    let parsed = crate::grant::trust_policy::document::decode_json(document).ok()?;
     parsed
         .get("Statement")?
         .as_array()?
@@ -356,7 +356,7 @@ mod tests {
     /// and so how many grants of one role fit at once.
     #[test]
     fn what_a_grant_costs_in_each_iam_limit() {
-        use crate::trust_policy::{self, SessionTerms};
+        use crate::grant::trust_policy::document::{self as trust_policy, SessionTerms};
         let name = session_name(UID).unwrap();
         let empty = trust_policy::parse(r#"{"Version":"2012-10-17","Statement":[]}"#).unwrap();
         let terms = SessionTerms {

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::aws::sfn::StepFunctionClient;
+use crate::controller::request_queue::RequestQueue;
+use crate::controller::tokens::TokenStore;
 use crate::controller::{self, Settings};
-use crate::leader::{Election, LeaderError};
-use crate::metrics::Metrics;
-use crate::probes::Health;
-use crate::request_queue::RequestQueue;
-use crate::sfn::StepFunctionClient;
-use crate::tokens::TokenStore;
-use crate::worker::Worker;
+use crate::grant::trust_policy::worker::Worker;
+use crate::run::leader::{Election, LeaderError};
+use crate::telemetry::metrics::Metrics;
+use crate::telemetry::probes::Health;
 
 /// Where the AWS side is (the CloudFormation template's outputs).
 #[derive(Clone, Debug)]
@@ -92,14 +92,14 @@ impl AwsTargets {
     /// roles with the operator's own credentials, by name, so a role in any other
     /// account would edit the same-named role here; cross-account grants need
     /// per-account credentials, which aws-jit does not have yet.
-    pub fn scope(&self) -> crate::decide::Scope {
+    pub fn scope(&self) -> crate::policy::decide::Scope {
         let own = self
             .state_machine_arn
             .split(':')
             .nth(4)
             .filter(|a| !a.is_empty())
             .map(str::to_owned);
-        crate::decide::Scope::new(own)
+        crate::policy::decide::Scope::new(own)
     }
 }
 
@@ -146,7 +146,7 @@ pub struct Config {
     pub trust_policy_size_limit: usize,
     /// Crash points for tests; none armed in production.
     pub faults: crate::faults::Faults,
-    /// This process's metrics (served by [`crate::probes`]).
+    /// This process's metrics (served by [`crate::telemetry::probes`]).
     pub metrics: Arc<Metrics>,
     /// What `/healthz` and `/readyz` answer.
     pub health: Arc<Health>,
@@ -154,7 +154,7 @@ pub struct Config {
     pub sweep_interval: Duration,
 }
 
-/// Runs the operator's loops while this replica leads (see [`crate::leader`]); with
+/// Runs the operator's loops while this replica leads (see [`crate::run::leader`]); with
 /// no election, runs them at once. Returns `Ok` after `shutdown`, or an error when the
 /// Lease was lost: the caller exits, and the process starts over as a candidate.
 pub async fn run_elected(
@@ -174,7 +174,7 @@ pub async fn run_elected(
     let metrics = config.metrics.clone();
     let aws = aws.clone();
     let client = kube.clone();
-    crate::leader::lead(
+    crate::run::leader::lead(
         client,
         &election,
         health,
@@ -197,8 +197,8 @@ pub async fn run(
     let sqs = aws_sdk_sqs::Client::new(aws);
     let scope = config.aws.scope();
     let alerts =
-        crate::alerts::SecurityAlerts::new(sqs.clone(), config.aws.alert_queue_url.clone());
-    let authority = crate::authority::Authority::new(
+        crate::aws::alerts::SecurityAlerts::new(sqs.clone(), config.aws.alert_queue_url.clone());
+    let authority = crate::controller::authority::Authority::new(
         kube.clone(),
         sfn.clone(),
         scope.clone(),
@@ -241,7 +241,7 @@ pub async fn run(
         worker = worker.with_dead_letter_url(dlq);
     }
     let worker_handle = worker.clone();
-    let sweeper = crate::sweeper::Sweeper {
+    let sweeper = crate::grant::sweeper::Sweeper {
         client: kube.clone(),
         sfn: aws_sdk_sfn::Client::new(aws),
         state_machine_arn: config.aws.state_machine_arn.clone(),
@@ -262,7 +262,7 @@ pub async fn run(
     };
     let revoker = controller::Revoker {
         worker: worker_handle,
-        cleanup: crate::worker::CleanupTarget {
+        cleanup: crate::grant::trust_policy::worker::CleanupTarget {
             state_machine_arn: config.aws.cleanup_state_machine_arn.clone(),
         },
     };

@@ -1,5 +1,5 @@
 //! Prometheus metrics of one process (the controller or the relay), in one registry
-//! served at `/metrics` by [`crate::probes`].
+//! served at `/metrics` by [`crate::telemetry::probes`].
 //!
 //! Each process makes its own [`Metrics`] and hands it to the loops that count; there
 //! is no global registry, so tests run several operators in one process and read each

@@ -66,7 +66,8 @@ use slack::{Failure, SlackApi};
 /// The field manager of the relay's writes to `status.slack`.
 pub const FIELD_MANAGER: &str = "aws-jit-relay";
 /// SQS message attribute carrying why a message was dead-lettered (as the worker's).
-pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = crate::worker::DEAD_LETTER_REASON_ATTRIBUTE;
+pub const DEAD_LETTER_REASON_ATTRIBUTE: &str =
+    crate::grant::trust_policy::worker::DEAD_LETTER_REASON_ATTRIBUTE;
 
 /// Slack's bot token: never printed.
 #[derive(Clone)]
@@ -105,7 +106,7 @@ pub struct Config {
     /// How long in-flight messages may take to finish once shutdown is asked.
     pub shutdown_grace: Duration,
     /// Where the relay counts alerts and Slack calls.
-    pub metrics: std::sync::Arc<crate::metrics::Metrics>,
+    pub metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
 }
 
 impl Config {
@@ -382,8 +383,8 @@ impl Relay {
             Ok(s) => {
                 debug!(?s, "alert settled");
                 self.config.metrics.queue_message(
-                    crate::metrics::queue::ALERT,
-                    crate::metrics::outcome::PROCESSED,
+                    crate::telemetry::metrics::queue::ALERT,
+                    crate::telemetry::metrics::outcome::PROCESSED,
                 );
                 if let Err(e) = self.delete(receipt).await {
                     // It comes back; the relayed annotation keeps it from showing twice.
@@ -397,8 +398,8 @@ impl Relay {
                     "Slack refused an alert for good (or it cannot be read); moving it to the dead-letter queue"
                 );
                 self.config.metrics.queue_message(
-                    crate::metrics::queue::ALERT,
-                    crate::metrics::outcome::DEAD_LETTERED,
+                    crate::telemetry::metrics::queue::ALERT,
+                    crate::telemetry::metrics::outcome::DEAD_LETTERED,
                 );
                 self.dead_letter(message, &reason).await;
             }
@@ -411,7 +412,8 @@ impl Relay {
         let event = alert.event.name();
         // An identity no request can have is refused before any lookup (a forged alert
         // must not make a lookup fail in a way that looks worth retrying).
-        crate::authorize::check_identity(&alert.input.request).map_err(|r| r.to_string())?;
+        crate::policy::authorize::check_identity(&alert.input.request)
+            .map_err(|r| r.to_string())?;
         let target = tokio::time::timeout(
             RESOLVE_BUDGET,
             self.retry("look up the request", || self.resolve(alert)),
@@ -494,7 +496,7 @@ impl Relay {
         if let Some(who) = finding
             .request
             .as_ref()
-            .filter(|w| crate::authorize::check_identity(w).is_ok())
+            .filter(|w| crate::policy::authorize::check_identity(w).is_ok())
         {
             let requests: Api<AccessRequest> = Api::namespaced(self.kube.clone(), &who.namespace);
             if let Ok(Some(r)) = requests.get_opt(&who.name).await
@@ -751,7 +753,7 @@ impl Relay {
             .message_body(message.body().unwrap_or_default());
         if let Ok(attr) = MessageAttributeValue::builder()
             .data_type("String")
-            .string_value(crate::sfn::truncate(reason, 1024))
+            .string_value(crate::aws::sfn::truncate(reason, 1024))
             .build()
         {
             send = send.message_attributes(DEAD_LETTER_REASON_ATTRIBUTE, attr);

@@ -837,17 +837,21 @@ mod tests {
             }
         };
         let dave = slack_vote(&person("dave", &["sre"]));
-        let (tally, ignored) = crate::decide::tally(&r, "alice", std::slice::from_ref(&dave));
+        let (tally, ignored) =
+            crate::policy::decide::tally(&r, "alice", std::slice::from_ref(&dave));
         assert!(ignored.is_empty(), "{ignored:?}");
         assert_eq!(
             tally,
-            crate::decide::Tally::Approved {
+            crate::policy::decide::Tally::Approved {
                 approvers: vec!["dave".into()]
             }
         );
         let own = slack_vote(&person("alice", &["sre"]));
-        let (tally, _) = crate::decide::tally(&r, "alice", &[own]);
-        assert_eq!(tally, crate::decide::Tally::Pending { have: 0, need: 1 });
+        let (tally, _) = crate::policy::decide::tally(&r, "alice", &[own]);
+        assert_eq!(
+            tally,
+            crate::policy::decide::Tally::Pending { have: 0, need: 1 }
+        );
     }
 
     #[test]

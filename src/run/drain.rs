@@ -25,10 +25,10 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, warn};
 
+use crate::aws::sfn::{ExecutionState, SfnError, StepFunctionClient};
 use crate::contract::errors;
+use crate::controller::tokens::{TokenError, TokenStore, keys};
 use crate::crd::{AccessRequest, FINALIZER, Phase};
-use crate::sfn::{ExecutionState, SfnError, StepFunctionClient};
-use crate::tokens::{TokenError, TokenStore, keys};
 
 /// The field manager of the drain's writes (the revocation record, the finalizer).
 pub const FIELD_MANAGER: &str = "aws-jit-drain";
@@ -365,7 +365,7 @@ pub struct Args {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    crate::decide::parse_duration("duration", s).map_err(|e| e.to_string())
+    crate::policy::decide::parse_duration("duration", s).map_err(|e| e.to_string())
 }
 
 /// The subcommand's body: connects to Kubernetes and AWS from the environment, drains,

@@ -1,5 +1,5 @@
 //! Asks Kubernetes whether a message from AWS is backed by an AccessRequest, as
-//! [`crate::authorize`] decides, and reports what it refuses: a log line, the metric
+//! [`crate::policy::authorize`] decides, and reports what it refuses: a log line, the metric
 //! `aws_jit_refused_tasks_total{queue, reason}`, and a Warning Event on the request the
 //! message named (so the people who own it see that someone tried).
 //!
@@ -13,12 +13,12 @@ use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::{error, warn};
 
-use crate::authorize::{self, Refusal};
+use crate::aws::sfn::{SfnError, StepFunctionClient, execution_name};
 use crate::contract::{ExecutionInput, RequestIdentity};
 use crate::crd::{AccessRequest, AccessRole};
-use crate::decide::Scope;
-use crate::metrics::Metrics;
-use crate::sfn::{SfnError, StepFunctionClient, execution_name};
+use crate::policy::authorize::{self, Refusal};
+use crate::policy::decide::Scope;
+use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
@@ -51,7 +51,7 @@ pub struct Authority {
     scope: Scope,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    alerts: crate::alerts::SecurityAlerts,
+    alerts: crate::aws::alerts::SecurityAlerts,
 }
 
 impl std::fmt::Debug for Authority {
@@ -69,7 +69,7 @@ impl Authority {
         sfn: StepFunctionClient,
         scope: Scope,
         metrics: Arc<Metrics>,
-        alerts: crate::alerts::SecurityAlerts,
+        alerts: crate::aws::alerts::SecurityAlerts,
     ) -> Self {
         let recorder = Recorder::new(
             client.clone(),
@@ -234,7 +234,7 @@ impl Authority {
         let ev = Event {
             type_: EventType::Warning,
             reason: reason.into(),
-            note: Some(crate::sfn::truncate(note, 1024).to_owned()),
+            note: Some(crate::aws::sfn::truncate(note, 1024).to_owned()),
             action: "Refuse".into(),
             secondary: None,
         };

@@ -3,7 +3,7 @@
 //! the `TrustPolicy` method with IAM, then answers the execution with the item's task
 //! token.
 //!
-//! The editing itself is [`crate::trust_policy`] (pure); this module is the
+//! The editing itself is [`crate::grant::trust_policy::document`] (pure); this module is the
 //! read-modify-write around it (`GetRole` → edit → `UpdateAssumeRolePolicy`), the answer
 //! to Step Functions, and the SQS message lifecycle. Two writers to one role never race:
 //! while a message of a group (a role) is in flight, SQS FIFO gives no other message of
@@ -13,7 +13,7 @@
 //!
 //! # Grant
 //!
-//! First the grant is put to Kubernetes ([`crate::authority`]): the item must be the
+//! First the grant is put to Kubernetes ([`crate::controller::authority`]): the item must be the
 //! request's own recorded execution, the request approved, unended and unrevoked, and the
 //! item's input exactly what Kubernetes derives from the request and its AccessRole; what
 //! is granted is Kubernetes' answer, never the message's. A refusal grants nothing and
@@ -98,7 +98,7 @@
 //!   follows in the same message group.
 
 use crate::faults::{self, Faults};
-use crate::metrics::{outcome, queue};
+use crate::telemetry::metrics::{outcome, queue};
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
@@ -110,9 +110,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::{Instrument, Span, error, info, warn};
 
+use crate::aws::sfn::{ExecutionState, StepFunctionClient, TaskAnswer};
 use crate::contract::{ExecutionInput, GrantOutput, WorkTask, errors};
-use crate::sfn::{ExecutionState, StepFunctionClient, TaskAnswer};
-use crate::trust_policy::{self, Document, TrustPolicyError};
+use crate::grant::trust_policy::document::{self as trust_policy, Document, TrustPolicyError};
 
 /// SQS's longest long poll.
 const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
@@ -223,12 +223,12 @@ pub enum WorkerError {
     #[error("access is ended, but its session cleanup could not be started: {0}")]
     CleanupNotStarted(String),
     #[error("Step Functions: {0}")]
-    Sfn(#[from] crate::sfn::SfnError),
+    Sfn(#[from] crate::aws::sfn::SfnError),
     #[error("the work item is malformed: {reason}")]
     MalformedTask { reason: String },
     /// Kubernetes does not back the grant (or cannot be asked yet).
     #[error("refused: {0}")]
-    NotAuthorized(#[from] crate::authority::AuthorityError),
+    NotAuthorized(#[from] crate::controller::authority::AuthorityError),
     #[error("SQS {call} failed: {message}")]
     Sqs { call: &'static str, message: String },
     /// IAM is eventually consistent: it accepted the write, but its reads kept returning
@@ -367,7 +367,7 @@ pub enum Outcome {
 /// give it one message body at a time with [`Worker::handle`].
 #[derive(Clone, Debug)]
 pub struct Worker {
-    authority: crate::authority::Authority,
+    authority: crate::controller::authority::Authority,
     /// One lock per role: every read-modify-write of a trust policy in this process
     /// (grant, revoke, the drift sweeper) holds its role's.
     locks:
@@ -386,7 +386,7 @@ pub struct Worker {
     /// role that does not show it may be stale, and nothing is built on it.
     unconfirmed: std::sync::Arc<std::sync::Mutex<HashMap<String, (Document, std::time::Instant)>>>,
     faults: Faults,
-    metrics: std::sync::Arc<crate::metrics::Metrics>,
+    metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
 }
 
 impl Worker {
@@ -395,7 +395,7 @@ impl Worker {
     /// Every grant is first put to `authority` (Kubernetes), and what it answers is what
     /// is granted.
     pub fn new(
-        authority: crate::authority::Authority,
+        authority: crate::controller::authority::Authority,
         sqs: aws_sdk_sqs::Client,
         iam: aws_sdk_iam::Client,
         sfn: StepFunctionClient,
@@ -420,7 +420,10 @@ impl Worker {
     }
 
     /// Where the worker counts messages, grants and revokes.
-    pub fn with_metrics(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Self {
+    pub fn with_metrics(
+        mut self,
+        metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    ) -> Self {
         self.metrics = metrics;
         self
     }
@@ -887,7 +890,7 @@ impl Worker {
     }
 
     /// The request's deny policy on the role must be exactly the state machine's
-    /// "deny after the expiry" for this grant ([`crate::session::deny_document`]).
+    /// "deny after the expiry" for this grant ([`crate::grant::trust_policy::session::deny_document`]).
     async fn check_session_deny(
         &self,
         role: &str,
@@ -920,10 +923,18 @@ impl Worker {
                 };
             }
         };
-        match crate::session::deny_state(out.policy_document(), &input.session_name, expires_at) {
-            crate::session::DenyState::Expiring => Ok(()),
-            crate::session::DenyState::Revoked => Err(refused("already tightened: revoked", false)),
-            crate::session::DenyState::Other => Err(refused("another document", false)),
+        match crate::grant::trust_policy::session::deny_state(
+            out.policy_document(),
+            &input.session_name,
+            expires_at,
+        ) {
+            crate::grant::trust_policy::session::DenyState::Expiring => Ok(()),
+            crate::grant::trust_policy::session::DenyState::Revoked => {
+                Err(refused("already tightened: revoked", false))
+            }
+            crate::grant::trust_policy::session::DenyState::Other => {
+                Err(refused("another document", false))
+            }
         }
     }
 
@@ -939,12 +950,11 @@ impl Worker {
         cleanup: &CleanupTarget,
     ) -> Result<EndedAccess, WorkerError> {
         let role = role_name(&input.role_arn)?;
-        let session_name = crate::session::session_name(&input.request.uid).map_err(|e| {
-            WorkerError::MalformedTask {
+        let session_name = crate::grant::trust_policy::session::session_name(&input.request.uid)
+            .map_err(|e| WorkerError::MalformedTask {
                 reason: e.to_string(),
-            }
-        })?;
-        let policy = crate::session::policy_name(&input.request.uid);
+            })?;
+        let policy = crate::grant::trust_policy::session::policy_name(&input.request.uid);
         // 1. Tighten the deny, if there is one to tighten; whatever happens, go on.
         let tightened = self
             .tighten_session_deny(&role, &policy, &session_name, expires_at, granted)
@@ -961,7 +971,7 @@ impl Worker {
                 .sfn
                 .start_cleanup(
                     &cleanup.state_machine_arn,
-                    &crate::sfn::execution_name(&input.request.uid),
+                    &crate::aws::sfn::execution_name(&input.request.uid),
                     &serde_json::json!({
                         "role_name": role,
                         "session_policy_name": policy,
@@ -1012,7 +1022,7 @@ impl Worker {
         // The deny's own expiry wins over the caller's guess: it is the grant's.
         let expiry = existing
             .as_deref()
-            .and_then(crate::session::deny_expiry)
+            .and_then(crate::grant::trust_policy::session::deny_expiry)
             .map(|t| t.to_string())
             .unwrap_or_else(|| expires_at.to_owned());
         let max_session_seconds = self.max_session_seconds(role).await?;
@@ -1038,12 +1048,13 @@ impl Worker {
             return Ok(None);
         }
         if existing.as_deref().is_some_and(|doc| {
-            crate::session::deny_state(doc, session_name, &expiry)
-                == crate::session::DenyState::Revoked
+            crate::grant::trust_policy::session::deny_state(doc, session_name, &expiry)
+                == crate::grant::trust_policy::session::DenyState::Revoked
         }) {
             return Ok(Some(cleanup(true)));
         }
-        let document = crate::session::deny_document(session_name, &expiry, true);
+        let document =
+            crate::grant::trust_policy::session::deny_document(session_name, &expiry, true);
         match self
             .iam
             .put_role_policy()
@@ -1432,7 +1443,7 @@ impl Worker {
             .message_body(message.body().unwrap_or_default())
             .message_attributes(
                 DEAD_LETTER_REASON_ATTRIBUTE,
-                attribute(crate::sfn::truncate(reason, 1024))?,
+                attribute(crate::aws::sfn::truncate(reason, 1024))?,
             );
         if !message_id.is_empty() {
             send = send.message_attributes(SOURCE_MESSAGE_ID_ATTRIBUTE, attribute(message_id)?);
@@ -1493,7 +1504,7 @@ pub struct CleanupTarget {
 /// The name of the role an IAM role ARN names: the last path segment after `role/`
 /// (`arn:aws:iam::123456789012:role/jit/admin` → `admin`).
 pub fn role_name(role_arn: &str) -> Result<String, WorkerError> {
-    crate::arn::role(role_arn)
+    crate::policy::arn::role(role_arn)
         .map(|(_, name)| name.to_owned())
         .ok_or_else(|| WorkerError::MalformedRoleArn {
             arn: role_arn.to_owned(),

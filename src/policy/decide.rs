@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::aws::sfn::ExecutionState;
 use crate::contract::{ExecutionInput, Outcome, RequestIdentity};
 use crate::crd::{
     AccessRequest, AccessRole, Approval, Decision, GrantMethod, Phase, Revocation, Subject,
 };
-use crate::sfn::ExecutionState;
 
 /// Why a request is refused before anything touches AWS. The `Display` text goes to
 /// status.message and the Event; `reason()` is the condition reason.
@@ -122,9 +122,11 @@ pub fn principal_for(role: &AccessRole, username: &str) -> Result<String, Reject
             });
         }
     };
-    crate::trust_policy::validate_principal(&arn).map_err(|_| Rejection::NoPrincipal {
-        requester: username.to_string(),
-        why: format!("{arn:?} is not a valid IAM principal ARN"),
+    crate::grant::trust_policy::document::validate_principal(&arn).map_err(|_| {
+        Rejection::NoPrincipal {
+            requester: username.to_string(),
+            why: format!("{arn:?} is not a valid IAM principal ARN"),
+        }
     })?;
     if let Some(why) = unsafe_principal(&arn) {
         return Err(Rejection::NoPrincipal {
@@ -141,7 +143,7 @@ pub fn principal_for(role: &AccessRole, username: &str) -> Result<String, Reject
 /// who may assume `Dev` can name a session `bob`), and an account root principal trusts
 /// every identity of that account that is allowed `sts:AssumeRole`.
 fn unsafe_principal(arn: &str) -> Option<&'static str> {
-    let parsed = crate::arn::parse(arn)?;
+    let parsed = crate::policy::arn::parse(arn)?;
     if parsed.service == "sts" {
         return Some(
             "is an STS session principal: its session name is chosen by whoever assumes \
@@ -180,8 +182,8 @@ impl Scope {
 
     /// Refuses a role ARN outside the served accounts.
     pub fn check_role(&self, role_arn: &str) -> Result<(), Rejection> {
-        let (account, _) =
-            crate::arn::role(role_arn).ok_or_else(|| Rejection::BadRoleArn(role_arn.into()))?;
+        let (account, _) = crate::policy::arn::role(role_arn)
+            .ok_or_else(|| Rejection::BadRoleArn(role_arn.into()))?;
         if self.accounts.iter().any(|a| a == account) {
             return Ok(());
         }
@@ -256,7 +258,7 @@ pub fn plan_in(
 
 /// `<account>/<role name>`: one FIFO message group per target role.
 pub fn work_group(role_arn: &str) -> Result<String, Rejection> {
-    crate::arn::role(role_arn)
+    crate::policy::arn::role(role_arn)
         .map(|(account, name)| format!("{account}/{name}"))
         .ok_or_else(|| Rejection::BadRoleArn(role_arn.to_string()))
 }
@@ -315,7 +317,7 @@ pub fn plan(
     }
     let requester_arn = principal_for(role, &spec.requester)?;
     let work_group = work_group(&role.spec.role_arn)?;
-    let source_identity = crate::session::source_identity(&spec.requester)
+    let source_identity = crate::grant::trust_policy::session::source_identity(&spec.requester)
         .map_err(|e| Rejection::NoSourceIdentity(e.to_string()))?;
     let (Some(namespace), Some(uid)) = (
         request.metadata.namespace.clone(),
@@ -333,12 +335,13 @@ pub fn plan(
         work_group,
         duration_seconds: duration.as_secs().max(1),
         approval_timeout_seconds: approval_timeout.as_secs().max(1),
-        role_name: crate::arn::role(&role.spec.role_arn)
+        role_name: crate::policy::arn::role(&role.spec.role_arn)
             .map(|(_, name)| name.to_owned())
             .ok_or_else(|| Rejection::BadRoleArn(role.spec.role_arn.clone()))?,
-        session_name: crate::session::session_name(&uid).map_err(|_| Rejection::Incomplete)?,
+        session_name: crate::grant::trust_policy::session::session_name(&uid)
+            .map_err(|_| Rejection::Incomplete)?,
         source_identity,
-        session_policy_name: crate::session::policy_name(&uid),
+        session_policy_name: crate::grant::trust_policy::session::policy_name(&uid),
         request: RequestIdentity {
             namespace,
             name: request.metadata.name.clone().unwrap_or_default(),
@@ -462,12 +465,12 @@ pub fn access_instructions(input: &ExecutionInput) -> crate::crd::AccessInstruct
         role_arn: input.role_arn.clone(),
         session_name: input.session_name.clone(),
         source_identity: input.source_identity.clone(),
-        assume_role_command: crate::session::assume_role_command(
+        assume_role_command: crate::grant::trust_policy::session::assume_role_command(
             &input.role_arn,
             &input.session_name,
             &input.source_identity,
         ),
-        profile: crate::session::config_profile(
+        profile: crate::grant::trust_policy::session::config_profile(
             &profile_name,
             &input.role_arn,
             &input.session_name,

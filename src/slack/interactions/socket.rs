@@ -153,7 +153,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SocketError> {
-    let client = crate::relay::slack::client(&config.api_url).map_err(SocketError::Client)?;
+    let client =
+        crate::slack::relay::slack::client(&config.api_url).map_err(SocketError::Client)?;
     let shutdown = shutdown.shared();
     let mut backoff = config.backoff_base;
     info!(api_url = %config.api_url, "Slack Socket Mode starting");

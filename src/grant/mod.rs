@@ -1,0 +1,4 @@
+//! Grant methods: how approved access is made and taken away in AWS, one module per
+//! method, and the drift [`sweeper`] that removes what no approved request accounts for.
+pub mod sweeper;
+pub mod trust_policy;
