@@ -1,4 +1,6 @@
-//! Talking to AWS outside the grant methods: Step Functions ([`sfn`]) and the security
-//! findings the operator puts on the alert queue ([`alerts`]).
+//! Talking to AWS outside the grant methods: Step Functions ([`sfn`]), the security
+//! findings the operator puts on the alert queue ([`alerts`]), and the [`authority`]
+//! that checks every message from AWS against Kubernetes before anything acts on it.
 pub mod alerts;
+pub mod authority;
 pub mod sfn;

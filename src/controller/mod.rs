@@ -8,7 +8,6 @@
 //! of the fields the controller owns and with the resourceVersion it was computed from:
 //! a concurrent change (an approver's vote) makes the write conflict and the request is
 //! reconciled again, so nothing an approver appended is ever dropped.
-pub mod authority;
 pub mod request_queue;
 pub mod tokens;
 

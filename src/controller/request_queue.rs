@@ -5,7 +5,7 @@
 //! everything else.
 //!
 //! Only a task of the execution the controller started and recorded for a request is
-//! kept ([`crate::controller::authority`]): a task of any other execution that names a live request
+//! kept ([`crate::aws::authority`]): a task of any other execution that names a live request
 //! (someone in the AWS account started one with a copy of its identity) is refused,
 //! reported on the request it impersonated, and answered. A task for a request that no
 //! longer exists is answered at once (approval: failure `Cancelled`; hold: success,
@@ -29,9 +29,9 @@ use backon::BackoffBuilder;
 use serde_json::json;
 use tracing::{Instrument, error, info, warn};
 
+use crate::aws::authority::{Authority, AuthorityError};
 use crate::aws::sfn::StepFunctionClient;
 use crate::contract::{RequestIdentity, RequestTask, errors};
-use crate::controller::authority::{Authority, AuthorityError};
 use crate::controller::tokens::{TokenStore, keys};
 use crate::telemetry::metrics::{outcome, queue};
 

@@ -3,7 +3,7 @@
 //! approved AccessRequest? Anyone in the AWS account who can `StartExecution`, or send
 //! to a queue, can write such a message; so a message only ever says *which* request,
 //! and what may be granted comes from Kubernetes alone (the request, its votes, its
-//! AccessRole). [`crate::controller::authority`] does the reading; this module decides.
+//! AccessRole). [`crate::aws::authority`] does the reading; this module decides.
 //!
 //! The checks, in order:
 //! 1. The execution ARN is the one the controller starts for the request: the

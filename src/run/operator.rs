@@ -198,7 +198,7 @@ pub async fn run(
     let scope = config.aws.scope();
     let alerts =
         crate::aws::alerts::SecurityAlerts::new(sqs.clone(), config.aws.alert_queue_url.clone());
-    let authority = crate::controller::authority::Authority::new(
+    let authority = crate::aws::authority::Authority::new(
         kube.clone(),
         sfn.clone(),
         scope.clone(),

@@ -13,7 +13,7 @@
 //!
 //! # Grant
 //!
-//! First the grant is put to Kubernetes ([`crate::controller::authority`]): the item must be the
+//! First the grant is put to Kubernetes ([`crate::aws::authority`]): the item must be the
 //! request's own recorded execution, the request approved, unended and unrevoked, and the
 //! item's input exactly what Kubernetes derives from the request and its AccessRole; what
 //! is granted is Kubernetes' answer, never the message's. A refusal grants nothing and
@@ -228,7 +228,7 @@ pub enum WorkerError {
     MalformedTask { reason: String },
     /// Kubernetes does not back the grant (or cannot be asked yet).
     #[error("refused: {0}")]
-    NotAuthorized(#[from] crate::controller::authority::AuthorityError),
+    NotAuthorized(#[from] crate::aws::authority::AuthorityError),
     #[error("SQS {call} failed: {message}")]
     Sqs { call: &'static str, message: String },
     /// IAM is eventually consistent: it accepted the write, but its reads kept returning
@@ -367,7 +367,7 @@ pub enum Outcome {
 /// give it one message body at a time with [`Worker::handle`].
 #[derive(Clone, Debug)]
 pub struct Worker {
-    authority: crate::controller::authority::Authority,
+    authority: crate::aws::authority::Authority,
     /// One lock per role: every read-modify-write of a trust policy in this process
     /// (grant, revoke, the drift sweeper) holds its role's.
     locks:
@@ -395,7 +395,7 @@ impl Worker {
     /// Every grant is first put to `authority` (Kubernetes), and what it answers is what
     /// is granted.
     pub fn new(
-        authority: crate::controller::authority::Authority,
+        authority: crate::aws::authority::Authority,
         sqs: aws_sdk_sqs::Client,
         iam: aws_sdk_iam::Client,
         sfn: StepFunctionClient,
