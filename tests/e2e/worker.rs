@@ -177,8 +177,8 @@ impl Env {
     }
 
     /// The authority the operator builds: the moto account is the one it serves.
-    pub(crate) fn authority(&self) -> aws_jit::controller::authority::Authority {
-        aws_jit::controller::authority::Authority::new(
+    pub(crate) fn authority(&self) -> aws_jit::aws::authority::Authority {
+        aws_jit::aws::authority::Authority::new(
             self.kube.clone(),
             StepFunctionClient::new(self.sfn.clone(), &self.out.state_machine_arn),
             aws_jit::policy::decide::Scope::new([ACCOUNT_ID.to_string()]),
