@@ -18,23 +18,45 @@ pub const ROLE_ARN_RE: &str =
     version = "v1alpha1",
     kind = "AccessRole",
     category = "aws-jit",
-    printcolumn = r#"{"name":"Role ARN","type":"string","jsonPath":".spec.roleArn"}"#,
     printcolumn = r#"{"name":"Method","type":"string","jsonPath":".spec.method"}"#,
+    printcolumn = r#"{"name":"Role ARN","type":"string","jsonPath":".spec.roleArn","priority":1}"#,
+    printcolumn = r#"{"name":"Permission Set","type":"string","jsonPath":".spec.identityCenter.permissionSet","priority":1}"#,
+    printcolumn = r#"{"name":"Group","type":"string","jsonPath":".spec.iamGroup.groupArn","priority":1}"#,
     printcolumn = r#"{"name":"Max","type":"string","jsonPath":".spec.maxDuration"}"#,
     printcolumn = r#"{"name":"Approvals","type":"integer","jsonPath":".spec.approvalsRequired"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new(durations_ordered_rule()).message("defaultDuration must not exceed maxDuration"))]
+#[x_kube(validation = Rule::new("self.method != 'TrustPolicy' || (has(self.roleArn) && !has(self.identityCenter) && !has(self.iamGroup))").message("method TrustPolicy grants the IAM role in roleArn: set roleArn, and neither identityCenter nor iamGroup"))]
+#[x_kube(validation = Rule::new("self.method != 'IdentityCenter' || (has(self.identityCenter) && !has(self.roleArn) && !has(self.iamGroup))").message("method IdentityCenter grants a permission set: set identityCenter (instanceArn, identityStoreId, permissionSet, accountIds), and neither roleArn nor iamGroup"))]
+#[x_kube(validation = Rule::new("self.method != 'IamGroup' || (has(self.iamGroup) && !has(self.roleArn) && !has(self.identityCenter))").message("method IamGroup grants membership of the IAM group in iamGroup.groupArn: set iamGroup, and neither roleArn nor identityCenter"))]
+#[x_kube(validation = Rule::new(principal_arns_rule("TrustPolicy", IAM_PRINCIPAL_RE)).message("with method TrustPolicy, principal.template and every principal.users value must be an IAM principal ARN such as arn:aws:iam::123456789012:user/{username}"))]
+#[x_kube(validation = Rule::new(principal_arns_rule("IamGroup", IAM_USER_RE)).message("with method IamGroup, principal.template and every principal.users value must be an IAM user ARN such as arn:aws:iam::123456789012:user/{username}"))]
+#[x_kube(validation = Rule::new(group_account_rule()).message("with method IamGroup, the IAM users of principal must be in the account of iamGroup.groupArn (IAM groups hold only their own account's users)"))]
+#[x_kube(validation = Rule::new(principal_arns_rule("IdentityCenter", IC_USER_RE)).message("with method IdentityCenter, principal.template and every principal.users value must be an Identity Center user name or email (such as {username}@example.com), not an ARN"))]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRoleSpec {
-    /// The AWS IAM role granted, e.g. `arn:aws:iam::123456789012:role/admin`.
+    /// `TrustPolicy`: the AWS IAM role granted, e.g.
+    /// `arn:aws:iam::123456789012:role/admin`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::cel_quoted(ROLE_ARN_RE))).message("roleArn must be an IAM role ARN such as arn:aws:iam::123456789012:role/admin"))]
     #[schemars(length(max = 2048))]
     pub role_arn: String,
 
-    /// How access is granted. Only `TrustPolicy` is implemented today.
+    /// How access is granted: `TrustPolicy` (a statement in `roleArn`'s trust policy),
+    /// `IdentityCenter` (an account assignment of a permission set), `IamGroup` (a
+    /// membership of an IAM group).
     #[serde(default)]
     pub method: GrantMethod,
+
+    /// `IdentityCenter`: the permission set assigned, where, and how the requester's
+    /// Identity Center user is found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_center: Option<IdentityCenterTarget>,
+
+    /// `IamGroup`: the IAM group the requester's IAM user joins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iam_group: Option<IamGroupTarget>,
 
     /// The longest duration a request may ask for (Go duration).
     #[serde(default = "default_max_duration")]
@@ -81,6 +103,48 @@ pub struct AccessRoleSpec {
     pub slack_channel: Option<String>,
 }
 
+/// An IAM user or role ARN (any partition, optional path): a principal a trust
+/// statement may name.
+pub const IAM_PRINCIPAL_RE: &str = r"^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:.+$";
+/// An IAM user ARN (any partition, optional path).
+pub const IAM_USER_RE: &str = r"^arn:aws[a-z-]*:iam::[0-9]{12}:user/.+$";
+/// An Identity Center user name or email: printable, no spaces, not an ARN.
+pub const IC_USER_RE: &str = r"^[^\s:]{1,128}$";
+/// An IAM Identity Center instance ARN.
+pub const IC_INSTANCE_RE: &str = r"^arn:aws[a-z-]*:sso:::instance/(sso)?ins-[a-zA-Z0-9-.]{16}$";
+/// A permission set ARN.
+pub const IC_PERMISSION_SET_ARN_RE: &str =
+    r"^arn:aws[a-z-]*:sso:::permissionSet/(sso)?ins-[a-zA-Z0-9-.]{16}/ps-[a-zA-Z0-9-./]{16}$";
+/// A permission set name.
+pub const IC_PERMISSION_SET_NAME_RE: &str = r"^[\w+=,.@-]{1,32}$";
+/// An identity store ID.
+pub const IDENTITY_STORE_RE: &str =
+    r"^(d-[0-9a-f]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$";
+/// An IAM group ARN (any partition, optional path).
+pub const GROUP_ARN_RE: &str =
+    r"^arn:aws[a-z-]*:iam::[0-9]{12}:group/([\x21-\x7E]+/)?[\w+=,.@-]{1,128}$";
+
+/// With `method`, the principal's template and every users value match `re`.
+fn principal_arns_rule(method: &str, re: &str) -> String {
+    let re = super::cel_quoted(re);
+    format!(
+        "self.method != '{method}' || \
+         ((!has(self.principal.template) || self.principal.template.matches('{re}')) && \
+          (!has(self.principal.users) || self.principal.users.all(k, self.principal.users[k].matches('{re}'))))"
+    )
+}
+
+/// IamGroup: the users' account is the group's (the fifth field of both ARNs).
+fn group_account_rule() -> String {
+    "self.method != 'IamGroup' || !has(self.iamGroup) || \
+     ((!has(self.principal.template) || self.principal.template.split(':').size() < 5 || \
+       self.principal.template.split(':')[4] == self.iamGroup.groupArn.split(':')[4]) && \
+      (!has(self.principal.users) || self.principal.users.all(k, \
+        self.principal.users[k].split(':').size() < 5 || \
+        self.principal.users[k].split(':')[4] == self.iamGroup.groupArn.split(':')[4])))"
+        .into()
+}
+
 /// defaultDuration <= maxDuration, evaluated only when both are well-formed (the fields'
 /// own rules report malformed ones).
 fn durations_ordered_rule() -> String {
@@ -101,16 +165,95 @@ fn default_approvals_required() -> i32 {
     1
 }
 
-/// How access to the role is granted.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+/// How access is granted. The one list of grant methods: the CRD, the state machine's
+/// messages and the metrics' `method` label all use it.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default, JsonSchema)]
 pub enum GrantMethod {
     /// A statement in the role's trust policy, with an expiry AWS enforces.
     #[default]
     TrustPolicy,
-    /// Reserved: membership in an IAM group.
+    /// A membership of an IAM group, added and removed by the state machine.
     IamGroup,
-    /// Reserved: an IAM Identity Center account assignment.
+    /// An IAM Identity Center account assignment, created and deleted by the state
+    /// machine.
     IdentityCenter,
+}
+
+impl GrantMethod {
+    /// The name as written in the CRD and the state machine's messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::TrustPolicy => "TrustPolicy",
+            Self::IamGroup => "IamGroup",
+            Self::IdentityCenter => "IdentityCenter",
+        }
+    }
+
+    /// The name, back from the state machine's messages.
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::TrustPolicy, Self::IamGroup, Self::IdentityCenter]
+            .into_iter()
+            .find(|m| m.as_str() == name)
+    }
+}
+
+/// `IdentityCenter`: a permission set assigned to the requester's Identity Center user
+/// in each of `accountIds`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IdentityCenterTarget {
+    /// The Identity Center instance, e.g. `arn:aws:sso:::instance/ssoins-1234567890abcdef`.
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::cel_quoted(IC_INSTANCE_RE))).message("identityCenter.instanceArn must be an Identity Center instance ARN such as arn:aws:sso:::instance/ssoins-1234567890abcdef"))]
+    #[schemars(length(max = 1224))]
+    pub instance_arn: String,
+    /// The instance's identity store, e.g. `d-1234567890`, where the requester's user is
+    /// looked up.
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::cel_quoted(IDENTITY_STORE_RE))).message("identityCenter.identityStoreId must be an identity store ID such as d-1234567890"))]
+    #[schemars(length(max = 64))]
+    pub identity_store_id: String,
+    /// The permission set: its ARN, or its name (looked up in the instance).
+    #[x_kube(validation = Rule::new(format!("self.matches('{}') || self.matches('{}')", super::cel_quoted(IC_PERMISSION_SET_ARN_RE), super::cel_quoted(IC_PERMISSION_SET_NAME_RE))).message("identityCenter.permissionSet must be a permission set ARN (arn:aws:sso:::permissionSet/ssoins-…/ps-…) or a permission set name (1-32 of letters, digits and +=,.@_-)"))]
+    #[schemars(length(max = 1224))]
+    pub permission_set: String,
+    /// The AWS accounts the permission set is assigned in (12 digits each).
+    #[schemars(length(min = 1, max = 10))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new("self.all(a, a.matches('^[0-9]{12}$'))").message("identityCenter.accountIds must be 12-digit AWS account IDs"))]
+    pub account_ids: Vec<String>,
+    /// Which attribute of the Identity Center user the principal mapping gives:
+    /// `UserName` (default) or `Email`.
+    #[serde(default)]
+    pub user_attribute: UserAttribute,
+}
+
+/// The attribute an Identity Center user is found by (`identitystore:GetUserId`).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum UserAttribute {
+    /// The user's `userName`.
+    #[default]
+    UserName,
+    /// The user's email (`emails.value`).
+    Email,
+}
+
+impl UserAttribute {
+    /// The attribute path `identitystore:GetUserId` takes.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::UserName => "userName",
+            Self::Email => "emails.value",
+        }
+    }
+}
+
+/// `IamGroup`: the IAM group the requester's IAM user is added to.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct IamGroupTarget {
+    /// The group, e.g. `arn:aws:iam::123456789012:group/admins`.
+    #[x_kube(validation = Rule::new(format!("self.matches('{}')", super::cel_quoted(GROUP_ARN_RE))).message("iamGroup.groupArn must be an IAM group ARN such as arn:aws:iam::123456789012:group/admins"))]
+    #[schemars(length(max = 2048))]
+    pub group_arn: String,
 }
 
 /// A Kubernetes user or group, with an optional Slack identity.
@@ -133,20 +276,22 @@ pub struct Subject {
     pub slack_user_id: Option<String>,
 }
 
-/// How a Kubernetes username becomes an AWS principal ARN: an explicit entry in
-/// `users` wins; otherwise `template` with `{username}` replaced.
+/// How a Kubernetes username becomes the AWS identity granted (an IAM principal ARN for
+/// `TrustPolicy`, an IAM user ARN for `IamGroup`, an Identity Center user name or email
+/// for `IdentityCenter`): an explicit entry in `users` wins; otherwise `template` with
+/// `{username}` replaced.
 #[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
 #[x_kube(validation = Rule::new("has(self.template) || (has(self.users) && size(self.users) > 0)").message("set principal.template or at least one principal.users entry"))]
 #[serde(rename_all = "camelCase")]
 pub struct PrincipalMapping {
-    /// Username → principal ARN.
+    /// Username → principal.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 128, "additionalProperties" = {"type": "string", "maxLength": 512}))]
-    #[x_kube(validation = Rule::new("self.all(k, self[k].matches('^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:.+$'))").message("each principal.users value must be an IAM principal ARN"))]
     pub users: BTreeMap<String, String>,
-    /// e.g. `arn:aws:iam::123456789012:user/{username}`.
+    /// e.g. `arn:aws:iam::123456789012:user/{username}`, or `{username}@example.com` for
+    /// `IdentityCenter`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self.contains('{username}') && self.matches('^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:.+$')").message("principal.template must be an IAM principal ARN containing {username}"))]
+    #[x_kube(validation = Rule::new("self.contains('{username}')").message("principal.template must contain {username}"))]
     #[schemars(length(max = 2048))]
     pub template: Option<String>,
 }

@@ -13,7 +13,10 @@ pub use access_request::{
     AccessInstructions, AccessRequest, AccessRequestSpec, AccessRequestStatus, Approval,
     ApprovalChannel, Decision, Phase, RequestRef, Revocation, SlackMessage,
 };
-pub use access_role::{AccessRole, AccessRoleSpec, GrantMethod, PrincipalMapping, Subject};
+pub use access_role::{
+    AccessRole, AccessRoleSpec, GrantMethod, IamGroupTarget, IdentityCenterTarget,
+    PrincipalMapping, Subject, UserAttribute,
+};
 pub use slack_identity::{SLACK_USER_ID_RE, SlackIdentity, SlackIdentitySpec};
 
 use kube::CustomResourceExt;

@@ -18,8 +18,14 @@ fn role_yaml(name: &str, spec_overrides: &str) -> String {
             "{template: 'arn:aws:iam::123456789012:user/{username}'}",
         ),
     ];
+    // A role of another method names no roleArn unless the case says so.
+    let other_method = spec_overrides.contains("method: IdentityCenter")
+        || spec_overrides.contains("method: IamGroup");
     let mut spec = String::new();
     for (k, v) in defaults {
+        if k == "roleArn" && other_method {
+            continue;
+        }
         if !spec_overrides.contains(&format!("{k}:")) {
             spec.push_str(&format!("  {k}: {v}\n"));
         }
@@ -28,6 +34,24 @@ fn role_yaml(name: &str, spec_overrides: &str) -> String {
         spec.push_str(&format!("  {line}\n"));
     }
     base + &spec
+}
+
+/// A valid identityCenter block.
+const IC: &str = "identityCenter:\n  instanceArn: arn:aws:sso:::instance/ssoins-1234567890abcdef\n  identityStoreId: d-1234567890\n  permissionSet: arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-0123456789abcdef\n  accountIds: ['111111111111']";
+/// A valid iamGroup block.
+const GROUP: &str = "iamGroup: {groupArn: 'arn:aws:iam::123456789012:group/admins'}";
+
+/// An IdentityCenter role whose identityCenter block has `field: value` instead.
+fn ic_with(field: &str) -> String {
+    let key = field.split(':').next().unwrap_or_default();
+    let mut lines: Vec<String> = IC
+        .lines()
+        .filter(|l| !l.trim_start().starts_with(&format!("{key}:")))
+        .map(str::to_owned)
+        .collect();
+    lines.push(format!("  {field}"));
+    let block = lines.join("\n");
+    format!("method: IdentityCenter\nprincipal: {{template: '{{username}}'}}\n{block}")
 }
 
 fn request_yaml(ns: &str, name: &str, spec: &str) -> String {
@@ -239,60 +263,118 @@ async fn malformed_access_roles_are_refused_with_their_message() {
     let kube = &stack().kube;
     let cases = [
         (
-            "roleArn: arn:aws:iam::123:role/admin",
+            "roleArn: arn:aws:iam::123:role/admin".to_owned(),
             "roleArn must be an IAM role ARN",
         ),
         (
-            "roleArn: arn:aws:iam::123456789012:user/admin",
+            "roleArn: arn:aws:iam::123456789012:user/admin".to_owned(),
             "roleArn must be an IAM role ARN",
         ),
-        ("roleArn: not-an-arn", "roleArn must be an IAM role ARN"),
+        ("roleArn: not-an-arn".to_owned(), "roleArn must be an IAM role ARN"),
         (
-            "approvalsRequired: 0",
+            "approvalsRequired: 0".to_owned(),
             "approvalsRequired must be at least 1",
         ),
         (
-            "maxDuration: forever",
+            "maxDuration: forever".to_owned(),
             "maxDuration must be a positive Go duration",
         ),
         (
-            "defaultDuration: 0s",
+            "defaultDuration: 0s".to_owned(),
             "defaultDuration must be a positive Go duration",
         ),
         (
-            "approvalTimeout: soon",
+            "approvalTimeout: soon".to_owned(),
             "approvalTimeout must be a positive Go duration",
         ),
         (
-            "defaultDuration: 8h\nmaxDuration: 4h",
+            "defaultDuration: 8h\nmaxDuration: 4h".to_owned(),
             "defaultDuration must not exceed maxDuration",
         ),
         (
-            "approvers: [{user: carol, group: sre}]",
+            "approvers: [{user: carol, group: sre}]".to_owned(),
             "set exactly one of user or group",
         ),
-        ("approvers: [{}]", "set exactly one of user or group"),
+        ("approvers: [{}]".to_owned(), "set exactly one of user or group"),
         (
-            "approvers: [{user: carol, slackUserId: carol}]",
+            "approvers: [{user: carol, slackUserId: carol}]".to_owned(),
             "slackUserId must be a Slack user ID",
         ),
-        ("approvers: []", "spec.approvers"),
+        ("approvers: []".to_owned(), "spec.approvers"),
         (
-            "principal: {}",
+            "principal: {}".to_owned(),
             "set principal.template or at least one principal.users entry",
         ),
         (
-            "principal: {template: 'arn:aws:iam::123456789012:user/admin'}",
-            "principal.template must be an IAM principal ARN containing {username}",
+            "principal: {template: 'arn:aws:iam::123456789012:user/admin'}".to_owned(),
+            "principal.template must contain {username}",
         ),
         (
-            "principal: {users: {alice: 'alice@example.com'}}",
-            "each principal.users value must be an IAM principal ARN",
+            "principal: {template: '{username}@example.com'}".to_owned(),
+            "with method TrustPolicy, principal.template and every principal.users value must be an IAM principal ARN",
         ),
-        ("method: Magic", "spec.method"),
+        (
+            "principal: {users: {alice: 'alice@example.com'}}".to_owned(),
+            "with method TrustPolicy, principal.template and every principal.users value must be an IAM principal ARN",
+        ),
+        ("method: Magic".to_owned(), "spec.method"),
+        // Each method names its own target, and only that.
+        (
+            "method: IdentityCenter".to_owned(),
+            "method IdentityCenter grants a permission set: set identityCenter",
+        ),
+        (
+            "method: IdentityCenter\nroleArn: arn:aws:iam::123456789012:role/admin\nprincipal: {template: '{username}'}\n".to_owned()
+                + IC,
+            "set identityCenter (instanceArn, identityStoreId, permissionSet, accountIds), and neither roleArn nor iamGroup",
+        ),
+        (
+            "method: IamGroup\nprincipal: {template: 'arn:aws:iam::123456789012:user/{username}'}".to_owned(),
+            "method IamGroup grants membership of the IAM group in iamGroup.groupArn",
+        ),
+        (
+            format!("{IC}\n{GROUP}"),
+            "method TrustPolicy grants the IAM role in roleArn: set roleArn, and neither identityCenter nor iamGroup",
+        ),
+        // Identity Center fields.
+        (
+            ic_with("instanceArn: arn:aws:sso:::instance/nope"),
+            "identityCenter.instanceArn must be an Identity Center instance ARN",
+        ),
+        (
+            ic_with("identityStoreId: store"),
+            "identityCenter.identityStoreId must be an identity store ID",
+        ),
+        (
+            ic_with("permissionSet: 'Admin Access'"),
+            "identityCenter.permissionSet must be a permission set ARN",
+        ),
+        (
+            ic_with("accountIds: ['12345']"),
+            "identityCenter.accountIds must be 12-digit AWS account IDs",
+        ),
+        (ic_with("accountIds: []"), "spec.identityCenter.accountIds"),
+        (ic_with("userAttribute: Phone"), "spec.identityCenter.userAttribute"),
+        (
+            "method: IdentityCenter\nprincipal: {template: 'arn:aws:iam::123456789012:user/{username}'}\n".to_owned() + IC,
+            "with method IdentityCenter, principal.template and every principal.users value must be an Identity Center user name or email",
+        ),
+        // IAM group fields.
+        (
+            "method: IamGroup\nprincipal: {template: 'arn:aws:iam::123456789012:user/{username}'}\niamGroup: {groupArn: 'arn:aws:iam::123456789012:role/admins'}".to_owned(),
+            "iamGroup.groupArn must be an IAM group ARN",
+        ),
+        (
+            "method: IamGroup\nprincipal: {template: 'arn:aws:iam::123456789012:role/{username}'}\n".to_owned() + GROUP,
+            "with method IamGroup, principal.template and every principal.users value must be an IAM user ARN",
+        ),
+        (
+            "method: IamGroup\nprincipal: {users: {alice: 'arn:aws:iam::210987654321:user/alice'}}\n".to_owned() + GROUP,
+            "the IAM users of principal must be in the account of iamGroup.groupArn",
+        ),
     ];
     for (line, message) in cases {
-        let yaml = role_yaml(&unique("bad-role"), line);
+        let yaml = role_yaml(&unique("bad-role"), &line);
         refused(
             &kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &yaml),
             message,
@@ -309,6 +391,15 @@ async fn malformed_access_roles_are_refused_with_their_message() {
         ],
     ));
     assert_eq!(got, "TrustPolicy 1h 4h 1h 1");
+    // One role of each other method, as the README shows them.
+    for spec in [
+        "method: IdentityCenter\nprincipal: {template: '{username}@example.com'}\n".to_owned() + IC,
+        ic_with("permissionSet: AdminAccess\n  userAttribute: Email")
+            .replace("{template: '{username}'}", "{users: {alice: alice@example.com}}"),
+        "method: IamGroup\nprincipal: {template: 'arn:aws:iam::123456789012:user/people/{username}'}\n".to_owned() + GROUP,
+    ] {
+        succeeded(&kube.kubectl_stdin(User::Admin, &["create", "-f", "-"], &role_yaml(&unique("other-method"), &spec)));
+    }
     // A role with a path and a non-default partition is a role ARN too.
     let yaml = role_yaml(
         &unique("path-role"),
