@@ -3,12 +3,15 @@
 //! awaiting-approval message's buttons, and POSTs them form-encoded, signed the way
 //! Slack signs (or deliberately not).
 //!
-//! The signature comes from `aws_jit::slack::interactions::verify::signature`, which its unit
-//! tests check against Slack's published example; the endpoint verifies with
-//! slack-morphism's verifier, a separate implementation.
+//! The signature comes from [`slack_sign`] (test-only, hmac + sha2), which
+//! `aws_jit::slack::interactions::verify`'s unit tests check against Slack's published example;
+//! the endpoint verifies with slack-morphism's verifier, a separate implementation.
 use aws_jit::slack::interactions::verify::{self, now_unix};
 use aws_jit::slack::interactions::{APPROVE_ACTION, DENY_ACTION};
 use serde_json::{Value, json};
+
+#[path = "slack_sign.rs"]
+mod slack_sign;
 
 /// The `trigger_id` of every click [`block_actions`] builds.
 pub const TRIGGER_ID: &str = "1234567890.1234567890.abcdef0123456789abcdef0123456789";
@@ -130,7 +133,7 @@ impl Slack {
         if signing != Signing::Unsigned {
             req = req.header(
                 verify::SIGNATURE_HEADER,
-                verify::signature(secret, &ts, signed_body.as_bytes()),
+                slack_sign::signature(secret, &ts, signed_body.as_bytes()),
             );
         }
         let res = req

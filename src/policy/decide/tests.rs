@@ -7,6 +7,8 @@ fn role(approvals_required: i32) -> AccessRole {
         AccessRoleSpec {
             role_arn: "arn:aws:iam::123456789012:role/ops/prod-admin".into(),
             method: GrantMethod::TrustPolicy,
+            identity_center: None,
+            iam_group: None,
             max_duration: "4h".into(),
             default_duration: "1h".into(),
             approval_timeout: "30m".into(),

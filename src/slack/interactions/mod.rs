@@ -236,7 +236,7 @@ async fn interactions(
         Ok(p) => p,
         Err(why) => {
             tracing::warn!(%why, "a signed Slack interaction could not be read");
-            return (StatusCode::BAD_REQUEST, why).into_response();
+            return (StatusCode::BAD_REQUEST, why.to_string()).into_response();
         }
     };
     state.handler.handle(payload).await.into_response()
@@ -258,9 +258,9 @@ impl Handler {
     }
 
     /// [`Handler::handle`] for a payload as JSON (a Socket Mode envelope's `payload`).
-    pub async fn handle_json(&self, payload: serde_json::Value) -> Result<Reply, String> {
+    pub async fn handle_json(&self, payload: serde_json::Value) -> Result<Reply, PayloadError> {
         let payload: Payload = serde_json::from_value(payload)
-            .map_err(|e| format!("the payload is not a Slack interaction: {e}"))?;
+            .map_err(|e| PayloadError::NotInteraction(e.to_string()))?;
         Ok(self.handle(payload).await)
     }
 }
@@ -726,18 +726,41 @@ struct Action {
     value: Option<String>,
 }
 
-/// `payload=<url-encoded JSON>` from an `application/x-www-form-urlencoded` body.
-fn parse_payload(body: &[u8]) -> Result<Payload, String> {
-    let body = std::str::from_utf8(body).map_err(|_| "the body is not UTF-8".to_string())?;
-    let raw = body
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("payload="))
-        .ok_or_else(|| "the body has no payload field".to_string())?;
-    let plus_decoded = raw.replace('+', " ");
-    let json = percent_encoding::percent_decode_str(&plus_decoded)
+/// Why an interaction body or payload could not be read. Safe to log and to answer:
+/// it never holds the body.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("the body is not UTF-8")]
+    BodyNotUtf8,
+    #[error("the payload is not UTF-8")]
+    NotUtf8,
+    #[error("the body has no payload field")]
+    NoPayload,
+    #[error("the body has more than one payload field")]
+    RepeatedPayload,
+    #[error("the payload is not a Slack interaction: {0}")]
+    NotInteraction(String),
+}
+
+/// `payload=<url-encoded JSON>` from an `application/x-www-form-urlencoded` body (the
+/// only field Slack sends). Exactly one `payload` field is taken: with two, which one
+/// counts would depend on the reader, so neither does.
+fn parse_payload(body: &[u8]) -> Result<Payload, PayloadError> {
+    let text = std::str::from_utf8(body).map_err(|_| PayloadError::BodyNotUtf8)?;
+    // form_urlencoded decodes escapes that are not UTF-8 lossily (as U+FFFD): refuse
+    // them first. The separators are ASCII, which never sits inside a multi-byte
+    // character, so decoding the body whole checks every name and value in it.
+    percent_encoding::percent_decode_str(text)
         .decode_utf8()
-        .map_err(|_| "the payload is not UTF-8".to_string())?;
-    serde_json::from_str(&json).map_err(|e| format!("the payload is not a Slack interaction: {e}"))
+        .map_err(|_| PayloadError::NotUtf8)?;
+    let mut payloads = form_urlencoded::parse(body)
+        .filter(|(name, _)| name == "payload")
+        .map(|(_, value)| value);
+    let json = payloads.next().ok_or(PayloadError::NoPayload)?;
+    if payloads.next().is_some() {
+        return Err(PayloadError::RepeatedPayload);
+    }
+    serde_json::from_str(&json).map_err(|e| PayloadError::NotInteraction(e.to_string()))
 }
 
 #[cfg(test)]
@@ -872,6 +895,84 @@ mod tests {
         assert_eq!(p.kind, "block actions");
         assert!(parse_payload(b"nothing=1").is_err());
         assert!(parse_payload(b"payload=not-json").is_err());
+    }
+
+    /// `payload=<json>` form-encoded the way a form encoder does it (space as `+`).
+    fn form(json: &str) -> String {
+        form_urlencoded::Serializer::new(String::new())
+            .append_pair("payload", json)
+            .finish()
+    }
+
+    fn comment_of(p: &Payload) -> String {
+        let view = p.view.as_ref().expect("a view");
+        modal::submitted_comment(&view.state.values).expect("a comment")
+    }
+
+    /// A Deny modal submitted with `comment`, as JSON.
+    fn submission(comment: &str) -> String {
+        json!({
+            "type": "view_submission",
+            "user": {"id": "UDAVE001"},
+            "view": {
+                "callback_id": modal::DENY_CALLBACK,
+                "private_metadata": r#"{"namespace":"n","name":"a","uid":"u"}"#,
+                "state": {"values": {modal::COMMENT_BLOCK: {modal::COMMENT_ACTION: {
+                    "type": "plain_text_input", "value": comment}}}},
+            },
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn plus_is_a_space_and_an_encoded_plus_is_a_plus() {
+        let p = parse_payload(form(&submission("c++ & a=b; 50% off")).as_bytes()).unwrap();
+        assert_eq!(comment_of(&p), "c++ & a=b; 50% off");
+        // Spelled out: `+` is a space, `%2B` a plus, `%26` an ampersand inside the value.
+        let body = form(&submission("x")).replace("%22x%22", "%22a+b%2Bc%26d%3De%22");
+        let p = parse_payload(body.as_bytes()).unwrap();
+        assert_eq!(comment_of(&p), "a b+c&d=e");
+    }
+
+    #[test]
+    fn an_unencoded_ampersand_ends_the_field() {
+        // `&` separates fields: a JSON cut there is not a Slack interaction.
+        let why = parse_payload(br#"payload={"type":"block_actions","x":"a&b"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("not a Slack interaction"), "{why}");
+    }
+
+    #[test]
+    fn only_one_payload_field_is_taken() {
+        let one = form(&submission("first"));
+        let two = form(&submission("second"));
+        // Two payloads: which one is meant is ambiguous, so neither is taken.
+        let why = parse_payload(format!("{one}&{two}").as_bytes())
+            .unwrap_err()
+            .to_string();
+        assert!(why.contains("more than one payload"), "{why}");
+        // Other fields, repeated or not, and fields merely named like it, change nothing.
+        let body = format!("token=a&token=b&{one}&payloads=x&xpayload=y");
+        assert_eq!(
+            comment_of(&parse_payload(body.as_bytes()).unwrap()),
+            "first"
+        );
+    }
+
+    #[test]
+    fn unreadable_bodies_say_why() {
+        let why = |body: &[u8]| parse_payload(body).unwrap_err().to_string();
+        assert!(why(b"").contains("no payload field"), "{}", why(b""));
+        assert!(why(b"nothing=1").contains("no payload field"));
+        assert!(why(b"payload").contains("not a Slack interaction"));
+        assert!(why(b"payload=").contains("not a Slack interaction"));
+        assert!(why(b"payload=%7B").contains("not a Slack interaction"));
+        assert!(why(b"payload=\xff").contains("not UTF-8"));
+        assert!(why(b"payload=%7B%22type%22%3A%22%FF%22%7D").contains("not UTF-8"));
+        // A lone lead byte right before a separator is not UTF-8 either.
+        assert!(why(b"payload=%7B%7D%E2&x=1").contains("not UTF-8"));
+        assert!(why(b"\xffpayload={}").contains("not UTF-8"));
     }
 
     #[test]

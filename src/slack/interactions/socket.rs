@@ -1,3 +1,16 @@
+// Not slack-morphism's `SlackClientSocketModeListener` (2.31.1, the locked version): its
+// API URL and ack-with-payload would do, but it lacks
+// - concurrent envelopes and an ack before the work: `connect_spawn` in
+//   `hyper_tokio/socket_mode/tungstenite_wss_client.rs` awaits `on_message`
+//   (`socket_mode/clients_manager_listener.rs`, which awaits our callback and returns the
+//   ack) before reading the next frame, so one slow click delays every other ack;
+// - a growing backoff: `connect_with_reconnections` (same file) waits a fixed
+//   `reconnect_timeout_in_seconds`, and a socket that drops after opening is reopened at
+//   once (`restart_client` -> `start(0)`): a tight loop against a peer that keeps dropping;
+// - a secret-free log and a handshake timeout: `try_to_connect` logs the `wss://` URL
+//   (its ticket is a credential) and `connect_async` is unbounded.
+// Its WebSocket client is a private module, so those parts cannot be replaced alone.
+
 //! Socket Mode (<https://api.slack.com/apis/socket-mode>): interactions over a WebSocket
 //! the relay opens, so the cluster needs no inbound endpoint.
 //!
@@ -15,8 +28,9 @@
 //! 4. `disconnect` (Slack refreshes connections every few hours, or warns before a
 //!    server goes away) opens a fresh connection at once. A dropped or failed connection
 //!    is reopened with a fresh `apps.connections.open` after a backoff that doubles from
-//!    [`Config::backoff_base`] to [`Config::backoff_max`] (reset once a connection said
-//!    `hello`), so a bad token or Slack being down never makes a tight loop.
+//!    [`Config::backoff_base`] to [`Config::backoff_max`], each wait up to twice that
+//!    with jitter ([`reconnect_delays`]; reset once a connection said `hello`), so a bad
+//!    token or Slack being down never makes a tight loop.
 //!    The relay pings every [`Config::ping_interval`]; a connection on which nothing
 //!    arrives for [`Config::idle_timeout`] (a network path lost without a FIN) is
 //!    replaced the same way.
@@ -28,6 +42,7 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
+use backon::BackoffBuilder;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -65,7 +80,7 @@ pub struct Config {
     pub api_url: String,
     pub app_token: AppToken,
     /// First wait before reopening a failed or dropped connection; doubles up to
-    /// `backoff_max`.
+    /// `backoff_max` ([`reconnect_delays`]).
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     /// Bound on `apps.connections.open` plus the WebSocket handshake.
@@ -156,7 +171,7 @@ pub async fn run(
     let client =
         crate::slack::relay::slack::client(&config.api_url).map_err(SocketError::Client)?;
     let shutdown = shutdown.shared();
-    let mut backoff = config.backoff_base;
+    let mut delays = reconnect_delays(config.backoff_base, config.backoff_max);
     info!(api_url = %config.api_url, "Slack Socket Mode starting");
     loop {
         let mut said_hello = false;
@@ -170,7 +185,7 @@ pub async fn run(
         )
         .await;
         if said_hello {
-            backoff = config.backoff_base;
+            delays = reconnect_delays(config.backoff_base, config.backoff_max);
         }
         let wait = match session {
             Ok(End::Shutdown) => break,
@@ -183,21 +198,21 @@ pub async fn run(
                 config.backoff_max
             }
             other => {
+                // Never None (no limit on attempts); the cap if it were.
+                let wait = delays.next().unwrap_or(config.backoff_max);
                 match other {
                     // Not even a hello first: never a tight loop, whatever Slack says.
                     Ok(End::Refresh(reason)) => {
-                        warn!(%reason, retry_in = ?backoff, "Slack closed a Socket Mode connection before hello")
+                        warn!(%reason, retry_in = ?wait, "Slack closed a Socket Mode connection before hello")
                     }
                     Err(e @ (SocketError::Refused(_) | SocketError::NotAnAppToken)) => {
-                        error!(error = %e, retry_in = ?backoff, "cannot open a Socket Mode connection")
+                        error!(error = %e, retry_in = ?wait, "cannot open a Socket Mode connection")
                     }
                     Err(e) => {
-                        warn!(error = %e, retry_in = ?backoff, "Socket Mode connection lost; reconnecting")
+                        warn!(error = %e, retry_in = ?wait, "Socket Mode connection lost; reconnecting")
                     }
                     Ok(End::Shutdown) => {}
                 }
-                let wait = backoff;
-                backoff = (backoff * 2).min(config.backoff_max);
                 wait
             }
         };
@@ -208,6 +223,18 @@ pub async fn run(
     }
     info!("Slack Socket Mode stopped");
     Ok(())
+}
+
+/// The waits before reopening a connection, after each failure in a row: `base`
+/// doubling to `max`, each up to twice that with jitter (relays restarted together do
+/// not reconnect in step), for as long as it takes.
+pub fn reconnect_delays(base: Duration, max: Duration) -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(base)
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+        .build()
 }
 
 /// One envelope from Slack (the fields read here).
@@ -389,6 +416,26 @@ mod tests {
         assert!(!format!("{t:?}").contains("secret"));
         let c = Config::new("http://127.0.0.1:1/api", "xapp-1-A0-secret").expect("config");
         assert!(!format!("{c:?}").contains("secret"));
+    }
+
+    #[test]
+    fn reconnect_waits_double_to_the_cap_with_jitter_and_never_run_out() {
+        let ms = Duration::from_millis;
+        let waits: Vec<Duration> = reconnect_delays(ms(200), ms(800)).take(50).collect();
+        assert_eq!(waits.len(), 50, "no limit on attempts");
+        for (i, wait) in waits.iter().enumerate() {
+            let expected = ms(200 * (1 << i.min(2)));
+            // backon computes in f32 seconds: a little slack either way.
+            let (low, high) = (expected - ms(1), expected * 2 + ms(1));
+            assert!(
+                (low..high).contains(wait),
+                "attempt {i}: {wait:?} outside [{expected:?}, {:?})",
+                expected * 2
+            );
+        }
+        // Jitter: the same step does not always wait the same.
+        let capped: std::collections::BTreeSet<Duration> = waits[3..].iter().copied().collect();
+        assert!(capped.len() > 1, "{capped:?}");
     }
 
     #[test]

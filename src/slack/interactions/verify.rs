@@ -9,9 +9,9 @@
 //! `SlackEventSignatureVerifier` (HMAC-SHA256, constant-time comparison), which also
 //! re-checks a ±5 minute window against the real clock.
 //!
-//! [`signature`] computes a signature independently (HMAC-SHA256 from the process's
-//! rustls crypto provider, aws-lc-rs); it is what the tests sign with, checked against
-//! Slack's published example, so signer and verifier are two implementations.
+//! The tests sign with an independent implementation (hmac + sha2, test-only:
+//! `tests/support/slack_sign.rs`), checked here against Slack's published example and
+//! RFC 4231, so signer and verifier are two implementations.
 use std::fmt;
 
 use slack_morphism::SlackSigningSecret;
@@ -109,45 +109,14 @@ pub fn verify(
         .map_err(|_| Refusal::BadSignature)
 }
 
-/// `v0=<hex HMAC-SHA256>` of `v0:{timestamp}:{body}`: what Slack sends. Used by the
-/// tests to sign; independent of the verifier above (hmac + sha2, not slack-morphism).
-pub fn signature(secret: &str, timestamp: &str, body: &[u8]) -> String {
-    let mut message = Vec::with_capacity(body.len() + timestamp.len() + 4);
-    message.extend_from_slice(b"v0:");
-    message.extend_from_slice(timestamp.as_bytes());
-    message.push(b':');
-    message.extend_from_slice(body);
-    format!(
-        "v0={}",
-        hex(hmac_sha256(secret.as_bytes(), &message).as_ref())
-    )
-}
-
-/// HMAC-SHA256 (RFC 2104); any key length is valid for HMAC.
-fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
-    use hmac::{KeyInit, Mac};
-    match <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key) {
-        Ok(mut mac) => {
-            mac.update(message);
-            mac.finalize().into_bytes().to_vec()
-        }
-        // Unreachable for HMAC; an empty tag never matches a real signature.
-        Err(_) => Vec::new(),
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(DIGITS[(b >> 4) as usize] as char);
-        s.push(DIGITS[(b & 0xf) as usize] as char);
-    }
-    s
-}
+/// The tests' signer (not the verifier's code).
+#[cfg(test)]
+#[path = "../../../tests/support/slack_sign.rs"]
+mod slack_sign;
 
 #[cfg(test)]
 mod tests {
+    use super::slack_sign::{hmac_sha256, signature};
     use super::*;
 
     /// Slack's published example (docs: "Verifying requests from Slack").
@@ -175,7 +144,7 @@ mod tests {
     fn signature_matches_rfc4231_hmac_sha256_case_2() {
         // RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
         assert_eq!(
-            hex(hmac_sha256(b"Jefe", b"what do ya want for nothing?").as_ref()),
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
