@@ -23,7 +23,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_jit::contract::{
-    ApprovalOutput, ExecutionInput, GrantOutput, RequestIdentity, RequestTask, WorkTask,
+    ApprovalOutput, ExecutionInput, GrantOutput, GrantTarget, RequestIdentity, RequestTask,
+    WorkTask,
 };
 use aws_jit::crd::{AccessRequest, AccessRequestSpec, Phase};
 use aws_sdk_sqs::types::MessageSystemAttributeName;
@@ -551,6 +552,7 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
                                         jiff::Timestamp::now(),
                                         input.duration_seconds,
                                     ),
+                                    grant: Some(GrantTarget::TrustPolicy {}),
                                 };
                                 recs.lock().expect("recs")[i].answered = Some(Instant::now());
                                 if let Err(e) = sfn
@@ -835,6 +837,7 @@ async fn grant_alone(
         granted_at: now.to_string(),
         expires_at: expires.to_string(),
         statement_id: tp::sid_for(&input.request.uid).map_err(|e| e.to_string())?,
+        ..Default::default()
     };
     sfn.send_task_success()
         .task_token(task_token)

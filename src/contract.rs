@@ -45,6 +45,8 @@ pub struct ExecutionInput {
 }
 
 /// A task on the request queue: an approval to decide, or a hold to end early.
+// Parsed once per message and handled at once: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RequestTask {
@@ -105,6 +107,35 @@ pub struct ApprovalOutput {
     /// statement ends at the same instant.
     #[serde(default)]
     pub expires_at: String,
+    /// What is granted, from Kubernetes at the moment of approval. For the methods the
+    /// state machine performs itself (IdentityCenter, IamGroup) this is the only source
+    /// of what it acts on: the execution's input is written by whoever started it.
+    /// Absent in answers from before it existed: TrustPolicy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantTarget>,
+}
+
+/// What the state machine grants (`approval.grant`), by method.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(tag = "method")]
+pub enum GrantTarget {
+    /// The trust-policy worker grants; it takes what it grants from Kubernetes itself.
+    TrustPolicy {},
+    /// An account assignment of `permission_set_arn` to the Identity Center user whose
+    /// `user_attribute_path` (`userName` or `emails.value`) is `user`, in each account.
+    IdentityCenter {
+        instance_arn: String,
+        identity_store_id: String,
+        permission_set_arn: String,
+        account_ids: Vec<String>,
+        user_attribute_path: String,
+        user: String,
+    },
+    /// A membership of the IAM group `group_name` for the IAM user `user_name`.
+    IamGroup {
+        group_name: String,
+        user_name: String,
+    },
 }
 
 /// The cause of a `Denied` failure (sent as a JSON string).
@@ -116,12 +147,34 @@ pub struct DenialCause {
     pub comment: String,
 }
 
-/// The worker's answer to a grant task.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// What a grant made (`$.grant` of the execution): the worker's answer for
+/// TrustPolicy, the state machine's own record for the other methods. The revoke takes
+/// away exactly this.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 pub struct GrantOutput {
     pub granted_at: String,
     pub expires_at: String,
+    /// TrustPolicy: the statement's `Sid`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub statement_id: String,
+    /// The method (absent: TrustPolicy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// IdentityCenter: the instance, permission set and accounts assigned, and the
+    /// identity store's ID of the user they are assigned to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance_arn: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub permission_set_arn: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub account_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_id: String,
+    /// IamGroup: the group and the user added to it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub group_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_name: String,
 }
 
 /// A security finding the operator puts on the alert queue for the relay to post
@@ -195,6 +248,36 @@ mod tests {
         ));
         let unknown = serde_json::json!({"type": "bribe", "task_token": "t"});
         assert!(serde_json::from_value::<RequestTask>(unknown).is_err());
+    }
+
+    #[test]
+    fn grant_targets_are_tagged_by_method() {
+        let ic = GrantTarget::IdentityCenter {
+            instance_arn: "arn:aws:sso:::instance/ssoins-1".into(),
+            identity_store_id: "d-1".into(),
+            permission_set_arn: "arn:aws:sso:::permissionSet/ssoins-1/ps-1".into(),
+            account_ids: vec!["111111111111".into()],
+            user_attribute_path: "userName".into(),
+            user: "alice".into(),
+        };
+        let json = serde_json::to_value(&ic).unwrap();
+        assert_eq!(json["method"], "IdentityCenter");
+        assert_eq!(json["account_ids"][0], "111111111111");
+        assert_eq!(
+            serde_json::to_value(GrantTarget::TrustPolicy {}).unwrap(),
+            serde_json::json!({"method": "TrustPolicy"})
+        );
+        // An answer from before targets existed still reads.
+        let old: ApprovalOutput = serde_json::from_value(serde_json::json!({
+            "approver_name": "carol", "approvers": ["carol"], "requester_arn": "x"}))
+        .unwrap();
+        assert_eq!(old.grant, None);
+        let group: GrantOutput = serde_json::from_value(serde_json::json!({
+            "method": "IamGroup", "granted_at": "a", "expires_at": "b",
+            "group_name": "admins", "user_name": "alice"}))
+        .unwrap();
+        assert_eq!(group.statement_id, "");
+        assert_eq!(group.group_name, "admins");
     }
 
     #[test]

@@ -97,6 +97,8 @@ pub struct Guard {
     /// Ends a grant when its execution ended without revoking (None: such a request
     /// stays loud until an operator with IAM rights runs).
     pub revoker: Option<Revoker>,
+    /// Permission-set names to ARNs, for IdentityCenter approval answers.
+    pub permission_sets: Arc<crate::grant::identity_center::PermissionSets>,
 }
 
 /// What the controller ends access with when the execution cannot: the trust-policy
@@ -116,6 +118,7 @@ pub struct Context {
     /// Security findings for Slack.
     pub alerts: crate::aws::alerts::SecurityAlerts,
     pub revoker: Option<Revoker>,
+    pub permission_sets: Arc<crate::grant::identity_center::PermissionSets>,
     pub tokens: TokenStore,
     pub recorder: Recorder,
     pub roles: Api<AccessRole>,
@@ -150,6 +153,7 @@ pub async fn run(
         scope: guard.scope,
         alerts: guard.alerts,
         revoker: guard.revoker,
+        permission_sets: guard.permission_sets,
         tokens: TokenStore::new(client.clone(), &settings.operator_namespace),
         recorder: Recorder::new(
             client.clone(),
@@ -802,6 +806,26 @@ async fn tampered(
     Ok(Action::await_change())
 }
 
+/// The approval answer's [`GrantTarget`](crate::contract::GrantTarget) for `requester`
+/// on `role`, or why it cannot be said yet.
+async fn grant_target(
+    ctx: &Context,
+    role: &AccessRole,
+    requester: &str,
+) -> Result<crate::contract::GrantTarget, String> {
+    let principal = decide::principal_for(role, requester).map_err(|e| e.to_string())?;
+    let permission_set_arn = match &role.spec.identity_center {
+        Some(spec) if role.spec.method == crate::crd::GrantMethod::IdentityCenter => Some(
+            ctx.permission_sets
+                .arn_of(spec)
+                .await
+                .map_err(|e| e.to_string())?,
+        ),
+        _ => None,
+    };
+    decide::grant_target(role, &principal, permission_set_arn.as_deref()).map_err(|e| e.to_string())
+}
+
 fn identity(request: &AccessRequest, uid: &str) -> crate::contract::RequestIdentity {
     crate::contract::RequestIdentity {
         namespace: request.namespace().unwrap_or_default(),
@@ -870,6 +894,31 @@ async fn answer_approval(
                 .await?;
         }
         Tally::Approved { approvers } => {
+            // What is granted, from Kubernetes now: for the methods the state machine
+            // performs itself, the answer is all it acts on. Until it can be said (a
+            // permission set name not found, a principal the role no longer maps), the
+            // approval waits, loudly, and nothing is answered.
+            let target = match grant_target(ctx, &role, &request.spec.requester).await {
+                Ok(target) => target,
+                Err(why) => {
+                    let message = format!("approved, but not granted yet: {why}");
+                    StatusUpdate::from(request)
+                        .dead_letter(tokens)
+                        .phase(Phase::AwaitingApproval, message.clone())
+                        .apply(api)
+                        .await?;
+                    event(
+                        ctx,
+                        request,
+                        EventType::Warning,
+                        "GrantTargetUnresolved",
+                        "Approve",
+                        message,
+                    )
+                    .await;
+                    return Ok(());
+                }
+            };
             // The access window is fixed now: the execution writes the sessions' deny
             // with this expiry before the grant, and the grant ends at the same instant.
             // Recorded before the answer, and reused by a retry: a crash in between must
@@ -892,6 +941,7 @@ async fn answer_approval(
                 approvers: approvers.clone(),
                 requester_arn,
                 expires_at: expires_at.clone(),
+                grant: Some(target),
             };
             ctx.sfn.send_success(token, &output).await?;
             ctx.faults

@@ -49,11 +49,29 @@ pub fn parse(arn: &str) -> Option<IamArn<'_>> {
 /// An IAM role ARN's account and role name (`arn:aws:iam::123456789012:role/jit/admin`
 /// → (`123456789012`, `admin`)); None for anything else.
 pub fn role(arn: &str) -> Option<(&str, &str)> {
+    named(arn, "role/", 64)
+}
+
+/// An IAM user ARN's account and user name (`arn:aws:iam::123456789012:user/people/alice`
+/// → (`123456789012`, `alice`)); None for anything else.
+pub fn user(arn: &str) -> Option<(&str, &str)> {
+    named(arn, "user/", 64)
+}
+
+/// An IAM group ARN's account and group name (`arn:aws:iam::123456789012:group/admins`
+/// → (`123456789012`, `admins`)); None for anything else.
+pub fn group(arn: &str) -> Option<(&str, &str)> {
+    named(arn, "group/", 128)
+}
+
+/// The account and name of an IAM ARN of `kind` (`role/`, `user/`, `group/`), with an
+/// optional path and a name of at most `max` characters IAM allows.
+fn named<'a>(arn: &'a str, kind: &str, max: usize) -> Option<(&'a str, &'a str)> {
     let parsed = parse(arn).filter(|a| a.service == "iam")?;
-    let path_and_name = parsed.resource.strip_prefix("role/")?;
+    let path_and_name = parsed.resource.strip_prefix(kind)?;
     let name = path_and_name.rsplit('/').next().unwrap_or_default();
     let name_ok = !name.is_empty()
-        && name.len() <= 64
+        && name.len() <= max
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || NAME_CHARS.contains(c));
@@ -87,6 +105,22 @@ mod tests {
         ] {
             assert_eq!(role(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn user_and_group_arns_give_account_and_name() {
+        assert_eq!(
+            user("arn:aws:iam::123456789012:user/people/alice"),
+            Some(("123456789012", "alice"))
+        );
+        assert_eq!(user("arn:aws:iam::123456789012:role/alice"), None);
+        assert_eq!(user("arn:aws:iam::123456789012:user/*"), None);
+        assert_eq!(
+            group("arn:aws:iam::123456789012:group/admins"),
+            Some(("123456789012", "admins"))
+        );
+        assert_eq!(group("arn:aws:iam::123456789012:user/admins"), None);
+        assert_eq!(group("arn:aws:iam::123456789012:group/"), None);
     }
 
     #[test]

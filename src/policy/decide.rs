@@ -18,10 +18,12 @@ use crate::crd::{
 pub enum Rejection {
     #[error("AccessRole {0:?} does not exist")]
     UnknownRole(String),
-    #[error(
-        "AccessRole {role:?} grants with method {method:?}, which this operator does not implement yet"
-    )]
-    MethodNotSupported { role: String, method: String },
+    #[error("AccessRole {role:?} has method {method} but no {field} to grant")]
+    NoTarget {
+        role: String,
+        method: &'static str,
+        field: &'static str,
+    },
     #[error(
         "{requester} is not allowed to request AccessRole {role:?} (not listed in its requesters{group})"
     )]
@@ -53,7 +55,7 @@ pub enum Rejection {
     #[error("the request has no uid or namespace yet")]
     Incomplete,
     #[error(
-        "roleArn {role_arn:?} is in account {account}, which this operator does not serve \
+        "{role_arn:?} is in account {account}, which this operator does not serve \
          (it serves {served}: the account of its state machine and credentials)"
     )]
     AccountNotServed {
@@ -68,7 +70,7 @@ impl Rejection {
     pub fn reason(&self) -> &'static str {
         match self {
             Rejection::UnknownRole(_) => "UnknownRole",
-            Rejection::MethodNotSupported { .. } => "MethodNotSupported",
+            Rejection::NoTarget { .. } => "NoTarget",
             Rejection::NotEligible { .. } => "NotEligible",
             Rejection::TooLong { .. } => "DurationTooLong",
             Rejection::BadDuration { .. } => "InvalidDuration",
@@ -108,11 +110,13 @@ fn lists(subjects: &[Subject], user: &str, group: Option<&str>) -> bool {
     })
 }
 
-/// The AWS principal a Kubernetes user maps to: an explicit `users` entry, else the
-/// template with `{username}` replaced. The result must be one IAM principal.
+/// The AWS identity a Kubernetes user maps to: an explicit `users` entry, else the
+/// template with `{username}` replaced. It must name one identity of the kind the
+/// role's method grants to: an IAM user or role (TrustPolicy), an IAM user of the
+/// group's account (IamGroup), an Identity Center user name or email (IdentityCenter).
 pub fn principal_for(role: &AccessRole, username: &str) -> Result<String, Rejection> {
     let mapping = &role.spec.principal;
-    let arn = match (mapping.users.get(username), &mapping.template) {
+    let mapped = match (mapping.users.get(username), &mapping.template) {
         (Some(arn), _) => arn.clone(),
         (None, Some(template)) => template.replace("{username}", username),
         (None, None) => {
@@ -122,19 +126,95 @@ pub fn principal_for(role: &AccessRole, username: &str) -> Result<String, Reject
             });
         }
     };
-    crate::grant::trust_policy::document::validate_principal(&arn).map_err(|_| {
-        Rejection::NoPrincipal {
-            requester: username.to_string(),
-            why: format!("{arn:?} is not a valid IAM principal ARN"),
+    let refuse = |why: String| Rejection::NoPrincipal {
+        requester: username.to_string(),
+        why,
+    };
+    match role.spec.method {
+        GrantMethod::TrustPolicy => {
+            crate::grant::trust_policy::document::validate_principal(&mapped)
+                .map_err(|_| refuse(format!("{mapped:?} is not a valid IAM principal ARN")))?;
+            if let Some(why) = unsafe_principal(&mapped) {
+                return Err(refuse(format!("{mapped:?} {why}")));
+            }
+            Ok(mapped)
         }
-    })?;
-    if let Some(why) = unsafe_principal(&arn) {
-        return Err(Rejection::NoPrincipal {
-            requester: username.to_string(),
-            why: format!("{arn:?} {why}"),
-        });
+        GrantMethod::IdentityCenter => {
+            crate::grant::identity_center::user_for(&mapped).map_err(|e| refuse(e.to_string()))
+        }
+        GrantMethod::IamGroup => {
+            let group = group_target(role)?;
+            crate::grant::iam_group::user_for(group, &mapped).map_err(|e| refuse(e.to_string()))
+        }
     }
-    Ok(arn)
+}
+
+fn role_name_of(role: &AccessRole) -> String {
+    role.metadata.name.clone().unwrap_or_default()
+}
+
+/// The role's `identityCenter` (the CRD requires it for the method).
+pub fn identity_center_target(
+    role: &AccessRole,
+) -> Result<&crate::crd::IdentityCenterTarget, Rejection> {
+    role.spec
+        .identity_center
+        .as_ref()
+        .ok_or_else(|| Rejection::NoTarget {
+            role: role_name_of(role),
+            method: "IdentityCenter",
+            field: "identityCenter",
+        })
+}
+
+/// The role's `iamGroup` (the CRD requires it for the method).
+pub fn group_target(role: &AccessRole) -> Result<&crate::crd::IamGroupTarget, Rejection> {
+    role.spec
+        .iam_group
+        .as_ref()
+        .ok_or_else(|| Rejection::NoTarget {
+            role: role_name_of(role),
+            method: "IamGroup",
+            field: "iamGroup",
+        })
+}
+
+/// What the approval answer tells the state machine to grant, from the role and the
+/// requester's identity as Kubernetes has them now. `permission_set_arn`: the role's
+/// permission set by ARN (an IdentityCenter role may name it; the caller looks it up).
+pub fn grant_target(
+    role: &AccessRole,
+    principal: &str,
+    permission_set_arn: Option<&str>,
+) -> Result<crate::contract::GrantTarget, Rejection> {
+    match role.spec.method {
+        GrantMethod::TrustPolicy => Ok(crate::contract::GrantTarget::TrustPolicy {}),
+        GrantMethod::IdentityCenter => {
+            let spec = identity_center_target(role)?;
+            let arn = match permission_set_arn {
+                Some(arn) => arn,
+                None if crate::grant::identity_center::is_permission_set_arn(
+                    &spec.permission_set,
+                ) =>
+                {
+                    &spec.permission_set
+                }
+                None => {
+                    return Err(Rejection::NoTarget {
+                        role: role_name_of(role),
+                        method: "IdentityCenter",
+                        field: "permission set ARN",
+                    });
+                }
+            };
+            Ok(crate::grant::identity_center::target(spec, arn, principal))
+        }
+        GrantMethod::IamGroup => crate::grant::iam_group::target(group_target(role)?, principal)
+            .map_err(|e| Rejection::NoPrincipal {
+                requester: principal.to_owned(),
+                why: e.to_string(),
+            }),
+    }
 }
 
 /// Why a well-formed principal ARN still cannot stand for one person, if it cannot.
@@ -180,9 +260,10 @@ impl Scope {
         &self.accounts
     }
 
-    /// Refuses a role ARN outside the served accounts.
+    /// Refuses a role (or, for IamGroup, group) ARN outside the served accounts.
     pub fn check_role(&self, role_arn: &str) -> Result<(), Rejection> {
         let (account, _) = crate::policy::arn::role(role_arn)
+            .or_else(|| crate::policy::arn::group(role_arn))
             .ok_or_else(|| Rejection::BadRoleArn(role_arn.into()))?;
         if self.accounts.iter().any(|a| a == account) {
             return Ok(());
@@ -252,7 +333,11 @@ pub fn plan_in(
     scope: &Scope,
 ) -> Result<ExecutionInput, Rejection> {
     let input = plan(request, role)?;
-    scope.check_role(&input.role_arn)?;
+    // Identity Center assigns in member accounts, which the template's
+    // ManagedAccountIds bound; the other methods edit IAM in the served accounts.
+    if input.method != GrantMethod::IdentityCenter.as_str() {
+        scope.check_role(&input.role_arn)?;
+    }
     Ok(input)
 }
 
@@ -272,12 +357,6 @@ pub fn plan(
     let spec = &request.spec;
     let role = role.ok_or_else(|| Rejection::UnknownRole(spec.role.clone()))?;
     let role_name = spec.role.clone();
-    if role.spec.method != GrantMethod::TrustPolicy {
-        return Err(Rejection::MethodNotSupported {
-            role: role_name,
-            method: format!("{:?}", role.spec.method),
-        });
-    }
     if !lists(
         &role.spec.requesters,
         &spec.requester,
@@ -315,39 +394,62 @@ pub fn plan(
     if role.spec.require_reason && spec.reason.trim().is_empty() {
         return Err(Rejection::ReasonRequired(role_name));
     }
+    match role.spec.method {
+        GrantMethod::TrustPolicy => {}
+        GrantMethod::IdentityCenter => drop(identity_center_target(role)?),
+        GrantMethod::IamGroup => drop(group_target(role)?),
+    }
     let requester_arn = principal_for(role, &spec.requester)?;
-    let work_group = work_group(&role.spec.role_arn)?;
-    let source_identity = crate::grant::trust_policy::session::source_identity(&spec.requester)
-        .map_err(|e| Rejection::NoSourceIdentity(e.to_string()))?;
     let (Some(namespace), Some(uid)) = (
         request.metadata.namespace.clone(),
         request.metadata.uid.clone(),
     ) else {
         return Err(Rejection::Incomplete);
     };
-    Ok(ExecutionInput {
+    let session_name = crate::grant::trust_policy::session::session_name(&uid)
+        .map_err(|_| Rejection::Incomplete)?;
+    let mut input = ExecutionInput {
         requester_arn,
         requester_name: spec.requester.clone(),
         reason: spec.reason.clone(),
         ticket: spec.ticket.clone().unwrap_or_default(),
-        role_arn: role.spec.role_arn.clone(),
-        method: "TrustPolicy".into(),
-        work_group,
+        role_arn: String::new(),
+        method: role.spec.method.as_str().into(),
+        work_group: String::new(),
         duration_seconds: duration.as_secs().max(1),
         approval_timeout_seconds: approval_timeout.as_secs().max(1),
-        role_name: crate::policy::arn::role(&role.spec.role_arn)
-            .map(|(_, name)| name.to_owned())
-            .ok_or_else(|| Rejection::BadRoleArn(role.spec.role_arn.clone()))?,
-        session_name: crate::grant::trust_policy::session::session_name(&uid)
-            .map_err(|_| Rejection::Incomplete)?,
-        source_identity,
-        session_policy_name: crate::grant::trust_policy::session::policy_name(&uid),
+        role_name: String::new(),
+        session_name,
+        source_identity: String::new(),
+        session_policy_name: String::new(),
         request: RequestIdentity {
             namespace,
             name: request.metadata.name.clone().unwrap_or_default(),
-            uid,
+            uid: uid.clone(),
         },
-    })
+    };
+    match role.spec.method {
+        GrantMethod::TrustPolicy => {
+            input.role_arn = role.spec.role_arn.clone();
+            input.work_group = work_group(&role.spec.role_arn)?;
+            input.role_name = crate::policy::arn::role(&role.spec.role_arn)
+                .map(|(_, name)| name.to_owned())
+                .ok_or_else(|| Rejection::BadRoleArn(role.spec.role_arn.clone()))?;
+            input.source_identity =
+                crate::grant::trust_policy::session::source_identity(&spec.requester)
+                    .map_err(|e| Rejection::NoSourceIdentity(e.to_string()))?;
+            input.session_policy_name = crate::grant::trust_policy::session::policy_name(&uid);
+        }
+        // What is granted, as the role names it: informational in the input (the state
+        // machine acts on the approval answer's target only).
+        GrantMethod::IdentityCenter => {
+            input.role_arn = identity_center_target(role)?.permission_set.clone();
+        }
+        GrantMethod::IamGroup => {
+            input.role_arn = group_target(role)?.group_arn.clone();
+        }
+    }
+    Ok(input)
 }
 
 /// `now + duration_seconds`, in whole seconds, as IAM and Step Functions write times

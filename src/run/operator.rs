@@ -273,6 +273,11 @@ pub async fn run(
             scope,
             alerts,
             revoker: Some(revoker),
+            permission_sets: std::sync::Arc::new(
+                crate::grant::identity_center::PermissionSets::new(Some(
+                    aws_sdk_ssoadmin::Client::new(aws),
+                )),
+            ),
         },
         config.settings.clone(),
         config.faults.clone(),

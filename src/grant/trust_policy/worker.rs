@@ -348,6 +348,8 @@ pub enum Answer {
     },
 }
 
+// One per message, returned at once: the size of a variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 /// What became of one work-queue message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -1589,6 +1591,7 @@ pub fn plan_grant(
                 granted_at: granted_at.to_string(),
                 expires_at: existing.expires_at.to_string(),
                 statement_id: sid,
+                ..Default::default()
             },
             swept: Vec::new(),
             lookalikes: swept.lookalikes,
@@ -1640,6 +1643,7 @@ pub fn plan_grant(
             granted_at: window_start.to_string(),
             expires_at: expires_at.to_string(),
             statement_id: sid,
+            ..Default::default()
         },
         swept: swept_sids,
         lookalikes: swept.lookalikes,
@@ -2104,6 +2108,7 @@ mod tests {
                 granted_at: "2026-03-01T10:00:00Z".into(),
                 expires_at: "2026-03-01T11:00:00Z".into(),
                 statement_id: SID.into(),
+                ..Default::default()
             }
         );
         let doc = plan.document.unwrap();

@@ -269,10 +269,12 @@ fn invalid_requests_are_rejected_with_a_reason() {
         assert_eq!(err.reason(), reason, "{err}");
         assert!(!err.to_string().is_empty());
     }
+    // A role of another method without its target (the CRD refuses it; a stored object
+    // from before the rule is refused here).
     let mut other_method = role(1);
     other_method.spec.method = GrantMethod::IdentityCenter;
     let err = plan(&request("alice", None, "x"), Some(&other_method)).expect_err("method");
-    assert_eq!(err.reason(), "MethodNotSupported");
+    assert_eq!(err.reason(), "NoTarget", "{err}");
     // A username that makes no valid IAM principal.
     let mut r = request("system:serviceaccount:ns:sa", None, "x");
     r.spec.requester_group = Some("developers".into());
@@ -535,4 +537,118 @@ fn revocation_is_for_the_requester_and_the_approvers() {
         &rev("bob", Some("developers"))
     ));
     assert!(!may_revoke(None, "alice", &rev("carol", None)));
+}
+
+fn identity_center_role() -> AccessRole {
+    let mut r = role(1);
+    r.spec.method = GrantMethod::IdentityCenter;
+    r.spec.role_arn = String::new();
+    r.spec.principal = PrincipalMapping {
+        users: [("bob".to_string(), "bob@example.com".to_string())].into(),
+        template: Some("{username}@example.com".into()),
+    };
+    r.spec.identity_center = Some(crate::crd::IdentityCenterTarget {
+        instance_arn: "arn:aws:sso:::instance/ssoins-1234567890abcdef".into(),
+        identity_store_id: "d-1234567890".into(),
+        permission_set: "AdminAccess".into(),
+        account_ids: vec!["111111111111".into()],
+        user_attribute: crate::crd::UserAttribute::Email,
+    });
+    r
+}
+
+fn group_role() -> AccessRole {
+    let mut r = role(1);
+    r.spec.method = GrantMethod::IamGroup;
+    r.spec.role_arn = String::new();
+    r.spec.iam_group = Some(crate::crd::IamGroupTarget {
+        group_arn: "arn:aws:iam::123456789012:group/admins".into(),
+    });
+    r
+}
+
+#[test]
+fn identity_center_requests_map_to_a_user_and_name_the_permission_set() {
+    let role = identity_center_role();
+    let input = plan(&request("alice", None, "x"), Some(&role)).expect("plan");
+    assert_eq!(input.method, "IdentityCenter");
+    assert_eq!(input.requester_arn, "alice@example.com");
+    assert_eq!(input.role_arn, "AdminAccess");
+    // Nothing of the trust-policy method: no FIFO group, no session deny.
+    assert_eq!(input.work_group, "");
+    assert_eq!(input.session_policy_name, "");
+    // Served accounts do not apply: the template bounds the member accounts.
+    assert!(plan_in(&request("alice", None, "x"), Some(&role), &Scope::new([])).is_ok());
+    // A name needs its ARN looked up before the approval answer.
+    assert_eq!(
+        grant_target(&role, "alice@example.com", None)
+            .unwrap_err()
+            .reason(),
+        "NoTarget"
+    );
+    let arn = "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-0123456789abcdef";
+    match grant_target(&role, "alice@example.com", Some(arn)) {
+        Ok(crate::contract::GrantTarget::IdentityCenter {
+            permission_set_arn,
+            user,
+            user_attribute_path,
+            ..
+        }) => {
+            assert_eq!(permission_set_arn, arn);
+            assert_eq!(user, "alice@example.com");
+            assert_eq!(user_attribute_path, "emails.value");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // A mapping to an ARN or to something with spaces is no Identity Center user.
+    let mut bad = role.clone();
+    bad.spec.principal.template = Some("arn:aws:iam::123456789012:user/{username}".into());
+    assert_eq!(
+        plan(&request("alice", None, "x"), Some(&bad))
+            .unwrap_err()
+            .reason(),
+        "NoPrincipal"
+    );
+}
+
+#[test]
+fn group_requests_map_to_an_iam_user_of_the_groups_account() {
+    let role = group_role();
+    let input = plan(&request("alice", None, "x"), Some(&role)).expect("plan");
+    assert_eq!(input.method, "IamGroup");
+    assert_eq!(input.requester_arn, "arn:aws:iam::123456789012:user/alice");
+    assert_eq!(input.role_arn, "arn:aws:iam::123456789012:group/admins");
+    assert_eq!(
+        grant_target(&role, &input.requester_arn, None),
+        Ok(crate::contract::GrantTarget::IamGroup {
+            group_name: "admins".into(),
+            user_name: "alice".into()
+        })
+    );
+    // The group's account must be served.
+    assert_eq!(
+        plan_in(
+            &request("alice", None, "x"),
+            Some(&role),
+            &Scope::new(["210987654321".to_string()])
+        )
+        .unwrap_err()
+        .reason(),
+        "AccountNotServed"
+    );
+    // A role is no IAM user; nor is a user of another account.
+    for template in [
+        "arn:aws:iam::123456789012:role/{username}",
+        "arn:aws:iam::210987654321:user/{username}",
+    ] {
+        let mut bad = role.clone();
+        bad.spec.principal.template = Some(template.into());
+        assert_eq!(
+            plan(&request("alice", None, "x"), Some(&bad))
+                .unwrap_err()
+                .reason(),
+            "NoPrincipal",
+            "{template}"
+        );
+    }
 }
