@@ -648,7 +648,7 @@ async fn apply(
                 .map_err(Error::Kube)?;
             update.status.access = decide::plan_in(request, role.as_ref(), &ctx.scope)
                 .ok()
-                .map(|input| decide::access_instructions(&input));
+                .map(|input| decide::access_instructions(&input, role.as_ref()));
         }
         update.apply(api).await?;
         // While access is held nothing changes in the execution until the expiry, except
@@ -947,7 +947,7 @@ async fn answer_approval(
             ctx.faults
                 .point(crate::faults::points::AFTER_APPROVAL_ANSWERED)
                 .await;
-            ctx.metrics.approval("approved");
+            ctx.metrics.approval("approved", role.spec.method);
             let by = approvers.join(", ");
             ctx.tokens
                 .put(
@@ -980,7 +980,7 @@ async fn answer_approval(
             ctx.sfn
                 .send_failure(token, errors::DENIED, &serde_json::to_string(&cause)?)
                 .await?;
-            ctx.metrics.approval("denied");
+            ctx.metrics.approval("denied", role.spec.method);
             let decided = if comment.is_empty() {
                 by.clone()
             } else {

@@ -196,32 +196,53 @@ pub struct SlackMessage {
     pub relayed: Vec<String>,
 }
 
+/// How the requester uses an active grant (`status.access`), in the words of its method.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessInstructions {
+    /// What to do, for a person.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub how: String,
+    /// TrustPolicy: the role to assume.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 2048))]
+    pub role_arn: String,
+    /// TrustPolicy: the `RoleSessionName` every session must use (`ar-<request uid>`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub session_name: String,
+    /// TrustPolicy: the `SourceIdentity` every session must set (the requester).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub source_identity: String,
+    /// TrustPolicy: a ready-to-run `aws sts assume-role` command (with the requester's
+    /// own credentials).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 4096))]
+    pub assume_role_command: String,
+    /// TrustPolicy: a `~/.aws/config` profile that assumes the role this way.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 4096))]
+    pub profile: String,
+    /// IdentityCenter: the permission set assigned (as the AccessRole names it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1224))]
+    pub permission_set: String,
+    /// IdentityCenter: the accounts it is assigned in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub account_ids: Vec<String>,
+    /// IamGroup: the group the requester's IAM user is in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 2048))]
+    pub group_arn: String,
+}
+
 /// What the controller observed and did. Written by the controller with server-side
 /// apply, except `approvals`, which approvers append to, `revocations`, which the
 /// requester, an approver or an admin append to to end access early, and `slack`, which
 /// the relay writes.
-/// How to use a grant (`status.access`).
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AccessInstructions {
-    /// The role to assume.
-    #[schemars(length(max = 2048))]
-    pub role_arn: String,
-    /// The `RoleSessionName` every session must use (`ar-<request uid>`).
-    #[schemars(length(max = 64))]
-    pub session_name: String,
-    /// The `SourceIdentity` every session must set (the requester).
-    #[schemars(length(max = 64))]
-    pub source_identity: String,
-    /// A ready-to-run `aws sts assume-role` command (with the requester's own
-    /// credentials).
-    #[schemars(length(max = 4096))]
-    pub assume_role_command: String,
-    /// A `~/.aws/config` profile that assumes the role this way.
-    #[schemars(length(max = 4096))]
-    pub profile: String,
-}
-
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRequestStatus {

@@ -560,24 +560,68 @@ pub fn effective_revocation<'a>(
     revocations.iter().find(|r| may_revoke(role, requester, r))
 }
 
-/// How the requester uses a grant of `input` (`status.access`).
-pub fn access_instructions(input: &ExecutionInput) -> crate::crd::AccessInstructions {
-    let profile_name = format!("aws-jit-{}", input.request.name);
-    crate::crd::AccessInstructions {
-        role_arn: input.role_arn.clone(),
-        session_name: input.session_name.clone(),
-        source_identity: input.source_identity.clone(),
-        assume_role_command: crate::grant::trust_policy::session::assume_role_command(
-            &input.role_arn,
-            &input.session_name,
-            &input.source_identity,
-        ),
-        profile: crate::grant::trust_policy::session::config_profile(
-            &profile_name,
-            &input.role_arn,
-            &input.session_name,
-            &input.source_identity,
-        ),
+/// How the requester uses a grant of `input` (`status.access`), by its role's method.
+pub fn access_instructions(
+    input: &ExecutionInput,
+    role: Option<&AccessRole>,
+) -> crate::crd::AccessInstructions {
+    use crate::grant::trust_policy::session;
+    let method = GrantMethod::parse(&input.method).unwrap_or_default();
+    match method {
+        GrantMethod::TrustPolicy => {
+            let profile_name = format!("aws-jit-{}", input.request.name);
+            crate::crd::AccessInstructions {
+                how: format!(
+                    "assume {} with your own AWS credentials, as session {} with source \
+                     identity {} (the command and profile below do)",
+                    input.role_arn, input.session_name, input.source_identity
+                ),
+                role_arn: input.role_arn.clone(),
+                session_name: input.session_name.clone(),
+                source_identity: input.source_identity.clone(),
+                assume_role_command: session::assume_role_command(
+                    &input.role_arn,
+                    &input.session_name,
+                    &input.source_identity,
+                ),
+                profile: session::config_profile(
+                    &profile_name,
+                    &input.role_arn,
+                    &input.session_name,
+                    &input.source_identity,
+                ),
+                ..Default::default()
+            }
+        }
+        GrantMethod::IdentityCenter => {
+            let accounts = role
+                .and_then(|r| r.spec.identity_center.as_ref())
+                .map(|t| t.account_ids.clone())
+                .unwrap_or_default();
+            crate::crd::AccessInstructions {
+                how: format!(
+                    "sign in to your AWS access portal as {} and choose permission set {} in \
+                     account{} {}; sessions you start last up to the permission set's session \
+                     duration, also past the grant's end",
+                    input.requester_arn,
+                    input.role_arn,
+                    if accounts.len() == 1 { "" } else { "s" },
+                    accounts.join(", ")
+                ),
+                permission_set: input.role_arn.clone(),
+                account_ids: accounts,
+                ..Default::default()
+            }
+        }
+        GrantMethod::IamGroup => crate::crd::AccessInstructions {
+            how: format!(
+                "use {}'s own credentials: the IAM user is in group {} until the grant ends \
+                 (role sessions started with the group's rights last until they expire)",
+                input.requester_arn, input.role_arn
+            ),
+            group_arn: input.role_arn.clone(),
+            ..Default::default()
+        },
     }
 }
 

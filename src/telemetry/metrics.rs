@@ -44,6 +44,15 @@ pub struct KindLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DecisionLabels {
     pub decision: &'static str,
+    /// The grant method of the request's role (`TrustPolicy`, `IdentityCenter`,
+    /// `IamGroup`).
+    pub method: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GrantLabels {
+    pub result: &'static str,
+    pub method: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -91,11 +100,13 @@ pub struct Metrics {
     pub reconcile_errors: Family<KindLabels, Counter>,
     /// `aws_jit_reconcile_duration_seconds`
     pub reconcile_duration: Histogram,
-    /// `aws_jit_approvals_total{decision="approved|denied"}`: decisions answered to the
-    /// state machine.
+    /// `aws_jit_approvals_total{decision="approved|denied", method}`: decisions answered
+    /// to the state machine, by the role's grant method.
     pub approvals: Family<DecisionLabels, Counter>,
-    /// `aws_jit_grants_total{result="granted|revoked|failed"}`: trust-policy work done.
-    pub grants: Family<ResultLabels, Counter>,
+    /// `aws_jit_grants_total{result="granted|revoked|failed", method}`: grant work the
+    /// operator did (the trust-policy worker's; the state machine grants the other
+    /// methods itself).
+    pub grants: Family<GrantLabels, Counter>,
     /// `aws_jit_queue_messages_total{queue, result}`
     pub queue_messages: Family<QueueLabels, Counter>,
     /// `aws_jit_slack_requests_total{method, result}`: Web API calls and how they ended.
@@ -155,7 +166,7 @@ impl Metrics {
             "Approval decisions answered to the state machine, by decision",
             approvals.clone(),
         );
-        let grants = Family::<ResultLabels, Counter>::default();
+        let grants = Family::<GrantLabels, Counter>::default();
         registry.register(
             "grants",
             "Trust-policy grants and revokes done by the worker, by result",
@@ -257,14 +268,24 @@ impl Metrics {
             .inc();
     }
 
-    pub fn approval(&self, decision: &'static str) {
+    pub fn approval(&self, decision: &'static str, method: crate::crd::GrantMethod) {
         self.approvals
-            .get_or_create(&DecisionLabels { decision })
+            .get_or_create(&DecisionLabels {
+                decision,
+                method: method.as_str(),
+            })
             .inc();
     }
 
+    /// Grant work of the trust-policy worker: the only method the operator grants
+    /// itself.
     pub fn grant(&self, result: &'static str) {
-        self.grants.get_or_create(&ResultLabels { result }).inc();
+        self.grants
+            .get_or_create(&GrantLabels {
+                result,
+                method: crate::crd::GrantMethod::TrustPolicy.as_str(),
+            })
+            .inc();
     }
 
     pub fn refused(&self, queue: &'static str, reason: &'static str) {
@@ -385,7 +406,7 @@ mod tests {
         m.reconciled(Duration::from_millis(20), None);
         m.reconciled(Duration::from_millis(20), Some("kube"));
         m.queue_message(queue::WORK, outcome::DEAD_LETTERED);
-        m.approval("approved");
+        m.approval("approved", crate::crd::GrantMethod::IdentityCenter);
         m.slack_rate_limited.inc();
         m.trust_policy_unconfirmed_writes.inc();
         let text = m.encode().unwrap();
@@ -395,7 +416,7 @@ mod tests {
             "aws_jit_reconcile_errors_total{kind=\"kube\"} 1",
             "aws_jit_reconcile_duration_seconds_count 2",
             "aws_jit_queue_messages_total{queue=\"work\",result=\"dead_lettered\"} 1",
-            "aws_jit_approvals_total{decision=\"approved\"} 1",
+            "aws_jit_approvals_total{decision=\"approved\",method=\"IdentityCenter\"} 1",
             "aws_jit_slack_rate_limited_total 1",
             "aws_jit_trust_policy_unconfirmed_writes_total 1",
             "aws_jit_trust_policy_stale_reads_total 0",

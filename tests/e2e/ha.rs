@@ -70,7 +70,7 @@ impl Replica {
     }
 
     /// The value of one sample of `/metrics`, e.g. `aws_jit_leader` or
-    /// `aws_jit_approvals_total{decision="approved"}`; absent counts as 0.
+    /// `aws_jit_approvals_total{decision="approved",method="TrustPolicy"}`; absent counts as 0.
     async fn metric(&self, sample: &str) -> f64 {
         let (code, text) = self.get("/metrics").await;
         assert_eq!(code, 200, "{text}");
@@ -191,12 +191,13 @@ async fn the_standby_takes_over_a_killed_leader_mid_lifecycle() {
     );
     // The new leader counted what it did.
     assert_eq!(
-        b.metric("aws_jit_approvals_total{decision=\"approved\"}")
+        b.metric("aws_jit_approvals_total{decision=\"approved\",method=\"TrustPolicy\"}")
             .await,
         1.0
     );
     assert_eq!(
-        b.metric("aws_jit_grants_total{result=\"granted\"}").await,
+        b.metric("aws_jit_grants_total{result=\"granted\",method=\"TrustPolicy\"}")
+            .await,
         1.0
     );
     assert_eq!(b.metric("aws_jit_requests{phase=\"Active\"}").await, 1.0);
@@ -207,7 +208,9 @@ async fn the_standby_takes_over_a_killed_leader_mid_lifecycle() {
     assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.executions_started().await, 1, "one execution, not two");
     eventually("the revoke to be counted", WAIT, || async {
-        let revoked = b.metric("aws_jit_grants_total{result=\"revoked\"}").await;
+        let revoked = b
+            .metric("aws_jit_grants_total{result=\"revoked\",method=\"TrustPolicy\"}")
+            .await;
         let expired = b.metric("aws_jit_requests{phase=\"Expired\"}").await;
         if revoked >= 1.0 && expired == 1.0 {
             Ok(())

@@ -108,7 +108,7 @@ fn a_valid_request_plans_the_execution_input() {
         input.session_policy_name,
         "AwsJit-5b0c2d1e-0000-4000-8000-000000000001"
     );
-    let access = access_instructions(&input);
+    let access = access_instructions(&input, None);
     assert_eq!(
         access.role_arn,
         "arn:aws:iam::123456789012:role/ops/prod-admin"

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::contract::{ApprovalOutput, DenialCause, ExecutionInput, GrantOutput};
+use crate::crd::GrantMethod;
 
 /// `action_id` of the Approve button (the interactivity side listens for it).
 pub const APPROVE_ACTION: &str = "aws-jit-approve";
@@ -222,12 +223,38 @@ fn step_line(alert: &Alert, mentions: &Mentions) -> String {
         Event::Expired => format!("Access ended at *{}* and was removed.", expires(alert)),
         Event::Revoked => "Access was ended early and removed.".into(),
         Event::RevokeFailed => format!(
-            "{}The revoke FAILED: {} — the trust-policy statement still ends at *{}* \
-             (AWS enforces it); clean it up.",
+            "{}The revoke FAILED: {} — {}",
             mention_prefix(mentions),
             escape(&alert.error_text(), 1500),
-            expires(alert)
+            left_after_failed_revoke(&alert.input.method, &expires(alert))
         ),
+    }
+}
+
+/// What is left when a revoke failed, in the method's words.
+fn left_after_failed_revoke(method: &str, expires: &str) -> String {
+    match GrantMethod::parse(method).unwrap_or_default() {
+        GrantMethod::TrustPolicy => format!(
+            "the trust-policy statement still ends at *{expires}* (AWS enforces it); clean it up."
+        ),
+        GrantMethod::IdentityCenter => format!(
+            "the account assignment may still exist: the cleanup execution deletes it at \
+             *{expires}* and the operator's drift sweep removes it when it runs; check the \
+             permission set's assignments."
+        ),
+        GrantMethod::IamGroup => format!(
+            "the group membership may still exist: the cleanup execution removes it at \
+             *{expires}* and the operator's drift sweep when it runs; check the group."
+        ),
+    }
+}
+
+/// What the request's message calls what is granted.
+fn target_label(method: &str) -> &'static str {
+    match GrantMethod::parse(method).unwrap_or_default() {
+        GrantMethod::TrustPolicy => "Role",
+        GrantMethod::IdentityCenter => "Permission set",
+        GrantMethod::IamGroup => "IAM group",
     }
 }
 
@@ -262,7 +289,11 @@ pub fn message(alert: &Alert, mentions: &Mentions) -> Rendered {
             "*Requester*\n{}",
             escape(&input.requester_name, 200)
         )),
-        mrkdwn(format!("*Role*\n`{}`", escape(&input.role_arn, 300))),
+        mrkdwn(format!(
+            "*{}*\n`{}`",
+            target_label(&input.method),
+            escape(&input.role_arn, 300)
+        )),
         mrkdwn(format!("*Duration*\n{}", duration(input.duration_seconds))),
         mrkdwn(format!("*Request*\n`{}`", escape(&request, 300))),
     ];
@@ -274,6 +305,12 @@ pub fn message(alert: &Alert, mentions: &Mentions) -> Rendered {
             "*Expires at*\n{}",
             escape(&grant.expires_at, 64)
         )));
+        if !grant.account_ids.is_empty() {
+            fields.push(mrkdwn(format!(
+                "*Accounts*\n{}",
+                escape(&grant.account_ids.join(", "), 300)
+            )));
+        }
     }
     let reason = if input.reason.is_empty() {
         "_no reason given_".to_string()

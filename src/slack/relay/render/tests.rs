@@ -243,3 +243,69 @@ fn helpers() {
         serde_json::from_value::<Alert>(json!({"event": "bribed", "execution_arn": "x"})).is_err()
     );
 }
+
+/// An alert of another method: what is granted and what a failed revoke leaves are said
+/// in its words, never as a role or a trust-policy statement.
+fn other_method(event: &str, method: &str, target: &str, extra: Value) -> Alert {
+    let mut a = alert(event, extra);
+    a.input.method = method.into();
+    a.input.role_arn = target.into();
+    a.input.work_group = String::new();
+    a
+}
+
+#[test]
+fn each_method_is_named_in_its_own_words() {
+    let ic_grant = json!({"method": "IdentityCenter", "granted_at": "2026-01-01T00:00:00Z",
+        "expires_at": "2026-01-01T01:30:00Z", "instance_arn": "arn:aws:sso:::instance/ssoins-1",
+        "permission_set_arn": "arn:aws:sso:::permissionSet/ssoins-1/ps-1",
+        "account_ids": ["111111111111", "222222222222"], "user_id": "u-1"});
+    let granted = other_method(
+        "granted",
+        "IdentityCenter",
+        "AdminAccess",
+        json!({"approval": approval(), "grant": ic_grant}),
+    );
+    let r = message(&granted, &mentions());
+    let fields = r.blocks[2]["fields"].to_string();
+    assert!(
+        fields.contains("*Permission set*\\n`AdminAccess`"),
+        "{fields}"
+    );
+    assert!(
+        fields.contains("*Accounts*\\n111111111111, 222222222222"),
+        "{fields}"
+    );
+    assert!(!fields.contains("*Role*"), "{fields}");
+
+    let failed = other_method(
+        "revoke_failed",
+        "IdentityCenter",
+        "AdminAccess",
+        json!({"grant": grant(), "error": {"Error": "RevokeFailed", "Cause": "ConflictException"}}),
+    );
+    let text = step(&failed, &mentions()).text;
+    assert!(
+        text.contains("the account assignment may still exist"),
+        "{text}"
+    );
+    assert!(!text.contains("trust-policy"), "{text}");
+
+    let group = other_method(
+        "revoke_failed",
+        "IamGroup",
+        "arn:aws:iam::123456789012:group/admins",
+        json!({"grant": grant(), "error": {"Error": "RevokeFailed", "Cause": "x"}}),
+    );
+    let r = message(&group, &mentions());
+    assert!(
+        r.blocks[2]["fields"]
+            .to_string()
+            .contains("*IAM group*\\n`arn:aws:iam::123456789012:group/admins`")
+    );
+    let text = step(&group, &mentions()).text;
+    assert!(
+        text.contains("the group membership may still exist"),
+        "{text}"
+    );
+}
