@@ -1465,7 +1465,11 @@ async fn every_task_retries_transient_errors_by_name_and_nothing_else() {
     // the holder put; IamGroup: 2 ListGroupsForUser, the cleanup's start and the holder
     // put; the engines IcSync (8) and GroupSync (4). The cleanup: 2 IAM calls and the
     // same two engines. A Task added or removed must be looked at here.
-    assert_eq!(tasks, (20 + 4 + 4 + 8 + 4) + (2 + 8 + 4), "Task states in both machines");
+    assert_eq!(
+        tasks,
+        (20 + 4 + 4 + 8 + 4) + (2 + 8 + 4),
+        "Task states in both machines"
+    );
 }
 
 fn check_task_retries(name: &str, state: &Value, top: bool) {
@@ -1688,7 +1692,10 @@ impl Methods {
             .await
             .expect("list instances");
         let instance = &instances["Instances"][0];
-        let instance_arn = instance["InstanceArn"].as_str().expect("instance").to_string();
+        let instance_arn = instance["InstanceArn"]
+            .as_str()
+            .expect("instance")
+            .to_string();
         let identity_store_id = instance["IdentityStoreId"]
             .as_str()
             .expect("identity store")
@@ -1802,7 +1809,11 @@ impl Methods {
             .send()
             .await
             .expect("get group");
-        let mut names: Vec<String> = got.users().iter().map(|u| u.user_name().to_string()).collect();
+        let mut names: Vec<String> = got
+            .users()
+            .iter()
+            .map(|u| u.user_name().to_string())
+            .collect();
         names.sort();
         names
     }
@@ -1976,10 +1987,16 @@ async fn identity_center_grants_only_the_approved_user_and_revokes_early() {
     assert_eq!(grant["permission_set_arn"], m.permission_set_arn.as_str());
     assert_eq!(grant["expires_at"], expires_at.as_str());
     assert!(
-        grant["granted_at"].as_str().is_some_and(|t| t.ends_with('Z') && instant(t) <= jiff::Timestamp::now()),
+        grant["granted_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && instant(t) <= jiff::Timestamp::now()),
         "{grant}"
     );
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()], "only alice, only A");
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.clone()],
+        "only alice, only A"
+    );
     assert!(m.assigned(ACCOUNT_B).await.is_empty());
     let key = format!("ic|{}|{ACCOUNT_A}|{alice}", m.permission_set_arn);
     assert_eq!(
@@ -2001,14 +2018,14 @@ async fn identity_center_grants_only_the_approved_user_and_revokes_early() {
     );
     assert!(m.assigned(ACCOUNT_A).await.is_empty(), "revoked");
     assert!(m.holders().await.is_empty(), "its holder is gone");
-    let alerts = m
-        .op
-        .alerts(&run, &["requested", "approved", "granted", "revoked"])
-        .await;
+    let alerts =
+        m.op.alerts(&run, &["requested", "approved", "granted", "revoked"])
+            .await;
     assert_eq!(alerts["granted"]["grant"], *grant);
     assert_eq!(alerts["revoked"]["grant"], *grant);
     // No trust-policy work was asked of the operator.
-    m.op.assert_empty(&m.op.out.work_queue_url, "the work queue").await;
+    m.op.assert_empty(&m.op.out.work_queue_url, "the work queue")
+        .await;
 }
 
 /// IdentityCenter and IamGroup: the flow's own revoke at expiry (the hold times out),
@@ -2024,8 +2041,12 @@ async fn both_methods_expire_when_the_hold_times_out() {
     // The hold times out after 3 s; the access window is longer, so the grant's own
     // check that a live holder remains is not what ends it.
     let ic = m.start("IdentityCenter", 3, json!({})).await;
-    m.approve(&ic, m.ic_grant(&alice_name, &[ACCOUNT_A, ACCOUNT_B]), &in_seconds(10))
-        .await;
+    m.approve(
+        &ic,
+        m.ic_grant(&alice_name, &[ACCOUNT_A, ACCOUNT_B]),
+        &in_seconds(10),
+    )
+    .await;
     m.hold(&ic).await;
     assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()]);
     assert_eq!(m.assigned(ACCOUNT_B).await, [alice.clone()]);
@@ -2036,11 +2057,15 @@ async fn both_methods_expire_when_the_hold_times_out() {
         .await;
 
     let group = m.start("IamGroup", 3, json!({})).await;
-    m.approve(&group, m.group_grant(&bob), &in_seconds(10)).await;
+    m.approve(&group, m.group_grant(&bob), &in_seconds(10))
+        .await;
     m.hold(&group).await;
     assert_eq!(m.members().await, [bob.clone()]);
     let output = m.op.succeeded_with(&group, "Expired").await;
-    assert_eq!(output["revoke"]["assignments"], json!([{"assignment": "absent"}]));
+    assert_eq!(
+        output["revoke"]["assignments"],
+        json!([{"assignment": "absent"}])
+    );
     assert!(m.members().await.is_empty());
     assert!(m.holders().await.is_empty());
     m.op.alerts(&group, &["requested", "approved", "granted", "expired"])
@@ -2048,7 +2073,12 @@ async fn both_methods_expire_when_the_hold_times_out() {
     // The cleanups ran at expires_at too, found nothing left, and changed nothing.
     for run in [&ic, &group] {
         let cleaned = cleanup_finished(&m.op, run, Duration::from_secs(10) + STEP).await;
-        assert_eq!(cleaned.status(), &ExecutionStatus::Succeeded, "{:?}", cleaned.cause());
+        assert_eq!(
+            cleaned.status(),
+            &ExecutionStatus::Succeeded,
+            "{:?}",
+            cleaned.cause()
+        );
     }
     assert!(m.assigned(ACCOUNT_A).await.is_empty());
     assert!(m.members().await.is_empty());
@@ -2079,9 +2109,15 @@ async fn iam_group_adds_only_the_approved_user_and_removes_it_early() {
             keys
         }),
         Some(
-            ["expires_at", "granted_at", "group_name", "method", "user_name"]
-                .map(String::from)
-                .to_vec()
+            [
+                "expires_at",
+                "granted_at",
+                "group_name",
+                "method",
+                "user_name"
+            ]
+            .map(String::from)
+            .to_vec()
         )
     );
     assert_eq!(hold.body["grant"]["user_name"], alice.as_str());
@@ -2089,12 +2125,19 @@ async fn iam_group_adds_only_the_approved_user_and_removes_it_early() {
     assert_eq!(m.members().await, [alice.clone()], "only alice");
     assert_eq!(
         m.holders().await,
-        [(format!("group|{}|{alice}", m.group_name), run.name.clone(), expires_at.clone())]
+        [(
+            format!("group|{}|{alice}", m.group_name),
+            run.name.clone(),
+            expires_at.clone()
+        )]
     );
     m.op.succeed(&hold, &json!({"ended_by": "bob", "reason": "revoked"}))
         .await;
     let output = m.op.succeeded_with(&run, "Revoked").await;
-    assert_eq!(output["revoke"]["assignments"], json!([{"assignment": "absent"}]));
+    assert_eq!(
+        output["revoke"]["assignments"],
+        json!([{"assignment": "absent"}])
+    );
     assert!(m.members().await.is_empty());
     assert!(m.holders().await.is_empty());
     m.op.alerts(&run, &["requested", "approved", "granted", "revoked"])
@@ -2121,14 +2164,20 @@ async fn overlapping_grants_share_one_assignment_until_the_last_revoke() {
         holds.push((ic_hold, m.hold(&group).await));
         runs.push((ic, group));
     }
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()], "one assignment");
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.clone()],
+        "one assignment"
+    );
     assert_eq!(m.members().await, [bob.clone()]);
     assert_eq!(m.holders().await.len(), 4, "{:?}", m.holders().await);
 
     // The first ends: the other still holds both.
     let (first_ic, first_group) = &runs[0];
-    m.op.succeed(&holds[0].0, &json!({"reason": "revoked"})).await;
-    m.op.succeed(&holds[0].1, &json!({"reason": "revoked"})).await;
+    m.op.succeed(&holds[0].0, &json!({"reason": "revoked"}))
+        .await;
+    m.op.succeed(&holds[0].1, &json!({"reason": "revoked"}))
+        .await;
     let out = m.op.succeeded_with(first_ic, "Revoked").await;
     assert_eq!(
         out["revoke"]["assignments"],
@@ -2136,16 +2185,29 @@ async fn overlapping_grants_share_one_assignment_until_the_last_revoke() {
         "kept for the other grant"
     );
     let out = m.op.succeeded_with(first_group, "Revoked").await;
-    assert_eq!(out["revoke"]["assignments"], json!([{"assignment": "present"}]));
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()], "still granted");
+    assert_eq!(
+        out["revoke"]["assignments"],
+        json!([{"assignment": "present"}])
+    );
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.clone()],
+        "still granted"
+    );
     assert_eq!(m.members().await, [bob.clone()], "still a member");
     let holders = m.holders().await;
     assert_eq!(holders.len(), 2, "{holders:?}");
-    assert!(holders.iter().all(|(_, request, _)| *request == runs[1].0.name || *request == runs[1].1.name));
+    assert!(
+        holders
+            .iter()
+            .all(|(_, request, _)| *request == runs[1].0.name || *request == runs[1].1.name)
+    );
 
     // The last ends: gone.
-    m.op.succeed(&holds[1].0, &json!({"reason": "revoked"})).await;
-    m.op.succeed(&holds[1].1, &json!({"reason": "revoked"})).await;
+    m.op.succeed(&holds[1].0, &json!({"reason": "revoked"}))
+        .await;
+    m.op.succeed(&holds[1].1, &json!({"reason": "revoked"}))
+        .await;
     m.op.succeeded_with(&runs[1].0, "Revoked").await;
     m.op.succeeded_with(&runs[1].1, "Revoked").await;
     assert!(m.assigned(ACCOUNT_A).await.is_empty());
@@ -2164,10 +2226,18 @@ async fn grants_that_cannot_be_made_fail_and_leave_nothing() {
     let expires_at = in_seconds(3600);
 
     let unknown_user = m.start("IdentityCenter", 3600, json!({})).await;
-    m.approve(&unknown_user, m.ic_grant("nobody", &[ACCOUNT_A]), &expires_at)
-        .await;
+    m.approve(
+        &unknown_user,
+        m.ic_grant("nobody", &[ACCOUNT_A]),
+        &expires_at,
+    )
+    .await;
     let d = m.failed_grant(&unknown_user).await;
-    assert!(d.cause().is_some_and(|c| c.contains("USER not found")), "{:?}", d.cause());
+    assert!(
+        d.cause().is_some_and(|c| c.contains("USER not found")),
+        "{:?}",
+        d.cause()
+    );
 
     let unknown_ps = m.start("IdentityCenter", 3600, json!({})).await;
     let mut grant = m.ic_grant(&alice_name, &[ACCOUNT_A]);
@@ -2178,26 +2248,48 @@ async fn grants_that_cannot_be_made_fail_and_leave_nothing() {
     grant["permission_set_arn"] = json!(missing);
     m.approve(&unknown_ps, grant, &expires_at).await;
     let d = m.failed_grant(&unknown_ps).await;
-    assert!(d.cause().is_some_and(|c| c.contains("SsoAdmin")), "{:?}", d.cause());
+    assert!(
+        d.cause().is_some_and(|c| c.contains("SsoAdmin")),
+        "{:?}",
+        d.cause()
+    );
 
     let other_instance = m.start("IdentityCenter", 3600, json!({})).await;
     let mut grant = m.ic_grant(&alice_name, &[ACCOUNT_A]);
     grant["instance_arn"] = json!("arn:aws:sso:::instance/ssoins-0000000000000000");
     m.approve(&other_instance, grant, &expires_at).await;
     let d = m.failed_grant(&other_instance).await;
-    assert!(d.cause().is_some_and(|c| c.contains("IdentityCenterInstanceArn")), "{:?}", d.cause());
+    assert!(
+        d.cause()
+            .is_some_and(|c| c.contains("IdentityCenterInstanceArn")),
+        "{:?}",
+        d.cause()
+    );
 
     let unknown_iam_user = m.start("IamGroup", 3600, json!({})).await;
-    m.approve(&unknown_iam_user, m.group_grant("nobody-at-all"), &expires_at)
-        .await;
+    m.approve(
+        &unknown_iam_user,
+        m.group_grant("nobody-at-all"),
+        &expires_at,
+    )
+    .await;
     let d = m.failed_grant(&unknown_iam_user).await;
-    assert!(d.cause().is_some_and(|c| c.contains("nobody-at-all")), "{:?}", d.cause());
+    assert!(
+        d.cause().is_some_and(|c| c.contains("nobody-at-all")),
+        "{:?}",
+        d.cause()
+    );
 
     // Ten groups already, not this one: refused before anything is made.
     let busy = m.iam_user("busy").await;
     for _ in 0..10 {
         let g = support::unique("other");
-        m.op.iam.create_group().group_name(&g).send().await.expect("group");
+        m.op.iam
+            .create_group()
+            .group_name(&g)
+            .send()
+            .await
+            .expect("group");
         m.op.iam
             .add_user_to_group()
             .group_name(&g)
@@ -2210,7 +2302,8 @@ async fn grants_that_cannot_be_made_fail_and_leave_nothing() {
     m.approve(&limited, m.group_grant(&busy), &expires_at).await;
     let d = m.failed_grant(&limited).await;
     assert!(
-        d.cause().is_some_and(|c| c.contains("10 IAM groups") && c.contains(&busy)),
+        d.cause()
+            .is_some_and(|c| c.contains("10 IAM groups") && c.contains(&busy)),
         "{:?}",
         d.cause()
     );
@@ -2218,7 +2311,8 @@ async fn grants_that_cannot_be_made_fail_and_leave_nothing() {
     assert!(m.assigned(ACCOUNT_A).await.is_empty());
     assert!(m.members().await.is_empty());
     assert!(m.holders().await.is_empty());
-    m.op.assert_empty(&m.op.out.work_queue_url, "the work queue").await;
+    m.op.assert_empty(&m.op.out.work_queue_url, "the work queue")
+        .await;
 }
 
 /// The execution is stopped by an AWS caller while access is live (its own revoke never
@@ -2255,7 +2349,11 @@ async fn the_cleanup_revokes_at_expiry_when_the_execution_was_stopped() {
         let d = m.op.finished(run, STEP).await;
         assert_eq!(d.status(), &ExecutionStatus::Aborted);
     }
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()], "not revoked yet");
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.clone()],
+        "not revoked yet"
+    );
     assert_eq!(m.members().await, [bob.clone()]);
 
     let (mm, e) = (&m, expires_at.as_str());
@@ -2294,8 +2392,12 @@ async fn a_forged_cleanup_cannot_take_a_live_grant_away() {
     let alice_name = support::unique("alice");
     let alice = m.ic_user(&alice_name).await;
     let run = m.start("IdentityCenter", 3600, json!({})).await;
-    m.approve(&run, m.ic_grant(&alice_name, &[ACCOUNT_A]), &in_seconds(3600))
-        .await;
+    m.approve(
+        &run,
+        m.ic_grant(&alice_name, &[ACCOUNT_A]),
+        &in_seconds(3600),
+    )
+    .await;
     let hold = m.hold(&run).await;
     let grant = hold.body["grant"].clone();
     let start = |name: String, input: Value| {
@@ -2332,7 +2434,11 @@ async fn a_forged_cleanup_cannot_take_a_live_grant_away() {
     expired["expires_at"] = json!("2020-01-01T00:00:00Z");
     let d = start(support::unique("ar-forged"), json!({"grant": expired})).await;
     assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()], "kept for the live grant");
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.clone()],
+        "kept for the live grant"
+    );
     assert_eq!(m.holders().await.len(), 1);
     // Another instance, or a malformed grant: refused before anything is deleted.
     for bad in [
@@ -2414,23 +2520,25 @@ async fn the_assignment_polling_loop_waits_out_in_progress_and_fails_on_failed()
             json!({"Type": "Pass", "Parameters": {"Error": engine[name("Failure")]["ResultSelector"]["Error"],
                    "Cause": "stand-in FailureReason"}, "ResultPath": "$.failure", "Next": "IcFailed"}),
         );
-        let ok = engine[name("Settled")]["Choices"][0]["Next"].as_str().expect("next").to_string();
+        let ok = engine[name("Settled")]["Choices"][0]["Next"]
+            .as_str()
+            .expect("next")
+            .to_string();
         states.insert(ok.clone(), json!({"Type": "Succeed"}));
         let mut wait = states[&name("Wait")].clone();
         assert_eq!(wait["Seconds"], 3);
         wait["Seconds"] = json!(0);
         states.insert(name("Wait"), wait);
         let definition = json!({"StartAt": name("Polls"), "States": states});
-        let created = m
-            .op
-            .sfn
-            .create_state_machine()
-            .name(support::unique("poll"))
-            .definition(definition.to_string())
-            .role_arn(&m.op.out.state_machine_role_arn)
-            .send()
-            .await
-            .expect("create the poll machine");
+        let created =
+            m.op.sfn
+                .create_state_machine()
+                .name(support::unique("poll"))
+                .definition(definition.to_string())
+                .role_arn(&m.op.out.state_machine_role_arn)
+                .send()
+                .await
+                .expect("create the poll machine");
         let run = |statuses: Vec<&str>| {
             let sfn = &m.op.sfn;
             let arn = created.state_machine_arn().to_string();
@@ -2479,19 +2587,40 @@ async fn the_assignment_polling_loop_waits_out_in_progress_and_fails_on_failed()
                 (d, polls)
             }
         };
-        let (d, polls) = run(vec!["IN_PROGRESS", "IN_PROGRESS", "IN_PROGRESS", "SUCCEEDED"]).await;
-        assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{kind}: {:?}", d.cause());
+        let (d, polls) = run(vec![
+            "IN_PROGRESS",
+            "IN_PROGRESS",
+            "IN_PROGRESS",
+            "SUCCEEDED",
+        ])
+        .await;
+        assert_eq!(
+            d.status(),
+            &ExecutionStatus::Succeeded,
+            "{kind}: {:?}",
+            d.cause()
+        );
         assert_eq!(polls, 3, "{kind}: polled until SUCCEEDED");
         let (d, _) = run(vec!["SUCCEEDED"]).await;
-        assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{kind}: settled at once");
+        assert_eq!(
+            d.status(),
+            &ExecutionStatus::Succeeded,
+            "{kind}: settled at once"
+        );
         let (d, polls) = run(vec!["IN_PROGRESS", "IN_PROGRESS", "FAILED"]).await;
         assert_eq!(d.status(), &ExecutionStatus::Failed, "{kind}");
-        assert_eq!(d.error(), Some(format!("IdentityCenter.Assignment{kind}Failed").as_str()));
+        assert_eq!(
+            d.error(),
+            Some(format!("IdentityCenter.Assignment{kind}Failed").as_str())
+        );
         assert_eq!(d.cause(), Some("stand-in FailureReason"));
         assert_eq!(polls, 2, "{kind}");
         let (d, polls) = run(vec!["IN_PROGRESS"; 42]).await;
         assert_eq!(d.status(), &ExecutionStatus::Failed, "{kind}");
-        assert_eq!(d.error(), Some(format!("IdentityCenter.Assignment{kind}TimedOut").as_str()));
+        assert_eq!(
+            d.error(),
+            Some(format!("IdentityCenter.Assignment{kind}TimedOut").as_str())
+        );
         assert_eq!(polls, 40, "{kind}: at most 40 polls");
     }
 }
