@@ -2624,3 +2624,129 @@ async fn the_assignment_polling_loop_waits_out_in_progress_and_fails_on_failed()
         assert_eq!(polls, 40, "{kind}: at most 40 polls");
     }
 }
+
+/// The IdentityCenter engine's convergence, on the real assignment calls (moto), with
+/// only the holder count a stand-in: a race between a revoke and a new grant of the same
+/// assignment cannot be timed on moto, so the shipped engine (taken from the deployed
+/// definition) runs as a machine of its own whose `IcQuery` plays a scripted count per
+/// round. Checked: a revoke that finds a live holder keeps the assignment without a
+/// call; one that finds none deletes it, and when a holder has appeared by the time it
+/// looks again, makes it again (never a live grant without its assignment); a grant
+/// whose holder is no longer live fails and leaves nothing; holders that come and go
+/// forever end NotConverged after 4 rounds.
+#[tokio::test]
+async fn the_assignment_engine_restores_an_assignment_a_racing_grant_holds() {
+    let m = Methods::deploy("sm-engine").await;
+    let alice = m.ic_user(&support::unique("alice")).await;
+    let flow = m.op.definition(&m.op.out.state_machine_arn).await;
+    let mut states = flow["States"]["IcSync"]["ItemProcessor"]["States"].clone();
+    assert_eq!(
+        states["IcQuery"]["Resource"],
+        "arn:aws:states:::aws-sdk:dynamodb:query"
+    );
+    states["IcQuery"] = json!({"Type": "Pass",
+        "Parameters": {"live.$": "States.ArrayGetItem($.script, $.rounds.n)"},
+        "ResultPath": "$.holders", "Next": states["IcQuery"]["Next"]});
+    // IcKey shapes the item; the stand-in's script rides along.
+    states["IcKey"]["Parameters"]["script.$"] = json!("$.script");
+    let definition = json!({"StartAt": "IcKey", "States": states});
+    let machine = m
+        .op
+        .sfn
+        .create_state_machine()
+        .name(support::unique("engine"))
+        .definition(definition.to_string())
+        .role_arn(&m.op.out.state_machine_role_arn)
+        .send()
+        .await
+        .expect("create the engine machine")
+        .state_machine_arn()
+        .to_string();
+    let grant = json!({"method": "IdentityCenter", "instance_arn": m.instance_arn,
+        "permission_set_arn": m.permission_set_arn, "account_ids": [ACCOUNT_A],
+        "user_id": alice, "expires_at": in_seconds(3600)});
+    let run = |mode: &str, last: &str, script: Vec<u32>| {
+        let input = json!({"account_id": ACCOUNT_A, "grant": grant, "mode": mode,
+                           "last": last, "script": script});
+        let (sfn, machine) = (&m.op.sfn, machine.as_str());
+        async move {
+            let ex = sfn
+                .start_execution()
+                .state_machine_arn(machine)
+                .name(support::unique("engine"))
+                .input(input.to_string())
+                .send()
+                .await
+                .expect("start")
+                .execution_arn()
+                .to_string();
+            let d = eventually("the engine to end", STEP, || async {
+                let d = sfn
+                    .describe_execution()
+                    .execution_arn(&ex)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                match d.status() {
+                    ExecutionStatus::Running => Err("RUNNING".to_string()),
+                    _ => Ok(d),
+                }
+            })
+            .await;
+            let history = sfn
+                .get_execution_history()
+                .execution_arn(&ex)
+                .max_results(1000)
+                .send()
+                .await
+                .expect("history");
+            let calls: Vec<String> = history
+                .events()
+                .iter()
+                .filter(|e| e.r#type() == &HistoryEventType::TaskStateEntered)
+                .filter_map(|e| e.state_entered_event_details().map(|s| s.name().to_string()))
+                .filter(|n| n == "IcCreate" || n == "IcDelete")
+                .collect();
+            let output: Value = d
+                .output()
+                .map(|o| serde_json::from_str(o).expect("JSON"))
+                .unwrap_or(Value::Null);
+            (d, calls, output)
+        }
+    };
+    // Granted (a live holder, created).
+    let (d, calls, out) = run("grant", "none", vec![1, 1]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
+    assert_eq!(calls, ["IcCreate"]);
+    assert_eq!(out, json!({"account_id": ACCOUNT_A, "assignment": "present"}));
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()]);
+    // A revoke with another live holder: kept, no call.
+    let (d, calls, out) = run("revoke", "created", vec![1]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded);
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(out["assignment"], "present");
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()]);
+    // A revoke that finds no holder, deletes, and then sees one that appeared: made again.
+    let (d, calls, out) = run("revoke", "created", vec![0, 1, 1]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
+    assert_eq!(calls, ["IcDelete", "IcCreate"]);
+    assert_eq!(out["assignment"], "present");
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()], "restored");
+    // A plain last revoke: removed.
+    let (d, calls, out) = run("revoke", "created", vec![0, 0]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded);
+    assert_eq!(calls, ["IcDelete"]);
+    assert_eq!(out["assignment"], "absent");
+    assert!(m.assigned(ACCOUNT_A).await.is_empty());
+    // A grant whose own holder is no longer live (expired already): nothing stays.
+    let (d, calls, _) = run("grant", "none", vec![0, 0]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Failed);
+    assert_eq!(d.error(), Some("GrantNotHeld"));
+    assert_eq!(calls, ["IcDelete"]);
+    assert!(m.assigned(ACCOUNT_A).await.is_empty());
+    // Holders that come and go forever: bounded.
+    let (d, calls, _) = run("revoke", "created", vec![0, 1, 0, 1, 0, 1]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Failed);
+    assert_eq!(d.error(), Some("NotConverged"));
+    assert_eq!(calls.len(), 4, "{calls:?}");
+}
