@@ -1964,8 +1964,8 @@ async fn identity_center_grants_only_the_approved_user_and_revokes_early() {
     // The input names mallory everywhere a careless flow could look.
     let forged_grant = json!({"method": "IdentityCenter", "instance_arn": m.instance_arn,
         "identity_store_id": m.identity_store_id, "permission_set_arn": m.permission_set_arn,
-        "account_ids": [ACCOUNT_A, ACCOUNT_B], "user_attribute_path": "userName",
-        "user": mallory_name, "user_id": mallory});
+        "account_ids": [ACCOUNT_A, ACCOUNT_B], "user_attribute_path": "emails.value",
+        "user": format!("{mallory_name}@example.com"), "user_id": mallory});
     let run = m
         .start(
             "IdentityCenter",
@@ -2184,6 +2184,30 @@ async fn overlapping_grants_share_one_assignment_until_the_last_revoke() {
         json!([{"account_id": ACCOUNT_A, "assignment": "present"}]),
         "kept for the other grant"
     );
+    // Kept without a gap: the first revoke never deleted it (and made it again).
+    for run in [first_ic, first_group] {
+        let history = m
+            .op
+            .sfn
+            .get_execution_history()
+            .execution_arn(&run.arn)
+            .max_results(1000)
+            .send()
+            .await
+            .expect("history");
+        let calls: Vec<&str> = history
+            .events()
+            .iter()
+            .filter(|e| e.r#type() == &HistoryEventType::TaskStateEntered)
+            .filter_map(|e| e.state_entered_event_details().map(|s| s.name()))
+            .filter(|n| ["IcDelete", "IcCreate", "GroupRemove", "GroupAdd"].contains(n))
+            .collect();
+        assert!(
+            calls == ["IcCreate"] || calls == ["GroupAdd"],
+            "{}: the grant's one create, no revoke call: {calls:?}",
+            run.name
+        );
+    }
     let out = m.op.succeeded_with(first_group, "Revoked").await;
     assert_eq!(
         out["revoke"]["assignments"],
