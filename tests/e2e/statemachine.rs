@@ -1994,7 +1994,7 @@ async fn identity_center_grants_only_the_approved_user_and_revokes_early() {
     );
     assert_eq!(
         m.assigned(ACCOUNT_A).await,
-        [alice.clone()],
+        [alice.as_str()],
         "only alice, only A"
     );
     assert!(m.assigned(ACCOUNT_B).await.is_empty());
@@ -2048,8 +2048,8 @@ async fn both_methods_expire_when_the_hold_times_out() {
     )
     .await;
     m.hold(&ic).await;
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()]);
-    assert_eq!(m.assigned(ACCOUNT_B).await, [alice.clone()]);
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()]);
+    assert_eq!(m.assigned(ACCOUNT_B).await, [alice.as_str()]);
     m.op.succeeded_with(&ic, "Expired").await;
     assert!(m.assigned(ACCOUNT_A).await.is_empty());
     assert!(m.assigned(ACCOUNT_B).await.is_empty());
@@ -2060,7 +2060,7 @@ async fn both_methods_expire_when_the_hold_times_out() {
     m.approve(&group, m.group_grant(&bob), &in_seconds(10))
         .await;
     m.hold(&group).await;
-    assert_eq!(m.members().await, [bob.clone()]);
+    assert_eq!(m.members().await, [bob.as_str()]);
     let output = m.op.succeeded_with(&group, "Expired").await;
     assert_eq!(
         output["revoke"]["assignments"],
@@ -2122,7 +2122,7 @@ async fn iam_group_adds_only_the_approved_user_and_removes_it_early() {
     );
     assert_eq!(hold.body["grant"]["user_name"], alice.as_str());
     assert_eq!(hold.body["grant"]["group_name"], m.group_name.as_str());
-    assert_eq!(m.members().await, [alice.clone()], "only alice");
+    assert_eq!(m.members().await, [alice.as_str()], "only alice");
     assert_eq!(
         m.holders().await,
         [(
@@ -2166,10 +2166,10 @@ async fn overlapping_grants_share_one_assignment_until_the_last_revoke() {
     }
     assert_eq!(
         m.assigned(ACCOUNT_A).await,
-        [alice.clone()],
+        [alice.as_str()],
         "one assignment"
     );
-    assert_eq!(m.members().await, [bob.clone()]);
+    assert_eq!(m.members().await, [bob.as_str()]);
     assert_eq!(m.holders().await.len(), 4, "{:?}", m.holders().await);
 
     // The first ends: the other still holds both.
@@ -2186,15 +2186,14 @@ async fn overlapping_grants_share_one_assignment_until_the_last_revoke() {
     );
     // Kept without a gap: the first revoke never deleted it (and made it again).
     for run in [first_ic, first_group] {
-        let history = m
-            .op
-            .sfn
-            .get_execution_history()
-            .execution_arn(&run.arn)
-            .max_results(1000)
-            .send()
-            .await
-            .expect("history");
+        let history =
+            m.op.sfn
+                .get_execution_history()
+                .execution_arn(&run.arn)
+                .max_results(1000)
+                .send()
+                .await
+                .expect("history");
         let calls: Vec<&str> = history
             .events()
             .iter()
@@ -2215,10 +2214,10 @@ async fn overlapping_grants_share_one_assignment_until_the_last_revoke() {
     );
     assert_eq!(
         m.assigned(ACCOUNT_A).await,
-        [alice.clone()],
+        [alice.as_str()],
         "still granted"
     );
-    assert_eq!(m.members().await, [bob.clone()], "still a member");
+    assert_eq!(m.members().await, [bob.as_str()], "still a member");
     let holders = m.holders().await;
     assert_eq!(holders.len(), 2, "{holders:?}");
     assert!(
@@ -2375,10 +2374,10 @@ async fn the_cleanup_revokes_at_expiry_when_the_execution_was_stopped() {
     }
     assert_eq!(
         m.assigned(ACCOUNT_A).await,
-        [alice.clone()],
+        [alice.as_str()],
         "not revoked yet"
     );
-    assert_eq!(m.members().await, [bob.clone()]);
+    assert_eq!(m.members().await, [bob.as_str()]);
 
     let (mm, e) = (&m, expires_at.as_str());
     let removed_at = eventually(
@@ -2460,7 +2459,7 @@ async fn a_forged_cleanup_cannot_take_a_live_grant_away() {
     assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
     assert_eq!(
         m.assigned(ACCOUNT_A).await,
-        [alice.clone()],
+        [alice.as_str()],
         "kept for the live grant"
     );
     assert_eq!(m.holders().await.len(), 1);
@@ -2476,7 +2475,7 @@ async fn a_forged_cleanup_cannot_take_a_live_grant_away() {
         assert_eq!(d.status(), &ExecutionStatus::Failed, "{bad}");
         assert_eq!(d.error(), Some("NotAGrant"), "{bad}");
     }
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()]);
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()]);
     m.op.succeed(&hold, &json!({"reason": "revoked"})).await;
     m.op.succeeded_with(&run, "Revoked").await;
 }
@@ -2674,18 +2673,17 @@ async fn the_assignment_engine_restores_an_assignment_a_racing_grant_holds() {
     // IcKey shapes the item; the stand-in's script rides along.
     states["IcKey"]["Parameters"]["script.$"] = json!("$.script");
     let definition = json!({"StartAt": "IcKey", "States": states});
-    let machine = m
-        .op
-        .sfn
-        .create_state_machine()
-        .name(support::unique("engine"))
-        .definition(definition.to_string())
-        .role_arn(&m.op.out.state_machine_role_arn)
-        .send()
-        .await
-        .expect("create the engine machine")
-        .state_machine_arn()
-        .to_string();
+    let machine =
+        m.op.sfn
+            .create_state_machine()
+            .name(support::unique("engine"))
+            .definition(definition.to_string())
+            .role_arn(&m.op.out.state_machine_role_arn)
+            .send()
+            .await
+            .expect("create the engine machine")
+            .state_machine_arn()
+            .to_string();
     let grant = json!({"method": "IdentityCenter", "instance_arn": m.instance_arn,
         "permission_set_arn": m.permission_set_arn, "account_ids": [ACCOUNT_A],
         "user_id": alice, "expires_at": in_seconds(3600)});
@@ -2728,7 +2726,10 @@ async fn the_assignment_engine_restores_an_assignment_a_racing_grant_holds() {
                 .events()
                 .iter()
                 .filter(|e| e.r#type() == &HistoryEventType::TaskStateEntered)
-                .filter_map(|e| e.state_entered_event_details().map(|s| s.name().to_string()))
+                .filter_map(|e| {
+                    e.state_entered_event_details()
+                        .map(|s| s.name().to_string())
+                })
                 .filter(|n| n == "IcCreate" || n == "IcDelete")
                 .collect();
             let output: Value = d
@@ -2742,20 +2743,23 @@ async fn the_assignment_engine_restores_an_assignment_a_racing_grant_holds() {
     let (d, calls, out) = run("grant", "none", vec![1, 1]).await;
     assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
     assert_eq!(calls, ["IcCreate"]);
-    assert_eq!(out, json!({"account_id": ACCOUNT_A, "assignment": "present"}));
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()]);
+    assert_eq!(
+        out,
+        json!({"account_id": ACCOUNT_A, "assignment": "present"})
+    );
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()]);
     // A revoke with another live holder: kept, no call.
     let (d, calls, out) = run("revoke", "created", vec![1]).await;
     assert_eq!(d.status(), &ExecutionStatus::Succeeded);
     assert!(calls.is_empty(), "{calls:?}");
     assert_eq!(out["assignment"], "present");
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()]);
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()]);
     // A revoke that finds no holder, deletes, and then sees one that appeared: made again.
     let (d, calls, out) = run("revoke", "created", vec![0, 1, 1]).await;
     assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
     assert_eq!(calls, ["IcDelete", "IcCreate"]);
     assert_eq!(out["assignment"], "present");
-    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.clone()], "restored");
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()], "restored");
     // A plain last revoke: removed.
     let (d, calls, out) = run("revoke", "created", vec![0, 0]).await;
     assert_eq!(d.status(), &ExecutionStatus::Succeeded);
