@@ -2289,6 +2289,13 @@ async fn grants_that_cannot_be_made_fail_and_leave_nothing() {
         d.cause()
     );
 
+    // No account at all: refused, not "granted" with nothing made.
+    let no_account = m.start("IdentityCenter", 3600, json!({})).await;
+    m.approve(&no_account, m.ic_grant(&alice_name, &[]), &expires_at)
+        .await;
+    let d = m.failed_grant(&no_account).await;
+    assert!(d.cause().is_some_and(|c| c.contains("lacks a field")), "{:?}", d.cause());
+
     let unknown_iam_user = m.start("IamGroup", 3600, json!({})).await;
     m.approve(
         &unknown_iam_user,
