@@ -202,17 +202,26 @@ const SQS_QUEUES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The resource a call of a Step Functions or IAM action targets. SQS: [`SQS_QUEUES`].
-fn fixed_resource(action: &str) -> Option<&'static str> {
+/// The resources a call of a Step Functions, IAM or Identity Center action targets (an
+/// Identity Center call is authorized on each of them). SQS: [`SQS_QUEUES`].
+fn fixed_resource(action: &str) -> Option<&'static [&'static str]> {
     Some(match action {
-        "states:ListExecutions" => STATE_MACHINE,
-        "states:DescribeExecution" | "states:StopExecution" => EXECUTION,
+        "states:ListExecutions" => &[STATE_MACHINE],
+        "states:DescribeExecution" | "states:StopExecution" => &[EXECUTION],
         // No resource-level permissions: a task token is the capability.
-        "states:SendTaskSuccess" | "states:SendTaskFailure" | "states:SendTaskHeartbeat" => "*",
+        "states:SendTaskSuccess" | "states:SendTaskFailure" | "states:SendTaskHeartbeat" => &["*"],
         "iam:GetRole"
         | "iam:UpdateAssumeRolePolicy"
         | "iam:GetRolePolicy"
-        | "iam:PutRolePolicy" => MANAGED_ROLE,
+        | "iam:PutRolePolicy" => &[MANAGED_ROLE],
+        // Issue 12, the operator's IdentityCenter and IamGroup calls (the drift sweep,
+        // a permission set's name resolved, the revoke in a failed execution's place).
+        "iam:GetGroup" | "iam:RemoveUserFromGroup" => &[MANAGED_GROUP],
+        "sso:ListPermissionSets" | "sso:DescribeAccountAssignmentDeletionStatus" => &[IC_INSTANCE],
+        "sso:DescribePermissionSet" => &[IC_INSTANCE, IC_PERMISSION_SET],
+        "sso:ListAccountAssignments" | "sso:DeleteAccountAssignment" => {
+            &[IC_INSTANCE, IC_PERMISSION_SET, IC_ACCOUNT]
+        }
         _ => return None,
     })
 }
@@ -1311,8 +1320,15 @@ fn needs(calls: &[Call], t: &Template) -> Result<Vec<Need>, Vec<String>> {
                     c.action
                 )),
             }
-        } else if let Some(resource) = fixed_resource(&c.action) {
-            out.push((c.identity, c.action.clone(), resource.to_string(), site));
+        } else if let Some(resources) = fixed_resource(&c.action) {
+            for resource in resources {
+                out.push((
+                    c.identity,
+                    c.action.clone(),
+                    resource.to_string(),
+                    site.clone(),
+                ));
+            }
         } else {
             errors.push(format!(
                 "{site} calls {}: say in fixed_resource what it targets",

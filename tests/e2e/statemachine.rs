@@ -2294,7 +2294,11 @@ async fn grants_that_cannot_be_made_fail_and_leave_nothing() {
     m.approve(&no_account, m.ic_grant(&alice_name, &[]), &expires_at)
         .await;
     let d = m.failed_grant(&no_account).await;
-    assert!(d.cause().is_some_and(|c| c.contains("lacks a field")), "{:?}", d.cause());
+    assert!(
+        d.cause().is_some_and(|c| c.contains("lacks a field")),
+        "{:?}",
+        d.cause()
+    );
 
     let unknown_iam_user = m.start("IamGroup", 3600, json!({})).await;
     m.approve(
