@@ -2802,3 +2802,112 @@ async fn the_assignment_engine_restores_an_assignment_a_racing_grant_holds() {
     assert_eq!(d.error(), Some("NotConverged"));
     assert_eq!(calls.len(), 4, "{calls:?}");
 }
+
+/// The session cleanup's revoke enforces expiry, so a failure of it (beyond its Tasks'
+/// own retries) is tried again every 5 minutes, 12 times in all, before the cleanup
+/// fails. The shipped retry states, from the deployed cleanup definition, run as a
+/// machine of their own in which only the engine is a stand-in (it fails or succeeds
+/// per a script) and the 5-minute Wait is 0 s.
+#[tokio::test]
+async fn the_grant_cleanup_tries_a_failed_revoke_again() {
+    let m = Methods::deploy("sm-cleanup-retry").await;
+    let cleanup = m.op.definition(&m.op.out.cleanup_state_machine_arn).await;
+    let real = &cleanup["States"];
+    let mut states = serde_json::Map::new();
+    for s in [
+        "IcCleanupAttempts",
+        "IcCleanupSync",
+        "GrantCleanupRetry",
+        "GrantCleanupNextAttempt",
+        "GrantCleanupBackoff",
+        "GrantCleanupAgain",
+        "GrantCleaned",
+        "GrantCleanupFailed",
+    ] {
+        states.insert(s.into(), real[s].clone());
+    }
+    assert_eq!(states["GrantCleanupBackoff"]["Seconds"], 300);
+    states["GrantCleanupBackoff"]["Seconds"] = json!(0);
+    states.insert(
+        "GroupCleanupSync".into(),
+        json!({"Type": "Fail", "Error": "NotHere"}),
+    );
+    assert_eq!(real["IcSync"]["Type"], "Map");
+    states.insert(
+        "IcSync".into(),
+        json!({"Type": "Parallel", "Branches": [{"StartAt": "Pick", "States": {
+                "Pick": {"Type": "Pass", "Parameters": {"r.$": "States.ArrayGetItem($.script, $.attempts.n)"}, "Next": "Which"},
+                "Which": {"Type": "Choice", "Choices": [{"Variable": "$.r", "StringEquals": "fail", "Next": "Boom"}], "Default": "Ok"},
+                "Boom": {"Type": "Fail", "Error": "Stand.In", "Cause": "stand-in failure"},
+                "Ok": {"Type": "Pass", "Result": {"assignment": "absent"}, "End": true}}}],
+               "ResultPath": "$.sync_result", "Catch": real["IcSync"]["Catch"], "Next": real["IcSync"]["Next"]}),
+    );
+    let definition = json!({"StartAt": "IcCleanupAttempts", "States": states});
+    let machine =
+        m.op.sfn
+            .create_state_machine()
+            .name(support::unique("cleanup-retry"))
+            .definition(definition.to_string())
+            .role_arn(&m.op.out.cleanup_role_arn)
+            .send()
+            .await
+            .expect("create the retry machine")
+            .state_machine_arn()
+            .to_string();
+    let run = |script: Vec<&str>| {
+        let input = json!({"grant": {"method": "IdentityCenter"}, "script": script});
+        let (sfn, machine) = (&m.op.sfn, machine.as_str());
+        async move {
+            let ex = sfn
+                .start_execution()
+                .state_machine_arn(machine)
+                .name(support::unique("retry"))
+                .input(input.to_string())
+                .send()
+                .await
+                .expect("start")
+                .execution_arn()
+                .to_string();
+            let d = eventually("the retry machine to end", STEP * 2, || async {
+                let d = sfn
+                    .describe_execution()
+                    .execution_arn(&ex)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                match d.status() {
+                    ExecutionStatus::Running => Err("RUNNING".to_string()),
+                    _ => Ok(d),
+                }
+            })
+            .await;
+            let history = sfn
+                .get_execution_history()
+                .execution_arn(&ex)
+                .max_results(1000)
+                .send()
+                .await
+                .expect("history");
+            let attempts = history
+                .events()
+                .iter()
+                .filter(|e| {
+                    e.r#type() == &HistoryEventType::PassStateEntered
+                        && e.state_entered_event_details()
+                            .is_some_and(|s| s.name() == "Pick")
+                })
+                .count();
+            (d, attempts)
+        }
+    };
+    let (d, attempts) = run(vec!["fail", "fail", "ok"]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
+    assert_eq!(attempts, 3);
+    let output: Value = serde_json::from_str(d.output().expect("output")).expect("JSON");
+    assert_eq!(output["outcome"], "Revoked");
+    let (d, attempts) = run(vec!["fail"; 13]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Failed);
+    assert_eq!(d.error(), Some("CleanupFailed"));
+    assert_eq!(d.cause(), Some("stand-in failure"));
+    assert_eq!(attempts, 12, "12 attempts in all");
+}
