@@ -51,6 +51,21 @@ const STATE_MACHINE: &str = "arn:aws:states:us-east-1:123456789012:stateMachine:
 const CLEANUP_MACHINE: &str =
     "arn:aws:states:us-east-1:123456789012:stateMachine:aws-jit-session-cleanup";
 const EXECUTION: &str = "arn:aws:states:us-east-1:123456789012:execution:aws-jit-access:ar-1";
+/// Issue 12: the IdentityCenter and IamGroup parameters the checks deploy with (both
+/// methods installed), and what their calls target.
+const IC_INSTANCE: &str = "arn:aws:sso:::instance/ssoins-1234567890abcdef";
+const IC_STORE_ID: &str = "d-1234567890";
+const IC_PERMISSION_SET: &str =
+    "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-0123456789abcdef";
+const IC_ACCOUNT_ID: &str = "111111111111";
+const IC_ACCOUNT: &str = "arn:aws:sso:::account/111111111111";
+/// The identity store's ARN names the account that owns it (the organisation's
+/// management account), not necessarily this stack's.
+const IC_STORE: &str = "arn:aws:identitystore::210987654321:identitystore/d-1234567890";
+const IC_USER: &str = "arn:aws:identitystore:::user/906771e2-b0e1-70a3-0f5f-1a2b3c4d5e6f";
+const MANAGED_GROUP: &str = "arn:aws:iam::123456789012:group/jit/admins";
+const IAM_USER: &str = "arn:aws:iam::123456789012:user/alice";
+const HOLDERS_TABLE: &str = "arn:aws:dynamodb:us-east-1:123456789012:table/aws-jit-grant-holders";
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Identity {
@@ -87,7 +102,50 @@ const RELAY_MODULES: &[&str] = &["src/slack/relay/", "src/slack/interactions/"];
 /// Granted ahead of the code that calls them, with why: `(identity, action, resource or
 /// None for any, why)`. When the caller lands this test fails until its entry is
 /// removed, so no entry outlives its reason.
-const NOT_YET_CALLED: &[(Identity, &str, Option<&str>, &str)] = &[];
+const NOT_YET_CALLED: &[(Identity, &str, Option<&str>, &str)] = &[
+    (
+        Identity::Operator,
+        "sso:ListPermissionSets",
+        None,
+        "issue 12: the operator resolves a permission set's name to its ARN",
+    ),
+    (
+        Identity::Operator,
+        "sso:DescribePermissionSet",
+        None,
+        "issue 12: the operator resolves a permission set's name to its ARN",
+    ),
+    (
+        Identity::Operator,
+        "sso:ListAccountAssignments",
+        None,
+        "issue 12: the drift sweep of the managed permission sets",
+    ),
+    (
+        Identity::Operator,
+        "sso:DeleteAccountAssignment",
+        None,
+        "issue 12: the drift sweep, and the revoke in place of a failed execution",
+    ),
+    (
+        Identity::Operator,
+        "sso:DescribeAccountAssignmentDeletionStatus",
+        None,
+        "issue 12: the drift sweep polls its deletions",
+    ),
+    (
+        Identity::Operator,
+        "iam:GetGroup",
+        None,
+        "issue 12: the drift sweep of the managed groups",
+    ),
+    (
+        Identity::Operator,
+        "iam:RemoveUserFromGroup",
+        None,
+        "issue 12: the drift sweep of the managed groups",
+    ),
+];
 
 /// The state machines (template logical IDs) the `states:StartExecution` calls of each
 /// file start: their ARNs come from configuration, not the code's text.
@@ -164,17 +222,26 @@ const SQS_QUEUES: &[(&str, &str, &[&str])] = &[
     ),
 ];
 
-/// The resource a call of a Step Functions or IAM action targets. SQS: [`SQS_QUEUES`].
-fn fixed_resource(action: &str) -> Option<&'static str> {
+/// The resources a call of a Step Functions, IAM or Identity Center action targets (an
+/// Identity Center call is authorized on each of them). SQS: [`SQS_QUEUES`].
+fn fixed_resource(action: &str) -> Option<&'static [&'static str]> {
     Some(match action {
-        "states:ListExecutions" => STATE_MACHINE,
-        "states:DescribeExecution" | "states:StopExecution" => EXECUTION,
+        "states:ListExecutions" => &[STATE_MACHINE],
+        "states:DescribeExecution" | "states:StopExecution" => &[EXECUTION],
         // No resource-level permissions: a task token is the capability.
-        "states:SendTaskSuccess" | "states:SendTaskFailure" | "states:SendTaskHeartbeat" => "*",
+        "states:SendTaskSuccess" | "states:SendTaskFailure" | "states:SendTaskHeartbeat" => &["*"],
         "iam:GetRole"
         | "iam:UpdateAssumeRolePolicy"
         | "iam:GetRolePolicy"
-        | "iam:PutRolePolicy" => MANAGED_ROLE,
+        | "iam:PutRolePolicy" => &[MANAGED_ROLE],
+        // Issue 12, the operator's IdentityCenter and IamGroup calls (the drift sweep,
+        // a permission set's name resolved, the revoke in a failed execution's place).
+        "iam:GetGroup" | "iam:RemoveUserFromGroup" => &[MANAGED_GROUP],
+        "sso:ListPermissionSets" | "sso:DescribeAccountAssignmentDeletionStatus" => &[IC_INSTANCE],
+        "sso:DescribePermissionSet" => &[IC_INSTANCE, IC_PERMISSION_SET],
+        "sso:ListAccountAssignments" | "sso:DeleteAccountAssignment" => {
+            &[IC_INSTANCE, IC_PERMISSION_SET, IC_ACCOUNT]
+        }
         _ => return None,
     })
 }
@@ -198,6 +265,8 @@ fn iam_prefix(krate: &str) -> &'static str {
         "aws_sdk_sfn" => "states",
         "aws_sdk_iam" => "iam",
         "aws_sdk_sts" => "sts",
+        "aws_sdk_ssoadmin" => "sso",
+        "aws_sdk_identitystore" => "identitystore",
         other => {
             panic!("{other}: a new AWS SDK dependency; teach iam_prefix its IAM service prefix")
         }
@@ -728,6 +797,11 @@ impl Template {
             ("OperatorRoleArn", OPERATOR_ROLE),
             ("RelayRoleArn", RELAY_ROLE),
             ("ManagedRoleArns", "arn:aws:iam::123456789012:role/jit/*"),
+            ("IdentityCenterInstanceArn", IC_INSTANCE),
+            ("IdentityStoreId", IC_STORE_ID),
+            ("ManagedPermissionSetArns", IC_PERMISSION_SET),
+            ("ManagedAccountIds", IC_ACCOUNT_ID),
+            ("ManagedGroupArns", MANAGED_GROUP),
         ]);
         given.extend(overrides.iter().copied());
         let mut params = HashMap::new();
@@ -802,6 +876,7 @@ impl Template {
                 self.name_of(logical, "ManagedPolicyName")
             ),
             "AWS::IAM::Role" => self.name_of(logical, "RoleName"),
+            "AWS::DynamoDB::Table" => self.name_of(logical, "TableName"),
             other => panic!("Ref of {logical} ({other}): teach Template::reference"),
         }
     }
@@ -825,6 +900,10 @@ impl Template {
                     self.name_of(logical, "RoleName")
                 )
             }
+            ("AWS::DynamoDB::Table", "Arn") => format!(
+                "arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/{}",
+                self.name_of(logical, "TableName")
+            ),
             (other, _) => panic!("GetAtt {logical}.{attr} ({other}): teach Template::attribute"),
         }
     }
@@ -898,6 +977,32 @@ impl Template {
                 json!(self.attribute(&logical, &attr))
             }
             "Fn::Sub" => json!(self.sub(arg.as_str().expect("!Sub of a plain string"))),
+            "Fn::Join" => {
+                let a = list(arg);
+                let sep = a[0].as_str().expect("Fn::Join's delimiter is a literal");
+                let parts = self.resolve(&a[1]).expect("Fn::Join of a list");
+                json!(
+                    parts
+                        .as_array()
+                        .expect("Fn::Join of a list")
+                        .iter()
+                        .map(|p| p.as_str().expect("Fn::Join of strings"))
+                        .collect::<Vec<_>>()
+                        .join(sep)
+                )
+            }
+            "Fn::Split" => {
+                let a = list(arg);
+                let sep = a[0].as_str().expect("Fn::Split's delimiter is a literal");
+                let whole = self.resolve(&a[1]).expect("Fn::Split of a string");
+                json!(
+                    whole
+                        .as_str()
+                        .expect("Fn::Split of a string")
+                        .split(sep)
+                        .collect::<Vec<_>>()
+                )
+            }
             "Fn::If" => {
                 let a = list(arg);
                 let cond = a[0].as_str().expect("condition name");
@@ -1235,8 +1340,15 @@ fn needs(calls: &[Call], t: &Template) -> Result<Vec<Need>, Vec<String>> {
                     c.action
                 )),
             }
-        } else if let Some(resource) = fixed_resource(&c.action) {
-            out.push((c.identity, c.action.clone(), resource.to_string(), site));
+        } else if let Some(resources) = fixed_resource(&c.action) {
+            for resource in resources {
+                out.push((
+                    c.identity,
+                    c.action.clone(),
+                    resource.to_string(),
+                    site.clone(),
+                ));
+            }
         } else {
             errors.push(format!(
                 "{site} calls {}: say in fixed_resource what it targets",
@@ -1857,15 +1969,28 @@ fn task_needs(t: &Template, logical: &str) -> Vec<TaskNeed> {
         .map(|q| (t.reference(&q), q))
         .collect();
     let mut out = Vec::new();
-    for (state, s) in definition["States"].as_object().expect("States") {
-        if s["Type"] != "Task" {
-            continue;
+    // The top-level states and those of every Map and Parallel inside.
+    let mut scopes = vec![definition["States"].clone()];
+    let mut tasks = Vec::new();
+    while let Some(states) = scopes.pop() {
+        for (state, s) in states.as_object().expect("States") {
+            if let Some(inner) = s["ItemProcessor"].get("States") {
+                scopes.push(inner.clone());
+            }
+            for branch in s["Branches"].as_array().into_iter().flatten() {
+                scopes.push(branch["States"].clone());
+            }
+            if s["Type"] == "Task" {
+                tasks.push((state.clone(), s.clone()));
+            }
         }
+    }
+    for (state, s) in &tasks {
         let resource = s["Resource"].as_str().expect("Resource");
         let integration = resource
             .strip_prefix("arn:aws:states:::")
             .unwrap_or_else(|| panic!("{state}: {resource}: teach task_needs"));
-        let need = match integration
+        let needs: Vec<(String, &str)> = match integration
             .trim_end_matches(".waitForTaskToken")
             .split(':')
             .collect::<Vec<_>>()[..]
@@ -1875,25 +2000,70 @@ fn task_needs(t: &Template, logical: &str) -> Vec<TaskNeed> {
                 let queue = by_url
                     .get(url)
                     .unwrap_or_else(|| panic!("{state}: {url} is none of the template's queues"));
-                ("sqs:SendMessage".to_string(), queue_arn(t, queue))
+                out.push((
+                    "sqs:SendMessage".to_string(),
+                    queue_arn(t, queue),
+                    state.clone(),
+                ));
+                continue;
             }
-            ["aws-sdk", "iam", api] => {
-                let mut action = api.to_string();
-                action[..1].make_ascii_uppercase();
-                (format!("iam:{action}"), MANAGED_ROLE.to_string())
+            // IamGroup: the managed group's members, the users' group count; the trust
+            // policy's calls are on a managed role (the role comes from the input).
+            ["aws-sdk", "iam", api] => match api {
+                "addUserToGroup" | "removeUserFromGroup" => {
+                    vec![(sdk_action("iam", api), MANAGED_GROUP)]
+                }
+                "listGroupsForUser" => vec![(sdk_action("iam", api), IAM_USER)],
+                _ => vec![(sdk_action("iam", api), MANAGED_ROLE)],
+            },
+            // IdentityCenter (the service prefix of the aws-sdk:ssoadmin integration is
+            // sso): an assignment needs the instance, the permission set and the account.
+            ["aws-sdk", "ssoadmin", api] => {
+                let action = sdk_action("sso", api);
+                match api {
+                    "createAccountAssignment" | "deleteAccountAssignment" => vec![
+                        (action.clone(), IC_INSTANCE),
+                        (action.clone(), IC_PERMISSION_SET),
+                        (action, IC_ACCOUNT),
+                    ],
+                    "describePermissionSet" => {
+                        vec![(action.clone(), IC_INSTANCE), (action, IC_PERMISSION_SET)]
+                    }
+                    "describeAccountAssignmentCreationStatus"
+                    | "describeAccountAssignmentDeletionStatus" => vec![(action, IC_INSTANCE)],
+                    _ => panic!("{state}: {resource}: teach task_needs"),
+                }
             }
-            ["states", "startExecution"] => (
-                "states:StartExecution".to_string(),
-                s["Parameters"]["StateMachineArn"]
-                    .as_str()
-                    .expect("StateMachineArn")
-                    .to_string(),
-            ),
+            ["aws-sdk", "identitystore", "getUserId"] => {
+                let action = sdk_action("identitystore", "getUserId");
+                vec![(action.clone(), IC_STORE), (action, IC_USER)]
+            }
+            ["aws-sdk", "dynamodb", api] => vec![(sdk_action("dynamodb", api), HOLDERS_TABLE)],
+            ["states", "startExecution"] => {
+                out.push((
+                    "states:StartExecution".to_string(),
+                    s["Parameters"]["StateMachineArn"]
+                        .as_str()
+                        .expect("StateMachineArn")
+                        .to_string(),
+                    state.clone(),
+                ));
+                continue;
+            }
             _ => panic!("{state}: {resource}: teach task_needs"),
         };
-        out.push((need.0, need.1, state.clone()));
+        for (action, target) in needs {
+            out.push((action, target.to_string(), state.clone()));
+        }
     }
     out
+}
+
+/// `iam:AddUserToGroup` from (`iam`, `addUserToGroup`).
+fn sdk_action(prefix: &str, api: &str) -> String {
+    let mut action = api.to_string();
+    action[..1].make_ascii_uppercase();
+    format!("{prefix}:{action}")
 }
 
 /// Like [`check`], for the two state machines' execution roles and their Tasks.
@@ -2076,6 +2246,312 @@ fn the_state_machines_never_edit_own_roles_and_honour_the_tag() {
             decide(&p, &r("iam:GetRole", &[])),
             Decision::Allow,
             "{role}"
+        );
+    }
+}
+
+// ------------------------------------------------------------------------------------
+// Issue 12: IdentityCenter and IamGroup
+// ------------------------------------------------------------------------------------
+
+/// The IdentityCenter and IamGroup parameters, all empty: neither method installed.
+const NOT_INSTALLED: &[(&str, &str)] = &[
+    ("IdentityCenterInstanceArn", ""),
+    ("IdentityStoreId", ""),
+    ("ManagedPermissionSetArns", ""),
+    ("ManagedAccountIds", ""),
+    ("ManagedGroupArns", ""),
+];
+
+/// The statement `sid` of a policy's statement list, also when it is granted only under
+/// a condition (`!If [Condition, statement, !Ref AWS::NoValue]`).
+fn statement_mut<'a>(statements: &'a mut [Yaml], sid: &str) -> &'a mut Yaml {
+    statements
+        .iter_mut()
+        .map(|s| {
+            if matches!(s, Yaml::Tagged(t) if t.tag == "!If") {
+                let Yaml::Tagged(t) = s else { unreachable!() };
+                &mut t.value[1]
+            } else {
+                s
+            }
+        })
+        .find(|s| s["Sid"].as_str() == Some(sid))
+        .unwrap_or_else(|| panic!("no statement {sid}"))
+}
+
+/// The methods' rights are exactly their Tasks' (with the methods installed; the check
+/// above runs on that), scoped to the installer's permission sets, accounts and groups,
+/// and absent when the methods are not installed. The check fails when one is taken
+/// away or one the role should not have is added.
+#[test]
+fn grant_method_rights_are_scoped_and_absent_when_not_installed() {
+    let t = Template::load(&[]);
+    let sm = t.policy_inline("StateMachineRole");
+    let cleanup = t.policy_inline("SessionCleanupRole");
+    let operator = t.policy("OperatorPolicy");
+    let ask = |p: &[Statement], principal: &str, action: &str, resource: &str| {
+        decide(
+            p,
+            &Request {
+                principal,
+                action,
+                resource,
+                tags: &[],
+            },
+        )
+    };
+    let other_ps = "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-ffffffffffffffff";
+    let other_account = "arn:aws:sso:::account/999999999999";
+    let other_group = "arn:aws:iam::123456789012:group/admins-forever";
+    for (p, principal) in [(&sm, STATE_MACHINE_ROLE), (&cleanup, CLEANUP_ROLE)] {
+        for action in ["sso:CreateAccountAssignment", "sso:DeleteAccountAssignment"] {
+            for ok in [IC_INSTANCE, IC_PERMISSION_SET, IC_ACCOUNT] {
+                assert_eq!(
+                    ask(p, principal, action, ok),
+                    Decision::Allow,
+                    "{principal} {action} {ok}"
+                );
+            }
+            for never in [other_ps, other_account] {
+                assert_eq!(
+                    ask(p, principal, action, never),
+                    Decision::ImplicitDeny,
+                    "{principal} {action} {never}"
+                );
+            }
+        }
+        for action in ["iam:AddUserToGroup", "iam:RemoveUserFromGroup"] {
+            assert_eq!(ask(p, principal, action, MANAGED_GROUP), Decision::Allow);
+            assert_eq!(
+                ask(p, principal, action, other_group),
+                Decision::ImplicitDeny
+            );
+        }
+    }
+    // Only the flow puts a holder (a holder keeps an assignment from being revoked).
+    assert_eq!(
+        ask(&sm, STATE_MACHINE_ROLE, "dynamodb:PutItem", HOLDERS_TABLE),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(&cleanup, CLEANUP_ROLE, "dynamodb:PutItem", HOLDERS_TABLE),
+        Decision::ImplicitDeny
+    );
+    // The operator never creates an assignment or a membership, nor writes a holder.
+    for (action, resource) in [
+        ("sso:CreateAccountAssignment", IC_PERMISSION_SET),
+        ("iam:AddUserToGroup", MANAGED_GROUP),
+        ("dynamodb:PutItem", HOLDERS_TABLE),
+        ("dynamodb:DeleteItem", HOLDERS_TABLE),
+    ] {
+        assert_eq!(
+            ask(&operator, OPERATOR_ROLE, action, resource),
+            Decision::ImplicitDeny,
+            "{action}"
+        );
+    }
+    assert_eq!(
+        ask(
+            &operator,
+            OPERATOR_ROLE,
+            "sso:DeleteAccountAssignment",
+            IC_ACCOUNT
+        ),
+        Decision::Allow
+    );
+    assert_eq!(
+        ask(
+            &operator,
+            OPERATOR_ROLE,
+            "sso:DeleteAccountAssignment",
+            other_account
+        ),
+        Decision::ImplicitDeny
+    );
+
+    // Not installed: not one right of either method, anywhere.
+    let t = Template::load(NOT_INSTALLED);
+    assert_eq!(t.rules(), Ok(()));
+    for (name, p) in [
+        ("StateMachineRole", t.policy_inline("StateMachineRole")),
+        ("SessionCleanupRole", t.policy_inline("SessionCleanupRole")),
+        ("OperatorPolicy", t.policy("OperatorPolicy")),
+    ] {
+        for s in &p {
+            for a in &s.actions {
+                assert!(
+                    !(a.starts_with("sso:")
+                        || a.starts_with("identitystore:")
+                        || a.starts_with("dynamodb:")
+                        || a.contains("Group")),
+                    "{name} {} grants {a} with no grant method installed",
+                    s.sid
+                );
+            }
+        }
+    }
+    if let Err(errors) = check_state_machines(&t) {
+        // Every Task of a method not installed is refused by IAM (and never reached:
+        // the flow refuses the grant first); nothing else may be missing.
+        for e in &errors {
+            assert!(
+                [
+                    "sso:",
+                    "identitystore:",
+                    "dynamodb:",
+                    "iam:AddUserToGroup",
+                    "iam:RemoveUserFromGroup",
+                    "iam:ListGroupsForUser"
+                ]
+                .iter()
+                .any(|a| e.contains(a)),
+                "{e}"
+            );
+        }
+    }
+
+    // The check sees a method's grant taken away, and one added that no Task uses.
+    let text = std::fs::read_to_string(TEMPLATE).expect("read the template");
+    let edit = |role: &str, f: &dyn Fn(&mut Vec<Yaml>)| {
+        let mut doc: Yaml = serde_yaml::from_str(&text).expect("YAML");
+        let statements =
+            doc["Resources"][role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+                .as_sequence_mut()
+                .expect("statements");
+        f(statements);
+        Template::from_doc(doc, &[])
+    };
+    let t = edit("StateMachineRole", &|s| {
+        statement_mut(s, "AssignManagedPermissionSets")["Action"] =
+            serde_yaml::from_str("sso:DeleteAccountAssignment").expect("yaml");
+    });
+    let errors = check_state_machines(&t).expect_err("a missing grant must fail");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("IcCreate calls sso:CreateAccountAssignment")),
+        "{errors:#?}"
+    );
+    let t = edit("SessionCleanupRole", &|s| {
+        statement_mut(s, "ReleaseGrants")["Action"] =
+            serde_yaml::from_str("[dynamodb:DeleteItem, dynamodb:Query, dynamodb:PutItem]")
+                .expect("yaml");
+    });
+    let errors = check_state_machines(&t).expect_err("an unused grant must fail");
+    assert!(
+        errors.iter().any(|e| e.contains("dynamodb:PutItem")),
+        "{errors:#?}"
+    );
+}
+
+/// The holders table's resource policy: whatever identity policies say (an admin's
+/// included), only the flow puts or updates a holder, only the two state machines
+/// delete one.
+#[test]
+fn only_the_state_machines_write_the_holders_table() {
+    let t = Template::load(&[]);
+    let policy: Vec<Statement> = t
+        .resolve(&t.resource("GrantHoldersTable")["Properties"]["ResourcePolicy"]["PolicyDocument"])
+        .expect("a resource policy")["Statement"]
+        .as_array()
+        .expect("statements")
+        .iter()
+        .map(|s| Statement::from("GrantHoldersTable", s))
+        .collect();
+    let admin = "arn:aws:iam::123456789012:role/Admin";
+    let denied = |principal: &str, action: &str| {
+        decide(
+            &policy,
+            &Request {
+                principal,
+                action,
+                resource: HOLDERS_TABLE,
+                tags: &[],
+            },
+        ) == Decision::ExplicitDeny
+    };
+    for write in [
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:BatchWriteItem",
+        "dynamodb:PartiQLInsert",
+        "dynamodb:PartiQLUpdate",
+    ] {
+        assert!(!denied(STATE_MACHINE_ROLE, write), "{write}");
+        for other in [CLEANUP_ROLE, OPERATOR_ROLE, RELAY_ROLE, admin] {
+            assert!(denied(other, write), "{other} {write}");
+        }
+    }
+    for delete in ["dynamodb:DeleteItem", "dynamodb:PartiQLDelete"] {
+        assert!(!denied(STATE_MACHINE_ROLE, delete));
+        assert!(!denied(CLEANUP_ROLE, delete));
+        for other in [OPERATOR_ROLE, RELAY_ROLE, admin] {
+            assert!(denied(other, delete), "{other} {delete}");
+        }
+    }
+    // The spelled-out role ARNs are the roles'.
+    assert_eq!(t.attribute("StateMachineRole", "Arn"), STATE_MACHINE_ROLE);
+    assert_eq!(t.attribute("SessionCleanupRole", "Arn"), CLEANUP_ROLE);
+    assert_eq!(t.attribute("GrantHoldersTable", "Arn"), HOLDERS_TABLE);
+}
+
+/// What the installer may name: single permission sets, accounts and groups, never a
+/// wildcard; Identity Center all or nothing.
+#[test]
+fn grant_method_parameters_refuse_wildcards_and_half_an_installation() {
+    let t = Template::load(&[]);
+    for (param, ok, bad) in [
+        (
+            "ManagedPermissionSetArns",
+            vec![IC_PERMISSION_SET, ""],
+            vec![
+                "*",
+                "arn:aws:sso:::permissionSet/*",
+                "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/*",
+                "arn:aws:sso:::instance/ssoins-1234567890abcdef/ps-0123456789abcdef",
+            ],
+        ),
+        (
+            "ManagedAccountIds",
+            vec!["111111111111", ""],
+            vec!["*", "11111111111", "1111111111111"],
+        ),
+        (
+            "ManagedGroupArns",
+            vec![MANAGED_GROUP, "arn:aws:iam::123456789012:group/admins", ""],
+            vec![
+                "*",
+                "arn:aws:iam::123456789012:group/*",
+                "arn:aws:iam::*:group/admins",
+            ],
+        ),
+        (
+            "IdentityCenterInstanceArn",
+            vec![IC_INSTANCE, ""],
+            vec!["*", "arn:aws:sso:::instance/*"],
+        ),
+        ("IdentityStoreId", vec![IC_STORE_ID, ""], vec!["*", "d-*"]),
+    ] {
+        let re = t.allowed_pattern(param);
+        for v in ok {
+            assert!(re.is_match(v), "{param} refuses {v}");
+        }
+        for v in bad {
+            assert!(!re.is_match(v), "{param} accepts {v}");
+        }
+    }
+    assert_eq!(Template::load(&[]).rules(), Ok(()));
+    assert_eq!(Template::load(NOT_INSTALLED).rules(), Ok(()));
+    for half in [
+        vec![("IdentityStoreId", "")],
+        vec![("ManagedAccountIds", "")],
+        vec![("ManagedPermissionSetArns", "")],
+        vec![("IdentityCenterInstanceArn", "")],
+    ] {
+        assert!(
+            Template::load(&half).rules().is_err(),
+            "{half:?} must be refused"
         );
     }
 }

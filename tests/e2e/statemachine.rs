@@ -1435,72 +1435,133 @@ async fn every_task_retries_transient_errors_by_name_and_nothing_else() {
     let mut tasks = 0;
     for arn in [&op.out.state_machine_arn, &op.out.cleanup_state_machine_arn] {
         let definition = op.definition(arn).await;
-        let states = definition["States"].as_object().expect("States");
-        for (name, state) in states {
-            if state["Type"] != "Task" {
-                continue;
-            }
-            tasks += 1;
-            let resource = state["Resource"].as_str().expect("Resource");
-            let retry = state["Retry"]
-                .as_array()
-                .filter(|r| !r.is_empty())
-                .unwrap_or_else(|| panic!("{name} has no Retry"));
-            assert!(
-                state["Catch"].as_array().is_some_and(|c| !c.is_empty()),
-                "{name} has no Catch"
-            );
-            // The error names of this integration (moto spells the IAM ones iam.X).
-            let family: &[&str] = if resource.contains(":::sqs:") {
-                &["SQS."]
-            } else if resource.contains(":::aws-sdk:iam:") {
-                &["Iam.", "iam."]
-            } else if resource.contains(":::states:startExecution") {
-                &["StepFunctions."]
-            } else {
-                panic!("{name}: a Task on {resource}: teach this test its error names")
-            };
-            for retrier in retry {
-                let names: Vec<&str> = retrier["ErrorEquals"]
-                    .as_array()
-                    .expect("ErrorEquals")
-                    .iter()
-                    .map(|n| n.as_str().expect("an error name"))
-                    .collect();
-                for forbidden in ["States.ALL", "States.TaskFailed"] {
-                    assert!(!names.contains(&forbidden), "{name} retries {forbidden}");
+        // The top-level states, and those inside a Map or Parallel (issue 12's grant
+        // engines), whose errors the Map's or Parallel's Catch takes.
+        let mut scopes: Vec<(bool, Value)> = vec![(true, definition["States"].clone())];
+        while let Some((top, states)) = scopes.pop() {
+            for (name, state) in states.as_object().expect("States") {
+                if let Some(inner) = state["ItemProcessor"]["States"].as_object() {
+                    scopes.push((false, Value::Object(inner.clone())));
                 }
-                if resource.ends_with(".waitForTaskToken") {
-                    for forbidden in ["States.Timeout", "States.HeartbeatTimeout"] {
-                        assert!(!names.contains(&forbidden), "{name} retries {forbidden}");
-                    }
+                for branch in state["Branches"].as_array().into_iter().flatten() {
+                    scopes.push((false, branch["States"].clone()));
                 }
-                for n in &names {
+                if state["Type"] == "Map" || state["Type"] == "Parallel" {
                     assert!(
-                        family.iter().any(|f| n.starts_with(f)),
-                        "{name} retries {n}, not an error of {resource}"
+                        state["Catch"].as_array().is_some_and(|c| !c.is_empty()),
+                        "{name} has no Catch"
                     );
-                    // AWS's Iam.X and moto's iam.X, both.
-                    if let Some(x) = n.strip_prefix("Iam.") {
-                        let moto = if x == "IamException" {
-                            "iam.iamException".to_string()
-                        } else {
-                            format!("iam.{x}")
-                        };
-                        assert!(names.contains(&moto.as_str()), "{name}: {n} without {moto}");
-                    }
                 }
-                assert!(
-                    retrier["MaxAttempts"].as_u64().is_some_and(|n| n >= 2)
-                        && retrier["BackoffRate"].as_f64().is_some_and(|b| b > 1.0),
-                    "{name}: {retrier}"
-                );
+                if state["Type"] != "Task" {
+                    continue;
+                }
+                tasks += 1;
+                check_task_retries(name, state, top);
+                // An SDK result may carry timestamps, which reach no state's output
+                // (moto's DescribeExecution fails on them, and they are noise): each is
+                // selected or dropped.
+                if state["Resource"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(":::aws-sdk:"))
+                {
+                    assert!(
+                        state.get("ResultSelector").is_some()
+                            || state.get("ResultPath").is_some_and(Value::is_null),
+                        "{name}: an SDK result kept whole"
+                    );
+                }
             }
         }
     }
     // The flow: 11 alerts, 5 tasks for the operator, 3 IAM calls and the cleanup's
-    // start; the cleanup: 2 IAM calls. A Task added or removed must be looked at here.
-    assert_eq!(tasks, 22, "Task states in both machines");
+    // start; IdentityCenter: GetUserId, DescribePermissionSet, the cleanup's start and
+    // the holder put; IamGroup: 2 ListGroupsForUser, the cleanup's start and the holder
+    // put; the engines IcSync (8) and GroupSync (4). The cleanup: 2 IAM calls and the
+    // same two engines. A Task added or removed must be looked at here.
+    assert_eq!(
+        tasks,
+        (20 + 4 + 4 + 8 + 4) + (2 + 8 + 4),
+        "Task states in both machines"
+    );
+}
+
+fn check_task_retries(name: &str, state: &Value, top: bool) {
+    let resource = state["Resource"].as_str().expect("Resource");
+    let retry = state["Retry"]
+        .as_array()
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| panic!("{name} has no Retry"));
+    if top {
+        assert!(
+            state["Catch"].as_array().is_some_and(|c| !c.is_empty()),
+            "{name} has no Catch"
+        );
+    }
+    // The error names of this integration. moto spells the IAM and Identity Store ones
+    // iam.X and identitystore.X (the template lists both); tests/support/moto_server.py
+    // makes it spell Identity Center's as AWS does (SsoAdmin.X); DynamoDb.X is the same
+    // on both.
+    let family: &[&str] = if resource.contains(":::sqs:") {
+        &["SQS."]
+    } else if resource.contains(":::aws-sdk:iam:") {
+        &["Iam.", "iam."]
+    } else if resource.contains(":::aws-sdk:ssoadmin:") {
+        &["SsoAdmin."]
+    } else if resource.contains(":::aws-sdk:identitystore:") {
+        &["Identitystore.", "identitystore."]
+    } else if resource.contains(":::aws-sdk:dynamodb:") {
+        &["DynamoDb."]
+    } else if resource.contains(":::states:startExecution") {
+        &["StepFunctions."]
+    } else {
+        panic!("{name}: a Task on {resource}: teach this test its error names")
+    };
+    for retrier in retry {
+        let names: Vec<&str> = retrier["ErrorEquals"]
+            .as_array()
+            .expect("ErrorEquals")
+            .iter()
+            .map(|n| n.as_str().expect("an error name"))
+            .collect();
+        for forbidden in ["States.ALL", "States.TaskFailed"] {
+            assert!(!names.contains(&forbidden), "{name} retries {forbidden}");
+        }
+        if resource.ends_with(".waitForTaskToken") {
+            for forbidden in ["States.Timeout", "States.HeartbeatTimeout"] {
+                assert!(!names.contains(&forbidden), "{name} retries {forbidden}");
+            }
+        }
+        for n in &names {
+            assert!(
+                family.iter().any(|f| n.starts_with(f)),
+                "{name} retries {n}, not an error of {resource}"
+            );
+            // AWS's Iam.X / Identitystore.X and moto's iam.X / identitystore.X, both.
+            if let Some(x) = n.strip_prefix("Iam.") {
+                let moto = if x == "IamException" {
+                    "iam.iamException".to_string()
+                } else {
+                    format!("iam.{x}")
+                };
+                assert!(names.contains(&moto.as_str()), "{name}: {n} without {moto}");
+            }
+            if let Some(x) = n.strip_prefix("Identitystore.") {
+                let moto = format!("identitystore.{x}");
+                assert!(names.contains(&moto.as_str()), "{name}: {n} without {moto}");
+            }
+        }
+        if resource.contains(":::aws-sdk:ssoadmin:") {
+            for must in ["SsoAdmin.ConflictException", "SsoAdmin.ThrottlingException"] {
+                assert!(names.contains(&must), "{name} does not retry {must}");
+            }
+        }
+        assert!(
+            retrier["MaxAttempts"].as_u64().is_some_and(|n| n >= 2)
+                && retrier["BackoffRate"].as_f64().is_some_and(|b| b > 1.0)
+                && retrier["JitterStrategy"] == "FULL",
+            "{name}: {retrier}"
+        );
+    }
 }
 
 /// Issue 11: a role whose session deny cannot be read or written (here: it does not
@@ -1610,4 +1671,1243 @@ async fn a_session_cleanup_already_started_counts_as_started() {
     op.alerts(&run, &["requested", "approved", "granted", "revoked"])
         .await;
     assert_eq!(cleanup_input(&op.cleanup_execution(&run).await), first);
+}
+
+// ------------------------------------------------------------------------------------
+// Issue 12: IdentityCenter and IamGroup, granted and revoked by the state machine
+// itself, on exactly what the operator's approval answer names.
+// ------------------------------------------------------------------------------------
+
+/// The accounts the IdentityCenter tests may assign in (`ManagedAccountIds`).
+const ACCOUNT_A: &str = "111111111111";
+const ACCOUNT_B: &str = "222222222222";
+
+/// A stack with both methods installed: moto's Identity Center instance, a permission
+/// set and an IAM group of the test's own (moto is shared by every test of the run).
+struct Methods {
+    op: Operator,
+    instance_arn: String,
+    identity_store_id: String,
+    permission_set_arn: String,
+    group_name: String,
+}
+
+impl Methods {
+    async fn deploy(prefix: &str) -> Methods {
+        Self::deploy_with(prefix, &[]).await
+    }
+
+    async fn deploy_with(prefix: &str, extra: &[(&str, &str)]) -> Methods {
+        let moto = &support::stack().aws;
+        let sdk = moto.sdk_config().await;
+        let instances = moto
+            .json_call("sso", "SWBExternalService.ListInstances", &json!({}))
+            .await
+            .expect("list instances");
+        let instance = &instances["Instances"][0];
+        let instance_arn = instance["InstanceArn"]
+            .as_str()
+            .expect("instance")
+            .to_string();
+        let identity_store_id = instance["IdentityStoreId"]
+            .as_str()
+            .expect("identity store")
+            .to_string();
+        let ps = moto
+            .json_call(
+                "sso",
+                "SWBExternalService.CreatePermissionSet",
+                &json!({"InstanceArn": instance_arn, "Name": support::unique("Admin")}),
+            )
+            .await
+            .expect("create permission set");
+        let permission_set_arn = ps["PermissionSet"]["PermissionSetArn"]
+            .as_str()
+            .expect("permission set arn")
+            .to_string();
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        let group_name = support::unique("admins");
+        iam.create_group()
+            .group_name(&group_name)
+            .path("/jit/")
+            .send()
+            .await
+            .expect("create group");
+        let group_arn = format!("arn:aws:iam::{ACCOUNT_ID}:group/jit/{group_name}");
+        let accounts = format!("{ACCOUNT_A},{ACCOUNT_B}");
+        let mut params = vec![
+            ("IdentityCenterInstanceArn", instance_arn.as_str()),
+            ("IdentityStoreId", identity_store_id.as_str()),
+            ("ManagedPermissionSetArns", permission_set_arn.as_str()),
+            ("ManagedAccountIds", accounts.as_str()),
+            ("ManagedGroupArns", group_arn.as_str()),
+        ];
+        params.extend_from_slice(extra);
+        let out = moto.deploy_with_params(prefix, &[], &params).await;
+        Methods {
+            op: Operator {
+                sfn: aws_sdk_sfn::Client::new(&sdk),
+                sqs: aws_sdk_sqs::Client::new(&sdk),
+                iam,
+                out,
+            },
+            instance_arn,
+            identity_store_id,
+            permission_set_arn,
+            group_name,
+        }
+    }
+
+    async fn call(&self, signing_name: &str, target: &str, body: Value) -> Value {
+        support::stack()
+            .aws
+            .json_call(signing_name, target, &body)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// An Identity Center user `<name>@example.com`; returns its user id.
+    async fn ic_user(&self, name: &str) -> String {
+        let got = self
+            .call(
+                "identitystore",
+                "AWSIdentityStore.CreateUser",
+                json!({"IdentityStoreId": self.identity_store_id, "UserName": name,
+                       "DisplayName": name, "Name": {"GivenName": name, "FamilyName": "Test"},
+                       "Emails": [{"Value": format!("{name}@example.com"), "Primary": true}]}),
+            )
+            .await;
+        got["UserId"].as_str().expect("user id").to_string()
+    }
+
+    /// The principals assigned the test's permission set in `account`.
+    async fn assigned(&self, account: &str) -> Vec<String> {
+        let got = self
+            .call(
+                "sso",
+                "SWBExternalService.ListAccountAssignments",
+                json!({"InstanceArn": self.instance_arn, "AccountId": account,
+                       "PermissionSetArn": self.permission_set_arn}),
+            )
+            .await;
+        let mut ids: Vec<String> = got["AccountAssignments"]
+            .as_array()
+            .expect("assignments")
+            .iter()
+            .map(|a| a["PrincipalId"].as_str().expect("principal").to_string())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// An IAM user of the test's own.
+    async fn iam_user(&self, prefix: &str) -> String {
+        let name = support::unique(prefix);
+        self.op
+            .iam
+            .create_user()
+            .user_name(&name)
+            .send()
+            .await
+            .expect("create user");
+        name
+    }
+
+    async fn members(&self) -> Vec<String> {
+        let got = self
+            .op
+            .iam
+            .get_group()
+            .group_name(&self.group_name)
+            .send()
+            .await
+            .expect("get group");
+        let mut names: Vec<String> = got
+            .users()
+            .iter()
+            .map(|u| u.user_name().to_string())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The holder items of the table, as (assignment, request, expires_at).
+    async fn holders(&self) -> Vec<(String, String, String)> {
+        let got = self
+            .call(
+                "dynamodb",
+                "DynamoDB_20120810.Scan",
+                json!({"TableName": self.op.out.grant_holders_table, "ConsistentRead": true}),
+            )
+            .await;
+        let s = |item: &Value, k: &str| item[k]["S"].as_str().unwrap_or("?").to_string();
+        let mut items: Vec<_> = got["Items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|i| (s(i, "assignment"), s(i, "request"), s(i, "expires_at")))
+            .collect();
+        items.sort();
+        items
+    }
+
+    /// Starts an execution whose input is the contract's plus `forged` (what an AWS
+    /// caller with states:StartExecution could write: the flow must ignore it).
+    async fn start(&self, method: &str, duration_seconds: u64, forged: Value) -> Run {
+        let uid = support::unique("uid");
+        let name = format!("ar-{uid}");
+        let mut input = json!({
+            "requester_arn": REQUESTER_ARN,
+            "requester_name": "alice",
+            "reason": "fix prod",
+            "method": method,
+            "duration_seconds": duration_seconds,
+            "approval_timeout_seconds": 30,
+            "request": {"namespace": "team-a", "name": "fix-prod", "uid": uid},
+        });
+        if let (Some(input), Some(forged)) = (input.as_object_mut(), forged.as_object()) {
+            input.extend(forged.clone());
+        }
+        let started = self
+            .op
+            .sfn
+            .start_execution()
+            .state_machine_arn(&self.op.out.state_machine_arn)
+            .name(&name)
+            .input(input.to_string())
+            .send()
+            .await
+            .expect("start execution");
+        Run {
+            arn: started.execution_arn().to_string(),
+            name,
+            input,
+            role_name: String::new(),
+            policy_name: String::new(),
+        }
+    }
+
+    fn ic_grant(&self, user: &str, accounts: &[&str]) -> Value {
+        json!({"method": "IdentityCenter", "instance_arn": self.instance_arn,
+               "identity_store_id": self.identity_store_id,
+               "permission_set_arn": self.permission_set_arn, "account_ids": accounts,
+               "user_attribute_path": "emails.value", "user": format!("{user}@example.com")})
+    }
+
+    fn group_grant(&self, user_name: &str) -> Value {
+        json!({"method": "IamGroup", "group_name": self.group_name, "user_name": user_name})
+    }
+
+    /// Answers the run's approval task with `grant` and the access window up to
+    /// `expires_at`.
+    async fn approve(&self, run: &Run, grant: Value, expires_at: &str) -> Value {
+        let request = self
+            .op
+            .take_task(run, &self.op.out.request_queue_url, "approval", STEP)
+            .await;
+        let approval = json!({
+            "approver_name": "carol", "approvers": ["carol"],
+            "requester_arn": REQUESTER_ARN, "expires_at": expires_at, "grant": grant,
+        });
+        self.op.succeed(&request, &approval).await;
+        approval
+    }
+
+    async fn hold(&self, run: &Run) -> Taken {
+        self.op
+            .take_task(run, &self.op.out.request_queue_url, "hold", STEP)
+            .await
+    }
+
+    async fn failed_grant(&self, run: &Run) -> DescribeExecutionOutput {
+        let d = self.op.finished(run, STEP).await;
+        assert_eq!(d.status(), &ExecutionStatus::Failed, "{:?}", d.output());
+        assert_eq!(d.error(), Some("GrantFailed"), "{:?}", d.cause());
+        let alerts = self
+            .op
+            .alerts(run, &["requested", "approved", "grant_failed"])
+            .await;
+        assert_eq!(
+            alerts["grant_failed"]["error"]["Cause"],
+            d.cause().unwrap_or_default(),
+            "the execution's cause is the error the alert carries"
+        );
+        d
+    }
+}
+
+/// The revoked grant's cleanup, run to its end.
+async fn cleanup_finished(op: &Operator, run: &Run, timeout: Duration) -> DescribeExecutionOutput {
+    let arn = op.cleanup_execution(run).await.execution_arn().to_string();
+    let (sfn, arn) = (&op.sfn, arn.as_str());
+    eventually("the session cleanup to finish", timeout, || async move {
+        let d = sfn
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        match d.status() {
+            ExecutionStatus::Running => Err("RUNNING".to_string()),
+            _ => Ok(d),
+        }
+    })
+    .await
+}
+
+/// IdentityCenter: the approved user gets exactly the approved permission set in the
+/// approved accounts; a forged execution input (another user, another grant) changes
+/// nothing; answering the hold removes the assignments and the holders.
+#[tokio::test]
+async fn identity_center_grants_only_the_approved_user_and_revokes_early() {
+    let m = Methods::deploy("sm-ic").await;
+    let alice = m.ic_user(&support::unique("alice")).await;
+    let mallory_name = support::unique("mallory");
+    let mallory = m.ic_user(&mallory_name).await;
+    let alice_name = m
+        .call(
+            "identitystore",
+            "AWSIdentityStore.DescribeUser",
+            json!({"IdentityStoreId": m.identity_store_id, "UserId": alice}),
+        )
+        .await["UserName"]
+        .as_str()
+        .expect("user name")
+        .to_string();
+    // The input names mallory everywhere a careless flow could look.
+    let forged_grant = json!({"method": "IdentityCenter", "instance_arn": m.instance_arn,
+        "identity_store_id": m.identity_store_id, "permission_set_arn": m.permission_set_arn,
+        "account_ids": [ACCOUNT_A, ACCOUNT_B], "user_attribute_path": "emails.value",
+        "user": format!("{mallory_name}@example.com"), "user_id": mallory});
+    let run = m
+        .start(
+            "IdentityCenter",
+            3600,
+            json!({"requester_name": mallory_name, "grant": forged_grant,
+                   "approval": {"grant": forged_grant}, "ic_user": {"user_id": mallory},
+                   "sync": {"mode": "revoke", "last": "created"}}),
+        )
+        .await;
+    let expires_at = in_seconds(3600);
+    m.approve(&run, m.ic_grant(&alice_name, &[ACCOUNT_A]), &expires_at)
+        .await;
+
+    let hold = m.hold(&run).await;
+    let grant = &hold.body["grant"];
+    assert_eq!(grant["method"], "IdentityCenter");
+    assert_eq!(grant["user_id"], alice.as_str());
+    assert_eq!(grant["account_ids"], json!([ACCOUNT_A]));
+    assert_eq!(grant["permission_set_arn"], m.permission_set_arn.as_str());
+    assert_eq!(grant["expires_at"], expires_at.as_str());
+    assert!(
+        grant["granted_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && instant(t) <= jiff::Timestamp::now()),
+        "{grant}"
+    );
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.as_str()],
+        "only alice, only A"
+    );
+    assert!(m.assigned(ACCOUNT_B).await.is_empty());
+    let key = format!("ic|{}|{ACCOUNT_A}|{alice}", m.permission_set_arn);
+    assert_eq!(
+        m.holders().await,
+        [(key, run.name.clone(), expires_at.clone())]
+    );
+    // The cleanup that enforces expiry was started before the grant, with the grant.
+    let cleanup = m.op.cleanup_execution(&run).await;
+    assert_eq!(cleanup.status(), &ExecutionStatus::Running);
+    assert_eq!(cleanup_input(&cleanup), json!({"grant": grant}));
+
+    m.op.succeed(&hold, &json!({"ended_by": "bob", "reason": "revoked"}))
+        .await;
+    let output = m.op.succeeded_with(&run, "Revoked").await;
+    assert_eq!(output["grant"], *grant);
+    assert_eq!(
+        output["revoke"]["assignments"],
+        json!([{"account_id": ACCOUNT_A, "assignment": "absent"}])
+    );
+    assert!(m.assigned(ACCOUNT_A).await.is_empty(), "revoked");
+    assert!(m.holders().await.is_empty(), "its holder is gone");
+    let alerts =
+        m.op.alerts(&run, &["requested", "approved", "granted", "revoked"])
+            .await;
+    assert_eq!(alerts["granted"]["grant"], *grant);
+    assert_eq!(alerts["revoked"]["grant"], *grant);
+    // No trust-policy work was asked of the operator.
+    m.op.assert_empty(&m.op.out.work_queue_url, "the work queue")
+        .await;
+}
+
+/// IdentityCenter and IamGroup: the flow's own revoke at expiry (the hold times out),
+/// in every account.
+#[tokio::test]
+async fn both_methods_expire_when_the_hold_times_out() {
+    let m = Methods::deploy("sm-methods-expire").await;
+    let alice_name = support::unique("alice");
+    let alice = m.ic_user(&alice_name).await;
+    let bob = m.iam_user("bob").await;
+    // One after the other: the request queue is shared, and each test answers its
+    // run's messages in order.
+    // The hold times out after 3 s; the access window is longer, so the grant's own
+    // check that a live holder remains is not what ends it.
+    let ic = m.start("IdentityCenter", 3, json!({})).await;
+    m.approve(
+        &ic,
+        m.ic_grant(&alice_name, &[ACCOUNT_A, ACCOUNT_B]),
+        &in_seconds(10),
+    )
+    .await;
+    m.hold(&ic).await;
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()]);
+    assert_eq!(m.assigned(ACCOUNT_B).await, [alice.as_str()]);
+    m.op.succeeded_with(&ic, "Expired").await;
+    assert!(m.assigned(ACCOUNT_A).await.is_empty());
+    assert!(m.assigned(ACCOUNT_B).await.is_empty());
+    m.op.alerts(&ic, &["requested", "approved", "granted", "expired"])
+        .await;
+
+    let group = m.start("IamGroup", 3, json!({})).await;
+    m.approve(&group, m.group_grant(&bob), &in_seconds(10))
+        .await;
+    m.hold(&group).await;
+    assert_eq!(m.members().await, [bob.as_str()]);
+    let output = m.op.succeeded_with(&group, "Expired").await;
+    assert_eq!(
+        output["revoke"]["assignments"],
+        json!([{"assignment": "absent"}])
+    );
+    assert!(m.members().await.is_empty());
+    assert!(m.holders().await.is_empty());
+    m.op.alerts(&group, &["requested", "approved", "granted", "expired"])
+        .await;
+    // The cleanups ran at expires_at too, found nothing left, and changed nothing.
+    for run in [&ic, &group] {
+        let cleaned = cleanup_finished(&m.op, run, Duration::from_secs(10) + STEP).await;
+        assert_eq!(
+            cleaned.status(),
+            &ExecutionStatus::Succeeded,
+            "{:?}",
+            cleaned.cause()
+        );
+    }
+    assert!(m.assigned(ACCOUNT_A).await.is_empty());
+    assert!(m.members().await.is_empty());
+}
+
+/// IamGroup: only the approved user joins the group; the forged input's user does not;
+/// answering the hold removes the membership.
+#[tokio::test]
+async fn iam_group_adds_only_the_approved_user_and_removes_it_early() {
+    let m = Methods::deploy("sm-group").await;
+    let alice = m.iam_user("alice").await;
+    let mallory = m.iam_user("mallory").await;
+    let forged = m.group_grant(&mallory);
+    let run = m
+        .start(
+            "IamGroup",
+            3600,
+            json!({"requester_name": mallory, "grant": forged, "approval": {"grant": forged}}),
+        )
+        .await;
+    let expires_at = in_seconds(3600);
+    m.approve(&run, m.group_grant(&alice), &expires_at).await;
+    let hold = m.hold(&run).await;
+    assert_eq!(
+        hold.body["grant"].as_object().map(|g| {
+            let mut keys: Vec<_> = g.keys().cloned().collect();
+            keys.sort();
+            keys
+        }),
+        Some(
+            [
+                "expires_at",
+                "granted_at",
+                "group_name",
+                "method",
+                "user_name"
+            ]
+            .map(String::from)
+            .to_vec()
+        )
+    );
+    assert_eq!(hold.body["grant"]["user_name"], alice.as_str());
+    assert_eq!(hold.body["grant"]["group_name"], m.group_name.as_str());
+    assert_eq!(m.members().await, [alice.as_str()], "only alice");
+    assert_eq!(
+        m.holders().await,
+        [(
+            format!("group|{}|{alice}", m.group_name),
+            run.name.clone(),
+            expires_at.clone()
+        )]
+    );
+    m.op.succeed(&hold, &json!({"ended_by": "bob", "reason": "revoked"}))
+        .await;
+    let output = m.op.succeeded_with(&run, "Revoked").await;
+    assert_eq!(
+        output["revoke"]["assignments"],
+        json!([{"assignment": "absent"}])
+    );
+    assert!(m.members().await.is_empty());
+    assert!(m.holders().await.is_empty());
+    m.op.alerts(&run, &["requested", "approved", "granted", "revoked"])
+        .await;
+}
+
+/// Two overlapping grants of one assignment (one user, permission set and account) or
+/// membership share it: the first revoke keeps it, the last removes it (AWS TEAM's bug).
+#[tokio::test]
+async fn overlapping_grants_share_one_assignment_until_the_last_revoke() {
+    let m = Methods::deploy("sm-overlap").await;
+    let alice_name = support::unique("alice");
+    let alice = m.ic_user(&alice_name).await;
+    let bob = m.iam_user("bob").await;
+    let expires_at = in_seconds(3600);
+    let (mut runs, mut holds) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let ic = m.start("IdentityCenter", 3600, json!({})).await;
+        m.approve(&ic, m.ic_grant(&alice_name, &[ACCOUNT_A]), &expires_at)
+            .await;
+        let ic_hold = m.hold(&ic).await;
+        let group = m.start("IamGroup", 3600, json!({})).await;
+        m.approve(&group, m.group_grant(&bob), &expires_at).await;
+        holds.push((ic_hold, m.hold(&group).await));
+        runs.push((ic, group));
+    }
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.as_str()],
+        "one assignment"
+    );
+    assert_eq!(m.members().await, [bob.as_str()]);
+    assert_eq!(m.holders().await.len(), 4, "{:?}", m.holders().await);
+
+    // The first ends: the other still holds both.
+    let (first_ic, first_group) = &runs[0];
+    m.op.succeed(&holds[0].0, &json!({"reason": "revoked"}))
+        .await;
+    m.op.succeed(&holds[0].1, &json!({"reason": "revoked"}))
+        .await;
+    let out = m.op.succeeded_with(first_ic, "Revoked").await;
+    assert_eq!(
+        out["revoke"]["assignments"],
+        json!([{"account_id": ACCOUNT_A, "assignment": "present"}]),
+        "kept for the other grant"
+    );
+    // Kept without a gap: the first revoke never deleted it (and made it again).
+    for run in [first_ic, first_group] {
+        let history =
+            m.op.sfn
+                .get_execution_history()
+                .execution_arn(&run.arn)
+                .max_results(1000)
+                .send()
+                .await
+                .expect("history");
+        let calls: Vec<&str> = history
+            .events()
+            .iter()
+            .filter(|e| e.r#type() == &HistoryEventType::TaskStateEntered)
+            .filter_map(|e| e.state_entered_event_details().map(|s| s.name()))
+            .filter(|n| ["IcDelete", "IcCreate", "GroupRemove", "GroupAdd"].contains(n))
+            .collect();
+        assert!(
+            calls == ["IcCreate"] || calls == ["GroupAdd"],
+            "{}: the grant's one create, no revoke call: {calls:?}",
+            run.name
+        );
+    }
+    let out = m.op.succeeded_with(first_group, "Revoked").await;
+    assert_eq!(
+        out["revoke"]["assignments"],
+        json!([{"assignment": "present"}])
+    );
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.as_str()],
+        "still granted"
+    );
+    assert_eq!(m.members().await, [bob.as_str()], "still a member");
+    let holders = m.holders().await;
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    assert!(
+        holders
+            .iter()
+            .all(|(_, request, _)| *request == runs[1].0.name || *request == runs[1].1.name)
+    );
+
+    // The last ends: gone.
+    m.op.succeed(&holds[1].0, &json!({"reason": "revoked"}))
+        .await;
+    m.op.succeed(&holds[1].1, &json!({"reason": "revoked"}))
+        .await;
+    m.op.succeeded_with(&runs[1].0, "Revoked").await;
+    m.op.succeeded_with(&runs[1].1, "Revoked").await;
+    assert!(m.assigned(ACCOUNT_A).await.is_empty());
+    assert!(m.members().await.is_empty());
+    assert!(m.holders().await.is_empty());
+}
+
+/// A grant that cannot be made fails `GrantFailed` with AWS's reason as the cause and
+/// leaves nothing: unknown Identity Center user, unknown permission set, unknown IAM
+/// user, a user at IAM's 10-group limit, an approval naming another instance.
+#[tokio::test]
+async fn grants_that_cannot_be_made_fail_and_leave_nothing() {
+    let m = Methods::deploy("sm-methods-fail").await;
+    let alice_name = support::unique("alice");
+    m.ic_user(&alice_name).await;
+    let expires_at = in_seconds(3600);
+
+    let unknown_user = m.start("IdentityCenter", 3600, json!({})).await;
+    m.approve(
+        &unknown_user,
+        m.ic_grant("nobody", &[ACCOUNT_A]),
+        &expires_at,
+    )
+    .await;
+    let d = m.failed_grant(&unknown_user).await;
+    assert!(
+        d.cause().is_some_and(|c| c.contains("USER not found")),
+        "{:?}",
+        d.cause()
+    );
+
+    let unknown_ps = m.start("IdentityCenter", 3600, json!({})).await;
+    let mut grant = m.ic_grant(&alice_name, &[ACCOUNT_A]);
+    let missing = format!(
+        "{}/ps-0000000000000000",
+        m.permission_set_arn.rsplit_once('/').expect("ps arn").0
+    );
+    grant["permission_set_arn"] = json!(missing);
+    m.approve(&unknown_ps, grant, &expires_at).await;
+    let d = m.failed_grant(&unknown_ps).await;
+    assert!(
+        d.cause().is_some_and(|c| c.contains("SsoAdmin")),
+        "{:?}",
+        d.cause()
+    );
+
+    let other_instance = m.start("IdentityCenter", 3600, json!({})).await;
+    let mut grant = m.ic_grant(&alice_name, &[ACCOUNT_A]);
+    grant["instance_arn"] = json!("arn:aws:sso:::instance/ssoins-0000000000000000");
+    m.approve(&other_instance, grant, &expires_at).await;
+    let d = m.failed_grant(&other_instance).await;
+    assert!(
+        d.cause()
+            .is_some_and(|c| c.contains("IdentityCenterInstanceArn")),
+        "{:?}",
+        d.cause()
+    );
+
+    // No account at all: refused, not "granted" with nothing made.
+    let no_account = m.start("IdentityCenter", 3600, json!({})).await;
+    m.approve(&no_account, m.ic_grant(&alice_name, &[]), &expires_at)
+        .await;
+    let d = m.failed_grant(&no_account).await;
+    assert!(
+        d.cause().is_some_and(|c| c.contains("lacks a field")),
+        "{:?}",
+        d.cause()
+    );
+
+    let unknown_iam_user = m.start("IamGroup", 3600, json!({})).await;
+    m.approve(
+        &unknown_iam_user,
+        m.group_grant("nobody-at-all"),
+        &expires_at,
+    )
+    .await;
+    let d = m.failed_grant(&unknown_iam_user).await;
+    assert!(
+        d.cause().is_some_and(|c| c.contains("nobody-at-all")),
+        "{:?}",
+        d.cause()
+    );
+
+    // Ten groups already, not this one: refused before anything is made.
+    let busy = m.iam_user("busy").await;
+    for _ in 0..10 {
+        let g = support::unique("other");
+        m.op.iam
+            .create_group()
+            .group_name(&g)
+            .send()
+            .await
+            .expect("group");
+        m.op.iam
+            .add_user_to_group()
+            .group_name(&g)
+            .user_name(&busy)
+            .send()
+            .await
+            .expect("add");
+    }
+    let limited = m.start("IamGroup", 3600, json!({})).await;
+    m.approve(&limited, m.group_grant(&busy), &expires_at).await;
+    let d = m.failed_grant(&limited).await;
+    assert!(
+        d.cause()
+            .is_some_and(|c| c.contains("10 IAM groups") && c.contains(&busy)),
+        "{:?}",
+        d.cause()
+    );
+
+    assert!(m.assigned(ACCOUNT_A).await.is_empty());
+    assert!(m.members().await.is_empty());
+    assert!(m.holders().await.is_empty());
+    m.op.assert_empty(&m.op.out.work_queue_url, "the work queue")
+        .await;
+}
+
+/// The execution is stopped by an AWS caller while access is live (its own revoke never
+/// runs): the session cleanup, started before the grant, still removes the assignment
+/// and the membership at expires_at, not before.
+#[tokio::test]
+async fn the_cleanup_revokes_at_expiry_when_the_execution_was_stopped() {
+    let m = Methods::deploy("sm-methods-stopped").await;
+    let alice_name = support::unique("alice");
+    let alice = m.ic_user(&alice_name).await;
+    let bob = m.iam_user("bob").await;
+    let expires_at = in_seconds(10);
+    let ic = m.start("IdentityCenter", 3600, json!({})).await;
+    m.approve(&ic, m.ic_grant(&alice_name, &[ACCOUNT_A]), &expires_at)
+        .await;
+    let ic_hold = m.hold(&ic).await;
+    let group = m.start("IamGroup", 3600, json!({})).await;
+    m.approve(&group, m.group_grant(&bob), &expires_at).await;
+    let holds = [ic_hold, m.hold(&group).await];
+    for run in [&ic, &group] {
+        m.op.sfn
+            .stop_execution()
+            .execution_arn(&run.arn)
+            .send()
+            .await
+            .expect("stop");
+    }
+    // moto 5.2.5 keeps an execution that waits for a task token RUNNING after
+    // StopExecution; the answer then ends it ABORTED, its revoke not run (as on AWS).
+    for hold in &holds {
+        m.op.succeed(hold, &json!({"reason": "revoked"})).await;
+    }
+    for run in [&ic, &group] {
+        let d = m.op.finished(run, STEP).await;
+        assert_eq!(d.status(), &ExecutionStatus::Aborted);
+    }
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.as_str()],
+        "not revoked yet"
+    );
+    assert_eq!(m.members().await, [bob.as_str()]);
+
+    let (mm, e) = (&m, expires_at.as_str());
+    let removed_at = eventually(
+        "the cleanups to remove the assignment and the membership",
+        Duration::from_secs(10) + STEP,
+        || async move {
+            let now = jiff::Timestamp::now();
+            if mm.assigned(ACCOUNT_A).await.is_empty() && mm.members().await.is_empty() {
+                Ok(now)
+            } else {
+                Err(format!("still granted at {now} (expires_at {e})"))
+            }
+        },
+    )
+    .await;
+    // moto floors a Wait's remaining time to whole seconds.
+    assert!(
+        removed_at >= instant(&expires_at) - jiff::SignedDuration::from_secs(1),
+        "removed at {removed_at}, before expires_at {expires_at}"
+    );
+    for run in [&ic, &group] {
+        let d = cleanup_finished(&m.op, run, STEP).await;
+        assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
+    }
+    assert!(m.holders().await.is_empty());
+}
+
+/// The session cleanup revokes only what its input's grant names, for this
+/// installation's instance, and only what no live grant holds: a forged start (by an
+/// AWS caller with states:StartExecution on it) cannot take away someone's live
+/// assignment, and input that is not a well-formed grant deletes nothing.
+#[tokio::test]
+async fn a_forged_cleanup_cannot_take_a_live_grant_away() {
+    let m = Methods::deploy("sm-forged-cleanup").await;
+    let alice_name = support::unique("alice");
+    let alice = m.ic_user(&alice_name).await;
+    let run = m.start("IdentityCenter", 3600, json!({})).await;
+    m.approve(
+        &run,
+        m.ic_grant(&alice_name, &[ACCOUNT_A]),
+        &in_seconds(3600),
+    )
+    .await;
+    let hold = m.hold(&run).await;
+    let grant = hold.body["grant"].clone();
+    let start = |name: String, input: Value| {
+        let op = &m.op;
+        async move {
+            let started = op
+                .sfn
+                .start_execution()
+                .state_machine_arn(&op.out.cleanup_state_machine_arn)
+                .name(&name)
+                .input(input.to_string())
+                .send()
+                .await
+                .expect("start a cleanup");
+            let arn = started.execution_arn().to_string();
+            let sfn = &op.sfn;
+            eventually("the forged cleanup to end", STEP, || async {
+                let d = sfn
+                    .describe_execution()
+                    .execution_arn(&arn)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                match d.status() {
+                    ExecutionStatus::Running => Err("RUNNING".to_string()),
+                    _ => Ok(d),
+                }
+            })
+            .await
+        }
+    };
+    // Its exact grant, already expired, under another name: alice's live holder stays.
+    let mut expired = grant.clone();
+    expired["expires_at"] = json!("2020-01-01T00:00:00Z");
+    let d = start(support::unique("ar-forged"), json!({"grant": expired})).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
+    assert_eq!(
+        m.assigned(ACCOUNT_A).await,
+        [alice.as_str()],
+        "kept for the live grant"
+    );
+    assert_eq!(m.holders().await.len(), 1);
+    // Another instance, or a malformed grant: refused before anything is deleted.
+    for bad in [
+        json!({"grant": {"method": "IdentityCenter", "instance_arn": "arn:aws:sso:::instance/ssoins-0000000000000000",
+                         "permission_set_arn": grant["permission_set_arn"], "account_ids": [ACCOUNT_A],
+                         "user_id": alice, "expires_at": "2020-01-01T00:00:00Z"}}),
+        json!({"grant": {"method": "IdentityCenter"}}),
+        json!({"grant": {"method": "Something"}}),
+    ] {
+        let d = start(support::unique("ar-forged"), bad.clone()).await;
+        assert_eq!(d.status(), &ExecutionStatus::Failed, "{bad}");
+        assert_eq!(d.error(), Some("NotAGrant"), "{bad}");
+    }
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()]);
+    m.op.succeed(&hold, &json!({"reason": "revoked"})).await;
+    m.op.succeeded_with(&run, "Revoked").await;
+}
+
+/// "One implementation": the revoke the flow runs and the one its session cleanup runs
+/// at expiry are the same states (a CloudFormation template cannot share a fragment
+/// between two definitions, so this test keeps the two copies equal).
+#[tokio::test]
+async fn the_flow_and_its_cleanup_revoke_with_the_same_states() {
+    let m = Methods::deploy("sm-same-revoke").await;
+    let flow = m.op.definition(&m.op.out.state_machine_arn).await;
+    let cleanup = m.op.definition(&m.op.out.cleanup_state_machine_arn).await;
+    for engine in ["IcSync", "GroupSync"] {
+        let strip = |d: &Value| {
+            let mut s = d["States"][engine].clone();
+            let o = s.as_object_mut().unwrap_or_else(|| panic!("{engine}"));
+            o.remove("Catch");
+            o.remove("Next");
+            s
+        };
+        assert_eq!(strip(&flow), strip(&cleanup), "{engine}");
+    }
+}
+
+/// The IdentityCenter polling loop (moto's assignments are SUCCEEDED at once, so its
+/// IN_PROGRESS and FAILED branches never run on the real flow there): the shipped poll
+/// states, taken from the deployed definition, run as a machine of their own in which
+/// only the status calls are stand-ins (a Pass that plays a scripted status per poll)
+/// and the 3 s Wait is 0 s. Checked: IN_PROGRESS is polled until SUCCEEDED, FAILED
+/// fails with AWS's reason, and a status stuck IN_PROGRESS fails after 40 polls.
+#[tokio::test]
+async fn the_assignment_polling_loop_waits_out_in_progress_and_fails_on_failed() {
+    let m = Methods::deploy("sm-poll").await;
+    let flow = m.op.definition(&m.op.out.state_machine_arn).await;
+    let engine = &flow["States"]["IcSync"]["ItemProcessor"]["States"];
+    for (kind, field) in [
+        ("Creation", "AccountAssignmentCreationStatus"),
+        ("Deletion", "AccountAssignmentDeletionStatus"),
+    ] {
+        let name = |s: &str| format!("Ic{kind}{s}");
+        let mut states = serde_json::Map::new();
+        for s in ["Polls", "Settled", "Wait", "Polled", "TimedOut"] {
+            states.insert(name(s), engine[name(s)].clone());
+        }
+        states.insert("IcFailed".into(), engine["IcFailed"].clone());
+        let lower = kind.to_lowercase();
+        // The shipped Status call reads `$.<kind>.request_id` and writes
+        // `$.<kind>` = {request_id, status}; so does its stand-in.
+        assert_eq!(
+            engine[name("Status")]["ResultSelector"],
+            json!({"request_id.$": format!("$.{field}.RequestId"), "status.$": format!("$.{field}.Status")})
+        );
+        states.insert(
+            name("Status"),
+            json!({"Type": "Pass", "Parameters": {"request_id.$": format!("$.{lower}.request_id"),
+                   "status.$": "States.ArrayGetItem($.script, $.polls.n)"},
+                   "ResultPath": format!("$.{lower}"), "Next": engine[name("Status")]["Next"]}),
+        );
+        assert_eq!(
+            engine[name("Failure")]["ResultSelector"]["Cause.$"],
+            format!("$.{field}.FailureReason")
+        );
+        states.insert(
+            name("Failure"),
+            json!({"Type": "Pass", "Parameters": {"Error": engine[name("Failure")]["ResultSelector"]["Error"],
+                   "Cause": "stand-in FailureReason"}, "ResultPath": "$.failure", "Next": "IcFailed"}),
+        );
+        let ok = engine[name("Settled")]["Choices"][0]["Next"]
+            .as_str()
+            .expect("next")
+            .to_string();
+        states.insert(ok.clone(), json!({"Type": "Succeed"}));
+        let mut wait = states[&name("Wait")].clone();
+        assert_eq!(wait["Seconds"], 3);
+        wait["Seconds"] = json!(0);
+        states.insert(name("Wait"), wait);
+        let definition = json!({"StartAt": name("Polls"), "States": states});
+        let created =
+            m.op.sfn
+                .create_state_machine()
+                .name(support::unique("poll"))
+                .definition(definition.to_string())
+                .role_arn(&m.op.out.state_machine_role_arn)
+                .send()
+                .await
+                .expect("create the poll machine");
+        let run = |statuses: Vec<&str>| {
+            let sfn = &m.op.sfn;
+            let arn = created.state_machine_arn().to_string();
+            let first = statuses[0].to_string();
+            let input = json!({lower.clone(): {"request_id": "r-1", "status": first},
+                               "script": statuses[1..].to_vec(), "grant": {"instance_arn": "i"}});
+            async move {
+                let started = sfn
+                    .start_execution()
+                    .state_machine_arn(arn)
+                    .name(support::unique("poll"))
+                    .input(input.to_string())
+                    .send()
+                    .await
+                    .expect("start");
+                let ex = started.execution_arn().to_string();
+                let d = eventually("the poll machine to end", STEP * 2, || async {
+                    let d = sfn
+                        .describe_execution()
+                        .execution_arn(&ex)
+                        .send()
+                        .await
+                        .map_err(|e| format!("{e:?}"))?;
+                    match d.status() {
+                        ExecutionStatus::Running => Err("RUNNING".to_string()),
+                        _ => Ok(d),
+                    }
+                })
+                .await;
+                let history = sfn
+                    .get_execution_history()
+                    .execution_arn(&ex)
+                    .max_results(1000)
+                    .send()
+                    .await
+                    .expect("history");
+                let polls = history
+                    .events()
+                    .iter()
+                    .filter(|e| {
+                        e.r#type() == &HistoryEventType::PassStateEntered
+                            && e.state_entered_event_details()
+                                .is_some_and(|s| s.name() == format!("Ic{kind}Status"))
+                    })
+                    .count();
+                (d, polls)
+            }
+        };
+        let (d, polls) = run(vec![
+            "IN_PROGRESS",
+            "IN_PROGRESS",
+            "IN_PROGRESS",
+            "SUCCEEDED",
+        ])
+        .await;
+        assert_eq!(
+            d.status(),
+            &ExecutionStatus::Succeeded,
+            "{kind}: {:?}",
+            d.cause()
+        );
+        assert_eq!(polls, 3, "{kind}: polled until SUCCEEDED");
+        let (d, _) = run(vec!["SUCCEEDED"]).await;
+        assert_eq!(
+            d.status(),
+            &ExecutionStatus::Succeeded,
+            "{kind}: settled at once"
+        );
+        let (d, polls) = run(vec!["IN_PROGRESS", "IN_PROGRESS", "FAILED"]).await;
+        assert_eq!(d.status(), &ExecutionStatus::Failed, "{kind}");
+        assert_eq!(
+            d.error(),
+            Some(format!("IdentityCenter.Assignment{kind}Failed").as_str())
+        );
+        assert_eq!(d.cause(), Some("stand-in FailureReason"));
+        assert_eq!(polls, 2, "{kind}");
+        let (d, polls) = run(vec!["IN_PROGRESS"; 42]).await;
+        assert_eq!(d.status(), &ExecutionStatus::Failed, "{kind}");
+        assert_eq!(
+            d.error(),
+            Some(format!("IdentityCenter.Assignment{kind}TimedOut").as_str())
+        );
+        assert_eq!(polls, 40, "{kind}: at most 40 polls");
+    }
+}
+
+/// The IdentityCenter engine's convergence, on the real assignment calls (moto), with
+/// only the holder count a stand-in: a race between a revoke and a new grant of the same
+/// assignment cannot be timed on moto, so the shipped engine (taken from the deployed
+/// definition) runs as a machine of its own whose `IcQuery` plays a scripted count per
+/// round. Checked: a revoke that finds a live holder keeps the assignment without a
+/// call; one that finds none deletes it, and when a holder has appeared by the time it
+/// looks again, makes it again (never a live grant without its assignment); a grant
+/// whose holder is no longer live fails and leaves nothing; holders that come and go
+/// forever end NotConverged after 4 rounds.
+#[tokio::test]
+async fn the_assignment_engine_restores_an_assignment_a_racing_grant_holds() {
+    let m = Methods::deploy("sm-engine").await;
+    let alice = m.ic_user(&support::unique("alice")).await;
+    let flow = m.op.definition(&m.op.out.state_machine_arn).await;
+    let mut states = flow["States"]["IcSync"]["ItemProcessor"]["States"].clone();
+    assert_eq!(
+        states["IcQuery"]["Resource"],
+        "arn:aws:states:::aws-sdk:dynamodb:query"
+    );
+    states["IcQuery"] = json!({"Type": "Pass",
+        "Parameters": {"live.$": "States.ArrayGetItem($.script, $.rounds.n)"},
+        "ResultPath": "$.holders", "Next": states["IcQuery"]["Next"]});
+    // IcKey shapes the item; the stand-in's script rides along.
+    states["IcKey"]["Parameters"]["script.$"] = json!("$.script");
+    let definition = json!({"StartAt": "IcKey", "States": states});
+    let machine =
+        m.op.sfn
+            .create_state_machine()
+            .name(support::unique("engine"))
+            .definition(definition.to_string())
+            .role_arn(&m.op.out.state_machine_role_arn)
+            .send()
+            .await
+            .expect("create the engine machine")
+            .state_machine_arn()
+            .to_string();
+    let grant = json!({"method": "IdentityCenter", "instance_arn": m.instance_arn,
+        "permission_set_arn": m.permission_set_arn, "account_ids": [ACCOUNT_A],
+        "user_id": alice, "expires_at": in_seconds(3600)});
+    let run = |mode: &str, last: &str, script: Vec<u32>| {
+        let input = json!({"account_id": ACCOUNT_A, "grant": grant, "mode": mode,
+                           "last": last, "script": script});
+        let (sfn, machine) = (&m.op.sfn, machine.as_str());
+        async move {
+            let ex = sfn
+                .start_execution()
+                .state_machine_arn(machine)
+                .name(support::unique("engine"))
+                .input(input.to_string())
+                .send()
+                .await
+                .expect("start")
+                .execution_arn()
+                .to_string();
+            let d = eventually("the engine to end", STEP, || async {
+                let d = sfn
+                    .describe_execution()
+                    .execution_arn(&ex)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                match d.status() {
+                    ExecutionStatus::Running => Err("RUNNING".to_string()),
+                    _ => Ok(d),
+                }
+            })
+            .await;
+            let history = sfn
+                .get_execution_history()
+                .execution_arn(&ex)
+                .max_results(1000)
+                .send()
+                .await
+                .expect("history");
+            let calls: Vec<String> = history
+                .events()
+                .iter()
+                .filter(|e| e.r#type() == &HistoryEventType::TaskStateEntered)
+                .filter_map(|e| {
+                    e.state_entered_event_details()
+                        .map(|s| s.name().to_string())
+                })
+                .filter(|n| n == "IcCreate" || n == "IcDelete")
+                .collect();
+            let output: Value = d
+                .output()
+                .map(|o| serde_json::from_str(o).expect("JSON"))
+                .unwrap_or(Value::Null);
+            (d, calls, output)
+        }
+    };
+    // Granted (a live holder, created).
+    let (d, calls, out) = run("grant", "none", vec![1, 1]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
+    assert_eq!(calls, ["IcCreate"]);
+    assert_eq!(
+        out,
+        json!({"account_id": ACCOUNT_A, "assignment": "present"})
+    );
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()]);
+    // A revoke with another live holder: kept, no call.
+    let (d, calls, out) = run("revoke", "created", vec![1]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded);
+    assert!(calls.is_empty(), "{calls:?}");
+    assert_eq!(out["assignment"], "present");
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()]);
+    // A revoke that finds no holder, deletes, and then sees one that appeared: made again.
+    let (d, calls, out) = run("revoke", "created", vec![0, 1, 1]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
+    assert_eq!(calls, ["IcDelete", "IcCreate"]);
+    assert_eq!(out["assignment"], "present");
+    assert_eq!(m.assigned(ACCOUNT_A).await, [alice.as_str()], "restored");
+    // A plain last revoke: removed.
+    let (d, calls, out) = run("revoke", "created", vec![0, 0]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded);
+    assert_eq!(calls, ["IcDelete"]);
+    assert_eq!(out["assignment"], "absent");
+    assert!(m.assigned(ACCOUNT_A).await.is_empty());
+    // A grant whose own holder is no longer live (expired already): nothing stays.
+    let (d, calls, _) = run("grant", "none", vec![0, 0]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Failed);
+    assert_eq!(d.error(), Some("GrantNotHeld"));
+    assert_eq!(calls, ["IcDelete"]);
+    assert!(m.assigned(ACCOUNT_A).await.is_empty());
+    // Holders that come and go forever: bounded.
+    let (d, calls, _) = run("revoke", "created", vec![0, 1, 0, 1, 0, 1]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Failed);
+    assert_eq!(d.error(), Some("NotConverged"));
+    assert_eq!(calls.len(), 4, "{calls:?}");
+}
+
+/// The session cleanup's revoke enforces expiry, so a failure of it (beyond its Tasks'
+/// own retries) is tried again every 5 minutes, 12 times in all, before the cleanup
+/// fails. The shipped retry states, from the deployed cleanup definition, run as a
+/// machine of their own in which only the engine is a stand-in (it fails or succeeds
+/// per a script) and the 5-minute Wait is 0 s.
+#[tokio::test]
+async fn the_grant_cleanup_tries_a_failed_revoke_again() {
+    let m = Methods::deploy("sm-cleanup-retry").await;
+    let cleanup = m.op.definition(&m.op.out.cleanup_state_machine_arn).await;
+    let real = &cleanup["States"];
+    let mut states = serde_json::Map::new();
+    for s in [
+        "IcCleanupAttempts",
+        "IcCleanupSync",
+        "GrantCleanupRetry",
+        "GrantCleanupNextAttempt",
+        "GrantCleanupBackoff",
+        "GrantCleanupAgain",
+        "GrantCleaned",
+        "GrantCleanupFailed",
+    ] {
+        states.insert(s.into(), real[s].clone());
+    }
+    assert_eq!(states["GrantCleanupBackoff"]["Seconds"], 300);
+    states["GrantCleanupBackoff"]["Seconds"] = json!(0);
+    states.insert(
+        "GroupCleanupSync".into(),
+        json!({"Type": "Fail", "Error": "NotHere"}),
+    );
+    assert_eq!(real["IcSync"]["Type"], "Map");
+    states.insert(
+        "IcSync".into(),
+        json!({"Type": "Parallel", "Branches": [{"StartAt": "Pick", "States": {
+                "Pick": {"Type": "Pass", "Parameters": {"r.$": "States.ArrayGetItem($.script, $.attempts.n)"}, "Next": "Which"},
+                "Which": {"Type": "Choice", "Choices": [{"Variable": "$.r", "StringEquals": "fail", "Next": "Boom"}], "Default": "Ok"},
+                "Boom": {"Type": "Fail", "Error": "Stand.In", "Cause": "stand-in failure"},
+                "Ok": {"Type": "Pass", "Result": {"assignment": "absent"}, "End": true}}}],
+               "ResultPath": "$.sync_result", "Catch": real["IcSync"]["Catch"], "Next": real["IcSync"]["Next"]}),
+    );
+    let definition = json!({"StartAt": "IcCleanupAttempts", "States": states});
+    let machine =
+        m.op.sfn
+            .create_state_machine()
+            .name(support::unique("cleanup-retry"))
+            .definition(definition.to_string())
+            .role_arn(&m.op.out.cleanup_role_arn)
+            .send()
+            .await
+            .expect("create the retry machine")
+            .state_machine_arn()
+            .to_string();
+    let run = |script: Vec<&str>| {
+        let input = json!({"grant": {"method": "IdentityCenter"}, "script": script});
+        let (sfn, machine) = (&m.op.sfn, machine.as_str());
+        async move {
+            let ex = sfn
+                .start_execution()
+                .state_machine_arn(machine)
+                .name(support::unique("retry"))
+                .input(input.to_string())
+                .send()
+                .await
+                .expect("start")
+                .execution_arn()
+                .to_string();
+            let d = eventually("the retry machine to end", STEP * 2, || async {
+                let d = sfn
+                    .describe_execution()
+                    .execution_arn(&ex)
+                    .send()
+                    .await
+                    .map_err(|e| format!("{e:?}"))?;
+                match d.status() {
+                    ExecutionStatus::Running => Err("RUNNING".to_string()),
+                    _ => Ok(d),
+                }
+            })
+            .await;
+            let history = sfn
+                .get_execution_history()
+                .execution_arn(&ex)
+                .max_results(1000)
+                .send()
+                .await
+                .expect("history");
+            let attempts = history
+                .events()
+                .iter()
+                .filter(|e| {
+                    e.r#type() == &HistoryEventType::PassStateEntered
+                        && e.state_entered_event_details()
+                            .is_some_and(|s| s.name() == "Pick")
+                })
+                .count();
+            (d, attempts)
+        }
+    };
+    let (d, attempts) = run(vec!["fail", "fail", "ok"]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Succeeded, "{:?}", d.cause());
+    assert_eq!(attempts, 3);
+    let output: Value = serde_json::from_str(d.output().expect("output")).expect("JSON");
+    assert_eq!(output["outcome"], "Revoked");
+    let (d, attempts) = run(vec!["fail"; 13]).await;
+    assert_eq!(d.status(), &ExecutionStatus::Failed);
+    assert_eq!(d.error(), Some("CleanupFailed"));
+    assert_eq!(d.cause(), Some("stand-in failure"));
+    assert_eq!(attempts, 12, "12 attempts in all");
 }

@@ -72,6 +72,9 @@ pub struct AwsOutputs {
     pub alert_dlq_url: String,
     pub operator_policy_arn: String,
     pub relay_policy_arn: String,
+    /// The DynamoDB table of who holds each IdentityCenter assignment / IamGroup
+    /// membership (`GrantHoldersTableName`).
+    pub grant_holders_table: String,
     /// The template's `OperatorRoleArn` / `RelayRoleArn` parameters (the queue policies
     /// name them; moto enforces neither, so they need not exist).
     pub operator_role_arn: String,
@@ -272,6 +275,7 @@ impl Moto {
             alert_dlq_url: out("AlertDeadLetterQueueUrl"),
             operator_policy_arn: out("OperatorPolicyArn"),
             relay_policy_arn: out("RelayPolicyArn"),
+            grant_holders_table: out("GrantHoldersTableName"),
             operator_role_arn: params["OperatorRoleArn"].clone(),
             relay_role_arn: params["RelayRoleArn"].clone(),
         };
@@ -400,6 +404,7 @@ fn substitutions(
             "SessionCleanupStateMachine".into(),
             out.cleanup_state_machine_arn.clone(),
         ),
+        ("GrantHoldersTable".into(), out.grant_holders_table.clone()),
     ]);
     for (name, decl) in doc["Parameters"].as_mapping().expect("template Parameters") {
         let name = name.as_str().expect("parameter name").to_string();
@@ -533,4 +538,46 @@ pub async fn take_messages(
         bodies.push(m.body().unwrap_or_default().to_string());
     }
     Ok(bodies)
+}
+
+impl Moto {
+    /// One call of an AWS JSON-protocol API on moto, for the services the test crate has
+    /// no SDK client of (IAM Identity Center's `sso-admin` and `identitystore`, DynamoDB):
+    /// `signing_name` (`sso`, `identitystore`, `dynamodb`) is what moto's single server
+    /// reads from a SigV4 `Authorization` header to pick the service (it checks no
+    /// signature), `target` the operation's `X-Amz-Target`
+    /// (`SWBExternalService.ListAccountAssignments`, `AWSIdentityStore.CreateUser`,
+    /// `DynamoDB_20120810.Query`). `Err` carries the HTTP status and the error body.
+    pub async fn json_call(
+        &self,
+        signing_name: &str,
+        target: &str,
+        body: &serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let content_type = if signing_name == "dynamodb" {
+            "application/x-amz-json-1.0"
+        } else {
+            "application/x-amz-json-1.1"
+        };
+        let got = reqwest::Client::new()
+            .post(format!("{}/", self.endpoint))
+            .header(
+                "Authorization",
+                format!(
+                    "AWS4-HMAC-SHA256 Credential=testing/20260101/{REGION}/{signing_name}/aws4_request, SignedHeaders=host, Signature=0"
+                ),
+            )
+            .header("X-Amz-Target", target)
+            .header("Content-Type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .map_err(|e| format!("{target}: {e}"))?;
+        let status = got.status();
+        let text = got.text().await.map_err(|e| format!("{target}: {e}"))?;
+        if !status.is_success() {
+            return Err(format!("{target}: HTTP {status}: {text}"));
+        }
+        serde_json::from_str(&text).map_err(|e| format!("{target}: {e}: {text}"))
+    }
 }

@@ -10,13 +10,46 @@ Step Functions client, whose model names them in camelCase (`stateMachineArn`, `
 ends in `States.Runtime`. moto adds an `Input` key itself, so no spelling works unpatched.
 The fix maps each parameter to the model's member of the same name, ignoring case, which
 is what AWS does; nothing else changes (see deploy/aws/README.md, "Testing on moto").
+
+Issue 12 closes three more, for the IdentityCenter grant method:
+- The service name. AWS's resource ARN for IAM Identity Center is
+  `arn:aws:states:::aws-sdk:ssoadmin:<action>`; moto hands `ssoadmin` to boto3, which
+  knows the service as `sso-admin` (`Unknown service: 'ssoadmin'`): the Task ends in
+  `States.Runtime`. The fix adds `ssoadmin -> sso-admin` to moto's own table of Step
+  Functions names that differ from boto3's (it already maps `sfn` and `states`), so
+  the shipped template keeps AWS's spelling and moto runs it.
+- The error names. AWS names an aws-sdk Task's errors `<Service>.<Exception>` in
+  PascalCase (`SsoAdmin.ConflictException`); moto spells the service as written in the
+  ARN unless its table of error names has it (it has `dynamodb -> DynamoDb`), so it
+  would say `ssoadmin.ConflictException`, a name AWS never uses. The fix adds
+  `ssoadmin -> SsoAdmin` to that table. (IAM and Identity Store are left as moto spells
+  them, `iam.X` and `identitystore.X`: the template matches both spellings there.)
+- Duplicate assignments. On AWS an account assignment is one (principal, permission
+  set, account): creating it again changes nothing. moto appends a second identical row
+  per create, and its delete removes one row, so an assignment created by two
+  overlapping grants would survive the last revoke in moto only. The fix makes a
+  create of an existing assignment return that assignment, as AWS keeps one.
+- Permission set ARNs. AWS names a permission set
+  `arn:aws:sso:::permissionSet/ssoins-<id>/ps-<id>`; moto names it
+  `arn:aws:sso:::instance/ssoins-<id>/ps-<id>` (the instance's ARN + `/ps-<id>`), which
+  the template's ManagedPermissionSetArns pattern and the IAM resources it grants on
+  rightly refuse. The fix makes moto name them as AWS does (moto reads only the last
+  `/` part of the ARN elsewhere).
+And one of moto's CloudFormation: an `!If` that yields `AWS::NoValue` inside a list
+(a policy statement granted only when a grant method is installed) is dropped from the
+list by CloudFormation; moto leaves a null there, and IAM refuses the policy
+(`MalformedPolicyDocument`). The fix drops it, as CloudFormation does.
 """
 
 import sys
 
 import botocore.session
+from moto.cloudformation import parsing as cfn_parsing
 from moto.server import main
+from moto.ssoadmin import models as ssoadmin_models
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
+    state_task_service,
+    state_task_service_aws_sdk,
     state_task_service_sfn,
 )
 
@@ -47,6 +80,56 @@ def _normalise_parameters(
 
 
 _Sfn._normalise_parameters = _normalise_parameters
+
+# Identity Center: AWS's service name in the resource ARN, and AWS's error prefix.
+state_task_service.StateTaskService._SERVICE_NAME_SFN_TO_BOTO_OVERRIDES["ssoadmin"] = (
+    "sso-admin"
+)
+state_task_service_aws_sdk._SERVICE_ERROR_NAMES["ssoadmin"] = "SsoAdmin"
+
+# One assignment per (principal, permission set, account), as on AWS.
+_Backend = ssoadmin_models.SSOAdminBackend
+_moto_create_assignment = _Backend.create_account_assignment
+
+
+def _create_account_assignment(self, instance_arn, target_id, target_type,
+                               permission_set_arn, principal_type, principal_id):
+    try:
+        existing = self._find_account(instance_arn, target_id, target_type,
+                                      permission_set_arn, principal_type, principal_id)
+    except ssoadmin_models.ResourceNotFoundException:
+        return _moto_create_assignment(self, instance_arn, target_id, target_type,
+                                       permission_set_arn, principal_type, principal_id)
+    return existing.to_json(include_creation_date=True, include_request_id=True)
+
+
+_Backend.create_account_assignment = _create_account_assignment
+
+
+def _permission_set_id(instance_arn):
+    arn = _moto_permission_set_id(instance_arn)
+    return arn.replace(":sso:::instance/", ":sso:::permissionSet/", 1)
+
+
+_moto_permission_set_id = ssoadmin_models.PermissionSet.generate_id
+ssoadmin_models.PermissionSet.generate_id = staticmethod(_permission_set_id)
+
+# CloudFormation drops AWS::NoValue from a list.
+_moto_clean_json = cfn_parsing.clean_json
+
+
+def _clean_json(resource_json, resources_map):
+    cleaned = _moto_clean_json(resource_json, resources_map)
+    if isinstance(resource_json, list):
+        return [
+            value
+            for item, value in zip(resource_json, cleaned)
+            if not (value is None and isinstance(item, dict))
+        ]
+    return cleaned
+
+
+cfn_parsing.clean_json = _clean_json
 
 if __name__ == "__main__":
     sys.exit(main())
