@@ -102,50 +102,7 @@ const RELAY_MODULES: &[&str] = &["src/slack/relay/", "src/slack/interactions/"];
 /// Granted ahead of the code that calls them, with why: `(identity, action, resource or
 /// None for any, why)`. When the caller lands this test fails until its entry is
 /// removed, so no entry outlives its reason.
-const NOT_YET_CALLED: &[(Identity, &str, Option<&str>, &str)] = &[
-    (
-        Identity::Operator,
-        "sso:ListPermissionSets",
-        None,
-        "issue 12: the operator resolves a permission set's name to its ARN",
-    ),
-    (
-        Identity::Operator,
-        "sso:DescribePermissionSet",
-        None,
-        "issue 12: the operator resolves a permission set's name to its ARN",
-    ),
-    (
-        Identity::Operator,
-        "sso:ListAccountAssignments",
-        None,
-        "issue 12: the drift sweep of the managed permission sets",
-    ),
-    (
-        Identity::Operator,
-        "sso:DeleteAccountAssignment",
-        None,
-        "issue 12: the drift sweep, and the revoke in place of a failed execution",
-    ),
-    (
-        Identity::Operator,
-        "sso:DescribeAccountAssignmentDeletionStatus",
-        None,
-        "issue 12: the drift sweep polls its deletions",
-    ),
-    (
-        Identity::Operator,
-        "iam:GetGroup",
-        None,
-        "issue 12: the drift sweep of the managed groups",
-    ),
-    (
-        Identity::Operator,
-        "iam:RemoveUserFromGroup",
-        None,
-        "issue 12: the drift sweep of the managed groups",
-    ),
-];
+const NOT_YET_CALLED: &[(Identity, &str, Option<&str>, &str)] = &[];
 
 /// The state machines (template logical IDs) the `states:StartExecution` calls of each
 /// file start: their ARNs come from configuration, not the code's text.
@@ -237,6 +194,7 @@ fn fixed_resource(action: &str) -> Option<&'static [&'static str]> {
         // Issue 12, the operator's IdentityCenter and IamGroup calls (the drift sweep,
         // a permission set's name resolved, the revoke in a failed execution's place).
         "iam:GetGroup" | "iam:RemoveUserFromGroup" => &[MANAGED_GROUP],
+        "identitystore:GetUserId" => &[IC_STORE, IC_USER],
         "sso:ListPermissionSets" | "sso:DescribeAccountAssignmentDeletionStatus" => &[IC_INSTANCE],
         "sso:DescribePermissionSet" => &[IC_INSTANCE, IC_PERMISSION_SET],
         "sso:ListAccountAssignments" | "sso:DeleteAccountAssignment" => {

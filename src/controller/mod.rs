@@ -107,6 +107,8 @@ pub struct Guard {
 pub struct Revoker {
     pub worker: crate::grant::trust_policy::worker::Worker,
     pub cleanup: crate::grant::trust_policy::worker::CleanupTarget,
+    /// The methods the state machine performs (IdentityCenter, IamGroup).
+    pub methods: Arc<crate::grant::sweeper::Methods>,
 }
 
 /// Shared by every reconcile.
@@ -1037,6 +1039,29 @@ async fn operator_revoke(
     tokens: &tokens::Tokens,
 ) -> Result<(), Error> {
     let status = request.status.clone().unwrap_or_default();
+    let role = ctx
+        .roles
+        .get_opt(&request.spec.role)
+        .await
+        .map_err(Error::Kube)?;
+    let outcome = match (&ctx.revoker, &role) {
+        (Some(revoker), Some(role)) if role.spec.method != crate::crd::GrantMethod::TrustPolicy => {
+            end_method_grant(ctx, revoker, role, request, &status, tokens, state).await
+        }
+        _ => end_trust_policy_grant(ctx, execution_arn, &status, tokens, state).await,
+    };
+    record_operator_end(request, ctx, api, &status, outcome).await
+}
+
+/// Ends a TrustPolicy grant with the worker (the session deny tightened, the statement
+/// removed): the phase and message after it, or why it failed.
+async fn end_trust_policy_grant(
+    ctx: &Context,
+    execution_arn: &str,
+    status: &AccessRequestStatus,
+    tokens: &tokens::Tokens,
+    state: &ExecutionState,
+) -> Result<(Phase, String), String> {
     let result = match &ctx.revoker {
         None => Err("this controller runs without IAM access (no revoker)".to_owned()),
         Some(revoker) => match ctx.sfn.input_of(execution_arn).await {
@@ -1062,14 +1087,93 @@ async fn operator_revoke(
             }
         },
     };
+    result.map(|(out, expires_at)| {
+        let at = decide::expiry_after(jiff::Timestamp::now(), 0);
+        let expired = expires_at.as_str() <= at.as_str();
+        info!(removed = ?out.revoked.removed, "ended a trust-policy grant its execution left");
+        decide::after_operator_revoke(state, expired, out.tightened, &at)
+    })
+}
+
+/// Ends an IdentityCenter or IamGroup grant in place of its execution: what the request
+/// accounts for, unless another live request accounts for it too.
+async fn end_method_grant(
+    ctx: &Context,
+    revoker: &Revoker,
+    role: &AccessRole,
+    request: &AccessRequest,
+    status: &AccessRequestStatus,
+    tokens: &tokens::Tokens,
+    state: &ExecutionState,
+) -> Result<(Phase, String), String> {
+    let requests: Api<AccessRequest> = match &ctx.settings.watch_namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let requests = requests
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("cannot list requests: {e}"))?
+        .items;
+    let roles = ctx
+        .roles
+        .list(&Default::default())
+        .await
+        .map_err(|e| format!("cannot list AccessRoles: {e}"))?
+        .items;
+    use crate::grant::sweeper::end_grant;
+    let removed = match role.spec.method {
+        crate::crd::GrantMethod::IdentityCenter => {
+            end_grant(
+                &revoker.methods.identity_center,
+                role,
+                request,
+                &requests,
+                &roles,
+            )
+            .await
+        }
+        _ => end_grant(&revoker.methods.iam_group, role, request, &requests, &roles).await,
+    }
+    .map_err(|e| e.to_string())?;
+    let at = decide::expiry_after(jiff::Timestamp::now(), 0);
+    let expires_at = status
+        .expires_at
+        .as_ref()
+        .map(|t| decide::expiry_after(t.0, 0))
+        .or_else(|| tokens.get(keys::APPROVED_UNTIL).map(str::to_owned))
+        .unwrap_or_else(|| at.clone());
+    let expired = expires_at.as_str() <= at.as_str();
+    let what = if removed.is_empty() {
+        "nothing of it was left in AWS (or another live request holds it)".to_owned()
+    } else {
+        removed
+            .iter()
+            .map(crate::grant::Held::describe)
+            .collect::<Vec<_>>()
+            .join("; ")
+            + " removed"
+    };
+    Ok(decide::after_operator_end(
+        state,
+        expired,
+        format!("the operator ended access at {at}: {what}"),
+    ))
+}
+
+/// Records how the operator's end of a grant went: the phase after it, or loudly that
+/// it keeps failing.
+async fn record_operator_end(
+    request: &AccessRequest,
+    ctx: &Context,
+    api: &Api<AccessRequest>,
+    status: &AccessRequestStatus,
+    outcome: Result<(Phase, String), String>,
+) -> Result<(), Error> {
     let generation = request.metadata.generation;
-    match result {
-        Ok((out, expires_at)) => {
-            let at = decide::expiry_after(jiff::Timestamp::now(), 0);
-            let expired = expires_at.as_str() <= at.as_str();
-            let (phase, message) =
-                decide::after_operator_revoke(state, expired, out.tightened, &at);
-            info!(removed = ?out.revoked.removed, "ended a grant its execution left: {message}");
+    match outcome {
+        Ok((phase, message)) => {
+            info!("ended a grant its execution left: {message}");
             let mut update = StatusUpdate::from(request).phase(phase, message.clone());
             update.status.revoked_at.get_or_insert_with(now);
             decide::set_condition(

@@ -36,7 +36,10 @@ pub enum Held {
         principal_id: String,
     },
     /// A member of an IAM group.
-    Membership { group_name: String, user_name: String },
+    Membership {
+        group_name: String,
+        user_name: String,
+    },
 }
 
 impl Held {
@@ -98,7 +101,8 @@ pub trait GrantMethod: Send + Sync {
     fn expiry_enforced_by_aws(&self) -> bool;
 
     /// What exists in AWS on the targets `role` names.
-    fn held(&self, role: &AccessRole) -> impl Future<Output = Result<Vec<Held>, GrantError>> + Send;
+    fn held(&self, role: &AccessRole)
+    -> impl Future<Output = Result<Vec<Held>, GrantError>> + Send;
 
     /// What an approved, unended `request` of `role` accounts for (what its grant is or
     /// will be), from Kubernetes and the method's directory (not from the execution).

@@ -20,7 +20,7 @@
 //! statement for a request it cannot see may be another installation's: it is reported
 //! but left (its AWS-enforced expiry still ends it). Every execution of the state
 //! machine belongs to this installation, so executions are judged either way.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,9 +30,12 @@ use kube::api::{Api, ListParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tracing::{error, info, warn};
 
-use crate::crd::{AccessRequest, AccessRole, GrantMethod, Phase};
+use crate::crd::{AccessRequest, AccessRole, Phase};
+use crate::grant::iam_group::IamGroupGrants;
+use crate::grant::identity_center::IdentityCenterGrants;
 use crate::grant::trust_policy::document::{self as trust_policy, Document, GrantInfo};
 use crate::grant::trust_policy::worker::Worker;
+use crate::grant::{GrantError, GrantMethod, Held};
 use crate::policy::decide::{self, Scope, Tally};
 use crate::telemetry::metrics::Metrics;
 
@@ -136,26 +139,11 @@ pub fn judge_statement(
             role.spec.role_arn
         ));
     }
+    if let Err(why) = approved_and_unended(role, request) {
+        return drift(why);
+    }
     let status = request.status.clone().unwrap_or_default();
     let phase = status.phase.unwrap_or(Phase::Pending);
-    if phase.is_terminal() {
-        return drift(format!(
-            "the request is {phase:?}: its access should have been revoked"
-        ));
-    }
-    let approved = matches!(phase, Phase::Approved | Phase::Active)
-        || matches!(
-            decide::tally(
-                role,
-                &request.spec.requester,
-                &status.approvals.clone().unwrap_or_default()
-            )
-            .0,
-            Tally::Approved { .. }
-        );
-    if !approved {
-        return drift("the request is not approved".into());
-    }
     match decide::principal_for(role, &request.spec.requester) {
         Ok(p) if p == info.principal => {}
         Ok(p) => {
@@ -194,6 +182,114 @@ pub fn judge_statement(
         ));
     }
     StatementVerdict::Keep
+}
+
+/// Whether `request` (of `role`) may hold a grant at all: not ended, and approved (in
+/// status, or by its votes while the answer is on its way). Why not, otherwise.
+pub fn approved_and_unended(role: &AccessRole, request: &AccessRequest) -> Result<(), String> {
+    let status = request.status.clone().unwrap_or_default();
+    let phase = status.phase.unwrap_or(Phase::Pending);
+    if phase.is_terminal() {
+        return Err(format!(
+            "the request is {phase:?}: its access should have been revoked"
+        ));
+    }
+    let approved = matches!(phase, Phase::Approved | Phase::Active)
+        || matches!(
+            decide::tally(
+                role,
+                &request.spec.requester,
+                &status.approvals.clone().unwrap_or_default()
+            )
+            .0,
+            Tally::Approved { .. }
+        );
+    if !approved {
+        return Err("the request is not approved".into());
+    }
+    Ok(())
+}
+
+/// Whether `request` may hold a grant of a method without an expiry of its own in AWS
+/// (an assignment, a membership) now: approved, unended, and, once active, not past its
+/// expiry (with slack for clocks; the execution's revoke is due then).
+pub fn may_hold_now(
+    role: &AccessRole,
+    request: &AccessRequest,
+    now: Timestamp,
+) -> Result<(), String> {
+    approved_and_unended(role, request)?;
+    let status = request.status.clone().unwrap_or_default();
+    if let (Some(Phase::Active), Some(expires)) = (status.phase, status.expires_at.as_ref())
+        && expires
+            .0
+            .checked_add(EXPIRY_SLACK)
+            .is_ok_and(|bound| bound < now)
+    {
+        return Err(format!("its access ended at {}", expires.0));
+    }
+    Ok(())
+}
+
+/// Everything the requests of `method`'s roles that may hold a grant now account for,
+/// leaving out the request `except` (by uid). One request the method cannot judge
+/// (its directory unreachable) fails the whole count: removing on half a count could
+/// take a live grant away.
+pub async fn accounted_by<M: GrantMethod>(
+    method: &M,
+    requests: &[AccessRequest],
+    roles: &[AccessRole],
+    except: Option<&str>,
+    now: Timestamp,
+) -> Result<HashSet<Held>, GrantError> {
+    let mut accounted = HashSet::new();
+    for request in requests {
+        if except.is_some() && request.metadata.uid.as_deref() == except {
+            continue;
+        }
+        let Some(role) = roles
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(request.spec.role.as_str()))
+        else {
+            continue;
+        };
+        if role.spec.method != method.method() || may_hold_now(role, request, now).is_err() {
+            continue;
+        }
+        accounted.extend(method.accounted(role, request).await?);
+    }
+    Ok(accounted)
+}
+
+/// Ends `request`'s grant of `method` in place of its execution (stopped, failed): what
+/// it accounts for, unless another request that may hold it now accounts for it too
+/// (one assignment, many grants). Returns what was removed.
+pub async fn end_grant<M: GrantMethod>(
+    method: &M,
+    role: &AccessRole,
+    request: &AccessRequest,
+    requests: &[AccessRequest],
+    roles: &[AccessRole],
+) -> Result<Vec<Held>, GrantError> {
+    let mine = method.accounted(role, request).await?;
+    let others = accounted_by(
+        method,
+        requests,
+        roles,
+        request.metadata.uid.as_deref(),
+        Timestamp::now(),
+    )
+    .await?;
+    let mut removed = Vec::new();
+    for held in mine {
+        if others.contains(&held) {
+            info!(held = %held.describe(), "kept: another live request accounts for it");
+            continue;
+        }
+        method.remove(&held).await?;
+        removed.push(held);
+    }
+    Ok(removed)
 }
 
 /// Judges one running execution of the state machine, against requests listed after
@@ -267,6 +363,16 @@ pub struct Sweeper {
     pub metrics: Arc<Metrics>,
     pub alerts: crate::aws::alerts::SecurityAlerts,
     pub interval: Duration,
+    /// The methods the state machine performs, as the operator sees them.
+    pub methods: Arc<Methods>,
+}
+
+/// The grant methods the state machine performs, for the sweep and for ending a grant
+/// whose execution ended without it.
+#[derive(Debug)]
+pub struct Methods {
+    pub identity_center: IdentityCenterGrants,
+    pub iam_group: IamGroupGrants,
 }
 
 /// What one sweep removed.
@@ -276,6 +382,8 @@ pub struct Swept {
     pub statements: Vec<(String, String, String)>,
     /// (execution ARN, why) of executions stopped.
     pub executions: Vec<(String, String)>,
+    /// Assignments and memberships removed as drift.
+    pub held: Vec<Held>,
 }
 
 impl Sweeper {
@@ -288,6 +396,7 @@ impl Sweeper {
                 Ok(swept) => warn!(
                     statements = swept.statements.len(),
                     executions = swept.executions.len(),
+                    assignments_and_memberships = swept.held.len(),
                     "drift sweep removed what nothing approved"
                 ),
                 Err(e) => warn!(error = %e, "drift sweep failed; trying again next time"),
@@ -327,7 +436,7 @@ impl Sweeper {
             requests.iter().map(|r| r.spec.role.as_str()).collect();
         let mut managed: Vec<&str> = roles
             .iter()
-            .filter(|r| r.spec.method == GrantMethod::TrustPolicy)
+            .filter(|r| r.spec.method == crate::crd::GrantMethod::TrustPolicy)
             .filter(|r| complete || r.metadata.name.as_deref().is_some_and(|n| used.contains(n)))
             .map(|r| r.spec.role_arn.as_str())
             .filter(|arn| self.scope.check_role(arn).is_ok())
@@ -351,6 +460,30 @@ impl Sweeper {
                     }
                 }
                 Err(e) => warn!(%role_arn, error = %e, "cannot sweep this role's trust policy"),
+            }
+        }
+        for role in roles.iter().filter(|r| {
+            r.spec.method != crate::crd::GrantMethod::TrustPolicy
+                && r.metadata
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| complete || used.contains(n))
+        }) {
+            let name = role.metadata.name.clone().unwrap_or_default();
+            let removed = match role.spec.method {
+                crate::crd::GrantMethod::IdentityCenter => {
+                    self.sweep_held(&self.methods.identity_center, role, &requests, &roles)
+                        .await
+                }
+                crate::crd::GrantMethod::IamGroup => {
+                    self.sweep_held(&self.methods.iam_group, role, &requests, &roles)
+                        .await
+                }
+                crate::crd::GrantMethod::TrustPolicy => Ok(Vec::new()),
+            };
+            match removed {
+                Ok(removed) => swept.held.extend(removed),
+                Err(e) => warn!(role = %name, error = %e, "cannot sweep this AccessRole's grants"),
             }
         }
         for (arn, name) in executions {
@@ -400,6 +533,66 @@ impl Sweeper {
                     .collect()
             })
             .await
+    }
+
+    /// Removes, from what exists on `role`'s targets, what no request that may hold a
+    /// grant now accounts for: judged on the lists, then again on requests read afresh
+    /// (a grant approved since the lists is never taken for drift). Watching one
+    /// namespace, it only reports: another namespace's request may account for it.
+    async fn sweep_held<M: GrantMethod>(
+        &self,
+        method: &M,
+        role: &AccessRole,
+        requests: &[AccessRequest],
+        roles: &[AccessRole],
+    ) -> Result<Vec<Held>, GrantError> {
+        let held = method.held(role).await?;
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let accounted = accounted_by(method, requests, roles, None, Timestamp::now()).await?;
+        let candidates: Vec<Held> = held
+            .into_iter()
+            .filter(|h| !accounted.contains(h))
+            .collect();
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.watch_namespace.is_some() {
+            for h in &candidates {
+                warn!(held = %h.describe(), "nothing this operator sees accounts for it (another namespace's request?); left");
+            }
+            return Ok(Vec::new());
+        }
+        let (fresh_requests, fresh_roles) = self
+            .read_kubernetes()
+            .await
+            .map_err(|e| GrantError::Target(format!("cannot read requests afresh: {e}")))?;
+        let fresh = accounted_by(
+            method,
+            &fresh_requests,
+            &fresh_roles,
+            None,
+            Timestamp::now(),
+        )
+        .await?;
+        let mut removed = Vec::new();
+        for h in candidates.into_iter().filter(|h| !fresh.contains(h)) {
+            match method.remove(&h).await {
+                Ok(()) => {
+                    let note = format!(
+                        "removed {}: no approved, unended request accounts for it",
+                        h.describe()
+                    );
+                    self.report(h.kind(), None, &note).await;
+                    removed.push(h);
+                }
+                Err(e) => {
+                    warn!(held = %h.describe(), error = %e, "cannot remove drift; trying again next sweep")
+                }
+            }
+        }
+        Ok(removed)
     }
 
     async fn running_executions(&self) -> Result<Vec<(String, String)>, SweepError> {

@@ -671,6 +671,11 @@ pub fn after_operator_revoke(
              the grant was left to end)"
         )
     };
+    after_operator_end(state, expired, ended)
+}
+
+/// [`after_operator_revoke`] for any method: `ended` says what the operator did.
+pub fn after_operator_end(state: &ExecutionState, expired: bool, ended: String) -> (Phase, String) {
     match state {
         ExecutionState::Failed { error, cause }
             if error == crate::contract::errors::GRANT_FAILED =>

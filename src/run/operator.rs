@@ -241,6 +241,18 @@ pub async fn run(
         worker = worker.with_dead_letter_url(dlq);
     }
     let worker_handle = worker.clone();
+    let permission_sets = Arc::new(crate::grant::identity_center::PermissionSets::new(Some(
+        aws_sdk_ssoadmin::Client::new(aws),
+    )));
+    let methods = Arc::new(crate::grant::sweeper::Methods {
+        identity_center: crate::grant::identity_center::IdentityCenterGrants::new(
+            aws,
+            permission_sets.clone(),
+        ),
+        iam_group: crate::grant::iam_group::IamGroupGrants {
+            iam: aws_sdk_iam::Client::new(aws),
+        },
+    });
     let sweeper = crate::grant::sweeper::Sweeper {
         client: kube.clone(),
         sfn: aws_sdk_sfn::Client::new(aws),
@@ -251,6 +263,7 @@ pub async fn run(
         metrics: config.metrics.clone(),
         alerts: alerts.clone(),
         interval: config.sweep_interval,
+        methods: methods.clone(),
     };
     let sweeper = {
         let rx = stop_rx.clone();
@@ -265,6 +278,7 @@ pub async fn run(
         cleanup: crate::grant::trust_policy::worker::CleanupTarget {
             state_machine_arn: config.aws.cleanup_state_machine_arn.clone(),
         },
+        methods,
     };
     let reconciler = tokio::spawn(controller::run(
         kube.clone(),
@@ -273,11 +287,7 @@ pub async fn run(
             scope,
             alerts,
             revoker: Some(revoker),
-            permission_sets: std::sync::Arc::new(
-                crate::grant::identity_center::PermissionSets::new(Some(
-                    aws_sdk_ssoadmin::Client::new(aws),
-                )),
-            ),
+            permission_sets,
         },
         config.settings.clone(),
         config.faults.clone(),

@@ -98,6 +98,7 @@ mod tests {
 
 /// The operator's side of the method in AWS: the members of a role's group, and
 /// removing one (the drift sweep; a grant whose execution was stopped). It never adds.
+#[derive(Debug)]
 pub struct IamGroupGrants {
     pub iam: aws_sdk_iam::Client,
 }
@@ -115,8 +116,9 @@ impl crate::grant::GrantMethod for IamGroupGrants {
         let Some(spec) = role.spec.iam_group.as_ref() else {
             return Ok(Vec::new());
         };
-        let (_, group_name) =
-            arn::group(&spec.group_arn).ok_or_else(|| GrantError::Target(IamGroupError::BadGroup(spec.group_arn.clone()).to_string()))?;
+        let (_, group_name) = arn::group(&spec.group_arn).ok_or_else(|| {
+            GrantError::Target(IamGroupError::BadGroup(spec.group_arn.clone()).to_string())
+        })?;
         let mut held = Vec::new();
         let mut marker: Option<String> = None;
         loop {
@@ -171,7 +173,10 @@ impl crate::grant::GrantMethod for IamGroupGrants {
             user_name,
         } = held
         else {
-            return Err(GrantError::Target(format!("not a membership: {}", held.describe())));
+            return Err(GrantError::Target(format!(
+                "not a membership: {}",
+                held.describe()
+            )));
         };
         match self
             .iam
@@ -182,7 +187,12 @@ impl crate::grant::GrantMethod for IamGroupGrants {
             .await
         {
             Ok(_) => Ok(()),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_entity_exception()) => Ok(()),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_no_such_entity_exception()) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(GrantError::aws("iam:RemoveUserFromGroup", e)),
         }
     }

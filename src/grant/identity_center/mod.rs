@@ -82,6 +82,7 @@ pub fn describe(spec: &IdentityCenterTarget) -> String {
 /// Permission-set names to ARNs, through `sso:ListPermissionSets` and
 /// `sso:DescribePermissionSet`, remembered per instance (a permission set's ARN never
 /// changes; a name not found is looked up again next time).
+#[derive(Debug)]
 pub struct PermissionSets {
     client: Option<aws_sdk_ssoadmin::Client>,
     known: Mutex<HashMap<(String, String), String>>,
@@ -224,6 +225,7 @@ mod tests {
 /// The operator's side of the method in AWS: what assignments exist on a role's
 /// permission set and accounts, which user a request is, and removing an assignment
 /// (the drift sweep; a grant whose execution was stopped). It never creates one.
+#[derive(Debug)]
 pub struct IdentityCenterGrants {
     pub sso: aws_sdk_ssoadmin::Client,
     pub store: aws_sdk_identitystore::Client,
@@ -234,7 +236,10 @@ pub struct IdentityCenterGrants {
 }
 
 impl IdentityCenterGrants {
-    pub fn new(aws: &aws_config::SdkConfig, permission_sets: std::sync::Arc<PermissionSets>) -> Self {
+    pub fn new(
+        aws: &aws_config::SdkConfig,
+        permission_sets: std::sync::Arc<PermissionSets>,
+    ) -> Self {
         Self {
             sso: aws_sdk_ssoadmin::Client::new(aws),
             store: aws_sdk_identitystore::Client::new(aws),
@@ -245,7 +250,11 @@ impl IdentityCenterGrants {
 
     /// The identity store's id of the user `user` (by `attribute`), None when there is
     /// no such user.
-    async fn user_id(&self, spec: &IdentityCenterTarget, user: &str) -> Result<Option<String>, GrantError> {
+    async fn user_id(
+        &self,
+        spec: &IdentityCenterTarget,
+        user: &str,
+    ) -> Result<Option<String>, GrantError> {
         use aws_sdk_identitystore::types::{AlternateIdentifier, UniqueAttribute};
         let attribute = UniqueAttribute::builder()
             .attribute_path(spec.user_attribute.path())
@@ -261,7 +270,12 @@ impl IdentityCenterGrants {
             .await
         {
             Ok(out) => Ok(Some(out.user_id().to_owned())),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => Ok(None),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
+                Ok(None)
+            }
             Err(e) => Err(GrantError::aws("identitystore:GetUserId", e)),
         }
     }
@@ -361,7 +375,10 @@ impl crate::grant::GrantMethod for IdentityCenterGrants {
             principal_id,
         } = held
         else {
-            return Err(GrantError::Target(format!("not an assignment: {}", held.describe())));
+            return Err(GrantError::Target(format!(
+                "not an assignment: {}",
+                held.describe()
+            )));
         };
         let deleted = self
             .sso
@@ -376,7 +393,10 @@ impl crate::grant::GrantMethod for IdentityCenterGrants {
             .await;
         let status = match deleted {
             Ok(out) => out.account_assignment_deletion_status().cloned(),
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_resource_not_found_exception()) =>
+            {
                 return Ok(());
             }
             Err(e) => return Err(GrantError::aws("sso:DeleteAccountAssignment", e)),
