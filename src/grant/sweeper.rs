@@ -261,6 +261,41 @@ pub async fn accounted_by<M: GrantMethod>(
     Ok(accounted)
 }
 
+/// What `held` contains that nothing in `accounted` accounts for, split in what to
+/// remove and what to leave: with `ours` (watching one namespace), only what a request
+/// of that namespace once accounted for is removed.
+pub fn drift_among(
+    held: Vec<Held>,
+    accounted: &HashSet<Held>,
+    ours: Option<&HashSet<Held>>,
+) -> (Vec<Held>, Vec<Held>) {
+    held.into_iter()
+        .filter(|h| !accounted.contains(h))
+        .partition(|h| ours.is_none_or(|ours| ours.contains(h)))
+}
+
+/// Everything the requests of `method`'s roles ever accounted for, ended or not: whose
+/// grant a request of this operator's was (watching one namespace).
+pub async fn ever_accounted_by<M: GrantMethod>(
+    method: &M,
+    requests: &[AccessRequest],
+    roles: &[AccessRole],
+) -> Result<HashSet<Held>, GrantError> {
+    let mut ever = HashSet::new();
+    for request in requests {
+        let Some(role) = roles
+            .iter()
+            .find(|r| r.metadata.name.as_deref() == Some(request.spec.role.as_str()))
+        else {
+            continue;
+        };
+        if role.spec.method == method.method() {
+            ever.extend(method.accounted(role, request).await?);
+        }
+    }
+    Ok(ever)
+}
+
 /// Ends `request`'s grant of `method` in place of its execution (stopped, failed): what
 /// it accounts for, unless another request that may hold it now accounts for it too
 /// (one assignment, many grants). Returns what was removed.
@@ -538,7 +573,8 @@ impl Sweeper {
     /// Removes, from what exists on `role`'s targets, what no request that may hold a
     /// grant now accounts for: judged on the lists, then again on requests read afresh
     /// (a grant approved since the lists is never taken for drift). Watching one
-    /// namespace, it only reports: another namespace's request may account for it.
+    /// namespace, only what a request of that namespace once accounted for is removed
+    /// (its grant ended); the rest may be another namespace's and is only reported.
     async fn sweep_held<M: GrantMethod>(
         &self,
         method: &M,
@@ -551,17 +587,15 @@ impl Sweeper {
             return Ok(Vec::new());
         }
         let accounted = accounted_by(method, requests, roles, None, Timestamp::now()).await?;
-        let candidates: Vec<Held> = held
-            .into_iter()
-            .filter(|h| !accounted.contains(h))
-            .collect();
-        if candidates.is_empty() {
-            return Ok(Vec::new());
+        let ours = match self.watch_namespace {
+            None => None,
+            Some(_) => Some(ever_accounted_by(method, requests, roles).await?),
+        };
+        let (candidates, left) = drift_among(held, &accounted, ours.as_ref());
+        for h in &left {
+            warn!(held = %h.describe(), "nothing this operator sees accounts for it (another namespace's request?); left");
         }
-        if self.watch_namespace.is_some() {
-            for h in &candidates {
-                warn!(held = %h.describe(), "nothing this operator sees accounts for it (another namespace's request?); left");
-            }
+        if candidates.is_empty() {
             return Ok(Vec::new());
         }
         let (fresh_requests, fresh_roles) = self
@@ -828,5 +862,52 @@ mod tests {
         }
         let k = Known::new(&pending, &roles, false);
         assert_eq!(judge_execution(&k, &name, &arn), ExecutionVerdict::Young);
+    }
+
+    fn membership(user: &str) -> Held {
+        Held::Membership {
+            group_name: "admins".into(),
+            user_name: user.into(),
+        }
+    }
+
+    #[test]
+    fn drift_is_what_nothing_accounts_for_and_one_namespace_removes_only_its_own() {
+        let held = vec![
+            membership("alice"),
+            membership("bob"),
+            membership("mallory"),
+        ];
+        let accounted: HashSet<Held> = [membership("alice")].into();
+        let (remove, left) = drift_among(held.clone(), &accounted, None);
+        assert_eq!(remove, vec![membership("bob"), membership("mallory")]);
+        assert!(left.is_empty());
+        // Watching one namespace: bob's request there ended; mallory's may be another's.
+        let ours: HashSet<Held> = [membership("alice"), membership("bob")].into();
+        let (remove, left) = drift_among(held, &accounted, Some(&ours));
+        assert_eq!(remove, vec![membership("bob")]);
+        assert_eq!(left, vec![membership("mallory")]);
+    }
+
+    #[test]
+    fn only_approved_unended_unexpired_requests_may_hold_a_grant() {
+        let now = ts("2026-03-01T10:00:00Z");
+        let active = request(json!({"phase": "Active", "expiresAt": "2026-03-01T11:00:00Z"}));
+        assert_eq!(may_hold_now(&role(), &active, now), Ok(()));
+        // Past its expiry (beyond the clock slack): the execution's revoke is due.
+        let past = request(json!({"phase": "Active", "expiresAt": "2026-03-01T09:00:00Z"}));
+        assert!(may_hold_now(&role(), &past, now).is_err());
+        // Within the slack it still may (clocks differ).
+        let just = request(json!({"phase": "Active", "expiresAt": "2026-03-01T09:59:00Z"}));
+        assert_eq!(may_hold_now(&role(), &just, now), Ok(()));
+        for phase in ["Revoked", "Expired", "Denied", "Failed"] {
+            let ended = request(json!({"phase": phase}));
+            assert!(may_hold_now(&role(), &ended, now).is_err(), "{phase}");
+        }
+        let waiting = request(json!({"phase": "AwaitingApproval"}));
+        assert!(may_hold_now(&role(), &waiting, now).is_err());
+        // Approved while the answer is on its way (granting).
+        let approved = request(json!({"phase": "Approved"}));
+        assert_eq!(may_hold_now(&role(), &approved, now), Ok(()));
     }
 }
