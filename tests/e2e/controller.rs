@@ -73,6 +73,14 @@ impl Env {
             spec.push_str(line);
             spec.push('\n');
         }
+        // A role of another method names its own target, not the IAM role.
+        if role_spec.contains("method: IdentityCenter") || role_spec.contains("method: IamGroup") {
+            spec = spec
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("roleArn:"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
         let yaml = format!(
             "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {access_role}\nspec:\n{spec}"
         );

@@ -14,6 +14,7 @@ mod crashes;
 mod crds;
 mod ha;
 mod interactions;
+mod methods;
 mod policy_eval;
 mod relay;
 mod sessions;
