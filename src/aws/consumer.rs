@@ -525,12 +525,12 @@ impl<H: Handler> Consumer<H> {
                 }
                 Dispatch::Groups => {
                     let mut groups = self.groups(messages, &stop_rx, &hand);
-                    let all_settled = async {
+                    // Owns the groups' tasks: dropping it aborts them.
+                    let mut all_settled = Box::pin(async move {
                         while let Some(joined) = groups.join_next().await {
                             self.joined(joined);
                         }
-                    };
-                    tokio::pin!(all_settled);
+                    });
                     tokio::select! {
                         biased;
                         _ = &mut all_settled => continue,
@@ -538,7 +538,6 @@ impl<H: Handler> Consumer<H> {
                     }
                     let _ = stop_tx.send(true);
                     if !self.within_grace(all_settled).await {
-                        groups.abort_all();
                         self.hand_back(&hand).await;
                     }
                     break;
@@ -716,7 +715,7 @@ impl<H: Handler> Consumer<H> {
                         }
                     }
                     tokio::select! {
-                        _ = stop.wait_for(|s| *s) => {
+                        _ = stopped(&mut stop) => {
                             self.queue.set_visibility(receipt, Duration::ZERO).await;
                             return Settled::Stays;
                         }
@@ -781,6 +780,11 @@ impl<H: Handler> Consumer<H> {
             }
         }
     }
+}
+
+/// Resolves once the consumer is stopping.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
 
 /// A message's `MessageGroupId` (FIFO queues), if asked for and there.
