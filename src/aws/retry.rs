@@ -60,7 +60,9 @@ impl Backoff {
     /// message that failed on its `failures`-th receive.
     pub fn after(&self, failures: u32) -> Duration {
         let mut delays = self.delays();
-        let n = usize::try_from(failures.max(1)).unwrap_or(usize::MAX).min(64);
+        let n = usize::try_from(failures.max(1))
+            .unwrap_or(usize::MAX)
+            .min(64);
         let mut delay = self.min;
         for _ in 0..n {
             delay = delays.next_delay(None);
@@ -180,7 +182,10 @@ mod tests {
         let mut delays = policy.delays();
         assert_eq!(delays.next_delay(Some(S(7))), S(7));
         assert!(delays.next_delay(Some(Duration::ZERO)) >= Duration::from_millis(20));
-        assert_eq!(throttle_floor(Some("ThrottlingException")), Some(THROTTLED_FLOOR));
+        assert_eq!(
+            throttle_floor(Some("ThrottlingException")),
+            Some(THROTTLED_FLOOR)
+        );
         assert_eq!(
             throttle_floor(Some("AWS.SimpleQueueService.RequestThrottled")),
             Some(THROTTLED_FLOOR)
