@@ -430,10 +430,6 @@ impl<H: Handler> Consumer<H> {
         self
     }
 
-    pub fn queue(&self) -> &Queue {
-        &self.queue
-    }
-
     /// Consumes until `shutdown` completes (see the module's doc for what happens
     /// then). Never returns early and never panics: receive errors are logged and
     /// retried with back-off.
@@ -665,7 +661,7 @@ impl<H: Handler> Consumer<H> {
     }
 
     /// Handles one message until it is settled for now.
-    pub async fn work_on(
+    async fn work_on(
         &self,
         message: &Message,
         mut stop: tokio::sync::watch::Receiver<bool>,

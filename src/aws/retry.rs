@@ -1,6 +1,7 @@
 //! The one back-off policy of everything aws-jit retries by itself (on top of the AWS
 //! SDK's own retries): the queue consumers' receive errors and messages
-//! ([`crate::aws::consumer`]) and the relay's Slack calls. `backon`'s exponential
+//! ([`crate::aws::consumer`]), the relay's Slack calls, and the trust-policy worker's
+//! read-backs of a write IAM does not show yet. `backon`'s exponential
 //! back-off with jitter: the first delay is `min`, each next one doubles up to `max`,
 //! and every delay gets up to as much again at random (so `d ..< 2d`), which keeps
 //! replicas and messages that failed together from coming back together.
@@ -54,6 +55,18 @@ impl Backoff {
                 .build(),
             max: self.max,
         }
+    }
+
+    /// The delays of one run of failures, ending before they would add up to more
+    /// than `total` (zero: none at all).
+    pub fn delays_within(&self, total: Duration) -> impl Iterator<Item = Duration> + use<> {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.min)
+            .with_max_delay(self.max)
+            .with_jitter()
+            .without_max_times()
+            .with_total_delay(Some(total))
+            .build()
     }
 
     /// The delay after the `failures`-th failure in a row (1 for the first), e.g. of a

@@ -1566,14 +1566,7 @@ fn shows_write(read: &Document, written: &Document) -> bool {
 /// The pauses between the reads that confirm a write: 0.1 s doubling to 2 s, each up
 /// to twice that with jitter, until the next would make them add up to more than `wait`.
 fn read_back_delays(wait: Duration) -> impl Iterator<Item = Duration> {
-    backon::BackoffBuilder::build(
-        backon::ExponentialBuilder::default()
-            .with_min_delay(MIN_READ_BACK_DELAY)
-            .with_max_delay(MAX_READ_BACK_DELAY)
-            .with_jitter()
-            .without_max_times()
-            .with_total_delay(Some(wait)),
-    )
+    Backoff::new(MIN_READ_BACK_DELAY, MAX_READ_BACK_DELAY).delays_within(wait)
 }
 
 /// `ts` rounded down to the second (its `Display` is then `YYYY-MM-DDTHH:MM:SSZ`).
