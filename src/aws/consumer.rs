@@ -610,16 +610,8 @@ impl<H: Handler> Consumer<H> {
         stop: &tokio::sync::watch::Receiver<bool>,
         hand: &InHand,
     ) -> tokio::task::JoinSet<()> {
-        let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
-        for message in messages {
-            let group = group_id(&message).unwrap_or_default().to_owned();
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, list)) => list.push(message),
-                None => groups.push((group, vec![message])),
-            }
-        }
         let mut tasks = tokio::task::JoinSet::new();
-        for (_, group) in groups {
+        for group in by_group(messages) {
             let this = self.clone();
             let (stop, hand) = (stop.clone(), hand.clone());
             tasks.spawn(async move { this.work_on_group(group, stop, hand).await });
@@ -703,12 +695,11 @@ impl<H: Handler> Consumer<H> {
                         .get_or_insert_with(|| backoff.delays())
                         .next_delay(at_least);
                     warn!(%reason, retry_in = ?delay, "cannot handle the message yet; trying again");
-                    let needed = Instant::now() + delay + HOLD_MARGIN / 2;
-                    if self.lease.is_none() && held_until.is_none_or(|until| until < needed) {
-                        let hold = delay + HOLD_MARGIN;
-                        if self.queue.set_visibility(receipt, hold).await {
-                            held_until = Some(Instant::now() + hold);
-                        }
+                    if self.lease.is_none()
+                        && let Some(hold) = hold_for(held_until, Instant::now(), delay)
+                        && self.queue.set_visibility(receipt, hold).await
+                    {
+                        held_until = Some(Instant::now() + hold);
                     }
                     tokio::select! {
                         _ = stopped(&mut stop) => {
@@ -778,6 +769,30 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
+/// A receive's messages by `MessageGroupId`: the groups in the order they first appear,
+/// each group's messages in the order received (FIFO's order).
+fn by_group(messages: Vec<Message>) -> Vec<Vec<Message>> {
+    let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
+    for message in messages {
+        let group = group_id(&message).unwrap_or_default().to_owned();
+        match groups.iter_mut().find(|(g, _)| *g == group) {
+            Some((_, list)) => list.push(message),
+            None => groups.push((group, vec![message])),
+        }
+    }
+    groups.into_iter().map(|(_, list)| list).collect()
+}
+
+/// How long to make a message retried in process invisible before waiting `delay` for
+/// its next try, if what holds it now (`held_until`; `None`: the queue's own
+/// visibility timeout, unknown here) may not last until then: the delay and a margin.
+fn hold_for(held_until: Option<Instant>, now: Instant, delay: Duration) -> Option<Duration> {
+    let needed = now + delay + HOLD_MARGIN / 2;
+    held_until
+        .is_none_or(|until| until < needed)
+        .then_some(delay + HOLD_MARGIN)
+}
+
 /// Resolves once the consumer is stopping.
 async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -842,6 +857,51 @@ mod tests {
         let long = dead_letter_dedup_id(&"é x".repeat(300), None);
         assert!(long.len() <= 128, "{}", long.len());
         assert!(long.chars().all(|c| c.is_ascii_graphic()), "{long}");
+    }
+
+    fn message(group: &str, body: &str) -> Message {
+        Message::builder()
+            .attributes(MessageSystemAttributeName::MessageGroupId, group)
+            .body(body)
+            .build()
+    }
+
+    #[test]
+    fn a_receive_is_split_by_group_each_in_order() {
+        let messages = vec![
+            message("role-a", "a1"),
+            message("role-b", "b1"),
+            message("role-a", "a2"),
+            Message::builder().body("none").build(),
+            message("role-a", "a3"),
+        ];
+        let groups = by_group(messages);
+        let bodies: Vec<Vec<&str>> = groups
+            .iter()
+            .map(|g| g.iter().map(|m| m.body().unwrap_or_default()).collect())
+            .collect();
+        assert_eq!(
+            bodies,
+            vec![vec!["a1", "a2", "a3"], vec!["b1"], vec!["none"]]
+        );
+    }
+
+    #[test]
+    fn a_message_retried_in_process_is_held_until_after_its_next_try() {
+        let now = Instant::now();
+        let delay = Duration::from_secs(4);
+        // First retry: the queue's timeout is unknown, so it is set.
+        assert_eq!(hold_for(None, now, delay), Some(delay + HOLD_MARGIN));
+        // Held long enough already: nothing to do.
+        assert_eq!(
+            hold_for(Some(now + Duration::from_secs(20)), now, delay),
+            None
+        );
+        // Held, but not beyond the next try and half the margin: extended.
+        assert_eq!(
+            hold_for(Some(now + Duration::from_secs(6)), now, delay),
+            Some(delay + HOLD_MARGIN)
+        );
     }
 
     #[test]
