@@ -50,6 +50,22 @@ pub enum QueueError {
     Authority(#[from] AuthorityError),
 }
 
+impl QueueError {
+    /// At least how long to wait before the next try, when the other side said it
+    /// throttles.
+    fn throttled(&self) -> Option<Duration> {
+        match self {
+            QueueError::StepFunctions(crate::aws::sfn::SfnError::Api { code, .. }) => {
+                crate::aws::retry::throttle_floor(Some(code))
+            }
+            QueueError::Kube(kube::Error::Api(status)) if status.code == 429 => {
+                Some(crate::aws::retry::THROTTLED_FLOOR)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// How many messages are handled at once.
 const MAX_IN_FLIGHT: usize = 64;
 /// How often the dead-letter queue is looked at for tasks to give another go.
@@ -331,7 +347,10 @@ impl Handler for RequestQueue {
                 Verdict::Poison(why)
             }
             Ok(_) => Verdict::Done,
-            Err(e) => Verdict::retry(e.to_string()),
+            Err(e) => Verdict::Retry {
+                at_least: e.throttled(),
+                reason: e.to_string(),
+            },
         }
     }
 
@@ -374,4 +393,25 @@ fn message_span(message: &Message) -> tracing::Span {
         execution_arn,
         message_id = message.message_id().unwrap_or(""),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_retry_waits_at_least_the_floor() {
+        let sfn = |code: &str| {
+            QueueError::StepFunctions(crate::aws::sfn::SfnError::Api {
+                call: "SendTaskFailure",
+                code: code.into(),
+                message: String::new(),
+            })
+        };
+        assert_eq!(
+            sfn("ThrottlingException").throttled(),
+            Some(crate::aws::retry::THROTTLED_FLOOR)
+        );
+        assert_eq!(sfn("Transport").throttled(), None);
+    }
 }
