@@ -627,12 +627,12 @@ impl<H: Handler> Consumer<H> {
         stop: tokio::sync::watch::Receiver<bool>,
         hand: InHand,
     ) {
-        let mut waiting: Vec<String> = Vec::new();
+        let mut stuck = Stuck::default();
         for message in group {
             let key = self.handler.order_key(&message);
             let span = self.handler.span(&message);
             async {
-                if key.as_ref().is_some_and(|k| waiting.contains(k)) {
+                if stuck.must_wait(key.as_deref()) {
                     info!(
                         "not working on this message yet: an earlier message of its kind \
                          stays on the queue; it comes back behind that one"
@@ -640,10 +640,9 @@ impl<H: Handler> Consumer<H> {
                     if let Some(r) = message.receipt_handle() {
                         self.queue.set_visibility(r, Duration::ZERO).await;
                     }
-                } else if self.work_on(&message, stop.clone()).await == Settled::Stays
-                    && let Some(key) = key
-                {
-                    waiting.push(key);
+                } else {
+                    let settled = self.work_on(&message, stop.clone()).await;
+                    stuck.settled(key, settled);
                 }
                 hand.remove(&message);
             }
@@ -769,6 +768,26 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
+/// The order keys of a group's messages that stayed on the queue in this receive: a
+/// later message with one of them waits behind it (a revoke never overtakes its grant).
+#[derive(Debug, Default)]
+struct Stuck(Vec<String>);
+
+impl Stuck {
+    fn must_wait(&self, key: Option<&str>) -> bool {
+        key.is_some_and(|k| self.0.iter().any(|s| s == k))
+    }
+
+    fn settled(&mut self, key: Option<String>, settled: Settled) {
+        if settled == Settled::Stays
+            && let Some(key) = key
+            && !self.0.contains(&key)
+        {
+            self.0.push(key);
+        }
+    }
+}
+
 /// A receive's messages by `MessageGroupId`: the groups in the order they first appear,
 /// each group's messages in the order received (FIFO's order).
 fn by_group(messages: Vec<Message>) -> Vec<Vec<Message>> {
@@ -883,6 +902,24 @@ mod tests {
         assert_eq!(
             bodies,
             vec![vec!["a1", "a2", "a3"], vec!["b1"], vec!["none"]]
+        );
+    }
+
+    #[test]
+    fn after_a_message_stays_the_later_ones_of_its_key_wait_behind_it() {
+        let mut stuck = Stuck::default();
+        stuck.settled(Some("exec-1".into()), Settled::Done);
+        assert!(!stuck.must_wait(Some("exec-1")), "done: nothing waits");
+        stuck.settled(Some("exec-1".into()), Settled::Stays);
+        stuck.settled(None, Settled::Stays);
+        assert!(
+            stuck.must_wait(Some("exec-1")),
+            "its revoke waits behind its grant"
+        );
+        assert!(!stuck.must_wait(Some("exec-2")), "other executions commute");
+        assert!(
+            !stuck.must_wait(None),
+            "a message without a key never waits"
         );
     }
 
