@@ -33,7 +33,7 @@
 //!
 //! The SQS calls of all three consumers are made here, as the identity of the process
 //! that builds the consumer (the operator or the relay): `tests/iam_actions.rs` counts
-//! them for each file that calls [`Consumer::new`].
+//! them for each file that builds a [`Queue`], with that file's identity and queues.
 use std::collections::HashSet;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
