@@ -23,6 +23,9 @@
 //! calls would be counted as the operator's.
 //! Which queue an SQS call uses comes from configuration, not from the code's text, so
 //! [`SQS_QUEUES`] says it per file; a new SQS call site fails until it is listed there.
+//! The SQS calls of all three consumers are made in one shared module
+//! ([`SHARED`]: `src/aws/consumer.rs`), which runs as whoever builds it: its calls
+//! count for every file that builds one, as that file's identity, on that file's queues.
 //! Likewise which state machine a `states:StartExecution` starts: [`STARTS`].
 //!
 //! 3. The two state machines' execution roles, against their definitions: every Task's
@@ -111,7 +114,20 @@ const STARTS: &[(&str, &[&str])] = &[(
     &["StateMachine", "SessionCleanupStateMachine"],
 )];
 
-/// The queues (template logical IDs) the SQS calls of each file use.
+/// Modules whose AWS calls are made for whoever builds them: `(file, what building one
+/// looks like)`. Each of their calls counts as a call of every other file under `src/`
+/// that imports from the module and builds one, with that file's identity and on that
+/// file's queues ([`SQS_QUEUES`]); a shared module nobody builds is an error (whose
+/// calls would they be?), and relay code may use it.
+const SHARED: &[(&str, &str, &str)] = &[(
+    "src/aws/consumer.rs",
+    "crate::aws::consumer::",
+    // Every SQS call there is a method of a `Queue`; a `Consumer` is built on one.
+    "Queue::new(",
+)];
+
+/// The queues (template logical IDs) the SQS calls of each file use (for the three
+/// consumers: through [`SHARED`]'s consumer, on the queues they build it for).
 const SQS_QUEUES: &[(&str, &str, &[&str])] = &[
     (
         "src/controller/request_queue.rs",
@@ -477,6 +493,8 @@ struct Call {
     method: String,
     action: String,
     identity: Identity,
+    /// For a call of a [`SHARED`] module counted for `file`: where it is made.
+    via: Option<String>,
 }
 
 /// Every AWS SDK call in one file's source (`file` relative to the package root);
@@ -544,6 +562,7 @@ fn scan_file(
             method: name.to_string(),
             action: op.action.clone(),
             identity: Identity::of(file),
+            via: None,
         });
     }
     if errors.is_empty() {
@@ -628,7 +647,10 @@ fn relay_reaches_operator_calls(sources: &[(String, String)], calls: &[Call]) ->
     .expect("regex");
     // module path (e.g. `sfn`, `relay::slack`) -> the fns and impl types around its calls
     let mut calling: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-    for (file, src) in sources {
+    for (file, src) in sources
+        .iter()
+        .filter(|(f, _)| !SHARED.iter().any(|(shared, ..)| f == shared))
+    {
         let code = code_only(src);
         let line_start = |line: usize| {
             code.match_indices('\n')
@@ -682,6 +704,48 @@ fn relay_reaches_operator_calls(sources: &[(String, String)], calls: &[Call]) ->
     errors
 }
 
+/// Each call of a [`SHARED`] module, as one call of every file that builds one.
+fn attribute_shared(
+    sources: &[(String, String)],
+    calls: Vec<Call>,
+    errors: &mut Vec<String>,
+) -> Vec<Call> {
+    let users = |shared: &str, imports: &str, builds: &str| -> Vec<String> {
+        sources
+            .iter()
+            .filter(|(f, _)| f != shared)
+            .filter(|(_, src)| {
+                let code = code_only(src);
+                code.contains(imports) && code.contains(builds)
+            })
+            .map(|(f, _)| f.clone())
+            .collect()
+    };
+    let mut out = Vec::new();
+    for c in calls {
+        let Some((shared, imports, builds)) = SHARED.iter().find(|(f, ..)| *f == c.file) else {
+            out.push(c);
+            continue;
+        };
+        let users = users(shared, imports, builds);
+        if users.is_empty() {
+            errors.push(format!(
+                "{}:{} .{}() is in a shared module that no file builds ({builds}): whose call is it?",
+                c.file, c.line, c.method
+            ));
+        }
+        for user in users {
+            out.push(Call {
+                identity: Identity::of(&user),
+                via: Some(format!("{}:{}", c.file, c.line)),
+                file: user,
+                ..c.clone()
+            });
+        }
+    }
+    out
+}
+
 /// Every AWS SDK call under `src/`.
 fn scan_sources(ops: &BTreeMap<String, Vec<Operation>>) -> Vec<Call> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -720,6 +784,7 @@ fn scan_sources(ops: &BTreeMap<String, Vec<Operation>>) -> Vec<Call> {
         }
     }
     errors.extend(relay_reaches_operator_calls(&sources, &calls));
+    let calls = attribute_shared(&sources, calls, &mut errors);
     assert!(
         errors.is_empty(),
         "the scan of src/ is ambiguous:\n{}",
@@ -1270,7 +1335,10 @@ type Need = (Identity, String, String, String);
 fn needs(calls: &[Call], t: &Template) -> Result<Vec<Need>, Vec<String>> {
     let (mut out, mut errors) = (Vec::new(), Vec::new());
     for c in calls {
-        let site = format!("{}:{} .{}()", c.file, c.line, c.method);
+        let site = match &c.via {
+            None => format!("{}:{} .{}()", c.file, c.line, c.method),
+            Some(via) => format!("{}: through {via} .{}()", c.file, c.method),
+        };
         if c.action.starts_with("sqs:") {
             match SQS_QUEUES
                 .iter()
@@ -1520,6 +1588,101 @@ fn the_check_fails_on_a_missing_or_an_unused_grant() {
                 && e.contains("iam:UpdateAssumeRolePolicy")),
         "{errors:#?}"
     );
+}
+
+/// The shared consumer's SQS calls count for each consumer that builds one, as its own
+/// identity on its own queues: the relay's role missing a right its consumer uses
+/// fails, and so does a right only the operator's consumers use given to the relay.
+#[test]
+fn the_shared_consumer_counts_for_each_identity_that_builds_it() {
+    let calls = shipped_calls();
+    for (file, identity) in [
+        ("src/controller/request_queue.rs", Identity::Operator),
+        ("src/grant/trust_policy/worker.rs", Identity::Operator),
+        ("src/slack/relay/mod.rs", Identity::Relay),
+    ] {
+        for action in [
+            "sqs:ReceiveMessage",
+            "sqs:DeleteMessage",
+            "sqs:ChangeMessageVisibility",
+            "sqs:SendMessage",
+        ] {
+            assert!(
+                calls.iter().any(|c| c.file == file
+                    && c.action == action
+                    && c.identity == identity
+                    && c.via
+                        .as_deref()
+                        .is_some_and(|v| v.starts_with("src/aws/consumer.rs:"))),
+                "{file} {action} through the consumer: {calls:#?}"
+            );
+        }
+    }
+    assert!(
+        !calls.iter().any(|c| c.file == "src/aws/consumer.rs"),
+        "the consumer's calls count for its builders only"
+    );
+
+    let text = std::fs::read_to_string(TEMPLATE).expect("read the template");
+    let edit = |f: &dyn Fn(&mut Vec<Yaml>)| {
+        let mut doc: Yaml = serde_yaml::from_str(&text).expect("YAML");
+        let statements =
+            doc["Resources"]["RelayPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+                .as_sequence_mut()
+                .expect("statements");
+        f(statements);
+        Template::from_doc(doc, &[])
+    };
+    // The relay without ChangeMessageVisibility (its consumer's lease extensions).
+    let t = edit(&|s| {
+        let consume = s
+            .iter_mut()
+            .find(|s| s["Sid"].as_str() == Some("ConsumeAlertQueue"))
+            .expect("statement");
+        consume["Action"] =
+            serde_yaml::from_str("[sqs:ReceiveMessage, sqs:DeleteMessage]").expect("yaml");
+    });
+    let errors = check(&calls, &t).expect_err("a missing grant must fail the check");
+    assert!(
+        errors.iter().any(|e| e
+            .starts_with("src/slack/relay/mod.rs: through src/aws/consumer.rs:")
+            && e.contains("Relay calls sqs:ChangeMessageVisibility")),
+        "{errors:#?}"
+    );
+    // The relay may receive from the request queue: only the operator's consumer does.
+    let t = edit(&|s| {
+        s.push(
+            serde_yaml::from_str(
+                "{Sid: Extra, Effect: Allow, Action: sqs:ReceiveMessage, \
+                 Resource: !GetAtt RequestQueue.Arn}",
+            )
+            .expect("yaml"),
+        )
+    });
+    let errors = check(&calls, &t).expect_err("an unused grant must fail the check");
+    assert!(
+        errors.iter().any(
+            |e| e.starts_with("RelayPolicy Extra allows sqs:ReceiveMessage")
+                && e.contains("no Relay code calls")
+        ),
+        "{errors:#?}"
+    );
+    // A shared module's call that no file builds is nobody's: an error.
+    let orphan = Call {
+        file: "src/aws/consumer.rs".into(),
+        line: 1,
+        method: "receive_message".into(),
+        action: "sqs:ReceiveMessage".into(),
+        identity: Identity::Operator,
+        via: None,
+    };
+    let sources = [(
+        "src/controller/request_queue.rs".to_string(),
+        "fn f() {}".to_string(),
+    )];
+    let mut errors = Vec::new();
+    assert!(attribute_shared(&sources, vec![orphan], &mut errors).is_empty());
+    assert_eq!(errors.len(), 1, "{errors:?}");
 }
 
 #[test]

@@ -18,27 +18,28 @@
 //! which tries again with exponential back-off and jitter and keeps the message
 //! invisible meanwhile (`ChangeMessageVisibility`), so SQS never counts it towards the
 //! dead-letter queue. Messages are handled concurrently, so one that waits does not
-//! hold up the rest. Should a task reach the dead-letter queue all the same (the
+//! hold up the rest. The loop itself (receive, delete, visibility, dead-letter queue,
+//! back-off, shutdown) is the shared [`crate::aws::consumer`]; this module decides. Should a task reach the dead-letter queue all the same (the
 //! operator crashed with it five times), [`RequestQueue::redrive`] gives it another go
 //! once a minute, and a Warning Event on its request says so.
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_sqs::types::Message;
-use backon::BackoffBuilder;
+use futures::FutureExt;
 use serde_json::json;
 use tracing::{Instrument, error, info, warn};
 
 use crate::aws::authority::{Authority, AuthorityError};
+use crate::aws::consumer::{Consumer, Dispatch, Handler, Queue, Retries, Verdict};
+use crate::aws::retry::Backoff;
 use crate::aws::sfn::StepFunctionClient;
 use crate::contract::{RequestIdentity, RequestTask, errors};
 use crate::controller::tokens::{TokenStore, keys};
-use crate::telemetry::metrics::{outcome, queue};
+use crate::telemetry::metrics::queue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
-    #[error("SQS {call} failed: {message}")]
-    Sqs { call: &'static str, message: String },
     #[error(transparent)]
     Kube(#[from] kube::Error),
     #[error(transparent)]
@@ -49,28 +50,34 @@ pub enum QueueError {
     Authority(#[from] AuthorityError),
 }
 
+impl QueueError {
+    /// At least how long to wait before the next try, when the other side said it
+    /// throttles.
+    fn throttled(&self) -> Option<Duration> {
+        match self {
+            QueueError::StepFunctions(crate::aws::sfn::SfnError::Api { code, .. }) => {
+                crate::aws::retry::throttle_floor(Some(code))
+            }
+            QueueError::Kube(kube::Error::Api(status)) if status.code == 429 => {
+                Some(crate::aws::retry::THROTTLED_FLOOR)
+            }
+            _ => None,
+        }
+    }
+}
+
 /// How many messages are handled at once.
 const MAX_IN_FLIGHT: usize = 64;
-/// How long a message this consumer holds stays invisible beyond its next retry.
-const HOLD_MARGIN: Duration = Duration::from_secs(10);
 /// How often the dead-letter queue is looked at for tasks to give another go.
 const REDRIVE_EVERY: Duration = Duration::from_secs(60);
 /// A dead-lettered message that will never be understood is not looked at again for this
 /// long.
-const REDRIVE_PARK: i32 = 900;
+const REDRIVE_PARK: Duration = Duration::from_secs(900);
 /// A dead-lettered task that cannot be handled yet comes back for the next redrive.
-const REDRIVE_RETRY: i32 = 50;
-
+const REDRIVE_RETRY: Duration = Duration::from_secs(50);
 /// The back-off of a message whose handling failed: 1 s doubling to 30 s, with jitter,
-/// for as long as it takes.
-fn retry_delays() -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(30))
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
+/// for as long as it takes (in process: the message is kept invisible meanwhile).
+const RETRY_BACKOFF: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
 
 /// What became of one message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,153 +106,43 @@ pub struct RequestQueue {
 }
 
 impl RequestQueue {
-    /// Consumes until `shutdown` resolves. Errors are logged and retried with backoff.
+    /// Consumes until `shutdown` resolves, each message on its own (up to
+    /// [`MAX_IN_FLIGHT`] at once), a transient failure tried again in process with the
+    /// message kept invisible; and gives the dead-letter queue's tasks another go at
+    /// start and every [`REDRIVE_EVERY`]. Errors are logged and retried with back-off.
     /// At shutdown, messages still being worked on go back to the queue at once.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let mut in_flight = tokio::task::JoinSet::new();
-        let mut receive_delays = retry_delays();
-        let mut next_redrive = Instant::now();
-        loop {
-            while let Some(joined) = in_flight.try_join_next() {
-                if let Err(e) = joined {
-                    error!(error = %e, "a request-queue message's task ended abnormally");
-                }
+        let shutdown = shutdown.shared();
+        let consumer = Consumer::new(
+            self.clone(),
+            Queue::new(self.sqs.clone(), &self.queue_url),
+            queue::REQUEST,
+        )
+        .with_dispatch(Dispatch::Concurrent {
+            max_in_flight: MAX_IN_FLIGHT,
+        })
+        .with_retries(Retries::InProcess(RETRY_BACKOFF))
+        .with_dead_letter(self.dead_letter_url.clone())
+        .with_wait(self.wait)
+        .with_metrics(self.metrics.clone())
+        .with_fault_before_delete(
+            self.faults.clone(),
+            crate::faults::points::AFTER_TOKEN_STORED,
+        );
+        let redrive = async {
+            if self.dead_letter_url.is_none() {
+                return;
             }
-            if in_flight.len() >= MAX_IN_FLIGHT {
+            loop {
+                self.redrive().await;
                 tokio::select! {
                     biased;
-                    _ = &mut shutdown => break,
-                    _ = in_flight.join_next() => continue,
+                    _ = shutdown.clone() => return,
+                    _ = tokio::time::sleep(REDRIVE_EVERY) => {}
                 }
             }
-            if self.dead_letter_url.is_some() && Instant::now() >= next_redrive {
-                next_redrive = Instant::now() + REDRIVE_EVERY;
-                self.redrive().await;
-            }
-            let receive = self.receive(&self.queue_url, self.wait);
-            tokio::pin!(receive);
-            let received = tokio::select! {
-                biased;
-                _ = &mut shutdown => {
-                    // Messages a poll in flight already holds go straight back rather
-                    // than stay invisible for the visibility timeout.
-                    if let Ok(messages) = receive.await {
-                        for m in &messages {
-                            self.set_visibility(&self.queue_url, m, 0).await;
-                        }
-                    }
-                    break;
-                }
-                r = &mut receive => r,
-            };
-            match received {
-                Ok(messages) => {
-                    receive_delays = retry_delays();
-                    for m in messages {
-                        let this = self.clone();
-                        let stop = stop_rx.clone();
-                        let span = message_span(&m);
-                        in_flight
-                            .spawn(async move { this.process(m, stop).await }.instrument(span));
-                    }
-                }
-                Err(e) => {
-                    let delay = receive_delays.next().unwrap_or(Duration::from_secs(30));
-                    warn!(error = %e, retry_in = ?delay, "cannot receive from the request queue; backing off");
-                    tokio::select! {
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        let _ = stop_tx.send(true);
-        while let Some(joined) = in_flight.join_next().await {
-            if let Err(e) = joined {
-                error!(error = %e, "a request-queue message's task ended abnormally");
-            }
-        }
-    }
-
-    async fn receive(&self, queue_url: &str, wait: Duration) -> Result<Vec<Message>, QueueError> {
-        let out = self
-            .sqs
-            .receive_message()
-            .queue_url(queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20).min(20))
-            .send()
-            .await
-            .map_err(|e| QueueError::Sqs {
-                call: "ReceiveMessage",
-                message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
-            })?;
-        Ok(out.messages.unwrap_or_default())
-    }
-
-    /// Handles one message until it is done with: deleted once handled, dead-lettered
-    /// when it is poison, retried with back-off (and kept invisible) while the failure
-    /// is transient, handed back to the queue at shutdown.
-    async fn process(&self, message: Message, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let Some(receipt) = message.receipt_handle() else {
-            return;
         };
-        let body = message.body().unwrap_or_default();
-        let mut delays = retry_delays();
-        // The queue's own visibility timeout holds it at first; from the first retry on,
-        // this consumer says how long.
-        let mut held_until: Option<Instant> = None;
-        loop {
-            match self.handle(body).await {
-                Ok(Handled::Poison(why)) => {
-                    error!(
-                        message_id = message.message_id().unwrap_or_default(),
-                        why, "poison message on the request queue"
-                    );
-                    self.dead_letter(body, receipt).await;
-                    self.metrics
-                        .queue_message(queue::REQUEST, outcome::DEAD_LETTERED);
-                    return;
-                }
-                Ok(_) => {
-                    self.faults
-                        .point(crate::faults::points::AFTER_TOKEN_STORED)
-                        .await;
-                    if let Err(e) = self.delete(&self.queue_url, receipt).await {
-                        // It comes back; storing a token twice is harmless.
-                        warn!(error = %e, "cannot delete a handled message");
-                    }
-                    self.metrics
-                        .queue_message(queue::REQUEST, outcome::PROCESSED);
-                    return;
-                }
-                Err(e) => {
-                    self.metrics.queue_message(queue::REQUEST, outcome::FAILED);
-                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
-                    warn!(error = %e, retry_in = ?delay, "cannot handle a request-queue message yet; trying again");
-                    let needed = Instant::now() + delay + HOLD_MARGIN / 2;
-                    if held_until.is_none_or(|until| until < needed) {
-                        let hold = delay + HOLD_MARGIN;
-                        let seconds = i32::try_from(hold.as_secs()).unwrap_or(i32::MAX);
-                        if self
-                            .set_visibility(&self.queue_url, &message, seconds)
-                            .await
-                        {
-                            held_until = Some(Instant::now() + hold);
-                        }
-                    }
-                    tokio::select! {
-                        _ = stopped(&mut stop) => {
-                            self.set_visibility(&self.queue_url, &message, 0).await;
-                            return;
-                        }
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        tokio::join!(consumer.run(shutdown.clone()), redrive);
     }
 
     /// Gives dead-lettered tasks another go: one that can now be handled is, and leaves
@@ -256,7 +153,8 @@ impl RequestQueue {
         let Some(dlq) = self.dead_letter_url.clone() else {
             return;
         };
-        let messages = match self.receive(&dlq, Duration::ZERO).await {
+        let dlq = Queue::new(self.sqs.clone(), dlq);
+        let messages = match dlq.receive(Duration::ZERO, None).await {
             Ok(m) => m,
             Err(e) => {
                 warn!(error = %e, "cannot look at the request dead-letter queue");
@@ -273,10 +171,10 @@ impl RequestQueue {
                 let task = serde_json::from_str::<RequestTask>(body).ok();
                 match self.handle(body).await {
                     Ok(Handled::Poison(_)) => {
-                        self.set_visibility(&dlq, &message, REDRIVE_PARK).await;
+                        dlq.set_visibility(receipt, REDRIVE_PARK).await;
                     }
                     Ok(handled) => {
-                        if let Err(e) = self.delete(&dlq, receipt).await {
+                        if let Err(e) = dlq.delete(receipt).await {
                             warn!(error = %e, "cannot delete a redriven message");
                         }
                         info!("a dead-lettered task was handled after all");
@@ -295,7 +193,7 @@ impl RequestQueue {
                         // Tried again at the next redrive. Only a task that is its
                         // request's own comes this far (a foreign one is refused for good):
                         // surfaced on the request as the TaskDeadLettered condition.
-                        self.set_visibility(&dlq, &message, REDRIVE_RETRY).await;
+                        dlq.set_visibility(receipt, REDRIVE_RETRY).await;
                         if let Some(task) = &task {
                             let note = format!(
                                 "a task of this request is in the request dead-letter queue \
@@ -433,74 +331,32 @@ impl RequestQueue {
         }
         Ok(())
     }
-
-    async fn delete(&self, queue_url: &str, receipt: &str) -> Result<(), QueueError> {
-        self.sqs
-            .delete_message()
-            .queue_url(queue_url)
-            .receipt_handle(receipt)
-            .send()
-            .await
-            .map_err(|e| QueueError::Sqs {
-                call: "DeleteMessage",
-                message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
-            })?;
-        Ok(())
-    }
-
-    /// Sets how long a received message stays invisible (0: visible again at once).
-    /// False when SQS did not take it.
-    async fn set_visibility(&self, queue_url: &str, message: &Message, seconds: i32) -> bool {
-        let Some(receipt) = message.receipt_handle() else {
-            return false;
-        };
-        let res = self
-            .sqs
-            .change_message_visibility()
-            .queue_url(queue_url)
-            .receipt_handle(receipt)
-            .visibility_timeout(seconds)
-            .send()
-            .await;
-        if let Err(e) = res {
-            warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), seconds, "cannot change a message's visibility; it comes back after its visibility timeout");
-            return false;
-        }
-        true
-    }
-
-    /// Moves a message that will never be understood out of the way.
-    async fn dead_letter(&self, body: &str, receipt: &str) {
-        let Some(dlq) = &self.dead_letter_url else {
-            warn!("no dead-letter queue configured: leaving the message for SQS's redrive policy");
-            return;
-        };
-        let sent = self
-            .sqs
-            .send_message()
-            .queue_url(dlq)
-            .message_body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(_) => {
-                self.faults
-                    .point(crate::faults::points::AFTER_TOKEN_STORED)
-                    .await;
-                if let Err(e) = self.delete(&self.queue_url, receipt).await {
-                    warn!(error = %e, "moved a poison message to the dead-letter queue but cannot delete it");
-                }
-            }
-            Err(e) => {
-                warn!(error = %aws_sdk_sqs::error::DisplayErrorContext(e), "cannot move a poison message to the dead-letter queue; SQS's redrive will")
-            }
-        }
-    }
 }
 
-/// Resolves once the consumer is stopping.
-async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+/// The request queue's part of the loop ([`crate::aws::consumer`]): a task whose token
+/// is stored (or that was answered as an orphan) is done, one that cannot be understood
+/// is poison, a transient failure is tried again.
+impl Handler for RequestQueue {
+    async fn handle_message(&self, message: &Message) -> Verdict {
+        match self.handle(message.body().unwrap_or_default()).await {
+            Ok(Handled::Poison(why)) => {
+                error!(
+                    message_id = message.message_id().unwrap_or_default(),
+                    why, "poison message on the request queue"
+                );
+                Verdict::Poison(why)
+            }
+            Ok(_) => Verdict::Done,
+            Err(e) => Verdict::Retry {
+                at_least: e.throttled(),
+                reason: e.to_string(),
+            },
+        }
+    }
+
+    fn span(&self, message: &Message) -> tracing::Span {
+        message_span(message)
+    }
 }
 
 fn task_identity(task: &RequestTask) -> &RequestIdentity {
@@ -537,4 +393,25 @@ fn message_span(message: &Message) -> tracing::Span {
         execution_arn,
         message_id = message.message_id().unwrap_or(""),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_throttled_retry_waits_at_least_the_floor() {
+        let sfn = |code: &str| {
+            QueueError::StepFunctions(crate::aws::sfn::SfnError::Api {
+                call: "SendTaskFailure",
+                code: code.into(),
+                message: String::new(),
+            })
+        };
+        assert_eq!(
+            sfn("ThrottlingException").throttled(),
+            Some(crate::aws::retry::THROTTLED_FLOOR)
+        );
+        assert_eq!(sfn("Transport").throttled(), None);
+    }
 }

@@ -70,9 +70,10 @@
 //!
 //! - Transient errors (throttling, IAM service faults, transport), and any failure to
 //!   deliver the answer to Step Functions: no answer, the message stays and comes back
-//!   after a back-off ([`Worker::with_retry_delay`], set with `ChangeMessageVisibility`);
-//!   after 5 receives SQS moves it to the dead-letter queue and the task times out in the
-//!   state machine (`WorkTaskTimeoutSeconds`), which revokes.
+//!   after a back-off by its receive count ([`Worker::with_retry_delay`], set with
+//!   `ChangeMessageVisibility`, see [`crate::aws::consumer`]); after 5 receives SQS moves
+//!   it to the dead-letter queue and the task times out in the state machine
+//!   (`WorkTaskTimeoutSeconds`), which revokes.
 //! - Permanent errors: `SendTaskFailure` (`GrantFailed` / `RevokeFailed`) with a cause a
 //!   person understands.
 //! - A message is deleted only after its answer was delivered, or Step Functions said the
@@ -97,14 +98,16 @@
 //!   found, so it is revoked at once; if it still runs, it holds the grant or its revoke
 //!   follows in the same message group.
 
+use crate::aws::consumer::{Consumer, Dispatch, Handler, Queue, Retries, Verdict};
+use crate::aws::retry::Backoff;
 use crate::faults::{self, Faults};
-use crate::telemetry::metrics::{outcome, queue};
+use crate::telemetry::metrics::queue;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_iam::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use aws_sdk_sqs::types::Message;
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -116,19 +119,13 @@ use crate::grant::trust_policy::document::{self as trust_policy, Document, Trust
 
 /// SQS's longest long poll.
 const MAX_WAIT_TIME: Duration = Duration::from_secs(20);
-/// SQS's largest receive batch.
-const MAX_MESSAGES: i32 = 10;
-/// First back-off of a transient failure; doubled per receive, up to [`MAX_RETRY_DELAY`].
-/// With 5 receives before the dead-letter queue the tries span 15+30+60+120 s, inside the
-/// template's default `WorkTaskTimeoutSeconds` (300).
-const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(15);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(120);
-/// When a poison message is left to SQS's redrive: how soon it comes back (and so counts
-/// another receive).
-const POISON_REDELIVERY: Duration = Duration::from_secs(5);
-/// Back-off of the receive loop itself when SQS cannot be reached.
-const MIN_RECEIVE_BACKOFF: Duration = Duration::from_secs(1);
-const MAX_RECEIVE_BACKOFF: Duration = Duration::from_secs(60);
+/// First back-off of a transient failure; doubled per receive, up to
+/// [`RETRY_DOUBLINGS`] times, each with up to as much again of jitter
+/// ([`crate::aws::retry`]). With 5 receives before the dead-letter queue the tries span
+/// (8+16+32+64 s) to twice that, 120-240 s, inside the template's default
+/// `WorkTaskTimeoutSeconds` (300).
+const DEFAULT_RETRY_DELAY: Duration = Duration::from_secs(8);
+const RETRY_DOUBLINGS: u32 = 3;
 /// How long (in pauses between reads) a trust-policy write may take to show in IAM's
 /// reads before the work item is left for a retry instead; see
 /// [`Worker::with_consistency_wait`].
@@ -142,10 +139,9 @@ const MAX_READ_BACK_DELAY: Duration = Duration::from_secs(2);
 /// for longer than a work item's retries last.
 const UNCONFIRMED_WAITS: u32 = 6;
 
-/// Message attribute that says why aws-jit dead-lettered a message.
-pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "aws-jit-dead-letter-reason";
-/// Message attribute with the id the message had on the work queue.
-pub const SOURCE_MESSAGE_ID_ATTRIBUTE: &str = "aws-jit-source-message-id";
+/// The message attributes of what the worker dead-letters: why, and the id the message
+/// had on the work queue.
+pub use crate::aws::consumer::{DEAD_LETTER_REASON_ATTRIBUTE, SOURCE_MESSAGE_ID_ATTRIBUTE};
 
 /// Why a work item could not be done. [`WorkerError::is_transient`] decides between
 /// "try again later" and "answer the task with a failure"; the `Display` text is the
@@ -290,17 +286,6 @@ impl WorkerError {
                 message,
                 transient: is_transient_iam_code(code),
             },
-        }
-    }
-
-    fn sqs<E, R>(call: &'static str, err: &SdkError<E, R>) -> Self
-    where
-        E: ProvideErrorMetadata + std::error::Error + 'static,
-        R: std::fmt::Debug,
-    {
-        WorkerError::Sqs {
-            call,
-            message: aws_sdk_sqs::error::DisplayErrorContext(err).to_string(),
         }
     }
 }
@@ -458,7 +443,7 @@ impl Worker {
     }
 
     /// The first back-off of a transiently failed message (doubled per receive, at most
-    /// two minutes).
+    /// three times, each with up to as much again of jitter).
     pub fn with_retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
@@ -480,60 +465,31 @@ impl Worker {
         &self.queue_url
     }
 
-    /// Long-polls the work queue and works on what arrives until `shutdown` completes.
-    /// A receive in progress is abandoned at shutdown (its messages come back after the
-    /// visibility timeout); messages already received are finished first. Never returns
-    /// early and never panics: receive errors are logged and retried with back-off.
+    /// Long-polls the work queue and works on what arrives until `shutdown` completes:
+    /// [`crate::aws::consumer`], each message group (role) in order, the groups at once,
+    /// retries handed back to the queue by receive count. A receive in progress at
+    /// shutdown is let finish and its messages handed back; messages already received
+    /// are finished first. Never returns early and never panics: receive errors are
+    /// logged and retried with back-off.
     pub async fn run(&self, shutdown: impl Future) {
-        tokio::pin!(shutdown);
         info!(
             queue_url = %self.queue_url,
             dead_letter_url = self.dead_letter_url.as_deref().unwrap_or("(none: SQS redrive)"),
             size_limit = self.size_limit,
             "trust-policy worker started"
         );
-        let mut failures: u32 = 0;
-        loop {
-            let receive = self.receive();
-            tokio::pin!(receive);
-            let received = tokio::select! {
-                biased;
-                _ = &mut shutdown => {
-                    // A poll in flight may already hold messages: let it finish (at most
-                    // the long-poll wait) and hand them straight back, rather than leave
-                    // them invisible, blocking their role's group, for the visibility
-                    // timeout.
-                    if let Ok(messages) = receive.await {
-                        for m in &messages {
-                            self.release(m, Duration::ZERO).await;
-                        }
-                    }
-                    break;
-                }
-                received = &mut receive => received,
-            };
-            match received {
-                Ok(messages) => {
-                    failures = 0;
-                    self.work_on(messages).await;
-                }
-                Err(err) => {
-                    failures = failures.saturating_add(1);
-                    let delay = receive_backoff(failures);
-                    warn!(
-                        queue_url = %self.queue_url,
-                        error = %err,
-                        retry_in = ?delay,
-                        "cannot receive from the work queue; backing off"
-                    );
-                    tokio::select! {
-                        biased;
-                        _ = &mut shutdown => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
+        Consumer::new(
+            std::sync::Arc::new(self.clone()),
+            Queue::new(self.sqs.clone(), &self.queue_url),
+            queue::WORK,
+        )
+        .with_dispatch(Dispatch::Groups)
+        .with_retries(Retries::Release(retry_backoff(self.retry_delay)))
+        .with_dead_letter(self.dead_letter_url.clone())
+        .with_wait(self.wait_time)
+        .with_metrics(self.metrics.clone())
+        .run(shutdown)
+        .await;
         info!(queue_url = %self.queue_url, "trust-policy worker stopped");
     }
 
@@ -543,124 +499,6 @@ impl Worker {
         let parsed = classify(body);
         let span = task_span(&parsed, None);
         self.handle_parsed(parsed).instrument(span).await
-    }
-
-    async fn receive(&self) -> Result<Vec<Message>, WorkerError> {
-        let wait = i32::try_from(self.wait_time.as_secs()).unwrap_or(20);
-        let out = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.queue_url)
-            .max_number_of_messages(MAX_MESSAGES)
-            .wait_time_seconds(wait)
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
-            .send()
-            .await
-            .map_err(|e| WorkerError::sqs("ReceiveMessage", &e))?;
-        Ok(out.messages.unwrap_or_default())
-    }
-
-    /// One receive's messages: each message group in order, the groups concurrently.
-    async fn work_on(&self, messages: Vec<Message>) {
-        let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
-        for message in messages {
-            let group = system_attribute(&message, MessageSystemAttributeName::MessageGroupId)
-                .unwrap_or_default()
-                .to_owned();
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, list)) => list.push(message),
-                None => groups.push((group, vec![message])),
-            }
-        }
-        let mut tasks = tokio::task::JoinSet::new();
-        for (_, group) in groups {
-            let worker = self.clone();
-            tasks.spawn(async move { worker.work_on_group(group).await });
-        }
-        while let Some(joined) = tasks.join_next().await {
-            if let Err(err) = joined {
-                // Not expected (nothing here panics); the group's messages come back after
-                // the visibility timeout.
-                error!(
-                    queue_url = %self.queue_url,
-                    error = %err,
-                    "a message group's task ended abnormally",
-                );
-            }
-        }
-    }
-
-    /// The messages of one group (one role), in order, one at a time. When a message
-    /// stays on the queue, the later messages of the same execution are not worked on:
-    /// they are made visible again at once, and SQS FIFO delivers them only after the one
-    /// that stayed, so a revoke never overtakes its grant. The later messages of other
-    /// executions are worked on: work items of different requests commute (each has its
-    /// own statement), so a stuck or poison message does not hold up the rest of the
-    /// role's work, nor make it pile up receives towards the dead-letter queue.
-    async fn work_on_group(&self, group: Vec<Message>) {
-        let mut waiting: Vec<String> = Vec::new();
-        for message in group {
-            let parsed = classify(message.body().unwrap_or_default());
-            let execution = execution_of(&parsed).map(str::to_owned);
-            if execution.as_ref().is_some_and(|arn| waiting.contains(arn)) {
-                let span = task_span(&parsed, message.message_id());
-                async {
-                    info!(
-                        "not working on this message yet: an earlier message of its execution \
-                         stays on the queue; it comes back behind that one"
-                    );
-                    self.release(&message, Duration::ZERO).await;
-                }
-                .instrument(span)
-                .await;
-                continue;
-            }
-            if self.work_on_message(&message, parsed).await == Settled::Stays
-                && let Some(arn) = execution
-            {
-                waiting.push(arn);
-            }
-        }
-    }
-
-    /// Works on one message and settles it on the queue.
-    async fn work_on_message(&self, message: &Message, parsed: Result<Parsed, String>) -> Settled {
-        let span = task_span(&parsed, message.message_id());
-        async {
-            match self.handle_parsed(parsed).await {
-                Outcome::Answered { delivery, answer } => {
-                    if delivery == TaskAnswer::AlreadyOver {
-                        info!("the task was already over; removing its message");
-                    }
-                    self.metrics.grant(match answer {
-                        Answer::Granted(_) => "granted",
-                        Answer::Revoked(_) => "revoked",
-                        Answer::Failed { .. } => "failed",
-                    });
-                    self.metrics.queue_message(queue::WORK, outcome::PROCESSED);
-                    self.delete(message).await
-                }
-                Outcome::Retry { reason } => {
-                    self.metrics.queue_message(queue::WORK, outcome::FAILED);
-                    let delay = retry_delay(self.retry_delay, receive_count(message));
-                    warn!(
-                        %reason,
-                        retry_in = ?delay,
-                        "not answered; the message comes back after a back-off",
-                    );
-                    self.release(message, delay).await;
-                    Settled::Stays
-                }
-                Outcome::Poison { reason } => {
-                    self.metrics
-                        .queue_message(queue::WORK, outcome::DEAD_LETTERED);
-                    self.dead_letter(message, &reason).await
-                }
-            }
-        }
-        .instrument(span)
-        .await
     }
 
     async fn handle_parsed(&self, parsed: Result<Parsed, String>) -> Outcome {
@@ -1333,135 +1171,46 @@ impl Worker {
             tokio::time::sleep(pause).await;
         }
     }
+}
 
-    /// Deletes a settled message. `Stays` when it could not be deleted: it comes back
-    /// after the queue's visibility timeout (and is then answered the same way, or found
-    /// over), and the rest of its group must wait for it, or a revoke behind it could run
-    /// before a redelivered grant.
-    async fn delete(&self, message: &Message) -> Settled {
-        let Some(handle) = message.receipt_handle() else {
-            warn!("the message has no receipt handle; it cannot be deleted and will come back");
-            return Settled::Stays;
-        };
+/// The worker's part of the work-queue loop ([`crate::aws::consumer`]): what a message
+/// is worth. An answered task (or one already over) is done; a transient failure is
+/// retried; a message that is not a work item is poison. The later messages of an
+/// execution whose message stays go back behind it (its [`Handler::order_key`]), so a
+/// revoke never overtakes its grant; other executions' items commute (each has its own
+/// statement), so one stuck or poison message neither blocks a role's other work nor
+/// drags it to the dead-letter queue by adding receives to it.
+impl Handler for Worker {
+    async fn handle_message(&self, message: &Message) -> Verdict {
         match self
-            .sqs
-            .delete_message()
-            .queue_url(&self.queue_url)
-            .receipt_handle(handle)
-            .send()
+            .handle_parsed(classify(message.body().unwrap_or_default()))
             .await
         {
-            Ok(_) => Settled::Done,
-            Err(err) => {
-                warn!(
-                    error = %aws_sdk_sqs::error::DisplayErrorContext(&err),
-                    "cannot delete the settled message; it will come back and be settled again \
-                     (idempotent), and the rest of its group waits for it"
-                );
-                Settled::Stays
+            Outcome::Answered { delivery, answer } => {
+                if delivery == TaskAnswer::AlreadyOver {
+                    info!("the task was already over; removing its message");
+                }
+                self.metrics.grant(match answer {
+                    Answer::Granted(_) => "granted",
+                    Answer::Revoked(_) => "revoked",
+                    Answer::Failed { .. } => "failed",
+                });
+                Verdict::Done
             }
+            Outcome::Retry { reason } => Verdict::retry(reason),
+            Outcome::Poison { reason } => Verdict::Poison(reason),
         }
     }
 
-    /// Makes the message visible again after `delay`.
-    async fn release(&self, message: &Message, delay: Duration) {
-        let Some(handle) = message.receipt_handle() else {
-            return;
-        };
-        let seconds = i32::try_from(delay.as_secs()).unwrap_or(i32::MAX);
-        if let Err(err) = self
-            .sqs
-            .change_message_visibility()
-            .queue_url(&self.queue_url)
-            .receipt_handle(handle)
-            .visibility_timeout(seconds)
-            .send()
-            .await
-        {
-            warn!(
-                error = %aws_sdk_sqs::error::DisplayErrorContext(&err),
-                "cannot change the message's visibility; it comes back after the queue's \
-                 visibility timeout"
-            );
-        }
+    fn span(&self, message: &Message) -> Span {
+        task_span(
+            &classify(message.body().unwrap_or_default()),
+            message.message_id(),
+        )
     }
 
-    /// Moves a poison message to the dead-letter queue, or leaves it to SQS's redrive.
-    async fn dead_letter(&self, message: &Message, reason: &str) -> Settled {
-        let Some(dlq) = self.dead_letter_url.as_deref() else {
-            error!(
-                %reason,
-                receive_count = receive_count(message),
-                "no dead-letter URL configured: leaving the poison message to SQS's redrive \
-                 (the work queue's maxReceiveCount, 5); its message group waits until then"
-            );
-            self.release(message, POISON_REDELIVERY).await;
-            return Settled::Stays;
-        };
-        match self.send_to_dead_letter(dlq, message, reason).await {
-            Ok(()) => {
-                error!(
-                    %reason,
-                    dead_letter_url = %dlq,
-                    "moved the poison message to the dead-letter queue",
-                );
-                self.delete(message).await
-            }
-            Err(err) => {
-                let delay = retry_delay(self.retry_delay, receive_count(message));
-                error!(
-                    %reason,
-                    error = %err,
-                    retry_in = ?delay,
-                    "cannot move the poison message to the dead-letter queue; it stays"
-                );
-                self.release(message, delay).await;
-                Settled::Stays
-            }
-        }
-    }
-
-    async fn send_to_dead_letter(
-        &self,
-        dlq: &str,
-        message: &Message,
-        reason: &str,
-    ) -> Result<(), WorkerError> {
-        let attribute = |value: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-                .map_err(|e| WorkerError::Sqs {
-                    call: "SendMessage",
-                    message: e.to_string(),
-                })
-        };
-        let message_id = message.message_id().unwrap_or_default();
-        let mut send = self
-            .sqs
-            .send_message()
-            .queue_url(dlq)
-            .message_body(message.body().unwrap_or_default())
-            .message_attributes(
-                DEAD_LETTER_REASON_ATTRIBUTE,
-                attribute(crate::aws::sfn::truncate(reason, 1024))?,
-            );
-        if !message_id.is_empty() {
-            send = send.message_attributes(SOURCE_MESSAGE_ID_ATTRIBUTE, attribute(message_id)?);
-        }
-        if dlq.ends_with(".fifo") {
-            let group = system_attribute(message, MessageSystemAttributeName::MessageGroupId)
-                .filter(|g| !g.is_empty())
-                .unwrap_or("aws-jit-poison");
-            send = send
-                .message_group_id(group)
-                .message_deduplication_id(dead_letter_dedup_id(message_id, message.body()));
-        }
-        send.send()
-            .await
-            .map_err(|e| WorkerError::sqs("SendMessage", &e))?;
-        Ok(())
+    fn order_key(&self, message: &Message) -> Option<String> {
+        execution_of(&classify(message.body().unwrap_or_default())).map(str::to_owned)
     }
 }
 
@@ -1682,15 +1431,6 @@ pub fn plan_revoke(document: &Document, request_uid: &str, now: Timestamp) -> Re
     }
 }
 
-/// Where a message is after the worker is done with it for now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Settled {
-    /// Deleted (answered, or dead-lettered).
-    Done,
-    /// Still on the queue, to come back later.
-    Stays,
-}
-
 /// A message body, read just far enough to know what to do with it.
 #[derive(Debug)]
 enum Parsed {
@@ -1813,55 +1553,11 @@ fn failure(error: &str, err: &WorkerError) -> Answer {
     }
 }
 
-fn system_attribute(message: &Message, name: MessageSystemAttributeName) -> Option<&str> {
-    message
-        .attributes()
-        .and_then(|a: &HashMap<_, _>| a.get(&name))
-        .map(String::as_str)
-}
-
-fn receive_count(message: &Message) -> u32 {
-    system_attribute(message, MessageSystemAttributeName::ApproximateReceiveCount)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(1)
-}
-
-/// Back-off of a message that failed on its `receive_count`-th receive: `base`, doubled
-/// per receive, at most two minutes (and at least a second).
-fn retry_delay(base: Duration, receive_count: u32) -> Duration {
-    let doublings = receive_count.saturating_sub(1).min(16);
-    base.saturating_mul(1 << doublings)
-        .clamp(Duration::from_secs(1), MAX_RETRY_DELAY.max(base))
-}
-
-/// Back-off of the receive loop after `failures` failed receives in a row.
-fn receive_backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    MIN_RECEIVE_BACKOFF
-        .saturating_mul(1 << doublings)
-        .min(MAX_RECEIVE_BACKOFF)
-}
-
-/// FIFO deduplication id for a dead-lettered message: stable per source message, so a
-/// move retried after a failed delete is not queued twice. At most 128 characters from
-/// the set SQS allows (the message id is a UUID; the body's hash stands in if it is
-/// missing).
-fn dead_letter_dedup_id(message_id: &str, body: Option<&str>) -> String {
-    let mut id: String = message_id
-        .chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(100)
-        .collect();
-    if id.is_empty() {
-        id = format!("{:016x}", fnv1a(body.unwrap_or_default().as_bytes()));
-    }
-    format!("dead-letter-{id}")
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, b| {
-        (hash ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    })
+/// The back-off of a transiently failed work item, by its receive count: `first` (at
+/// least a second), doubling [`RETRY_DOUBLINGS`] times, with jitter.
+fn retry_backoff(first: Duration) -> Backoff {
+    let first = first.max(Duration::from_secs(1));
+    Backoff::new(first, first.saturating_mul(1 << RETRY_DOUBLINGS))
 }
 
 /// True when `read` (a trust policy as IAM returns it, parsed) is the document `written`:
@@ -1874,14 +1570,7 @@ fn shows_write(read: &Document, written: &Document) -> bool {
 /// The pauses between the reads that confirm a write: 0.1 s doubling to 2 s, each up
 /// to twice that with jitter, until the next would make them add up to more than `wait`.
 fn read_back_delays(wait: Duration) -> impl Iterator<Item = Duration> {
-    backon::BackoffBuilder::build(
-        backon::ExponentialBuilder::default()
-            .with_min_delay(MIN_READ_BACK_DELAY)
-            .with_max_delay(MAX_READ_BACK_DELAY)
-            .with_jitter()
-            .without_max_times()
-            .with_total_delay(Some(wait)),
-    )
+    Backoff::new(MIN_READ_BACK_DELAY, MAX_READ_BACK_DELAY).delays_within(wait)
 }
 
 /// `ts` rounded down to the second (its `Display` is then `YYYY-MM-DDTHH:MM:SSZ`).
@@ -2335,28 +2024,19 @@ mod tests {
     }
 
     #[test]
-    fn retries_back_off_up_to_two_minutes() {
-        let base = Duration::from_secs(15);
-        let delays: Vec<u64> = (1..=6).map(|n| retry_delay(base, n).as_secs()).collect();
-        assert_eq!(delays, [15, 30, 60, 120, 120, 120]);
-        assert_eq!(retry_delay(Duration::ZERO, 1), Duration::from_secs(1));
-        assert_eq!(retry_delay(base, u32::MAX), MAX_RETRY_DELAY);
-        assert_eq!(receive_backoff(1), MIN_RECEIVE_BACKOFF);
-        assert_eq!(receive_backoff(100), MAX_RECEIVE_BACKOFF);
-    }
-
-    #[test]
-    fn dead_letter_dedup_ids_are_stable_and_valid() {
-        let id = dead_letter_dedup_id("5c3b7f0e-0000-4000-8000-000000000001", Some("x"));
-        assert_eq!(id, "dead-letter-5c3b7f0e-0000-4000-8000-000000000001");
-        let from_body = dead_letter_dedup_id("", Some("junk"));
-        assert_eq!(from_body, dead_letter_dedup_id("", Some("junk")));
-        assert_ne!(from_body, dead_letter_dedup_id("", Some("junk2")));
-        let long = dead_letter_dedup_id(&"é x".repeat(300), None);
-        assert!(
-            long.len() <= 128 && long.chars().all(|c| c.is_ascii_graphic()),
-            "{long}"
-        );
+    fn retries_back_off_within_the_work_task_timeout() {
+        let policy = retry_backoff(DEFAULT_RETRY_DELAY);
+        for _ in 0..50 {
+            // The back-offs after receives 1-4: the fifth (last) try comes inside the
+            // template's WorkTaskTimeoutSeconds (300 s), even with the most jitter.
+            let tries: Duration = (1..=4).map(|n| policy.after(n)).sum();
+            assert!(
+                tries >= Duration::from_secs(120) && tries < Duration::from_secs(240),
+                "{tries:?}"
+            );
+        }
+        assert!(policy.after(u32::MAX) < Duration::from_secs(128));
+        assert_eq!(retry_backoff(Duration::ZERO).min(), Duration::from_secs(1));
     }
 
     #[test]

@@ -16,9 +16,11 @@
 //! Nothing is read from annotations: whoever creates a request writes those, and could
 //! otherwise silence its alerts or point them at another request's message.
 //!
-//! A message is deleted only after Slack accepted it. `429` waits `Retry-After`; 5xx,
-//! transport and Kubernetes errors are retried with backoff while the message's
-//! visibility is extended, so Slack being down for minutes loses nothing. A message
+//! A message is deleted only after Slack accepted it. `429` waits `Retry-After` (at
+//! least); 5xx, transport and Kubernetes errors are retried with backoff
+//! ([`crate::aws::retry`]) while the message's visibility is extended, so Slack being
+//! down for minutes loses nothing. The queue loop is the shared [`crate::aws::consumer`]
+//! (groups in order, a lease of [`Config::visibility_timeout`]). A message
 //! Slack refuses for good (`channel_not_found`, `invalid_blocks`, …) or that cannot be
 //! read is moved to the alert dead-letter queue with a log line and never blocks the
 //! rest. Writes to one channel are paced (default one a second). On shutdown, in-flight
@@ -29,18 +31,20 @@
 //! can get up to two writes per pacing interval. Slack's own limit (about one message
 //! a second per channel, with bursts tolerated) is still enforced by Slack: a `429`
 //! from it is obeyed by whichever replica got it. There is no cross-replica pacing.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aws_sdk_sqs::types::{Message, MessageAttributeValue, MessageSystemAttributeName};
+use aws_sdk_sqs::types::Message;
 use futures::FutureExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, debug, error, info, warn};
 
+use crate::aws::consumer::{Consumer, Dispatch, Handler, Queue, Verdict};
+use crate::aws::retry::{Backoff, Failed};
 use crate::crd::{AccessRequest, AccessRole, SlackMessage};
 
 pub mod render;
@@ -66,8 +70,7 @@ use slack::{Failure, SlackApi};
 /// The field manager of the relay's writes to `status.slack`.
 pub const FIELD_MANAGER: &str = "aws-jit-relay";
 /// SQS message attribute carrying why a message was dead-lettered (as the worker's).
-pub const DEAD_LETTER_REASON_ATTRIBUTE: &str =
-    crate::grant::trust_policy::worker::DEAD_LETTER_REASON_ATTRIBUTE;
+pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = crate::aws::consumer::DEAD_LETTER_REASON_ATTRIBUTE;
 
 /// Slack's bot token: never printed.
 #[derive(Clone)]
@@ -100,7 +103,8 @@ pub struct Config {
     pub queue_wait: Duration,
     /// Visibility of a received message; extended every third of it while working.
     pub visibility_timeout: Duration,
-    /// First retry delay of a transient failure; doubles up to `retry_max`.
+    /// First retry delay of a transient Slack or Kubernetes failure; doubles up to
+    /// `retry_max`, each with up to as much again of jitter.
     pub retry_base: Duration,
     pub retry_max: Duration,
     /// How long in-flight messages may take to finish once shutdown is asked.
@@ -132,8 +136,6 @@ impl Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
-    #[error("SQS {call} failed: {message}")]
-    Sqs { call: &'static str, message: String },
     #[error("cannot set up the Slack client: {0}")]
     Slack(String),
 }
@@ -228,142 +230,36 @@ impl Relay {
         })
     }
 
-    pub async fn run(&self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let shutdown = shutdown.shared();
+    /// Consumes the alert queue until `shutdown` resolves, then gives the alerts in hand
+    /// [`Config::shutdown_grace`] to finish; what is left goes back to the queue.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         info!(queue = %self.config.alert_queue_url, default_channel = %self.config.default_channel, "relay started");
-        let mut backoff = self.config.retry_base;
-        loop {
-            let received = tokio::select! {
-                _ = shutdown.clone() => break,
-                r = self.receive() => r,
-            };
-            let messages = match received {
-                Ok(m) => {
-                    backoff = self.config.retry_base;
-                    m
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot receive from the alert queue; backing off");
-                    tokio::select! {
-                        _ = shutdown.clone() => break,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(self.config.retry_max);
-                    continue;
-                }
-            };
-            if messages.is_empty() {
-                continue;
-            }
-            let receipts: Vec<String> = messages
-                .iter()
-                .filter_map(|m| m.receipt_handle().map(str::to_string))
-                .collect();
-            let batch = self.work_on(messages);
-            tokio::pin!(batch);
-            let grace = async {
-                shutdown.clone().await;
-                tokio::time::sleep(self.config.shutdown_grace).await;
-            };
-            tokio::select! {
-                _ = &mut batch => {}
-                _ = grace => {
-                    warn!("shutdown grace period over; unfinished alerts go back to the queue");
-                    for r in &receipts {
-                        // Already-deleted ones fail harmlessly.
-                        let _ = self.change_visibility(r, Duration::ZERO).await;
-                    }
-                    break;
-                }
-            }
-        }
+        let config = self.config.clone();
+        let queue = Queue::new(self.sqs.clone(), &config.alert_queue_url);
+        Consumer::new(
+            Arc::new(self),
+            queue,
+            crate::telemetry::metrics::queue::ALERT,
+        )
+        .with_dispatch(Dispatch::Groups)
+        .with_lease(config.visibility_timeout)
+        .with_shutdown_grace(config.shutdown_grace)
+        .with_dead_letter(config.dead_letter_url.clone())
+        .with_wait(config.queue_wait)
+        .with_metrics(config.metrics.clone())
+        .run(shutdown)
+        .await;
         info!("relay stopped");
     }
 
-    async fn receive(&self) -> Result<Vec<Message>, RelayError> {
-        let out = self
-            .sqs
-            .receive_message()
-            .queue_url(&self.config.alert_queue_url)
-            .max_number_of_messages(10)
-            .wait_time_seconds(secs(self.config.queue_wait).min(20))
-            .visibility_timeout(secs(self.config.visibility_timeout).max(1))
-            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
-            .send()
-            .await
-            .map_err(|e| sqs_error("ReceiveMessage", e))?;
-        Ok(out.messages.unwrap_or_default())
-    }
-
-    /// One receive's messages: each message group (an execution) in order, the groups
-    /// concurrently.
-    async fn work_on(&self, messages: Vec<Message>) {
-        let mut groups: Vec<(String, Vec<Message>)> = Vec::new();
-        for m in messages {
-            let group = m
-                .attributes()
-                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-                .cloned()
-                .unwrap_or_default();
-            match groups.iter_mut().find(|(g, _)| *g == group) {
-                Some((_, v)) => v.push(m),
-                None => groups.push((group, vec![m])),
-            }
-        }
-        futures::future::join_all(groups.into_iter().map(|(_, g)| self.work_on_group(g))).await;
-    }
-
-    async fn work_on_group(&self, messages: Vec<Message>) {
-        let pending: Mutex<HashSet<String>> = Mutex::new(
-            messages
-                .iter()
-                .filter_map(|m| m.receipt_handle().map(str::to_string))
-                .collect(),
-        );
-        let work = async {
-            for m in &messages {
-                self.process(m).await;
-                if let Some(r) = m.receipt_handle() {
-                    pending.lock().unwrap_or_else(|p| p.into_inner()).remove(r);
-                }
-            }
-        };
-        let heartbeat = async {
-            let every = (self.config.visibility_timeout / 3).max(Duration::from_millis(500));
-            loop {
-                tokio::time::sleep(every).await;
-                let receipts: Vec<String> = pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .iter()
-                    .cloned()
-                    .collect();
-                for r in receipts {
-                    if let Err(e) = self
-                        .change_visibility(&r, self.config.visibility_timeout)
-                        .await
-                    {
-                        warn!(error = %e, "cannot extend an alert's visibility");
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            _ = work => {}
-            _ = heartbeat => {}
-        }
-    }
-
-    async fn process(&self, message: &Message) {
-        let Some(receipt) = message.receipt_handle() else {
-            return;
-        };
+    /// What an alert is worth: `Err` is a permanent refusal (dead-letter it).
+    async fn settle(&self, message: &Message) -> Result<Settled, String> {
         let body = message.body().unwrap_or_default();
         debug!(body, "alert received");
         let security = serde_json::from_str::<crate::contract::SecurityAlert>(body)
             .ok()
             .filter(|a| a.event == crate::contract::SecurityAlert::EVENT);
-        let settled = match (security, serde_json::from_str::<Alert>(body)) {
+        match (security, serde_json::from_str::<Alert>(body)) {
             (Some(finding), _) => self.deliver_security(&finding).await,
             (None, Ok(alert)) => {
                 // Every log line of this alert carries the request's identity.
@@ -378,31 +274,6 @@ impl Relay {
                 self.deliver(&alert).instrument(span).await
             }
             (None, Err(e)) => Err(format!("not an alert: {e}")),
-        };
-        match settled {
-            Ok(s) => {
-                debug!(?s, "alert settled");
-                self.config.metrics.queue_message(
-                    crate::telemetry::metrics::queue::ALERT,
-                    crate::telemetry::metrics::outcome::PROCESSED,
-                );
-                if let Err(e) = self.delete(receipt).await {
-                    // It comes back; the relayed annotation keeps it from showing twice.
-                    warn!(error = %e, "cannot delete a relayed alert");
-                }
-            }
-            Err(reason) => {
-                error!(
-                    %reason,
-                    message_id = message.message_id().unwrap_or_default(),
-                    "Slack refused an alert for good (or it cannot be read); moving it to the dead-letter queue"
-                );
-                self.config.metrics.queue_message(
-                    crate::telemetry::metrics::queue::ALERT,
-                    crate::telemetry::metrics::outcome::DEAD_LETTERED,
-                );
-                self.dead_letter(message, &reason).await;
-            }
         }
     }
 
@@ -552,28 +423,30 @@ impl Relay {
         m.slack_request(method, result);
     }
 
-    /// Retries `f` until it succeeds or fails for good (returned as `Err(reason)`).
+    /// Retries `f` until it succeeds or fails for good (returned as `Err(reason)`), by
+    /// the one back-off policy; a `429` waits at least its `Retry-After`.
     async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, String>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, Failure>>,
     {
-        let mut backoff = self.config.retry_base;
-        loop {
-            match f().await {
-                Ok(v) => return Ok(v),
-                Err(Failure::Refused(reason)) => return Err(reason),
-                Err(Failure::RateLimited(wait)) => {
-                    warn!(what, retry_after = ?wait, "Slack rate limit; waiting as told");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(Failure::Transient(e)) => {
-                    warn!(what, error = %e, retry_in = ?backoff, "transient failure; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.config.retry_max);
-                }
-            }
-        }
+        let policy = Backoff::new(self.config.retry_base, self.config.retry_max);
+        crate::aws::retry::retry(&policy, what, || {
+            f().map(|tried| {
+                tried.map_err(|failure| match failure {
+                    Failure::Refused(reason) => Failed::Permanent(reason),
+                    Failure::RateLimited(wait) => Failed::Transient {
+                        error: "Slack rate limit".to_string(),
+                        at_least: Some(wait),
+                    },
+                    Failure::Transient(error) => Failed::Transient {
+                        error,
+                        at_least: None,
+                    },
+                })
+            })
+        })
+        .await
     }
 
     /// The request, its role's channel and mentions, and what it remembers.
@@ -712,79 +585,26 @@ impl Relay {
             Err(e) => Err(Failure::Transient(format!("Kubernetes: {e}"))),
         }
     }
+}
 
-    async fn delete(&self, receipt: &str) -> Result<(), RelayError> {
-        self.sqs
-            .delete_message()
-            .queue_url(&self.config.alert_queue_url)
-            .receipt_handle(receipt)
-            .send()
-            .await
-            .map_err(|e| sqs_error("DeleteMessage", e))?;
-        Ok(())
-    }
-
-    async fn change_visibility(&self, receipt: &str, to: Duration) -> Result<(), RelayError> {
-        self.sqs
-            .change_message_visibility()
-            .queue_url(&self.config.alert_queue_url)
-            .receipt_handle(receipt)
-            .visibility_timeout(secs(to))
-            .send()
-            .await
-            .map_err(|e| sqs_error("ChangeMessageVisibility", e))?;
-        Ok(())
-    }
-
-    /// Moves a refused or unreadable alert to the dead-letter queue, then deletes it.
-    async fn dead_letter(&self, message: &Message, reason: &str) {
-        let Some(dlq) = self.config.dead_letter_url.as_deref() else {
-            error!(%reason, "no alert dead-letter queue configured: leaving the alert to SQS's redrive");
-            return;
-        };
-        let Some(receipt) = message.receipt_handle() else {
-            return;
-        };
-        let message_id = message.message_id().unwrap_or_default();
-        let mut send = self
-            .sqs
-            .send_message()
-            .queue_url(dlq)
-            .message_body(message.body().unwrap_or_default());
-        if let Ok(attr) = MessageAttributeValue::builder()
-            .data_type("String")
-            .string_value(crate::aws::sfn::truncate(reason, 1024))
-            .build()
-        {
-            send = send.message_attributes(DEAD_LETTER_REASON_ATTRIBUTE, attr);
-        }
-        if dlq.ends_with(".fifo") {
-            let group = message
-                .attributes()
-                .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
-                .filter(|g| !g.is_empty())
-                .map(String::as_str)
-                .unwrap_or("aws-jit-relay");
-            let dedup: String = message_id
-                .chars()
-                .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
-                .take(100)
-                .collect();
-            send = send
-                .message_group_id(group)
-                .message_deduplication_id(format!("relay-dead-letter-{dedup}"));
-        }
-        match send.send().await {
-            Ok(_) => {
-                error!(%reason, dead_letter_url = %dlq, "moved the alert to the dead-letter queue");
-                if let Err(e) = self.delete(receipt).await {
-                    warn!(error = %e, "moved an alert to the dead-letter queue but cannot delete it");
-                }
+/// The relay's part of the alert-queue loop ([`crate::aws::consumer`]): an alert Slack
+/// took (or that was shown before) is done; one Slack refuses for good, or that cannot
+/// be read, is poison. Transient failures are retried inside [`Relay::deliver`].
+impl Handler for Relay {
+    async fn handle_message(&self, message: &Message) -> Verdict {
+        match self.settle(message).await {
+            Ok(s) => {
+                debug!(?s, "alert settled");
+                Verdict::Done
             }
-            Err(e) => warn!(
-                error = %aws_sdk_sqs::error::DisplayErrorContext(e),
-                "cannot move the alert to the dead-letter queue; it comes back"
-            ),
+            Err(reason) => {
+                error!(
+                    %reason,
+                    message_id = message.message_id().unwrap_or_default(),
+                    "Slack refused an alert for good (or it cannot be read); moving it to the dead-letter queue"
+                );
+                Verdict::Poison(reason)
+            }
         }
     }
 }
@@ -837,17 +657,6 @@ fn enrich(alert: &Alert, target: &Target) -> Alert {
         }
     }
     alert
-}
-
-fn secs(d: Duration) -> i32 {
-    i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
-}
-
-fn sqs_error<E: std::error::Error + 'static>(call: &'static str, e: E) -> RelayError {
-    RelayError::Sqs {
-        call,
-        message: aws_sdk_sqs::error::DisplayErrorContext(e).to_string(),
-    }
 }
 
 #[cfg(test)]
