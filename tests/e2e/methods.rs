@@ -154,7 +154,10 @@ impl Ic {
         eventually("the assignments", WAIT, || {
             let want = want.clone();
             async move {
-                let (a, b) = (self.assigned(ACCOUNT_A).await, self.assigned(ACCOUNT_B).await);
+                let (a, b) = (
+                    self.assigned(ACCOUNT_A).await,
+                    self.assigned(ACCOUNT_B).await,
+                );
                 if a == want && b == want {
                     Ok(())
                 } else {
@@ -268,12 +271,22 @@ async fn identity_center_overlapping_grants_share_one_assignment() {
     env.wait_phase_within("first", Phase::Revoked, WAIT).await;
     // The first revoke has run to its end: the second grant still holds the assignment.
     let first = env.execution("first").await;
-    assert_ne!(first.status(), &aws_sdk_sfn::types::ExecutionStatus::Running);
+    assert_ne!(
+        first.status(),
+        &aws_sdk_sfn::types::ExecutionStatus::Running
+    );
     ic.wait_assigned(&[&alice]).await;
 
     succeeded(&stack().kube.kubectl(
         User::Alice,
-        &["delete", "accessrequest", "second", "-n", &env.ns, "--wait=false"],
+        &[
+            "delete",
+            "accessrequest",
+            "second",
+            "-n",
+            &env.ns,
+            "--wait=false",
+        ],
     ));
     env.wait_gone("second").await;
     ic.wait_assigned(&[]).await;
@@ -362,7 +375,10 @@ async fn identity_center_failures_say_why_and_grant_nothing() {
     )
     .await;
     let r = env.requests().get("missing").await.expect("request");
-    assert_eq!(r.status.and_then(|s| s.phase), Some(Phase::AwaitingApproval));
+    assert_eq!(
+        r.status.and_then(|s| s.phase),
+        Some(Phase::AwaitingApproval)
+    );
 }
 
 /// What an Identity Center admin assigns by hand on a managed permission set, for a user
@@ -406,7 +422,11 @@ async fn identity_center_drift_is_swept() {
             .ok_or_else(|| format!("{:?}", seen.borrow()))
     })
     .await;
-    assert_eq!(ic.assigned(ACCOUNT_A).await, vec![bob.clone()], "the live grant stays");
+    assert_eq!(
+        ic.assigned(ACCOUNT_A).await,
+        vec![bob.clone()],
+        "the live grant stays"
+    );
     assert_eq!(ic.assigned(ACCOUNT_B).await, vec![bob]);
 }
 
@@ -456,7 +476,11 @@ impl Group {
             .send()
             .await
             .expect("get group");
-        let mut names: Vec<String> = got.users().iter().map(|u| u.user_name().to_string()).collect();
+        let mut names: Vec<String> = got
+            .users()
+            .iter()
+            .map(|u| u.user_name().to_string())
+            .collect();
         names.sort();
         names
     }
