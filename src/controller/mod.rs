@@ -1145,7 +1145,9 @@ async fn end_method_grant(
         .unwrap_or_else(|| at.clone());
     let expired = expires_at.as_str() <= at.as_str();
     let what = if removed.is_empty() {
-        "nothing of it was left in AWS (or another live request holds it)".to_owned()
+        "nothing of it was left in AWS (its execution removed it, or another live request \
+         holds it)"
+            .to_owned()
     } else {
         removed
             .iter()

@@ -117,9 +117,10 @@ pub const IC_PERMISSION_SET_ARN_RE: &str =
     r"^arn:aws[a-z-]*:sso:::permissionSet/(sso)?ins-[a-zA-Z0-9-.]{16}/ps-[a-zA-Z0-9-./]{16}$";
 /// A permission set name.
 pub const IC_PERMISSION_SET_NAME_RE: &str = r"^[\w+=,.@-]{1,32}$";
-/// An identity store ID.
+/// An identity store ID (`d-` and ten characters, or a UUID); as the template's
+/// `IdentityStoreId` takes it.
 pub const IDENTITY_STORE_RE: &str =
-    r"^(d-[0-9a-f]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$";
+    r"^(d-[0-9a-z]{10}|[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})$";
 /// An IAM group ARN (any partition, optional path).
 pub const GROUP_ARN_RE: &str =
     r"^arn:aws[a-z-]*:iam::[0-9]{12}:group/([\x21-\x7E]+/)?[\w+=,.@-]{1,128}$";

@@ -112,6 +112,6 @@ pub trait GrantMethod: Send + Sync {
         request: &AccessRequest,
     ) -> impl Future<Output = Result<Vec<Held>, GrantError>> + Send;
 
-    /// Removes `held` (idempotent: already gone is done).
-    fn remove(&self, held: &Held) -> impl Future<Output = Result<(), GrantError>> + Send;
+    /// Removes `held` (idempotent: already gone is done). Whether it was there.
+    fn remove(&self, held: &Held) -> impl Future<Output = Result<bool, GrantError>> + Send;
 }

@@ -321,8 +321,9 @@ pub async fn end_grant<M: GrantMethod>(
             info!(held = %held.describe(), "kept: another live request accounts for it");
             continue;
         }
-        method.remove(&held).await?;
-        removed.push(held);
+        if method.remove(&held).await? {
+            removed.push(held);
+        }
     }
     Ok(removed)
 }
@@ -613,7 +614,9 @@ impl Sweeper {
         let mut removed = Vec::new();
         for h in candidates.into_iter().filter(|h| !fresh.contains(h)) {
             match method.remove(&h).await {
-                Ok(()) => {
+                // Gone meanwhile (its execution's own revoke): nothing to report.
+                Ok(false) => {}
+                Ok(true) => {
                     let note = format!(
                         "removed {}: no approved, unended request accounts for it",
                         h.describe()

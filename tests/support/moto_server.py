@@ -35,6 +35,10 @@ Issue 12 closes three more, for the IdentityCenter grant method:
   the template's ManagedPermissionSetArns pattern and the IAM resources it grants on
   rightly refuse. The fix makes moto name them as AWS does (moto reads only the last
   `/` part of the ARN elsewhere).
+- Session durations. AWS answers a permission set's `SessionDuration` as an ISO 8601
+  duration (`PT1H`); moto answers its default as the number 3600, which the AWS SDK
+  for Rust refuses to read (`expected ValueString`), so no SDK client could create or
+  describe a permission set. The fix answers numbers as AWS's ISO form.
 And one of moto's CloudFormation: an `!If` that yields `AWS::NoValue` inside a list
 (a policy statement granted only when a grant method is installed) is dropped from the
 list by CloudFormation; moto leaves a null there, and IAM refuses the policy
@@ -113,6 +117,27 @@ def _permission_set_id(instance_arn):
 
 _moto_permission_set_id = ssoadmin_models.PermissionSet.generate_id
 ssoadmin_models.PermissionSet.generate_id = staticmethod(_permission_set_id)
+
+def _iso_duration(value):
+    if not isinstance(value, int):
+        return value
+    hours, rest = divmod(value, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return "PT" + "".join(
+        f"{n}{unit}" for n, unit in ((hours, "H"), (minutes, "M"), (seconds, "S")) if n
+    ) if value else "PT0S"
+
+
+_moto_permission_set_to_json = ssoadmin_models.PermissionSet.to_json
+
+
+def _permission_set_to_json(self, include_creation_date=False):
+    summary = _moto_permission_set_to_json(self, include_creation_date)
+    summary["SessionDuration"] = _iso_duration(summary.get("SessionDuration"))
+    return summary
+
+
+ssoadmin_models.PermissionSet.to_json = _permission_set_to_json
 
 # CloudFormation drops AWS::NoValue from a list.
 _moto_clean_json = cfn_parsing.clean_json

@@ -167,7 +167,7 @@ impl crate::grant::GrantMethod for IamGroupGrants {
         }
     }
 
-    async fn remove(&self, held: &Held) -> Result<(), GrantError> {
+    async fn remove(&self, held: &Held) -> Result<bool, GrantError> {
         let Held::Membership {
             group_name,
             user_name,
@@ -186,12 +186,12 @@ impl crate::grant::GrantMethod for IamGroupGrants {
             .send()
             .await
         {
-            Ok(_) => Ok(()),
+            Ok(_) => Ok(true),
             Err(e)
                 if e.as_service_error()
                     .is_some_and(|s| s.is_no_such_entity_exception()) =>
             {
-                Ok(())
+                Ok(false)
             }
             Err(e) => Err(GrantError::aws("iam:RemoveUserFromGroup", e)),
         }

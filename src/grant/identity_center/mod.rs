@@ -365,7 +365,7 @@ impl crate::grant::GrantMethod for IdentityCenterGrants {
             .collect())
     }
 
-    async fn remove(&self, held: &Held) -> Result<(), GrantError> {
+    async fn remove(&self, held: &Held) -> Result<bool, GrantError> {
         use aws_sdk_ssoadmin::types::{PrincipalType, StatusValues, TargetType};
         let Held::Assignment {
             instance_arn,
@@ -397,7 +397,7 @@ impl crate::grant::GrantMethod for IdentityCenterGrants {
                 if e.as_service_error()
                     .is_some_and(|s| s.is_resource_not_found_exception()) =>
             {
-                return Ok(());
+                return Ok(false);
             }
             Err(e) => return Err(GrantError::aws("sso:DeleteAccountAssignment", e)),
         };
@@ -408,10 +408,10 @@ impl crate::grant::GrantMethod for IdentityCenterGrants {
         let pause = std::time::Duration::from_secs(1);
         loop {
             let Some(s) = status.as_ref() else {
-                return Ok(());
+                return Ok(true);
             };
             match s.status() {
-                Some(StatusValues::Succeeded) => return Ok(()),
+                Some(StatusValues::Succeeded) => return Ok(true),
                 Some(StatusValues::Failed) => {
                     return Err(GrantError::Target(format!(
                         "deleting {} failed: {}",
@@ -422,7 +422,7 @@ impl crate::grant::GrantMethod for IdentityCenterGrants {
                 _ => {}
             }
             let Some(request_id) = s.request_id() else {
-                return Ok(());
+                return Ok(true);
             };
             if tokio::time::Instant::now() >= deadline {
                 return Err(GrantError::Target(format!(
