@@ -3,7 +3,9 @@
 //! documented kubectl command, the operator grants access through the shipped state
 //! machine (running on moto), the role's trust policy holds an expiring statement,
 //! and when the duration is over it is revoked. A second request is ended early with
-//! the revoke action. Everything started here stops when the demo exits.
+//! the revoke action. Then one request each for the other two grant methods: an IAM
+//! Identity Center permission set and an IAM group, made and removed by the state machine
+//! itself. Everything started here stops when the demo exits.
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -73,7 +75,47 @@ async fn main() {
         stack.kube.server(),
         stack.aws.endpoint
     );
-    let aws = stack.aws.deploy("demo").await;
+    // What the other two grant methods grant: a permission set of Identity Center (in
+    // moto's instance) and an IAM group, both named to the stack as managed.
+    let sdk = stack.aws.sdk_config().await;
+    let sso = aws_sdk_ssoadmin::Client::new(&sdk);
+    let instance = sso.list_instances().send().await.expect("list instances");
+    let instance = instance.instances()[0].clone();
+    let instance_arn = instance.instance_arn().expect("instance").to_string();
+    let store_id = instance.identity_store_id().expect("store").to_string();
+    let permission_set = sso
+        .create_permission_set()
+        .instance_arn(&instance_arn)
+        .name("AdminAccess")
+        .send()
+        .await
+        .expect("create permission set")
+        .permission_set()
+        .and_then(|p| p.permission_set_arn())
+        .expect("permission set arn")
+        .to_string();
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    iam.create_group()
+        .group_name("admins")
+        .path("/jit/")
+        .send()
+        .await
+        .expect("create group");
+    let group_arn = format!("arn:aws:iam::{}:group/jit/admins", support::aws::ACCOUNT_ID);
+    let aws = stack
+        .aws
+        .deploy_with_params(
+            "demo",
+            &[],
+            &[
+                ("IdentityCenterInstanceArn", &instance_arn),
+                ("IdentityStoreId", &store_id),
+                ("ManagedPermissionSetArns", &permission_set),
+                ("ManagedAccountIds", "111111111111"),
+                ("ManagedGroupArns", &group_arn),
+            ],
+        )
+        .await;
     println!("\n=== AWS side deployed into moto through CloudFormation (deploy/aws/aws-jit.yaml)");
     println!("state machine : {}", aws.state_machine_arn);
     println!(
@@ -82,8 +124,6 @@ async fn main() {
     );
 
     // The AWS role people may get, with a trust policy of its own.
-    let sdk = stack.aws.sdk_config().await;
-    let iam = aws_sdk_iam::Client::new(&sdk);
     let base = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Ec2","Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
     iam.create_role()
         .role_name("prod-admin")
@@ -306,6 +346,19 @@ async fn main() {
     );
     print_trust_policy(&iam, "prod-admin").await;
 
+    // The other two methods, one request each: the state machine makes and removes the
+    // assignment (membership) itself, on what carol's approval answer names.
+    other_methods(
+        kube,
+        &api,
+        &kube_ns,
+        &sdk,
+        &instance_arn,
+        &store_id,
+        &group_arn,
+    )
+    .await;
+
     let _ = stop.send(());
     let _ = operator.await;
     println!(
@@ -320,4 +373,147 @@ fn succeeded_quietly(out: std::process::Output) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// One request of alice's for a permission set of Identity Center, then one for an IAM
+/// group, each approved by carol and left to expire.
+async fn other_methods(
+    kube: &support::kube::KubeStack,
+    api: &Api<AccessRequest>,
+    ns: &str,
+    sdk: &aws_config::SdkConfig,
+    instance_arn: &str,
+    store_id: &str,
+    group_arn: &str,
+) {
+    let store = aws_sdk_identitystore::Client::new(sdk);
+    store
+        .create_user()
+        .identity_store_id(store_id)
+        .user_name("alice")
+        .display_name("Alice")
+        .emails(
+            aws_sdk_identitystore::types::Email::builder()
+                .value("alice@example.com")
+                .primary(true)
+                .build(),
+        )
+        .send()
+        .await
+        .expect("create Identity Center user");
+    let iam = aws_sdk_iam::Client::new(sdk);
+    iam.create_user()
+        .user_name("alice")
+        .path("/people/")
+        .send()
+        .await
+        .expect("create IAM user");
+    let sso = aws_sdk_ssoadmin::Client::new(sdk);
+    let roles = [
+        (
+            "prod-admin-sso",
+            format!(
+                "  method: IdentityCenter\n  identityCenter:\n    instanceArn: {instance_arn}\n    \
+                 identityStoreId: {store_id}\n    permissionSet: AdminAccess\n    \
+                 accountIds: ['111111111111']\n    userAttribute: Email\n  \
+                 principal: {{template: '{{username}}@example.com'}}\n"
+            ),
+        ),
+        (
+            "prod-admins-group",
+            format!(
+                "  method: IamGroup\n  iamGroup: {{groupArn: '{group_arn}'}}\n  \
+                 principal: {{template: 'arn:aws:iam::{}:user/people/{{username}}'}}\n",
+                support::aws::ACCOUNT_ID
+            ),
+        ),
+    ];
+    for (role, spec) in roles {
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {role}\nspec:\n{spec}\
+             \x20 approvers: [{{user: carol}}, {{user: dave}}]\n  requesters: [{{group: developers}}]\n  \
+             maxDuration: 1h\n  defaultDuration: 20s\n"
+        );
+        println!("\n=== a role admin defines AccessRole {role}:\n{yaml}");
+        succeeded_quietly(kube.kubectl_stdin(User::Admin, &["apply", "-f", "-"], &yaml));
+        let name = format!("{role}-look");
+        let request = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n\
+             spec:\n  role: {role}\n  requester: alice\n  requesterGroup: developers\n  reason: \"INC-4712\"\n"
+        );
+        succeeded_quietly(kube.kubectl_stdin(
+            User::Alice,
+            &["create", "-n", ns, "-f", "-"],
+            &request,
+        ));
+        wait_phase(api, &name, Phase::AwaitingApproval, Duration::from_secs(60)).await;
+        succeeded_quietly(kube.kubectl(
+            User::Carol,
+            &["patch", "ar", &name, "-n", ns, "--subresource=status", "--type=json",
+              "-p", r#"[{"op":"add","path":"/status/approvals/-","value":{"approver":"carol","decision":"Approve"}}]"#],
+        ));
+        wait_phase(api, &name, Phase::Active, Duration::from_secs(60)).await;
+        show(
+            &format!("alice's {role} request is active; how she uses it (status.access.how)"),
+            kube.kubectl(
+                User::Alice,
+                &[
+                    "get",
+                    "ar",
+                    &name,
+                    "-n",
+                    ns,
+                    "-o",
+                    "jsonpath={.status.access.how}{\"\\n\"}",
+                ],
+            ),
+        );
+        print_held(&sso, &iam, instance_arn, role).await;
+        println!("\n=== waiting for the 20 seconds to run out...");
+        wait_phase(api, &name, Phase::Expired, Duration::from_secs(90)).await;
+        println!("expired; and in AWS:");
+        print_held(&sso, &iam, instance_arn, role).await;
+    }
+}
+
+/// What AWS holds for a method: the permission set's assignments, or the group's members.
+async fn print_held(
+    sso: &aws_sdk_ssoadmin::Client,
+    iam: &aws_sdk_iam::Client,
+    instance_arn: &str,
+    role: &str,
+) {
+    if role.ends_with("-sso") {
+        let sets = sso
+            .list_permission_sets()
+            .instance_arn(instance_arn)
+            .send()
+            .await
+            .expect("list permission sets");
+        for ps in sets.permission_sets() {
+            let got = sso
+                .list_account_assignments()
+                .instance_arn(instance_arn)
+                .account_id("111111111111")
+                .permission_set_arn(ps)
+                .send()
+                .await
+                .expect("list assignments");
+            let who: Vec<&str> = got
+                .account_assignments()
+                .iter()
+                .filter_map(|a| a.principal_id())
+                .collect();
+            println!("assignments of {ps} in 111111111111: {who:?}");
+        }
+    } else {
+        let got = iam
+            .get_group()
+            .group_name("admins")
+            .send()
+            .await
+            .expect("get group");
+        let members: Vec<&str> = got.users().iter().map(|u| u.user_name()).collect();
+        println!("members of group admins: {members:?}");
+    }
 }

@@ -1,7 +1,7 @@
 //! The one back-off policy of everything aws-jit retries by itself (on top of the AWS
 //! SDK's own retries): the queue consumers' receive errors and messages
-//! ([`crate::aws::consumer`]), the relay's Slack calls, and the trust-policy worker's
-//! read-backs of a write IAM does not show yet. `backon`'s exponential
+//! ([`crate::aws::consumer`]), the relay's Slack calls, Socket Mode's reconnects, and
+//! the trust-policy worker's read-backs of a write IAM does not show yet. `backon`'s exponential
 //! back-off with jitter: the first delay is `min`, each next one doubles up to `max`,
 //! and every delay gets up to as much again at random (so `d ..< 2d`), which keeps
 //! replicas and messages that failed together from coming back together.
@@ -96,6 +96,15 @@ impl Delays {
         // The builder has no limit on tries: `None` never comes, `max` stands in.
         let delay = self.inner.next().unwrap_or(self.max);
         floor.map_or(delay, |floor| delay.max(floor))
+    }
+}
+
+/// Without a floor, for as long as it takes (never ends).
+impl Iterator for Delays {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        Some(self.next_delay(None))
     }
 }
 

@@ -189,9 +189,12 @@ async fn a_write_iam_does_not_show_in_time_is_retried_and_holds_up_the_role() {
     let sdk = support::stack().aws.sdk_config().await;
     let iam = StaleIam::start(&support::stack().aws.endpoint).await;
     let metrics = std::sync::Arc::new(aws_jit::telemetry::metrics::Metrics::new());
-    // Items are handed to the worker one at a time, in the order under test.
+    // Items are handed to the worker one at a time, in the order under test. The worker
+    // lets an unconfirmed write go after six of its consistency waits (someone else may
+    // have written since): 4 s each keep that horizon past the next grant's arrival even
+    // when the whole suite loads moto.
     let worker = worker_through(&env, &iam, &sdk)
-        .with_consistency_wait(Duration::from_secs(1))
+        .with_consistency_wait(Duration::from_secs(4))
         .with_metrics(metrics.clone());
 
     let first = env.start(3600).await;

@@ -131,6 +131,22 @@ async fn samples_are_accepted() {
         ],
     ));
     assert_eq!(role, "TrustPolicy 1");
+    // The other methods' samples, as the README shows them.
+    for (file, name, method) in [
+        (
+            "accessrole-identity-center.yaml",
+            "prod-admin-sso",
+            "IdentityCenter",
+        ),
+        ("accessrole-iam-group.yaml", "prod-admins-group", "IamGroup"),
+    ] {
+        succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &format!("{SAMPLES}/{file}")]));
+        let got = succeeded(&kube.kubectl(
+            User::Alice,
+            &["get", "accessrole", name, "-o", "jsonpath={.spec.method}"],
+        ));
+        assert_eq!(got, method);
+    }
     succeeded(&kube.kubectl(
         User::Admin,
         &["apply", "-f", &format!("{SAMPLES}/slackidentity.yaml")],

@@ -17,6 +17,9 @@ use crate::support::{self, wait::eventually};
 
 /// Deadline for a step the state machine takes at once (moto on a busy machine).
 const STEP: Duration = Duration::from_secs(30);
+/// The grant methods' flows take many more steps (and a 3 s poll wait) than the trust
+/// policy's before their hold: more room when the whole suite loads moto.
+const METHOD_STEP: Duration = Duration::from_secs(90);
 const WORK_GROUP: &str = "123456789012/admin";
 const REQUESTER_ARN: &str = "arn:aws:iam::123456789012:user/alice";
 
@@ -1903,7 +1906,7 @@ impl Methods {
     async fn approve(&self, run: &Run, grant: Value, expires_at: &str) -> Value {
         let request = self
             .op
-            .take_task(run, &self.op.out.request_queue_url, "approval", STEP)
+            .take_task(run, &self.op.out.request_queue_url, "approval", METHOD_STEP)
             .await;
         let approval = json!({
             "approver_name": "carol", "approvers": ["carol"],
@@ -1915,12 +1918,12 @@ impl Methods {
 
     async fn hold(&self, run: &Run) -> Taken {
         self.op
-            .take_task(run, &self.op.out.request_queue_url, "hold", STEP)
+            .take_task(run, &self.op.out.request_queue_url, "hold", METHOD_STEP)
             .await
     }
 
     async fn failed_grant(&self, run: &Run) -> DescribeExecutionOutput {
-        let d = self.op.finished(run, STEP).await;
+        let d = self.op.finished(run, METHOD_STEP).await;
         assert_eq!(d.status(), &ExecutionStatus::Failed, "{:?}", d.output());
         assert_eq!(d.error(), Some("GrantFailed"), "{:?}", d.cause());
         let alerts = self

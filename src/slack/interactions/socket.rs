@@ -42,7 +42,6 @@ use std::fmt;
 use std::future::Future;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use futures::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -229,12 +228,7 @@ pub async fn run(
 /// doubling to `max`, each up to twice that with jitter (relays restarted together do
 /// not reconnect in step), for as long as it takes.
 pub fn reconnect_delays(base: Duration, max: Duration) -> impl Iterator<Item = Duration> {
-    backon::ExponentialBuilder::default()
-        .with_min_delay(base)
-        .with_max_delay(max)
-        .with_jitter()
-        .without_max_times()
-        .build()
+    crate::aws::retry::Backoff::new(base, max).delays()
 }
 
 /// One envelope from Slack (the fields read here).
