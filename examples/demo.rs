@@ -392,6 +392,12 @@ async fn other_methods(
         .identity_store_id(store_id)
         .user_name("alice")
         .display_name("Alice")
+        .name(
+            aws_sdk_identitystore::types::Name::builder()
+                .given_name("Alice")
+                .family_name("Example")
+                .build(),
+        )
         .emails(
             aws_sdk_identitystore::types::Email::builder()
                 .value("alice@example.com")
