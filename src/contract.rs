@@ -206,6 +206,24 @@ pub mod errors {
     pub const REVOKE_FAILED: &str = "RevokeFailed";
 }
 
+/// Where an execution is, as `DescribeExecution` says.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecutionState {
+    Running,
+    Succeeded {
+        outcome: Option<Outcome>,
+        output: serde_json::Value,
+    },
+    Failed {
+        error: String,
+        cause: String,
+    },
+    /// Timed out or aborted (stopped) from outside the flow.
+    Ended {
+        status: String,
+    },
+}
+
 /// How a SUCCEEDED execution ended (`output.outcome`).
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {

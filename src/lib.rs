@@ -2,15 +2,19 @@
 //!
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
 //!
-//! The house, floor by floor (each imports only the floors below it):
-//! - [`run`]: process wiring: the operator's loops together, leader election, drain.
-//! - [`controller`] (reconcile, request queue, task tokens) and [`slack`] (relay,
-//!   interactions).
-//! - [`grant`]: the grant methods behind one seam, and the drift sweeper.
-//! - [`policy`] (pure decisions), [`aws`] (Step Functions, the one SQS consumer loop,
-//!   alerts), [`telemetry`] (metrics, probes).
+//! The house, floor by floor (`tests/layout.rs` checks who may use whom):
 //! - [`crd`], [`contract`], [`faults`]: the resources, the state machine's messages,
-//!   test crash points.
+//!   test crash points. They use nothing above them.
+//! - [`policy`]: pure decisions. Besides the ground floor it uses only the pure rules of
+//!   each grant method (`grant::*::rules`, the trust policy's `document` and `session`).
+//! - [`telemetry`] (metrics, probes) and [`aws`] (Step Functions, the one SQS consumer
+//!   loop, the one back-off policy, alerts, and the authority that checks every AWS
+//!   message against Kubernetes with `policy`).
+//! - [`grant`]: one folder per grant method (its pure rules beside its AWS I/O) behind
+//!   one interface, and the drift sweeper.
+//! - [`controller`] (reconcile, request queue, task tokens) and [`slack`] (relay,
+//!   interactions): they never use each other.
+//! - [`run`]: process wiring: the operator's loops together, leader election, drain.
 
 // Floors, from the ground up; a module imports only from floors below it.
 pub mod contract;

@@ -5,7 +5,7 @@ use aws_sdk_sfn::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sfn::types::ExecutionStatus;
 use serde::Serialize;
 
-use crate::contract::{ExecutionInput, Outcome};
+use crate::contract::ExecutionInput;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SfnError {
@@ -73,23 +73,8 @@ pub enum TaskAnswer {
     AlreadyOver,
 }
 
-/// Where an execution is.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ExecutionState {
-    Running,
-    Succeeded {
-        outcome: Option<Outcome>,
-        output: serde_json::Value,
-    },
-    Failed {
-        error: String,
-        cause: String,
-    },
-    /// Timed out or aborted (stopped) from outside the flow.
-    Ended {
-        status: String,
-    },
-}
+/// Where an execution is (defined with the state machine's messages).
+pub use crate::contract::ExecutionState;
 
 #[derive(Clone, Debug)]
 pub struct StepFunctionClient {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::aws::sfn::ExecutionState;
+use crate::contract::ExecutionState;
 use crate::contract::{ExecutionInput, Outcome, RequestIdentity};
 use crate::crd::{
     AccessRequest, AccessRole, Approval, Decision, GrantMethod, Phase, Revocation, Subject,
@@ -139,12 +139,12 @@ pub fn principal_for(role: &AccessRole, username: &str) -> Result<String, Reject
             }
             Ok(mapped)
         }
-        GrantMethod::IdentityCenter => {
-            crate::grant::identity_center::user_for(&mapped).map_err(|e| refuse(e.to_string()))
-        }
+        GrantMethod::IdentityCenter => crate::grant::identity_center::rules::user_for(&mapped)
+            .map_err(|e| refuse(e.to_string())),
         GrantMethod::IamGroup => {
             let group = group_target(role)?;
-            crate::grant::iam_group::user_for(group, &mapped).map_err(|e| refuse(e.to_string()))
+            crate::grant::iam_group::rules::user_for(group, &mapped)
+                .map_err(|e| refuse(e.to_string()))
         }
     }
 }
@@ -193,7 +193,7 @@ pub fn grant_target(
             let spec = identity_center_target(role)?;
             let arn = match permission_set_arn {
                 Some(arn) => arn,
-                None if crate::grant::identity_center::is_permission_set_arn(
+                None if crate::grant::identity_center::rules::is_permission_set_arn(
                     &spec.permission_set,
                 ) =>
                 {
@@ -207,13 +207,18 @@ pub fn grant_target(
                     });
                 }
             };
-            Ok(crate::grant::identity_center::target(spec, arn, principal))
+            Ok(crate::grant::identity_center::rules::target(
+                spec, arn, principal,
+            ))
         }
-        GrantMethod::IamGroup => crate::grant::iam_group::target(group_target(role)?, principal)
-            .map_err(|e| Rejection::NoPrincipal {
-                requester: principal.to_owned(),
-                why: e.to_string(),
-            }),
+        GrantMethod::IamGroup => {
+            crate::grant::iam_group::rules::target(group_target(role)?, principal).map_err(|e| {
+                Rejection::NoPrincipal {
+                    requester: principal.to_owned(),
+                    why: e.to_string(),
+                }
+            })
+        }
     }
 }
 
