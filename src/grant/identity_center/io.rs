@@ -7,6 +7,9 @@ use super::rules::{IdentityCenterError, is_permission_set_arn};
 use crate::crd::IdentityCenterTarget;
 use crate::grant::{GrantError, Held};
 
+/// Permission-set names to ARNs, through `sso:ListPermissionSets` and
+/// `sso:DescribePermissionSet`, remembered per instance (a permission set's ARN never
+/// changes; a name not found is looked up again next time).
 #[derive(Debug)]
 pub struct PermissionSets {
     client: Option<aws_sdk_ssoadmin::Client>,

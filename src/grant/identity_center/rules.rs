@@ -65,10 +65,6 @@ pub fn describe(spec: &IdentityCenterTarget) -> String {
     )
 }
 
-/// Permission-set names to ARNs, through `sso:ListPermissionSets` and
-/// `sso:DescribePermissionSet`, remembered per instance (a permission set's ARN never
-/// changes; a name not found is looked up again next time).
-
 #[cfg(test)]
 mod tests {
     use super::*;
