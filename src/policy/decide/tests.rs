@@ -652,3 +652,30 @@ fn group_requests_map_to_an_iam_user_of_the_groups_account() {
         );
     }
 }
+
+/// Review (issue 12): a Kubernetes user name is substituted into the IamGroup template
+/// verbatim, and an IAM user ARN's path is dropped when it becomes a user name. A
+/// requester whose user name carries a `/` (an OIDC claim or certificate CN can) must
+/// not be mapped to another person's IAM user: `mallory/alice` under
+/// `arn:aws:iam::123456789012:user/{username}` reads as user `alice` on path `/mallory/`,
+/// and the state machine adds IAM user `alice` (by name, paths ignored) to the group.
+#[test]
+fn review_a_slash_in_the_user_name_never_maps_to_another_iam_user() {
+    let role = group_role();
+    let mut req = request("mallory/alice", None, "x");
+    req.spec.requester_group = Some("developers".into());
+    match plan(&req, Some(&role)) {
+        Err(e) => assert_eq!(e.reason(), "NoPrincipal", "{e}"),
+        Ok(input) => {
+            let target = grant_target(&role, &input.requester_arn, None);
+            assert_ne!(
+                target,
+                Ok(crate::contract::GrantTarget::IamGroup {
+                    group_name: "admins".into(),
+                    user_name: "alice".into()
+                }),
+                "requester mallory/alice is granted IAM user alice's membership"
+            );
+        }
+    }
+}
