@@ -316,6 +316,74 @@ mod tests {
         }
     }
 
+    /// Review (issue 12): the operator may DescribePermissionSet only on the managed
+    /// permission sets (OperatorPolicy `ReadManagedPermissionSets`), but a name is looked
+    /// up by describing every set of the instance in ListPermissionSets order. Any other
+    /// permission set listed before the managed one answers AccessDenied, and the lookup
+    /// fails: a role naming its set by name never gets an approval answer, and the drift
+    /// sweep (`held`, `accounted`) of every IdentityCenter role fails with it. A stand-in
+    /// for AWS that answers as IAM would (moto enforces no IAM, so the e2e tests cannot).
+    #[tokio::test]
+    async fn review_an_unmanaged_permission_set_listed_first_does_not_hide_the_managed_one() {
+        use axum::http::{HeaderMap, StatusCode};
+        let unmanaged = "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-aaaaaaaaaaaaaaaa";
+        let managed = "arn:aws:sso:::permissionSet/ssoins-1234567890abcdef/ps-bbbbbbbbbbbbbbbb";
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |headers: HeaderMap, body: String| async move {
+                let target = headers
+                    .get("x-amz-target")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+                if target.ends_with(".ListPermissionSets") {
+                    return (
+                        StatusCode::OK,
+                        serde_json::json!({"PermissionSets": [unmanaged, managed]}).to_string(),
+                    );
+                }
+                let asked = body["PermissionSetArn"].as_str().unwrap_or_default();
+                if asked == managed {
+                    (
+                        StatusCode::OK,
+                        serde_json::json!({"PermissionSet": {"Name": "AdminAccess", "PermissionSetArn": managed}})
+                            .to_string(),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"__type": "AccessDeniedException", "Message": "not authorized to perform sso:DescribePermissionSet on this resource"})
+                            .to_string(),
+                    )
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let config = aws_sdk_ssoadmin::Config::builder()
+            .behavior_version(aws_sdk_ssoadmin::config::BehaviorVersion::latest())
+            .region(aws_sdk_ssoadmin::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ssoadmin::config::Credentials::new(
+                "AKIDREVIEW",
+                "secret",
+                None,
+                None,
+                "review",
+            ))
+            .endpoint_url(url)
+            .build();
+        let sets = PermissionSets::new(Some(aws_sdk_ssoadmin::Client::from_conf(config)));
+        assert_eq!(
+            sets.arn_of(&spec()).await,
+            Ok(managed.to_owned()),
+            "the managed permission set AdminAccess is not found by name"
+        );
+    }
+
     #[tokio::test]
     async fn a_name_without_a_client_says_how_to_fix_it() {
         let sets = PermissionSets::new(None);
