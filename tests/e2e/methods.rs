@@ -610,3 +610,49 @@ async fn iam_group_limits_and_unknown_users_are_refused_clearly() {
     );
     assert!(group.members().await.is_empty());
 }
+
+/// Review (issue 12): when an execution ends without its revoke (a plain AWS caller
+/// stopped it), the operator ends an IamGroup / IdentityCenter grant from the AccessRole
+/// as it is NOW (`end_method_grant` -> `GrantMethod::accounted`), not from what the
+/// execution granted (`$.grant`, which the hold message carries). An AccessRole edited
+/// during the grant (here: its group moved to another one, a routine change) makes the
+/// operator remove nothing of the real grant and still record the request Revoked
+/// ("the operator ended access"); the drift sweep looks only at the role's new group.
+/// alice stays in the old group until the cleanup at expires_at (for good if that is
+/// stopped too).
+#[tokio::test]
+async fn review_a_stopped_execution_is_ended_on_what_it_granted_not_on_the_edited_role() {
+    let group = Group::new().await;
+    let other = Group::new().await;
+    let suffix = unique("g");
+    let alice = group.user("alice", &suffix).await;
+    let env = group.env("grp-rv-edit", &suffix).await;
+    env.request(User::Alice, "fix", "  duration: 10m\n");
+    env.wait_phase("fix", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "fix", "Approve");
+    env.wait_phase_within("fix", Phase::Active, WAIT).await;
+    group.wait_members(&[&alice]).await;
+    // The role's admin moves the AccessRole to another group.
+    let patch = json!({"spec": {"iamGroup": {"groupArn": other.arn}}}).to_string();
+    succeeded(&stack().kube.kubectl(
+        User::Admin,
+        &[
+            "patch",
+            "accessrole",
+            &env.access_role,
+            "--type",
+            "merge",
+            "-p",
+            &patch,
+        ],
+    ));
+    // A plain AWS caller stops the flow; alice then ends her access early (on moto the
+    // stopped flow ends ABORTED, its revoke not run, once its hold is answered).
+    stop_execution(&env, "fix").await;
+    env.revoke(User::Alice, "fix", "done");
+    let ended = env.wait_phase_within("fix", Phase::Revoked, WAIT).await;
+    let message = ended.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("the operator ended access"), "{message}");
+    // The request says Revoked: alice's membership must be gone.
+    group.wait_members(&[]).await;
+}
