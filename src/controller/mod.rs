@@ -642,6 +642,12 @@ async fn apply(
         let mut update = status_update().phase(Phase::Active, message);
         update.status.granted_at = granted_at;
         update.status.expires_at = expires_at.clone();
+        if let Some(record) = tokens
+            .get(keys::GRANT_RECORD)
+            .and_then(|r| serde_json::from_str::<crate::contract::GrantOutput>(r).ok())
+        {
+            update.status.grant = Some(grant_record(&record));
+        }
         if update.status.access.is_none() {
             let role = ctx
                 .roles
@@ -826,6 +832,20 @@ async fn grant_target(
         _ => None,
     };
     decide::grant_target(role, &principal, permission_set_arn.as_deref()).map_err(|e| e.to_string())
+}
+
+/// `status.grant` from the execution's record of its grant.
+fn grant_record(grant: &crate::contract::GrantOutput) -> crate::crd::GrantRecord {
+    crate::crd::GrantRecord {
+        method: grant.method.clone().unwrap_or_else(|| "TrustPolicy".into()),
+        statement_id: grant.statement_id.clone(),
+        instance_arn: grant.instance_arn.clone(),
+        permission_set_arn: grant.permission_set_arn.clone(),
+        account_ids: grant.account_ids.clone(),
+        user_id: grant.user_id.clone(),
+        group_name: grant.group_name.clone(),
+        user_name: grant.user_name.clone(),
+    }
 }
 
 fn identity(request: &AccessRequest, uid: &str) -> crate::contract::RequestIdentity {
@@ -1044,9 +1064,25 @@ async fn operator_revoke(
         .get_opt(&request.spec.role)
         .await
         .map_err(Error::Kube)?;
-    let outcome = match (&ctx.revoker, &role) {
-        (Some(revoker), Some(role)) if role.spec.method != crate::crd::GrantMethod::TrustPolicy => {
-            end_method_grant(ctx, revoker, role, request, &status, tokens, state).await
+    // The method of what was granted: as recorded, else as the role says.
+    let method = status
+        .grant
+        .as_ref()
+        .and_then(|g| crate::crd::GrantMethod::parse(&g.method))
+        .or(role.as_ref().map(|r| r.spec.method));
+    let outcome = match (&ctx.revoker, method) {
+        (Some(revoker), Some(method)) if method != crate::crd::GrantMethod::TrustPolicy => {
+            end_method_grant(
+                ctx,
+                revoker,
+                method,
+                role.as_ref(),
+                request,
+                &status,
+                tokens,
+                state,
+            )
+            .await
         }
         _ => end_trust_policy_grant(ctx, execution_arn, &status, tokens, state).await,
     };
@@ -1097,10 +1133,12 @@ async fn end_trust_policy_grant(
 
 /// Ends an IdentityCenter or IamGroup grant in place of its execution: what the request
 /// accounts for, unless another live request accounts for it too.
+#[allow(clippy::too_many_arguments)]
 async fn end_method_grant(
     ctx: &Context,
     revoker: &Revoker,
-    role: &AccessRole,
+    method: crate::crd::GrantMethod,
+    role: Option<&AccessRole>,
     request: &AccessRequest,
     status: &AccessRequestStatus,
     tokens: &tokens::Tokens,
@@ -1122,7 +1160,7 @@ async fn end_method_grant(
         .map_err(|e| format!("cannot list AccessRoles: {e}"))?
         .items;
     use crate::grant::sweeper::end_grant;
-    let removed = match role.spec.method {
+    let removed = match method {
         crate::crd::GrantMethod::IdentityCenter => {
             end_grant(
                 &revoker.methods.identity_center,

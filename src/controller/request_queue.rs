@@ -297,6 +297,7 @@ impl RequestQueue {
             RequestTask::Hold {
                 task_token, grant, ..
             } => {
+                let record = serde_json::to_string(grant).unwrap_or_default();
                 self.tokens
                     .put(
                         &identity,
@@ -305,6 +306,7 @@ impl RequestQueue {
                             (keys::HOLD_TOKEN, task_token.as_str()),
                             (keys::GRANTED_AT, grant.granted_at.as_str()),
                             (keys::EXPIRES_AT, grant.expires_at.as_str()),
+                            (keys::GRANT_RECORD, record.as_str()),
                         ],
                     )
                     .await?;

@@ -30,6 +30,8 @@ pub mod keys {
     pub const HOLD_TOKEN: &str = "hold-token";
     pub const GRANTED_AT: &str = "granted-at";
     pub const EXPIRES_AT: &str = "expires-at";
+    /// What the grant made, as the hold task carried it (JSON of `GrantOutput`).
+    pub const GRANT_RECORD: &str = "grant-record";
     /// The expiry the approval answer fixed (`ApprovalOutput::expires_at`), for ending
     /// access when the execution could not.
     pub const APPROVED_UNTIL: &str = "approved-until";

@@ -196,6 +196,40 @@ pub struct SlackMessage {
     pub relayed: Vec<String>,
 }
 
+/// What a grant made (`status.grant`), from its execution's own record.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantRecord {
+    /// `TrustPolicy`, `IdentityCenter` or `IamGroup`.
+    #[schemars(length(max = 32))]
+    pub method: String,
+    /// TrustPolicy: the statement's `Sid`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 128))]
+    pub statement_id: String,
+    /// IdentityCenter: the instance, permission set, accounts and the identity store's
+    /// user id assigned.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1224))]
+    pub instance_arn: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1224))]
+    pub permission_set_arn: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub account_ids: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub user_id: String,
+    /// IamGroup: the group and the IAM user added to it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 128))]
+    pub group_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 64))]
+    pub user_name: String,
+}
+
 /// How the requester uses an active grant (`status.access`), in the words of its method.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -285,6 +319,12 @@ pub struct AccessRequestStatus {
     /// When access ends; AWS itself refuses the grant after this instant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<Time>,
+
+    /// What the grant made in AWS, as its execution recorded it: what the operator
+    /// removes when it ends the grant in the execution's place, whatever the AccessRole
+    /// says by then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantRecord>,
 
     /// When access was revoked (at expiry or early).
     #[serde(default, skip_serializing_if = "Option::is_none")]

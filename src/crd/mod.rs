@@ -11,7 +11,7 @@ mod slack_identity;
 
 pub use access_request::{
     AccessInstructions, AccessRequest, AccessRequestSpec, AccessRequestStatus, Approval,
-    ApprovalChannel, Decision, Phase, RequestRef, Revocation, SlackMessage,
+    ApprovalChannel, Decision, GrantRecord, Phase, RequestRef, Revocation, SlackMessage,
 };
 pub use access_role::{
     AccessRole, AccessRoleSpec, GrantMethod, IamGroupTarget, IdentityCenterTarget,

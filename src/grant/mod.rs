@@ -64,6 +64,34 @@ impl Held {
         }
     }
 
+    /// What a grant recorded it made (`status.grant`), for its method; none for another.
+    pub fn recorded(
+        record: &crate::crd::GrantRecord,
+        method: crate::crd::GrantMethod,
+    ) -> Vec<Held> {
+        if crate::crd::GrantMethod::parse(&record.method) != Some(method) {
+            return Vec::new();
+        }
+        match method {
+            crate::crd::GrantMethod::IdentityCenter => record
+                .account_ids
+                .iter()
+                .map(|account| Held::Assignment {
+                    instance_arn: record.instance_arn.clone(),
+                    permission_set_arn: record.permission_set_arn.clone(),
+                    account_id: account.clone(),
+                    principal_type: "USER".into(),
+                    principal_id: record.user_id.clone(),
+                })
+                .collect(),
+            crate::crd::GrantMethod::IamGroup => vec![Held::Membership {
+                group_name: record.group_name.clone(),
+                user_name: record.user_name.clone(),
+            }],
+            crate::crd::GrantMethod::TrustPolicy => Vec::new(),
+        }
+    }
+
     /// The metric kind of `aws_jit_drift_removed_total{kind}`.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -104,8 +132,9 @@ pub trait GrantMethod: Send + Sync {
     fn held(&self, role: &AccessRole)
     -> impl Future<Output = Result<Vec<Held>, GrantError>> + Send;
 
-    /// What an approved, unended `request` of `role` accounts for (what its grant is or
-    /// will be), from Kubernetes and the method's directory (not from the execution).
+    /// What an approved, unended `request` of `role` accounts for: what its grant made,
+    /// as recorded (`status.grant`), or before that, what it will make, from Kubernetes
+    /// and the method's directory (never from the execution's input).
     fn accounted(
         &self,
         role: &AccessRole,

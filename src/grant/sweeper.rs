@@ -297,16 +297,28 @@ pub async fn ever_accounted_by<M: GrantMethod>(
 }
 
 /// Ends `request`'s grant of `method` in place of its execution (stopped, failed): what
-/// it accounts for, unless another request that may hold it now accounts for it too
+/// it recorded it made (else what its role says it would), unless another request that may hold it now accounts for it too
 /// (one assignment, many grants). Returns what was removed.
 pub async fn end_grant<M: GrantMethod>(
     method: &M,
-    role: &AccessRole,
+    role: Option<&AccessRole>,
     request: &AccessRequest,
     requests: &[AccessRequest],
     roles: &[AccessRole],
 ) -> Result<Vec<Held>, GrantError> {
-    let mine = method.accounted(role, request).await?;
+    // What the grant recorded it made, whatever the AccessRole says now (edited, or
+    // deleted); before any record, what the role says it would make.
+    let recorded = request
+        .status
+        .as_ref()
+        .and_then(|s| s.grant.as_ref())
+        .map(|r| Held::recorded(r, method.method()))
+        .unwrap_or_default();
+    let mine = match role {
+        _ if !recorded.is_empty() => recorded,
+        Some(role) => method.accounted(role, request).await?,
+        None => Vec::new(),
+    };
     let others = accounted_by(
         method,
         requests,

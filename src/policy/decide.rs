@@ -130,6 +130,17 @@ pub fn principal_for(role: &AccessRole, username: &str) -> Result<String, Reject
         requester: username.to_string(),
         why,
     };
+    // In an ARN, `/` separates the path from the name: `mallory/alice` under
+    // `…:user/{username}` would read as IAM user `alice` (on path `/mallory/`), and IAM
+    // acts on users by name. Only an explicit `users` entry may name such a principal.
+    let templated = !mapping.users.contains_key(username);
+    if templated && role.spec.method != GrantMethod::IdentityCenter && username.contains('/') {
+        return Err(refuse(
+            "a '/' in the user name would make the template name another IAM identity \
+             (the path ends at it); map this user in principal.users"
+                .into(),
+        ));
+    }
     match role.spec.method {
         GrantMethod::TrustPolicy => {
             crate::grant::trust_policy::document::validate_principal(&mapped)

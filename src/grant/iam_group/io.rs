@@ -58,11 +58,19 @@ impl crate::grant::GrantMethod for IamGroupGrants {
         role: &crate::crd::AccessRole,
         request: &crate::crd::AccessRequest,
     ) -> Result<Vec<Held>, GrantError> {
+        if let Some(record) = request.status.as_ref().and_then(|s| s.grant.as_ref()) {
+            let made = Held::recorded(record, crate::crd::GrantMethod::IamGroup);
+            if !made.is_empty() {
+                return Ok(made);
+            }
+        }
         let Some(spec) = role.spec.iam_group.as_ref() else {
             return Ok(Vec::new());
         };
-        let user = crate::policy::decide::principal_for(role, &request.spec.requester)
-            .map_err(|e| GrantError::Target(e.to_string()))?;
+        // A requester the role no longer maps stands for nobody: nothing to account for.
+        let Ok(user) = crate::policy::decide::principal_for(role, &request.spec.requester) else {
+            return Ok(Vec::new());
+        };
         match target(spec, &user).map_err(|e| GrantError::Target(e.to_string()))? {
             GrantTarget::IamGroup {
                 group_name,

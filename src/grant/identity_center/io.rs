@@ -52,13 +52,28 @@ impl PermissionSets {
         while let Some(arn) = pages.next().await {
             let arn = arn
                 .map_err(|e| lookup(aws_sdk_ssoadmin::error::DisplayErrorContext(e).to_string()))?;
-            let described = client
+            let described = match client
                 .describe_permission_set()
                 .instance_arn(&spec.instance_arn)
                 .permission_set_arn(&arn)
                 .send()
                 .await
-                .map_err(|e| lookup(aws_sdk_ssoadmin::error::DisplayErrorContext(e).to_string()))?;
+            {
+                Ok(described) => described,
+                // The operator may describe only the managed permission sets
+                // (ReadManagedPermissionSets): any other is not one it can mean.
+                Err(e)
+                    if e.as_service_error()
+                        .is_some_and(|s| s.is_access_denied_exception()) =>
+                {
+                    continue;
+                }
+                Err(e) => {
+                    return Err(lookup(
+                        aws_sdk_ssoadmin::error::DisplayErrorContext(e).to_string(),
+                    ));
+                }
+            };
             let found = described
                 .permission_set()
                 .and_then(|p| p.name())
@@ -194,11 +209,19 @@ impl crate::grant::GrantMethod for IdentityCenterGrants {
         role: &crate::crd::AccessRole,
         request: &crate::crd::AccessRequest,
     ) -> Result<Vec<Held>, GrantError> {
+        if let Some(record) = request.status.as_ref().and_then(|s| s.grant.as_ref()) {
+            let made = Held::recorded(record, crate::crd::GrantMethod::IdentityCenter);
+            if !made.is_empty() {
+                return Ok(made);
+            }
+        }
         let Some(spec) = role.spec.identity_center.as_ref() else {
             return Ok(Vec::new());
         };
-        let user = crate::policy::decide::principal_for(role, &request.spec.requester)
-            .map_err(|e| GrantError::Target(e.to_string()))?;
+        // A requester the role no longer maps stands for nobody: nothing to account for.
+        let Ok(user) = crate::policy::decide::principal_for(role, &request.spec.requester) else {
+            return Ok(Vec::new());
+        };
         let Some(user_id) = self.user_id(spec, &user).await? else {
             return Ok(Vec::new());
         };
