@@ -786,7 +786,12 @@ async fn twenty_requests_for_one_role_approved_at_once() {
     }
     let mut expiries = Vec::new();
     for name in &names {
-        let r = env.wait_phase(name, Phase::Active).await;
+        // One role's grants go one at a time (its FIFO group): twenty of them, each a
+        // trust-policy write read back, take longer than one wait when the whole suite
+        // loads moto.
+        let r = env
+            .wait_phase_within(name, Phase::Active, Duration::from_secs(240))
+            .await;
         expiries.push(r.status.and_then(|s| s.expires_at).expect("expiresAt").0);
     }
     // While all are held (the earliest expiry has not passed): exactly the 20 grants.
