@@ -39,6 +39,13 @@ Issue 12 closes three more, for the IdentityCenter grant method:
   duration (`PT1H`); moto answers its default as the number 3600, which the AWS SDK
   for Rust refuses to read (`expected ValueString`), so no SDK client could create or
   describe a permission set. The fix answers numbers as AWS's ISO form.
+And one of its Step Functions that more concurrent executions made show: answering a
+task token (`SendTaskSuccess`, `SendTaskFailure`, `SendTaskHeartbeat`) walks every
+running execution and asks its worker's environment about the token; an execution with
+no environment (one being started, or one stopped while it waited for a token, which
+moto keeps RUNNING) raises `AttributeError`, and the answer fails with HTTP 500 for
+every token while it exists. AWS answers the token's own task whatever other executions
+do. The fix skips executions without an environment.
 And one of moto's CloudFormation: an `!If` that yields `AWS::NoValue` inside a list
 (a policy statement granted only when a grant method is installed) is dropped from the
 list by CloudFormation; moto leaves a null there, and IAM refuses the policy
@@ -138,6 +145,62 @@ def _permission_set_to_json(self, include_creation_date=False):
 
 
 ssoadmin_models.PermissionSet.to_json = _permission_set_to_json
+
+# A task token is answered whatever other executions are doing.
+from moto.stepfunctions.parser import models as sfn_parser_models
+
+_SfnBackend = sfn_parser_models.StepFunctionsParserBackend
+
+
+def _callback_pools(backend, status):
+    for execution in backend._get_executions(status):
+        worker = getattr(execution, "exec_worker", None)
+        env = getattr(worker, "env", None)
+        if env is not None:
+            yield env.callback_pool_manager
+
+
+def _answer(backend, status, notify):
+    m = sfn_parser_models
+    for pool in _callback_pools(backend, status):
+        try:
+            if notify(pool):
+                return True
+        except m.CallbackNotifyConsumerError as consumer_error:
+            if isinstance(consumer_error, m.CallbackConsumerTimeout):
+                raise m.TaskTimedOut()
+            raise m.TaskDoesNotExist()
+    raise m.InvalidToken()
+
+
+def _send_task_heartbeat(self, task_token):
+    _answer(
+        self,
+        sfn_parser_models.ExecutionStatus.RUNNING,
+        lambda pool: pool.heartbeat(callback_id=task_token),
+    )
+
+
+def _send_task_success(self, task_token, outcome):
+    result = sfn_parser_models.CallbackOutcomeSuccess(callback_id=task_token, output=outcome)
+    _answer(
+        self,
+        sfn_parser_models.ExecutionStatus.RUNNING,
+        lambda pool: pool.notify(callback_id=task_token, outcome=result),
+    )
+
+
+def _send_task_failure(self, task_token, error=None, cause=None):
+    result = sfn_parser_models.CallbackOutcomeFailure(
+        callback_id=task_token, error=error, cause=cause
+    )
+    _answer(self, None, lambda pool: pool.notify(callback_id=task_token, outcome=result))
+    return sfn_parser_models.SendTaskFailureOutput()
+
+
+_SfnBackend.send_task_heartbeat = _send_task_heartbeat
+_SfnBackend.send_task_success = _send_task_success
+_SfnBackend.send_task_failure = _send_task_failure
 
 # CloudFormation drops AWS::NoValue from a list.
 _moto_clean_json = cfn_parsing.clean_json
