@@ -2054,13 +2054,14 @@ async fn both_methods_expire_when_the_hold_times_out() {
     let bob = m.iam_user("bob").await;
     // One after the other: the request queue is shared, and each test answers its
     // run's messages in order.
-    // The hold times out after 3 s; the access window is longer, so the grant's own
-    // check that a live holder remains is not what ends it.
-    let ic = m.start("IdentityCenter", 3, json!({})).await;
+    // The hold times out after 12 s (room to read the grant while it holds, under the
+    // whole suite's load); the access window is longer, so the grant's own check that
+    // a live holder remains is not what ends it.
+    let ic = m.start("IdentityCenter", 12, json!({})).await;
     m.approve(
         &ic,
         m.ic_grant(&alice_name, &[ACCOUNT_A, ACCOUNT_B]),
-        &in_seconds(10),
+        &in_seconds(40),
     )
     .await;
     m.hold(&ic).await;
@@ -2072,8 +2073,8 @@ async fn both_methods_expire_when_the_hold_times_out() {
     m.op.alerts(&ic, &["requested", "approved", "granted", "expired"])
         .await;
 
-    let group = m.start("IamGroup", 3, json!({})).await;
-    m.approve(&group, m.group_grant(&bob), &in_seconds(10))
+    let group = m.start("IamGroup", 12, json!({})).await;
+    m.approve(&group, m.group_grant(&bob), &in_seconds(40))
         .await;
     m.hold(&group).await;
     assert_eq!(m.members().await, [bob.as_str()]);
@@ -2088,7 +2089,7 @@ async fn both_methods_expire_when_the_hold_times_out() {
         .await;
     // The cleanups ran at expires_at too, found nothing left, and changed nothing.
     for run in [&ic, &group] {
-        let cleaned = cleanup_finished(&m.op, run, Duration::from_secs(10) + STEP).await;
+        let cleaned = cleanup_finished(&m.op, run, Duration::from_secs(40) + STEP).await;
         assert_eq!(
             cleaned.status(),
             &ExecutionStatus::Succeeded,
