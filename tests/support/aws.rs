@@ -217,10 +217,16 @@ impl Moto {
                     .build(),
             );
         }
-        create
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("create stack {stack_name}: {e:?}"));
+        match create.send().await {
+            Ok(_) => {}
+            // The name is this call's own (unique): "already exists" is the SDK's retry of
+            // an attempt moto completed but answered too late (a loaded moto builds a
+            // stack inside the call); the wait below judges the stack either way.
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_already_exists_exception()) => {}
+            Err(e) => panic!("create stack {stack_name}: {e:?}"),
+        }
 
         let (cfn, name) = (&cfn, stack_name.as_str());
         let outputs = wait::eventually(
