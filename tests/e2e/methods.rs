@@ -527,8 +527,8 @@ impl Group {
 }
 
 /// alice's IAM user is in the group for her window only; two overlapping requests share
-/// one membership (the first to end leaves it, the last removes it); with the operator
-/// gone the execution still removes it.
+/// one membership (the first to end leaves it, the last removes it); deleting an active
+/// request removes it; with the operator gone the execution still removes it.
 #[tokio::test]
 async fn iam_group_membership_lasts_the_window_and_overlaps() {
     let group = Group::new().await;
@@ -552,6 +552,26 @@ async fn iam_group_membership_lasts_the_window_and_overlaps() {
     // The cluster goes; the long one's early end is asked before it went.
     env.revoke(User::Alice, "long", "done");
     env.wait_phase_within("long", Phase::Revoked, WAIT).await;
+    group.wait_members(&[]).await;
+
+    // Deleting an active request removes the membership before the request goes.
+    env.request(User::Alice, "deleted", "  duration: 3m\n");
+    env.wait_phase("deleted", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "deleted", "Approve");
+    env.wait_phase_within("deleted", Phase::Active, WAIT).await;
+    group.wait_members(&[&alice]).await;
+    succeeded(&stack().kube.kubectl(
+        User::Alice,
+        &[
+            "delete",
+            "accessrequest",
+            "deleted",
+            "-n",
+            &env.ns,
+            "--wait=false",
+        ],
+    ));
+    env.wait_gone("deleted").await;
     group.wait_members(&[]).await;
 
     env.request(User::Alice, "gone", "  duration: 20s\n");
