@@ -132,9 +132,9 @@ pub trait GrantMethod: Send + Sync {
     fn held(&self, role: &AccessRole)
     -> impl Future<Output = Result<Vec<Held>, GrantError>> + Send;
 
-    /// What an approved, unended `request` of `role` accounts for: what its grant made,
-    /// as recorded (`status.grant`), or before that, what it will make, from Kubernetes
-    /// and the method's directory (never from the execution's input).
+    /// What an approved `request` of `role` would make, from Kubernetes and the
+    /// method's directory (never from the execution's input). Callers ask
+    /// [`accounted_for`], which prefers what the grant recorded it made.
     fn accounted(
         &self,
         role: &AccessRole,
@@ -143,4 +143,25 @@ pub trait GrantMethod: Send + Sync {
 
     /// Removes `held` (idempotent: already gone is done). Whether it was there.
     fn remove(&self, held: &Held) -> impl Future<Output = Result<bool, GrantError>> + Send;
+}
+
+/// What `request` accounts for in `method`: what its grant recorded it made
+/// (`status.grant`), whatever its AccessRole says by now; before any record (or with its
+/// role gone, nothing), what the role says it would make.
+pub async fn accounted_for<M: GrantMethod>(
+    method: &M,
+    role: Option<&AccessRole>,
+    request: &AccessRequest,
+) -> Result<Vec<Held>, GrantError> {
+    let recorded = request
+        .status
+        .as_ref()
+        .and_then(|s| s.grant.as_ref())
+        .map(|r| Held::recorded(r, method.method()))
+        .unwrap_or_default();
+    match role {
+        _ if !recorded.is_empty() => Ok(recorded),
+        Some(role) => method.accounted(role, request).await,
+        None => Ok(Vec::new()),
+    }
 }

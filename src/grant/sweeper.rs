@@ -35,7 +35,7 @@ use crate::grant::iam_group::IamGroupGrants;
 use crate::grant::identity_center::IdentityCenterGrants;
 use crate::grant::trust_policy::document::{self as trust_policy, Document, GrantInfo};
 use crate::grant::trust_policy::worker::Worker;
-use crate::grant::{GrantError, GrantMethod, Held};
+use crate::grant::{GrantError, GrantMethod, Held, accounted_for};
 use crate::policy::decide::{self, Scope, Tally};
 use crate::telemetry::metrics::Metrics;
 
@@ -256,7 +256,7 @@ pub async fn accounted_by<M: GrantMethod>(
         if role.spec.method != method.method() || may_hold_now(role, request, now).is_err() {
             continue;
         }
-        accounted.extend(method.accounted(role, request).await?);
+        accounted.extend(accounted_for(method, Some(role), request).await?);
     }
     Ok(accounted)
 }
@@ -290,7 +290,7 @@ pub async fn ever_accounted_by<M: GrantMethod>(
             continue;
         };
         if role.spec.method == method.method() {
-            ever.extend(method.accounted(role, request).await?);
+            ever.extend(accounted_for(method, Some(role), request).await?);
         }
     }
     Ok(ever)
@@ -306,19 +306,7 @@ pub async fn end_grant<M: GrantMethod>(
     requests: &[AccessRequest],
     roles: &[AccessRole],
 ) -> Result<Vec<Held>, GrantError> {
-    // What the grant recorded it made, whatever the AccessRole says now (edited, or
-    // deleted); before any record, what the role says it would make.
-    let recorded = request
-        .status
-        .as_ref()
-        .and_then(|s| s.grant.as_ref())
-        .map(|r| Held::recorded(r, method.method()))
-        .unwrap_or_default();
-    let mine = match role {
-        _ if !recorded.is_empty() => recorded,
-        Some(role) => method.accounted(role, request).await?,
-        None => Vec::new(),
-    };
+    let mine = accounted_for(method, role, request).await?;
     let others = accounted_by(
         method,
         requests,

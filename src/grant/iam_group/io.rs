@@ -58,12 +58,6 @@ impl crate::grant::GrantMethod for IamGroupGrants {
         role: &crate::crd::AccessRole,
         request: &crate::crd::AccessRequest,
     ) -> Result<Vec<Held>, GrantError> {
-        if let Some(record) = request.status.as_ref().and_then(|s| s.grant.as_ref()) {
-            let made = Held::recorded(record, crate::crd::GrantMethod::IamGroup);
-            if !made.is_empty() {
-                return Ok(made);
-            }
-        }
         let Some(spec) = role.spec.iam_group.as_ref() else {
             return Ok(Vec::new());
         };

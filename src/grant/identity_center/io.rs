@@ -209,12 +209,6 @@ impl crate::grant::GrantMethod for IdentityCenterGrants {
         role: &crate::crd::AccessRole,
         request: &crate::crd::AccessRequest,
     ) -> Result<Vec<Held>, GrantError> {
-        if let Some(record) = request.status.as_ref().and_then(|s| s.grant.as_ref()) {
-            let made = Held::recorded(record, crate::crd::GrantMethod::IdentityCenter);
-            if !made.is_empty() {
-                return Ok(made);
-            }
-        }
         let Some(spec) = role.spec.identity_center.as_ref() else {
             return Ok(Vec::new());
         };
