@@ -1,12 +1,17 @@
 # The two commands of the README. Each does its own set-up (Go-built Kubernetes
 # binaries and moto's virtualenv, cached under ~/.cache/aws-jit; cargo build).
-.PHONY: test demo crds tools check-dockerfile
+.PHONY: test demo sandbox crds tools check-dockerfile
 
 test:
 	bash hack/test.sh
 
 demo:
 	bash hack/demo.sh
+
+# Optional, beside the two commands: the local stack and the operator with sample users,
+# up until Ctrl-C, to try the `kubectl jit` plugin by hand (README: the sandbox tour).
+sandbox:
+	bash hack/sandbox.sh
 
 # Regenerate the checked-in CRDs from the Rust types (and the chart's copy of them).
 crds:

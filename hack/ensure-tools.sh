@@ -172,6 +172,8 @@ ensure_moto() {
 	moto_server=$dest/bin/moto_server
 	cfn_lint=$dest/bin/cfn-lint
 	[[ -x $cfn_lint ]] || die "no cfn-lint in $dest (hack/requirements-moto.txt pins it)"
+	aws_cli=$dest/bin/aws
+	[[ -x $aws_cli ]] || die "no aws CLI in $dest (hack/requirements-moto.txt pins it)"
 }
 
 # The policy evaluator's packages depend only on the lockfile (keyed by it, installed
@@ -233,6 +235,7 @@ ensure_policy_eval
 printf 'export AWS_JIT_BIN_DIR=%q\n' "$bin_dir"
 printf 'export AWS_JIT_MOTO_SERVER=%q\n' "$moto_server"
 printf 'export AWS_JIT_CFN_LINT=%q\n' "$cfn_lint"
+printf 'export AWS_JIT_AWS_CLI=%q\n' "$aws_cli"
 # A command: reads the cases as JSON on stdin (see hack/policy-eval/README.md).
 printf 'export AWS_JIT_POLICY_EVAL=%q\n' "$policy_eval"
 # shellcheck disable=SC2016 # $PATH is expanded by whoever evals this line, not here

@@ -9,6 +9,7 @@ pub mod outage;
 pub mod policy_eval;
 pub mod procs;
 pub mod project;
+pub mod sandbox;
 pub mod slack;
 pub mod slack_interactions;
 pub mod slack_socket;

@@ -1,0 +1,121 @@
+//! `make sandbox`: the local stack (kube-apiserver + etcd, moto running the shipped state
+//! machine) with the operator running, the sample AccessRole `prod-admin`, and files to
+//! become each sample user, for trying aws-jit and the `kubectl jit` plugin by hand.
+//! Stays up until Ctrl-C (or SIGTERM), then stops everything it started.
+//!
+//! `AWS_JIT_SANDBOX_DIR` (default `/tmp/aws-jit-sandbox`) is where the users' files go;
+//! `AWS_JIT_SANDBOX_NAMESPACE` (default `team-billing`) the namespace they work in.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use support::sandbox::{Options, PEOPLE, Sandbox};
+
+#[tokio::main]
+async fn main() {
+    let dir = PathBuf::from(
+        std::env::var_os("AWS_JIT_SANDBOX_DIR").unwrap_or_else(|| "/tmp/aws-jit-sandbox".into()),
+    );
+    let namespace =
+        std::env::var("AWS_JIT_SANDBOX_NAMESPACE").unwrap_or_else(|_| "team-billing".into());
+    if let Some(pid) = running_sandbox(&dir) {
+        eprintln!(
+            "another sandbox (pid {pid}) uses {}: stop it first (Ctrl-C in its terminal), or set AWS_JIT_SANDBOX_DIR",
+            dir.display()
+        );
+        std::process::exit(1);
+    }
+    let started = Instant::now();
+    let stack = support::stack();
+    // The plugin sits beside this example's directory: target/<profile>/kubectl-jit.
+    let plugin_dir = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(|d| d.parent()).map(PathBuf::from))
+        .unwrap_or_default();
+    let sandbox = Sandbox::start(
+        stack,
+        Options {
+            namespace,
+            dir: dir.clone(),
+            watch_only_namespace: false,
+            plugin_dir: plugin_dir.clone(),
+        },
+    )
+    .await;
+    let pid_file = dir.join("pid");
+    if let Err(e) = std::fs::write(&pid_file, std::process::id().to_string()) {
+        eprintln!("cannot write {}: {e}", pid_file.display());
+    }
+    if !plugin_dir.join("kubectl-jit").is_file() {
+        eprintln!(
+            "note: {} has no kubectl-jit: `cargo build --bin kubectl-jit` (make sandbox does)",
+            plugin_dir.display()
+        );
+    }
+
+    println!(
+        "\naws-jit sandbox up in {:.0}s: kube-apiserver {}, moto {} (AWS account {}).",
+        started.elapsed().as_secs_f64(),
+        stack.kube.server(),
+        stack.aws.endpoint,
+        support::aws::ACCOUNT_ID,
+    );
+    println!(
+        "The operator runs here; AccessRole prod-admin (deploy/samples/accessrole.yaml) grants IAM role {}.\n",
+        support::sandbox::ROLE_NAME
+    );
+    println!(
+        "Become a user in another terminal (namespace {}):",
+        sandbox.namespace
+    );
+    for (user, what) in PEOPLE {
+        println!(
+            "  source {:<42} # {:<6} {what}",
+            sandbox.env_file(user).display(),
+            user.name()
+        );
+    }
+    println!(
+        "\nor use every user from one kubeconfig: KUBECONFIG={} kubectl --context carol ...",
+        dir.join("kubeconfig").display()
+    );
+    println!("The README's \"Five minutes in the sandbox\" walks through it.");
+    println!("\nsandbox ready; Ctrl-C stops it and everything it started.");
+
+    wait_for_stop().await;
+    println!("\nstopping the sandbox...");
+    sandbox.stop().await;
+    // The stack's processes (etcd, kube-apiserver, moto) and its directories go with
+    // this process: tests/support/procs.rs stops them at exit.
+    println!("stopped");
+}
+
+async fn wait_for_stop() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot watch SIGTERM ({e}); Ctrl-C still stops the sandbox");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// The pid of a live sandbox that owns `dir`, if any.
+fn running_sandbox(dir: &std::path::Path) -> Option<u32> {
+    let pid: u32 = std::fs::read_to_string(dir.join("pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid as i32, 0) } == 0;
+    (alive && pid != std::process::id()).then_some(pid)
+}

@@ -1,0 +1,283 @@
+//! The sandbox behind `make sandbox` (examples/sandbox.rs), and the test that runs the
+//! README's tour in it (tests/e2e/sandbox.rs): on a running [`Stack`], the AWS side
+//! deployed into moto, the sample AccessRole `prod-admin` with its IAM role, AWS keys of
+//! their own for the sample requesters, the operator running, and a directory of files
+//! a person sources to become one of the sample users:
+//!
+//! ```text
+//! <dir>/kubeconfig          every user as a context (kubectl --context carol …)
+//! <dir>/<user>.kubeconfig   one user, the sandbox namespace as the context's
+//! <dir>/<user>.env          KUBECONFIG, PATH (kubectl, kubectl-jit, aws), moto as AWS
+//!                           with the user's own keys, AWS_CONFIG_FILE, a prompt
+//! ```
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::kube::User;
+use super::{Stack, aws, succeeded};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// The people of the sandbox, in the order the instructions list them.
+pub const PEOPLE: [(User, &str); 5] = [
+    (User::Alice, "requester (group developers)"),
+    (User::Bob, "requester (group developers)"),
+    (User::Carol, "approver (named in prod-admin, group sre)"),
+    (User::Dave, "approver (named in prod-admin, group sre)"),
+    (
+        User::Admin,
+        "cluster admin (system:masters), moto's root AWS keys",
+    ),
+];
+
+/// The IAM role `deploy/samples/accessrole.yaml` grants (in moto's account).
+pub const ROLE_NAME: &str = "prod-admin";
+
+pub struct Options {
+    /// The namespace people work in (created if missing).
+    pub namespace: String,
+    /// Where the users' files go (created; emptied first).
+    pub dir: PathBuf,
+    /// The operator watches only `namespace` (tests share the stack with other
+    /// operators), or every namespace (the sandbox has it to itself).
+    pub watch_only_namespace: bool,
+    /// Where `kubectl-jit` is (put on the users' PATH).
+    pub plugin_dir: PathBuf,
+}
+
+/// A running sandbox. [`Sandbox::stop`] stops its operator; the stack's processes stop
+/// with the process that started them (tests/support/procs.rs).
+pub struct Sandbox {
+    pub namespace: String,
+    pub dir: PathBuf,
+    pub aws: aws::AwsOutputs,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    operator: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sandbox {
+    pub async fn start(stack: &Stack, options: Options) -> Sandbox {
+        let Options {
+            namespace,
+            dir,
+            watch_only_namespace,
+            plugin_dir,
+        } = options;
+        let kube = &stack.kube;
+        succeeded(&kube.kubectl_stdin(
+            User::Admin,
+            &["apply", "-f", "-"],
+            &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"),
+        ));
+        // The execution role may act on the sample's role alone.
+        let role_arn = format!("arn:aws:iam::{}:role/{ROLE_NAME}", aws::ACCOUNT_ID);
+        let outputs = stack.aws.deploy_with("sandbox", &[role_arn]).await;
+        let sdk = stack.aws.sdk_config().await;
+        let iam = aws_sdk_iam::Client::new(&sdk);
+        ensure_role(&iam).await;
+        succeeded(&kube.kubectl(
+            User::Admin,
+            &[
+                "apply",
+                "-f",
+                &format!("{ROOT}/deploy/samples/accessrole.yaml"),
+            ],
+        ));
+
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        let aws_cli = std::env::var_os("AWS_JIT_AWS_CLI").map(PathBuf::from);
+        let mut path_dirs = vec![kube.bin_dir().to_path_buf(), plugin_dir];
+        if let Some(cli) = aws_cli.as_deref().and_then(Path::parent) {
+            path_dirs.push(cli.to_path_buf());
+        }
+        write_kubeconfig(
+            stack,
+            &dir.join("kubeconfig"),
+            &PEOPLE.map(|p| p.0),
+            &namespace,
+        );
+        for (user, _) in PEOPLE {
+            let key = user_key(user);
+            let kubeconfig = dir.join(format!("{key}.kubeconfig"));
+            write_kubeconfig(stack, &kubeconfig, &[user], &namespace);
+            let (access_key, secret) = match user {
+                User::Alice | User::Bob => access_keys(&iam, user.name()).await,
+                _ => ("testing".to_owned(), "testing".to_owned()),
+            };
+            let config_file = dir.join(format!("{key}.aws-config"));
+            std::fs::write(&config_file, "")
+                .unwrap_or_else(|e| panic!("write {}: {e}", config_file.display()));
+            let path: Vec<String> = path_dirs.iter().map(|d| d.display().to_string()).collect();
+            let env = format!(
+                "# source me to act as {name} in the aws-jit sandbox\n\
+                 export KUBECONFIG={kubeconfig}\n\
+                 export PATH={path}:\"$PATH\"\n\
+                 export AWS_ENDPOINT_URL={endpoint}\n\
+                 export AWS_REGION={region}\n\
+                 export AWS_DEFAULT_REGION={region}\n\
+                 export AWS_ACCESS_KEY_ID={access_key}\n\
+                 export AWS_SECRET_ACCESS_KEY={secret}\n\
+                 unset AWS_SESSION_TOKEN AWS_PROFILE\n\
+                 export AWS_CONFIG_FILE={config_file}\n\
+                 export AWS_SHARED_CREDENTIALS_FILE=/dev/null\n\
+                 export AWS_EC2_METADATA_DISABLED=true\n\
+                 export AWS_JIT_SANDBOX_USER={name}\n\
+                 PS1=\"(jit:{name}) ${{PS1#\\(jit:*\\) }}\"\n",
+                name = user.name(),
+                kubeconfig = shell_quote(&kubeconfig.display().to_string()),
+                path = shell_quote(&path.join(":")),
+                endpoint = shell_quote(&stack.aws.endpoint),
+                region = aws::REGION,
+                config_file = shell_quote(&config_file.display().to_string()),
+            );
+            let file = dir.join(format!("{key}.env"));
+            std::fs::write(&file, env).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+        }
+
+        let config = aws_jit::run::operator::Config {
+            aws: aws_jit::run::operator::AwsTargets {
+                state_machine_arn: outputs.state_machine_arn.clone(),
+                cleanup_state_machine_arn: outputs.cleanup_state_machine_arn.clone(),
+                request_queue_url: outputs.request_queue_url.clone(),
+                request_dead_letter_url: Some(outputs.request_dlq_url.clone()),
+                work_queue_url: outputs.work_queue_url.clone(),
+                work_dead_letter_url: Some(outputs.work_dlq_url.clone()),
+                alert_queue_url: None,
+            },
+            settings: aws_jit::controller::Settings {
+                watch_namespace: watch_only_namespace.then(|| namespace.clone()),
+                operator_namespace: "aws-jit-system".into(),
+                poll_interval: Duration::from_secs(1),
+            },
+            queue_wait: Duration::from_secs(1),
+            trust_policy_size_limit: aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT,
+            faults: aws_jit::faults::Faults::default(),
+            metrics: Default::default(),
+            health: aws_jit::telemetry::probes::Health::new(),
+            sweep_interval: Duration::from_secs(60),
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let operator_kube = kube.client(User::Operator).await;
+        let operator = tokio::spawn(async move {
+            aws_jit::run::operator::run(operator_kube, &sdk, config, async move {
+                let _ = stopped.await;
+            })
+            .await
+        });
+        Sandbox {
+            namespace,
+            dir,
+            aws: outputs,
+            stop: Some(stop),
+            operator: Some(operator),
+        }
+    }
+
+    /// The file to source to act as `user`.
+    pub fn env_file(&self, user: User) -> PathBuf {
+        self.dir.join(format!("{}.env", user_key(user)))
+    }
+
+    /// Stops the operator (and waits for it) and removes the users' files.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(operator) = self.operator.take() {
+            let _ = operator.await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(operator) = self.operator.take() {
+            operator.abort();
+        }
+    }
+}
+
+fn user_key(user: User) -> &'static str {
+    match user {
+        User::Admin => "admin",
+        other => other.name(),
+    }
+}
+
+/// `'…'` for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The sample role's IAM role in moto, with a trust policy that trusts nobody yet.
+async fn ensure_role(iam: &aws_sdk_iam::Client) {
+    let base = r#"{"Version":"2012-10-17","Statement":[{"Sid":"Ec2","Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    if iam.get_role().role_name(ROLE_NAME).send().await.is_ok() {
+        return;
+    }
+    iam.create_role()
+        .role_name(ROLE_NAME)
+        .assume_role_policy_document(base)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create IAM role {ROLE_NAME}: {e:?}"));
+}
+
+/// A fresh access key of IAM user `name` (created if missing): the person's own AWS
+/// credentials, from which `kubectl jit credentials` assumes the granted role.
+async fn access_keys(iam: &aws_sdk_iam::Client, name: &str) -> (String, String) {
+    if iam.get_user().user_name(name).send().await.is_err() {
+        iam.create_user()
+            .user_name(name)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("create IAM user {name}: {e:?}"));
+    }
+    let key = iam
+        .create_access_key()
+        .user_name(name)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create an access key of {name}: {e:?}"))
+        .access_key
+        .unwrap_or_else(|| panic!("no access key for {name}"));
+    (key.access_key_id, key.secret_access_key)
+}
+
+/// A kubeconfig with one context per user (named as the user), `namespace` as each
+/// context's namespace, the first user's context current.
+fn write_kubeconfig(stack: &Stack, path: &Path, users: &[User], namespace: &str) {
+    let kube = &stack.kube;
+    let ca = std::fs::read(kube.ca_file()).expect("read the stack's CA");
+    let cluster = "aws-jit-sandbox";
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{
+            "name": cluster,
+            "cluster": {
+                "server": kube.server(),
+                "certificate-authority-data": k8s_openapi::ByteString(ca),
+            },
+        }],
+        "users": users.iter().map(|u| serde_json::json!({
+            "name": user_key(*u),
+            "user": { "token": kube.token(*u) },
+        })).collect::<Vec<_>>(),
+        "contexts": users.iter().map(|u| serde_json::json!({
+            "name": user_key(*u),
+            "context": { "cluster": cluster, "user": user_key(*u), "namespace": namespace },
+        })).collect::<Vec<_>>(),
+        "current-context": users.first().map(|u| user_key(*u)).unwrap_or_default(),
+    });
+    std::fs::write(
+        path,
+        serde_json::to_vec_pretty(&config).expect("serialise a kubeconfig"),
+    )
+    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    // Tokens inside: the person's only.
+    use std::os::unix::fs::PermissionsExt;
+    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
