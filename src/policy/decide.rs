@@ -809,8 +809,22 @@ pub fn set_condition(
     }
 }
 
+/// The condition that says a request has ended, whatever the outcome (reason: the
+/// phase): `kubectl wait --for=condition=Ended` waits for the end.
+pub const ENDED_CONDITION: &str = "Ended";
+
 /// The conditions of a phase: `Ready` (true while access is usable), `Approved`,
-/// `Granted`, and kstatus's `Reconciling` (in progress) / `Stalled` (needs a human).
+/// `Granted`, [`ENDED_CONDITION`], and kstatus's `Reconciling` (in progress) /
+/// `Stalled` (needs a person). What GitOps tools read from them (kstatus, as Flux
+/// does):
+/// - Pending, AwaitingApproval, Approved: `Reconciling=True`, InProgress.
+/// - Active: `Ready=True`, Current.
+/// - Expired, Revoked, Denied: finished work, Current. `Ready` is removed (kstatus reads
+///   `Ready=False` without `Reconciling`/`Stalled` as InProgress forever, so a Flux
+///   Kustomization with one ended request would never be Ready again), `Ended=True`.
+/// - Rejected, Failed: `Stalled=True`, `Ready=False`, Failed: the manifest or the system
+///   needs a person (an unknown role, an ineligible requester, AWS refused the grant).
+///   `Ended=True` too.
 pub fn conditions_for(
     existing: &[Condition],
     phase: Phase,
@@ -821,7 +835,11 @@ pub fn conditions_for(
     let mut c = existing.to_vec();
     let reason = format!("{phase:?}");
     let ready = phase == Phase::Active;
-    set_condition(&mut c, "Ready", ready, &reason, message, generation, now);
+    if matches!(phase, Phase::Expired | Phase::Revoked | Phase::Denied) {
+        c.retain(|x| x.type_ != "Ready");
+    } else {
+        set_condition(&mut c, "Ready", ready, &reason, message, generation, now);
+    }
     let approved = matches!(
         phase,
         Phase::Approved | Phase::Active | Phase::Expired | Phase::Revoked
@@ -846,6 +864,15 @@ pub fn conditions_for(
     let stalled = matches!(phase, Phase::Rejected | Phase::Failed);
     set_condition(
         &mut c, "Stalled", stalled, &reason, message, generation, now,
+    );
+    set_condition(
+        &mut c,
+        ENDED_CONDITION,
+        phase.is_terminal(),
+        &reason,
+        message,
+        generation,
+        now,
     );
     c
 }
