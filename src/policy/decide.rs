@@ -877,6 +877,16 @@ pub fn conditions_for(
     c
 }
 
+/// A request that ended under an operator that did not yet write [`ENDED_CONDITION`]
+/// (its ended phases kept `Ready=False`, which kstatus reads as InProgress forever): its
+/// phase, so the controller writes the conditions once more in today's terms.
+pub fn ended_in_old_terms(status: &crate::crd::AccessRequestStatus) -> Option<Phase> {
+    status
+        .phase
+        .filter(|p| p.is_terminal())
+        .filter(|_| !status.conditions.iter().any(|c| c.type_ == ENDED_CONDITION))
+}
+
 /// Expired/Revoked after an approval keep `Approved=True`; an approval that timed out
 /// (Expired without ever being approved) does not.
 fn existing_or(c: &[Condition], type_: &str, phase: Phase) -> bool {

@@ -438,6 +438,71 @@ async fn every_phase_the_operator_writes_reads_as_decided_by_kstatus_and_argo_cd
             _ => assert_eq!(ready, None, "{name}: Ready removed once ended"),
         }
     }
+    an_old_ending_is_rewritten(&env, "deny-me").await;
+    an_old_ending_is_rewritten(&env, "walk").await;
+}
+
+/// A request that ended under an older operator (Ready=False, no Ended: InProgress
+/// forever for kstatus) gets today's conditions once the operator sees it, and
+/// nothing else changes.
+async fn an_old_ending_is_rewritten(env: &Env, name: &str) {
+    use kube::api::{Patch, PatchParams};
+    let api = env.requests();
+    let before = api.get(name).await.expect("get");
+    let uid = before.metadata.uid.clone().expect("uid");
+    let mut status = serde_json::to_value(before.status.clone().expect("status")).expect("json");
+    let phase = status["phase"].as_str().expect("phase").to_owned();
+    let mut conditions: Vec<Value> = status["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["type"] != "Ended")
+        .collect();
+    conditions.push(json!({"type": "Ready", "status": "False", "reason": phase,
+        "message": "", "lastTransitionTime": "2026-01-01T00:00:00Z"}));
+    status["conditions"] = json!(conditions);
+    // Exactly what the old operator owned: its field manager, votes not included.
+    status["approvals"] = json!([]);
+    status["revocations"] = json!([]);
+    let old = json!({"apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRequest",
+        "metadata": {"name": name}, "status": status});
+    // As the old operator: its service account (env.kube), its field manager.
+    api.patch_status(
+        name,
+        &PatchParams::apply(aws_jit::controller::FIELD_MANAGER).force(),
+        &Patch::Apply(&old),
+    )
+    .await
+    .expect("the old operator's conditions");
+    let r = eventually(
+        &format!("{name}'s conditions in today's terms"),
+        WAIT,
+        || {
+            let api = api.clone();
+            async move {
+                let r = api.get(name).await.map_err(|e| e.to_string())?;
+                if condition(&r, "Ended").is_some() && condition(&r, "Ready").is_none() {
+                    Ok(r)
+                } else {
+                    Err(format!("{:?}", r.status.map(|s| s.conditions)))
+                }
+            }
+        },
+    )
+    .await;
+    let (now, was) = (
+        r.status.clone().expect("status"),
+        before.status.clone().expect("status"),
+    );
+    assert_eq!((now.phase, &now.message), (was.phase, &was.message));
+    assert_eq!(condition(&r, "Ended"), Some(("True".into(), phase.clone())));
+    assert_eq!(executions_named(env, &uid).await, 1);
+    let h = judge(&read(env, name).to_string()).remove(0);
+    assert_eq!(
+        pair(expected(Some(&phase))),
+        (h.kstatus.status, h.argocd.status)
+    );
 }
 
 #[tokio::test]

@@ -622,6 +622,37 @@ fn no_ended_request_reads_as_in_progress() {
 }
 
 #[test]
+fn requests_that_ended_without_an_ended_condition_are_rewritten_once() {
+    use crate::crd::AccessRequestStatus;
+    let t = Time(jiff::Timestamp::from_second(1_000).expect("ts"));
+    // As an older operator left a denied request: Ready=False, no Ended.
+    let mut old = Vec::new();
+    for (type_, status) in [("Ready", false), ("Reconciling", false), ("Stalled", false)] {
+        set_condition(&mut old, type_, status, "Denied", "m", Some(1), &t);
+    }
+    let status = |phase, conditions: Vec<Condition>| AccessRequestStatus {
+        phase: Some(phase),
+        conditions,
+        ..Default::default()
+    };
+    assert_eq!(
+        ended_in_old_terms(&status(Phase::Denied, old.clone())),
+        Some(Phase::Denied)
+    );
+    // Rewritten: Ready gone, Ended=True; then nothing more to do.
+    let new = conditions_for(&old, Phase::Denied, "m", Some(1), &t);
+    assert_eq!(cond(&new, "Ready"), None);
+    assert_eq!(ended_in_old_terms(&status(Phase::Denied, new)), None);
+    // Live requests and today's ended ones are left alone.
+    assert_eq!(ended_in_old_terms(&status(Phase::Active, old)), None);
+    assert_eq!(
+        ended_in_old_terms(&status(Phase::Failed, after(&[], Phase::Failed))),
+        None
+    );
+    assert_eq!(ended_in_old_terms(&AccessRequestStatus::default()), None);
+}
+
+#[test]
 fn work_groups_name_account_and_role() {
     assert_eq!(
         work_group("arn:aws:iam::123456789012:role/admin")
