@@ -618,6 +618,18 @@ async fn argo_cd_pruning_revokes_and_re_syncing_an_ended_request_changes_nothing
         ],
     ));
     env.wait_gone("pruned").await;
+    // Self-heal puts the manifest back (the same name): a new request, with a new uid,
+    // that asks for approval again; nothing is granted for it meanwhile.
+    succeeded(&sync(&pruned));
+    let back = env.wait_phase("pruned", Phase::AwaitingApproval).await;
+    let back_uid = back.metadata.uid.clone().expect("uid");
+    assert_ne!(back_uid, uids["pruned"]);
+    assert_eq!(executions_named(&env, &back_uid).await, 1);
+    assert_eq!(
+        sids().await,
+        [sid("kept")],
+        "nothing granted for the re-created one"
+    );
 
     // `kept` ends (an approver revokes it); its manifest stays in the repository and
     // Argo CD keeps syncing it.
