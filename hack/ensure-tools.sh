@@ -9,6 +9,8 @@
 # Binaries: kube-apiserver, kubectl (hack/tools/k8s), etcd (hack/tools/etcd) and helm
 # (hack/tools/helm), built with Go from those modules into
 #   ${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}/bin/<hash of go.mod/go.sum, flags, go version>/
+# The GitOps health checker (hack/tools/kstatus: kstatus and Argo CD's Lua VM), built
+# the same way into ${AWS_JIT_CACHE}/kstatus/<hash of its module and sources>/.
 # moto (and cfn-lint): a virtualenv at ${AWS_JIT_CACHE}/venv/<hash of
 # hack/requirements-moto.txt>/.
 # The IAM policy evaluator (hack/policy-eval, Node.js): its packages at
