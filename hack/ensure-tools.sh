@@ -9,6 +9,8 @@
 # Binaries: kube-apiserver, kubectl (hack/tools/k8s), etcd (hack/tools/etcd) and helm
 # (hack/tools/helm), built with Go from those modules into
 #   ${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}/bin/<hash of go.mod/go.sum, flags, go version>/
+# The GitOps health checker (hack/tools/kstatus: kstatus and Argo CD's Lua VM), built
+# the same way into ${AWS_JIT_CACHE}/kstatus/<hash of its module and sources>/.
 # moto (and cfn-lint): a virtualenv at ${AWS_JIT_CACHE}/venv/<hash of
 # hack/requirements-moto.txt>/.
 # The IAM policy evaluator (hack/policy-eval, Node.js): its packages at
@@ -76,8 +78,16 @@ ldflags_for() {
 bin_key() {
 	# Everything that decides the binaries: the modules, what is built with which flags,
 	# and the toolchain.
-	local entry name flags inputs
-	inputs=$(cd "$tools" && sha256sum ./*/go.mod ./*/go.sum)
+	local entry name mod flags inputs mods=() files=()
+	# The modules of these binaries only (hack/tools/kstatus has a key of its own).
+	for entry in "${binaries[@]}"; do
+		read -r _ mod _ <<<"$entry"
+		[[ " ${mods[*]} " == *" $mod "* ]] || mods+=("$mod")
+	done
+	readarray -t mods < <(printf '%s\n' "${mods[@]}" | sort)
+	for mod in "${mods[@]}"; do files+=("./$mod/go.mod"); done
+	for mod in "${mods[@]}"; do files+=("./$mod/go.sum"); done
+	inputs=$(cd "$tools" && sha256sum "${files[@]}")
 	for entry in "${binaries[@]}"; do
 		read -r name _ <<<"$entry"
 		flags=$(ldflags_for "$name")
@@ -228,7 +238,45 @@ ensure_policy_eval() {
 	policy_eval=$cli
 }
 
+# The tests' GitOps health checker (hack/tools/kstatus: kstatus from sigs.k8s.io/cli-utils
+# and Argo CD's Lua VM, gopher-lua), a binary at ${AWS_JIT_CACHE}/kstatus/<hash of its
+# module, sources and go version>/kstatus. Keyed apart from the binaries above: editing
+# it never rebuilds kube-apiserver.
+ensure_kstatus() {
+	local dir=$tools/kstatus key dest inputs
+	[[ -f $dir/go.mod && -f $dir/go.sum ]] || die "missing hack/tools/kstatus/{go.mod,go.sum}"
+	inputs=$(cd "$dir" && sha256sum go.mod go.sum ./*.go)
+	inputs+=$'\n'$(GOTOOLCHAIN=local go env GOVERSION GOOS GOARCH)
+	key=$(printf '%s\n' "$inputs" | sha256sum | cut -c1-16)
+	dest=$cache/kstatus/$key
+	if [[ -x $dest/kstatus && -f $dest/.complete ]]; then
+		log "kstatus up to date in $dest"
+	else
+		mkdir -p "$cache/kstatus"
+		exec 6>"$cache/kstatus/.lock"
+		flock 6
+		if [[ -x $dest/kstatus && -f $dest/.complete ]]; then
+			log "kstatus up to date in $dest"
+		else
+			rm -rf "$dest" "$cache"/kstatus/.tmp.*
+			log "building kstatus into $dest"
+			kstatus_tmp=$(mktemp -d "$cache/kstatus/.tmp.XXXXXX")
+			chmod 755 "$kstatus_tmp"
+			trap 'rm -rf "$kstatus_tmp"' EXIT
+			trap 'exit 130' INT TERM HUP
+			GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS='-mod=readonly -buildvcs=false' \
+				go -C "$dir" build -trimpath -ldflags='-s -w' -o "$kstatus_tmp/kstatus" . >&2
+			touch "$kstatus_tmp/.complete"
+			mv -T "$kstatus_tmp" "$dest"
+			trap - EXIT INT TERM HUP
+		fi
+		exec 6>&-
+	fi
+	kstatus=$dest/kstatus
+}
+
 ensure_binaries
+ensure_kstatus
 ensure_moto
 ensure_policy_eval
 
@@ -238,5 +286,8 @@ printf 'export AWS_JIT_CFN_LINT=%q\n' "$cfn_lint"
 printf 'export AWS_JIT_AWS_CLI=%q\n' "$aws_cli"
 # A command: reads the cases as JSON on stdin (see hack/policy-eval/README.md).
 printf 'export AWS_JIT_POLICY_EVAL=%q\n' "$policy_eval"
+# Reads objects (JSON/YAML) on stdin, prints kstatus's verdict on each (and Argo CD's,
+# with -argocd-health FILE): see hack/tools/kstatus/main.go.
+printf 'export AWS_JIT_KSTATUS=%q\n' "$kstatus"
 # shellcheck disable=SC2016 # $PATH is expanded by whoever evals this line, not here
 printf 'export PATH=%q:"$PATH"\n' "$bin_dir"

@@ -250,6 +250,9 @@ async fn reconcile(
         && phase(&request).is_some_and(Phase::is_terminal)
         && !request.finalizers().iter().any(|f| f == FINALIZER)
     {
+        in_todays_terms(&request, &api)
+            .await
+            .map_err(kube::runtime::finalizer::Error::ApplyFailed)?;
         if let Some(uid) = request.uid() {
             ctx.tokens
                 .delete(&uid)
@@ -424,6 +427,24 @@ impl<'a> StatusUpdate<'a> {
     }
 }
 
+/// Rewrites the conditions of a request that ended under an older operator (no `Ended`
+/// condition; `Ready=False`, which kstatus reads as InProgress forever) once, in
+/// today's terms. Only status conditions change: phase and message stay, nothing starts.
+async fn in_todays_terms(request: &AccessRequest, api: &Api<AccessRequest>) -> Result<(), Error> {
+    let status = request.status.clone().unwrap_or_default();
+    if let Some(phase) = decide::ended_in_old_terms(&status) {
+        info!(
+            ?phase,
+            "ended under an older operator: conditions written in today's terms"
+        );
+        StatusUpdate::from(request)
+            .phase(phase, status.message.unwrap_or_default())
+            .apply(api)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn event(
     ctx: &Context,
     request: &AccessRequest,
@@ -452,6 +473,7 @@ async fn apply(
     let uid = request.uid().ok_or(Error::Incomplete("uid"))?;
     let status = request.status.clone().unwrap_or_default();
     if status.phase.is_some_and(Phase::is_terminal) {
+        in_todays_terms(request, api).await?;
         ctx.tokens.delete(&uid).await?;
         return Ok(Action::await_change());
     }

@@ -283,7 +283,9 @@ pub struct AccessRequestStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
 
-    /// `Ready` plus domain conditions (`Approved`, `Granted`), cert-manager style.
+    /// `Ready` (access is held now; absent once the request ended as Expired, Revoked or
+    /// Denied), `Ended` (reason: the final phase), `Approved`, `Granted`, and kstatus's
+    /// `Reconciling` / `Stalled`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

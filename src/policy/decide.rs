@@ -809,8 +809,22 @@ pub fn set_condition(
     }
 }
 
+/// The condition that says a request has ended, whatever the outcome (reason: the
+/// phase): `kubectl wait --for=condition=Ended` waits for the end.
+pub const ENDED_CONDITION: &str = "Ended";
+
 /// The conditions of a phase: `Ready` (true while access is usable), `Approved`,
-/// `Granted`, and kstatus's `Reconciling` (in progress) / `Stalled` (needs a human).
+/// `Granted`, [`ENDED_CONDITION`], and kstatus's `Reconciling` (in progress) /
+/// `Stalled` (needs a person). What GitOps tools read from them (kstatus, as Flux
+/// does):
+/// - Pending, AwaitingApproval, Approved: `Reconciling=True`, InProgress.
+/// - Active: `Ready=True`, Current.
+/// - Expired, Revoked, Denied: finished work, Current. `Ready` is removed (kstatus reads
+///   `Ready=False` without `Reconciling`/`Stalled` as InProgress forever, so a Flux
+///   Kustomization with one ended request would never be Ready again), `Ended=True`.
+/// - Rejected, Failed: `Stalled=True`, `Ready=False`, Failed: the manifest or the system
+///   needs a person (an unknown role, an ineligible requester, AWS refused the grant).
+///   `Ended=True` too.
 pub fn conditions_for(
     existing: &[Condition],
     phase: Phase,
@@ -821,7 +835,11 @@ pub fn conditions_for(
     let mut c = existing.to_vec();
     let reason = format!("{phase:?}");
     let ready = phase == Phase::Active;
-    set_condition(&mut c, "Ready", ready, &reason, message, generation, now);
+    if matches!(phase, Phase::Expired | Phase::Revoked | Phase::Denied) {
+        c.retain(|x| x.type_ != "Ready");
+    } else {
+        set_condition(&mut c, "Ready", ready, &reason, message, generation, now);
+    }
     let approved = matches!(
         phase,
         Phase::Approved | Phase::Active | Phase::Expired | Phase::Revoked
@@ -847,7 +865,26 @@ pub fn conditions_for(
     set_condition(
         &mut c, "Stalled", stalled, &reason, message, generation, now,
     );
+    set_condition(
+        &mut c,
+        ENDED_CONDITION,
+        phase.is_terminal(),
+        &reason,
+        message,
+        generation,
+        now,
+    );
     c
+}
+
+/// A request that ended under an operator that did not yet write [`ENDED_CONDITION`]
+/// (its ended phases kept `Ready=False`, which kstatus reads as InProgress forever): its
+/// phase, so the controller writes the conditions once more in today's terms.
+pub fn ended_in_old_terms(status: &crate::crd::AccessRequestStatus) -> Option<Phase> {
+    status
+        .phase
+        .filter(|p| p.is_terminal())
+        .filter(|_| !status.conditions.iter().any(|c| c.type_ == ENDED_CONDITION))
 }
 
 /// Expired/Revoked after an approval keep `Approved=True`; an approval that timed out

@@ -674,7 +674,12 @@ async fn approved_access_is_granted_with_an_aws_enforced_expiry_then_expires() {
             .and_then(|s| s.revoked_at.clone())
             .is_some()
     );
-    assert_eq!(condition(&r, "Ready").map(|c| c.0), Some("False".into()));
+    // Ended: Ready is gone (finished work, Current for kstatus), Ended says how.
+    assert_eq!(condition(&r, "Ready"), None);
+    assert_eq!(
+        condition(&r, "Ended"),
+        Some(("True".into(), "Expired".into()))
+    );
     assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
     assert_eq!(env.foreign_statements().await, base_statements());
     assert_eq!(

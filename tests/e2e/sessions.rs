@@ -455,6 +455,14 @@ async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
         Some(("False".into(), "RevokeFailing".into())),
         "not Ready while its end is pending"
     );
+    // GitOps health meanwhile: kstatus InProgress (not Current), Argo CD Degraded.
+    let json = serde_json::to_value(&r).expect("request as JSON");
+    let h = crate::support::gitops::judge(&json.to_string()).remove(0);
+    assert_eq!(
+        (h.kstatus.status.as_str(), h.argocd.status.as_str()),
+        ("InProgress", "Degraded"),
+        "{h:?}"
+    );
     let message = r.status.and_then(|s| s.message).unwrap_or_default();
     assert!(message.contains("IAM denied"), "{message}");
     assert!(
@@ -518,6 +526,8 @@ async fn a_revoke_that_fails_is_retried_until_done_and_loud_meanwhile() {
         }
     })
     .await;
+    // Done: the RevokeFailing Ready the operator wrote is gone with the rest of Ready.
+    assert_eq!(condition(&r, "Ready"), None, "{:?}", r.status);
     let status = r.status.expect("status");
     assert_eq!(status.phase, Some(Phase::Revoked));
     let message = status.message.unwrap_or_default();

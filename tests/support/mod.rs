@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod aws;
+pub mod gitops;
 pub mod kube;
 pub mod measure;
 pub mod outage;

@@ -500,6 +500,158 @@ fn last_transition_time_moves_only_when_status_changes() {
     assert!(c.iter().any(|x| x.type_ == "Stalled" && x.status == "True"));
 }
 
+fn cond<'a>(c: &'a [Condition], type_: &str) -> Option<(&'a str, &'a str)> {
+    c.iter()
+        .find(|x| x.type_ == type_)
+        .map(|x| (x.status.as_str(), x.reason.as_str()))
+}
+
+/// The conditions of `phase` reached by way of `path` (each phase written in turn, as
+/// the controller does).
+fn after(path: &[Phase], phase: Phase) -> Vec<Condition> {
+    let t = Time(jiff::Timestamp::from_second(1_000).expect("ts"));
+    let mut c = Vec::new();
+    for p in path.iter().chain([&phase]) {
+        c = conditions_for(&c, *p, "m", Some(1), &t);
+    }
+    c
+}
+
+const ALL_PHASES: [Phase; 9] = [
+    Phase::Pending,
+    Phase::AwaitingApproval,
+    Phase::Approved,
+    Phase::Active,
+    Phase::Expired,
+    Phase::Denied,
+    Phase::Rejected,
+    Phase::Revoked,
+    Phase::Failed,
+];
+
+#[test]
+fn in_progress_phases_are_reconciling_and_active_is_ready() {
+    use Phase::*;
+    for phase in [Pending, AwaitingApproval, Approved] {
+        let c = after(&[], phase);
+        assert_eq!(
+            cond(&c, "Reconciling"),
+            Some(("True", format!("{phase:?}").as_str()))
+        );
+        assert_eq!(cond(&c, "Ready").map(|x| x.0), Some("False"));
+        assert_eq!(cond(&c, "Stalled").map(|x| x.0), Some("False"));
+        assert_eq!(cond(&c, ENDED_CONDITION).map(|x| x.0), Some("False"));
+    }
+    let c = after(&[Pending, AwaitingApproval, Approved], Active);
+    assert_eq!(cond(&c, "Ready"), Some(("True", "Active")));
+    assert_eq!(cond(&c, "Granted"), Some(("True", "Active")));
+    assert_eq!(cond(&c, "Reconciling").map(|x| x.0), Some("False"));
+    assert_eq!(cond(&c, ENDED_CONDITION).map(|x| x.0), Some("False"));
+}
+
+#[test]
+fn expired_revoked_and_denied_drop_ready_and_say_ended() {
+    use Phase::*;
+    let granted = [Pending, AwaitingApproval, Approved, Active];
+    for (path, phase) in [
+        (&granted[..], Expired),
+        (&granted[..], Revoked),
+        (&[Pending, AwaitingApproval][..], Denied),
+        // Never answered in time, and one revoked before it was granted.
+        (&[Pending, AwaitingApproval][..], Expired),
+        (&[Pending, AwaitingApproval, Approved][..], Revoked),
+    ] {
+        let c = after(path, phase);
+        let reason = format!("{phase:?}");
+        assert_eq!(cond(&c, "Ready"), None, "{path:?} -> {phase:?}: {c:?}");
+        assert_eq!(cond(&c, ENDED_CONDITION), Some(("True", reason.as_str())));
+        assert_eq!(cond(&c, "Reconciling").map(|x| x.0), Some("False"));
+        assert_eq!(cond(&c, "Stalled").map(|x| x.0), Some("False"));
+        assert_eq!(cond(&c, "Granted").map(|x| x.0), Some("False"));
+    }
+    // Approved says whether it ever was.
+    assert_eq!(
+        cond(&after(&granted, Revoked), "Approved").map(|x| x.0),
+        Some("True")
+    );
+    assert_eq!(
+        cond(&after(&[Pending, AwaitingApproval], Denied), "Approved").map(|x| x.0),
+        Some("False")
+    );
+}
+
+#[test]
+fn rejected_and_failed_are_stalled_and_ended() {
+    use Phase::*;
+    for (path, phase) in [
+        (&[][..], Rejected),
+        (&[Pending, AwaitingApproval, Approved][..], Failed),
+        (&[Pending, AwaitingApproval, Approved, Active][..], Failed),
+        (&[][..], Failed),
+    ] {
+        let c = after(path, phase);
+        let reason = format!("{phase:?}");
+        assert_eq!(cond(&c, "Stalled"), Some(("True", reason.as_str())));
+        assert_eq!(cond(&c, "Ready"), Some(("False", reason.as_str())));
+        assert_eq!(cond(&c, ENDED_CONDITION), Some(("True", reason.as_str())));
+        assert_eq!(cond(&c, "Reconciling").map(|x| x.0), Some("False"));
+        assert_eq!(cond(&c, "Granted").map(|x| x.0), Some("False"));
+    }
+}
+
+/// kstatus reads `Ready=False` with neither `Reconciling=True` nor `Stalled=True` as
+/// InProgress, forever on a request that has ended: no path to a terminal phase may
+/// leave that.
+#[test]
+fn no_ended_request_reads_as_in_progress() {
+    for from in ALL_PHASES {
+        for end in ALL_PHASES.into_iter().filter(|p| p.is_terminal()) {
+            let c = after(&[from], end);
+            let stalled = cond(&c, "Stalled").is_some_and(|x| x.0 == "True");
+            let reconciling = cond(&c, "Reconciling").is_some_and(|x| x.0 == "True");
+            let not_ready = cond(&c, "Ready").is_some_and(|x| x.0 != "True");
+            assert!(!reconciling, "{from:?} -> {end:?}: {c:?}");
+            assert!(stalled || !not_ready, "{from:?} -> {end:?}: {c:?}");
+            assert_eq!(
+                cond(&c, ENDED_CONDITION).map(|x| x.0),
+                Some("True"),
+                "{from:?} -> {end:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn requests_that_ended_without_an_ended_condition_are_rewritten_once() {
+    use crate::crd::AccessRequestStatus;
+    let t = Time(jiff::Timestamp::from_second(1_000).expect("ts"));
+    // As an older operator left a denied request: Ready=False, no Ended.
+    let mut old = Vec::new();
+    for (type_, status) in [("Ready", false), ("Reconciling", false), ("Stalled", false)] {
+        set_condition(&mut old, type_, status, "Denied", "m", Some(1), &t);
+    }
+    let status = |phase, conditions: Vec<Condition>| AccessRequestStatus {
+        phase: Some(phase),
+        conditions,
+        ..Default::default()
+    };
+    assert_eq!(
+        ended_in_old_terms(&status(Phase::Denied, old.clone())),
+        Some(Phase::Denied)
+    );
+    // Rewritten: Ready gone, Ended=True; then nothing more to do.
+    let new = conditions_for(&old, Phase::Denied, "m", Some(1), &t);
+    assert_eq!(cond(&new, "Ready"), None);
+    assert_eq!(ended_in_old_terms(&status(Phase::Denied, new)), None);
+    // Live requests and today's ended ones are left alone.
+    assert_eq!(ended_in_old_terms(&status(Phase::Active, old)), None);
+    assert_eq!(
+        ended_in_old_terms(&status(Phase::Failed, after(&[], Phase::Failed))),
+        None
+    );
+    assert_eq!(ended_in_old_terms(&AccessRequestStatus::default()), None);
+}
+
 #[test]
 fn work_groups_name_account_and_role() {
     assert_eq!(
