@@ -15,6 +15,7 @@ mod crds;
 mod ha;
 mod interactions;
 mod methods;
+mod plugin;
 mod policy_eval;
 mod relay;
 mod sessions;
