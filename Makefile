@@ -1,6 +1,6 @@
 # The two commands of the README. Each does its own set-up (Go-built Kubernetes
 # binaries and moto's virtualenv, cached under ~/.cache/aws-jit; cargo build).
-.PHONY: test demo crds tools check-dockerfile
+.PHONY: test demo crds tools check-dockerfile install-plugin
 
 test:
 	bash hack/test.sh
@@ -20,3 +20,8 @@ tools:
 # needed). Not part of `make test`: the first run compiles the dependencies again.
 check-dockerfile:
 	bash hack/check-dockerfile.sh
+
+# The `kubectl jit` plugin from source, into ~/.cargo/bin (on PATH, kubectl finds it as
+# `kubectl jit`). docs/plugin.md has the krew install from a release archive.
+install-plugin:
+	cargo install --locked --path . --bin kubectl-jit

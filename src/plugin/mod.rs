@@ -277,3 +277,51 @@ pub struct AwsProfileArgs {
 pub async fn run(cli: Cli) -> Result<(), Error> {
     commands::run(cli).await
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+
+    /// plugins/jit.yaml installs this binary, at this crate's version, on every
+    /// platform it lists, from an archive whose URL and sha256 a release fills in.
+    #[test]
+    fn the_krew_manifest_installs_this_binary() {
+        let manifest: serde_json::Value =
+            serde_yaml::from_str(include_str!("../../plugins/jit.yaml")).expect("yaml");
+        assert_eq!(manifest["kind"], "Plugin");
+        assert_eq!(manifest["metadata"]["name"], "jit");
+        assert_eq!(
+            manifest["spec"]["version"],
+            format!("v{}", env!("CARGO_PKG_VERSION"))
+        );
+        let platforms = manifest["spec"]["platforms"].as_array().expect("platforms");
+        assert!(platforms.len() >= 4);
+        for p in platforms {
+            assert_eq!(p["bin"], "kubectl-jit", "{p}");
+            let sha = p["sha256"].as_str().expect("sha256");
+            assert!(sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit()));
+            let uri = p["uri"].as_str().expect("uri");
+            let os = p["selector"]["matchLabels"]["os"].as_str().expect("os");
+            let arch = p["selector"]["matchLabels"]["arch"].as_str().expect("arch");
+            assert!(
+                uri.ends_with(&format!(
+                    "kubectl-jit-v{}-{os}-{arch}.tar.gz",
+                    env!("CARGO_PKG_VERSION")
+                )),
+                "{uri}"
+            );
+            let files: Vec<&str> = p["files"]
+                .as_array()
+                .expect("files")
+                .iter()
+                .filter_map(|f| f["from"].as_str())
+                .collect();
+            assert_eq!(files, ["kubectl-jit", "LICENSE"]);
+        }
+    }
+}

@@ -227,10 +227,12 @@ pub fn page(
     }
     lines.push(("Approvals".into(), render::approvals(request, role)));
     if let Some(t) = &status.expires_at {
-        lines.push((
-            "Expires".into(),
-            format!("{} (in {})", t.0, render::expires_in(request, now)),
-        ));
+        let left = render::expires_in(request, now);
+        let value = match left.as_str() {
+            "-" => format!("{:.0}", t.0),
+            _ => format!("{:.0} (in {left})", t.0),
+        };
+        lines.push(("Expires".into(), value));
     }
     if let Some(arn) = &status.execution_arn {
         lines.push(("Execution".into(), arn.clone()));

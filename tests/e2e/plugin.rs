@@ -260,6 +260,7 @@ async fn alice_asks_and_waits_carol_approves_alice_assumes_then_revokes_with_the
         .expect("request --wait to finish")
         .expect("wait output");
     let progress = exits(&waited, 0, "approved by carol via kubectl");
+    println!("request --wait said:\n{}", text(&waited));
     assert!(
         progress.contains("accessrequest.aws-jit.io/flow created"),
         "{progress}"
@@ -523,6 +524,7 @@ async fn alice_asks_and_waits_carol_approves_alice_assumes_then_revokes_with_the
 
     let out = jit(User::Alice, &["describe", "flow", "-n", ns]).await;
     let page = exits(&out, 0, "early revoke asked by alice: \"done\"");
+    println!("describe said:\n{page}");
     assert!(page.contains("ended Revoked"), "{page}");
     assert!(page.contains("access revoked early"), "{page}");
 }
@@ -581,6 +583,10 @@ async fn dave_denies_and_alices_wait_ends_with_his_reason() {
     )
     .await;
     exits(&out, 3, "you are not in that group");
+    // olivia owns the namespace but has no aws-jit role: the apiserver refuses her
+    // (exit 3, with its message); the plugin gives her nothing RBAC does not.
+    let out = jit(User::Olivia, &["approve", "doomed", "-n", ns]).await;
+    exits(&out, 3, "forbidden");
     assert_eq!(approvals(&env, "doomed").await, before);
     let out = jit(
         User::Carol,
@@ -589,10 +595,35 @@ async fn dave_denies_and_alices_wait_ends_with_his_reason() {
     .await;
     assert_eq!(exits(&out, 0, ""), "", "carol has voted");
 
-    // dave denies; alice's wait ends with exit 4 and his reason.
+    // The namespace of the kubeconfig's context is the default, as in kubectl.
+    let mut carol_config: Value = serde_json::from_slice(
+        &std::fs::read(stack().kube.kubeconfig(User::Carol)).expect("read kubeconfig"),
+    )
+    .expect("kubeconfig JSON");
+    carol_config["contexts"][0]["context"]["namespace"] = Value::String(ns.to_owned());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let with_ns = dir.path().join("carol-in-ns.yaml");
+    std::fs::write(&with_ns, carol_config.to_string()).expect("write kubeconfig");
     let out = jit(
-        User::Dave,
+        User::Olivia,
+        &["--kubeconfig", with_ns.to_str().expect("path"), "list"],
+    )
+    .await;
+    exits(&out, 0, "doomed");
+
+    // dave denies; alice's wait ends with exit 4 and his reason. His kubeconfig is one
+    // of two in KUBECONFIG, chosen with --context.
+    let both = std::env::join_paths([
+        stack().kube.kubeconfig(User::Alice),
+        stack().kube.kubeconfig(User::Dave),
+    ])
+    .expect("join paths");
+    let both = both.to_str().expect("utf-8");
+    let out = jit_env(
+        User::Alice,
         &[
+            "--context",
+            "dave",
             "deny",
             "doomed",
             "-n",
@@ -600,6 +631,7 @@ async fn dave_denies_and_alices_wait_ends_with_his_reason() {
             "--comment",
             "not during the freeze",
         ],
+        &[("KUBECONFIG", both)],
     )
     .await;
     exits(&out, 0, "denied by dave");

@@ -122,10 +122,13 @@ async fn follow(
                 .filter(|m| !m.is_empty())
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default();
-            eprintln!(
-                "{name}: {}{message}",
-                render::paint(&render::phase_text(status.phase), status.phase, ctx.colour)
-            );
+            let shown = match status.phase {
+                None => "created; the controller has not taken it up yet".to_owned(),
+                Some(_) => {
+                    render::paint(&render::phase_text(status.phase), status.phase, ctx.colour)
+                }
+            };
+            eprintln!("{name}: {shown}{message}");
         }
         match status.phase {
             Some(Phase::Active) => {
