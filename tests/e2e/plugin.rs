@@ -79,11 +79,14 @@ async fn approvals(env: &Env, name: &str) -> Value {
     serde_json::to_value(r.status.and_then(|s| s.approvals)).expect("json")
 }
 
+/// One form-encoded request body, its fields in order.
+type Form = Vec<(String, String)>;
+
 /// What the plugin sent to STS: every form-encoded request through a recording proxy
 /// in front of moto.
 #[derive(Clone, Default)]
 struct Recorder {
-    bodies: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    bodies: Arc<Mutex<Vec<Form>>>,
 }
 
 impl Recorder {
