@@ -76,7 +76,7 @@ async fn follow(
     let name = request.metadata.name.clone().unwrap_or_default();
     let uid = request.metadata.uid.clone();
     let started = Instant::now();
-    let mut phase: Option<Option<Phase>> = None;
+    let mut shown_state: Option<(Option<Phase>, Option<String>)> = None;
     let mut votes_seen = 0;
     let mut revocations_seen = 0;
     eprintln!("waiting for {name} (Ctrl-C stops waiting; the request stays)");
@@ -114,8 +114,9 @@ async fn follow(
             eprintln!("  early revoke asked by {}", r.requested_by);
         }
         revocations_seen = revocations_seen.max(revocations.len());
-        if phase != Some(status.phase) {
-            phase = Some(status.phase);
+        let state = (status.phase, status.message.clone());
+        if shown_state.as_ref() != Some(&state) {
+            shown_state = Some(state);
             let message = status
                 .message
                 .as_ref()
