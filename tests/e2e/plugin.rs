@@ -536,7 +536,7 @@ async fn alice_asks_and_waits_carol_approves_alice_assumes_then_revokes_with_the
 async fn dave_denies_and_alices_wait_ends_with_his_reason() {
     let env = Env::new(
         "plg-deny",
-        "  approvalsRequired: 2\n  approvers: [{user: carol}, {user: dave}, {user: erin}]",
+        "  approvalsRequired: 2\n  approvers: [{user: carol}, {user: dave}, {group: sre}]",
     )
     .await;
     let ns = env.ns.as_str();
@@ -556,6 +556,26 @@ async fn dave_denies_and_alices_wait_ends_with_his_reason() {
     // Who may vote now.
     let out = jit(User::Erin, &["list", "-n", ns, "--pending-for-me"]).await;
     exits(&out, 0, "doomed");
+
+    // Through groups: bob may ask only as a member of `developers`, erin approve only as
+    // one of `sre`; the plugin names the group the role lists, and the controller counts it.
+    let out = jit(
+        User::Bob,
+        &[
+            "request", role, "--reason", "bob's", "--name", "bobs", "-n", ns,
+        ],
+    )
+    .await;
+    exits(&out, 0, "bob asks");
+    let bobs = env
+        .wait_phase_within("bobs", Phase::AwaitingApproval, WAIT)
+        .await;
+    assert_eq!(bobs.spec.requester_group.as_deref(), Some("developers"));
+    let out = jit(User::Erin, &["approve", "bobs", "-n", ns]).await;
+    exits(&out, 0, "approved by erin as group sre (approvals 1/2)");
+    let recorded = approvals(&env, "bobs").await;
+    assert_eq!(recorded[0]["approver"], "erin", "{recorded}");
+    assert_eq!(recorded[0]["group"], "sre", "{recorded}");
     let out = jit(
         User::Bob,
         &["list", "-n", ns, "--pending-for-me", "-o", "name"],
@@ -596,7 +616,11 @@ async fn dave_denies_and_alices_wait_ends_with_his_reason() {
         &["list", "-n", ns, "--pending-for-me", "-o", "name"],
     )
     .await;
-    assert_eq!(exits(&out, 0, ""), "", "carol has voted");
+    assert_eq!(
+        exits(&out, 0, ""),
+        "accessrequest.aws-jit.io/bobs\n",
+        "carol has voted on doomed, not on bob's"
+    );
 
     // The namespace of the kubeconfig's context is the default, as in kubectl.
     let mut carol_config: Value = serde_json::from_slice(
