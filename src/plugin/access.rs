@@ -121,6 +121,14 @@ pub fn assume_role(
         .map(|t| t.0)
         .ok_or_else(|| incomplete("expiresAt (status)"))?;
     let left = expires.as_second() - now.as_second();
+    if left <= 0 {
+        // Past its end, though the controller has not recorded it yet: AWS refuses.
+        return Err(NoAccess::NotActive {
+            name,
+            phase: "past its expiry".into(),
+            how: request_command(&request.spec.role, &namespace),
+        });
+    }
     let duration = left.clamp(MIN_SESSION, MAX_SESSION);
     Ok(AssumeRole {
         role_arn: access.role_arn,
@@ -284,6 +292,9 @@ mod tests {
         let call = assume_role(&r, "alice", at("2026-12-01T13:55:00Z")).unwrap();
         assert_eq!(call.duration_seconds, 900);
         assert_eq!(call.grant_expires, at("2026-12-01T14:00:00Z"));
+        // Past the end (the controller not there yet): nothing to ask for.
+        let err = assume_role(&r, "alice", at("2026-12-01T14:00:00Z")).unwrap_err();
+        assert!(err.to_string().contains("past its expiry"), "{err}");
     }
 
     #[test]

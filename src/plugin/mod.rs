@@ -176,8 +176,8 @@ pub struct RequestArgs {
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up after this long (Go duration, e.g. 10m; exit 1). Default: no limit.
-    #[arg(long, value_name = "DURATION")]
-    pub timeout: Option<String>,
+    #[arg(long, value_name = "DURATION", value_parser = go_duration)]
+    pub timeout: Option<std::time::Duration>,
     /// Print the created request as json, yaml or its name.
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<Output>,
@@ -271,6 +271,11 @@ pub struct AwsProfileArgs {
     /// The AWS profile of your own credentials, passed on to `credentials`.
     #[arg(long, value_name = "PROFILE")]
     pub source_profile: Option<String>,
+}
+
+/// A positive Go duration flag (`10m`, `1h30m`), read as the controller reads durations.
+fn go_duration(value: &str) -> Result<std::time::Duration, String> {
+    crate::policy::decide::parse_duration("duration", value).map_err(|e| e.to_string())
 }
 
 /// Runs one command; what it prints goes to stdout (progress of --wait to stderr).

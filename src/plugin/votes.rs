@@ -37,7 +37,7 @@ pub enum Refusal {
     },
     #[error("{name} is not awaiting approval yet (phase {phase}): try again in a moment")]
     NotYetAwaiting { name: String, phase: String },
-    #[error("{name} is already decided (phase {phase}): votes no longer change anything")]
+    #[error("{name} is already decided ({phase}): votes no longer change anything")]
     Decided { name: String, phase: String },
     #[error("--as-group {group}: you are not in that group (your groups: {groups})")]
     NotYourGroup { group: String, groups: String },
@@ -146,7 +146,7 @@ pub fn vote(
         Some(_) => {
             return Err(Refusal::Decided {
                 name,
-                phase: phase_text(status.phase),
+                phase: format!("phase {}", phase_text(status.phase)),
             });
         }
     }
@@ -165,7 +165,7 @@ pub fn vote(
     ) {
         return Err(Refusal::Decided {
             name,
-            phase: "votes already decide it".into(),
+            phase: "its votes already decide it".into(),
         });
     }
     let mut why = String::new();

@@ -699,6 +699,48 @@ async fn dave_denies_and_alices_wait_ends_with_his_reason() {
         "{table}"
     );
 
+    // What the controller would reject is refused before anything is created.
+    let before = env
+        .requests()
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    let out = jit(
+        User::Alice,
+        &[
+            "request",
+            role,
+            "--reason",
+            "x",
+            "--duration",
+            "5h",
+            "-n",
+            ns,
+        ],
+    )
+    .await;
+    exits(&out, 3, "exceeds");
+    let out = jit(User::Carol, &["request", role, "--reason", "x", "-n", ns]).await;
+    exits(&out, 3, "may not request");
+    let out = jit(User::Alice, &["request", "no-such-role", "-n", ns]).await;
+    exits(&out, 5, "AccessRole no-such-role does not exist");
+    let out = jit(
+        User::Alice,
+        &["request", role, "--wait", "--timeout", "soon", "-n", ns],
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let after = env
+        .requests()
+        .list(&Default::default())
+        .await
+        .expect("list")
+        .items
+        .len();
+    assert_eq!(after, before, "nothing was created");
+
     let out = jit(User::Carol, &["describe", "nope", "-n", ns]).await;
     exits(&out, 5, "not found");
     let out = jit(User::Carol, &["approve", "nope", "-n", ns]).await;

@@ -8,12 +8,7 @@ use crate::crd::{AccessRequest, AccessRequestSpec, ApprovalChannel, Decision, Ph
 use crate::plugin::{Error, RequestArgs, identity, render, votes};
 
 pub async fn request(ctx: &Ctx, args: RequestArgs) -> Result<(), Error> {
-    let timeout = args
-        .timeout
-        .as_deref()
-        .map(|t| crate::policy::decide::parse_duration("--timeout", t))
-        .transpose()
-        .map_err(|e| Error::Refused(e.to_string()))?;
+    let timeout = args.timeout;
     let me = identity::whoami(&ctx.client).await?;
     let mut draft = AccessRequest::new(
         args.name.as_deref().unwrap_or_default(),
@@ -28,13 +23,24 @@ pub async fn request(ctx: &Ctx, args: RequestArgs) -> Result<(), Error> {
     );
     if args.name.is_none() {
         draft.metadata.name = None;
-        draft.metadata.generate_name = Some(format!(
-            "{}-",
-            args.role.chars().take(40).collect::<String>()
-        ));
+        let base: String = args.role.chars().take(40).collect();
+        draft.metadata.generate_name = Some(format!("{}-", base.trim_end_matches(['.', '-'])));
     }
     draft.metadata.namespace = Some(ctx.namespace.clone());
-    match ctx.role(&args.role).await? {
+    let roles: kube::Api<crate::crd::AccessRole> = kube::Api::all(ctx.client.clone());
+    let role = match roles.get_opt(&args.role).await {
+        Ok(None) => {
+            return Err(Error::NotFound(format!(
+                "AccessRole {} does not exist (kubectl get accessroles lists them)",
+                args.role
+            )));
+        }
+        Ok(Some(role)) => Some(role),
+        // Not readable: admission and the controller decide.
+        Err(kube::Error::Api(s)) if s.code == 403 => None,
+        Err(e) => return Err(Error::kube(&format!("AccessRole {}", args.role), e)),
+    };
+    match role {
         Some(role) => {
             draft.spec.requester_group =
                 votes::ask_as(&draft, &role, &me, args.as_group.as_deref())?;
