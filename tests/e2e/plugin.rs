@@ -490,6 +490,29 @@ async fn alice_asks_and_waits_carol_approves_alice_assumes_then_revokes_with_the
         "{profile}"
     );
 
+    let out = jit(
+        User::Alice,
+        &[
+            "aws-profile",
+            role,
+            "--context",
+            "alice",
+            "-n",
+            ns,
+            "--profile-name",
+            "ops",
+        ],
+    )
+    .await;
+    let profile = exits(&out, 0, "[profile ops]");
+    assert!(
+        profile.contains(&format!(
+            "credentials {role} --kubeconfig {} --context alice --namespace {ns}\n",
+            stack().kube.kubeconfig(User::Alice).display()
+        )),
+        "{profile}"
+    );
+
     // alice revokes: Revoked, and the trust statement is gone.
     let out = jit(
         User::Alice,
