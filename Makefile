@@ -1,6 +1,6 @@
 # The two commands of the README. Each does its own set-up (Go-built Kubernetes
 # binaries and moto's virtualenv, cached under ~/.cache/aws-jit; cargo build).
-.PHONY: test demo crds tools check-dockerfile install-plugin
+.PHONY: test demo crds tools check-dockerfile
 
 test:
 	bash hack/test.sh
@@ -23,5 +23,6 @@ check-dockerfile:
 
 # The `kubectl jit` plugin from source, into ~/.cargo/bin (on PATH, kubectl finds it as
 # `kubectl jit`). docs/plugin.md has the krew install from a release archive.
+.PHONY: install-plugin
 install-plugin:
 	cargo install --locked --path . --bin kubectl-jit
