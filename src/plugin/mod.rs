@@ -209,6 +209,7 @@ pub struct DenyArgs {
     /// The group of yours to vote as. Not impersonation.
     #[arg(long, value_name = "GROUP")]
     pub as_group: Option<String>,
+    /// Print as json, yaml or name(s) (as `kubectl get -o`).
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<Output>,
 }
@@ -224,6 +225,7 @@ pub struct RevokeArgs {
     /// impersonation.
     #[arg(long, value_name = "GROUP")]
     pub as_group: Option<String>,
+    /// Print as json, yaml or name(s) (as `kubectl get -o`).
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<Output>,
 }
@@ -239,6 +241,7 @@ pub struct ListArgs {
     /// Only your own requests.
     #[arg(long)]
     pub mine: bool,
+    /// Print as json, yaml or name(s) (as `kubectl get -o`).
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<Output>,
 }
