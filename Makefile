@@ -25,3 +25,9 @@ tools:
 # needed). Not part of `make test`: the first run compiles the dependencies again.
 check-dockerfile:
 	bash hack/check-dockerfile.sh
+
+# The `kubectl jit` plugin from source, into ~/.cargo/bin (on PATH, kubectl finds it as
+# `kubectl jit`). docs/plugin.md has the krew install from a release archive.
+.PHONY: install-plugin
+install-plugin:
+	cargo install --locked --path . --bin kubectl-jit

@@ -15,6 +15,8 @@
 //! - [`controller`] (reconcile, request queue, task tokens) and [`slack`] (relay,
 //!   interactions): they never use each other.
 //! - [`run`]: process wiring: the operator's loops together, leader election, drain.
+//! - [`plugin`]: the `kubectl jit` plugin (people's tool): it uses only `crd`,
+//!   `contract` and `policy` (the controller's own decisions of who may vote or revoke).
 
 // Floors, from the ground up; a module imports only from floors below it.
 pub mod contract;
@@ -31,6 +33,10 @@ pub mod controller;
 pub mod slack;
 
 pub mod run;
+
+// Beside the operator, on the floors it may use (crd, contract, policy): the
+// `kubectl jit` plugin, a client of the cluster and of STS as the person running it.
+pub mod plugin;
 
 /// kube, the AWS SDK and slack-morphism pull in two rustls crypto providers (ring and
 /// aws-lc-rs); with both present none is chosen and the first TLS call panics. Call

@@ -85,6 +85,9 @@ fn allowed(module: &str) -> &'static [&'static str] {
             "slack",
             "run",
         ],
+        // The kubectl plugin: a client of the cluster and STS, with the controller's own
+        // decisions (policy), never its machinery (controller, slack, run, grant I/O).
+        "plugin" => &["crd", "contract", "policy", "plugin"],
         _ => &[],
     }
 }
@@ -98,6 +101,10 @@ const PURE: &[&str] = &[
     "grant/identity_center/rules.rs",
     "grant/iam_group/rules.rs",
     "contract.rs",
+    "plugin/votes.rs",
+    "plugin/render.rs",
+    "plugin/timeline.rs",
+    "plugin/access.rs",
 ];
 
 /// What only I/O code uses.

@@ -16,6 +16,7 @@ mod gitops;
 mod ha;
 mod interactions;
 mod methods;
+mod plugin;
 mod policy_eval;
 mod relay;
 mod sessions;

@@ -1,0 +1,381 @@
+//! Pure: what `credentials` asks STS for and prints, which request a ROLE means, and the
+//! `~/.aws/config` profile of `aws-profile`. The session name and source identity are
+//! the ones the grant recorded (`status.access`), which the trust statement requires.
+use jiff::Timestamp;
+
+use crate::crd::{AccessRequest, Phase};
+
+/// Why there are no credentials to get.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoAccess {
+    /// Exit 4.
+    #[error("{name} is {phase}, not Active: it grants no access now. {how}")]
+    NotActive {
+        name: String,
+        phase: String,
+        how: String,
+    },
+    /// Exit 4.
+    #[error(
+        "you ({user}) have no Active request for AccessRole {role} in namespace {namespace}. {how}"
+    )]
+    NoneForRole {
+        user: String,
+        role: String,
+        namespace: String,
+        how: String,
+    },
+    /// Exit 4: the method has no credentials to hand out.
+    #[error("{name} is granted by {method}, which has no role to assume: {how}")]
+    NotTrustPolicy {
+        name: String,
+        method: String,
+        how: String,
+    },
+    /// Exit 3.
+    #[error(
+        "{name} is {requester}'s request, not yours ({user}): its grant trusts only {requester}"
+    )]
+    NotYours {
+        name: String,
+        requester: String,
+        user: String,
+    },
+    /// Exit 1: the controller has not written what the grant requires.
+    #[error("{name} is Active but its status.access lacks {field}")]
+    Incomplete { name: String, field: &'static str },
+}
+
+/// The command that asks for `role` (what `credentials` tells a person without access).
+pub fn request_command(role: &str, namespace: &str) -> String {
+    format!("Ask for it with: kubectl jit request {role} --reason \"…\" -n {namespace} --wait")
+}
+
+/// The `sts:AssumeRole` call for a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AssumeRole {
+    pub role_arn: String,
+    pub session_name: String,
+    pub source_identity: String,
+    pub duration_seconds: i32,
+    /// The grant's end: the credentials are reported as expiring no later.
+    pub grant_expires: Timestamp,
+}
+
+/// STS's shortest session.
+pub const MIN_SESSION: i64 = 900;
+/// The longest session asked for (a chained role session's limit too).
+pub const MAX_SESSION: i64 = 3600;
+
+/// What to ask STS for `request`, as `caller`, at `now`: min(1 h, time left) floored at
+/// STS's 15 minutes (the grant's session deny ends a longer session at the expiry).
+pub fn assume_role(
+    request: &AccessRequest,
+    caller: &str,
+    now: Timestamp,
+) -> Result<AssumeRole, NoAccess> {
+    let name = request.metadata.name.clone().unwrap_or_default();
+    let namespace = request.metadata.namespace.clone().unwrap_or_default();
+    let status = request.status.clone().unwrap_or_default();
+    if request.spec.requester != caller {
+        return Err(NoAccess::NotYours {
+            name,
+            requester: request.spec.requester.clone(),
+            user: caller.to_owned(),
+        });
+    }
+    if status.phase != Some(Phase::Active) {
+        return Err(NoAccess::NotActive {
+            name,
+            phase: status
+                .phase
+                .map_or_else(|| "not yet started".into(), |p| format!("{p:?}")),
+            how: request_command(&request.spec.role, &namespace),
+        });
+    }
+    let access = status.access.unwrap_or_default();
+    let method = status
+        .grant
+        .as_ref()
+        .map(|g| g.method.clone())
+        .unwrap_or_else(|| "TrustPolicy".into());
+    if method != "TrustPolicy" || access.role_arn.is_empty() {
+        return Err(NoAccess::NotTrustPolicy {
+            name,
+            method,
+            how: access.how,
+        });
+    }
+    let incomplete = |field| NoAccess::Incomplete {
+        name: name.clone(),
+        field,
+    };
+    if access.session_name.is_empty() {
+        return Err(incomplete("sessionName"));
+    }
+    if access.source_identity.is_empty() {
+        return Err(incomplete("sourceIdentity"));
+    }
+    let expires = status
+        .expires_at
+        .map(|t| t.0)
+        .ok_or_else(|| incomplete("expiresAt (status)"))?;
+    let left = expires.as_second() - now.as_second();
+    if left <= 0 {
+        // Past its end, though the controller has not recorded it yet: AWS refuses.
+        return Err(NoAccess::NotActive {
+            name,
+            phase: "past its expiry".into(),
+            how: request_command(&request.spec.role, &namespace),
+        });
+    }
+    let duration = left.clamp(MIN_SESSION, MAX_SESSION);
+    Ok(AssumeRole {
+        role_arn: access.role_arn,
+        session_name: access.session_name,
+        source_identity: access.source_identity,
+        duration_seconds: i32::try_from(duration).unwrap_or(900),
+        grant_expires: expires,
+    })
+}
+
+/// The caller's Active request for AccessRole `role` among `requests`: the one that
+/// lasts longest.
+pub fn for_role<'a>(
+    requests: &'a [AccessRequest],
+    role: &str,
+    caller: &str,
+) -> Option<&'a AccessRequest> {
+    requests
+        .iter()
+        .filter(|r| {
+            r.spec.role == role
+                && r.spec.requester == caller
+                && r.metadata.deletion_timestamp.is_none()
+                && r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+        })
+        .max_by_key(|r| {
+            r.status
+                .as_ref()
+                .and_then(|s| s.expires_at.as_ref())
+                .map(|t| t.0)
+        })
+}
+
+/// Credentials as STS returned them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: String,
+    pub expiration: Timestamp,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("expiration", &self.expiration)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The AWS CLI's `credential_process` JSON; `Expiration` no later than the grant's end,
+/// so the CLI asks again then (and is told the grant is over).
+pub fn credential_process(creds: &Credentials, grant_expires: Timestamp) -> serde_json::Value {
+    let expiration = creds.expiration.min(grant_expires);
+    serde_json::json!({
+        "Version": 1,
+        "AccessKeyId": creds.access_key_id,
+        "SecretAccessKey": creds.secret_access_key,
+        "SessionToken": creds.session_token,
+        "Expiration": format!("{:.0}", expiration),
+    })
+}
+
+/// An argument of `credential_process`, quoted when it needs it (the AWS CLI splits the
+/// line like a shell); `None` when it cannot be written on one line.
+fn quoted(arg: &str) -> Option<String> {
+    if arg.contains(['\n', '\r', '"']) {
+        return None;
+    }
+    if arg.is_empty() || arg.contains(char::is_whitespace) || arg.contains(['\'', '\\']) {
+        Some(format!("\"{arg}\""))
+    } else {
+        Some(arg.to_owned())
+    }
+}
+
+/// The flags that choose the cluster and the caller, passed on unchanged.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Target {
+    pub kubeconfig: Option<String>,
+    pub context: Option<String>,
+    pub namespace: String,
+    pub source_profile: Option<String>,
+}
+
+/// A `~/.aws/config` profile whose `credential_process` runs this plugin for `name`
+/// with the same kubeconfig, context and namespace. `None` when an argument cannot be
+/// written in the file (a newline or a double quote in it).
+pub fn profile(profile_name: &str, name: &str, target: &Target) -> Option<String> {
+    let mut args = vec![
+        "kubectl-jit".to_owned(),
+        "credentials".to_owned(),
+        name.to_owned(),
+    ];
+    if let Some(k) = &target.kubeconfig {
+        args.extend(["--kubeconfig".to_owned(), k.clone()]);
+    }
+    if let Some(c) = &target.context {
+        args.extend(["--context".to_owned(), c.clone()]);
+    }
+    args.extend(["--namespace".to_owned(), target.namespace.clone()]);
+    if let Some(p) = &target.source_profile {
+        args.extend(["--source-profile".to_owned(), p.clone()]);
+    }
+    let line = args
+        .iter()
+        .map(|a| quoted(a))
+        .collect::<Option<Vec<_>>>()?
+        .join(" ");
+    let header = quoted(profile_name)?;
+    Some(format!(
+        "[profile {header}]\n# aws-jit: {name} in namespace {ns}, credentials from `kubectl jit`\ncredential_process = {line}\n",
+        ns = target.namespace
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn request(phase: &str, expires: &str) -> AccessRequest {
+        serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRequest",
+            "metadata": {"name": "fix", "namespace": "team"},
+            "spec": {"role": "prod-admin", "requester": "alice", "reason": "INC-1"},
+            "status": {
+                "phase": phase,
+                "expiresAt": expires,
+                "grant": {"method": "TrustPolicy", "statementId": "x"},
+                "access": {
+                    "how": "assume it",
+                    "roleArn": "arn:aws:iam::123456789012:role/jit/prod-admin",
+                    "sessionName": "ar-0b5f7a4e-9c1d-4e2b-8f3a-1d2c3b4a5f6e",
+                    "sourceIdentity": "alice"
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_session_is_the_one_the_grant_requires_and_never_outlives_an_hour() {
+        let r = request("Active", "2026-12-01T14:00:00Z");
+        let call = assume_role(&r, "alice", at("2026-12-01T12:00:00Z")).unwrap();
+        assert_eq!(
+            call.role_arn,
+            "arn:aws:iam::123456789012:role/jit/prod-admin"
+        );
+        assert_eq!(call.session_name, "ar-0b5f7a4e-9c1d-4e2b-8f3a-1d2c3b4a5f6e");
+        assert_eq!(call.source_identity, "alice");
+        assert_eq!(call.duration_seconds, 3600);
+        // 20 minutes left: 20 minutes; 5 left: STS's floor of 15.
+        let call = assume_role(&r, "alice", at("2026-12-01T13:40:00Z")).unwrap();
+        assert_eq!(call.duration_seconds, 1200);
+        let call = assume_role(&r, "alice", at("2026-12-01T13:55:00Z")).unwrap();
+        assert_eq!(call.duration_seconds, 900);
+        assert_eq!(call.grant_expires, at("2026-12-01T14:00:00Z"));
+        // Past the end (the controller not there yet): nothing to ask for.
+        let err = assume_role(&r, "alice", at("2026-12-01T14:00:00Z")).unwrap_err();
+        assert!(err.to_string().contains("past its expiry"), "{err}");
+    }
+
+    #[test]
+    fn no_credentials_without_an_active_grant_of_ones_own() {
+        let now = at("2026-12-01T12:00:00Z");
+        for phase in ["AwaitingApproval", "Revoked", "Expired", "Denied"] {
+            let err =
+                assume_role(&request(phase, "2026-12-01T14:00:00Z"), "alice", now).unwrap_err();
+            assert!(matches!(err, NoAccess::NotActive { .. }), "{phase}");
+            assert!(
+                err.to_string()
+                    .contains("kubectl jit request prod-admin --reason \"…\" -n team"),
+                "{err}"
+            );
+        }
+        let err = assume_role(&request("Active", "2026-12-01T14:00:00Z"), "bob", now).unwrap_err();
+        assert!(matches!(err, NoAccess::NotYours { .. }), "{err}");
+        let mut group = request("Active", "2026-12-01T14:00:00Z");
+        let status = group.status.as_mut().unwrap();
+        status.grant.as_mut().unwrap().method = "IamGroup".into();
+        status.access = Some(crate::crd::AccessInstructions {
+            how: "use your own IAM user".into(),
+            ..Default::default()
+        });
+        let err = assume_role(&group, "alice", now).unwrap_err();
+        assert!(err.to_string().contains("use your own IAM user"), "{err}");
+    }
+
+    #[test]
+    fn the_expiration_is_the_grants_when_that_comes_first() {
+        let creds = Credentials {
+            access_key_id: "ASIA".into(),
+            secret_access_key: "s".into(),
+            session_token: "t".into(),
+            expiration: at("2026-12-01T13:00:00Z"),
+        };
+        let out = credential_process(&creds, at("2026-12-01T12:20:00Z"));
+        assert_eq!(out["Version"], 1);
+        assert_eq!(out["Expiration"], "2026-12-01T12:20:00Z");
+        let out = credential_process(&creds, at("2026-12-01T14:00:00Z"));
+        assert_eq!(out["Expiration"], "2026-12-01T13:00:00Z");
+        assert_eq!(out["SessionToken"], "t");
+        // Debug never shows the secret.
+        assert!(!format!("{creds:?}").contains("\"s\""));
+    }
+
+    #[test]
+    fn a_role_means_the_callers_longest_active_request_for_it() {
+        let mut a = request("Active", "2026-12-01T13:00:00Z");
+        a.metadata.name = Some("a".into());
+        let mut b = request("Active", "2026-12-01T14:00:00Z");
+        b.metadata.name = Some("b".into());
+        let mut ended = request("Revoked", "2026-12-01T15:00:00Z");
+        ended.metadata.name = Some("c".into());
+        let all = vec![a, b, ended];
+        let found = for_role(&all, "prod-admin", "alice").unwrap();
+        assert_eq!(found.metadata.name.as_deref(), Some("b"));
+        assert!(for_role(&all, "prod-admin", "bob").is_none());
+        assert!(for_role(&all, "other", "alice").is_none());
+    }
+
+    #[test]
+    fn the_profile_calls_the_plugin_with_the_same_cluster_flags() {
+        let target = Target {
+            kubeconfig: Some("/home/a b/kube.yaml".into()),
+            context: Some("prod".into()),
+            namespace: "team".into(),
+            source_profile: None,
+        };
+        let p = profile("aws-jit-fix", "fix", &target).unwrap();
+        assert!(p.starts_with("[profile aws-jit-fix]\n"), "{p}");
+        assert!(
+            p.contains(
+                "credential_process = kubectl-jit credentials fix --kubeconfig \"/home/a b/kube.yaml\" --context prod --namespace team\n"
+            ),
+            "{p}"
+        );
+        let bad = Target {
+            context: Some("x\"\n[profile evil]".into()),
+            ..target
+        };
+        assert_eq!(profile("aws-jit-fix", "fix", &bad), None);
+    }
+}

@@ -1,0 +1,127 @@
+//! `approve`, `deny`, `revoke`: one entry appended to status, in the caller's own name
+//! (the SelfSubjectReview's), after the controller's own rules said it would count. The
+//! patch tests the request's uid first, so a request re-created under the same name is
+//! never voted on by mistake; admission checks the entry again.
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams};
+use serde_json::{Value, json};
+
+use super::Ctx;
+use crate::crd::{AccessRequest, Decision};
+use crate::plugin::{Error, Output, RevokeArgs, identity, render, votes};
+
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some("kubectl-jit".into()),
+        ..PatchParams::default()
+    }
+}
+
+/// JSON patch ops that append `entry` to `status.<list>`, creating the list (on
+/// condition that nothing changed since it was read) when the controller has not yet.
+fn append(request: &AccessRequest, list: &str, entry: Value) -> Vec<Value> {
+    let mut ops = vec![json!({"op": "test", "path": "/metadata/uid", "value": request.uid()})];
+    let status = request.status.as_ref();
+    let exists = match list {
+        "approvals" => status.is_some_and(|s| s.approvals.is_some()),
+        _ => status.is_some_and(|s| s.revocations.is_some()),
+    };
+    if exists {
+        ops.push(json!({"op": "add", "path": format!("/status/{list}/-"), "value": entry}));
+    } else {
+        ops.push(json!({"op": "test", "path": "/metadata/resourceVersion",
+                        "value": request.resource_version()}));
+        if status.is_some() {
+            ops.push(json!({"op": "add", "path": format!("/status/{list}"), "value": [entry]}));
+        } else {
+            ops.push(json!({"op": "add", "path": "/status", "value": {list: [entry]}}));
+        }
+    }
+    ops
+}
+
+async fn write(
+    ctx: &Ctx,
+    request: &AccessRequest,
+    ops: Vec<Value>,
+    what: &str,
+) -> Result<AccessRequest, Error> {
+    let name = request.name_any();
+    let patch: Patch<()> = serde_json::from_value(Value::Array(ops))
+        .map(Patch::Json)
+        .map_err(|e| Error::Other(format!("building the patch: {e}")))?;
+    ctx.requests()
+        .patch_status(&name, &params(), &patch)
+        .await
+        .map_err(|e| Error::kube(&format!("{what} on {name}"), e))
+}
+
+pub async fn vote(
+    ctx: &Ctx,
+    name: &str,
+    decision: Decision,
+    comment: Option<String>,
+    as_group: Option<&str>,
+    output: Option<Output>,
+) -> Result<(), Error> {
+    let me = identity::whoami(&ctx.client).await?;
+    let request = ctx.get(name).await?;
+    let role = ctx.role(&request.spec.role).await?;
+    let group = votes::vote(&request, role.as_ref(), &me, decision, as_group)?;
+    let mut entry = json!({
+        "approver": me.username,
+        "decision": decision,
+        "time": Time(jiff::Timestamp::now()),
+    });
+    if let Some(g) = &group {
+        entry["group"] = json!(g);
+    }
+    if let Some(c) = comment.filter(|c| !c.is_empty()) {
+        entry["comment"] = json!(c);
+    }
+    let ops = append(&request, "approvals", entry);
+    let verb = match decision {
+        Decision::Approve => "approved",
+        Decision::Deny => "denied",
+    };
+    let after = write(ctx, &request, ops, "recording your vote").await?;
+    match output {
+        Some(o) => print!("{}", render::object(&after, o)?),
+        None => println!(
+            "accessrequest.aws-jit.io/{name} {verb} by {}{} (approvals {})",
+            me.username,
+            group.map(|g| format!(" as group {g}")).unwrap_or_default(),
+            render::approvals(&after, role.as_ref())
+        ),
+    }
+    Ok(())
+}
+
+pub async fn revoke(ctx: &Ctx, args: RevokeArgs) -> Result<(), Error> {
+    let me = identity::whoami(&ctx.client).await?;
+    let request = ctx.get(&args.name).await?;
+    let role = ctx.role(&request.spec.role).await?;
+    let group = votes::revoke(&request, role.as_ref(), &me, args.as_group.as_deref())?;
+    let mut entry = json!({
+        "requestedBy": me.username,
+        "time": Time(jiff::Timestamp::now()),
+    });
+    if let Some(g) = &group {
+        entry["group"] = json!(g);
+    }
+    if let Some(r) = args.reason.filter(|r| !r.is_empty()) {
+        entry["reason"] = json!(r);
+    }
+    let ops = append(&request, "revocations", entry);
+    let after = write(ctx, &request, ops, "asking for the revoke").await?;
+    match args.output {
+        Some(o) => print!("{}", render::object(&after, o)?),
+        None => println!(
+            "accessrequest.aws-jit.io/{} revoke asked by {}: the controller ends its access now \
+             (follow it: kubectl jit describe {} -n {})",
+            args.name, me.username, args.name, ctx.namespace
+        ),
+    }
+    Ok(())
+}
