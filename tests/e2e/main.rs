@@ -19,6 +19,7 @@ mod methods;
 mod plugin;
 mod policy_eval;
 mod relay;
+mod sandbox;
 mod sessions;
 mod socket_mode;
 mod stack;

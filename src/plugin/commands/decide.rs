@@ -7,9 +7,14 @@ use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
+use std::time::{Duration, Instant};
+
 use super::Ctx;
 use crate::crd::{AccessRequest, Decision};
 use crate::plugin::{Error, Output, RevokeArgs, identity, render, votes};
+
+/// How long a vote waits for a Pending request to ask for approval.
+const PENDING_WAIT: Duration = Duration::from_secs(60);
 
 fn params() -> PatchParams {
     PatchParams {
@@ -66,9 +71,24 @@ pub async fn vote(
     output: Option<Output>,
 ) -> Result<(), Error> {
     let me = identity::whoami(&ctx.client).await?;
-    let request = ctx.get(name).await?;
-    let role = ctx.role(&request.spec.role).await?;
-    let group = votes::vote(&request, role.as_ref(), &me, decision, as_group)?;
+    // A request just created is Pending for the few seconds its execution takes to ask
+    // for approval: wait for that (bounded) rather than send a person away.
+    let deadline = Instant::now() + PENDING_WAIT;
+    let mut told = false;
+    let (request, role, group) = loop {
+        let request = ctx.get(name).await?;
+        let role = ctx.role(&request.spec.role).await?;
+        match votes::vote(&request, role.as_ref(), &me, decision, as_group) {
+            Err(votes::Refusal::NotYetAwaiting { phase, .. }) if Instant::now() < deadline => {
+                if !told {
+                    eprintln!("{name} is {phase}: waiting for it to await approval...");
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            decided => break (request, role, decided?),
+        }
+    };
     let mut entry = json!({
         "approver": me.username,
         "decision": decision,
