@@ -123,7 +123,9 @@ impl Sandbox {
                  export AWS_SHARED_CREDENTIALS_FILE=/dev/null\n\
                  export AWS_EC2_METADATA_DISABLED=true\n\
                  export AWS_JIT_SANDBOX_USER={name}\n\
-                 PS1=\"(jit:{name}) ${{PS1#\\(jit:*\\) }}\"\n",
+                 aws_jit_ps1=${{PS1-}}\n\
+                 PS1=\"(jit:{name}) ${{aws_jit_ps1#\\(jit:*\\) }}\"\n\
+                 unset aws_jit_ps1\n",
                 name = user.name(),
                 kubeconfig = shell_quote(&kubeconfig.display().to_string()),
                 path = shell_quote(&path.join(":")),
