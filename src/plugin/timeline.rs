@@ -3,7 +3,7 @@
 //! count is the controller's own `tally`.
 use jiff::Timestamp;
 
-use crate::crd::{AccessRequest, AccessRole, ApprovalChannel, Decision, Phase};
+use crate::crd::{AccessRequest, AccessRole, Approval, ApprovalChannel, Decision, Phase};
 use crate::policy::decide;
 
 use super::render;
@@ -78,25 +78,6 @@ pub fn timeline(request: &AccessRequest, role: Option<&AccessRole>, events: &Eve
         .map(|r| decide::tally(r, &spec.requester, &votes).1)
         .unwrap_or_default();
     for (i, vote) in votes.iter().enumerate() {
-        let verb = match vote.decision {
-            Decision::Approve => "approved",
-            Decision::Deny => "denied",
-        };
-        let via = match vote.via {
-            ApprovalChannel::Kubectl => "kubectl",
-            ApprovalChannel::Slack => "Slack",
-        };
-        let group = vote
-            .group
-            .as_ref()
-            .map(|g| format!(" as group {g}"))
-            .unwrap_or_default();
-        let comment = vote
-            .comment
-            .as_ref()
-            .filter(|c| !c.is_empty())
-            .map(|c| format!(": {c:?}"))
-            .unwrap_or_default();
         // The i-th ignored entry of this approver is this vote when it is the first
         // vote of theirs (tally reports each ignored vote in order).
         let first_of_theirs = votes[..i].iter().all(|v| v.approver != vote.approver);
@@ -107,10 +88,7 @@ pub fn timeline(request: &AccessRequest, role: Option<&AccessRole>, events: &Eve
             .unwrap_or_default();
         out.push(entry(
             vote.time.as_ref().map(|t| t.0),
-            format!(
-                "{verb} by {}{group} via {via}{comment}{not_counted}",
-                vote.approver
-            ),
+            format!("{}{not_counted}", vote_line(vote)),
         ));
     }
     let revocations = status.revocations.clone().unwrap_or_default();
@@ -271,6 +249,30 @@ pub fn page(
         ));
     }
     out
+}
+
+/// One vote as a person reads it: `approved by carol as group sre via kubectl: "ok"`.
+pub fn vote_line(vote: &Approval) -> String {
+    let verb = match vote.decision {
+        Decision::Approve => "approved",
+        Decision::Deny => "denied",
+    };
+    let via = match vote.via {
+        ApprovalChannel::Kubectl => "kubectl",
+        ApprovalChannel::Slack => "Slack",
+    };
+    let group = vote
+        .group
+        .as_ref()
+        .map(|g| format!(" as group {g}"))
+        .unwrap_or_default();
+    let comment = vote
+        .comment
+        .as_ref()
+        .filter(|c| !c.is_empty())
+        .map(|c| format!(": {c:?}"))
+        .unwrap_or_default();
+    format!("{verb} by {}{group} via {via}{comment}", vote.approver)
 }
 
 #[cfg(test)]

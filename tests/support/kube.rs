@@ -99,7 +99,7 @@ impl User {
     }
 
     /// A file-name-safe short name.
-    fn key(&self) -> &'static str {
+    pub fn key(&self) -> &'static str {
         match self {
             User::Admin => "admin",
             User::Operator => "operator",
@@ -348,10 +348,22 @@ impl KubeStack {
     }
 
     fn write_kubeconfig(&self, user: User) {
+        let path = self.kubeconfig(user);
+        let config = self.kubeconfig_for(&[user], None);
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&config).expect("serialise kubeconfig"),
+        )
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    }
+
+    /// A kubeconfig (as JSON, which is YAML) with one context per user, named by
+    /// [`User::key`], each with `namespace` when given; the first user's current.
+    pub fn kubeconfig_for(&self, users: &[User], namespace: Option<&str>) -> serde_json::Value {
         let ca = std::fs::read(self.ca_file()).expect("read ca.crt");
         let cluster = "aws-jit-test";
-        // JSON is YAML; serde does the quoting. ByteString serialises as base64.
-        let config = serde_json::json!({
+        // serde does the quoting. ByteString serialises as base64.
+        serde_json::json!({
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{
@@ -361,19 +373,19 @@ impl KubeStack {
                     "certificate-authority-data": k8s_openapi::ByteString(ca),
                 },
             }],
-            "users": [{ "name": user.key(), "user": { "token": self.token(user) } }],
-            "contexts": [{
-                "name": user.key(),
-                "context": { "cluster": cluster, "user": user.key() },
-            }],
-            "current-context": user.key(),
-        });
-        let path = self.kubeconfig(user);
-        std::fs::write(
-            &path,
-            serde_json::to_vec_pretty(&config).expect("serialise kubeconfig"),
-        )
-        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+            "users": users.iter().map(|u| serde_json::json!({
+                "name": u.key(),
+                "user": { "token": self.token(*u) },
+            })).collect::<Vec<_>>(),
+            "contexts": users.iter().map(|u| {
+                let mut context = serde_json::json!({ "cluster": cluster, "user": u.key() });
+                if let Some(ns) = namespace {
+                    context["namespace"] = serde_json::json!(ns);
+                }
+                serde_json::json!({ "name": u.key(), "context": context })
+            }).collect::<Vec<_>>(),
+            "current-context": users.first().map(|u| u.key()).unwrap_or_default(),
+        })
     }
 }
 

@@ -201,10 +201,7 @@ impl Drop for Sandbox {
 }
 
 fn user_key(user: User) -> &'static str {
-    match user {
-        User::Admin => "admin",
-        other => other.name(),
-    }
+    user.key()
 }
 
 /// `'…'` for a POSIX shell.
@@ -250,29 +247,7 @@ async fn access_keys(iam: &aws_sdk_iam::Client, name: &str) -> (String, String) 
 /// A kubeconfig with one context per user (named as the user), `namespace` as each
 /// context's namespace, the first user's context current.
 fn write_kubeconfig(stack: &Stack, path: &Path, users: &[User], namespace: &str) {
-    let kube = &stack.kube;
-    let ca = std::fs::read(kube.ca_file()).expect("read the stack's CA");
-    let cluster = "aws-jit-sandbox";
-    let config = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{
-            "name": cluster,
-            "cluster": {
-                "server": kube.server(),
-                "certificate-authority-data": k8s_openapi::ByteString(ca),
-            },
-        }],
-        "users": users.iter().map(|u| serde_json::json!({
-            "name": user_key(*u),
-            "user": { "token": kube.token(*u) },
-        })).collect::<Vec<_>>(),
-        "contexts": users.iter().map(|u| serde_json::json!({
-            "name": user_key(*u),
-            "context": { "cluster": cluster, "user": user_key(*u), "namespace": namespace },
-        })).collect::<Vec<_>>(),
-        "current-context": users.first().map(|u| user_key(*u)).unwrap_or_default(),
-    });
+    let config = stack.kube.kubeconfig_for(users, Some(namespace));
     // Tokens inside (the admin's is system:masters): the person's only, from the start.
     private_write(
         path,

@@ -4,8 +4,8 @@ use std::time::{Duration, Instant};
 use kube::api::PostParams;
 
 use super::Ctx;
-use crate::crd::{AccessRequest, AccessRequestSpec, ApprovalChannel, Decision, Phase};
-use crate::plugin::{Error, RequestArgs, identity, render, votes};
+use crate::crd::{AccessRequest, AccessRequestSpec, Phase};
+use crate::plugin::{Error, RequestArgs, identity, render, timeline, votes};
 
 pub async fn request(ctx: &Ctx, args: RequestArgs) -> Result<(), Error> {
     let timeout = args.timeout;
@@ -99,20 +99,7 @@ async fn follow(
         let status = now.status.clone().unwrap_or_default();
         let votes = status.approvals.clone().unwrap_or_default();
         for vote in votes.iter().skip(votes_seen) {
-            let verb = match vote.decision {
-                Decision::Approve => "approved",
-                Decision::Deny => "denied",
-            };
-            let via = match vote.via {
-                ApprovalChannel::Kubectl => "kubectl",
-                ApprovalChannel::Slack => "Slack",
-            };
-            let comment = vote
-                .comment
-                .as_ref()
-                .map(|c| format!(": {c:?}"))
-                .unwrap_or_default();
-            eprintln!("  {verb} by {} via {via}{comment}", vote.approver);
+            eprintln!("  {}", timeline::vote_line(vote));
         }
         votes_seen = votes_seen.max(votes.len());
         let revocations = status.revocations.clone().unwrap_or_default();
