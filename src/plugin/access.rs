@@ -356,6 +356,73 @@ mod tests {
         assert!(for_role(&all, "other", "alice").is_none());
     }
 
+    /// The AWS SDKs run `credential_process` with `sh -c` (Rust, Go, Java) and the AWS
+    /// CLI splits it with Python's `shlex`: each must see exactly the plugin's arguments,
+    /// whatever a kubeconfig path or context name holds (`$`, backticks, quotes, spaces),
+    /// and nothing in them may run.
+    #[test]
+    fn the_profile_line_means_the_same_to_a_shell_and_to_the_aws_cli() {
+        let canary = std::env::temp_dir().join(format!("aws-jit-canary-{}", std::process::id()));
+        let _ = std::fs::remove_file(&canary);
+        let target = Target {
+            kubeconfig: Some(format!(
+                "/home/a b/$HOME/it's `touch {}`/k\\8s",
+                canary.display()
+            )),
+            context: Some(format!(
+                "arn:aws:eks:eu-west-1:1:cluster/$(touch {})",
+                canary.display()
+            )),
+            namespace: "team".into(),
+            source_profile: Some("my profile".into()),
+        };
+        let expected = [
+            "kubectl-jit",
+            "credentials",
+            "fix",
+            "--kubeconfig",
+            target.kubeconfig.as_deref().unwrap(),
+            "--context",
+            target.context.as_deref().unwrap(),
+            "--namespace",
+            "team",
+            "--source-profile",
+            "my profile",
+        ];
+        let p = profile("aws-jit-fix", "fix", &target).expect("a profile");
+        let line = p
+            .lines()
+            .find_map(|l| l.strip_prefix("credential_process = "))
+            .expect("credential_process line");
+        // sh -c, with the program replaced by one that prints its arguments.
+        let script = format!("printf '%s\\n' {line}");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh");
+        let words: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(words, expected, "sh -c {line}");
+        assert!(
+            !canary.exists(),
+            "sh ran a command from the kubeconfig path"
+        );
+        // The AWS CLI (botocore's compat_shell_split: shlex.split on POSIX).
+        if let Ok(out) = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json,shlex,sys; print(json.dumps(shlex.split(sys.argv[1])))",
+            ])
+            .arg(line)
+            .output()
+        {
+            let words: Vec<String> = serde_json::from_slice(&out.stdout).expect("json");
+            assert_eq!(words, expected, "shlex.split({line})");
+        }
+    }
+
     #[test]
     fn the_profile_calls_the_plugin_with_the_same_cluster_flags() {
         let target = Target {

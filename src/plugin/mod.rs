@@ -290,6 +290,33 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 mod tests {
     use clap::CommandFactory;
 
+    /// docs/plugin.md: exit 1 is "not authenticated" (an expired token, a wrong
+    /// kubeconfig), exit 3 a refusal of who the caller is (RBAC, admission). A script
+    /// that retries on 1 and gives up on 3 must not read a stale token as "forbidden".
+    #[test]
+    fn not_authenticated_is_an_error_not_a_refusal() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                reason: "Unauthorized".into(),
+                message: "Unauthorized".into(),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(
+            super::Error::kube("x", api(401)).exit_code(),
+            super::exit::ERROR
+        );
+        assert_eq!(
+            super::Error::kube("x", api(403)).exit_code(),
+            super::exit::REFUSED
+        );
+        assert_eq!(
+            super::Error::kube("x", api(404)).exit_code(),
+            super::exit::NOT_FOUND
+        );
+    }
+
     #[test]
     fn the_cli_is_well_formed() {
         super::Cli::command().debug_assert();
