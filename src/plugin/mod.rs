@@ -65,16 +65,15 @@ impl Error {
     }
 
     /// A Kubernetes error, about `what`: not found (5), refused by RBAC or admission
-    /// (3, with the apiserver's message), anything else (1).
+    /// (3, with the apiserver's message), anything else (1), not being authenticated
+    /// (401: an expired token, a wrong kubeconfig) included.
     pub fn kube(what: &str, e: kube::Error) -> Error {
         match e {
             kube::Error::Api(s) if s.code == 404 => Error::NotFound(format!("{what}: not found")),
-            kube::Error::Api(s) if matches!(s.code, 401 | 403 | 409 | 422) => {
-                Error::Refused(format!(
-                    "{what}: the apiserver refused ({}): {}",
-                    s.reason, s.message
-                ))
-            }
+            kube::Error::Api(s) if matches!(s.code, 403 | 409 | 422) => Error::Refused(format!(
+                "{what}: the apiserver refused ({}): {}",
+                s.reason, s.message
+            )),
             other => Error::Cluster(format!("{what}: {other}")),
         }
     }
