@@ -193,16 +193,19 @@ pub fn credential_process(creds: &Credentials, grant_expires: Timestamp) -> serd
     })
 }
 
-/// An argument of `credential_process`, quoted when it needs it (the AWS CLI splits the
-/// line like a shell); `None` when it cannot be written on one line.
+/// An argument of `credential_process`, quoted when it needs it; `None` when it cannot
+/// be written on one line. The AWS SDKs run the line with `sh -c` and the AWS CLI splits
+/// it with `shlex`: single quotes (a `'` as `'\''`) mean the same to both, and nothing in
+/// them is expanded (double quotes would run `$(…)` and backticks in `sh`).
 fn quoted(arg: &str) -> Option<String> {
-    if arg.contains(['\n', '\r', '"']) {
+    if arg.contains(['\n', '\r', '\0']) {
         return None;
     }
-    if arg.is_empty() || arg.contains(char::is_whitespace) || arg.contains(['\'', '\\']) {
-        Some(format!("\"{arg}\""))
-    } else {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
         Some(arg.to_owned())
+    } else {
+        Some(format!("'{}'", arg.replace('\'', r"'\''")))
     }
 }
 
@@ -217,7 +220,7 @@ pub struct Target {
 
 /// A `~/.aws/config` profile whose `credential_process` runs this plugin for `name`
 /// with the same kubeconfig, context and namespace. `None` when an argument cannot be
-/// written in the file (a newline or a double quote in it).
+/// written in the file (a line break in it).
 pub fn profile(profile_name: &str, name: &str, target: &Target) -> Option<String> {
     let mut args = vec![
         "kubectl-jit".to_owned(),
@@ -435,7 +438,7 @@ mod tests {
         assert!(p.starts_with("[profile aws-jit-fix]\n"), "{p}");
         assert!(
             p.contains(
-                "credential_process = kubectl-jit credentials fix --kubeconfig \"/home/a b/kube.yaml\" --context prod --namespace team\n"
+                "credential_process = kubectl-jit credentials fix --kubeconfig '/home/a b/kube.yaml' --context prod --namespace team\n"
             ),
             "{p}"
         );

@@ -96,9 +96,7 @@ pub async fn profile(ctx: &Ctx, args: AwsProfileArgs) -> Result<(), Error> {
     };
     let text = access::profile(&profile_name, &args.target, &target).ok_or_else(|| {
         Error::Refused(
-            "a flag value holds a newline or a double quote: it cannot be written in \
-             ~/.aws/config"
-                .into(),
+            "a flag value holds a line break: it cannot be written in ~/.aws/config".into(),
         )
     })?;
     print!("{text}");
