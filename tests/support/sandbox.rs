@@ -85,7 +85,7 @@ impl Sandbox {
         ));
 
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        private_dir(&dir);
         let aws_cli = std::env::var_os("AWS_JIT_AWS_CLI").map(PathBuf::from);
         let mut path_dirs = vec![kube.bin_dir().to_path_buf(), plugin_dir];
         if let Some(cli) = aws_cli.as_deref().and_then(Path::parent) {
@@ -106,8 +106,7 @@ impl Sandbox {
                 _ => ("testing".to_owned(), "testing".to_owned()),
             };
             let config_file = dir.join(format!("{key}.aws-config"));
-            std::fs::write(&config_file, "")
-                .unwrap_or_else(|e| panic!("write {}: {e}", config_file.display()));
+            private_write(&config_file, b"");
             let path: Vec<String> = path_dirs.iter().map(|d| d.display().to_string()).collect();
             let env = format!(
                 "# source me to act as {name} in the aws-jit sandbox\n\
@@ -134,7 +133,7 @@ impl Sandbox {
                 config_file = shell_quote(&config_file.display().to_string()),
             );
             let file = dir.join(format!("{key}.env"));
-            std::fs::write(&file, env).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+            private_write(&file, env.as_bytes());
         }
 
         let config = aws_jit::run::operator::Config {
@@ -274,12 +273,40 @@ fn write_kubeconfig(stack: &Stack, path: &Path, users: &[User], namespace: &str)
         })).collect::<Vec<_>>(),
         "current-context": users.first().map(|u| user_key(*u)).unwrap_or_default(),
     });
-    std::fs::write(
+    // Tokens inside (the admin's is system:masters): the person's only, from the start.
+    private_write(
         path,
-        serde_json::to_vec_pretty(&config).expect("serialise a kubeconfig"),
-    )
-    .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-    // Tokens inside: the person's only.
-    use std::os::unix::fs::PermissionsExt;
-    let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        &serde_json::to_vec_pretty(&config).expect("serialise a kubeconfig"),
+    );
+}
+
+/// The users' directory, the person's only (`/tmp/aws-jit-sandbox` is a well-known path
+/// in a shared `/tmp`): created 0700, and made so if it was there already.
+fn private_dir(dir: &Path) {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .unwrap_or_else(|e| panic!("chmod 0700 {}: {e}", dir.display()));
+}
+
+/// Writes a file that holds tokens or keys: created 0600, never readable by others even
+/// for a moment (a write then a chmod leaves a window).
+fn private_write(path: &Path, bytes: &[u8]) {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+    // A file that was there already keeps its mode through open: make it private too.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| file.write_all(bytes))
+        .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
