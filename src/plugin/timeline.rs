@@ -349,6 +349,63 @@ mod tests {
         assert_eq!(t[1].source, "event");
     }
 
+    /// The controller removes `Ready` from an Expired/Revoked/Denied request and says
+    /// `Ended=True` (GitOps health): the end still has its time, in order.
+    #[test]
+    fn the_end_has_its_time_with_todays_conditions() {
+        let mut r = revoked();
+        let status = r.status.as_mut().unwrap();
+        let ended: Timestamp = "2026-12-01T12:05:10Z".parse().unwrap();
+        status.conditions = decide::conditions_for(
+            &[],
+            Phase::Revoked,
+            "access was ended early and revoked",
+            Some(1),
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ended),
+        );
+        assert!(status.conditions.iter().all(|c| c.type_ != "Ready"));
+        let t = timeline(&r, Some(&role()), &Events::Read(vec![]));
+        let end = t
+            .iter()
+            .find(|e| e.text.starts_with("ended Revoked"))
+            .expect("the end");
+        assert_eq!(end.at, Some(ended), "{t:?}");
+    }
+
+    /// What others wrote (a requester's reason and ticket, a denial's comment in the
+    /// message, an Event's note) reaches an approver's terminal: it may not move the
+    /// cursor, rewrite the lines above ("Role: read-only") or set the title.
+    #[test]
+    fn text_from_others_cannot_drive_the_terminal() {
+        let mut r = revoked();
+        let evil = "INC-1\x1b[1A\x1b[2K\rRole:      read-only\x1b]0;ok\x07\u{202e}";
+        r.spec.reason = evil.into();
+        r.spec.ticket = Some(evil.into());
+        let status = r.status.as_mut().unwrap();
+        status.message = Some(evil.into());
+        status.approvals.as_mut().unwrap()[1].comment = Some(evil.into());
+        status.revocations.as_mut().unwrap()[0].reason = Some(evil.into());
+        let events = Events::Read(vec![EventNote {
+            at: None,
+            kind: "Normal".into(),
+            reason: evil.into(),
+            message: evil.into(),
+            count: 1,
+        }]);
+        let now: Timestamp = "2026-12-01T12:10:00Z".parse().unwrap();
+        for colour in [false, true] {
+            let p = page(&r, Some(&role()), &events, now, colour);
+            let shown: String = p.replace("\x1b[0m", "").replace("\x1b[2m", "");
+            for bad in ['\r', '\x07', '\u{202e}'] {
+                assert!(!p.contains(bad), "{bad:?} in {p:?}");
+            }
+            assert!(
+                !shown.contains("\x1b[1A") && !shown.contains("\x1b]0"),
+                "{p:?}"
+            );
+        }
+    }
+
     #[test]
     fn the_page_says_when_events_could_not_be_read() {
         let now: Timestamp = "2026-12-01T12:10:00Z".parse().unwrap();
