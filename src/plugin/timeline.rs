@@ -160,10 +160,10 @@ pub fn timeline(request: &AccessRequest, role: Option<&AccessRole>, events: &Eve
         out.push(entry(Some(t.0), "access expires (AWS enforces it)".into()));
     }
     if let Some(phase) = status.phase.filter(|p| p.is_terminal()) {
-        let at = status
-            .conditions
+        // When it ended: `Ended` (an older operator's ended requests: `Ready`).
+        let at = [decide::ENDED_CONDITION, "Ready"]
             .iter()
-            .find(|c| c.type_ == "Ready")
+            .find_map(|t| status.conditions.iter().find(|c| c.type_ == *t))
             .map(|c| c.last_transition_time.0);
         out.push(entry(
             at,
