@@ -189,6 +189,9 @@ pub fn timeline(request: &AccessRequest, role: Option<&AccessRole>, events: &Eve
     }
     // Stable: equal times keep the order recorded; no time goes last.
     out.sort_by_key(|e| (e.at.is_none(), e.at));
+    for e in &mut out {
+        e.text = render::printable(&e.text);
+    }
     out
 }
 
@@ -255,6 +258,12 @@ pub fn page(
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
     let mut out = String::new();
     for (k, v) in lines {
+        // The phase is painted here, from an enum; every other value is text.
+        let v = if k == "Phase" {
+            v
+        } else {
+            render::printable(&v)
+        };
         out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
     }
     out.push_str("Timeline:\n");
@@ -265,9 +274,10 @@ pub fn page(
     }
     if let Events::Forbidden(why) = events {
         out.push_str(&format!(
-            "Events: not shown: you may not read Events in namespace {} ({why}); the \
+            "Events: not shown: you may not read Events in namespace {} ({}); the \
              timeline above is the request's status only\n",
-            request.metadata.namespace.as_deref().unwrap_or_default()
+            request.metadata.namespace.as_deref().unwrap_or_default(),
+            render::printable(why)
         ));
     }
     out

@@ -112,7 +112,11 @@ async fn follow(
                 .as_ref()
                 .map(|c| format!(": {c:?}"))
                 .unwrap_or_default();
-            eprintln!("  {verb} by {} via {via}{comment}", vote.approver);
+            eprintln!(
+                "  {verb} by {} via {via}{}",
+                render::printable(&vote.approver),
+                render::printable(&comment)
+            );
         }
         votes_seen = votes_seen.max(votes.len());
         let revocations = status.revocations.clone().unwrap_or_default();
@@ -127,7 +131,7 @@ async fn follow(
                 .message
                 .as_ref()
                 .filter(|m| !m.is_empty())
-                .map(|m| format!(": {m}"))
+                .map(|m| format!(": {}", render::printable(m)))
                 .unwrap_or_default();
             let shown = match status.phase {
                 None => "created; the controller has not taken it up yet".to_owned(),
@@ -156,7 +160,7 @@ async fn follow(
                         ctx.namespace, ctx.namespace
                     );
                 } else if let Some(how) = status.access.as_ref().map(|a| a.how.clone()) {
-                    eprintln!("how: {how}");
+                    eprintln!("how: {}", render::printable(&how));
                 }
                 return Ok(());
             }
@@ -166,7 +170,7 @@ async fn follow(
                     status
                         .message
                         .as_ref()
-                        .map(|m| format!(": {m}"))
+                        .map(|m| format!(": {}", render::printable(m)))
                         .unwrap_or_default()
                 )));
             }
