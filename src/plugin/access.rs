@@ -3,7 +3,7 @@
 //! the ones the grant recorded (`status.access`), which the trust statement requires.
 use jiff::Timestamp;
 
-use crate::crd::{AccessRequest, Phase};
+use crate::crd::{AccessRequest, AccessRole, Phase};
 
 /// Why there are no credentials to get.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,9 +71,11 @@ pub const MAX_SESSION: i64 = 3600;
 /// STS's 15 minutes (the grant's session deny ends a longer session at the expiry).
 pub fn assume_role(
     request: &AccessRequest,
+    role: Option<&AccessRole>,
     caller: &str,
     now: Timestamp,
 ) -> Result<AssumeRole, NoAccess> {
+    let _ = role;
     let name = request.metadata.name.clone().unwrap_or_default();
     let namespace = request.metadata.namespace.clone().unwrap_or_default();
     let status = request.status.clone().unwrap_or_default();
@@ -281,7 +283,7 @@ mod tests {
     #[test]
     fn the_session_is_the_one_the_grant_requires_and_never_outlives_an_hour() {
         let r = request("Active", "2026-12-01T14:00:00Z");
-        let call = assume_role(&r, "alice", at("2026-12-01T12:00:00Z")).unwrap();
+        let call = assume_role(&r, None, "alice", at("2026-12-01T12:00:00Z")).unwrap();
         assert_eq!(
             call.role_arn,
             "arn:aws:iam::123456789012:role/jit/prod-admin"
@@ -290,13 +292,13 @@ mod tests {
         assert_eq!(call.source_identity, "alice");
         assert_eq!(call.duration_seconds, 3600);
         // 20 minutes left: 20 minutes; 5 left: STS's floor of 15.
-        let call = assume_role(&r, "alice", at("2026-12-01T13:40:00Z")).unwrap();
+        let call = assume_role(&r, None, "alice", at("2026-12-01T13:40:00Z")).unwrap();
         assert_eq!(call.duration_seconds, 1200);
-        let call = assume_role(&r, "alice", at("2026-12-01T13:55:00Z")).unwrap();
+        let call = assume_role(&r, None, "alice", at("2026-12-01T13:55:00Z")).unwrap();
         assert_eq!(call.duration_seconds, 900);
         assert_eq!(call.grant_expires, at("2026-12-01T14:00:00Z"));
         // Past the end (the controller not there yet): nothing to ask for.
-        let err = assume_role(&r, "alice", at("2026-12-01T14:00:00Z")).unwrap_err();
+        let err = assume_role(&r, None, "alice", at("2026-12-01T14:00:00Z")).unwrap_err();
         assert!(err.to_string().contains("past its expiry"), "{err}");
     }
 
@@ -304,8 +306,8 @@ mod tests {
     fn no_credentials_without_an_active_grant_of_ones_own() {
         let now = at("2026-12-01T12:00:00Z");
         for phase in ["AwaitingApproval", "Revoked", "Expired", "Denied"] {
-            let err =
-                assume_role(&request(phase, "2026-12-01T14:00:00Z"), "alice", now).unwrap_err();
+            let err = assume_role(&request(phase, "2026-12-01T14:00:00Z"), None, "alice", now)
+                .unwrap_err();
             assert!(matches!(err, NoAccess::NotActive { .. }), "{phase}");
             assert!(
                 err.to_string()
@@ -313,7 +315,8 @@ mod tests {
                 "{err}"
             );
         }
-        let err = assume_role(&request("Active", "2026-12-01T14:00:00Z"), "bob", now).unwrap_err();
+        let err =
+            assume_role(&request("Active", "2026-12-01T14:00:00Z"), None, "bob", now).unwrap_err();
         assert!(matches!(err, NoAccess::NotYours { .. }), "{err}");
         let mut group = request("Active", "2026-12-01T14:00:00Z");
         let status = group.status.as_mut().unwrap();
@@ -322,8 +325,66 @@ mod tests {
             how: "use your own IAM user".into(),
             ..Default::default()
         });
-        let err = assume_role(&group, "alice", now).unwrap_err();
+        let err = assume_role(&group, None, "alice", now).unwrap_err();
         assert!(err.to_string().contains("use your own IAM user"), "{err}");
+    }
+
+    /// An Active request whose end is under way mints no new session: an early revoke
+    /// asked by someone with a say (the requester, a listed approver, an admin), or a
+    /// revoke the operator cannot finish (`Ready=False RevokeFailing`). Someone with no
+    /// say does not stand in the way.
+    #[test]
+    fn no_new_session_while_the_access_is_being_ended() {
+        let now = at("2026-12-01T12:00:00Z");
+        let role: AccessRole = serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRole",
+            "metadata": {"name": "prod-admin"},
+            "spec": {
+                "roleArn": "arn:aws:iam::123456789012:role/jit/prod-admin",
+                "approvers": [{"user": "carol"}],
+                "requesters": [{"user": "alice"}],
+                "principal": {"template": "arn:aws:iam::123456789012:user/{username}"}
+            }
+        }))
+        .unwrap();
+        let revoked_by = |who: &str, group: Option<&str>| {
+            let mut r = request("Active", "2026-12-01T14:00:00Z");
+            r.status.as_mut().unwrap().revocations = Some(vec![crate::crd::Revocation {
+                requested_by: who.into(),
+                group: group.map(str::to_owned),
+                reason: None,
+                time: None,
+            }]);
+            r
+        };
+        for r in [
+            revoked_by("alice", None),
+            revoked_by("carol", None),
+            revoked_by("root", Some("system:masters")),
+        ] {
+            let err = assume_role(&r, Some(&role), "alice", now).unwrap_err();
+            assert!(matches!(err, NoAccess::NotActive { .. }), "{err}");
+            assert!(err.to_string().contains("being ended"), "{err}");
+        }
+        // mallory has no say: the controller ignores her entry, so does this.
+        assert!(assume_role(&revoked_by("mallory", None), Some(&role), "alice", now).is_ok());
+
+        let mut failing = request("Active", "2026-12-01T14:00:00Z");
+        let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
+        let status = failing.status.as_mut().unwrap();
+        status.conditions =
+            crate::policy::decide::conditions_for(&[], Phase::Active, "held", Some(1), &t);
+        crate::policy::decide::set_condition(
+            &mut status.conditions,
+            "Ready",
+            false,
+            "RevokeFailing",
+            "the operator cannot end access yet",
+            Some(1),
+            &t,
+        );
+        let err = assume_role(&failing, Some(&role), "alice", now).unwrap_err();
+        assert!(err.to_string().contains("being ended"), "{err}");
     }
 
     #[test]
