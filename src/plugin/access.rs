@@ -4,6 +4,7 @@
 use jiff::Timestamp;
 
 use crate::crd::{AccessRequest, AccessRole, Phase};
+use crate::policy::decide;
 
 /// Why there are no credentials to get.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,7 +76,6 @@ pub fn assume_role(
     caller: &str,
     now: Timestamp,
 ) -> Result<AssumeRole, NoAccess> {
-    let _ = role;
     let name = request.metadata.name.clone().unwrap_or_default();
     let namespace = request.metadata.namespace.clone().unwrap_or_default();
     let status = request.status.clone().unwrap_or_default();
@@ -92,6 +92,30 @@ pub fn assume_role(
             phase: status
                 .phase
                 .map_or_else(|| "not yet started".into(), |p| format!("{p:?}")),
+            how: request_command(&request.spec.role, &namespace),
+        });
+    }
+    // Active, but its end is under way: an early revoke that counts (the controller's
+    // own rule), or a revoke the operator cannot finish yet (Ready=False). A new session
+    // would be access someone with a say asked to end.
+    let revoke_asked = decide::effective_revocation(
+        role,
+        &request.spec.requester,
+        status.revocations.as_deref().unwrap_or_default(),
+    )
+    .is_some();
+    let not_ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .filter(|c| c.status != "True");
+    if revoke_asked || not_ready.is_some() {
+        return Err(NoAccess::NotActive {
+            name,
+            phase: match not_ready {
+                Some(c) => format!("being ended ({})", c.reason),
+                None => "being ended (an early revoke was asked)".into(),
+            },
             how: request_command(&request.spec.role, &namespace),
         });
     }
