@@ -27,6 +27,10 @@ async fn main() {
         );
         std::process::exit(1);
     }
+    // Watched from the start: a Ctrl-C (or a closed terminal) while the stack comes up
+    // would otherwise kill this process before it cleans up (the users' files with
+    // their tokens and keys left behind); now the sandbox comes up, then stops at once.
+    let mut stop = Stop::watch();
     let started = Instant::now();
     let stack = support::stack();
     // The plugin sits beside this example's directory: target/<profile>/kubectl-jit.
@@ -84,27 +88,57 @@ async fn main() {
     println!("The README's \"Five minutes in the sandbox\" walks through it.");
     println!("\nsandbox ready; Ctrl-C stops it and everything it started.");
 
-    wait_for_stop().await;
+    stop.wait().await;
     println!("\nstopping the sandbox...");
-    sandbox.stop().await;
+    // Bounded, and a second Ctrl-C stops at once: the users' files go and the stack's
+    // processes stop at exit either way (an operator stopped the moment it started can
+    // hang in its shutdown).
+    let stopped = tokio::select! {
+        done = tokio::time::timeout(std::time::Duration::from_secs(20), sandbox.stop()) => done.is_ok(),
+        () = stop.wait() => false,
+    };
+    if !stopped {
+        eprintln!("the operator did not stop in time: stopping everything now");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
     // The stack's processes (etcd, kube-apiserver, moto) and its directories go with
     // this process: tests/support/procs.rs stops them at exit.
     println!("stopped");
 }
 
-async fn wait_for_stop() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("cannot watch SIGTERM ({e}); Ctrl-C still stops the sandbox");
+/// SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal closed), each handled from the
+/// moment it is watched.
+struct Stop {
+    signals: Vec<tokio::signal::unix::Signal>,
+}
+
+impl Stop {
+    fn watch() -> Stop {
+        use tokio::signal::unix::{SignalKind, signal};
+        let signals = [
+            SignalKind::interrupt(),
+            SignalKind::terminate(),
+            SignalKind::hangup(),
+        ]
+        .into_iter()
+        .filter_map(|kind| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("cannot watch signal {}: {e}", kind.as_raw_value());
+                None
+            }
+        })
+        .collect();
+        Stop { signals }
+    }
+
+    async fn wait(&mut self) {
+        if self.signals.is_empty() {
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+        let any = self.signals.iter_mut().map(|s| Box::pin(s.recv()));
+        let _ = futures::future::select_all(any).await;
     }
 }
 

@@ -3,7 +3,8 @@
 //! the ones the grant recorded (`status.access`), which the trust statement requires.
 use jiff::Timestamp;
 
-use crate::crd::{AccessRequest, Phase};
+use crate::crd::{AccessRequest, AccessRole, Phase};
+use crate::policy::decide;
 
 /// Why there are no credentials to get.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,6 +72,7 @@ pub const MAX_SESSION: i64 = 3600;
 /// STS's 15 minutes (the grant's session deny ends a longer session at the expiry).
 pub fn assume_role(
     request: &AccessRequest,
+    role: Option<&AccessRole>,
     caller: &str,
     now: Timestamp,
 ) -> Result<AssumeRole, NoAccess> {
@@ -90,6 +92,30 @@ pub fn assume_role(
             phase: status
                 .phase
                 .map_or_else(|| "not yet started".into(), |p| format!("{p:?}")),
+            how: request_command(&request.spec.role, &namespace),
+        });
+    }
+    // Active, but its end is under way: an early revoke that counts (the controller's
+    // own rule), or a revoke the operator cannot finish yet (Ready=False). A new session
+    // would be access someone with a say asked to end.
+    let revoke_asked = decide::effective_revocation(
+        role,
+        &request.spec.requester,
+        status.revocations.as_deref().unwrap_or_default(),
+    )
+    .is_some();
+    let not_ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .filter(|c| c.status != "True");
+    if revoke_asked || not_ready.is_some() {
+        return Err(NoAccess::NotActive {
+            name,
+            phase: match not_ready {
+                Some(c) => format!("being ended ({})", c.reason),
+                None => "being ended (an early revoke was asked)".into(),
+            },
             how: request_command(&request.spec.role, &namespace),
         });
     }
@@ -193,16 +219,19 @@ pub fn credential_process(creds: &Credentials, grant_expires: Timestamp) -> serd
     })
 }
 
-/// An argument of `credential_process`, quoted when it needs it (the AWS CLI splits the
-/// line like a shell); `None` when it cannot be written on one line.
+/// An argument of `credential_process`, quoted when it needs it; `None` when it cannot
+/// be written on one line. The AWS SDKs run the line with `sh -c` and the AWS CLI splits
+/// it with `shlex`: single quotes (a `'` as `'\''`) mean the same to both, and nothing in
+/// them is expanded (double quotes would run `$(…)` and backticks in `sh`).
 fn quoted(arg: &str) -> Option<String> {
-    if arg.contains(['\n', '\r', '"']) {
+    if arg.contains(['\n', '\r', '\0']) {
         return None;
     }
-    if arg.is_empty() || arg.contains(char::is_whitespace) || arg.contains(['\'', '\\']) {
-        Some(format!("\"{arg}\""))
-    } else {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "-_./:=@,+%".contains(c);
+    if !arg.is_empty() && arg.chars().all(plain) {
         Some(arg.to_owned())
+    } else {
+        Some(format!("'{}'", arg.replace('\'', r"'\''")))
     }
 }
 
@@ -217,7 +246,7 @@ pub struct Target {
 
 /// A `~/.aws/config` profile whose `credential_process` runs this plugin for `name`
 /// with the same kubeconfig, context and namespace. `None` when an argument cannot be
-/// written in the file (a newline or a double quote in it).
+/// written in the file (a line break in it).
 pub fn profile(profile_name: &str, name: &str, target: &Target) -> Option<String> {
     let mut args = vec![
         "kubectl-jit".to_owned(),
@@ -278,7 +307,7 @@ mod tests {
     #[test]
     fn the_session_is_the_one_the_grant_requires_and_never_outlives_an_hour() {
         let r = request("Active", "2026-12-01T14:00:00Z");
-        let call = assume_role(&r, "alice", at("2026-12-01T12:00:00Z")).unwrap();
+        let call = assume_role(&r, None, "alice", at("2026-12-01T12:00:00Z")).unwrap();
         assert_eq!(
             call.role_arn,
             "arn:aws:iam::123456789012:role/jit/prod-admin"
@@ -287,13 +316,13 @@ mod tests {
         assert_eq!(call.source_identity, "alice");
         assert_eq!(call.duration_seconds, 3600);
         // 20 minutes left: 20 minutes; 5 left: STS's floor of 15.
-        let call = assume_role(&r, "alice", at("2026-12-01T13:40:00Z")).unwrap();
+        let call = assume_role(&r, None, "alice", at("2026-12-01T13:40:00Z")).unwrap();
         assert_eq!(call.duration_seconds, 1200);
-        let call = assume_role(&r, "alice", at("2026-12-01T13:55:00Z")).unwrap();
+        let call = assume_role(&r, None, "alice", at("2026-12-01T13:55:00Z")).unwrap();
         assert_eq!(call.duration_seconds, 900);
         assert_eq!(call.grant_expires, at("2026-12-01T14:00:00Z"));
         // Past the end (the controller not there yet): nothing to ask for.
-        let err = assume_role(&r, "alice", at("2026-12-01T14:00:00Z")).unwrap_err();
+        let err = assume_role(&r, None, "alice", at("2026-12-01T14:00:00Z")).unwrap_err();
         assert!(err.to_string().contains("past its expiry"), "{err}");
     }
 
@@ -301,8 +330,8 @@ mod tests {
     fn no_credentials_without_an_active_grant_of_ones_own() {
         let now = at("2026-12-01T12:00:00Z");
         for phase in ["AwaitingApproval", "Revoked", "Expired", "Denied"] {
-            let err =
-                assume_role(&request(phase, "2026-12-01T14:00:00Z"), "alice", now).unwrap_err();
+            let err = assume_role(&request(phase, "2026-12-01T14:00:00Z"), None, "alice", now)
+                .unwrap_err();
             assert!(matches!(err, NoAccess::NotActive { .. }), "{phase}");
             assert!(
                 err.to_string()
@@ -310,7 +339,8 @@ mod tests {
                 "{err}"
             );
         }
-        let err = assume_role(&request("Active", "2026-12-01T14:00:00Z"), "bob", now).unwrap_err();
+        let err =
+            assume_role(&request("Active", "2026-12-01T14:00:00Z"), None, "bob", now).unwrap_err();
         assert!(matches!(err, NoAccess::NotYours { .. }), "{err}");
         let mut group = request("Active", "2026-12-01T14:00:00Z");
         let status = group.status.as_mut().unwrap();
@@ -319,8 +349,66 @@ mod tests {
             how: "use your own IAM user".into(),
             ..Default::default()
         });
-        let err = assume_role(&group, "alice", now).unwrap_err();
+        let err = assume_role(&group, None, "alice", now).unwrap_err();
         assert!(err.to_string().contains("use your own IAM user"), "{err}");
+    }
+
+    /// An Active request whose end is under way mints no new session: an early revoke
+    /// asked by someone with a say (the requester, a listed approver, an admin), or a
+    /// revoke the operator cannot finish (`Ready=False RevokeFailing`). Someone with no
+    /// say does not stand in the way.
+    #[test]
+    fn no_new_session_while_the_access_is_being_ended() {
+        let now = at("2026-12-01T12:00:00Z");
+        let role: AccessRole = serde_json::from_value(json!({
+            "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRole",
+            "metadata": {"name": "prod-admin"},
+            "spec": {
+                "roleArn": "arn:aws:iam::123456789012:role/jit/prod-admin",
+                "approvers": [{"user": "carol"}],
+                "requesters": [{"user": "alice"}],
+                "principal": {"template": "arn:aws:iam::123456789012:user/{username}"}
+            }
+        }))
+        .unwrap();
+        let revoked_by = |who: &str, group: Option<&str>| {
+            let mut r = request("Active", "2026-12-01T14:00:00Z");
+            r.status.as_mut().unwrap().revocations = Some(vec![crate::crd::Revocation {
+                requested_by: who.into(),
+                group: group.map(str::to_owned),
+                reason: None,
+                time: None,
+            }]);
+            r
+        };
+        for r in [
+            revoked_by("alice", None),
+            revoked_by("carol", None),
+            revoked_by("root", Some("system:masters")),
+        ] {
+            let err = assume_role(&r, Some(&role), "alice", now).unwrap_err();
+            assert!(matches!(err, NoAccess::NotActive { .. }), "{err}");
+            assert!(err.to_string().contains("being ended"), "{err}");
+        }
+        // mallory has no say: the controller ignores her entry, so does this.
+        assert!(assume_role(&revoked_by("mallory", None), Some(&role), "alice", now).is_ok());
+
+        let mut failing = request("Active", "2026-12-01T14:00:00Z");
+        let t = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now);
+        let status = failing.status.as_mut().unwrap();
+        status.conditions =
+            crate::policy::decide::conditions_for(&[], Phase::Active, "held", Some(1), &t);
+        crate::policy::decide::set_condition(
+            &mut status.conditions,
+            "Ready",
+            false,
+            "RevokeFailing",
+            "the operator cannot end access yet",
+            Some(1),
+            &t,
+        );
+        let err = assume_role(&failing, Some(&role), "alice", now).unwrap_err();
+        assert!(err.to_string().contains("being ended"), "{err}");
     }
 
     #[test]
@@ -356,6 +444,73 @@ mod tests {
         assert!(for_role(&all, "other", "alice").is_none());
     }
 
+    /// The AWS SDKs run `credential_process` with `sh -c` (Rust, Go, Java) and the AWS
+    /// CLI splits it with Python's `shlex`: each must see exactly the plugin's arguments,
+    /// whatever a kubeconfig path or context name holds (`$`, backticks, quotes, spaces),
+    /// and nothing in them may run.
+    #[test]
+    fn the_profile_line_means_the_same_to_a_shell_and_to_the_aws_cli() {
+        let canary = std::env::temp_dir().join(format!("aws-jit-canary-{}", std::process::id()));
+        let _ = std::fs::remove_file(&canary);
+        let target = Target {
+            kubeconfig: Some(format!(
+                "/home/a b/$HOME/it's `touch {}`/k\\8s",
+                canary.display()
+            )),
+            context: Some(format!(
+                "arn:aws:eks:eu-west-1:1:cluster/$(touch {})",
+                canary.display()
+            )),
+            namespace: "team".into(),
+            source_profile: Some("my profile".into()),
+        };
+        let expected = [
+            "kubectl-jit",
+            "credentials",
+            "fix",
+            "--kubeconfig",
+            target.kubeconfig.as_deref().unwrap(),
+            "--context",
+            target.context.as_deref().unwrap(),
+            "--namespace",
+            "team",
+            "--source-profile",
+            "my profile",
+        ];
+        let p = profile("aws-jit-fix", "fix", &target).expect("a profile");
+        let line = p
+            .lines()
+            .find_map(|l| l.strip_prefix("credential_process = "))
+            .expect("credential_process line");
+        // sh -c, with the program replaced by one that prints its arguments.
+        let script = format!("printf '%s\\n' {line}");
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .output()
+            .expect("sh");
+        let words: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(words, expected, "sh -c {line}");
+        assert!(
+            !canary.exists(),
+            "sh ran a command from the kubeconfig path"
+        );
+        // The AWS CLI (botocore's compat_shell_split: shlex.split on POSIX).
+        if let Ok(out) = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import json,shlex,sys; print(json.dumps(shlex.split(sys.argv[1])))",
+            ])
+            .arg(line)
+            .output()
+        {
+            let words: Vec<String> = serde_json::from_slice(&out.stdout).expect("json");
+            assert_eq!(words, expected, "shlex.split({line})");
+        }
+    }
+
     #[test]
     fn the_profile_calls_the_plugin_with_the_same_cluster_flags() {
         let target = Target {
@@ -368,7 +523,7 @@ mod tests {
         assert!(p.starts_with("[profile aws-jit-fix]\n"), "{p}");
         assert!(
             p.contains(
-                "credential_process = kubectl-jit credentials fix --kubeconfig \"/home/a b/kube.yaml\" --context prod --namespace team\n"
+                "credential_process = kubectl-jit credentials fix --kubeconfig '/home/a b/kube.yaml' --context prod --namespace team\n"
             ),
             "{p}"
         );

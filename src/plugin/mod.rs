@@ -65,16 +65,15 @@ impl Error {
     }
 
     /// A Kubernetes error, about `what`: not found (5), refused by RBAC or admission
-    /// (3, with the apiserver's message), anything else (1).
+    /// (3, with the apiserver's message), anything else (1), not being authenticated
+    /// (401: an expired token, a wrong kubeconfig) included.
     pub fn kube(what: &str, e: kube::Error) -> Error {
         match e {
             kube::Error::Api(s) if s.code == 404 => Error::NotFound(format!("{what}: not found")),
-            kube::Error::Api(s) if matches!(s.code, 401 | 403 | 409 | 422) => {
-                Error::Refused(format!(
-                    "{what}: the apiserver refused ({}): {}",
-                    s.reason, s.message
-                ))
-            }
+            kube::Error::Api(s) if matches!(s.code, 403 | 409 | 422) => Error::Refused(format!(
+                "{what}: the apiserver refused ({}): {}",
+                s.reason, s.message
+            )),
             other => Error::Cluster(format!("{what}: {other}")),
         }
     }
@@ -289,6 +288,33 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    /// docs/plugin.md: exit 1 is "not authenticated" (an expired token, a wrong
+    /// kubeconfig), exit 3 a refusal of who the caller is (RBAC, admission). A script
+    /// that retries on 1 and gives up on 3 must not read a stale token as "forbidden".
+    #[test]
+    fn not_authenticated_is_an_error_not_a_refusal() {
+        let api = |code: u16| {
+            kube::Error::Api(Box::new(kube::core::Status {
+                code,
+                reason: "Unauthorized".into(),
+                message: "Unauthorized".into(),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(
+            super::Error::kube("x", api(401)).exit_code(),
+            super::exit::ERROR
+        );
+        assert_eq!(
+            super::Error::kube("x", api(403)).exit_code(),
+            super::exit::REFUSED
+        );
+        assert_eq!(
+            super::Error::kube("x", api(404)).exit_code(),
+            super::exit::NOT_FOUND
+        );
+    }
 
     #[test]
     fn the_cli_is_well_formed() {

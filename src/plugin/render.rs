@@ -159,6 +159,23 @@ fn phase_colour(phase: Option<Phase>) -> &'static str {
     }
 }
 
+/// `s` safe to print on a terminal: control characters (ESC, CR, BEL, newlines, C1) and
+/// the bidirectional overrides shown escaped (`\u{1b}`), so text others wrote (a
+/// requester's reason, a denial's comment, an Event's note) cannot move the cursor,
+/// rewrite the lines above it or reorder what a person reads before they approve.
+pub fn printable(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let bidi = matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// `text` in the phase's colour when `colour`.
 pub fn paint(text: &str, phase: Option<Phase>, colour: bool) -> String {
     if colour {
@@ -192,9 +209,9 @@ pub fn table(rows: &[Row], with_namespace: bool, colour: bool) -> String {
         .iter()
         .map(|r| {
             let mut c = vec![
-                r.name.clone(),
-                r.role.clone(),
-                r.requester.clone(),
+                printable(&r.name),
+                printable(&r.role),
+                printable(&r.requester),
                 phase_text(r.phase),
                 r.approvals.clone(),
                 r.expires_in.clone(),

@@ -138,10 +138,10 @@ pub fn timeline(request: &AccessRequest, role: Option<&AccessRole>, events: &Eve
         out.push(entry(Some(t.0), "access expires (AWS enforces it)".into()));
     }
     if let Some(phase) = status.phase.filter(|p| p.is_terminal()) {
-        let at = status
-            .conditions
+        // When it ended: `Ended` (an older operator's ended requests: `Ready`).
+        let at = [decide::ENDED_CONDITION, "Ready"]
             .iter()
-            .find(|c| c.type_ == "Ready")
+            .find_map(|t| status.conditions.iter().find(|c| c.type_ == *t))
             .map(|c| c.last_transition_time.0);
         out.push(entry(
             at,
@@ -167,6 +167,9 @@ pub fn timeline(request: &AccessRequest, role: Option<&AccessRole>, events: &Eve
     }
     // Stable: equal times keep the order recorded; no time goes last.
     out.sort_by_key(|e| (e.at.is_none(), e.at));
+    for e in &mut out {
+        e.text = render::printable(&e.text);
+    }
     out
 }
 
@@ -233,6 +236,12 @@ pub fn page(
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 2;
     let mut out = String::new();
     for (k, v) in lines {
+        // The phase is painted here, from an enum; every other value is text.
+        let v = if k == "Phase" {
+            v
+        } else {
+            render::printable(&v)
+        };
         out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
     }
     out.push_str("Timeline:\n");
@@ -243,9 +252,10 @@ pub fn page(
     }
     if let Events::Forbidden(why) = events {
         out.push_str(&format!(
-            "Events: not shown: you may not read Events in namespace {} ({why}); the \
+            "Events: not shown: you may not read Events in namespace {} ({}); the \
              timeline above is the request's status only\n",
-            request.metadata.namespace.as_deref().unwrap_or_default()
+            request.metadata.namespace.as_deref().unwrap_or_default(),
+            render::printable(why)
         ));
     }
     out
@@ -349,6 +359,63 @@ mod tests {
             ]
         );
         assert_eq!(t[1].source, "event");
+    }
+
+    /// The controller removes `Ready` from an Expired/Revoked/Denied request and says
+    /// `Ended=True` (GitOps health): the end still has its time, in order.
+    #[test]
+    fn the_end_has_its_time_with_todays_conditions() {
+        let mut r = revoked();
+        let status = r.status.as_mut().unwrap();
+        let ended: Timestamp = "2026-12-01T12:05:10Z".parse().unwrap();
+        status.conditions = decide::conditions_for(
+            &[],
+            Phase::Revoked,
+            "access was ended early and revoked",
+            Some(1),
+            &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(ended),
+        );
+        assert!(status.conditions.iter().all(|c| c.type_ != "Ready"));
+        let t = timeline(&r, Some(&role()), &Events::Read(vec![]));
+        let end = t
+            .iter()
+            .find(|e| e.text.starts_with("ended Revoked"))
+            .expect("the end");
+        assert_eq!(end.at, Some(ended), "{t:?}");
+    }
+
+    /// What others wrote (a requester's reason and ticket, a denial's comment in the
+    /// message, an Event's note) reaches an approver's terminal: it may not move the
+    /// cursor, rewrite the lines above ("Role: read-only") or set the title.
+    #[test]
+    fn text_from_others_cannot_drive_the_terminal() {
+        let mut r = revoked();
+        let evil = "INC-1\x1b[1A\x1b[2K\rRole:      read-only\x1b]0;ok\x07\u{202e}";
+        r.spec.reason = evil.into();
+        r.spec.ticket = Some(evil.into());
+        let status = r.status.as_mut().unwrap();
+        status.message = Some(evil.into());
+        status.approvals.as_mut().unwrap()[1].comment = Some(evil.into());
+        status.revocations.as_mut().unwrap()[0].reason = Some(evil.into());
+        let events = Events::Read(vec![EventNote {
+            at: None,
+            kind: "Normal".into(),
+            reason: evil.into(),
+            message: evil.into(),
+            count: 1,
+        }]);
+        let now: Timestamp = "2026-12-01T12:10:00Z".parse().unwrap();
+        for colour in [false, true] {
+            let p = page(&r, Some(&role()), &events, now, colour);
+            let shown: String = p.replace("\x1b[0m", "").replace("\x1b[2m", "");
+            for bad in ['\r', '\x07', '\u{202e}'] {
+                assert!(!p.contains(bad), "{bad:?} in {p:?}");
+            }
+            assert!(
+                !shown.contains("\x1b[1A") && !shown.contains("\x1b]0"),
+                "{p:?}"
+            );
+        }
     }
 
     #[test]

@@ -64,6 +64,28 @@ async fn the_readme_tour_runs_as_written_in_the_sandbox() {
         },
     )
     .await;
+    // The users' files hold bearer tokens (the admin's is system:masters) and AWS keys:
+    // the person's only, the directory too.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+                .permissions()
+                .mode()
+                & 0o777
+        };
+        assert_eq!(mode(&users), 0o700, "{}", users.display());
+        for entry in std::fs::read_dir(&users).expect("read the users' dir") {
+            let path = entry.expect("entry").path();
+            assert_eq!(
+                mode(&path) & 0o077,
+                0,
+                "{} is readable by others",
+                path.display()
+            );
+        }
+    }
     let script = script.replace(README_DIR, &users.display().to_string());
     let out = tokio::process::Command::new("bash")
         .args(["-euo", "pipefail", "-c", &script])

@@ -52,7 +52,13 @@ async fn resolve(ctx: &Ctx, target: &str, user: &str) -> Result<AccessRequest, E
 pub async fn credentials(ctx: &Ctx, args: CredentialsArgs) -> Result<(), Error> {
     let me = identity::whoami(&ctx.client).await?;
     let request = resolve(ctx, &args.target, &me.username).await?;
-    let call = access::assume_role(&request, &me.username, jiff::Timestamp::now())?;
+    let role = ctx.role(&request.spec.role).await?;
+    let call = access::assume_role(
+        &request,
+        role.as_ref(),
+        &me.username,
+        jiff::Timestamp::now(),
+    )?;
     let creds = credentials::assume(&call, args.source_profile.as_deref()).await?;
     let out = access::credential_process(&creds, call.grant_expires);
     println!(
@@ -96,9 +102,7 @@ pub async fn profile(ctx: &Ctx, args: AwsProfileArgs) -> Result<(), Error> {
     };
     let text = access::profile(&profile_name, &args.target, &target).ok_or_else(|| {
         Error::Refused(
-            "a flag value holds a newline or a double quote: it cannot be written in \
-             ~/.aws/config"
-                .into(),
+            "a flag value holds a line break: it cannot be written in ~/.aws/config".into(),
         )
     })?;
     print!("{text}");

@@ -99,7 +99,7 @@ async fn follow(
         let status = now.status.clone().unwrap_or_default();
         let votes = status.approvals.clone().unwrap_or_default();
         for vote in votes.iter().skip(votes_seen) {
-            eprintln!("  {}", timeline::vote_line(vote));
+            eprintln!("  {}", render::printable(&timeline::vote_line(vote)));
         }
         votes_seen = votes_seen.max(votes.len());
         let revocations = status.revocations.clone().unwrap_or_default();
@@ -114,7 +114,7 @@ async fn follow(
                 .message
                 .as_ref()
                 .filter(|m| !m.is_empty())
-                .map(|m| format!(": {m}"))
+                .map(|m| format!(": {}", render::printable(m)))
                 .unwrap_or_default();
             let shown = match status.phase {
                 None => "created; the controller has not taken it up yet".to_owned(),
@@ -143,7 +143,7 @@ async fn follow(
                         ctx.namespace, ctx.namespace
                     );
                 } else if let Some(how) = status.access.as_ref().map(|a| a.how.clone()) {
-                    eprintln!("how: {how}");
+                    eprintln!("how: {}", render::printable(&how));
                 }
                 return Ok(());
             }
@@ -153,7 +153,7 @@ async fn follow(
                     status
                         .message
                         .as_ref()
-                        .map(|m| format!(": {m}"))
+                        .map(|m| format!(": {}", render::printable(m)))
                         .unwrap_or_default()
                 )));
             }
