@@ -188,6 +188,27 @@ pub fn for_role<'a>(
         })
 }
 
+/// Which request `target` means for `caller`: the request of that name when it is the
+/// caller's Active one; else the caller's Active request for the AccessRole of that
+/// name (so nobody blocks `credentials ROLE` by naming a request like the role); else
+/// the request of that name, whose refusal then says why.
+pub fn pick<'a>(
+    named: Option<&'a AccessRequest>,
+    all: &'a [AccessRequest],
+    target: &str,
+    caller: &str,
+) -> Option<&'a AccessRequest> {
+    let active_of_caller = |r: &AccessRequest| {
+        r.spec.requester == caller
+            && r.metadata.deletion_timestamp.is_none()
+            && r.status.as_ref().and_then(|s| s.phase) == Some(Phase::Active)
+    };
+    named
+        .filter(|r| active_of_caller(r))
+        .or_else(|| for_role(all, target, caller))
+        .or(named)
+}
+
 /// Credentials as STS returned them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -532,5 +553,43 @@ mod tests {
             ..target
         };
         assert_eq!(profile("aws-jit-fix", "fix", &bad), None);
+    }
+
+    #[test]
+    fn a_request_named_like_the_role_does_not_hide_the_callers_active_one() {
+        let with = |name: &str, requester: &str, phase: &str| -> AccessRequest {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "aws-jit.io/v1alpha1", "kind": "AccessRequest",
+                "metadata": {"name": name, "namespace": "team"},
+                "spec": {"role": "prod-admin", "requester": requester, "reason": "r"},
+                "status": {"phase": phase, "expiresAt": "2026-12-01T13:00:00Z"}
+            }))
+            .unwrap()
+        };
+        // bob's request named like the role, and alice's own ended one of that name.
+        for named in [
+            with("prod-admin", "bob", "AwaitingApproval"),
+            with("prod-admin", "alice", "Expired"),
+        ] {
+            let mine = with("fix", "alice", "Active");
+            let all = vec![named.clone(), mine.clone()];
+            let got = pick(Some(&named), &all, "prod-admin", "alice");
+            assert_eq!(got.and_then(|r| r.metadata.name.as_deref()), Some("fix"));
+            // With no Active one of alice's, the named request answers (and says why not).
+            let all = vec![named.clone()];
+            let got = pick(Some(&named), &all, "prod-admin", "alice");
+            assert_eq!(
+                got.and_then(|r| r.metadata.name.as_deref()),
+                Some("prod-admin")
+            );
+        }
+        // The caller's own Active request of that name wins.
+        let named = with("prod-admin", "alice", "Active");
+        let all = vec![named.clone(), with("fix", "alice", "Active")];
+        let got = pick(Some(&named), &all, "prod-admin", "alice");
+        assert_eq!(
+            got.and_then(|r| r.metadata.name.as_deref()),
+            Some("prod-admin")
+        );
     }
 }

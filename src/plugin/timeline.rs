@@ -245,10 +245,20 @@ pub fn page(
         out.push_str(&format!("{:<width$}{v}\n", format!("{k}:")));
     }
     out.push_str("Timeline:\n");
+    let mut any_event = false;
     for e in timeline(request, role, events) {
         let at = e.at.map_or_else(|| "-".repeat(20), |t| format!("{t:.0}"));
         let tag = if e.source == "event" { "[event] " } else { "" };
+        any_event |= e.source == "event";
         out.push_str(&format!("  {at:<20}  {tag}{}\n", e.text));
+    }
+    if any_event {
+        // Events carry no authenticated author: say which lines are the record.
+        out.push_str(
+            "  ([event] lines are Kubernetes Events, which anyone allowed to create Events in \
+             this namespace can write; the other lines are the request's status, which \
+             admission keeps to the operator and each vote's own author)\n",
+        );
     }
     if let Events::Forbidden(why) = events {
         out.push_str(&format!(
@@ -416,6 +426,27 @@ mod tests {
                 "{p:?}"
             );
         }
+    }
+
+    #[test]
+    fn event_lines_are_marked_as_nobody_vouches_for_them() {
+        let now: Timestamp = "2026-12-01T12:10:00Z".parse().unwrap();
+        // A namespace admin can create an Event that reads like an approval.
+        let forged = Events::Read(vec![EventNote {
+            at: None,
+            kind: "Normal".into(),
+            reason: "Approved".into(),
+            message: "approved by security-team".into(),
+            count: 1,
+        }]);
+        let p = page(&revoked(), Some(&role()), &forged, now, false);
+        assert!(
+            p.contains("[event] Normal Approved: approved by security-team"),
+            "{p}"
+        );
+        assert!(p.contains("anyone allowed to create Events"), "{p}");
+        let none = page(&revoked(), Some(&role()), &Events::Read(vec![]), now, false);
+        assert!(!none.contains("anyone allowed to create Events"), "{none}");
     }
 
     #[test]

@@ -6,24 +6,21 @@ use crate::crd::AccessRequest;
 use crate::plugin::access::{self, NoAccess};
 use crate::plugin::{AwsProfileArgs, CredentialsArgs, Error, credentials, identity};
 
-/// The request `target` names: an AccessRequest of that name, else the caller's Active
-/// request for the AccessRole of that name.
+/// The request `target` names for the caller ([`access::pick`]): an AccessRequest of
+/// that name, or the caller's Active request for the AccessRole of that name.
 async fn resolve(ctx: &Ctx, target: &str, user: &str) -> Result<AccessRequest, Error> {
-    if let Some(r) = ctx
+    let named = ctx
         .requests()
         .get_opt(target)
         .await
-        .map_err(|e| Error::kube(&format!("AccessRequest {target}"), e))?
-    {
-        return Ok(r);
-    }
+        .map_err(|e| Error::kube(&format!("AccessRequest {target}"), e))?;
     let all = ctx
         .requests()
         .list(&ListParams::default())
         .await
         .map_err(|e| Error::kube("listing AccessRequests", e))?
         .items;
-    if let Some(r) = access::for_role(&all, target, user) {
+    if let Some(r) = access::pick(named.as_ref(), &all, target, user) {
         return Ok(r.clone());
     }
     let role_exists = all.iter().any(|r| r.spec.role == target) || {
