@@ -1,5 +1,5 @@
 //! `make sandbox`: the local stack (kube-apiserver + etcd, moto running the shipped state
-//! machine) with the operator running, the sample AccessRole `prod-admin`, and files to
+//! machine) with the operator running, the sample AccessRoles (one per grant method), and files to
 //! become each sample user, for trying aws-jit and the `kubectl jit` plugin by hand.
 //! Stays up until Ctrl-C (or SIGTERM), then stops everything it started.
 //!
@@ -45,6 +45,7 @@ async fn main() {
             dir: dir.clone(),
             watch_only_namespace: false,
             plugin_dir: plugin_dir.clone(),
+            other_methods: true,
         },
     )
     .await;
@@ -67,7 +68,10 @@ async fn main() {
         support::aws::ACCOUNT_ID,
     );
     println!(
-        "The operator runs here; AccessRole prod-admin (deploy/samples/accessrole.yaml) grants IAM role {}.\n",
+        "The operator runs here, with the samples of deploy/samples/ (kubectl get accessroles):\n  \
+         prod-admin         TrustPolicy     IAM role {}\n  \
+         prod-admin-sso     IdentityCenter  permission set AdminAccess in 111111111111, 222222222222\n  \
+         prod-admins-group  IamGroup        IAM group /jit/admins\n",
         support::sandbox::ROLE_NAME
     );
     println!(

@@ -61,6 +61,7 @@ async fn the_readme_tour_runs_as_written_in_the_sandbox() {
             dir: users.clone(),
             watch_only_namespace: true,
             plugin_dir: plugin.parent().expect("plugin dir").to_path_buf(),
+            other_methods: false,
         },
     )
     .await;

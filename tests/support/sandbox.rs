@@ -43,6 +43,11 @@ pub struct Options {
     pub watch_only_namespace: bool,
     /// Where `kubectl-jit` is (put on the users' PATH).
     pub plugin_dir: PathBuf,
+    /// Also the other two samples (`prod-admin-sso`, `prod-admins-group`), with moto's
+    /// Identity Center instance, a permission set `AdminAccess`, Identity Center users
+    /// for the requesters and the IAM group `/jit/admins`. Not in tests: the samples'
+    /// names are cluster-wide, and another test applies them as shipped.
+    pub other_methods: bool,
 }
 
 /// A running sandbox. [`Sandbox::stop`] stops its operator; the stack's processes stop
@@ -62,6 +67,7 @@ impl Sandbox {
             dir,
             watch_only_namespace,
             plugin_dir,
+            other_methods,
         } = options;
         let kube = &stack.kube;
         succeeded(&kube.kubectl_stdin(
@@ -69,12 +75,28 @@ impl Sandbox {
             &["apply", "-f", "-"],
             &format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {namespace}\n"),
         ));
-        // The execution role may act on the sample's role alone.
-        let role_arn = format!("arn:aws:iam::{}:role/{ROLE_NAME}", aws::ACCOUNT_ID);
-        let outputs = stack.aws.deploy_with("sandbox", &[role_arn]).await;
         let sdk = stack.aws.sdk_config().await;
         let iam = aws_sdk_iam::Client::new(&sdk);
+        let others = if other_methods {
+            Some(OtherMethods::set_up(&sdk).await)
+        } else {
+            None
+        };
+        // The execution role may act on the samples' targets alone.
+        let role_arn = format!("arn:aws:iam::{}:role/{ROLE_NAME}", aws::ACCOUNT_ID);
+        let params = others
+            .as_ref()
+            .map(OtherMethods::params)
+            .unwrap_or_default();
+        let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let outputs = stack
+            .aws
+            .deploy_with_params("sandbox", &[role_arn], &params)
+            .await;
         ensure_role(&iam).await;
+        if let Some(others) = &others {
+            others.apply_samples(kube);
+        }
         succeeded(&kube.kubectl(
             User::Admin,
             &[
@@ -207,6 +229,116 @@ fn user_key(user: User) -> &'static str {
 /// `'…'` for a POSIX shell.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// What the IdentityCenter and IamGroup samples grant, made in moto.
+struct OtherMethods {
+    instance_arn: String,
+    store_id: String,
+    permission_set_arn: String,
+}
+
+/// The accounts the IdentityCenter sample names.
+const SAMPLE_ACCOUNTS: &str = "111111111111,222222222222";
+const SAMPLE_GROUP: &str = "admins";
+
+impl OtherMethods {
+    async fn set_up(sdk: &aws_config::SdkConfig) -> OtherMethods {
+        let sso = aws_sdk_ssoadmin::Client::new(sdk);
+        let instances = sso.list_instances().send().await.expect("list instances");
+        let instance = instances
+            .instances()
+            .first()
+            .cloned()
+            .expect("moto has an Identity Center instance");
+        let instance_arn = instance.instance_arn().expect("instance arn").to_owned();
+        let store_id = instance.identity_store_id().expect("store id").to_owned();
+        let permission_set_arn = sso
+            .create_permission_set()
+            .instance_arn(&instance_arn)
+            .name("AdminAccess")
+            .send()
+            .await
+            .expect("create permission set AdminAccess")
+            .permission_set
+            .and_then(|p| p.permission_set_arn)
+            .expect("permission set arn");
+        let store = aws_sdk_identitystore::Client::new(sdk);
+        for who in [User::Alice, User::Bob] {
+            let name = who.name();
+            store
+                .create_user()
+                .identity_store_id(&store_id)
+                .user_name(name)
+                .display_name(name)
+                .name(
+                    aws_sdk_identitystore::types::Name::builder()
+                        .given_name(name)
+                        .family_name("Example")
+                        .build(),
+                )
+                .emails(
+                    aws_sdk_identitystore::types::Email::builder()
+                        .value(format!("{name}@example.com"))
+                        .primary(true)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("create Identity Center user {name}: {e:?}"));
+        }
+        aws_sdk_iam::Client::new(sdk)
+            .create_group()
+            .group_name(SAMPLE_GROUP)
+            .path("/jit/")
+            .send()
+            .await
+            .expect("create IAM group /jit/admins");
+        OtherMethods {
+            instance_arn,
+            store_id,
+            permission_set_arn,
+        }
+    }
+
+    fn group_arn() -> String {
+        format!("arn:aws:iam::{}:group/jit/{SAMPLE_GROUP}", aws::ACCOUNT_ID)
+    }
+
+    fn params(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("IdentityCenterInstanceArn", self.instance_arn.clone()),
+            ("IdentityStoreId", self.store_id.clone()),
+            ("ManagedPermissionSetArns", self.permission_set_arn.clone()),
+            ("ManagedAccountIds", SAMPLE_ACCOUNTS.into()),
+            ("ManagedGroupArns", OtherMethods::group_arn()),
+        ]
+    }
+
+    /// The two samples as shipped but for what only moto knows: the instance, the
+    /// identity store, and the requesters' IAM users (at `/`, where the TrustPolicy
+    /// sample's template finds them, rather than `/people/`).
+    fn apply_samples(&self, kube: &super::kube::KubeStack) {
+        let read = |file: &str| {
+            let path = format!("{ROOT}/deploy/samples/{file}");
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"))
+        };
+        let sso = read("accessrole-identity-center.yaml")
+            .replace(
+                "arn:aws:sso:::instance/ssoins-1234567890abcdef",
+                &self.instance_arn,
+            )
+            .replace("d-1234567890", &self.store_id);
+        let group = read("accessrole-iam-group.yaml")
+            .replace("user/people/{username}", "user/{username}")
+            .replace(
+                "arn:aws:iam::123456789012:group/jit/admins",
+                &OtherMethods::group_arn(),
+            );
+        for yaml in [sso, group] {
+            succeeded(&kube.kubectl_stdin(User::Admin, &["apply", "-f", "-"], &yaml));
+        }
+    }
 }
 
 /// The sample role's IAM role in moto, with a trust policy that trusts nobody yet.
