@@ -5,6 +5,7 @@
 //! Kubernetes before anything acts on it.
 pub mod alerts;
 pub mod authority;
+pub mod calls;
 pub mod consumer;
 pub mod retry;
 pub mod sfn;

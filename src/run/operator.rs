@@ -193,8 +193,10 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let sfn = StepFunctionClient::new(aws_sdk_sfn::Client::new(aws), &config.aws.state_machine_arn);
-    let sqs = aws_sdk_sqs::Client::new(aws);
+    // Every client counts its calls (`aws_jit_aws_calls_total{service, api}`).
+    let clients = crate::aws::calls::Clients::new(aws, config.metrics.clone());
+    let sfn = StepFunctionClient::new(clients.sfn.clone(), &config.aws.state_machine_arn);
+    let sqs = clients.sqs.clone();
     let scope = config.aws.scope();
     let alerts =
         crate::aws::alerts::SecurityAlerts::new(sqs.clone(), config.aws.alert_queue_url.clone());
@@ -229,7 +231,7 @@ pub async fn run(
     let mut worker = Worker::new(
         authority,
         sqs.clone(),
-        aws_sdk_iam::Client::new(aws),
+        clients.iam.clone(),
         sfn.clone(),
         &config.aws.work_queue_url,
     )
@@ -242,20 +244,21 @@ pub async fn run(
     }
     let worker_handle = worker.clone();
     let permission_sets = Arc::new(crate::grant::identity_center::PermissionSets::new(Some(
-        aws_sdk_ssoadmin::Client::new(aws),
+        clients.sso.clone(),
     )));
     let methods = Arc::new(crate::grant::sweeper::Methods {
-        identity_center: crate::grant::identity_center::IdentityCenterGrants::new(
-            aws,
+        identity_center: crate::grant::identity_center::IdentityCenterGrants::with_clients(
+            clients.sso.clone(),
+            clients.store.clone(),
             permission_sets.clone(),
         ),
         iam_group: crate::grant::iam_group::IamGroupGrants {
-            iam: aws_sdk_iam::Client::new(aws),
+            iam: clients.iam.clone(),
         },
     });
     let sweeper = crate::grant::sweeper::Sweeper {
         client: kube.clone(),
-        sfn: aws_sdk_sfn::Client::new(aws),
+        sfn: clients.sfn.clone(),
         state_machine_arn: config.aws.state_machine_arn.clone(),
         worker: worker.clone(),
         scope: scope.clone(),

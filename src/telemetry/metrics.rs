@@ -68,6 +68,12 @@ pub struct RefusedLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AwsCallLabels {
+    pub service: String,
+    pub api: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SlackLabels {
     pub method: &'static str,
     pub result: &'static str,
@@ -130,6 +136,9 @@ pub struct Metrics {
     /// `aws_jit_trust_policy_unconfirmed_writes_total`: trust-policy writes IAM did not
     /// show within the worker's consistency wait (the work item is tried again).
     pub trust_policy_unconfirmed_writes: Counter,
+    /// `aws_jit_aws_calls_total{service, api}`: attempts of AWS calls the operator made
+    /// (`aws::calls`), retries included.
+    pub aws_calls: Family<AwsCallLabels, Counter>,
     requests: Arc<RequestsCollector>,
 }
 
@@ -226,6 +235,12 @@ impl Metrics {
             "Trust-policy writes IAM did not show within the consistency wait",
             trust_policy_unconfirmed_writes.clone(),
         );
+        let aws_calls = Family::<AwsCallLabels, Counter>::default();
+        registry.register(
+            "aws_calls",
+            "Attempts of AWS API calls the operator made, by service and API",
+            aws_calls.clone(),
+        );
         let requests = Arc::new(RequestsCollector::default());
         registry.register_collector(Box::new(requests.clone()));
         Metrics {
@@ -244,8 +259,29 @@ impl Metrics {
             revoke_failures,
             trust_policy_stale_reads,
             trust_policy_unconfirmed_writes,
+            aws_calls,
             requests,
         }
+    }
+
+    /// Counts one attempt of an AWS call.
+    pub fn aws_call(&self, service: &str, api: &str) {
+        self.aws_calls
+            .get_or_create(&AwsCallLabels {
+                service: service.to_owned(),
+                api: api.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Attempts of `service`'s `api` so far (`"SFN"`, `"DescribeExecution"`).
+    pub fn aws_calls_of(&self, service: &str, api: &str) -> u64 {
+        self.aws_calls
+            .get_or_create(&AwsCallLabels {
+                service: service.to_owned(),
+                api: api.to_owned(),
+            })
+            .get()
     }
 
     /// Counts one reconcile.

@@ -1000,3 +1000,33 @@ async fn concurrent_votes_are_never_dropped_by_the_controllers_status_writes() {
         assert!(message.contains(who), "{message}");
     }
 }
+
+#[tokio::test]
+async fn every_aws_call_of_the_operator_is_counted_by_api() {
+    let mut env = Env::new("ctl-calls", "").await;
+    // The same operator, restarted so the test holds its metrics.
+    env.kill_operator();
+    let endpoint = stack().aws.endpoint.clone();
+    let metrics = env.start_operator_through(&endpoint);
+    env.request(User::Alice, "counted", "  duration: 1h\n");
+    env.wait_phase("counted", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "counted", "Approve");
+    env.wait_phase("counted", Phase::Active).await;
+    let page = metrics.encode().expect("metrics");
+    // One execution, started once; the approval answered once; the grant written to
+    // IAM; the queues long-polled.
+    assert_eq!(metrics.aws_calls_of("SFN", "StartExecution"), 1, "{page}");
+    assert!(
+        metrics.aws_calls_of("SFN", "SendTaskSuccess") >= 1,
+        "{page}"
+    );
+    assert!(
+        metrics.aws_calls_of("IAM", "UpdateAssumeRolePolicy") >= 1,
+        "{page}"
+    );
+    assert!(metrics.aws_calls_of("SQS", "ReceiveMessage") >= 1, "{page}");
+    assert!(
+        page.contains(r#"aws_jit_aws_calls_total{service="SFN",api="StartExecution"} 1"#),
+        "exported as aws_jit_aws_calls_total{{service, api}}:\n{page}"
+    );
+}

@@ -110,9 +110,22 @@ impl IdentityCenterGrants {
         aws: &aws_config::SdkConfig,
         permission_sets: std::sync::Arc<PermissionSets>,
     ) -> Self {
+        Self::with_clients(
+            aws_sdk_ssoadmin::Client::new(aws),
+            aws_sdk_identitystore::Client::new(aws),
+            permission_sets,
+        )
+    }
+
+    /// With clients of the caller's (the operator's count their calls).
+    pub fn with_clients(
+        sso: aws_sdk_ssoadmin::Client,
+        store: aws_sdk_identitystore::Client,
+        permission_sets: std::sync::Arc<PermissionSets>,
+    ) -> Self {
         Self {
-            sso: aws_sdk_ssoadmin::Client::new(aws),
-            store: aws_sdk_identitystore::Client::new(aws),
+            sso,
+            store,
             permission_sets,
             deletion_wait: std::time::Duration::from_secs(60),
         }
