@@ -36,6 +36,18 @@ use crate::policy::decide::{self, Tally};
 /// How often an active grant is looked at before its expiry (in case something outside
 /// the operator ended its execution).
 const ACTIVE_RECHECK: Duration = Duration::from_secs(300);
+/// How often a request waiting for its approval is checked against Step Functions
+/// (for an execution stopped from outside), plus [`spread`].
+const AWAITING_RECHECK: Duration = Duration::from_secs(300);
+
+/// Up to a minute, fixed per request: spreads the safety re-checks of many requests
+/// (e.g. after a start-up) instead of making them at once.
+fn spread(uid: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    uid.hash(&mut h);
+    Duration::from_millis(h.finish() % 60_000)
+}
 
 /// The condition that says a task of the request sits in the request dead-letter queue.
 pub const TASK_DEAD_LETTERED: &str = "TaskDeadLettered";
@@ -127,6 +139,29 @@ pub struct Context {
     pub settings: Settings,
     pub faults: crate::faults::Faults,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
+    /// When each open request's execution was last described (in memory: a new leader
+    /// describes each open request once).
+    pub described: std::sync::Mutex<std::collections::HashMap<String, jiff::Timestamp>>,
+}
+
+impl Context {
+    fn described(&self, uid: &str) -> Option<jiff::Timestamp> {
+        self.described.lock().ok().and_then(|m| m.get(uid).copied())
+    }
+
+    fn mark_described(&self, uid: &str) {
+        if let Ok(mut m) = self.described.lock() {
+            m.insert(uid.to_owned(), jiff::Timestamp::now());
+        }
+    }
+
+    /// Forgets a request that has ended or gone (the map stays as small as the open
+    /// requests).
+    fn forget(&self, uid: &str) {
+        if let Ok(mut m) = self.described.lock() {
+            m.remove(uid);
+        }
+    }
 }
 
 fn now() -> Time {
@@ -168,6 +203,7 @@ pub async fn run(
         settings: settings.clone(),
         faults,
         metrics: metrics.clone(),
+        described: Default::default(),
     });
     let controller = Controller::new(requests, watcher::Config::default().any_semantic());
     let store = controller.store();
@@ -475,6 +511,7 @@ async fn apply(
     if status.phase.is_some_and(Phase::is_terminal) {
         in_todays_terms(request, api).await?;
         ctx.tokens.delete(&uid).await?;
+        ctx.forget(&uid);
         return Ok(Action::await_change());
     }
 
@@ -534,16 +571,62 @@ async fn apply(
         };
     };
 
+    // Waiting for its approval, a request moves only through events (votes, revocations,
+    // deletion, its role, the token store) or at its approval deadline: Step Functions
+    // is asked where the execution is only then, and on a slow safety re-check.
+    let mut read_tokens = None;
+    let mut quiet_until = None;
+    if status.phase == Some(Phase::AwaitingApproval) {
+        let tokens = ctx.tokens.get(&uid).await?;
+        if tokens.get(keys::APPROVAL_TOKEN).is_some()
+            && tokens.get(keys::APPROVAL_ANSWER).is_none()
+            && tokens.get(keys::HOLD_TOKEN).is_none()
+        {
+            let role = ctx
+                .roles
+                .get_opt(&request.spec.role)
+                .await
+                .map_err(Error::Kube)?;
+            let timeout = role.as_ref().and_then(|r| {
+                decide::parse_duration("approvalTimeout", &r.spec.approval_timeout).ok()
+            });
+            // When the task was stored (its deadline is no later than that plus the
+            // timeout); from an older operator, the request's creation (earlier still).
+            let since = tokens
+                .get(keys::APPROVAL_SINCE)
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .or_else(|| request.metadata.creation_timestamp.as_ref().map(|t| t.0));
+            if let (Some(timeout), Some(since)) = (timeout, since) {
+                quiet_until = decide::awaiting_recheck(
+                    since,
+                    timeout,
+                    ctx.described(&uid),
+                    jiff::Timestamp::now(),
+                    AWAITING_RECHECK + spread(&uid),
+                );
+            }
+        }
+        read_tokens = Some(tokens);
+    }
+
     // 2. Ended: the execution's outcome is the request's final phase. An execution that
     // ended outside its flow (stopped, timed out, failed) after approval may have left a
     // grant: it is ended here first, and retried until it is.
-    let state = ctx.sfn.describe(&execution_arn).await?;
+    let state = if quiet_until.is_some() {
+        ExecutionState::Running
+    } else {
+        let state = ctx.sfn.describe(&execution_arn).await?;
+        ctx.mark_described(&uid);
+        read_tokens = None;
+        state
+    };
     if !matches!(state, ExecutionState::Running) {
         let tokens = ctx.tokens.get(&uid).await?;
         let approved = may_have_granted(&tokens);
         if decide::needs_operator_revoke(&state, &status, approved) {
             operator_revoke(request, ctx, api, &execution_arn, &state, &tokens).await?;
             ctx.tokens.delete(&uid).await?;
+            ctx.forget(&uid);
             return Ok(Action::await_change());
         }
     }
@@ -575,11 +658,16 @@ async fn apply(
         )
         .await;
         ctx.tokens.delete(&uid).await?;
+        ctx.forget(&uid);
         return Ok(Action::await_change());
     }
 
-    // 3. Running: where the tokens say it is.
-    let tokens = ctx.tokens.get(&uid).await?;
+    // 3. Running: where the tokens say it is (read again after a describe, so they are
+    // never older than what Step Functions said).
+    let tokens = match read_tokens {
+        Some(tokens) => tokens,
+        None => ctx.tokens.get(&uid).await?,
+    };
     let poll = ctx.settings.poll_interval;
     let status_update = || StatusUpdate::from(request).dead_letter(&tokens);
     // The first revocation by someone with a say counts; anyone else's is recorded and
@@ -764,7 +852,14 @@ async fn apply(
                     .apply(api)
                     .await?;
             }
-            None => answer_approval(request, ctx, api, &uid, token, &tokens).await?,
+            None => {
+                answer_approval(request, ctx, api, &uid, token, &tokens).await?;
+                // An answer writes the token store, which wakes the request; otherwise
+                // nothing is due before the deadline or the safety re-check.
+                if let Some(wait) = quiet_until {
+                    return Ok(Action::requeue(wait.max(Duration::from_millis(500))));
+                }
+            }
         }
         return Ok(Action::requeue(poll));
     }
@@ -1326,6 +1421,7 @@ async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error
         .and_then(|s| s.execution_arn.clone())
     else {
         ctx.tokens.delete(&uid).await?;
+        ctx.forget(&uid);
         return Ok(Action::await_change());
     };
     let state = ctx.sfn.describe(&execution_arn).await?;
@@ -1340,6 +1436,7 @@ async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error
             operator_revoke(request, ctx, &api, &execution_arn, &state, &tokens).await?;
         }
         ctx.tokens.delete(&uid).await?;
+        ctx.forget(&uid);
         info!("execution ended; releasing the request");
         return Ok(Action::await_change());
     }

@@ -284,12 +284,16 @@ impl RequestQueue {
         };
         match &task {
             RequestTask::Approval { task_token, .. } => {
+                // Received after the task started: its deadline is no later than this
+                // plus the approval timeout.
+                let since = jiff::Timestamp::now().to_string();
                 self.tokens
                     .put(
                         &identity,
                         &[
                             (keys::EXECUTION_ARN, execution_arn.as_str()),
                             (keys::APPROVAL_TOKEN, task_token.as_str()),
+                            (keys::APPROVAL_SINCE, since.as_str()),
                         ],
                     )
                     .await?;

@@ -813,6 +813,33 @@ pub fn set_condition(
 /// phase): `kubectl wait --for=condition=Ended` waits for the end.
 pub const ENDED_CONDITION: &str = "Ended";
 
+/// A request waiting for its approval changes only through events the controller
+/// watches (votes, revocations, deletion, its role, the token store) or at two moments
+/// it cannot see: the approval's timeout and an execution stopped from outside. So
+/// Step Functions is asked (`DescribeExecution`) only once the approval deadline may
+/// have passed (`since + approval_timeout`, `since` being when the approval task was
+/// received: its own deadline is no later), and as a safety re-check every `safety`
+/// since it last was. `Some(wait)`: no need to ask now, and nothing to ask
+/// before `wait` has passed; `None`: ask now.
+pub fn awaiting_recheck(
+    since: jiff::Timestamp,
+    approval_timeout: Duration,
+    last_described: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+    safety: Duration,
+) -> Option<Duration> {
+    let ago = |t: jiff::Timestamp| Duration::try_from(now.duration_since(t)).ok();
+    let deadline = since
+        .checked_add(jiff::SignedDuration::try_from(approval_timeout).ok()?)
+        .ok()?;
+    let to_deadline = Duration::try_from(deadline.duration_since(now))
+        .ok()
+        .filter(|d| !d.is_zero())?;
+    let described_ago = ago(last_described?)?;
+    let to_safety = safety.checked_sub(described_ago).filter(|d| !d.is_zero())?;
+    Some(to_deadline.min(to_safety))
+}
+
 /// The conditions of a phase: `Ready` (true while access is usable), `Approved`,
 /// `Granted`, [`ENDED_CONDITION`], and kstatus's `Reconciling` (in progress) /
 /// `Stalled` (needs a person). What GitOps tools read from them (kstatus, as Flux

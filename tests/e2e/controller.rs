@@ -1030,3 +1030,92 @@ async fn every_aws_call_of_the_operator_is_counted_by_api() {
         "exported as aws_jit_aws_calls_total{{service, api}}:\n{page}"
     );
 }
+
+/// Reconciles so far (any result).
+fn reconciles(metrics: &aws_jit::telemetry::metrics::Metrics) -> u64 {
+    use aws_jit::telemetry::metrics::ResultLabels;
+    ["ok", "error"]
+        .iter()
+        .map(|result| {
+            metrics
+                .reconciles
+                .get_or_create(&ResultLabels { result })
+                .get()
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_request_awaiting_approval_costs_no_describe_execution() {
+    let mut env = Env::new("ctl-quiet", "").await;
+    env.kill_operator();
+    let endpoint = stack().aws.endpoint.clone();
+    let metrics = env.start_operator_through(&endpoint);
+    env.request(User::Alice, "quiet", "");
+    env.wait_phase("quiet", Phase::AwaitingApproval).await;
+    let described = metrics.aws_calls_of("SFN", "DescribeExecution");
+    // Wake it three times (what a vote, a role change or a resync does): each reconcile
+    // relies on the events it watches, not on Step Functions.
+    for i in 0..3 {
+        let before = reconciles(&metrics);
+        succeeded(&stack().kube.kubectl(
+            User::Admin,
+            &[
+                "annotate",
+                "--overwrite",
+                "accessrequest",
+                "quiet",
+                "-n",
+                &env.ns,
+                &format!("e2e/poke={i}"),
+            ],
+        ));
+        eventually("a reconcile after the poke", WAIT, || {
+            let metrics = metrics.clone();
+            async move {
+                let now = reconciles(&metrics);
+                if now > before {
+                    Ok(())
+                } else {
+                    Err(format!("{now} reconciles"))
+                }
+            }
+        })
+        .await;
+    }
+    assert_eq!(
+        metrics.aws_calls_of("SFN", "DescribeExecution"),
+        described,
+        "reconciles in AwaitingApproval asked Step Functions"
+    );
+    // And it still moves at once on a vote.
+    env.vote(User::Carol, "quiet", "Approve");
+    env.wait_phase("quiet", Phase::Active).await;
+}
+
+#[tokio::test]
+async fn the_approval_timeout_lands_without_polling() {
+    let mut env = Env::new("ctl-quiet-timeout", "  approvalTimeout: 15s").await;
+    env.kill_operator();
+    let endpoint = stack().aws.endpoint.clone();
+    let metrics = env.start_operator_through(&endpoint);
+    env.request(User::Alice, "late", "");
+    env.wait_phase("late", Phase::AwaitingApproval).await;
+    let described = metrics.aws_calls_of("SFN", "DescribeExecution");
+    let r = env.wait_phase("late", Phase::Expired).await;
+    assert!(
+        r.status
+            .as_ref()
+            .and_then(|s| s.message.clone())
+            .unwrap_or_default()
+            .contains("approvalTimeout")
+    );
+    // While it waited (15 s, the test's poll interval 1 s) Step Functions was asked
+    // only at the deadline (the task was received after it started, so by then its
+    // timeout has run out): once, twice if moto's timer was a moment late.
+    let waited = metrics.aws_calls_of("SFN", "DescribeExecution") - described;
+    assert!(
+        waited <= 3,
+        "{waited} DescribeExecution calls while awaiting approval"
+    );
+}

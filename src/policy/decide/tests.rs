@@ -831,3 +831,58 @@ fn review_a_slash_in_the_user_name_never_maps_to_another_iam_user() {
         }
     }
 }
+
+#[test]
+fn a_request_awaiting_approval_asks_step_functions_only_at_its_deadline_or_the_safety_recheck() {
+    let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
+    let created = t("2026-12-01T12:00:00Z");
+    let hour = Duration::from_secs(3600);
+    let safety = Duration::from_secs(300);
+    // Described a minute ago, deadline far: wait for the safety re-check (4 min left).
+    assert_eq!(
+        awaiting_recheck(
+            created,
+            hour,
+            Some(t("2026-12-01T12:10:00Z")),
+            t("2026-12-01T12:11:00Z"),
+            safety
+        ),
+        Some(Duration::from_secs(240))
+    );
+    // The deadline comes first: wake at it.
+    assert_eq!(
+        awaiting_recheck(
+            created,
+            hour,
+            Some(t("2026-12-01T12:58:00Z")),
+            t("2026-12-01T12:59:30Z"),
+            safety
+        ),
+        Some(Duration::from_secs(30))
+    );
+    // At or past the deadline, never described, or the re-check due: ask now.
+    for (last, now) in [
+        (Some("2026-12-01T12:59:59Z"), "2026-12-01T13:00:00Z"),
+        (Some("2026-12-01T12:59:59Z"), "2026-12-01T13:05:00Z"),
+        (None, "2026-12-01T12:01:00Z"),
+        (Some("2026-12-01T12:01:00Z"), "2026-12-01T12:06:00Z"),
+        (Some("2026-12-01T12:01:00Z"), "2026-12-01T12:30:00Z"),
+    ] {
+        assert_eq!(
+            awaiting_recheck(created, hour, last.map(t), t(now), safety),
+            None,
+            "last {last:?}, now {now}"
+        );
+    }
+    // A clock that went back (described "in the future"): ask now rather than trust it.
+    assert_eq!(
+        awaiting_recheck(
+            created,
+            hour,
+            Some(t("2026-12-01T12:20:00Z")),
+            t("2026-12-01T12:10:00Z"),
+            safety
+        ),
+        None
+    );
+}
