@@ -151,7 +151,16 @@ impl Context {
 
     fn mark_described(&self, uid: &str) {
         if let Ok(mut m) = self.described.lock() {
-            m.insert(uid.to_owned(), jiff::Timestamp::now());
+            let now = jiff::Timestamp::now();
+            m.insert(uid.to_owned(), now);
+            // An entry older than a re-check means what no entry means: drop those now
+            // and then, so requests gone without a last reconcile do not accumulate.
+            if m.len() % 1024 == 0 {
+                let horizon = AWAITING_RECHECK + Duration::from_secs(60);
+                m.retain(|_, at| {
+                    Duration::try_from(now.duration_since(*at)).is_ok_and(|d| d < horizon)
+                });
+            }
         }
     }
 
@@ -294,6 +303,7 @@ async fn reconcile(
                 .delete(&uid)
                 .await
                 .map_err(|e| kube::runtime::finalizer::Error::ApplyFailed(Error::Tokens(e)))?;
+            ctx.forget(&uid);
         }
         return Ok(Action::await_change());
     }
@@ -573,38 +583,45 @@ async fn apply(
 
     // Waiting for its approval, a request moves only through events (votes, revocations,
     // deletion, its role, the token store) or at its approval deadline: Step Functions
-    // is asked where the execution is only then, and on a slow safety re-check.
+    // is asked where the execution is only then, on a slow safety re-check, and before
+    // anything is answered (an answer to an execution that has ended must not be
+    // recorded as a decision).
     let mut read_tokens = None;
     let mut quiet_until = None;
+    let mut past_deadline = None;
     if status.phase == Some(Phase::AwaitingApproval) {
         let tokens = ctx.tokens.get(&uid).await?;
-        if tokens.get(keys::APPROVAL_TOKEN).is_some()
+        let deadline = tokens
+            .get(keys::APPROVAL_DEADLINE)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        if let Some(deadline) = deadline
+            && tokens.get(keys::APPROVAL_TOKEN).is_some()
             && tokens.get(keys::APPROVAL_ANSWER).is_none()
             && tokens.get(keys::HOLD_TOKEN).is_none()
+            && status.revocations.as_ref().is_none_or(Vec::is_empty)
         {
             let role = ctx
                 .roles
                 .get_opt(&request.spec.role)
                 .await
                 .map_err(Error::Kube)?;
-            let timeout = role.as_ref().and_then(|r| {
-                decide::parse_duration("approvalTimeout", &r.spec.approval_timeout).ok()
+            let undecided = role.as_ref().is_some_and(|role| {
+                let votes = status.approvals.clone().unwrap_or_default();
+                matches!(
+                    decide::tally(role, &request.spec.requester, &votes).0,
+                    decide::Tally::Pending { .. }
+                )
             });
-            // When the task was stored (its deadline is no later than that plus the
-            // timeout); from an older operator, the request's creation (earlier still).
-            let since = tokens
-                .get(keys::APPROVAL_SINCE)
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .or_else(|| request.metadata.creation_timestamp.as_ref().map(|t| t.0));
-            if let (Some(timeout), Some(since)) = (timeout, since) {
+            let now = jiff::Timestamp::now();
+            if undecided {
                 quiet_until = decide::awaiting_recheck(
-                    since,
-                    timeout,
+                    deadline,
                     ctx.described(&uid),
-                    jiff::Timestamp::now(),
+                    now,
                     AWAITING_RECHECK + spread(&uid),
                 );
             }
+            past_deadline = decide::past_deadline_wait(deadline, now, AWAITING_RECHECK);
         }
         read_tokens = Some(tokens);
     }
@@ -856,7 +873,7 @@ async fn apply(
                 answer_approval(request, ctx, api, &uid, token, &tokens).await?;
                 // An answer writes the token store, which wakes the request; otherwise
                 // nothing is due before the deadline or the safety re-check.
-                if let Some(wait) = quiet_until {
+                if let Some(wait) = quiet_until.or(past_deadline) {
                     return Ok(Action::requeue(wait.max(Duration::from_millis(500))));
                 }
             }

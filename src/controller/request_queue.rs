@@ -284,16 +284,22 @@ impl RequestQueue {
         };
         match &task {
             RequestTask::Approval { task_token, .. } => {
-                // Received after the task started: its deadline is no later than this
-                // plus the approval timeout.
-                let since = jiff::Timestamp::now().to_string();
+                // Received after the task started: its deadline is no later than now
+                // plus the execution's own approval timeout.
+                let deadline = jiff::SignedDuration::try_from(std::time::Duration::from_secs(
+                    input.approval_timeout_seconds,
+                ))
+                .ok()
+                .and_then(|d| jiff::Timestamp::now().checked_add(d).ok())
+                .map(|t| t.to_string())
+                .unwrap_or_default();
                 self.tokens
                     .put(
                         &identity,
                         &[
                             (keys::EXECUTION_ARN, execution_arn.as_str()),
                             (keys::APPROVAL_TOKEN, task_token.as_str()),
-                            (keys::APPROVAL_SINCE, since.as_str()),
+                            (keys::APPROVAL_DEADLINE, deadline.as_str()),
                         ],
                     )
                     .await?;

@@ -23,9 +23,10 @@ pub const LABEL_UID: &str = "aws-jit.io/request-uid";
 pub mod keys {
     pub const EXECUTION_ARN: &str = "execution-arn";
     pub const APPROVAL_TOKEN: &str = "approval-token";
-    /// When the approval task was stored (RFC 3339): its timeout runs out no later than
-    /// this plus the approval timeout (the controller wakes then, not on a poll).
-    pub const APPROVAL_SINCE: &str = "approval-since";
+    /// When the approval task was received plus the execution's own approval timeout
+    /// (RFC 3339): the task's timeout has run out by then (the controller wakes then,
+    /// not on a poll).
+    pub const APPROVAL_DEADLINE: &str = "approval-deadline";
     /// `approved` or `denied`, once the approval task was answered.
     pub const APPROVAL_ANSWER: &str = "approval-answer";
     /// Who decided, for the status message: `carol, dave` or `dave: <comment>`.

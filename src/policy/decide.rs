@@ -816,28 +816,36 @@ pub const ENDED_CONDITION: &str = "Ended";
 /// A request waiting for its approval changes only through events the controller
 /// watches (votes, revocations, deletion, its role, the token store) or at two moments
 /// it cannot see: the approval's timeout and an execution stopped from outside. So
-/// Step Functions is asked (`DescribeExecution`) only once the approval deadline may
-/// have passed (`since + approval_timeout`, `since` being when the approval task was
-/// received: its own deadline is no later), and as a safety re-check every `safety`
-/// since it last was. `Some(wait)`: no need to ask now, and nothing to ask
-/// before `wait` has passed; `None`: ask now.
+/// Step Functions is asked (`DescribeExecution`) only once `deadline` (when the
+/// approval task was received plus the execution's own approval timeout: no earlier
+/// than the task's real deadline) has passed, and as a safety re-check every `safety`
+/// since it last was. `Some(wait)`: no need to ask now, nor before `wait` has passed;
+/// `None`: ask now.
 pub fn awaiting_recheck(
-    since: jiff::Timestamp,
-    approval_timeout: Duration,
+    deadline: jiff::Timestamp,
     last_described: Option<jiff::Timestamp>,
     now: jiff::Timestamp,
     safety: Duration,
 ) -> Option<Duration> {
     let ago = |t: jiff::Timestamp| Duration::try_from(now.duration_since(t)).ok();
-    let deadline = since
-        .checked_add(jiff::SignedDuration::try_from(approval_timeout).ok()?)
-        .ok()?;
     let to_deadline = Duration::try_from(deadline.duration_since(now))
         .ok()
         .filter(|d| !d.is_zero())?;
     let described_ago = ago(last_described?)?;
     let to_safety = safety.checked_sub(described_ago).filter(|d| !d.is_zero())?;
     Some(to_deadline.min(to_safety))
+}
+
+/// Past its approval deadline, a request still waiting looks again after as long as
+/// it has been past it (1 s at least, `cap` at most): a few looks while Step Functions
+/// ends the execution, not one every poll interval. `None` before the deadline.
+pub fn past_deadline_wait(
+    deadline: jiff::Timestamp,
+    now: jiff::Timestamp,
+    cap: Duration,
+) -> Option<Duration> {
+    let past = Duration::try_from(now.duration_since(deadline)).ok()?;
+    Some(past.max(Duration::from_secs(1)).min(cap))
 }
 
 /// The conditions of a phase: `Ready` (true while access is usable), `Approved`,

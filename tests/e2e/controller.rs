@@ -917,6 +917,15 @@ async fn poison_and_orphan_tasks_never_block_the_request_queue() {
                 {
                     Ok(())
                 }
+                // The same race, seen once under the suite's load: moto's interpreter
+                // trips over its own state after the stop ("'>' not supported between
+                // instances of 'dict' and 'int'"). Failed all the same: no approval.
+                aws_jit::aws::sfn::ExecutionState::Failed { error, cause }
+                    if error == "States.Runtime"
+                        && cause.contains("not supported between instances") =>
+                {
+                    Ok(())
+                }
                 other => Err(format!("{other:?}")),
             }
         }
@@ -1053,10 +1062,18 @@ async fn a_request_awaiting_approval_costs_no_describe_execution() {
     let metrics = env.start_operator_through(&endpoint);
     env.request(User::Alice, "quiet", "");
     env.wait_phase("quiet", Phase::AwaitingApproval).await;
-    let described = metrics.aws_calls_of("SFN", "DescribeExecution");
-    // Wake it three times (what a vote, a role change or a resync does): each reconcile
-    // relies on the events it watches, not on Step Functions.
-    for i in 0..3 {
+    // Wake it four times (what a vote, a role change or a resync does): each reconcile
+    // relies on the events it watches, not on Step Functions. The count is taken after
+    // the first, so a reconcile still on its way from Pending is not counted.
+    let mut described = 0;
+    for i in 0..4 {
+        if i == 1 {
+            described = metrics.aws_calls_of("SFN", "DescribeExecution");
+            assert!(
+                described >= 1,
+                "the counter saw the Pending phase's describes"
+            );
+        }
         let before = reconciles(&metrics);
         succeeded(&stack().kube.kubectl(
             User::Admin,
@@ -1110,12 +1127,12 @@ async fn the_approval_timeout_lands_without_polling() {
             .unwrap_or_default()
             .contains("approvalTimeout")
     );
-    // While it waited (15 s, the test's poll interval 1 s) Step Functions was asked
-    // only at the deadline (the task was received after it started, so by then its
-    // timeout has run out): once, twice if moto's timer was a moment late.
+    // While it waited (15 s, the test's poll interval 1 s: polling makes fifteen) Step
+    // Functions was asked at the deadline and then after 1, 2, 4, 8 s while a loaded
+    // moto ended the execution.
     let waited = metrics.aws_calls_of("SFN", "DescribeExecution") - described;
     assert!(
-        waited <= 3,
+        waited <= 6,
         "{waited} DescribeExecution calls while awaiting approval"
     );
 }

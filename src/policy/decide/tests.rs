@@ -835,14 +835,12 @@ fn review_a_slash_in_the_user_name_never_maps_to_another_iam_user() {
 #[test]
 fn a_request_awaiting_approval_asks_step_functions_only_at_its_deadline_or_the_safety_recheck() {
     let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
-    let created = t("2026-12-01T12:00:00Z");
-    let hour = Duration::from_secs(3600);
+    let deadline = t("2026-12-01T13:00:00Z");
     let safety = Duration::from_secs(300);
     // Described a minute ago, deadline far: wait for the safety re-check (4 min left).
     assert_eq!(
         awaiting_recheck(
-            created,
-            hour,
+            deadline,
             Some(t("2026-12-01T12:10:00Z")),
             t("2026-12-01T12:11:00Z"),
             safety
@@ -852,8 +850,7 @@ fn a_request_awaiting_approval_asks_step_functions_only_at_its_deadline_or_the_s
     // The deadline comes first: wake at it.
     assert_eq!(
         awaiting_recheck(
-            created,
-            hour,
+            deadline,
             Some(t("2026-12-01T12:58:00Z")),
             t("2026-12-01T12:59:30Z"),
             safety
@@ -869,7 +866,7 @@ fn a_request_awaiting_approval_asks_step_functions_only_at_its_deadline_or_the_s
         (Some("2026-12-01T12:01:00Z"), "2026-12-01T12:30:00Z"),
     ] {
         assert_eq!(
-            awaiting_recheck(created, hour, last.map(t), t(now), safety),
+            awaiting_recheck(deadline, last.map(t), t(now), safety),
             None,
             "last {last:?}, now {now}"
         );
@@ -877,12 +874,45 @@ fn a_request_awaiting_approval_asks_step_functions_only_at_its_deadline_or_the_s
     // A clock that went back (described "in the future"): ask now rather than trust it.
     assert_eq!(
         awaiting_recheck(
-            created,
-            hour,
+            deadline,
             Some(t("2026-12-01T12:20:00Z")),
             t("2026-12-01T12:10:00Z"),
             safety
         ),
         None
     );
+}
+
+#[test]
+fn past_its_deadline_a_waiting_request_looks_again_less_and_less_often() {
+    let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
+    let deadline = t("2026-12-01T13:00:00Z");
+    let cap = Duration::from_secs(300);
+    assert_eq!(
+        past_deadline_wait(deadline, t("2026-12-01T12:59:00Z"), cap),
+        None
+    );
+    assert_eq!(
+        past_deadline_wait(deadline, deadline, cap),
+        Some(Duration::from_secs(1))
+    );
+    assert_eq!(
+        past_deadline_wait(deadline, t("2026-12-01T13:00:08Z"), cap),
+        Some(Duration::from_secs(8))
+    );
+    assert_eq!(
+        past_deadline_wait(deadline, t("2026-12-01T15:00:00Z"), cap),
+        Some(cap)
+    );
+    // Looks at 0, 1, 2, 4 and 8 s past: five for a 10 s late end, not ten.
+    let mut at = deadline;
+    let mut looks = 0;
+    while at < t("2026-12-01T13:00:10Z") {
+        looks += 1;
+        let wait = past_deadline_wait(deadline, at, cap).unwrap();
+        at = at
+            .checked_add(jiff::SignedDuration::try_from(wait).unwrap())
+            .unwrap();
+    }
+    assert_eq!(looks, 5);
 }
