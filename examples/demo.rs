@@ -135,28 +135,7 @@ async fn main() {
     // The operator, with its own identity, the same code the `controller` subcommand runs.
     let kube_ns = stack.kube.create_namespace("team-billing").await;
     let operator_kube = stack.kube.client(User::Operator).await;
-    let config = aws_jit::run::operator::Config {
-        aws: aws_jit::run::operator::AwsTargets {
-            state_machine_arn: aws.state_machine_arn.clone(),
-            cleanup_state_machine_arn: aws.cleanup_state_machine_arn.clone(),
-            request_queue_url: aws.request_queue_url.clone(),
-            request_dead_letter_url: Some(aws.request_dlq_url.clone()),
-            work_queue_url: aws.work_queue_url.clone(),
-            work_dead_letter_url: Some(aws.work_dlq_url.clone()),
-            alert_queue_url: None,
-        },
-        settings: aws_jit::controller::Settings {
-            watch_namespace: Some(kube_ns.clone()),
-            operator_namespace: "aws-jit-system".into(),
-            poll_interval: Duration::from_secs(1),
-        },
-        queue_wait: Duration::from_secs(1),
-        trust_policy_size_limit: aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT,
-        faults: aws_jit::faults::Faults::default(),
-        metrics: Default::default(),
-        health: aws_jit::telemetry::probes::Health::new(),
-        sweep_interval: Duration::from_secs(60),
-    };
+    let config = aws.operator_config(Some(kube_ns.clone()));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let operator = tokio::spawn({
         let sdk = sdk.clone();

@@ -173,6 +173,13 @@ impl Env {
         metrics
     }
 
+    /// Restarts the operator (against moto directly) so the test holds its metrics.
+    pub fn restart_counted(&mut self) -> std::sync::Arc<aws_jit::telemetry::metrics::Metrics> {
+        self.kill_operator();
+        let endpoint = stack().aws.endpoint.clone();
+        self.start_operator_through(&endpoint)
+    }
+
     /// Kills the operator at once (its tasks are dropped mid-flight, like a crash).
     /// The next start gets fresh, unarmed fault points.
     pub fn kill_operator(&mut self) {
@@ -1013,10 +1020,7 @@ async fn concurrent_votes_are_never_dropped_by_the_controllers_status_writes() {
 #[tokio::test]
 async fn every_aws_call_of_the_operator_is_counted_by_api() {
     let mut env = Env::new("ctl-calls", "").await;
-    // The same operator, restarted so the test holds its metrics.
-    env.kill_operator();
-    let endpoint = stack().aws.endpoint.clone();
-    let metrics = env.start_operator_through(&endpoint);
+    let metrics = env.restart_counted();
     env.request(User::Alice, "counted", "  duration: 1h\n");
     env.wait_phase("counted", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "counted", "Approve");
@@ -1057,9 +1061,7 @@ fn reconciles(metrics: &aws_jit::telemetry::metrics::Metrics) -> u64 {
 #[tokio::test]
 async fn a_request_awaiting_approval_costs_no_describe_execution() {
     let mut env = Env::new("ctl-quiet", "").await;
-    env.kill_operator();
-    let endpoint = stack().aws.endpoint.clone();
-    let metrics = env.start_operator_through(&endpoint);
+    let metrics = env.restart_counted();
     env.request(User::Alice, "quiet", "");
     env.wait_phase("quiet", Phase::AwaitingApproval).await;
     // Wake it four times (what a vote, a role change or a resync does): each reconcile
@@ -1113,9 +1115,7 @@ async fn a_request_awaiting_approval_costs_no_describe_execution() {
 #[tokio::test]
 async fn the_approval_timeout_lands_without_polling() {
     let mut env = Env::new("ctl-quiet-timeout", "  approvalTimeout: 15s").await;
-    env.kill_operator();
-    let endpoint = stack().aws.endpoint.clone();
-    let metrics = env.start_operator_through(&endpoint);
+    let metrics = env.restart_counted();
     env.request(User::Alice, "late", "");
     env.wait_phase("late", Phase::AwaitingApproval).await;
     let described = metrics.aws_calls_of("SFN", "DescribeExecution");

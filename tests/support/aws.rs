@@ -83,6 +83,38 @@ pub struct AwsOutputs {
     pub relay_role_arn: String,
 }
 
+impl AwsOutputs {
+    /// An operator configuration for this stack, as the demo and the sandbox run it
+    /// (no alert queue consumer, 1 s polls, a minute between drift sweeps).
+    pub fn operator_config(
+        &self,
+        watch_namespace: Option<String>,
+    ) -> aws_jit::run::operator::Config {
+        aws_jit::run::operator::Config {
+            aws: aws_jit::run::operator::AwsTargets {
+                state_machine_arn: self.state_machine_arn.clone(),
+                cleanup_state_machine_arn: self.cleanup_state_machine_arn.clone(),
+                request_queue_url: self.request_queue_url.clone(),
+                request_dead_letter_url: Some(self.request_dlq_url.clone()),
+                work_queue_url: self.work_queue_url.clone(),
+                work_dead_letter_url: Some(self.work_dlq_url.clone()),
+                alert_queue_url: None,
+            },
+            settings: aws_jit::controller::Settings {
+                watch_namespace,
+                operator_namespace: "aws-jit-system".into(),
+                poll_interval: Duration::from_secs(1),
+            },
+            queue_wait: Duration::from_secs(1),
+            trust_policy_size_limit: aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT,
+            faults: aws_jit::faults::Faults::default(),
+            metrics: Default::default(),
+            health: aws_jit::telemetry::probes::Health::new(),
+            sweep_interval: Duration::from_secs(60),
+        }
+    }
+}
+
 impl Moto {
     /// Starts moto's server on a free loopback port, waits until it answers and turns
     /// on execution of state machines. Synchronous: called once per process from

@@ -11,7 +11,6 @@
 //!                           with the user's own keys, AWS_CONFIG_FILE, a prompt
 //! ```
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::kube::User;
 use super::{Stack, aws, succeeded};
@@ -120,7 +119,7 @@ impl Sandbox {
             &namespace,
         );
         for (user, _) in PEOPLE {
-            let key = user_key(user);
+            let key = user.key();
             let kubeconfig = dir.join(format!("{key}.kubeconfig"));
             write_kubeconfig(stack, &kubeconfig, &[user], &namespace);
             let (access_key, secret) = match user {
@@ -158,28 +157,7 @@ impl Sandbox {
             private_write(&file, env.as_bytes());
         }
 
-        let config = aws_jit::run::operator::Config {
-            aws: aws_jit::run::operator::AwsTargets {
-                state_machine_arn: outputs.state_machine_arn.clone(),
-                cleanup_state_machine_arn: outputs.cleanup_state_machine_arn.clone(),
-                request_queue_url: outputs.request_queue_url.clone(),
-                request_dead_letter_url: Some(outputs.request_dlq_url.clone()),
-                work_queue_url: outputs.work_queue_url.clone(),
-                work_dead_letter_url: Some(outputs.work_dlq_url.clone()),
-                alert_queue_url: None,
-            },
-            settings: aws_jit::controller::Settings {
-                watch_namespace: watch_only_namespace.then(|| namespace.clone()),
-                operator_namespace: "aws-jit-system".into(),
-                poll_interval: Duration::from_secs(1),
-            },
-            queue_wait: Duration::from_secs(1),
-            trust_policy_size_limit: aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT,
-            faults: aws_jit::faults::Faults::default(),
-            metrics: Default::default(),
-            health: aws_jit::telemetry::probes::Health::new(),
-            sweep_interval: Duration::from_secs(60),
-        };
+        let config = outputs.operator_config(watch_only_namespace.then(|| namespace.clone()));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let operator_kube = kube.client(User::Operator).await;
         let operator = tokio::spawn(async move {
@@ -199,7 +177,7 @@ impl Sandbox {
 
     /// The file to source to act as `user`.
     pub fn env_file(&self, user: User) -> PathBuf {
-        self.dir.join(format!("{}.env", user_key(user)))
+        self.dir.join(format!("{}.env", user.key()))
     }
 
     /// Stops the operator (and waits for it) and removes the users' files.
@@ -220,10 +198,6 @@ impl Drop for Sandbox {
             operator.abort();
         }
     }
-}
-
-fn user_key(user: User) -> &'static str {
-    user.key()
 }
 
 /// `'…'` for a POSIX shell.
