@@ -102,9 +102,14 @@ struct ControllerArgs {
     /// Watch one namespace only (default: all).
     #[arg(long, env = "AWS_JIT_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
-    /// How often a running execution is checked when nothing else happens, e.g. 15s.
+    /// How soon a request waiting on something outside the operator (a deleted
+    /// request's execution ending, a write conflict) is looked at again, e.g. 15s.
+    /// Nothing else polls: requests move on events and their own deadlines.
     #[arg(long, env = "AWS_JIT_POLL_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     poll_interval: Duration,
+    /// At most this many AccessRequests are reconciled at once.
+    #[arg(long, env = "AWS_JIT_MAX_CONCURRENT_RECONCILES", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
     /// The account's IAM trust-policy size quota (2048 unless raised; at most 4096).
     #[arg(long, env = "AWS_JIT_TRUST_POLICY_SIZE_LIMIT", default_value_t = aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT)]
     trust_policy_size_limit: usize,
@@ -187,6 +192,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
             watch_namespace: args.watch_namespace,
             operator_namespace: args.operator_namespace,
             poll_interval: args.poll_interval,
+            concurrency: args.max_concurrent_reconciles,
         },
         queue_wait: Duration::from_secs(20),
         trust_policy_size_limit: args.trust_policy_size_limit,

@@ -11,7 +11,8 @@
 pub mod request_queue;
 pub mod tokens;
 
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -21,33 +22,45 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, warn};
 
 use self::tokens::{TokenError, TokenStore, keys};
-use crate::aws::sfn::{ExecutionState, SfnError, StepFunctionClient, execution_name};
+use crate::aws::sfn::{ExecutionState, SfnError, StepFunctionClient, TaskAnswer, execution_name};
 use crate::contract::{ApprovalOutput, DenialCause, errors};
 use crate::crd::{AccessRequest, AccessRequestStatus, AccessRole, FINALIZER, Phase};
 use crate::policy::decide::{self, Tally};
 
-/// How often an active grant is looked at before its expiry (in case something outside
-/// the operator ended its execution).
-const ACTIVE_RECHECK: Duration = Duration::from_secs(300);
-/// How often a request waiting for its approval is checked against Step Functions
-/// (for an execution stopped from outside), plus [`spread`].
-const AWAITING_RECHECK: Duration = Duration::from_secs(300);
+/// How often an open request's execution is looked at when no event and no deadline of
+/// its own says anything (for an execution stopped or failed from outside), plus
+/// [`spread`]. Access needs no look to end: AWS itself refuses it after the expiry.
+const SAFETY_RECHECK: Duration = Duration::from_secs(600);
+/// How often an approved request is looked at while the state machine makes a grant
+/// itself (IdentityCenter, IamGroup): no worker answer says when that fails.
+const GRANTING_RECHECK: Duration = Duration::from_secs(30);
+/// The longest a reconcile waits for a watch's first list.
+const SYNC_WAIT: Duration = Duration::from_secs(30);
 
-/// Up to a minute, fixed per request: spreads the safety re-checks of many requests
-/// (e.g. after a start-up) instead of making them at once.
+/// Up to two minutes, fixed per request: spreads the safety re-checks of many requests
+/// (e.g. after a start-up or a leader change) instead of making them at once.
 fn spread(uid: &str) -> Duration {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     uid.hash(&mut h);
-    Duration::from_millis(h.finish() % 60_000)
+    Duration::from_millis(h.finish() % 120_000)
 }
+
+/// Back-off of a request whose reconcile fails: 2 s doubling to 5 minutes, with jitter.
+const ERROR_BACKOFF: crate::aws::retry::Backoff =
+    crate::aws::retry::Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+/// Back-off of ending a grant its execution left: 10 s doubling to 2 minutes (soon
+/// enough to matter, slow enough not to eat the account's IAM rate it shares with the
+/// worker).
+const REVOKE_BACKOFF: crate::aws::retry::Backoff =
+    crate::aws::retry::Backoff::new(Duration::from_secs(10), Duration::from_secs(120));
 
 /// The condition that says a task of the request sits in the request dead-letter queue.
 pub const TASK_DEAD_LETTERED: &str = "TaskDeadLettered";
@@ -73,6 +86,8 @@ pub enum Error {
     /// The controller could not end a grant its execution left (retried until done).
     #[error("cannot end access: {0}")]
     Revoke(String),
+    #[error("the watch of {0} has not listed them yet")]
+    NotSynced(&'static str),
 }
 
 impl Error {
@@ -85,6 +100,7 @@ impl Error {
             Error::Incomplete(_) => "incomplete",
             Error::Waiting(_) => "waiting",
             Error::Revoke(_) => "revoke",
+            Error::NotSynced(_) => "not-synced",
         }
     }
 }
@@ -96,8 +112,11 @@ pub struct Settings {
     pub watch_namespace: Option<String>,
     /// Where task-token Secrets live.
     pub operator_namespace: String,
-    /// How often a running execution is looked at when nothing else happens.
+    /// How soon a request waiting on something outside the operator (its deletion on
+    /// the execution's end, a write conflict) is looked at again.
     pub poll_interval: Duration,
+    /// At most this many requests are reconciled at once.
+    pub concurrency: u16,
 }
 
 /// What the controller checks against and reports to.
@@ -135,40 +154,132 @@ pub struct Context {
     pub permission_sets: Arc<crate::grant::identity_center::PermissionSets>,
     pub tokens: TokenStore,
     pub recorder: Recorder,
-    pub roles: Api<AccessRole>,
+    /// AccessRoles, from the controller's watch of them.
+    pub roles: Store<AccessRole>,
     pub settings: Settings,
     pub faults: crate::faults::Faults,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
-    /// When each open request's execution was last described (in memory: a new leader
-    /// describes each open request once).
-    pub described: std::sync::Mutex<std::collections::HashMap<String, jiff::Timestamp>>,
+    /// When this controller started: the baseline of the safety re-checks of requests
+    /// it has not looked at yet (a new leader spreads them instead of asking at once).
+    pub since: jiff::Timestamp,
+    /// What this controller remembers of each open request (in memory: a new leader
+    /// starts afresh).
+    pub memory: Mutex<HashMap<String, Memory>>,
+}
+
+/// What the controller remembers of an open request.
+#[derive(Debug, Default)]
+pub struct Memory {
+    /// Its last look at the execution.
+    looked: Option<decide::Looked>,
+    /// How the execution ended, once a look saw it end (an ended execution never runs
+    /// again: no second look while the request's end is being recorded or retried).
+    ended: Option<ExecutionState>,
+    /// When an answer came back "task already over" (the execution moved on its own).
+    moved: Option<jiff::Timestamp>,
+    /// Reconciles that failed in a row (the back-off's count).
+    failures: u32,
+    /// Warnings already published (reason and subject), so a reconcile that runs again
+    /// on an unchanged request does not publish them again.
+    said: BTreeSet<String>,
 }
 
 impl Context {
-    fn described(&self, uid: &str) -> Option<jiff::Timestamp> {
-        self.described.lock().ok().and_then(|m| m.get(uid).copied())
+    fn with_memory<T>(&self, uid: &str, f: impl FnOnce(&mut Memory) -> T) -> Option<T> {
+        self.memory
+            .lock()
+            .ok()
+            .map(|mut m| f(m.entry(uid.to_owned()).or_default()))
     }
 
-    fn mark_described(&self, uid: &str) {
-        if let Ok(mut m) = self.described.lock() {
-            let now = jiff::Timestamp::now();
-            m.insert(uid.to_owned(), now);
-            // An entry older than a re-check means what no entry means: drop those now
-            // and then, so requests gone without a last reconcile do not accumulate.
-            if m.len() % 1024 == 0 {
-                let horizon = AWAITING_RECHECK + Duration::from_secs(60);
-                m.retain(|_, at| {
-                    Duration::try_from(now.duration_since(*at)).is_ok_and(|d| d < horizon)
-                });
+    fn looked(&self, uid: &str) -> Option<decide::Looked> {
+        self.memory
+            .lock()
+            .ok()
+            .and_then(|m| m.get(uid).and_then(|e| e.looked))
+    }
+
+    fn record_look(&self, uid: &str, looked: decide::Looked, state: &ExecutionState) {
+        self.with_memory(uid, |m| {
+            m.looked = Some(looked);
+            if !matches!(state, ExecutionState::Running) {
+                m.ended = Some(state.clone());
             }
+        });
+    }
+
+    fn ended(&self, uid: &str) -> Option<ExecutionState> {
+        self.memory
+            .lock()
+            .ok()
+            .and_then(|m| m.get(uid).and_then(|e| e.ended.clone()))
+    }
+
+    fn moved(&self, uid: &str) -> Option<jiff::Timestamp> {
+        self.memory
+            .lock()
+            .ok()
+            .and_then(|m| m.get(uid).and_then(|e| e.moved))
+    }
+
+    /// An answer came back "task already over": look at the execution next time.
+    fn moved_now(&self, uid: &str) {
+        self.with_memory(uid, |m| m.moved = Some(jiff::Timestamp::now()));
+    }
+
+    /// One more failure in a row; how many now.
+    fn failed(&self, uid: &str) -> u32 {
+        self.with_memory(uid, |m| {
+            m.failures = m.failures.saturating_add(1);
+            m.failures
+        })
+        .unwrap_or(1)
+    }
+
+    fn succeeded(&self, uid: &str) {
+        if let Ok(mut m) = self.memory.lock()
+            && let Some(e) = m.get_mut(uid)
+        {
+            e.failures = 0;
         }
     }
 
     /// Forgets a request that has ended or gone (the map stays as small as the open
     /// requests).
     fn forget(&self, uid: &str) {
-        if let Ok(mut m) = self.described.lock() {
+        if let Ok(mut m) = self.memory.lock() {
             m.remove(uid);
+        }
+    }
+
+    /// The AccessRole of that name, from the watch.
+    async fn role(&self, name: &str) -> Result<Option<AccessRole>, Error> {
+        tokio::time::timeout(SYNC_WAIT, self.roles.wait_until_ready())
+            .await
+            .map_err(|_| Error::NotSynced("AccessRoles"))?
+            .map_err(|_| Error::NotSynced("AccessRoles"))?;
+        Ok(self.roles.get(&ObjectRef::new(name)).map(|r| (*r).clone()))
+    }
+
+    /// Publishes a Warning about `subject` once while the request is open (again after
+    /// a restart), not on every reconcile of an unchanged request.
+    #[allow(clippy::too_many_arguments)]
+    async fn event_once(
+        &self,
+        request: &AccessRequest,
+        uid: &str,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        subject: &str,
+        note: String,
+    ) {
+        let key = format!("{reason}/{subject}/{note}");
+        let first = self
+            .with_memory(uid, |m| m.said.insert(key))
+            .unwrap_or(true);
+        if first {
+            event(self, request, type_, reason, action, note).await;
         }
     }
 }
@@ -177,12 +288,17 @@ fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
-/// Runs the controller until `shutdown` resolves.
+/// Runs the controller until `shutdown` resolves. `tokens` reads from the cache that
+/// `token_events` (from [`TokenStore::watched`]) feeds; each of those events wakes its
+/// request.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: kube::Client,
     sfn: StepFunctionClient,
     guard: Guard,
     settings: Settings,
+    tokens: TokenStore,
+    token_events: impl futures::Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
     faults: crate::faults::Faults,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
@@ -192,7 +308,20 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let roles_api: Api<AccessRole> = Api::all(client.clone());
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &settings.operator_namespace);
+    // Every watched object is cached without its managedFields (most of a small
+    // object's bytes): thousands of ended requests, the audit trail, stay cheap.
+    let (store, writer) = reflector::store();
+    let request_events = watcher(requests, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .modify(tokens::strip)
+        .reflect(writer)
+        .applied_objects();
+    let (roles, role_writer) = reflector::store();
+    let role_events = watcher(roles_api, watcher::Config::default())
+        .default_backoff()
+        .modify(tokens::strip)
+        .reflect(role_writer)
+        .touched_objects();
     let ctx = Arc::new(Context {
         client: client.clone(),
         sfn,
@@ -200,7 +329,7 @@ pub async fn run(
         alerts: guard.alerts,
         revoker: guard.revoker,
         permission_sets: guard.permission_sets,
-        tokens: TokenStore::new(client.clone(), &settings.operator_namespace),
+        tokens,
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -208,52 +337,43 @@ pub async fn run(
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
-        roles: roles_api.clone(),
+        roles,
         settings: settings.clone(),
         faults,
         metrics: metrics.clone(),
-        described: Default::default(),
+        since: jiff::Timestamp::now(),
+        memory: Default::default(),
     });
-    let controller = Controller::new(requests, watcher::Config::default().any_semantic());
-    let store = controller.store();
+    let controller = Controller::for_stream(request_events, store.clone()).with_config(
+        kube::runtime::controller::Config::default().concurrency(settings.concurrency),
+    );
     metrics.watch_requests(store.clone());
     let role_store = store.clone();
     let watch_ns = settings.watch_namespace.clone();
     controller
         // A token written for a request wakes that request.
-        .watches(
-            secrets,
-            watcher::Config::default().labels(&format!(
-                "app.kubernetes.io/managed-by={}",
-                tokens::MANAGED_BY
-            )),
-            move |secret: Secret| {
-                let a = secret.annotations();
-                match (
-                    a.get(tokens::ANNOTATION_NAMESPACE),
-                    a.get(tokens::ANNOTATION_NAME),
-                ) {
-                    (Some(ns), Some(name)) if watch_ns.as_ref().is_none_or(|w| w == ns) => {
-                        Some(ObjectRef::<AccessRequest>::new(name).within(ns))
-                    }
-                    _ => None,
+        .watches_stream(token_events, move |secret: Secret| {
+            let a = secret.annotations();
+            match (
+                a.get(tokens::ANNOTATION_NAMESPACE),
+                a.get(tokens::ANNOTATION_NAME),
+            ) {
+                (Some(ns), Some(name)) if watch_ns.as_ref().is_none_or(|w| w == ns) => {
+                    Some(ObjectRef::<AccessRequest>::new(name).within(ns))
                 }
-            },
-        )
+                _ => None,
+            }
+        })
         // A changed role re-evaluates the requests that are not decided yet.
-        .watches(
-            roles_api,
-            watcher::Config::default(),
-            move |role: AccessRole| {
-                let name = role.name_any();
-                role_store
-                    .state()
-                    .into_iter()
-                    .filter(|r| r.spec.role == name && !phase(r).is_some_and(Phase::is_terminal))
-                    .map(|r| ObjectRef::from(&*r))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(role_events, move |role: AccessRole| {
+            let name = role.name_any();
+            role_store
+                .state()
+                .into_iter()
+                .filter(|r| r.spec.role == name && !phase(r).is_some_and(Phase::is_terminal))
+                .map(|r| ObjectRef::from(&*r))
+                .collect::<Vec<_>>()
+        })
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
@@ -308,6 +428,7 @@ async fn reconcile(
         return Ok(Action::await_change());
     }
     let started = std::time::Instant::now();
+    let uid = request.uid();
     let result = finalizer(&api, FINALIZER, request, |event| async {
         match event {
             Finalizer::Apply(r) => apply(&r, &ctx, &api).await,
@@ -316,6 +437,11 @@ async fn reconcile(
     })
     .instrument(span)
     .await;
+    if result.is_ok()
+        && let Some(uid) = uid.as_deref()
+    {
+        ctx.succeeded(uid);
+    }
     let error_kind = result.as_ref().err().map(|e| {
         use kube::runtime::finalizer::Error as F;
         match e {
@@ -350,18 +476,29 @@ fn error_policy(
         F::ApplyFailed(e) | F::CleanupFailed(e) => e.kind(),
         _ => "finalizer",
     };
-    // Ending a grant the execution left retries every 30 s: soon enough to matter,
-    // slow enough not to eat the account's IAM rate limit it shares with the worker.
-    let delay = if kind == "revoke" {
-        Duration::from_secs(30)
+    // Per request, doubling with jitter: a request that keeps failing (AWS down, a
+    // revoke IAM refuses) costs less and less, and many failing together come back
+    // apart. Throttling by AWS waits at least as long as AWS's own back-off did.
+    let failures = request.uid().map_or(1, |uid| ctx.failed(&uid));
+    let policy = if kind == "revoke" {
+        REVOKE_BACKOFF
     } else {
-        Duration::from_secs(5)
+        ERROR_BACKOFF
     };
+    let mut delay = policy.after(failures);
+    if let F::ApplyFailed(Error::StepFunctions(SfnError::Api { code, .. }))
+    | F::CleanupFailed(Error::StepFunctions(SfnError::Api { code, .. })) = error
+        && let Some(floor) = crate::aws::retry::throttle_floor(Some(code))
+    {
+        delay = delay.max(floor);
+    }
     warn!(
         request_namespace = request.namespace().unwrap_or_default(),
         request_name = request.name_any(),
         request_uid = request.uid().unwrap_or_default(),
         kind,
+        failures,
+        retry_in = ?delay,
         error = %error,
         "reconcile error; retrying"
     );
@@ -527,11 +664,7 @@ async fn apply(
 
     // 1. Not started: validate against the role, then start exactly one execution.
     let Some(execution_arn) = status.execution_arn.clone() else {
-        let role = ctx
-            .roles
-            .get_opt(&request.spec.role)
-            .await
-            .map_err(Error::Kube)?;
+        let role = ctx.role(&request.spec.role).await?;
         return match decide::plan_in(request, role.as_ref(), &ctx.scope) {
             Err(rejection) => {
                 info!(reason = rejection.reason(), "rejected: {rejection}");
@@ -566,79 +699,89 @@ async fn apply(
                     "execution started; waiting for it to ask for approval",
                 );
                 update.status.execution_arn = Some(arn.clone());
+                // The status records the execution (no Event: one write less per request,
+                // and nothing was decided yet).
                 update.apply(api).await?;
-                event(
-                    ctx,
-                    request,
-                    EventType::Normal,
-                    "ExecutionStarted",
-                    "Start",
-                    format!("started {arn}"),
-                )
-                .await;
-                Ok(Action::requeue(ctx.settings.poll_interval))
+                Ok(Action::requeue(SAFETY_RECHECK + spread(&uid)))
             }
         };
     };
 
-    // Waiting for its approval, a request moves only through events (votes, revocations,
-    // deletion, its role, the token store) or at its approval deadline: Step Functions
-    // is asked where the execution is only then, on a slow safety re-check, and before
-    // anything is answered (an answer to an execution that has ended must not be
-    // recorded as a decision).
-    let mut read_tokens = None;
-    let mut quiet_until = None;
-    let mut past_deadline = None;
-    if status.phase == Some(Phase::AwaitingApproval) {
-        let tokens = ctx.tokens.get(&uid).await?;
-        let deadline = tokens
+    // 2. Started: where the execution is comes from events (votes, revocations and
+    // deletion on the request, its role, each task in the token store); Step Functions
+    // is asked only when no event can say it ([`decide::look`]).
+    let mut tokens = ctx.tokens.get(&uid).await?;
+    let role = ctx.role(&request.spec.role).await?;
+    let now_ts = jiff::Timestamp::now();
+    let answer = tokens.get(keys::APPROVAL_ANSWER);
+    let held = tokens.get(keys::HOLD_TOKEN).is_some();
+    let deadline = if held {
+        tokens.get(keys::EXPIRES_AT).and_then(|t| t.parse().ok())
+    } else if tokens.get(keys::APPROVAL_TOKEN).is_some() && answer.is_none() {
+        tokens
             .get(keys::APPROVAL_DEADLINE)
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        if let Some(deadline) = deadline
-            && tokens.get(keys::APPROVAL_TOKEN).is_some()
-            && tokens.get(keys::APPROVAL_ANSWER).is_none()
-            && tokens.get(keys::HOLD_TOKEN).is_none()
-            && status.revocations.as_ref().is_none_or(Vec::is_empty)
-        {
-            let role = ctx
-                .roles
-                .get_opt(&request.spec.role)
-                .await
-                .map_err(Error::Kube)?;
-            let undecided = role.as_ref().is_some_and(|role| {
-                let votes = status.approvals.clone().unwrap_or_default();
-                matches!(
-                    decide::tally(role, &request.spec.requester, &votes).0,
-                    decide::Tally::Pending { .. }
-                )
-            });
-            let now = jiff::Timestamp::now();
-            if undecided {
-                quiet_until = decide::awaiting_recheck(
-                    deadline,
-                    ctx.described(&uid),
-                    now,
-                    AWAITING_RECHECK + spread(&uid),
-                );
-            }
-            past_deadline = decide::past_deadline_wait(deadline, now, AWAITING_RECHECK);
+            .and_then(|t| t.parse().ok())
+    } else {
+        None
+    };
+    // Answered in a way that ends the execution: it ends soon and says nothing.
+    let ending =
+        matches!(answer, Some("denied" | "cancelled")) || tokens.get(keys::HOLD_ENDED).is_some();
+    // Approved and waiting for a grant the state machine makes itself (no worker
+    // answers it, so no word comes when it fails): looked at more often.
+    let granting_alone = !held
+        && matches!(answer, Some("approving" | "approved"))
+        && role
+            .as_ref()
+            .is_some_and(|r| r.spec.method != crate::crd::GrantMethod::TrustPolicy);
+    let safety = if granting_alone {
+        GRANTING_RECHECK
+    } else {
+        SAFETY_RECHECK + spread(&uid)
+    };
+    let moved = [
+        ctx.moved(&uid),
+        tokens.get(keys::WORK_ANSWERED).and_then(|t| t.parse().ok()),
+    ]
+    .into_iter()
+    .flatten()
+    .max();
+    let watch = decide::Watch {
+        ending,
+        deadline,
+        moved,
+        last: ctx.looked(&uid),
+        since: ctx.since,
+        safety,
+        now: now_ts,
+    };
+    let (state, watch) = match (ctx.ended(&uid), decide::look(&watch)) {
+        (Some(ended), _) => (ended, watch),
+        (None, decide::Look::After(_)) => (ExecutionState::Running, watch),
+        (None, decide::Look::Now(looked)) => {
+            let state = ctx.sfn.describe(&execution_arn).await?;
+            ctx.record_look(&uid, looked, &state);
+            // Never older than what Step Functions said.
+            tokens = ctx.tokens.get(&uid).await?;
+            (
+                state,
+                decide::Watch {
+                    last: Some(looked),
+                    ..watch
+                },
+            )
         }
-        read_tokens = Some(tokens);
-    }
+    };
+    // When nothing wakes the request before: its next look.
+    let next = match decide::look(&watch) {
+        decide::Look::After(d) => d.max(Duration::from_millis(500)),
+        decide::Look::Now(_) => Duration::from_secs(1),
+    };
 
-    // 2. Ended: the execution's outcome is the request's final phase. An execution that
+    // Ended: the execution's outcome is the request's final phase. An execution that
     // ended outside its flow (stopped, timed out, failed) after approval may have left a
     // grant: it is ended here first, and retried until it is.
-    let state = if quiet_until.is_some() {
-        ExecutionState::Running
-    } else {
-        let state = ctx.sfn.describe(&execution_arn).await?;
-        ctx.mark_described(&uid);
-        read_tokens = None;
-        state
-    };
     if !matches!(state, ExecutionState::Running) {
-        let tokens = ctx.tokens.get(&uid).await?;
         let approved = may_have_granted(&tokens);
         if decide::needs_operator_revoke(&state, &status, approved) {
             operator_revoke(request, ctx, api, &execution_arn, &state, &tokens).await?;
@@ -649,11 +792,11 @@ async fn apply(
     }
     if let Some((phase, mut message)) = decide::phase_of(&state) {
         // Who denied, from our own record when the execution kept no cause.
-        if phase == Phase::Denied && !message.starts_with("denied by") {
-            let tokens = ctx.tokens.get(&uid).await?;
-            if let Some(by) = tokens.get(keys::DECIDED_BY) {
-                message = format!("denied by {by}");
-            }
+        if phase == Phase::Denied
+            && !message.starts_with("denied by")
+            && let Some(by) = tokens.get(keys::DECIDED_BY)
+        {
+            message = format!("denied by {by}");
         }
         let mut update = StatusUpdate::from(request).phase(phase, message.clone());
         if matches!(phase, Phase::Expired | Phase::Revoked) && update.status.granted_at.is_some() {
@@ -679,13 +822,7 @@ async fn apply(
         return Ok(Action::await_change());
     }
 
-    // 3. Running: where the tokens say it is (read again after a describe, so they are
-    // never older than what Step Functions said).
-    let tokens = match read_tokens {
-        Some(tokens) => tokens,
-        None => ctx.tokens.get(&uid).await?,
-    };
-    let poll = ctx.settings.poll_interval;
+    // 3. Running: where the tokens say it is.
     let status_update = || StatusUpdate::from(request).dead_letter(&tokens);
     // The first revocation by someone with a say counts; anyone else's is recorded and
     // ignored (the list is keyed by person, so it can never stand in the way).
@@ -693,11 +830,6 @@ async fn apply(
     let revocation = if revocations.is_empty() {
         None
     } else {
-        let role = ctx
-            .roles
-            .get_opt(&request.spec.role)
-            .await
-            .map_err(Error::Kube)?;
         let counts =
             decide::effective_revocation(role.as_ref(), &request.spec.requester, &revocations)
                 .cloned();
@@ -711,12 +843,13 @@ async fn apply(
             .filter(|_| !ending)
             .filter(|r| !decide::may_revoke(role.as_ref(), &request.spec.requester, r))
         {
-            event(
-                ctx,
+            ctx.event_once(
                 request,
+                &uid,
                 EventType::Warning,
                 "RevokeIgnored",
                 "Revoke",
+                &ignored.requested_by,
                 format!(
                     "{} is neither the requester, an approver of this role, nor an admin",
                     ignored.requested_by
@@ -739,7 +872,9 @@ async fn apply(
             let by = &revocation.requested_by;
             let output =
                 json!({"ended_by": by, "reason": revocation.reason.clone().unwrap_or_default()});
-            ctx.sfn.send_success(hold_token, &output).await?;
+            if ctx.sfn.send_success(hold_token, &output).await? == TaskAnswer::AlreadyOver {
+                ctx.moved_now(&uid);
+            }
             ctx.tokens
                 .put(&identity(request, &uid), &[(keys::HOLD_ENDED, by)])
                 .await?;
@@ -776,32 +911,15 @@ async fn apply(
             update.status.grant = Some(grant_record(&record));
         }
         if update.status.access.is_none() {
-            let role = ctx
-                .roles
-                .get_opt(&request.spec.role)
-                .await
-                .map_err(Error::Kube)?;
             update.status.access = decide::plan_in(request, role.as_ref(), &ctx.scope)
                 .ok()
                 .map(|input| decide::access_instructions(&input, role.as_ref()));
         }
         update.apply(api).await?;
         // While access is held nothing changes in the execution until the expiry, except
-        // through this controller (revoke action, deletion): look again at the expiry
-        // (and at least every few minutes), not every poll interval. At 500 active
-        // requests a 2 s poll cost 250 reads per second for nothing.
-        let until_expiry = expires_at
-            .map(|e| e.0.duration_since(jiff::Timestamp::now()))
-            .and_then(|d| Duration::try_from(d).ok())
-            .filter(|d| !d.is_zero());
-        let ending = tokens.get(keys::HOLD_ENDED).is_some() || revocation.is_some();
-        let next = match until_expiry {
-            // Access is being ended now: watch the execution revoke.
-            _ if ending => poll,
-            Some(d) => (d + Duration::from_secs(1)).min(ACTIVE_RECHECK),
-            None => poll,
-        };
-        return Ok(Action::requeue(next.max(Duration::from_millis(500))));
+        // through this controller (revoke action, deletion) or the worker's answer to
+        // its revoke: the next look is at the expiry, or the safety re-check.
+        return Ok(Action::requeue(next));
     }
     if let Some(token) = tokens.get(keys::APPROVAL_TOKEN) {
         if let Some(revocation) = revocation
@@ -809,13 +927,17 @@ async fn apply(
         {
             // Withdrawn before a decision: cancel rather than grant and then revoke.
             let by = &revocation.requested_by;
-            ctx.sfn
+            let answer = ctx
+                .sfn
                 .send_failure(
                     token,
                     errors::CANCELLED,
                     &format!("{by} revoked the request before it was decided"),
                 )
                 .await?;
+            if answer == TaskAnswer::AlreadyOver {
+                ctx.moved_now(&uid);
+            }
             ctx.tokens
                 .put(
                     &identity(request, &uid),
@@ -831,10 +953,36 @@ async fn apply(
                 format!("{by} revoked the request before it was decided"),
             )
             .await;
-            return Ok(Action::requeue(poll));
+            return Ok(Action::requeue(next));
         }
         match tokens.get(keys::APPROVAL_ANSWER) {
-            Some("approved") => {
+            // Recorded right before the answer, and no Approved phase says it went out
+            // (a crash in between): answered again, as decided then.
+            Some("approving") if status.phase != Some(Phase::Approved) => {
+                let approvers = tokens
+                    .get(keys::DECIDED_BY)
+                    .map(|by| by.split(", ").map(str::to_owned).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                match &role {
+                    Some(role) => {
+                        send_approval(request, ctx, api, &uid, token, &tokens, role, approvers)
+                            .await?
+                    }
+                    None => {
+                        status_update()
+                            .phase(
+                                Phase::AwaitingApproval,
+                                format!(
+                                    "approved, but AccessRole {:?} is gone; waiting for it",
+                                    request.spec.role
+                                ),
+                            )
+                            .apply(api)
+                            .await?;
+                    }
+                }
+            }
+            Some("approving" | "approved") => {
                 let by = tokens.get(keys::DECIDED_BY).unwrap_or("the approvers");
                 status_update()
                     .phase(
@@ -870,15 +1018,12 @@ async fn apply(
                     .await?;
             }
             None => {
-                answer_approval(request, ctx, api, &uid, token, &tokens).await?;
-                // An answer writes the token store, which wakes the request; otherwise
-                // nothing is due before the deadline or the safety re-check.
-                if let Some(wait) = quiet_until.or(past_deadline) {
-                    return Ok(Action::requeue(wait.max(Duration::from_millis(500))));
-                }
+                answer_approval(request, ctx, api, &uid, token, &tokens, role.as_ref()).await?;
             }
         }
-        return Ok(Action::requeue(poll));
+        // An answer writes the token store or status, which wakes the request; nothing
+        // else is due before the next look.
+        return Ok(Action::requeue(next));
     }
     status_update()
         .phase(
@@ -887,7 +1032,7 @@ async fn apply(
         )
         .apply(api)
         .await?;
-    Ok(Action::requeue(poll))
+    Ok(Action::requeue(next))
 }
 
 /// The request's execution name is taken by an execution someone else started with
@@ -994,8 +1139,8 @@ fn parse_time(s: &str) -> Option<Time> {
     s.parse::<jiff::Timestamp>().ok().map(Time)
 }
 
-/// Counts the votes; when the role's rule is met, answers the approval task (then
-/// records that it did: a crash in between answers again, which the execution ignores).
+/// Counts the votes; when the role's rule is met, answers the approval task (recording
+/// first that it may have: a crash in between answers again, as decided).
 async fn answer_approval(
     request: &AccessRequest,
     ctx: &Context,
@@ -1003,13 +1148,9 @@ async fn answer_approval(
     uid: &str,
     token: &str,
     tokens: &tokens::Tokens,
+    role: Option<&AccessRole>,
 ) -> Result<(), Error> {
-    let Some(role) = ctx
-        .roles
-        .get_opt(&request.spec.role)
-        .await
-        .map_err(Error::Kube)?
-    else {
+    let Some(role) = role else {
         StatusUpdate::from(request)
             .dead_letter(tokens)
             .phase(
@@ -1025,19 +1166,20 @@ async fn answer_approval(
         .as_ref()
         .and_then(|s| s.approvals.clone())
         .unwrap_or_default();
-    let (tally, ignored) = decide::tally(&role, &request.spec.requester, &votes);
+    let (tally, ignored) = decide::tally(role, &request.spec.requester, &votes);
     for i in &ignored {
-        event(
-            ctx,
+        ctx.event_once(
             request,
+            uid,
             EventType::Warning,
             "VoteIgnored",
             "Count",
+            &i.approver,
             format!("vote by {} not counted: {}", i.approver, i.why),
         )
         .await;
     }
-    let requester_arn = decide::principal_for(&role, &request.spec.requester).unwrap_or_default();
+    let requester_arn = decide::principal_for(role, &request.spec.requester).unwrap_or_default();
     match tally {
         Tally::Pending { have, need } => {
             StatusUpdate::from(request)
@@ -1050,82 +1192,7 @@ async fn answer_approval(
                 .await?;
         }
         Tally::Approved { approvers } => {
-            // What is granted, from Kubernetes now: for the methods the state machine
-            // performs itself, the answer is all it acts on. Until it can be said (a
-            // permission set name not found, a principal the role no longer maps), the
-            // approval waits, loudly, and nothing is answered.
-            let target = match grant_target(ctx, &role, &request.spec.requester).await {
-                Ok(target) => target,
-                Err(why) => {
-                    let message = format!("approved, but not granted yet: {why}");
-                    StatusUpdate::from(request)
-                        .dead_letter(tokens)
-                        .phase(Phase::AwaitingApproval, message.clone())
-                        .apply(api)
-                        .await?;
-                    event(
-                        ctx,
-                        request,
-                        EventType::Warning,
-                        "GrantTargetUnresolved",
-                        "Approve",
-                        message,
-                    )
-                    .await;
-                    return Ok(());
-                }
-            };
-            // The access window is fixed now: the execution writes the sessions' deny
-            // with this expiry before the grant, and the grant ends at the same instant.
-            // Recorded before the answer, and reused by a retry: a crash in between must
-            // neither lose that a grant may follow nor move the window.
-            let expires_at = match tokens.get(keys::APPROVED_UNTIL) {
-                Some(until) => until.to_owned(),
-                None => {
-                    let duration = decide::plan(request, Some(&role))
-                        .map(|input| input.duration_seconds)
-                        .unwrap_or(1);
-                    let until = decide::expiry_after(jiff::Timestamp::now(), duration);
-                    ctx.tokens
-                        .put(&identity(request, uid), &[(keys::APPROVED_UNTIL, &until)])
-                        .await?;
-                    until
-                }
-            };
-            let output = ApprovalOutput {
-                approver_name: approvers.join(","),
-                approvers: approvers.clone(),
-                requester_arn,
-                expires_at: expires_at.clone(),
-                grant: Some(target),
-            };
-            ctx.sfn.send_success(token, &output).await?;
-            ctx.faults
-                .point(crate::faults::points::AFTER_APPROVAL_ANSWERED)
-                .await;
-            ctx.metrics.approval("approved", role.spec.method);
-            let by = approvers.join(", ");
-            ctx.tokens
-                .put(
-                    &identity(request, uid),
-                    &[(keys::APPROVAL_ANSWER, "approved"), (keys::DECIDED_BY, &by)],
-                )
-                .await?;
-            let message = format!("approved by {by}; granting access");
-            StatusUpdate::from(request)
-                .dead_letter(tokens)
-                .phase(Phase::Approved, message.clone())
-                .apply(api)
-                .await?;
-            event(
-                ctx,
-                request,
-                EventType::Normal,
-                "Approved",
-                "Approve",
-                message,
-            )
-            .await;
+            send_approval(request, ctx, api, uid, token, tokens, role, approvers).await?;
         }
         Tally::Denied { by, comment } => {
             let cause = DenialCause {
@@ -1133,9 +1200,13 @@ async fn answer_approval(
                 requester_arn,
                 comment: comment.clone(),
             };
-            ctx.sfn
+            let answer = ctx
+                .sfn
                 .send_failure(token, errors::DENIED, &serde_json::to_string(&cause)?)
                 .await?;
+            if answer == TaskAnswer::AlreadyOver {
+                ctx.moved_now(uid);
+            }
             ctx.metrics.approval("denied", role.spec.method);
             let decided = if comment.is_empty() {
                 by.clone()
@@ -1171,11 +1242,109 @@ async fn answer_approval(
     Ok(())
 }
 
+/// Answers the approval task with `approvers`' approval. The access window is fixed
+/// first and recorded with the decision (`approving`), so a crash before or after the
+/// answer neither loses that a grant may follow nor moves the window: a retry answers
+/// the same. The `Approved` phase written after it says the answer went out.
+#[allow(clippy::too_many_arguments)]
+async fn send_approval(
+    request: &AccessRequest,
+    ctx: &Context,
+    api: &Api<AccessRequest>,
+    uid: &str,
+    token: &str,
+    tokens: &tokens::Tokens,
+    role: &AccessRole,
+    approvers: Vec<String>,
+) -> Result<(), Error> {
+    // What is granted, from Kubernetes now: for the methods the state machine performs
+    // itself, the answer is all it acts on. Until it can be said (a permission set name
+    // not found, a principal the role no longer maps), the approval waits, loudly, and
+    // nothing is answered.
+    let target = match grant_target(ctx, role, &request.spec.requester).await {
+        Ok(target) => target,
+        Err(why) => {
+            let message = format!("approved, but not granted yet: {why}");
+            StatusUpdate::from(request)
+                .dead_letter(tokens)
+                .phase(Phase::AwaitingApproval, message.clone())
+                .apply(api)
+                .await?;
+            ctx.event_once(
+                request,
+                uid,
+                EventType::Warning,
+                "GrantTargetUnresolved",
+                "Approve",
+                &why,
+                message,
+            )
+            .await;
+            return Ok(());
+        }
+    };
+    let by = approvers.join(", ");
+    let expires_at = match tokens.get(keys::APPROVED_UNTIL) {
+        Some(until) => until.to_owned(),
+        None => {
+            let duration = decide::plan(request, Some(role))
+                .map(|input| input.duration_seconds)
+                .unwrap_or(1);
+            let until = decide::expiry_after(jiff::Timestamp::now(), duration);
+            ctx.tokens
+                .put(
+                    &identity(request, uid),
+                    &[
+                        (keys::APPROVED_UNTIL, &until),
+                        (keys::APPROVAL_ANSWER, "approving"),
+                        (keys::DECIDED_BY, &by),
+                    ],
+                )
+                .await?;
+            until
+        }
+    };
+    let output = ApprovalOutput {
+        approver_name: approvers.join(","),
+        approvers: approvers.clone(),
+        requester_arn: decide::principal_for(role, &request.spec.requester).unwrap_or_default(),
+        expires_at,
+        grant: Some(target),
+    };
+    let answer = ctx.sfn.send_success(token, &output).await?;
+    ctx.faults
+        .point(crate::faults::points::AFTER_APPROVAL_ANSWERED)
+        .await;
+    if answer == TaskAnswer::AlreadyOver {
+        // Answered before (a retry), or the execution ended: Step Functions says which.
+        ctx.moved_now(uid);
+    }
+    ctx.metrics.approval("approved", role.spec.method);
+    let message = format!("approved by {by}; granting access");
+    StatusUpdate::from(request)
+        .dead_letter(tokens)
+        .phase(Phase::Approved, message.clone())
+        .apply(api)
+        .await?;
+    event(
+        ctx,
+        request,
+        EventType::Normal,
+        "Approved",
+        "Approve",
+        message,
+    )
+    .await;
+    Ok(())
+}
+
 /// Whether the tokens say a grant may exist: the approval was answered (or about to be:
 /// its expiry is recorded first), or a hold was handed over.
 fn may_have_granted(tokens: &tokens::Tokens) -> bool {
-    tokens.get(keys::APPROVAL_ANSWER) == Some("approved")
-        || tokens.get(keys::APPROVED_UNTIL).is_some()
+    matches!(
+        tokens.get(keys::APPROVAL_ANSWER),
+        Some("approving" | "approved")
+    ) || tokens.get(keys::APPROVED_UNTIL).is_some()
         || tokens.get(keys::HOLD_TOKEN).is_some()
 }
 
@@ -1193,11 +1362,7 @@ async fn operator_revoke(
     tokens: &tokens::Tokens,
 ) -> Result<(), Error> {
     let status = request.status.clone().unwrap_or_default();
-    let role = ctx
-        .roles
-        .get_opt(&request.spec.role)
-        .await
-        .map_err(Error::Kube)?;
+    let role = ctx.role(&request.spec.role).await?;
     // The method of what was granted: as recorded, else as the role says.
     let method = status
         .grant
@@ -1287,12 +1452,7 @@ async fn end_method_grant(
         .await
         .map_err(|e| format!("cannot list requests: {e}"))?
         .items;
-    let roles = ctx
-        .roles
-        .list(&Default::default())
-        .await
-        .map_err(|e| format!("cannot list AccessRoles: {e}"))?
-        .items;
+    let roles: Vec<AccessRole> = ctx.roles.state().iter().map(|r| (**r).clone()).collect();
     use crate::grant::sweeper::end_grant;
     let removed = match method {
         crate::crd::GrantMethod::IdentityCenter => {

@@ -6,11 +6,23 @@
 //! The request-queue consumer writes tokens here; the reconciler reads them, answers
 //! the tasks, and records that it did. The Secret's annotations name the request, so a
 //! write wakes the reconciler of that request. The request's finalizer deletes it.
-use std::collections::BTreeMap;
+//!
+//! The operator reads them from a reflector cache of the Secrets ([`TokenStore::watched`],
+//! the same watch that wakes the requests), not with a GET per reconcile. A cache may
+//! lag behind a write: the store remembers the resourceVersion of each of its own writes
+//! (and its deletes) until the cache has caught up, and reads the Secret live until then,
+//! so the reconciler never acts on tokens older than what it last wrote itself.
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::Stream;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
 
 use crate::contract::RequestIdentity;
 
@@ -27,7 +39,9 @@ pub mod keys {
     /// (RFC 3339): the task's timeout has run out by then (the controller wakes then,
     /// not on a poll).
     pub const APPROVAL_DEADLINE: &str = "approval-deadline";
-    /// `approved` or `denied`, once the approval task was answered.
+    /// `approving` (recorded with [`APPROVED_UNTIL`] right before the approval is sent:
+    /// it may have been answered), `approved` (an answer from an older operator),
+    /// `denied` or `cancelled`, once the approval task was answered.
     pub const APPROVAL_ANSWER: &str = "approval-answer";
     /// Who decided, for the status message: `carol, dave` or `dave: <comment>`.
     pub const DECIDED_BY: &str = "decided-by";
@@ -41,6 +55,9 @@ pub mod keys {
     pub const APPROVED_UNTIL: &str = "approved-until";
     /// Set once the hold task was answered (access ended early).
     pub const HOLD_ENDED: &str = "hold-ended";
+    /// When the trust-policy worker last answered a grant or revoke task of the
+    /// request (RFC 3339): the execution moves on after it, and the controller looks.
+    pub const WORK_ANSWERED: &str = "work-answered";
     /// What became of a task of the request that went to the request dead-letter queue
     /// (a note for the `TaskDeadLettered` condition), and whether it is still there
     /// (`waiting`) or was handled (`redriven`).
@@ -56,6 +73,8 @@ pub enum TokenError {
         #[source]
         source: kube::Error,
     },
+    #[error("the cache of task-token Secrets is not synced yet")]
+    NotSynced,
 }
 
 /// What is known about a request's tasks.
@@ -76,6 +95,47 @@ impl Tokens {
 #[derive(Clone)]
 pub struct TokenStore {
     api: Api<Secret>,
+    /// The watched Secrets (None: every read is a GET, as `aws-jit drain` does).
+    cache: Option<Store<Secret>>,
+    /// This store's own writes the cache may not show yet, by request uid.
+    written: Arc<Mutex<HashMap<String, Written>>>,
+}
+
+impl std::fmt::Debug for TokenStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenStore")
+            .field("namespace", &self.api.namespace())
+            .field("cached", &self.cache.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A write of this store, until the cache shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Written {
+    Version(String),
+    Deleted,
+}
+
+/// Whether a cached resourceVersion is at least `written` (resourceVersions are etcd
+/// revisions, which only grow; anything unreadable counts as behind unless equal).
+fn caught_up(cached: Option<&str>, written: &Written) -> bool {
+    match (cached, written) {
+        (None, Written::Deleted) => true,
+        (Some(_), Written::Deleted) | (None, Written::Version(_)) => false,
+        (Some(c), Written::Version(w)) => {
+            c == w || matches!((c.parse::<u64>(), w.parse::<u64>()), (Ok(c), Ok(w)) if c >= w)
+        }
+    }
+}
+
+/// How long a read waits for the cache's first list before it gives up (the reconcile
+/// is retried).
+const SYNC_WAIT: Duration = Duration::from_secs(30);
+
+/// Drops what the cache never needs: `managedFields` are most of a small object.
+pub fn strip<K: Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
 }
 
 /// The Secret of a request.
@@ -84,9 +144,102 @@ pub fn secret_name(request_uid: &str) -> String {
 }
 
 impl TokenStore {
+    /// Reads every token with a GET.
     pub fn new(client: kube::Client, operator_namespace: &str) -> Self {
         Self {
             api: Api::namespaced(client, operator_namespace),
+            cache: None,
+            written: Default::default(),
+        }
+    }
+
+    /// Reads tokens from a cache fed by the returned watch of the operator's token
+    /// Secrets, which must be polled (the controller does: each change wakes its
+    /// request).
+    pub fn watched(
+        client: kube::Client,
+        operator_namespace: &str,
+    ) -> (
+        Self,
+        impl Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
+    ) {
+        let api: Api<Secret> = Api::namespaced(client, operator_namespace);
+        let (reader, writer) = reflector::store();
+        let stream = watcher(
+            api.clone(),
+            watcher::Config::default()
+                .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
+        )
+        .default_backoff()
+        .modify(strip)
+        .reflect(writer)
+        .touched_objects();
+        let store = Self {
+            api,
+            cache: Some(reader),
+            written: Default::default(),
+        };
+        (store, stream)
+    }
+
+    /// The cached Secret of a request, and whether the cache can be trusted for it
+    /// (it shows this store's last write). None without a cache.
+    async fn cached(
+        &self,
+        request_uid: &str,
+    ) -> Result<Option<(Option<Secret>, bool)>, TokenError> {
+        let Some(cache) = &self.cache else {
+            return Ok(None);
+        };
+        tokio::time::timeout(SYNC_WAIT, cache.wait_until_ready())
+            .await
+            .map_err(|_| TokenError::NotSynced)?
+            .map_err(|_| TokenError::NotSynced)?;
+        let name = secret_name(request_uid);
+        let namespace = self.api.namespace().unwrap_or_default().to_owned();
+        let secret = cache
+            .get(&ObjectRef::new(&name).within(&namespace))
+            .map(|s| (*s).clone());
+        let mut written = self.written.lock().map_err(|_| TokenError::NotSynced)?;
+        let fresh = match written.get(request_uid) {
+            None => true,
+            Some(w)
+                if caught_up(
+                    secret
+                        .as_ref()
+                        .and_then(|s| s.resource_version())
+                        .as_deref(),
+                    w,
+                ) =>
+            {
+                written.remove(request_uid);
+                true
+            }
+            Some(_) => false,
+        };
+        Ok(Some((secret, fresh)))
+    }
+
+    /// Remembers a write until the cache shows it.
+    fn wrote(&self, request_uid: &str, what: Written) {
+        if self.cache.is_none() {
+            return;
+        }
+        if let Ok(mut written) = self.written.lock() {
+            written.insert(request_uid.to_owned(), what);
+            // Entries of requests nobody reads again (ended, gone): dropped once the
+            // cache shows them, checked when the map grows.
+            if written.len() % 1024 == 0
+                && let Some(cache) = &self.cache
+            {
+                let namespace = self.api.namespace().unwrap_or_default().to_owned();
+                written.retain(|uid, w| {
+                    let rv = cache
+                        .get(&ObjectRef::new(&secret_name(uid)).within(&namespace))
+                        .and_then(|s| s.resource_version());
+                    !caught_up(rv.as_deref(), w)
+                });
+            }
         }
     }
 
@@ -107,14 +260,22 @@ impl TokenStore {
             source,
         };
         let patch = serde_json::json!({ "data": data });
-        match self
-            .api
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
-            Ok(_) => return Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(err(e)),
+        // Created first when the cache knows there is none (the first task of every
+        // request), so that costs no refused PATCH; merged into it otherwise.
+        let absent = matches!(self.cached(&request.uid).await?, Some((None, true)));
+        if !absent {
+            match self
+                .api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(s) => {
+                    self.wrote(&request.uid, version(&s));
+                    return Ok(());
+                }
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(err(e)),
+            }
         }
         let secret = Secret {
             metadata: ObjectMeta {
@@ -136,21 +297,25 @@ impl TokenStore {
             data: Some(data),
             ..Secret::default()
         };
-        match self.api.create(&PostParams::default(), &secret).await {
-            Ok(_) => Ok(()),
-            // Created concurrently: merge into it.
+        let written = match self.api.create(&PostParams::default(), &secret).await {
+            Ok(s) => s,
+            // Created concurrently (or not in the cache yet): merge into it.
             Err(kube::Error::Api(e)) if e.code == 409 => self
                 .api
                 .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
-                .map(|_| ())
-                .map_err(err),
-            Err(e) => Err(err(e)),
-        }
+                .map_err(err)?,
+            Err(e) => return Err(err(e)),
+        };
+        self.wrote(&request.uid, version(&written));
+        Ok(())
     }
 
     /// The request's tokens and markers; empty when there is no Secret.
     pub async fn get(&self, request_uid: &str) -> Result<Tokens, TokenError> {
+        if let Some((secret, true)) = self.cached(request_uid).await? {
+            return Ok(tokens_of(secret));
+        }
         let name = secret_name(request_uid);
         let secret = self
             .api
@@ -160,22 +325,61 @@ impl TokenStore {
                 name: name.clone(),
                 source,
             })?;
-        let data = secret
-            .and_then(|s| s.data)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-            .collect();
-        Ok(Tokens { data })
+        Ok(tokens_of(secret))
     }
 
-    /// Removes the request's Secret; absent is fine.
+    /// Removes the request's Secret; absent is fine. Without a call when the cache
+    /// knows it is gone (an ended request reconciled again costs nothing).
     pub async fn delete(&self, request_uid: &str) -> Result<(), TokenError> {
+        if matches!(self.cached(request_uid).await?, Some((None, true))) {
+            return Ok(());
+        }
         let name = secret_name(request_uid);
         match self.api.delete(&name, &DeleteParams::default()).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-            Err(source) => Err(TokenError::Kube { name, source }),
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(source) => return Err(TokenError::Kube { name, source }),
         }
+        self.wrote(request_uid, Written::Deleted);
+        Ok(())
+    }
+}
+
+fn version(secret: &Secret) -> Written {
+    Written::Version(secret.resource_version().unwrap_or_default())
+}
+
+fn tokens_of(secret: Option<Secret>) -> Tokens {
+    let data = secret
+        .and_then(|s| s.data)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect();
+    Tokens { data }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(rv: &str) -> Written {
+        Written::Version(rv.into())
+    }
+
+    #[test]
+    fn the_cache_is_trusted_only_once_it_shows_our_last_write() {
+        // Behind: an older version, or the Secret not seen yet.
+        assert!(!caught_up(Some("41"), &v("42")));
+        assert!(!caught_up(None, &v("42")));
+        // Caught up, or someone wrote after us.
+        assert!(caught_up(Some("42"), &v("42")));
+        assert!(caught_up(Some("43"), &v("42")));
+        // Unreadable versions count only when equal.
+        assert!(caught_up(Some("x"), &v("x")));
+        assert!(!caught_up(Some("y"), &v("x")));
+        // A delete is shown once the Secret is gone from the cache.
+        assert!(caught_up(None, &Written::Deleted));
+        assert!(!caught_up(Some("42"), &Written::Deleted));
     }
 }

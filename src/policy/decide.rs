@@ -813,39 +813,108 @@ pub fn set_condition(
 /// phase): `kubectl wait --for=condition=Ended` waits for the end.
 pub const ENDED_CONDITION: &str = "Ended";
 
-/// A request waiting for its approval changes only through events the controller
-/// watches (votes, revocations, deletion, its role, the token store) or at two moments
-/// it cannot see: the approval's timeout and an execution stopped from outside. So
-/// Step Functions is asked (`DescribeExecution`) only once `deadline` (when the
-/// approval task was received plus the execution's own approval timeout: no earlier
-/// than the task's real deadline) has passed, and as a safety re-check every `safety`
-/// since it last was. `Some(wait)`: no need to ask now, nor before `wait` has passed;
-/// `None`: ask now.
-pub fn awaiting_recheck(
-    deadline: jiff::Timestamp,
-    last_described: Option<jiff::Timestamp>,
-    now: jiff::Timestamp,
-    safety: Duration,
-) -> Option<Duration> {
-    let ago = |t: jiff::Timestamp| Duration::try_from(now.duration_since(t)).ok();
-    let to_deadline = Duration::try_from(deadline.duration_since(now))
-        .ok()
-        .filter(|d| !d.is_zero())?;
-    let described_ago = ago(last_described?)?;
-    let to_safety = safety.checked_sub(described_ago).filter(|d| !d.is_zero())?;
-    Some(to_deadline.min(to_safety))
+/// When the controller asks Step Functions where a started request's execution is
+/// (`DescribeExecution`). Everything that moves a request arrives as an event the
+/// controller watches: votes, revocations and deletion on the request, its role, and
+/// each task in the token store (approval, hold). What no event says is seen only by
+/// asking: that the execution ended. So it asks
+/// - when the execution is expected to end soon without telling anyone ([`Ending`]): a
+///   deadline of its own has passed (the approval's, the grant's expiry), or it was
+///   answered in a way that ends it (denied, cancelled, access ended early), or word
+///   came that it moved ([`Watch::moved`]); then after 1 s, 2 s, 4 s … (`gap` doubling,
+///   `safety` at most) until it has ended;
+/// - otherwise at its next deadline, and on a safety re-check `safety` after the last
+///   look (for an execution stopped or failed from outside), counted from `since` when
+///   it was never asked (a new leader spreads its first looks by each request's own
+///   `safety`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Watch {
+    /// The execution is expected to end soon: look now, then with a doubling gap.
+    pub ending: bool,
+    /// The request's own next deadline (approval deadline, expiry), if any.
+    pub deadline: Option<jiff::Timestamp>,
+    /// The last time something said the execution moved with no word on how (the
+    /// worker answered its grant or revoke task, an answer came back "task already
+    /// over"): a look after it is due now.
+    pub moved: Option<jiff::Timestamp>,
+    /// The last look and the gap after it (None: never asked by this controller).
+    pub last: Option<Looked>,
+    /// When this controller started (the baseline of a request it never asked about).
+    pub since: jiff::Timestamp,
+    /// The safety re-check (already spread per request).
+    pub safety: Duration,
+    pub now: jiff::Timestamp,
 }
 
-/// Past its approval deadline, a request still waiting looks again after as long as
-/// it has been past it (1 s at least, `cap` at most): a few looks while Step Functions
-/// ends the execution, not one every poll interval. `None` before the deadline.
-pub fn past_deadline_wait(
-    deadline: jiff::Timestamp,
-    now: jiff::Timestamp,
-    cap: Duration,
-) -> Option<Duration> {
-    let past = Duration::try_from(now.duration_since(deadline)).ok()?;
-    Some(past.max(Duration::from_secs(1)).min(cap))
+/// A look at an execution: when, how long until the next one at the earliest, and
+/// whether it was a look at an ending execution (whose gap doubles).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Looked {
+    pub at: jiff::Timestamp,
+    pub gap: Duration,
+    pub ending: bool,
+}
+
+/// What [`look`] says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Look {
+    /// Ask Step Functions now, and remember this look.
+    Now(Looked),
+    /// Nothing to ask before this long (an event may wake the request earlier).
+    After(Duration),
+}
+
+/// The first gap of an ending execution.
+const FIRST_ENDING_GAP: Duration = Duration::from_secs(1);
+
+/// When to ask Step Functions next (see [`Watch`]).
+pub fn look(w: &Watch) -> Look {
+    let until =
+        |t: jiff::Timestamp| Duration::try_from(t.duration_since(w.now)).unwrap_or_default();
+    let deadline_passed = w.deadline.is_some_and(|d| d <= w.now);
+    // A look "in the future" (the clock went back) is not trusted.
+    let last = w.last.filter(|l| l.at <= w.now);
+    if let Some(moved) = w.moved
+        && last.is_none_or(|l| l.at < moved)
+    {
+        return Look::Now(Looked {
+            at: w.now,
+            gap: FIRST_ENDING_GAP,
+            ending: true,
+        });
+    }
+    // Once looking at an ending execution, it goes on (the gap doubling, `safety` at
+    // most) until the execution has ended and the request with it.
+    if w.ending || deadline_passed || last.is_some_and(|l| l.ending) {
+        let gap = match last {
+            // Already looking at an ending execution: wait out the gap, then double it.
+            Some(last) if last.ending => {
+                let due = last.at.checked_add(last.gap).unwrap_or(last.at);
+                if due > w.now {
+                    return Look::After(until(due));
+                }
+                (last.gap * 2).clamp(FIRST_ENDING_GAP, w.safety)
+            }
+            _ => FIRST_ENDING_GAP,
+        };
+        return Look::Now(Looked {
+            at: w.now,
+            gap,
+            ending: true,
+        });
+    }
+    let from = last.map_or(w.since, |l| l.at);
+    let safety = from.checked_add(w.safety).unwrap_or(from);
+    let due = w.deadline.map_or(safety, |d| d.min(safety));
+    if due > w.now {
+        Look::After(until(due))
+    } else {
+        Look::Now(Looked {
+            at: w.now,
+            gap: w.safety,
+            ending: false,
+        })
+    }
 }
 
 /// The conditions of a phase: `Ready` (true while access is usable), `Approved`,

@@ -207,6 +207,10 @@ pub async fn run(
         config.metrics.clone(),
         alerts.clone(),
     );
+    // One cache of the token Secrets for the consumer, the worker and the reconciler
+    // (fed by the reconciler's watch of them, which wakes each request on a change).
+    let (tokens, token_events) =
+        TokenStore::watched(kube.clone(), &config.settings.operator_namespace);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -216,7 +220,7 @@ pub async fn run(
         queue_url: config.aws.request_queue_url.clone(),
         dead_letter_url: config.aws.request_dead_letter_url.clone(),
         sfn: sfn.clone(),
-        tokens: TokenStore::new(kube.clone(), &config.settings.operator_namespace),
+        tokens: tokens.clone(),
         client: kube.clone(),
         wait: config.queue_wait,
         faults: config.faults.clone(),
@@ -238,7 +242,8 @@ pub async fn run(
     .with_wait_time(config.queue_wait)
     .with_size_limit(config.trust_policy_size_limit)
     .with_faults(config.faults.clone())
-    .with_metrics(config.metrics.clone());
+    .with_metrics(config.metrics.clone())
+    .with_outcomes(tokens.clone());
     if let Some(dlq) = &config.aws.work_dead_letter_url {
         worker = worker.with_dead_letter_url(dlq);
     }
@@ -293,6 +298,8 @@ pub async fn run(
             permission_sets,
         },
         config.settings.clone(),
+        tokens,
+        token_events,
         config.faults.clone(),
         config.metrics.clone(),
         stopped(stop_rx.clone()),

@@ -104,6 +104,7 @@ impl AwsOutputs {
                 watch_namespace,
                 operator_namespace: "aws-jit-system".into(),
                 poll_interval: Duration::from_secs(1),
+                concurrency: 16,
             },
             queue_wait: Duration::from_secs(1),
             trust_policy_size_limit: aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT,

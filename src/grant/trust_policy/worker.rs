@@ -374,6 +374,11 @@ pub struct Worker {
     unconfirmed: std::sync::Arc<std::sync::Mutex<HashMap<String, (Document, std::time::Instant)>>>,
     faults: Faults,
     metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
+    /// Where the worker says that it answered a task that moves the execution without
+    /// another task following (a failed grant, a revoke): the request's token Secret,
+    /// whose change wakes its reconcile (None: nobody is told; the controller's safety
+    /// re-check finds the end).
+    outcomes: Option<crate::controller::tokens::TokenStore>,
 }
 
 impl Worker {
@@ -403,6 +408,32 @@ impl Worker {
             unconfirmed: Default::default(),
             faults: Faults::default(),
             metrics: Default::default(),
+            outcomes: None,
+        }
+    }
+
+    /// Tells the controller through `tokens` when an answer moves an execution on with
+    /// no task to follow (see [`Worker::outcomes`]).
+    pub fn with_outcomes(mut self, tokens: crate::controller::tokens::TokenStore) -> Self {
+        self.outcomes = Some(tokens);
+        self
+    }
+
+    /// Records on the request's token Secret that its grant or revoke task was answered.
+    /// Best effort: without it, the controller's safety re-check finds the end later.
+    async fn tell(&self, request: &crate::contract::RequestIdentity) {
+        let Some(tokens) = &self.outcomes else {
+            return;
+        };
+        let at = jiff::Timestamp::now().to_string();
+        if let Err(e) = tokens
+            .put(
+                request,
+                &[(crate::controller::tokens::keys::WORK_ANSWERED, &at)],
+            )
+            .await
+        {
+            warn!(error = %e, "cannot tell the controller that the task was answered");
         }
     }
 
@@ -547,14 +578,27 @@ impl Worker {
                     {
                         self.undo_if_orphaned(&input, &execution_arn).await;
                     }
+                    // A failed grant ends the execution with no task to follow.
+                    if let Outcome::Answered {
+                        answer: Answer::Failed { .. },
+                        ..
+                    } = &outcome
+                    {
+                        self.tell(&input.request).await;
+                    }
                     outcome
                 }
                 WorkTask::Revoke {
                     task_token, input, ..
                 } => {
                     let result = self.revoke(&input).await.map(Answer::Revoked);
-                    self.answer(&task_token, self.settle(result, errors::REVOKE_FAILED))
-                        .await
+                    let outcome = self
+                        .answer(&task_token, self.settle(result, errors::REVOKE_FAILED))
+                        .await;
+                    if matches!(outcome, Outcome::Answered { .. }) {
+                        self.tell(&input.request).await;
+                    }
+                    outcome
                 }
             },
             Parsed::Malformed {

@@ -832,87 +832,175 @@ fn review_a_slash_in_the_user_name_never_maps_to_another_iam_user() {
     }
 }
 
+fn at(s: &str) -> jiff::Timestamp {
+    s.parse().unwrap()
+}
+
+fn watch(ending: bool, deadline: Option<&str>, last: Option<(&str, u64)>, now: &str) -> Watch {
+    Watch {
+        ending,
+        deadline: deadline.map(at),
+        moved: None,
+        // A gap below the safety interval is an ending look's.
+        last: last.map(|(a, gap)| Looked {
+            at: at(a),
+            gap: Duration::from_secs(gap),
+            ending: gap < 600,
+        }),
+        since: at("2026-12-01T12:00:00Z"),
+        safety: Duration::from_secs(600),
+        now: at(now),
+    }
+}
+
+/// A look now with this gap (the time is the watch's `now`, checked apart).
+fn now(gap: u64, ending: bool) -> Look {
+    Look::Now(Looked {
+        at: at("2000-01-01T00:00:00Z"),
+        gap: Duration::from_secs(gap),
+        ending,
+    })
+}
+
+/// [`look`] with the time of a `Now` set to the epoch above, for comparing with [`now`].
+fn look_(w: &Watch) -> Look {
+    match look(w) {
+        Look::Now(l) => {
+            assert_eq!(l.at, w.now, "a look is recorded at the time it is made");
+            Look::Now(Looked {
+                at: at("2000-01-01T00:00:00Z"),
+                ..l
+            })
+        }
+        other => other,
+    }
+}
+
 #[test]
-fn a_request_awaiting_approval_asks_step_functions_only_at_its_deadline_or_the_safety_recheck() {
-    let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
-    let deadline = t("2026-12-01T13:00:00Z");
-    let safety = Duration::from_secs(300);
-    // Described a minute ago, deadline far: wait for the safety re-check (4 min left).
+fn an_open_request_asks_step_functions_only_at_its_deadline_or_the_safety_recheck() {
+    let s = Duration::from_secs;
+    // Looked at a minute ago, deadline far: wait for the safety re-check (9 min left).
     assert_eq!(
-        awaiting_recheck(
-            deadline,
-            Some(t("2026-12-01T12:10:00Z")),
-            t("2026-12-01T12:11:00Z"),
-            safety
-        ),
-        Some(Duration::from_secs(240))
+        look_(&watch(
+            false,
+            Some("2026-12-01T13:00:00Z"),
+            Some(("2026-12-01T12:10:00Z", 600)),
+            "2026-12-01T12:11:00Z"
+        )),
+        Look::After(s(540))
     );
     // The deadline comes first: wake at it.
     assert_eq!(
-        awaiting_recheck(
-            deadline,
-            Some(t("2026-12-01T12:58:00Z")),
-            t("2026-12-01T12:59:30Z"),
-            safety
-        ),
-        Some(Duration::from_secs(30))
+        look_(&watch(
+            false,
+            Some("2026-12-01T13:00:00Z"),
+            Some(("2026-12-01T12:58:00Z", 600)),
+            "2026-12-01T12:59:30Z"
+        )),
+        Look::After(s(30))
     );
-    // At or past the deadline, never described, or the re-check due: ask now.
-    for (last, now) in [
-        (Some("2026-12-01T12:59:59Z"), "2026-12-01T13:00:00Z"),
-        (Some("2026-12-01T12:59:59Z"), "2026-12-01T13:05:00Z"),
-        (None, "2026-12-01T12:01:00Z"),
-        (Some("2026-12-01T12:01:00Z"), "2026-12-01T12:06:00Z"),
-        (Some("2026-12-01T12:01:00Z"), "2026-12-01T12:30:00Z"),
-    ] {
-        assert_eq!(
-            awaiting_recheck(deadline, last.map(t), t(now), safety),
-            None,
-            "last {last:?}, now {now}"
-        );
-    }
-    // A clock that went back (described "in the future"): ask now rather than trust it.
+    // Never asked by this controller: the re-check counts from its start, not now (a
+    // new leader does not ask about every open request at once).
     assert_eq!(
-        awaiting_recheck(
-            deadline,
-            Some(t("2026-12-01T12:20:00Z")),
-            t("2026-12-01T12:10:00Z"),
-            safety
-        ),
-        None
+        look_(&watch(false, None, None, "2026-12-01T12:01:00Z")),
+        Look::After(s(540))
+    );
+    // The re-check is due: ask, and the next one is a safety interval later.
+    assert_eq!(
+        look_(&watch(
+            false,
+            None,
+            Some(("2026-12-01T12:01:00Z", 600)),
+            "2026-12-01T12:11:00Z"
+        )),
+        now(600, false)
+    );
+    // A clock that went back (a look "in the future"): counted from the start instead.
+    assert_eq!(
+        look_(&watch(
+            false,
+            None,
+            Some(("2026-12-01T12:20:00Z", 600)),
+            "2026-12-01T12:10:00Z"
+        )),
+        now(600, false)
     );
 }
 
 #[test]
-fn past_its_deadline_a_waiting_request_looks_again_less_and_less_often() {
-    let t = |s: &str| -> jiff::Timestamp { s.parse().unwrap() };
-    let deadline = t("2026-12-01T13:00:00Z");
-    let cap = Duration::from_secs(300);
+fn an_ending_execution_is_asked_about_less_and_less_often_until_it_has_ended() {
+    let s = Duration::from_secs;
+    // Ending (or past its deadline) and not looked at yet: now, then 1 s later.
     assert_eq!(
-        past_deadline_wait(deadline, t("2026-12-01T12:59:00Z"), cap),
-        None
+        look_(&watch(true, None, None, "2026-12-01T12:30:00Z")),
+        now(1, true)
     );
     assert_eq!(
-        past_deadline_wait(deadline, deadline, cap),
-        Some(Duration::from_secs(1))
+        look_(&watch(
+            false,
+            Some("2026-12-01T12:30:00Z"),
+            Some(("2026-12-01T12:25:00Z", 600)),
+            "2026-12-01T12:30:00Z"
+        )),
+        now(1, true),
+        "a deadline reached ends the safety gap"
     );
+    // Within the gap: wait it out (an event on the request does not add a look).
     assert_eq!(
-        past_deadline_wait(deadline, t("2026-12-01T13:00:08Z"), cap),
-        Some(Duration::from_secs(8))
+        look_(&watch(
+            true,
+            None,
+            Some(("2026-12-01T12:30:00Z", 4)),
+            "2026-12-01T12:30:01Z"
+        )),
+        Look::After(s(3))
     );
-    assert_eq!(
-        past_deadline_wait(deadline, t("2026-12-01T15:00:00Z"), cap),
-        Some(cap)
-    );
-    // Looks at 0, 1, 2, 4 and 8 s past: five for a 10 s late end, not ten.
-    let mut at = deadline;
+    // Looks at 0, 1, 3 and 7 s: four for an execution that takes 10 s to end, and the
+    // gap never grows past the safety re-check.
+    let mut w = watch(true, None, None, "2026-12-01T12:30:00Z");
     let mut looks = 0;
-    while at < t("2026-12-01T13:00:10Z") {
-        looks += 1;
-        let wait = past_deadline_wait(deadline, at, cap).unwrap();
-        at = at
-            .checked_add(jiff::SignedDuration::try_from(wait).unwrap())
-            .unwrap();
+    let mut gaps = Vec::new();
+    while w.now < at("2026-12-01T12:30:10Z") {
+        match look(&w) {
+            Look::Now(looked) => {
+                looks += 1;
+                gaps.push(looked.gap.as_secs());
+                w.last = Some(looked);
+            }
+            Look::After(d) => {
+                w.now = w
+                    .now
+                    .checked_add(jiff::SignedDuration::try_from(d).unwrap())
+                    .unwrap()
+            }
+        }
     }
-    assert_eq!(looks, 5);
+    assert_eq!(looks, 4, "{gaps:?}");
+    assert_eq!(gaps, [1, 2, 4, 8]);
+    let long = watch(
+        true,
+        None,
+        Some(("2026-12-01T12:30:00Z", 400)),
+        "2026-12-01T12:40:00Z",
+    );
+    assert_eq!(look_(&long), now(600, true));
+    // Word that it moved (the worker answered its task): a look now, whatever the gap.
+    let mut told = watch(
+        false,
+        Some("2026-12-01T13:00:00Z"),
+        Some(("2026-12-01T12:30:00Z", 600)),
+        "2026-12-01T12:30:02Z",
+    );
+    told.moved = Some(at("2026-12-01T12:30:01Z"));
+    assert_eq!(look_(&told), now(1, true));
+    // Seen since: no second look for the same word, but the looks go on as for an
+    // ending execution until it has ended.
+    told.last = Some(Looked {
+        at: at("2026-12-01T12:30:02Z"),
+        gap: s(1),
+        ending: true,
+    });
+    assert_eq!(look(&told), Look::After(s(1)));
+    told.now = at("2026-12-01T12:30:02.5Z");
+    assert_eq!(look(&told), Look::After(Duration::from_millis(500)));
 }
