@@ -996,6 +996,11 @@ fn aws_calls(text: &str) -> AwsCalls {
     out
 }
 
+/// Every call in `d` (a fold from +0.0: an empty sum of f64 is -0.0, printed "-0").
+fn aws_total(d: &AwsCalls) -> f64 {
+    d.values().fold(0.0, |a, b| a + b)
+}
+
 fn aws_delta(before: &AwsCalls, after: &AwsCalls) -> AwsCalls {
     after
         .iter()
@@ -1132,12 +1137,11 @@ fn summary(x: &SummaryInput) -> String {
     }
     match x.steady_aws {
         Some(aws) => {
-            let all: f64 = aws.values().sum();
-            let polls: f64 = aws
+            let all = aws_total(aws);
+            let polls = aws
                 .iter()
                 .filter(|((_, api), _)| api == "ReceiveMessage")
-                .map(|(_, v)| v)
-                .sum();
+                .fold(0.0, |a, (_, v)| a + v);
             s.push_str(&row(
                 "held and idle: operator AWS calls per minute, all (of which ReceiveMessage)",
                 format!(
@@ -2067,7 +2071,7 @@ mod existing {
         aws: &AwsCalls,
         api: &Counters,
         total: usize,
-        terminal: usize,
+        open: usize,
     ) -> String {
         let mut s = format!(
             "### {title}\n\n\
@@ -2081,7 +2085,7 @@ mod existing {
              | **CPU s until synced** | **{cpu_s:.2}** |\n\
              | CPU ms per existing request | {:.3} |\n\
              | **AWS calls until synced, all** | **{:.0}** |\n\
-             | AWS calls per ended request (if every call were for one) | {:.4} |\n\n",
+             | of which Step Functions (open requests: {open}) | {:.0} |\n\n",
             synced.leading.as_secs_f64(),
             synced.listed.as_secs_f64(),
             QUIET.as_secs(),
@@ -2091,8 +2095,10 @@ mod existing {
             peak_kb.max(at_quiet.rss_kb) as f64 / 1024.0,
             at_quiet.hwm_kb as f64 / 1024.0,
             cpu_s * 1000.0 / total as f64,
-            aws.values().sum::<f64>(),
-            aws.values().sum::<f64>() / terminal.max(1) as f64,
+            aws_total(aws),
+            aws.iter()
+                .filter(|((service, _), _)| service == "SFN")
+                .fold(0.0, |a, (_, v)| a + v),
         );
         s.push_str("AWS calls by API (`aws_jit_aws_calls_total`):\n\n");
         s.push_str(&aws_table(aws, total as f64, "per existing request"));
@@ -2285,6 +2291,7 @@ mod existing {
         let a_at = sample(op_a.pid);
         let api1 = scrape(kube);
         let aws_a = aws_calls(&synced_a.metrics);
+        let api_a = delta(&api0, &api1);
         out.push_str(&start_report(
             &format!(
                 "Cold start (operator A, from its exec; load average {load0} before, {} after)",
@@ -2295,9 +2302,9 @@ mod existing {
             a_at,
             procs_a.peak(op_a.pid),
             &aws_a,
-            &delta(&api0, &api1),
+            &api_a,
             total,
-            terminal,
+            open,
         ));
 
         // 4. Leader takeover: B starts as a standby, A stops, B takes over.
@@ -2340,13 +2347,14 @@ mod existing {
         let b_at = sample(op_b.pid);
         let api3 = scrape(kube);
         let aws_b = aws_delta(&aws_b0, &aws_calls(&synced_b.metrics));
+        let api_b = delta(&api2, &api3);
         out.push_str(&format!(
             "Operator B started while A led; it served /metrics (standby) {:.1} s after its exec, \
              having used {:.2} CPU s and made {:.0} AWS calls, RSS {:.1} MiB. Then A got SIGTERM \
              (A {} within the window). From that SIGTERM:\n\n",
             b_standby_at.as_secs_f64(),
             b_before.ticks as f64 / clk_tck(),
-            aws_b0.values().sum::<f64>(),
+            aws_total(&aws_b0),
             b_before.rss_kb as f64 / 1024.0,
             if a_stopped {
                 "exited"
@@ -2364,9 +2372,9 @@ mod existing {
             b_at,
             procs_b.peak(op_b.pid),
             &aws_b,
-            &delta(&api2, &api3),
+            &api_b,
             total,
-            terminal,
+            open,
         ));
 
         // 5. Nothing moved: the ended stay ended, the open stay open.
@@ -2392,17 +2400,23 @@ mod existing {
             }
         }
         out.push_str(&summary_existing(
-            total,
-            terminal,
-            open,
-            &synced_a,
-            a_at,
-            &aws_a,
-            &synced_b,
-            b_at,
-            &aws_b,
-            a_at.ticks as f64 / clk_tck(),
-            b_at.ticks.saturating_sub(b_before.ticks) as f64 / clk_tck(),
+            (total, terminal, open),
+            [
+                Start {
+                    synced: &synced_a,
+                    at: a_at,
+                    cpu_s: a_at.ticks as f64 / clk_tck(),
+                    aws: &aws_a,
+                    api: &api_a,
+                },
+                Start {
+                    synced: &synced_b,
+                    at: b_at,
+                    cpu_s: b_at.ticks.saturating_sub(b_before.ticks) as f64 / clk_tck(),
+                    aws: &aws_b,
+                    api: &api_b,
+                },
+            ],
         ));
         println!("{out}");
         eprintln!("operator logs: {}", logdir.display());
@@ -2412,55 +2426,76 @@ mod existing {
         ok
     }
 
+    /// One start's figures, for the summary.
+    struct Start<'a> {
+        synced: &'a Synced,
+        at: ProcSample,
+        cpu_s: f64,
+        aws: &'a AwsCalls,
+        api: &'a Counters,
+    }
+
     /// The paste-ready table of the two starts side by side.
-    #[allow(clippy::too_many_arguments)]
-    fn summary_existing(
-        total: usize,
-        terminal: usize,
-        open: usize,
-        a: &Synced,
-        a_at: ProcSample,
-        aws_a: &AwsCalls,
-        b: &Synced,
-        b_at: ProcSample,
-        aws_b: &AwsCalls,
-        cpu_a: f64,
-        cpu_b: f64,
-    ) -> String {
+    fn summary_existing((total, terminal, open): (usize, usize, usize), s: [Start; 2]) -> String {
         let api = |aws: &AwsCalls, name: &str| -> f64 {
             aws.iter()
                 .filter(|((_, api), _)| api == name)
-                .map(|(_, v)| v)
-                .sum()
+                .fold(0.0, |a, (_, v)| a + v)
         };
-        let mut apis: Vec<String> = aws_a
+        let rw = |c: &Counters| {
+            let (mut w, mut refused, mut r) = (0.0, 0.0, 0.0);
+            for ((verb, _, resource, _, code), v) in c {
+                if resource.is_empty() || (!lifecycle(resource) && resource != "accessroles") {
+                    continue;
+                }
+                if WRITE_VERBS.contains(&verb.as_str()) {
+                    w += v;
+                    if !code.starts_with('2') {
+                        refused += v;
+                    }
+                } else {
+                    r += v;
+                }
+            }
+            (w, refused, r)
+        };
+        let (a, b) = (&s[0], &s[1]);
+        let (wa, wa_refused, ra) = rw(a.api);
+        let (wb, wb_refused, rb) = rw(b.api);
+        let mut apis: Vec<String> = a
+            .aws
             .keys()
-            .chain(aws_b.keys())
+            .chain(b.aws.keys())
             .map(|(_, api)| api.clone())
+            .chain(["DescribeExecution".to_owned()])
             .collect();
         apis.sort();
         apis.dedup();
-        let mut s = format!(
+        let mut out = format!(
             "\n#### Summary, {total} existing requests ({terminal} ended, {open} open)\n\n\
              | figure | cold start | leader takeover |\n| --- | ---: | ---: |\n\
              | synced and quiet after, s | {:.1} | {:.1} |\n\
              | RSS after sync, MiB | {:.1} | {:.1} |\n\
-             | CPU s until synced | {cpu_a:.2} | {cpu_b:.2} |\n\
+             | CPU s until synced | {:.2} | {:.2} |\n\
+             | apiserver writes on requests, Secrets, Events (of which refused) | {wa:.0} ({wa_refused:.0}) | {wb:.0} ({wb_refused:.0}) |\n\
+             | apiserver reads of requests, roles, Secrets, Events | {ra:.0} | {rb:.0} |\n\
              | AWS calls until synced, all | {:.0} | {:.0} |\n",
-            a.quiet.as_secs_f64(),
-            b.quiet.as_secs_f64(),
-            a_at.rss_kb as f64 / 1024.0,
-            b_at.rss_kb as f64 / 1024.0,
-            aws_a.values().sum::<f64>(),
-            aws_b.values().sum::<f64>(),
+            a.synced.quiet.as_secs_f64(),
+            b.synced.quiet.as_secs_f64(),
+            a.at.rss_kb as f64 / 1024.0,
+            b.at.rss_kb as f64 / 1024.0,
+            a.cpu_s,
+            b.cpu_s,
+            aws_total(a.aws),
+            aws_total(b.aws),
         );
         for name in apis {
-            s.push_str(&format!(
+            out.push_str(&format!(
                 "| AWS calls: {name} | {:.0} | {:.0} |\n",
-                api(aws_a, &name),
-                api(aws_b, &name)
+                api(a.aws, &name),
+                api(b.aws, &name)
             ));
         }
-        s
+        out
     }
 }
