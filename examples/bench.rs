@@ -1078,7 +1078,9 @@ fn summary(x: &SummaryInput) -> String {
         v.sort();
         v
     };
-    let spans: [(&str, &str, Vec<Duration>, Option<Vec<Duration>>); 2] = [
+    // (label, moto alone's label, the operator's spans, moto alone's spans)
+    type Spans<'a> = (&'a str, &'a str, Vec<Duration>, Option<Vec<Duration>>);
+    let spans: [Spans; 2] = [
         (
             "apply → AwaitingApproval",
             "StartExecution → approval task",
