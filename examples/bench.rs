@@ -37,7 +37,8 @@ use serde_json::json;
 use support::aws::ACCOUNT_ID;
 use support::kube::User;
 use support::measure::{
-    LATENCY_HEADER, ProcSample, alive, clk_tck, latency_row, sample, stat_fields,
+    LATENCY_HEADER, ProcSample, alive, clk_tck, free_loopback_port, latency_row, percentile,
+    prometheus_samples, prometheus_sum, sample, stat_fields,
 };
 
 const OPERATOR_NS: &str = "aws-jit-system";
@@ -51,19 +52,37 @@ const HOLD_SECONDS: u64 = 3600;
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark: N AccessRequests through the operator on the local stack")]
 struct Args {
-    /// How many AccessRequests (and, for moto alone, executions).
-    n: usize,
+    /// How many AccessRequests (and, for moto alone, executions). Not with --existing.
+    #[arg(required_unless_present = "existing", conflicts_with = "existing")]
+    n: Option<usize>,
+    /// Instead of N requests through approval: this many AccessRequests already in the
+    /// apiserver (mostly ended, --open of them waiting for approval), then a cold start of
+    /// the operator and a leader takeover, measured.
+    #[arg(long)]
+    existing: Option<usize>,
+    /// With --existing: how many of them are open (AwaitingApproval, with a real
+    /// execution each). Default: 1 %, at least 1.
+    #[arg(long, requires = "existing")]
+    open: Option<usize>,
     /// Requests created (and approvals sent) at most this many at a time.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
-    /// The controller's --poll-interval.
-    #[arg(long, default_value = "2s")]
-    poll_interval: String,
+    /// With --existing: the ended requests are created this many at a time.
+    #[arg(long, default_value_t = 32)]
+    create_parallel: usize,
+    /// The controller's --poll-interval, passed only when given (the binary's own default
+    /// otherwise).
+    #[arg(long)]
+    poll_interval: Option<String>,
+    /// More flags for the controller, one per use, e.g.
+    /// `--operator-arg=--max-concurrent-reconciles=32`.
+    #[arg(long = "operator-arg", allow_hyphen_values = true)]
+    operator_args: Vec<String>,
     /// Deadline of each phase, seconds (default: 600, or 2 s per request when N > 300).
     #[arg(long)]
     deadline: Option<u64>,
-    /// Length of the steady-state window (every grant held, nothing else to do), seconds.
-    #[arg(long, default_value_t = 20)]
+    /// Length of the held-and-idle window (every grant held, nothing else to do), seconds.
+    #[arg(long, default_value_t = 60)]
     steady: u64,
     /// Skip the moto-alone phase.
     #[arg(long)]
@@ -71,8 +90,14 @@ struct Args {
 }
 
 impl Args {
+    /// N, or the number of existing requests.
+    fn size(&self) -> usize {
+        self.n.or(self.existing).unwrap_or(0)
+    }
+
     fn deadline(&self) -> u64 {
-        self.deadline.unwrap_or(600.max(2 * self.n as u64))
+        self.deadline
+            .unwrap_or(600.max(2 * self.n.unwrap_or(0) as u64))
     }
 }
 
@@ -350,26 +375,39 @@ fn writes(d: &Counters, n: usize) -> Writes {
     }
 }
 
-/// The other requests (reads) by resource and verb, in all and per AccessRequest.
-fn reads(d: &Counters, n: usize) -> String {
-    let mut rows: BTreeMap<(String, String), f64> = BTreeMap::new();
+/// The other requests (reads: GET, LIST, WATCH) by resource and verb, in all and per
+/// AccessRequest, and the total of the resource reads. Non-resource GETs (the bench's own
+/// `/metrics` scrapes) are shown apart and left out of the total.
+fn reads(d: &Counters, n: usize) -> (String, f64) {
+    let mut rows: BTreeMap<(bool, String, String), f64> = BTreeMap::new();
     for ((verb, group, resource, sub, _), v) in d {
         if !WRITE_VERBS.contains(&verb.as_str()) {
             *rows
-                .entry((resource_name(group, resource, sub), verb.clone()))
+                .entry((
+                    resource.is_empty(),
+                    resource_name(group, resource, sub),
+                    verb.clone(),
+                ))
                 .or_insert(0.0) += v;
         }
     }
     let mut s = String::from(
         "| resource | verb | requests | per AccessRequest |\n| --- | --- | ---: | ---: |\n",
     );
-    for ((resource, verb), v) in rows {
+    let mut total = 0.0;
+    for ((non_resource, resource, verb), v) in rows {
+        let resource = if non_resource {
+            "(non-resource: the bench's /metrics scrapes)".to_owned()
+        } else {
+            total += v;
+            resource
+        };
         s.push_str(&format!(
             "| {resource} | {verb} | {v:.0} | {:.2} |\n",
             v / n.max(1) as f64
         ));
     }
-    s
+    (s, total)
 }
 
 /// Requests per second by verb and resource (all verbs), for the steady-state window.
@@ -444,6 +482,20 @@ async fn create_iam_roles(sdk: &aws_config::SdkConfig, names: &[String]) -> Vec<
     arns
 }
 
+/// One AccessRole per IAM role: alice may ask, carol approves (one vote), 1 h.
+fn access_roles_yaml(names: &[String], arns: &[String]) -> String {
+    let mut yaml = String::new();
+    for (name, arn) in names.iter().zip(arns) {
+        yaml.push_str(&format!(
+            "---\napiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {name}\nspec:\n  roleArn: {arn}\n  method: TrustPolicy\n\
+             \x20 defaultDuration: {HOLD}\n  maxDuration: 4h\n  approvalTimeout: {HOLD}\n  approvalsRequired: 1\n\
+             \x20 requesters: [{{user: {REQUESTER}}}]\n  approvers: [{{user: {APPROVER}}}]\n\
+             \x20 principal: {{template: 'arn:aws:iam::{ACCOUNT_ID}:user/{{username}}'}}\n"
+        ));
+    }
+    yaml
+}
+
 fn requester_arn() -> String {
     format!("arn:aws:iam::{ACCOUNT_ID}:user/{REQUESTER}")
 }
@@ -465,10 +517,16 @@ struct MotoAlone {
     report: String,
     cpu_s: f64,
     wall: Duration,
+    /// Executions that reached their Hold state, per second of the run.
+    throughput: f64,
+    /// StartExecution sent → approval task received (the operator's apply →
+    /// AwaitingApproval without Kubernetes).
+    to_approval: Vec<Duration>,
+    /// SendTaskSuccess sent → hold task received (the operator's approve → Active).
+    to_hold: Vec<Duration>,
 }
 
-async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
-    let n = args.n;
+async fn moto_alone(args: &Args, n: usize, roles: usize) -> MotoAlone {
     let moto = tokio::task::spawn_blocking(support::aws::Moto::start)
         .await
         .expect("start a second moto");
@@ -778,6 +836,9 @@ async fn moto_alone(args: &Args, roles: usize) -> MotoAlone {
         report,
         cpu_s,
         wall,
+        throughput: held as f64 / wall.as_secs_f64(),
+        to_approval: first(|r| r.start, |r| r.approval_task),
+        to_hold: first(|r| r.answered, |r| r.hold_task),
     }
 }
 
@@ -865,13 +926,22 @@ struct Rec {
 
 type Recs = Arc<Mutex<HashMap<String, Rec>>>;
 
+/// An operator process of the bench, and where its /metrics are.
+#[derive(Clone, Copy)]
+struct Operator {
+    pid: u32,
+    metrics: std::net::SocketAddr,
+}
+
 fn start_operator(
     args: &Args,
     stack: &support::Stack,
     aws: &support::aws::AwsOutputs,
     ns: &str,
     log: &Path,
-) -> u32 {
+) -> Operator {
+    let port = free_loopback_port().expect("a free loopback port");
+    let metrics = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut cmd = stack.operator_command("controller");
     cmd.args(["--state-machine-arn", &aws.state_machine_arn])
         .args([
@@ -884,8 +954,216 @@ fn start_operator(
         .args(["--work-dlq-url", &aws.work_dlq_url])
         .args(["--operator-namespace", OPERATOR_NS])
         .args(["--watch-namespace", ns])
-        .args(["--poll-interval", &args.poll_interval]);
-    support::procs::spawn_service(cmd, log.to_path_buf()).expect("start the operator")
+        .args(["--metrics-addr", &metrics.to_string()]);
+    if let Some(every) = &args.poll_interval {
+        cmd.args(["--poll-interval", every]);
+    }
+    cmd.args(&args.operator_args);
+    let pid = support::procs::spawn_service(cmd, log.to_path_buf()).expect("start the operator");
+    Operator { pid, metrics }
+}
+
+/// The operator's own /metrics (OpenMetrics text).
+async fn operator_metrics(op: Operator) -> Result<String, String> {
+    let url = format!("http://{}/metrics", op.metrics);
+    let got = reqwest::Client::new()
+        .get(&url)
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    if !got.status().is_success() {
+        return Err(format!("GET {url}: {}", got.status()));
+    }
+    got.text().await.map_err(|e| format!("GET {url}: {e}"))
+}
+
+/// (service, api) -> attempts, from `aws_jit_aws_calls_total`.
+type AwsCalls = BTreeMap<(String, String), f64>;
+
+fn aws_calls(text: &str) -> AwsCalls {
+    let mut out = AwsCalls::new();
+    for (labels, v) in prometheus_samples(text, "aws_jit_aws_calls_total") {
+        let get = |k: &str| {
+            labels
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        };
+        *out.entry((get("service"), get("api"))).or_insert(0.0) += v;
+    }
+    out
+}
+
+/// Every call in `d` (a fold from +0.0: an empty sum of f64 is -0.0, printed "-0").
+fn aws_total(d: &AwsCalls) -> f64 {
+    d.values().fold(0.0, |a, b| a + b)
+}
+
+fn aws_delta(before: &AwsCalls, after: &AwsCalls) -> AwsCalls {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+/// The operator's AWS calls by API: in all, and divided by `per` (`per_label` names it).
+fn aws_table(d: &AwsCalls, per: f64, per_label: &str) -> String {
+    let mut s = format!("| service | API | calls | {per_label} |\n| --- | --- | ---: | ---: |\n");
+    let mut total = 0.0;
+    for ((service, api), v) in d {
+        total += v;
+        s.push_str(&format!(
+            "| {service} | {api} | {v:.0} | {:.2} |\n",
+            v / per
+        ));
+    }
+    s.push_str(&format!(
+        "| **all** | | **{total:.0}** | **{:.2}** |\n",
+        total / per
+    ));
+    s
+}
+
+/// The operator's AWS calls, scraped from its /metrics; a failed scrape is reported in
+/// the output (and the figures read as missing), never guessed.
+async fn aws_now(op: Operator) -> Option<AwsCalls> {
+    match operator_metrics(op).await {
+        Ok(text) => Some(aws_calls(&text)),
+        Err(e) => {
+            eprintln!("cannot read the operator's metrics: {e}");
+            None
+        }
+    }
+}
+
+struct SummaryInput<'a> {
+    n: usize,
+    alone: Option<&'a MotoAlone>,
+    /// Requests Active per second, first create → last Active.
+    throughput: f64,
+    to_awaiting: Vec<Duration>,
+    to_active: Vec<Duration>,
+    cpu_ms: f64,
+    writes: f64,
+    reads: f64,
+    aws: Option<&'a AwsCalls>,
+    steady_aws: Option<&'a AwsCalls>,
+    steady_minutes: f64,
+    held: f64,
+    steady_cpu_ms_per_min: f64,
+}
+
+/// One markdown table: the operator beside moto alone from the same run, and its cost
+/// per request lifecycle and while idle.
+fn summary(x: &SummaryInput) -> String {
+    let mut s = format!(
+        "\n#### Summary, N = {}: the operator beside moto alone (same run)\n\n\
+         | figure | moto alone | operator | operator vs moto alone |\n| --- | ---: | ---: | ---: |\n",
+        x.n
+    );
+    let alone_tp = x.alone.map(|a| a.throughput);
+    s.push_str(&format!(
+        "| end-to-end throughput, requests/s | {} | {:.2} | {} |\n",
+        alone_tp.map_or("–".into(), |t| format!("{t:.2}")),
+        x.throughput,
+        alone_tp
+            .filter(|t| *t > 0.0)
+            .map_or("–".into(), |t| format!("{:.2} ×", x.throughput / t)),
+    ));
+    let sorted = |v: &[Duration]| {
+        let mut v = v.to_vec();
+        v.sort();
+        v
+    };
+    // (label, moto alone's label, the operator's spans, moto alone's spans)
+    type Spans<'a> = (&'a str, &'a str, Vec<Duration>, Option<Vec<Duration>>);
+    let spans: [Spans; 2] = [
+        (
+            "apply → AwaitingApproval",
+            "StartExecution → approval task",
+            sorted(&x.to_awaiting),
+            x.alone.map(|a| sorted(&a.to_approval)),
+        ),
+        (
+            "approve → Active",
+            "SendTaskSuccess → hold task",
+            sorted(&x.to_active),
+            x.alone.map(|a| sorted(&a.to_hold)),
+        ),
+    ];
+    for (label, alone_label, ours, alone) in &spans {
+        for p in [50.0, 95.0, 99.0] {
+            let op = percentile(ours, p).as_millis() as i128;
+            let al = alone.as_ref().map(|a| percentile(a, p).as_millis() as i128);
+            s.push_str(&format!(
+                "| {label} p{p:.0}, ms (moto alone: {alone_label}) | {} | {op} | {} |\n",
+                al.map_or("–".into(), |v| v.to_string()),
+                al.map_or("–".into(), |v| format!("{:+} ms", op - v)),
+            ));
+        }
+    }
+    let row = |what: &str, v: String| format!("| {what} | | {v} | |\n");
+    s.push_str(&row(
+        "operator CPU ms per request lifecycle (apply → Active)",
+        format!("{:.1}", x.cpu_ms),
+    ));
+    s.push_str(&row(
+        "operator apiserver writes per lifecycle",
+        format!("{:.2}", x.writes),
+    ));
+    s.push_str(&row(
+        "operator apiserver reads per lifecycle",
+        format!("{:.2}", x.reads),
+    ));
+    match x.aws {
+        Some(aws) => {
+            let mut calls: BTreeMap<String, f64> = BTreeMap::new();
+            // The targets' APIs always shown, zero included.
+            for api in ["StartExecution", "DescribeExecution"] {
+                calls.insert(api.into(), 0.0);
+            }
+            for ((_, api), v) in aws {
+                *calls.entry(api.clone()).or_insert(0.0) += v;
+            }
+            for (api, v) in calls {
+                s.push_str(&row(
+                    &format!("operator AWS calls per lifecycle: {api}"),
+                    format!("{:.2}", v / x.n as f64),
+                ));
+            }
+        }
+        None => s.push_str(&row("operator AWS calls per lifecycle", "not read".into())),
+    }
+    match x.steady_aws {
+        Some(aws) => {
+            let all = aws_total(aws);
+            let polls = aws
+                .iter()
+                .filter(|((_, api), _)| api == "ReceiveMessage")
+                .fold(0.0, |a, (_, v)| a + v);
+            s.push_str(&row(
+                "held and idle: operator AWS calls per minute, all (of which ReceiveMessage)",
+                format!(
+                    "{:.1} ({:.1})",
+                    all / x.steady_minutes,
+                    polls / x.steady_minutes
+                ),
+            ));
+            s.push_str(&row(
+                "held and idle: operator AWS calls per minute per held grant, beyond ReceiveMessage",
+                format!("{:.3}", (all - polls) / x.steady_minutes / x.held),
+            ));
+        }
+        None => s.push_str(&row("held and idle: operator AWS calls", "not read".into())),
+    }
+    s.push_str(&row(
+        "held and idle: operator CPU ms per minute",
+        format!("{:.0}", x.steady_cpu_ms_per_min),
+    ));
+    s
 }
 
 fn log_tail(log: &Path) -> String {
@@ -1013,18 +1291,25 @@ fn counts(recs: &Recs, names: &[String]) -> Counts {
     c
 }
 
-/// Waits (bounded by `deadline`) until every request in `names` is Active or failed.
-/// Returns false on timeout or if the operator died.
+/// Waits (bounded by `deadline`) until every request in `names` is `done` (e.g. Active)
+/// or failed. Returns false on timeout or if the operator died.
 async fn wait_all(
     recs: &Recs,
     names: &[String],
     deadline: Instant,
     operator: u32,
     log: &Path,
+    done: fn(&Rec) -> bool,
 ) -> bool {
     loop {
-        let c = counts(recs, names);
-        if c.active + c.bad == names.len() {
+        let finished = {
+            let recs = recs.lock().expect("recs");
+            names
+                .iter()
+                .filter(|n| recs.get(*n).is_some_and(|r| done(r) || r.bad.is_some()))
+                .count()
+        };
+        if finished == names.len() {
             return true;
         }
         if !alive(operator) {
@@ -1042,8 +1327,16 @@ async fn wait_all(
     }
 }
 
-async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>) -> bool {
-    let n = args.n;
+fn is_active(r: &Rec) -> bool {
+    r.active.is_some()
+}
+
+async fn with_operator(
+    args: &Args,
+    n: usize,
+    roles: usize,
+    moto_alone: Option<&MotoAlone>,
+) -> bool {
     let stack = support::stack();
     let kube = &stack.kube;
     let ns = kube.create_namespace("bench").await;
@@ -1052,16 +1345,11 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     // Role 0 is the warm-up's; the N requests use roles 1..=roles.
     let names: Vec<String> = (0..=roles).map(|i| format!("bench-role-{i}")).collect();
     let arns = create_iam_roles(&sdk, &names).await;
-    let mut yaml = String::new();
-    for (name, arn) in names.iter().zip(&arns) {
-        yaml.push_str(&format!(
-            "---\napiVersion: aws-jit.io/v1alpha1\nkind: AccessRole\nmetadata:\n  name: {name}\nspec:\n  roleArn: {arn}\n  method: TrustPolicy\n\
-             \x20 defaultDuration: {HOLD}\n  maxDuration: 4h\n  approvalTimeout: {HOLD}\n  approvalsRequired: 1\n\
-             \x20 requesters: [{{user: {REQUESTER}}}]\n  approvers: [{{user: {APPROVER}}}]\n\
-             \x20 principal: {{template: 'arn:aws:iam::{ACCOUNT_ID}:user/{{username}}'}}\n"
-        ));
-    }
-    support::succeeded(&kube.kubectl_stdin(User::Admin, &["apply", "-f", "-"], &yaml));
+    support::succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        &access_roles_yaml(&names, &arns),
+    ));
 
     let logdir = tempfile::Builder::new()
         .prefix("aws-jit-bench-")
@@ -1071,7 +1359,7 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     let log = logdir.join("operator.log");
     let operator = start_operator(args, stack, &aws, &ns, &log);
     let procs = Procs::new(vec![
-        ("operator (aws-jit controller)", operator),
+        ("operator (aws-jit controller)", operator.pid),
         ("kube-apiserver", child_named("kube-apiserver")),
         ("etcd", child_named("etcd")),
         ("moto", moto_pid(&stack.aws.endpoint)),
@@ -1171,7 +1459,7 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
         .await
         .expect("create the warm-up request");
     let warm_deadline = Instant::now() + Duration::from_secs(120);
-    if !wait_all(&recs, &warm, warm_deadline, operator, &log).await
+    if !wait_all(&recs, &warm, warm_deadline, operator.pid, &log, is_active).await
         || counts(&recs, &warm).active != 1
     {
         eprintln!(
@@ -1193,6 +1481,7 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     // The run.
     let request_names: Vec<String> = (0..n).map(|i| format!("bench-{i:04}")).collect();
     let metrics_before = scrape(kube);
+    let aws_before = aws_now(operator).await;
     let load0 = loadavg();
     let before = procs.snapshot();
     procs.reset_peaks();
@@ -1226,7 +1515,15 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     }
     while creates.join_next().await.is_some() {}
     let created_in = t0.elapsed();
-    let complete = wait_all(&recs, &request_names, deadline, operator, &log).await;
+    let complete = wait_all(
+        &recs,
+        &request_names,
+        deadline,
+        operator.pid,
+        &log,
+        is_active,
+    )
+    .await;
     let last_active = recs
         .lock()
         .expect("recs")
@@ -1240,15 +1537,19 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
     let after = procs.snapshot();
     let load1 = loadavg();
     let metrics_after = scrape(kube);
+    let aws_after = aws_now(operator).await;
     let run_wall = t0.elapsed();
 
-    // Steady state: every grant held, nothing else happening.
+    // Held and idle: every grant held, nothing else happening. A fixed window is what is
+    // measured here (a rate over time), not a wait for something to happen.
     let steady_metrics = scrape(kube);
+    let steady_aws = aws_now(operator).await;
     let steady_before = procs.snapshot();
     let steady_t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.steady)).await;
     let steady_after = procs.snapshot();
     let steady_metrics_after = scrape(kube);
+    let steady_aws_after = aws_now(operator).await;
     let steady_wall = steady_t0.elapsed();
     watch.abort();
     approver.abort();
@@ -1273,7 +1574,9 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
          {} create errors, {} approval retries. Warm-up request (not counted): \
          apply→AwaitingApproval {} ms, approve→Active {} ms. Machine load average (1/5/15 min) \
          {load0} at the first create, {load1} at the end.\n\n",
-        args.poll_interval,
+        args.poll_interval
+            .as_deref()
+            .unwrap_or("the binary's default"),
         c.active,
         c.bad,
         created_in.as_secs_f64(),
@@ -1339,11 +1642,31 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
         (w.lifecycle_total - bench_writes) / n as f64,
         w.other_total,
     ));
+    let (reads_table, reads_total) = reads(&d, n);
     out.push_str(&format!(
-        "\nand the reads in the same window (every reconcile of a started request reads its \
-         token Secret once, after one DescribeExecution to Step Functions):\n\n{}",
-        reads(&d, n)
+        "\nand the reads (GET/LIST/WATCH) in the same window. The bench's own reads among \
+         them: its one AccessRequest watch (a WATCH is counted when it ends; the watcher \
+         reopens it every 290 s or so) and its /metrics scrapes (shown apart):\n\n{reads_table}\n\
+         | per AccessRequest lifecycle (apply → Active) | reads |\n| --- | ---: |\n\
+         | **the operator's** (resource reads; the bench's watch reopenings included) | **{:.2}** |\n",
+        reads_total / n as f64
     ));
+    let aws_run = aws_before
+        .as_ref()
+        .zip(aws_after.as_ref())
+        .map(|(b, a)| aws_delta(b, a));
+    match &aws_run {
+        Some(d) => out.push_str(&format!(
+            "\nThe operator's AWS calls (`aws_jit_aws_calls_total{{service,api}}` from its own \
+             /metrics: every attempt, retries included) in the same window, per request \
+             lifecycle (every API divided by N, so ReceiveMessage's long polls are amortised \
+             over the requests):\n\n{}",
+            aws_table(d, n as f64, "per request")
+        )),
+        None => {
+            out.push_str("\n**The operator's /metrics could not be read: no AWS call figures.**\n")
+        }
+    }
     out.push_str(&format!(
         "\nProcesses, first create → 3 s after the last Active ({:.1} s):\n\n",
         run_wall.as_secs_f64()
@@ -1369,11 +1692,54 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
         steady_wall.as_secs_f64()
     ));
     out.push_str(&procs.cpu_rates(&steady_before, &steady_after, steady_wall));
+    let minutes = steady_wall.as_secs_f64() / 60.0;
+    let steady_cpu_ms_per_min =
+        steady_after[0].ticks.saturating_sub(steady_before[0].ticks) as f64 / clk_tck() * 1000.0
+            / minutes;
+    let aws_steady = steady_aws
+        .as_ref()
+        .zip(steady_aws_after.as_ref())
+        .map(|(b, a)| aws_delta(b, a));
+    out.push_str(&format!(
+        "\nThe operator: {steady_cpu_ms_per_min:.0} CPU ms per minute; its AWS calls per minute \
+         in that window (target: only the request and work queues' ReceiveMessage long polls), \
+         in all and per held grant:\n\n"
+    ));
+    let held_grants = (c.active + 1) as f64;
+    match &aws_steady {
+        Some(d) => {
+            let per_min: AwsCalls = d.iter().map(|(k, v)| (k.clone(), v / minutes)).collect();
+            out.push_str(
+                &aws_table(&per_min, held_grants, "per minute per held grant")
+                    .replace("| calls |", "| calls per minute |"),
+            );
+        }
+        None => out.push_str("**The operator's /metrics could not be read.**\n"),
+    }
     out.push_str("\nand apiserver requests in that window:\n\n");
     out.push_str(&rates(
         &delta(&steady_metrics, &steady_metrics_after),
         steady_wall,
     ));
+    // The summary: the operator beside moto alone, ready to paste.
+    let operator_cpu_ms =
+        after[0].ticks.saturating_sub(before[0].ticks) as f64 / clk_tck() * 1000.0 / n as f64;
+    let throughput = c.active as f64 / wall.as_secs_f64();
+    out.push_str(&summary(&SummaryInput {
+        n,
+        alone: moto_alone,
+        throughput,
+        to_awaiting: span(|r| r.apply, |r| r.awaiting),
+        to_active: span(|r| r.approve, |r| r.active),
+        cpu_ms: operator_cpu_ms,
+        writes: (w.lifecycle_total - bench_writes) / n as f64,
+        reads: reads_total / n as f64,
+        aws: aws_run.as_ref(),
+        steady_aws: aws_steady.as_ref(),
+        steady_minutes: minutes,
+        held: held_grants,
+        steady_cpu_ms_per_min,
+    }));
     let lines = log_summary(&log);
     if !lines.is_empty() {
         out.push_str("\nThe operator's log lines (whole run, warm-up included):\n\n| count | level, message: error (first words) |\n| ---: | --- |\n");
@@ -1425,10 +1791,10 @@ async fn with_operator(args: &Args, roles: usize, moto_alone: Option<&MotoAlone>
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    assert!(
-        args.n > 0 && args.parallel > 0,
-        "N and --parallel must be positive"
-    );
+    if args.size() == 0 || args.parallel == 0 || args.create_parallel == 0 {
+        eprintln!("bench: N (or --existing), --parallel and --create-parallel must be positive");
+        return std::process::ExitCode::from(2);
+    }
     let started = Instant::now();
     let stack = support::stack();
     eprintln!(
@@ -1437,14 +1803,46 @@ async fn main() -> std::process::ExitCode {
         stack.kube.server(),
         stack.aws.endpoint
     );
+    let machine = machine();
+    if let Some(total) = args.existing {
+        println!(
+            "## {total} existing AccessRequests: cold start and leader takeover\n\n{machine}\n"
+        );
+        let ok = existing::run(&args, total).await;
+        return if ok {
+            std::process::ExitCode::SUCCESS
+        } else {
+            std::process::ExitCode::FAILURE
+        };
+    }
+    let n = args.size();
     let per_role = grants_per_role(&requester_arn());
-    let roles = args.n.div_ceil(per_role);
+    let roles = n.div_ceil(per_role);
     println!(
-        "## N = {}\n\nMachine: {} cores; {} MiB RAM. Every request is alice's, for {HOLD}, approved by carol \
+        "## N = {n}\n\n{machine} Every request is alice's, for {HOLD}, approved by carol \
          (approvalsRequired 1). A trust policy holds at most {per_role} of these grants under IAM's \
          2048-character limit, so the requests are spread round-robin over {roles} IAM roles, one \
          AccessRole each.\n",
-        args.n,
+    );
+    let alone = if args.skip_moto_alone {
+        None
+    } else {
+        let a = moto_alone(&args, n, roles).await;
+        println!("{}", a.report);
+        Some(a)
+    };
+    let ok = with_operator(&args, n, roles, alone.as_ref()).await;
+    if ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// The machine the figures come from, and how busy it is.
+fn machine() -> String {
+    format!(
+        "Machine: {} cores; {} MiB RAM; load average (1/5/15 min) {} at the start.",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(0),
@@ -1457,18 +1855,649 @@ async fn main() -> std::process::ExitCode {
                 .and_then(|v| v.parse::<u64>().ok()))
             .unwrap_or(0)
             / 1024,
-    );
-    let alone = if args.skip_moto_alone {
-        None
-    } else {
-        let a = moto_alone(&args, roles).await;
-        println!("{}", a.report);
-        Some(a)
+        loadavg(),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// --existing M: M AccessRequests already there, a cold start and a leader takeover.
+
+mod existing {
+    use super::*;
+    use aws_jit::crd::{
+        AccessRequestStatus, Approval, ApprovalChannel, Decision, FINALIZER, Revocation,
     };
-    let ok = with_operator(&args, roles, alone.as_ref()).await;
-    if ok {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
+    use aws_jit::policy::decide;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::api::ListParams;
+
+    /// The ended phases, in turn: what a busy cluster's audit trail holds.
+    const ENDED: [Phase; 3] = [Phase::Expired, Phase::Denied, Phase::Revoked];
+    /// One ended request in this many has no finalizer (released by `aws-jit drain`).
+    const DRAINED_EVERY: usize = 10;
+    /// The quiet window: this long with no more reconciles than open requests, and the
+    /// operator using under a tenth of a core.
+    const QUIET: Duration = Duration::from_secs(5);
+
+    /// The status an ended request has: the conditions the controller writes on its way
+    /// through the phases (so it is in today's terms and nothing rewrites it), votes,
+    /// times, and an execution ARN that names no execution (any AWS call for it shows).
+    fn ended_status(phase: Phase, execution_arn: String) -> AccessRequestStatus {
+        let t = |ago: i64| Time(jiff::Timestamp::now() - jiff::SignedDuration::from_hours(ago));
+        let path: &[Phase] = match phase {
+            Phase::Denied => &[Phase::Pending, Phase::AwaitingApproval, Phase::Denied],
+            _ => &[
+                Phase::Pending,
+                Phase::AwaitingApproval,
+                Phase::Approved,
+                Phase::Active,
+                phase,
+            ],
+        };
+        let message = match phase {
+            Phase::Denied => format!("denied by {APPROVER}"),
+            Phase::Revoked => format!("revoked by {REQUESTER}"),
+            _ => "access expired".to_owned(),
+        };
+        let mut conditions = Vec::new();
+        for p in path {
+            conditions = decide::conditions_for(&conditions, *p, &message, Some(1), &t(2));
+        }
+        let granted = phase != Phase::Denied;
+        AccessRequestStatus {
+            phase: Some(phase),
+            conditions,
+            observed_generation: Some(1),
+            execution_arn: Some(execution_arn),
+            approvals: Some(vec![Approval {
+                approver: APPROVER.into(),
+                decision: if granted {
+                    Decision::Approve
+                } else {
+                    Decision::Deny
+                },
+                group: None,
+                comment: None,
+                time: Some(t(3)),
+                via: ApprovalChannel::Kubectl,
+            }]),
+            revocations: Some(if phase == Phase::Revoked {
+                vec![Revocation {
+                    requested_by: REQUESTER.into(),
+                    group: None,
+                    reason: Some("done".into()),
+                    time: Some(t(2)),
+                }]
+            } else {
+                Vec::new()
+            }),
+            granted_at: granted.then(|| t(3)),
+            expires_at: granted.then(|| t(2)),
+            revoked_at: granted.then(|| t(2)),
+            message: Some(message),
+            ..Default::default()
+        }
+    }
+
+    /// Phase counts of the namespace's requests (one LIST).
+    async fn phases(api: &Api<AccessRequest>) -> Result<BTreeMap<String, usize>, String> {
+        let list = api
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| format!("list: {e}"))?;
+        let mut out = BTreeMap::new();
+        for r in list.items {
+            let p = r
+                .status
+                .and_then(|s| s.phase)
+                .map_or("(none)".to_owned(), |p| format!("{p:?}"));
+            *out.entry(p).or_insert(0) += 1;
+        }
+        Ok(out)
+    }
+
+    /// What a start (cold or takeover) reached and when.
+    struct Synced {
+        /// The Lease held.
+        leading: Duration,
+        /// Every request in the controller's cache (`aws_jit_requests` sums to M).
+        listed: Duration,
+        /// Every request holding the finalizer reconciled at least once, then quiet.
+        quiet: Duration,
+        reconciles: f64,
+        metrics: String,
+    }
+
+    /// Waits (bounded by `deadline`) for the operator to lead, hold every request in its
+    /// cache, reconcile each finalized one at least once, and then stay quiet for
+    /// [`QUIET`]. Err says where it stopped.
+    #[allow(clippy::too_many_arguments)]
+    async fn wait_synced(
+        op: Operator,
+        from: Instant,
+        total: usize,
+        finalized: usize,
+        open: usize,
+        deadline: Instant,
+        log: &Path,
+    ) -> Result<Synced, String> {
+        let (mut leading, mut listed) = (None, None);
+        let mut window: Option<(Instant, f64, ProcSample)> = None;
+        let mut last = String::from("no scrape yet");
+        loop {
+            if !alive(op.pid) {
+                return Err(format!(
+                    "the operator exited; tail of {}:\n{}",
+                    log.display(),
+                    log_tail(log)
+                ));
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("not synced before the deadline: {last}"));
+            }
+            match operator_metrics(op).await {
+                Err(e) => last = e,
+                Ok(text) => {
+                    let now = Instant::now();
+                    let leader = prometheus_sum(&text, "aws_jit_leader");
+                    let cached = prometheus_sum(&text, "aws_jit_requests");
+                    let reconciles = prometheus_sum(&text, "aws_jit_reconciles_total");
+                    last = format!(
+                        "leader {leader}, {cached} of {total} requests cached, {reconciles} reconciles \
+                         (of {finalized} finalized requests)"
+                    );
+                    if leader >= 1.0 {
+                        leading.get_or_insert(now);
+                    }
+                    if leader >= 1.0 && cached as usize >= total {
+                        listed.get_or_insert(now);
+                    }
+                    if listed.is_some() && reconciles as usize >= finalized {
+                        let cpu = sample(op.pid);
+                        match window {
+                            Some((t, r0, c0)) if now.duration_since(t) >= QUIET => {
+                                let cores = cpu.ticks.saturating_sub(c0.ticks) as f64
+                                    / clk_tck()
+                                    / now.duration_since(t).as_secs_f64();
+                                if reconciles - r0 <= open as f64 && cores < 0.1 {
+                                    return Ok(Synced {
+                                        leading: leading.unwrap_or(now).duration_since(from),
+                                        listed: listed.unwrap_or(now).duration_since(from),
+                                        quiet: now.duration_since(from),
+                                        reconciles,
+                                        metrics: text,
+                                    });
+                                }
+                                last.push_str(&format!(
+                                    "; not quiet: {} reconciles and {cores:.2} cores in the last {:.0} s",
+                                    reconciles - r0,
+                                    now.duration_since(t).as_secs_f64()
+                                ));
+                                window = Some((now, reconciles, cpu));
+                            }
+                            Some(_) => {}
+                            None => window = Some((now, reconciles, cpu)),
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits (bounded) for a process we signalled to end.
+    async fn wait_exit(pid: u32, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while alive(pid) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        true
+    }
+
+    fn signal(pid: u32, sig: i32) {
+        // SAFETY: signalling our own child process by its pid.
+        unsafe { libc::kill(pid as i32, sig) };
+    }
+
+    /// The figures of one start, as a markdown section.
+    #[allow(clippy::too_many_arguments)]
+    fn start_report(
+        title: &str,
+        synced: &Synced,
+        cpu_s: f64,
+        at_quiet: ProcSample,
+        peak_kb: u64,
+        aws: &AwsCalls,
+        api: &Counters,
+        total: usize,
+        open: usize,
+    ) -> String {
+        let mut s = format!(
+            "### {title}\n\n\
+             | figure | value |\n| --- | ---: |\n\
+             | leading after, s | {:.1} |\n\
+             | every request in the cache after, s | {:.1} |\n\
+             | synced and quiet after, s (every finalized request reconciled, then {} s quiet) | {:.1} |\n\
+             | reconciles until then | {:.0} |\n\
+             | **RSS after sync, MiB** | **{:.1}** |\n\
+             | peak RSS (sampled), MiB / VmHWM, MiB | {:.1} / {:.1} |\n\
+             | **CPU s until synced** | **{cpu_s:.2}** |\n\
+             | CPU ms per existing request | {:.3} |\n\
+             | **AWS calls until synced, all** | **{:.0}** |\n\
+             | of which Step Functions (open requests: {open}) | {:.0} |\n\n",
+            synced.leading.as_secs_f64(),
+            synced.listed.as_secs_f64(),
+            QUIET.as_secs(),
+            synced.quiet.as_secs_f64(),
+            synced.reconciles,
+            at_quiet.rss_kb as f64 / 1024.0,
+            peak_kb.max(at_quiet.rss_kb) as f64 / 1024.0,
+            at_quiet.hwm_kb as f64 / 1024.0,
+            cpu_s * 1000.0 / total as f64,
+            aws_total(aws),
+            aws.iter()
+                .filter(|((service, _), _)| service == "SFN")
+                .fold(0.0, |a, (_, v)| a + v),
+        );
+        s.push_str("AWS calls by API (`aws_jit_aws_calls_total`):\n\n");
+        s.push_str(&aws_table(aws, total as f64, "per existing request"));
+        let w = writes(api, total);
+        s.push_str(&format!(
+            "\napiserver writes in that window (every replica and the bench's scrapes; the bench \
+             writes nothing):\n\n{}\nand reads:\n\n{}\n",
+            w.table,
+            reads(api, total).0
+        ));
+        s
+    }
+
+    pub async fn run(args: &Args, total: usize) -> bool {
+        let open = args.open.unwrap_or((total / 100).max(1)).min(total);
+        let terminal = total - open;
+        let stack = support::stack();
+        let kube = &stack.kube;
+        let ns = kube.create_namespace("bench").await;
+        let aws = stack.aws.deploy("bench").await;
+        let sdk = stack.aws.sdk_config().await;
+        // The open requests never reach a grant: one role is enough.
+        let names = vec!["bench-role-0".to_string()];
+        let arns = create_iam_roles(&sdk, &names).await;
+        support::succeeded(&kube.kubectl_stdin(
+            User::Admin,
+            &["apply", "-f", "-"],
+            &access_roles_yaml(&names, &arns),
+        ));
+        let logdir = tempfile::Builder::new()
+            .prefix("aws-jit-bench-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let alice: Api<AccessRequest> = Api::namespaced(kube.client(User::Alice).await, &ns);
+        let admin: Api<AccessRequest> = Api::namespaced(kube.client(User::Admin).await, &ns);
+        let operator_api: Api<AccessRequest> =
+            Api::namespaced(kube.client(User::Operator).await, &ns);
+        let deadline = Instant::now() + Duration::from_secs(args.deadline());
+        let mut out = String::new();
+
+        // 1. The open requests, each with a real execution waiting for its approval: a
+        //    first operator takes them to AwaitingApproval and stops (releasing its Lease).
+        let log0 = logdir.join("operator-setup.log");
+        let op0 = start_operator(args, stack, &aws, &ns, &log0);
+        let t_open = Instant::now();
+        let open_names: Vec<String> = (0..open).map(|i| format!("open-{i:05}")).collect();
+        let gate = Arc::new(tokio::sync::Semaphore::new(args.parallel));
+        let mut creates = tokio::task::JoinSet::new();
+        for name in &open_names {
+            let (alice, gate, name, role) =
+                (alice.clone(), gate.clone(), name.clone(), names[0].clone());
+            creates.spawn(async move {
+                let _permit = gate.acquire_owned().await.expect("semaphore");
+                alice
+                    .create(&PostParams::default(), &new_request(&name, &role))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("create {name}: {e}"))
+            });
+        }
+        while let Some(r) = creates.join_next().await {
+            if let Ok(Err(e)) = r {
+                eprintln!("{e}");
+                return false;
+            }
+        }
+        loop {
+            let seen = match phases(&admin).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("{e}");
+                    BTreeMap::new()
+                }
+            };
+            if seen.get("AwaitingApproval").copied().unwrap_or(0) >= open {
+                break;
+            }
+            if !alive(op0.pid) || Instant::now() >= deadline {
+                eprintln!(
+                    "**Incomplete: the {open} open requests did not all reach AwaitingApproval** \
+                     (phases: {seen:?}); operator log {}:\n{}",
+                    log0.display(),
+                    log_tail(&log0)
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        signal(op0.pid, libc::SIGTERM);
+        if !wait_exit(op0.pid, Duration::from_secs(60)).await {
+            eprintln!("the set-up operator did not stop within 60 s of SIGTERM");
+            return false;
+        }
+        let open_took = t_open.elapsed();
+
+        // 2. The ended requests, straight in the apiserver: created as admin, their status
+        //    written as the operator would have written it.
+        let t_create = Instant::now();
+        let machine_arn = aws.state_machine_arn.clone();
+        let gate = Arc::new(tokio::sync::Semaphore::new(args.create_parallel));
+        let mut creates = tokio::task::JoinSet::new();
+        for i in 0..terminal {
+            let (admin, op_api, gate) = (admin.clone(), operator_api.clone(), gate.clone());
+            let (role, machine_arn) = (names[0].clone(), machine_arn.clone());
+            creates.spawn(async move {
+                let _permit = gate.acquire_owned().await.expect("semaphore");
+                let name = format!("ended-{i:05}");
+                let mut r = new_request(&name, &role);
+                if i % DRAINED_EVERY != 0 {
+                    r.metadata.finalizers = Some(vec![FINALIZER.to_owned()]);
+                }
+                let created = admin
+                    .create(&PostParams::default(), &r)
+                    .await
+                    .map_err(|e| format!("create {name}: {e}"))?;
+                let uid = created.metadata.uid.unwrap_or_default();
+                let arn = format!(
+                    "{}:{}",
+                    machine_arn.replacen(":stateMachine:", ":execution:", 1),
+                    aws_jit::aws::sfn::execution_name(&uid)
+                );
+                let status = ended_status(ENDED[i % ENDED.len()], arn);
+                op_api
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({ "status": status })),
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("status of {name}: {e}"))
+            });
+        }
+        let mut create_errors = 0;
+        while let Some(r) = creates.join_next().await {
+            if let Ok(Err(e)) = r {
+                create_errors += 1;
+                if create_errors <= 5 {
+                    eprintln!("{e}");
+                }
+            }
+        }
+        let create_took = t_create.elapsed();
+        let finalized = open + terminal - terminal.div_ceil(DRAINED_EVERY);
+        let before_start = match phases(&admin).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("{e}");
+                return false;
+            }
+        };
+        if create_errors > 0 || before_start.values().sum::<usize>() != total {
+            eprintln!(
+                "**Incomplete: {create_errors} creates failed; the namespace holds {before_start:?}, \
+                 not {total} requests**"
+            );
+            return false;
+        }
+        out.push_str(&format!(
+            "{total} AccessRequests in one namespace: {open} open (AwaitingApproval, each with a \
+             real execution waiting for its approval; taken there by a first operator in {:.1} s, \
+             which then stopped on SIGTERM and released its Lease) and {terminal} ended ({}), \
+             created as admin and their status written as the operator ({} at a time, {:.1} s); \
+             one ended request in {DRAINED_EVERY} has no finalizer (as after `aws-jit drain`), \
+             the rest keep it. Every ended request names an execution that does not exist, so \
+             any AWS call made for one shows. Phases before the start: {before_start:?}.\n\n",
+            open_took.as_secs_f64(),
+            ENDED.map(|p| format!("{p:?}")).join("/"),
+            args.create_parallel,
+            create_took.as_secs_f64(),
+        ));
+
+        // 3. Cold start.
+        let log_a = logdir.join("operator-a.log");
+        let api0 = scrape(kube);
+        let load0 = loadavg();
+        let t_a = Instant::now();
+        let op_a = start_operator(args, stack, &aws, &ns, &log_a);
+        let procs_a = Procs::new(vec![("operator A", op_a.pid)]);
+        let synced_a = match wait_synced(op_a, t_a, total, finalized, open, deadline, &log_a).await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("**Incomplete: the cold start did not sync**: {e}");
+                println!("{out}");
+                return false;
+            }
+        };
+        let a_at = sample(op_a.pid);
+        let api1 = scrape(kube);
+        let aws_a = aws_calls(&synced_a.metrics);
+        let api_a = delta(&api0, &api1);
+        out.push_str(&start_report(
+            &format!(
+                "Cold start (operator A, from its exec; load average {load0} before, {} after)",
+                loadavg()
+            ),
+            &synced_a,
+            a_at.ticks as f64 / clk_tck(),
+            a_at,
+            procs_a.peak(op_a.pid),
+            &aws_a,
+            &api_a,
+            total,
+            open,
+        ));
+
+        // 4. Leader takeover: B starts as a standby, A stops, B takes over.
+        let log_b = logdir.join("operator-b.log");
+        let t_b = Instant::now();
+        let op_b = start_operator(args, stack, &aws, &ns, &log_b);
+        let procs_b = Procs::new(vec![("operator B", op_b.pid)]);
+        let standby = loop {
+            if let Ok(text) = operator_metrics(op_b).await {
+                break text;
+            }
+            if !alive(op_b.pid) || Instant::now() >= deadline {
+                eprintln!(
+                    "**Incomplete: the second replica never served /metrics**; log {}:\n{}",
+                    log_b.display(),
+                    log_tail(&log_b)
+                );
+                println!("{out}");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let b_standby_at = t_b.elapsed();
+        let b_before = sample(op_b.pid);
+        let aws_b0 = aws_calls(&standby);
+        let api2 = scrape(kube);
+        let t_kill = Instant::now();
+        signal(op_a.pid, libc::SIGTERM);
+        procs_b.reset_peaks();
+        let synced_b =
+            match wait_synced(op_b, t_kill, total, finalized, open, deadline, &log_b).await {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("**Incomplete: the takeover did not sync**: {e}");
+                    println!("{out}");
+                    return false;
+                }
+            };
+        let a_stopped = !alive(op_a.pid);
+        let b_at = sample(op_b.pid);
+        let api3 = scrape(kube);
+        let aws_b = aws_delta(&aws_b0, &aws_calls(&synced_b.metrics));
+        let api_b = delta(&api2, &api3);
+        out.push_str(&format!(
+            "Operator B started while A led; it served /metrics (standby) {:.1} s after its exec, \
+             having used {:.2} CPU s and made {:.0} AWS calls, RSS {:.1} MiB. Then A got SIGTERM \
+             (A {} within the window). From that SIGTERM:\n\n",
+            b_standby_at.as_secs_f64(),
+            b_before.ticks as f64 / clk_tck(),
+            aws_total(&aws_b0),
+            b_before.rss_kb as f64 / 1024.0,
+            if a_stopped {
+                "exited"
+            } else {
+                "had not exited"
+            },
+        ));
+        out.push_str(&start_report(
+            &format!(
+                "Leader takeover (operator B, from A's SIGTERM; load average {})",
+                loadavg()
+            ),
+            &synced_b,
+            b_at.ticks.saturating_sub(b_before.ticks) as f64 / clk_tck(),
+            b_at,
+            procs_b.peak(op_b.pid),
+            &aws_b,
+            &api_b,
+            total,
+            open,
+        ));
+
+        // 5. Nothing moved: the ended stay ended, the open stay open.
+        let after = phases(&admin).await.unwrap_or_default();
+        let ok = after == before_start;
+        out.push_str(&format!(
+            "\nPhases after the takeover: {after:?}{}\n",
+            if ok {
+                " (as before the start)."
+            } else {
+                " — **changed since before the start**."
+            }
+        ));
+        for (label, log) in [("A", &log_a), ("B", &log_b)] {
+            let lines = log_summary(log);
+            if !lines.is_empty() {
+                out.push_str(&format!(
+                    "\nOperator {label}'s log lines:\n\n| count | level, message: error (first words) |\n| ---: | --- |\n"
+                ));
+                for (m, k) in &lines {
+                    out.push_str(&format!("| {k} | {} |\n", m.replace('|', "\\|")));
+                }
+            }
+        }
+        out.push_str(&summary_existing(
+            (total, terminal, open),
+            [
+                Start {
+                    synced: &synced_a,
+                    at: a_at,
+                    cpu_s: a_at.ticks as f64 / clk_tck(),
+                    aws: &aws_a,
+                    api: &api_a,
+                },
+                Start {
+                    synced: &synced_b,
+                    at: b_at,
+                    cpu_s: b_at.ticks.saturating_sub(b_before.ticks) as f64 / clk_tck(),
+                    aws: &aws_b,
+                    api: &api_b,
+                },
+            ],
+        ));
+        println!("{out}");
+        eprintln!("operator logs: {}", logdir.display());
+        if ok && std::env::var_os("AWS_JIT_KEEP_STACK").is_none() {
+            support::procs::remove_at_exit(logdir);
+        }
+        ok
+    }
+
+    /// One start's figures, for the summary.
+    struct Start<'a> {
+        synced: &'a Synced,
+        at: ProcSample,
+        cpu_s: f64,
+        aws: &'a AwsCalls,
+        api: &'a Counters,
+    }
+
+    /// The paste-ready table of the two starts side by side.
+    fn summary_existing((total, terminal, open): (usize, usize, usize), s: [Start; 2]) -> String {
+        let api = |aws: &AwsCalls, name: &str| -> f64 {
+            aws.iter()
+                .filter(|((_, api), _)| api == name)
+                .fold(0.0, |a, (_, v)| a + v)
+        };
+        let rw = |c: &Counters| {
+            let (mut w, mut refused, mut r) = (0.0, 0.0, 0.0);
+            for ((verb, _, resource, _, code), v) in c {
+                if resource.is_empty() || (!lifecycle(resource) && resource != "accessroles") {
+                    continue;
+                }
+                if WRITE_VERBS.contains(&verb.as_str()) {
+                    w += v;
+                    if !code.starts_with('2') {
+                        refused += v;
+                    }
+                } else {
+                    r += v;
+                }
+            }
+            (w, refused, r)
+        };
+        let (a, b) = (&s[0], &s[1]);
+        let (wa, wa_refused, ra) = rw(a.api);
+        let (wb, wb_refused, rb) = rw(b.api);
+        let mut apis: Vec<String> = a
+            .aws
+            .keys()
+            .chain(b.aws.keys())
+            .map(|(_, api)| api.clone())
+            .chain(["DescribeExecution".to_owned()])
+            .collect();
+        apis.sort();
+        apis.dedup();
+        let mut out = format!(
+            "\n#### Summary, {total} existing requests ({terminal} ended, {open} open)\n\n\
+             | figure | cold start | leader takeover |\n| --- | ---: | ---: |\n\
+             | synced and quiet after, s | {:.1} | {:.1} |\n\
+             | RSS after sync, MiB | {:.1} | {:.1} |\n\
+             | CPU s until synced | {:.2} | {:.2} |\n\
+             | apiserver writes on requests, Secrets, Events (of which refused) | {wa:.0} ({wa_refused:.0}) | {wb:.0} ({wb_refused:.0}) |\n\
+             | apiserver reads of requests, roles, Secrets, Events | {ra:.0} | {rb:.0} |\n\
+             | AWS calls until synced, all | {:.0} | {:.0} |\n",
+            a.synced.quiet.as_secs_f64(),
+            b.synced.quiet.as_secs_f64(),
+            a.at.rss_kb as f64 / 1024.0,
+            b.at.rss_kb as f64 / 1024.0,
+            a.cpu_s,
+            b.cpu_s,
+            aws_total(a.aws),
+            aws_total(b.aws),
+        );
+        for name in apis {
+            out.push_str(&format!(
+                "| AWS calls: {name} | {:.0} | {:.0} |\n",
+                api(a.aws, &name),
+                api(b.aws, &name)
+            ));
+        }
+        out
     }
 }
