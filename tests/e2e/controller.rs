@@ -1108,6 +1108,63 @@ async fn a_request_costs_no_describe_execution_from_apply_to_active() {
     );
 }
 
+/// A new leader (a restart, a takeover) reconciles every request it finds: an ended one
+/// costs no AWS call at all, and an open one is not described at once (its safety
+/// re-check counts from the leader's start), yet moves on the next vote.
+#[tokio::test]
+async fn a_new_leader_makes_no_aws_call_for_ended_requests_nor_describes_open_ones_at_once() {
+    let mut env = Env::new("ctl-takeover", "").await;
+    env.request(User::Alice, "ended", "");
+    env.wait_phase("ended", Phase::AwaitingApproval).await;
+    env.vote(User::Dave, "ended", "Deny");
+    env.wait_phase("ended", Phase::Denied).await;
+    env.request(User::Alice, "open", "");
+    env.wait_phase("open", Phase::AwaitingApproval).await;
+    let metrics = env.restart_counted();
+    // Both reconciled by the new leader (they keep their finalizers).
+    eventually("the new leader to reconcile both requests", WAIT, || {
+        let metrics = metrics.clone();
+        async move {
+            let n = reconciles(&metrics);
+            if n >= 2 {
+                Ok(())
+            } else {
+                Err(format!("{n} reconciles"))
+            }
+        }
+    })
+    .await;
+    let sfn_calls = |metrics: &aws_jit::telemetry::metrics::Metrics| {
+        [
+            "StartExecution",
+            "DescribeExecution",
+            "SendTaskSuccess",
+            "SendTaskFailure",
+        ]
+        .iter()
+        .map(|api| metrics.aws_calls_of("SFN", api))
+        .sum::<u64>()
+    };
+    assert_eq!(
+        sfn_calls(&metrics),
+        0,
+        "the new leader asked Step Functions about requests nothing happened to"
+    );
+    env.vote(User::Carol, "open", "Approve");
+    env.wait_phase("open", Phase::Active).await;
+    assert_eq!(metrics.aws_calls_of("SFN", "DescribeExecution"), 0);
+    assert_eq!(metrics.aws_calls_of("SFN", "StartExecution"), 0);
+    assert_eq!(
+        env.requests()
+            .get("ended")
+            .await
+            .expect("get")
+            .status
+            .and_then(|s| s.phase),
+        Some(Phase::Denied)
+    );
+}
+
 #[tokio::test]
 async fn the_approval_timeout_lands_without_polling() {
     let mut env = Env::new("ctl-quiet-timeout", "  approvalTimeout: 15s").await;
