@@ -159,6 +159,10 @@ impl HttpClient for Bounded<SharedHttpClient> {
     fn connector_metadata(&self) -> Option<ConnectorMetadata> {
         self.inner.connector_metadata()
     }
+
+    // `validate_*` keep their defaults: the inner client's own checks are out of reach
+    // behind `SharedHttpClient`, and the SDK's default client only uses them to load the
+    // native certificates early (they load on the first request instead).
 }
 
 impl HttpConnector for Bounded<SharedHttpConnector> {

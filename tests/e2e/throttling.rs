@@ -17,9 +17,13 @@ use crate::support::kube::User;
 use crate::support::throttle::Throttle;
 use crate::support::{stack, succeeded};
 
-/// Throttled, each step takes longer than an unthrottled one: the client-side rate
-/// limiter spaces the retries out (that is the point), and the whole suite loads moto.
-const WAIT: Duration = Duration::from_secs(240);
+/// Throttled, each step takes much longer than an unthrottled one: after a throttle the
+/// SDK's adaptive rate limiter charges a retry 10 tokens at a refill rate of twice the
+/// client's measured rate (at least 0.5/s), which at a test's low traffic spaces the
+/// retries 10–20 s apart across all of the operator's Step Functions calls (that is the
+/// point). Alone on this machine the test took ~190 s, approve → Active ~130 s of it
+/// (with the SDK's standard retries instead: 14 s).
+const WAIT: Duration = Duration::from_secs(360);
 
 #[tokio::test]
 async fn throttling_from_step_functions_slows_the_operator_down_instead_of_failing_requests() {
