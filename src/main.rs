@@ -113,6 +113,11 @@ struct ControllerArgs {
     /// The account's IAM trust-policy size quota (2048 unless raised; at most 4096).
     #[arg(long, env = "AWS_JIT_TRUST_POLICY_SIZE_LIMIT", default_value_t = aws_jit::grant::trust_policy::document::DEFAULT_SIZE_LIMIT)]
     trust_policy_size_limit: usize,
+    /// At most this many of the operator's AWS calls (Step Functions, IAM, Identity
+    /// Center) on the wire at once; more wait their turn. SQS long-polls are not counted.
+    #[arg(long, env = "AWS_JIT_AWS_MAX_IN_FLIGHT", default_value_t = aws_jit::aws::calls::DEFAULT_MAX_IN_FLIGHT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=4096))]
+    aws_max_in_flight: usize,
     /// Serve /metrics, /healthz and /readyz on this address.
     #[arg(long, env = "AWS_JIT_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     metrics_addr: std::net::SocketAddr,
@@ -200,6 +205,7 @@ async fn controller(args: ControllerArgs) -> ExitCode {
         metrics,
         health: health.clone(),
         sweep_interval: args.sweep_interval,
+        aws_max_in_flight: args.aws_max_in_flight,
     };
     let stopping = health.clone();
     let shutdown = async move {

@@ -48,16 +48,29 @@ impl SfnError {
     /// True for errors worth retrying (throttling, transport, service faults).
     pub fn is_transient(&self) -> bool {
         match self {
-            SfnError::Api { code, .. } => matches!(
-                code.as_str(),
-                // `Unknown`: an answer without an error code (a 5xx page from a proxy or
-                // an overloaded endpoint), nothing Step Functions decided.
-                "Transport"
-                    | "ThrottlingException"
-                    | "ServiceUnavailable"
-                    | "InternalFailure"
-                    | "Unknown"
-            ),
+            SfnError::Api { code, .. } => {
+                self.is_throttling()
+                    || matches!(
+                        code.as_str(),
+                        // `Unknown`: an answer without an error code (a 5xx page from a
+                        // proxy or an overloaded endpoint), nothing Step Functions decided.
+                        "Transport" | "ServiceUnavailable" | "InternalFailure" | "Unknown"
+                    )
+            }
+            _ => false,
+        }
+    }
+
+    /// True when Step Functions said "slow down" and the SDK's own retries (adaptive,
+    /// see [`crate::aws::calls::retry_config`]) did not get past it: the caller should
+    /// come back later, not give up. Step Functions answers `ThrottlingException`
+    /// (unmodelled, a common error of every API), and `KmsThrottlingException` when
+    /// the state machine's KMS key throttles (modelled, not retried by the SDK).
+    pub fn is_throttling(&self) -> bool {
+        match self {
+            SfnError::Api { code, .. } => {
+                crate::aws::retry::is_throttling(code) || code == "KmsThrottlingException"
+            }
             _ => false,
         }
     }
@@ -372,6 +385,83 @@ mod tests {
         assert!(task_is_over(Some("InvalidToken")));
         assert!(!task_is_over(Some("ThrottlingException")));
         assert!(!task_is_over(None));
+    }
+
+    fn api(code: &str) -> SfnError {
+        SfnError::Api {
+            call: "StartExecution",
+            code: code.into(),
+            message: "Rate exceeded".into(),
+        }
+    }
+
+    #[test]
+    fn throttling_that_outlived_the_retries_is_transient() {
+        for code in [
+            "ThrottlingException",
+            "TooManyRequestsException",
+            "Throttling",
+            "KmsThrottlingException",
+        ] {
+            assert!(api(code).is_throttling(), "{code}");
+            assert!(api(code).is_transient(), "{code}");
+        }
+        for code in [
+            "Transport",
+            "ServiceUnavailable",
+            "InternalFailure",
+            "Unknown",
+        ] {
+            assert!(!api(code).is_throttling(), "{code}");
+            assert!(api(code).is_transient(), "{code}");
+        }
+        for code in [
+            "AccessDeniedException",
+            "InvalidArn",
+            "ExecutionLimitExceeded",
+        ] {
+            assert!(!api(code).is_transient(), "{code}");
+        }
+    }
+
+    /// What the SDK makes of Step Functions' real throttling answer (awsJson1_0: the
+    /// shape name after the `#` of `__type`): the code the two checks above match.
+    #[tokio::test]
+    async fn a_throttling_answer_surfaces_as_throttling_exception() {
+        use aws_sdk_sfn::config::{Credentials, Region};
+        crate::install_crypto_provider();
+        let app = axum::Router::new().fallback(|| async {
+            (
+                axum::http::StatusCode::BAD_REQUEST,
+                [(axum::http::header::CONTENT_TYPE, "application/x-amz-json-1.0")],
+                r#"{"__type":"com.amazonaws.swf.base.model#ThrottlingException","message":"Rate exceeded"}"#,
+            )
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        let conf = aws_sdk_sfn::Config::builder()
+            .behavior_version(aws_sdk_sfn::config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("AKIDTEST", "secret", None, None, "test"))
+            .endpoint_url(format!("http://{addr}"))
+            .retry_config(aws_sdk_sfn::config::retry::RetryConfig::disabled())
+            .build();
+        let c = StepFunctionClient::new(
+            aws_sdk_sfn::Client::from_conf(conf),
+            "arn:aws:states:us-east-1:123456789012:stateMachine:m",
+        );
+        let err = c.heartbeat("token").await.expect_err("throttled");
+        server.abort();
+        assert!(
+            matches!(&err, SfnError::Api { code, .. } if code == "ThrottlingException"),
+            "{err:?}"
+        );
+        assert!(err.is_throttling() && err.is_transient());
     }
 
     #[test]

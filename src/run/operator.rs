@@ -152,6 +152,8 @@ pub struct Config {
     pub health: Arc<Health>,
     /// How often the drift sweeper runs (it also runs at start).
     pub sweep_interval: Duration,
+    /// At most this many AWS calls on the wire at once (SQS's long-polls apart).
+    pub aws_max_in_flight: usize,
 }
 
 /// Runs the operator's loops while this replica leads (see [`crate::run::leader`]); with
@@ -194,7 +196,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     // Every client counts its calls (`aws_jit_aws_calls_total{service, api}`).
-    let clients = crate::aws::calls::Clients::new(aws, config.metrics.clone());
+    let clients =
+        crate::aws::calls::Clients::new(aws, config.metrics.clone(), config.aws_max_in_flight);
     let sfn = StepFunctionClient::new(clients.sfn.clone(), &config.aws.state_machine_arn);
     let sqs = clients.sqs.clone();
     let scope = config.aws.scope();

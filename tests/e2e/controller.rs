@@ -129,6 +129,7 @@ impl Env {
             metrics: Default::default(),
             health: aws_jit::telemetry::probes::Health::new(),
             sweep_interval: Duration::from_secs(5),
+            aws_max_in_flight: aws_jit::aws::calls::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 

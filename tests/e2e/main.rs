@@ -24,4 +24,5 @@ mod sessions;
 mod socket_mode;
 mod stack;
 mod statemachine;
+mod throttling;
 mod worker;

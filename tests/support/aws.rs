@@ -112,6 +112,7 @@ impl AwsOutputs {
             metrics: Default::default(),
             health: aws_jit::telemetry::probes::Health::new(),
             sweep_interval: Duration::from_secs(60),
+            aws_max_in_flight: aws_jit::aws::calls::DEFAULT_MAX_IN_FLIGHT,
         }
     }
 }

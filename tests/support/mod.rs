@@ -15,6 +15,7 @@ pub mod slack;
 pub mod slack_interactions;
 pub mod slack_socket;
 pub mod stale_iam;
+pub mod throttle;
 pub mod wait;
 
 use std::sync::OnceLock;
