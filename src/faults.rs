@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 pub mod points {
     /// The reconciler started the execution but has not written status.
     pub const AFTER_START_EXECUTION: &str = "after-start-execution";
+    /// The reconciler recorded an approval (`approving`) but has not answered the task.
+    pub const BEFORE_APPROVAL_ANSWERED: &str = "before-approval-answered";
     /// The reconciler answered the approval task but has not recorded that it did.
     pub const AFTER_APPROVAL_ANSWERED: &str = "after-approval-answered";
     /// The consumer stored a task token but has not deleted the message.

@@ -2,11 +2,15 @@
 //! carries:
 //! - `aws_jit_aws_calls_total{service, api}`: every attempt of every AWS call, retries
 //!   included (what AWS rate-limits), counted by one interceptor ([`CallCounter`]).
-//! - Honouring AWS throttling: the SDK's adaptive retry mode ([`retry_config`]): a
-//!   throttling answer makes the client rate-limit itself (all calls to that service
-//!   slow down, not just the one refused), and a call is tried up to
-//!   [`MAX_ATTEMPTS`] times with exponential back-off and jitter. Each client has a
-//!   retry partition of its own, so one `Clients`' throttling never slows another's.
+//! - Honouring AWS throttling: the SDK's standard retry mode ([`retry_config`]): a
+//!   throttled call is tried up to [`MAX_ATTEMPTS`] times with exponential back-off and
+//!   jitter, drawing on a retry quota that throttling drains (so a throttling storm
+//!   stops adding retries); what still fails goes back to the controller as transient,
+//!   and the request backs off on its own (at least
+//!   [`THROTTLED_FLOOR`](crate::aws::retry::THROTTLED_FLOOR)). Not the adaptive mode:
+//!   its client-side limiter, after a single throttle at low traffic, holds every call
+//!   to the service (revokes included) for 10-20 s. Each client has a retry partition
+//!   of its own, so one `Clients`' quota never drains another's.
 //! - A bound on in-flight calls ([`InFlight`]): at most `max` HTTP requests to Step
 //!   Functions, IAM and Identity Center at once, shared by all of them (one semaphore
 //!   around the SDK's own HTTPS client). A permit is held only while a request is on
@@ -79,18 +83,17 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// The default bound on the operator's in-flight AWS calls (`--aws-max-in-flight`).
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 32;
 
-/// The retry policy of every client of the operator: adaptive mode (client-side rate
-/// limiting that slows down when AWS throttles), [`MAX_ATTEMPTS`] tries, back-off from
-/// up to 100 ms doubling to up to 20 s (with full jitter).
+/// The retry policy of every client of the operator: standard mode, [`MAX_ATTEMPTS`]
+/// tries, back-off from up to 100 ms doubling to up to 20 s (with full jitter).
 pub fn retry_config() -> RetryConfig {
-    RetryConfig::adaptive()
+    RetryConfig::standard()
         .with_max_attempts(MAX_ATTEMPTS)
         .with_initial_backoff(Duration::from_millis(100))
         .with_max_backoff(Duration::from_secs(20))
 }
 
 /// A retry partition of its own for one service of one [`Clients`]: its retry token
-/// bucket and adaptive rate limiter belong to these clients only (the SDK's default
+/// bucket belongs to these clients only (the SDK's default
 /// partition is one per service for the whole process).
 fn partition(service: &'static str) -> RetryPartition {
     RetryPartition::custom(Cow::Borrowed(service)).build()
@@ -208,8 +211,8 @@ fn base_http_client(aws: &aws_config::SdkConfig) -> Option<SharedHttpClient> {
         .http_client()
 }
 
-/// The operator's AWS clients, one per service, each counting its calls, retrying
-/// adaptively, and (all but SQS) sharing one bound on in-flight calls.
+/// The operator's AWS clients, one per service, each counting its calls, retrying in
+/// standard mode with more attempts, and (all but SQS) sharing one bound on in-flight calls.
 #[derive(Clone, Debug)]
 pub struct Clients {
     pub sfn: aws_sdk_sfn::Client,
@@ -385,7 +388,7 @@ mod tests {
     }
 
     #[test]
-    fn every_client_retries_adaptively() {
+    fn every_client_retries_in_standard_mode_with_more_attempts() {
         crate::install_crypto_provider();
         let clients = Clients::new(
             &sdk("http://127.0.0.1:9"),
@@ -400,7 +403,7 @@ mod tests {
             clients.store.config().retry_config(),
         ] {
             let retry = retry.expect("a retry config");
-            assert_eq!(retry.mode(), aws_smithy_types::retry::RetryMode::Adaptive);
+            assert_eq!(retry.mode(), aws_smithy_types::retry::RetryMode::Standard);
             assert_eq!(retry.max_attempts(), MAX_ATTEMPTS);
         }
         // The bound wraps the SDK's own HTTPS client, which exists.

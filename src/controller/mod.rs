@@ -41,8 +41,8 @@ const SAFETY_RECHECK: Duration = Duration::from_secs(600);
 /// How often an approved request is looked at while the state machine makes a grant
 /// itself (IdentityCenter, IamGroup): no worker answer says when that fails.
 const GRANTING_RECHECK: Duration = Duration::from_secs(30);
-/// The longest a reconcile waits for a watch's first list.
-const SYNC_WAIT: Duration = Duration::from_secs(30);
+/// The longest a reconcile waits for a watch's first list before it reads live.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Up to two minutes, fixed per request: spreads the safety re-checks of many requests
 /// (e.g. after a start-up or a leader change) instead of making them at once.
@@ -61,6 +61,10 @@ const ERROR_BACKOFF: crate::aws::retry::Backoff =
 /// worker).
 const REVOKE_BACKOFF: crate::aws::retry::Backoff =
     crate::aws::retry::Backoff::new(Duration::from_secs(10), Duration::from_secs(120));
+
+/// The message of a request whose approval came after its task was over.
+const TOO_LATE: &str = "approved, but the approval task was already over (it timed out, or the \
+     execution was stopped): nothing was answered; waiting for the execution's end";
 
 /// The condition that says a task of the request sits in the request dead-letter queue.
 pub const TASK_DEAD_LETTERED: &str = "TaskDeadLettered";
@@ -86,8 +90,6 @@ pub enum Error {
     /// The controller could not end a grant its execution left (retried until done).
     #[error("cannot end access: {0}")]
     Revoke(String),
-    #[error("the watch of {0} has not listed them yet")]
-    NotSynced(&'static str),
 }
 
 impl Error {
@@ -100,7 +102,6 @@ impl Error {
             Error::Incomplete(_) => "incomplete",
             Error::Waiting(_) => "waiting",
             Error::Revoke(_) => "revoke",
-            Error::NotSynced(_) => "not-synced",
         }
     }
 }
@@ -156,6 +157,9 @@ pub struct Context {
     pub recorder: Recorder,
     /// AccessRoles, from the controller's watch of them.
     pub roles: Store<AccessRole>,
+    /// AccessRoles, live (when the watch cannot answer, and to count an approval on the
+    /// role as it is now).
+    pub roles_api: Api<AccessRole>,
     pub settings: Settings,
     pub faults: crate::faults::Faults,
     pub metrics: Arc<crate::telemetry::metrics::Metrics>,
@@ -252,13 +256,13 @@ impl Context {
         }
     }
 
-    /// The AccessRole of that name, from the watch.
+    /// The AccessRole of that name, from the watch (live while the watch has not
+    /// listed them: a watch that cannot sync must not stall every request).
     async fn role(&self, name: &str) -> Result<Option<AccessRole>, Error> {
-        tokio::time::timeout(SYNC_WAIT, self.roles.wait_until_ready())
-            .await
-            .map_err(|_| Error::NotSynced("AccessRoles"))?
-            .map_err(|_| Error::NotSynced("AccessRoles"))?;
-        Ok(self.roles.get(&ObjectRef::new(name)).map(|r| (*r).clone()))
+        match tokio::time::timeout(SYNC_WAIT, self.roles.wait_until_ready()).await {
+            Ok(Ok(())) => Ok(self.roles.get(&ObjectRef::new(name)).map(|r| (*r).clone())),
+            _ => self.roles_api.get_opt(name).await.map_err(Error::Kube),
+        }
     }
 
     /// Publishes a Warning about `subject` once while the request is open (again after
@@ -317,7 +321,7 @@ pub async fn run(
         .reflect(writer)
         .applied_objects();
     let (roles, role_writer) = reflector::store();
-    let role_events = watcher(roles_api, watcher::Config::default())
+    let role_events = watcher(roles_api.clone(), watcher::Config::default())
         .default_backoff()
         .modify(tokens::strip)
         .reflect(role_writer)
@@ -338,6 +342,7 @@ pub async fn run(
             },
         ),
         roles,
+        roles_api: roles_api.clone(),
         settings: settings.clone(),
         faults,
         metrics: metrics.clone(),
@@ -480,7 +485,15 @@ fn error_policy(
     // revoke IAM refuses) costs less and less, and many failing together come back
     // apart. Throttling by AWS waits at least as long as AWS's own back-off did.
     let failures = request.uid().map_or(1, |uid| ctx.failed(&uid));
-    let policy = if kind == "revoke" {
+    // Ending access (a grant its execution left, an early revoke, a deletion) retries
+    // on the shorter back-off.
+    let ending = request.meta().deletion_timestamp.is_some()
+        || request
+            .status
+            .as_ref()
+            .and_then(|s| s.revocations.as_ref())
+            .is_some_and(|r| !r.is_empty());
+    let policy = if kind == "revoke" || ending {
         REVOKE_BACKOFF
     } else {
         ERROR_BACKOFF
@@ -715,9 +728,10 @@ async fn apply(
     let now_ts = jiff::Timestamp::now();
     let answer = tokens.get(keys::APPROVAL_ANSWER);
     let held = tokens.get(keys::HOLD_TOKEN).is_some();
+    let undecided = tokens.undecided(status.phase);
     let deadline = if held {
         tokens.get(keys::EXPIRES_AT).and_then(|t| t.parse().ok())
-    } else if tokens.get(keys::APPROVAL_TOKEN).is_some() && answer.is_none() {
+    } else if tokens.get(keys::APPROVAL_TOKEN).is_some() && undecided {
         tokens
             .get(keys::APPROVAL_DEADLINE)
             .and_then(|t| t.parse().ok())
@@ -725,8 +739,8 @@ async fn apply(
         None
     };
     // Answered in a way that ends the execution: it ends soon and says nothing.
-    let ending =
-        matches!(answer, Some("denied" | "cancelled")) || tokens.get(keys::HOLD_ENDED).is_some();
+    let ending = matches!(answer, Some("denied" | "cancelled" | "too-late"))
+        || tokens.get(keys::HOLD_ENDED).is_some();
     // Approved and waiting for a grant the state machine makes itself (no worker
     // answers it, so no word comes when it fails): looked at more often.
     let granting_alone = !held
@@ -923,7 +937,7 @@ async fn apply(
     }
     if let Some(token) = tokens.get(keys::APPROVAL_TOKEN) {
         if let Some(revocation) = revocation
-            && tokens.get(keys::APPROVAL_ANSWER).is_none()
+            && tokens.undecided(status.phase)
         {
             // Withdrawn before a decision: cancel rather than grant and then revoke.
             let by = &revocation.requested_by;
@@ -937,6 +951,11 @@ async fn apply(
                 .await?;
             if answer == TaskAnswer::AlreadyOver {
                 ctx.moved_now(&uid);
+                if tokens.get(keys::APPROVAL_ANSWER) == Some("approving") {
+                    // The approval went out before: the revocation ends the access once
+                    // it is held.
+                    return Ok(Action::requeue(Duration::from_secs(1)));
+                }
             }
             ctx.tokens
                 .put(
@@ -957,30 +976,17 @@ async fn apply(
         }
         match tokens.get(keys::APPROVAL_ANSWER) {
             // Recorded right before the answer, and no Approved phase says it went out
-            // (a crash in between): answered again, as decided then.
-            Some("approving") if status.phase != Some(Phase::Approved) => {
-                let approvers = tokens
-                    .get(keys::DECIDED_BY)
-                    .map(|by| by.split(", ").map(str::to_owned).collect::<Vec<_>>())
-                    .unwrap_or_default();
-                match &role {
-                    Some(role) => {
-                        send_approval(request, ctx, api, &uid, token, &tokens, role, approvers)
-                            .await?
-                    }
-                    None => {
-                        status_update()
-                            .phase(
-                                Phase::AwaitingApproval,
-                                format!(
-                                    "approved, but AccessRole {:?} is gone; waiting for it",
-                                    request.spec.role
-                                ),
-                            )
-                            .apply(api)
-                            .await?;
-                    }
-                }
+            // (the send failed, or a crash in between): counted again, so a Deny, a
+            // withdrawal or a role change meanwhile wins; an approval still met is
+            // answered with the window fixed then.
+            Some("approving") if undecided => {
+                answer_approval(request, ctx, api, &uid, token, &tokens, role.as_ref()).await?;
+            }
+            // The approval came after the task was over (timed out, or the execution
+            // was stopped): nothing was answered; the execution's end is the phase.
+            Some("too-late") => {
+                let phase = status.phase.unwrap_or(Phase::AwaitingApproval);
+                status_update().phase(phase, TOO_LATE).apply(api).await?;
             }
             Some("approving" | "approved") => {
                 let by = tokens.get(keys::DECIDED_BY).unwrap_or("the approvers");
@@ -1206,6 +1212,25 @@ async fn answer_approval(
                 .await?;
             if answer == TaskAnswer::AlreadyOver {
                 ctx.moved_now(uid);
+                if let Some(approved_by) = tokens.get(keys::DECIDED_BY)
+                    && tokens.get(keys::APPROVAL_ANSWER) == Some("approving")
+                {
+                    // An approval went out before this denial (or the task is over:
+                    // the execution's end says which): the approval stands.
+                    warn!("a denial came after the approval had been answered; it stands");
+                    StatusUpdate::from(request)
+                        .dead_letter(tokens)
+                        .phase(
+                            Phase::Approved,
+                            format!(
+                                "approved by {approved_by}; granting access (the denial by \
+                                 {by} came after the approval had been answered)"
+                            ),
+                        )
+                        .apply(api)
+                        .await?;
+                    return Ok(());
+                }
             }
             ctx.metrics.approval("denied", role.spec.method);
             let decided = if comment.is_empty() {
@@ -1284,12 +1309,59 @@ async fn send_approval(
         }
     };
     let by = approvers.join(", ");
+    // The first answer (none can have gone out before: the window is recorded first).
+    let first = tokens.get(keys::APPROVED_UNTIL).is_none();
     let expires_at = match tokens.get(keys::APPROVED_UNTIL) {
         Some(until) => until.to_owned(),
         None => {
-            let duration = decide::plan(request, Some(role))
-                .map(|input| input.duration_seconds)
-                .unwrap_or(1);
+            // Counted on the role as it is now, not as the watch last saw it: an approver
+            // removed, or a duration no longer allowed, a moment ago counts.
+            let live = ctx
+                .roles_api
+                .get_opt(&role.name_any())
+                .await
+                .map_err(Error::Kube)?;
+            let still = live.as_ref().map(|live| {
+                let votes = request
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.approvals.clone())
+                    .unwrap_or_default();
+                (
+                    decide::tally(live, &request.spec.requester, &votes).0,
+                    decide::plan(request, Some(live)),
+                )
+            });
+            let duration = match still {
+                Some((Tally::Approved { .. }, Ok(input))) => input.duration_seconds,
+                Some((Tally::Approved { .. }, Err(rejection))) => {
+                    let message =
+                        format!("approved, but the AccessRole no longer allows it: {rejection}");
+                    StatusUpdate::from(request)
+                        .dead_letter(tokens)
+                        .phase(Phase::AwaitingApproval, message.clone())
+                        .apply(api)
+                        .await?;
+                    ctx.event_once(
+                        request,
+                        uid,
+                        EventType::Warning,
+                        rejection.reason(),
+                        "Approve",
+                        "role",
+                        message,
+                    )
+                    .await;
+                    return Ok(());
+                }
+                // The role changed under the vote: the watch brings the change, and the
+                // request is counted again then.
+                _ => {
+                    return Err(Error::Waiting(
+                        "the AccessRole changed while the vote was counted".into(),
+                    ));
+                }
+            };
             let until = decide::expiry_after(jiff::Timestamp::now(), duration);
             ctx.tokens
                 .put(
@@ -1311,6 +1383,9 @@ async fn send_approval(
         expires_at,
         grant: Some(target),
     };
+    ctx.faults
+        .point(crate::faults::points::BEFORE_APPROVAL_ANSWERED)
+        .await;
     let answer = ctx.sfn.send_success(token, &output).await?;
     ctx.faults
         .point(crate::faults::points::AFTER_APPROVAL_ANSWERED)
@@ -1318,8 +1393,36 @@ async fn send_approval(
     if answer == TaskAnswer::AlreadyOver {
         // Answered before (a retry), or the execution ended: Step Functions says which.
         ctx.moved_now(uid);
+        if first {
+            // No answer of ours went out before this one: the task was over (timed out,
+            // or the execution stopped). Not an approval: the execution's end decides.
+            // The window stays recorded, so an end that is not what it seems still has
+            // the operator look for a grant.
+            info!("the approval came after the task was over");
+            ctx.tokens
+                .put(
+                    &identity(request, uid),
+                    &[(keys::APPROVAL_ANSWER, "too-late")],
+                )
+                .await?;
+            StatusUpdate::from(request)
+                .dead_letter(tokens)
+                .phase(
+                    request
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .unwrap_or(Phase::AwaitingApproval),
+                    TOO_LATE,
+                )
+                .apply(api)
+                .await?;
+            return Ok(());
+        }
     }
-    ctx.metrics.approval("approved", role.spec.method);
+    if first {
+        ctx.metrics.approval("approved", role.spec.method);
+    }
     let message = format!("approved by {by}; granting access");
     StatusUpdate::from(request)
         .dead_letter(tokens)
@@ -1640,21 +1743,27 @@ async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error
             .await;
         }
     } else if let Some(token) = tokens.get(keys::APPROVAL_TOKEN)
-        && tokens.get(keys::APPROVAL_ANSWER).is_none()
+        && tokens.undecided(request.status.as_ref().and_then(|s| s.phase))
     {
-        ctx.sfn
+        let answer = ctx
+            .sfn
             .send_failure(
                 token,
                 errors::CANCELLED,
                 "the AccessRequest was deleted before a decision",
             )
             .await?;
-        ctx.tokens
-            .put(
-                &identity(request, &uid),
-                &[(keys::APPROVAL_ANSWER, "cancelled")],
-            )
-            .await?;
+        // "Already over" after an approval was recorded: it went out, and the hold it
+        // leads to is ended when it arrives.
+        if answer == TaskAnswer::Delivered || tokens.get(keys::APPROVAL_ANSWER) != Some("approving")
+        {
+            ctx.tokens
+                .put(
+                    &identity(request, &uid),
+                    &[(keys::APPROVAL_ANSWER, "cancelled")],
+                )
+                .await?;
+        }
     }
     Err(Error::Waiting(format!(
         "execution {execution_arn} to end before releasing the request"

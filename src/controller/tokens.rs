@@ -73,8 +73,6 @@ pub enum TokenError {
         #[source]
         source: kube::Error,
     },
-    #[error("the cache of task-token Secrets is not synced yet")]
-    NotSynced,
 }
 
 /// What is known about a request's tasks.
@@ -89,6 +87,19 @@ impl Tokens {
             .get(key)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+    }
+
+    /// Whether the approval task still waits for a decision: never answered, or an
+    /// approval recorded (`approving`) that no `Approved` phase confirms went out (the
+    /// send failed, or the operator stopped in between). The latter is counted again
+    /// (a Deny, a withdrawal or a role change meanwhile wins), and a cancel or denial
+    /// that comes back "already over" means the approval did go out.
+    pub fn undecided(&self, phase: Option<crate::crd::Phase>) -> bool {
+        match self.get(keys::APPROVAL_ANSWER) {
+            None => true,
+            Some("approving") => phase != Some(crate::crd::Phase::Approved),
+            Some(_) => false,
+        }
     }
 }
 
@@ -129,9 +140,8 @@ fn caught_up(cached: Option<&str>, written: &Written) -> bool {
     }
 }
 
-/// How long a read waits for the cache's first list before it gives up (the reconcile
-/// is retried).
-const SYNC_WAIT: Duration = Duration::from_secs(30);
+/// How long a read waits for the cache's first list before it reads live instead.
+const SYNC_WAIT: Duration = Duration::from_secs(10);
 
 /// Drops what the cache never needs: `managedFields` are most of a small object.
 pub fn strip<K: Resource>(object: &mut K) {
@@ -191,16 +201,22 @@ impl TokenStore {
         let Some(cache) = &self.cache else {
             return Ok(None);
         };
-        tokio::time::timeout(SYNC_WAIT, cache.wait_until_ready())
-            .await
-            .map_err(|_| TokenError::NotSynced)?
-            .map_err(|_| TokenError::NotSynced)?;
+        // Not listed yet (a watch that cannot sync): read live rather than stall.
+        if !matches!(
+            tokio::time::timeout(SYNC_WAIT, cache.wait_until_ready()).await,
+            Ok(Ok(()))
+        ) {
+            return Ok(None);
+        }
         let name = secret_name(request_uid);
         let namespace = self.api.namespace().unwrap_or_default().to_owned();
         let secret = cache
             .get(&ObjectRef::new(&name).within(&namespace))
             .map(|s| (*s).clone());
-        let mut written = self.written.lock().map_err(|_| TokenError::NotSynced)?;
+        let mut written = self
+            .written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fresh = match written.get(request_uid) {
             None => true,
             Some(w)
@@ -226,6 +242,14 @@ impl TokenStore {
             return;
         }
         if let Ok(mut written) = self.written.lock() {
+            // Two writes whose answers came back out of order: the newer one stands.
+            if let (Some(Written::Version(kept)), Written::Version(new)) =
+                (written.get(request_uid), &what)
+                && caught_up(Some(kept), &Written::Version(new.clone()))
+                && kept != new
+            {
+                return;
+            }
             written.insert(request_uid.to_owned(), what);
             // Entries of requests nobody reads again (ended, gone): dropped once the
             // cache shows them, checked when the map grows.
@@ -309,6 +333,33 @@ impl TokenStore {
         };
         self.wrote(&request.uid, version(&written));
         Ok(())
+    }
+
+    /// Adds entries to the request's Secret only if it exists (a note for a request
+    /// whose Secret is gone, its end recorded, must not bring it back).
+    pub async fn mark(
+        &self,
+        request: &RequestIdentity,
+        entries: &[(&str, &str)],
+    ) -> Result<(), TokenError> {
+        let name = secret_name(&request.uid);
+        let data: BTreeMap<String, ByteString> = entries
+            .iter()
+            .map(|(k, v)| ((*k).to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect();
+        let patch = serde_json::json!({ "data": data });
+        match self
+            .api
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(s) => {
+                self.wrote(&request.uid, version(&s));
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(source) => Err(TokenError::Kube { name, source }),
+        }
     }
 
     /// The request's tokens and markers; empty when there is no Secret.

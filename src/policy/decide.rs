@@ -890,6 +890,11 @@ pub fn look(w: &Watch) -> Look {
             // Already looking at an ending execution: wait out the gap, then double it.
             Some(last) if last.ending => {
                 let due = last.at.checked_add(last.gap).unwrap_or(last.at);
+                // A deadline of its own that comes first (not one already looked past).
+                let due = w
+                    .deadline
+                    .filter(|d| *d > last.at)
+                    .map_or(due, |d| d.min(due));
                 if due > w.now {
                     return Look::After(until(due));
                 }

@@ -246,10 +246,20 @@ impl Drain {
             return Ok(Step::Waiting("access is being revoked".into()));
         }
         if let Some(token) = tokens.get(keys::APPROVAL_TOKEN) {
-            if tokens.get(keys::APPROVAL_ANSWER).is_none() {
-                self.sfn
+            if tokens.undecided(status.phase) {
+                let answer = self
+                    .sfn
                     .send_failure(token, errors::CANCELLED, REASON)
                     .await?;
+                // "Already over" after an approval was recorded: it went out; the hold
+                // it leads to is ended when it arrives.
+                if answer == crate::aws::sfn::TaskAnswer::AlreadyOver
+                    && tokens.get(keys::APPROVAL_ANSWER) == Some("approving")
+                {
+                    return Ok(Step::Waiting(
+                        "approved before the drain; waiting for the grant, to revoke it".into(),
+                    ));
+                }
                 self.tokens
                     .put(&identity, &[(keys::APPROVAL_ANSWER, "cancelled")])
                     .await?;
@@ -260,7 +270,9 @@ impl Drain {
                 ));
             }
             return Ok(Step::Waiting(match tokens.get(keys::APPROVAL_ANSWER) {
-                Some("approved") => "approved; waiting for the grant, to revoke it".into(),
+                Some("approved" | "approving") => {
+                    "approved; waiting for the grant, to revoke it".into()
+                }
                 answer => format!(
                     "{}; waiting for the execution to end",
                     answer.unwrap_or("answered")

@@ -246,7 +246,7 @@ pub async fn run(
     .with_size_limit(config.trust_policy_size_limit)
     .with_faults(config.faults.clone())
     .with_metrics(config.metrics.clone())
-    .with_outcomes(tokens.clone());
+    .with_outcomes(outcomes(tokens.clone()));
     if let Some(dlq) = &config.aws.work_dead_letter_url {
         worker = worker.with_dead_letter_url(dlq);
     }
@@ -314,4 +314,25 @@ pub async fn run(
             tracing::error!(error = %e, "an operator loop ended abnormally");
         }
     }
+}
+
+/// The worker's answers of a failed grant or a revoke, noted on the request's token
+/// Secret (only if it still exists): the change wakes the request, which looks at its
+/// execution.
+fn outcomes(tokens: TokenStore) -> crate::grant::trust_policy::worker::Outcomes {
+    crate::grant::trust_policy::worker::Outcomes::new(move |request| {
+        let tokens = tokens.clone();
+        Box::pin(async move {
+            let at = jiff::Timestamp::now().to_string();
+            if let Err(e) = tokens
+                .mark(
+                    &request,
+                    &[(crate::controller::tokens::keys::WORK_ANSWERED, &at)],
+                )
+                .await
+            {
+                tracing::warn!(error = %e, "cannot tell the controller that a task was answered");
+            }
+        })
+    })
 }

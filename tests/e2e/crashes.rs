@@ -154,6 +154,27 @@ async fn crash_after_the_grant_before_task_success() {
     assert_eq!(env.executions_started().await, 1);
 }
 
+/// An approval recorded but never sent (the operator died in between, or the send
+/// failed) is not a decision yet: a Deny that comes meanwhile wins, and nothing is
+/// granted.
+#[tokio::test]
+async fn a_deny_after_an_approval_that_never_went_out_wins() {
+    let mut env = Env::new("crash-approving", "").await;
+    env.faults.arm(points::BEFORE_APPROVAL_ANSWERED);
+    env.request(User::Alice, "raced", "");
+    env.wait_phase("raced", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "raced", "Approve");
+    stopped_at(&env, points::BEFORE_APPROVAL_ANSWERED).await;
+    env.kill_operator();
+    env.vote(User::Dave, "raced", "Deny");
+    env.start_operator();
+    let r = env.wait_phase("raced", Phase::Denied).await;
+    let message = r.status.and_then(|s| s.message).unwrap_or_default();
+    assert!(message.contains("denied by dave"), "{message}");
+    assert!(statements(&env).await.is_empty(), "nothing was granted");
+    assert_eq!(env.executions_started().await, 1);
+}
+
 #[tokio::test]
 async fn crash_during_revoke() {
     let mut env = Env::new("crash-revoke", "").await;

@@ -5,8 +5,9 @@
 //! throttled: only the operator's.
 //!
 //! What must hold: throttling slows the operator down, it never fails a request. Every
-//! refused attempt is retried (the SDK's adaptive retries, then the controller's
-//! back-off), so requests still go through approval to Active, and none ends Failed.
+//! refused attempt is retried (the SDK's own retries, then, when those run out, the
+//! controller's per-request back-off), so requests still go through approval to
+//! Active, and none ends Failed.
 use std::time::Duration;
 
 use aws_jit::crd::{AccessRequest, Phase};
@@ -17,22 +18,21 @@ use crate::support::kube::User;
 use crate::support::throttle::Throttle;
 use crate::support::{stack, succeeded};
 
-/// Throttled, each step takes much longer than an unthrottled one: after a throttle the
-/// SDK's adaptive rate limiter charges a retry 10 tokens at a refill rate of twice the
-/// client's measured rate (at least 0.5/s), which at a test's low traffic spaces the
-/// retries 10–20 s apart across all of the operator's Step Functions calls (that is the
-/// point). Alone on this machine the test took ~190 s, approve → Active ~130 s of it
-/// (with the SDK's standard retries instead: 14 s).
-const WAIT: Duration = Duration::from_secs(360);
+/// Throttled past the SDK's retries, a step waits out the controller's back-off (at
+/// least 5 s after throttling) once or twice.
+const WAIT: Duration = Duration::from_secs(120);
+
+/// One more than the SDK's attempts of one call.
+const REFUSED: usize = aws_jit::aws::calls::MAX_ATTEMPTS as usize + 1;
 
 #[tokio::test]
 async fn throttling_from_step_functions_slows_the_operator_down_instead_of_failing_requests() {
     let mut env = Env::new("thr-sfn", "").await;
     env.kill_operator();
     let proxy = Throttle::start(&stack().aws.endpoint).await;
-    // The first two attempts of each Step Functions API are refused: every API the
-    // operator calls meets throttling, twice in a row on its first call.
-    proxy.refuse_first(2);
+    // The first REFUSED attempts of each Step Functions API are refused: more than the
+    // SDK's retries of one call, so the throttling reaches the controller too.
+    proxy.refuse_first(REFUSED);
     let metrics = env.start_operator_through(&proxy.endpoint);
 
     // Several requesters at once (GitOps submits for them; the role lists developers).
@@ -79,7 +79,7 @@ async fn throttling_from_step_functions_slows_the_operator_down_instead_of_faili
     assert!(proxy.refused() > 0, "nothing was throttled");
     for api in ["StartExecution", "SendTaskSuccess"] {
         assert!(
-            refused.get(api).copied().unwrap_or(0) == 2,
+            refused.get(api).copied().unwrap_or(0) == REFUSED,
             "no {api} was throttled: {refused:?}"
         );
     }

@@ -374,11 +374,39 @@ pub struct Worker {
     unconfirmed: std::sync::Arc<std::sync::Mutex<HashMap<String, (Document, std::time::Instant)>>>,
     faults: Faults,
     metrics: std::sync::Arc<crate::telemetry::metrics::Metrics>,
-    /// Where the worker says that it answered a task that moves the execution without
-    /// another task following (a failed grant, a revoke): the request's token Secret,
-    /// whose change wakes its reconcile (None: nobody is told; the controller's safety
-    /// re-check finds the end).
-    outcomes: Option<crate::controller::tokens::TokenStore>,
+    /// Who is told that the worker answered a task that moves the execution on with
+    /// no request task following (a failed grant, a revoke): the operator notes it on
+    /// the request's token Secret, whose change wakes its reconcile (None: nobody is
+    /// told; the controller's safety re-check finds the end).
+    outcomes: Option<Outcomes>,
+}
+
+/// Told the request of each grant or revoke task the worker answered (see
+/// [`Worker::with_outcomes`]). Best effort: it must not fail the answer.
+#[derive(Clone)]
+pub struct Outcomes(
+    std::sync::Arc<
+        dyn Fn(crate::contract::RequestIdentity) -> futures::future::BoxFuture<'static, ()>
+            + Send
+            + Sync,
+    >,
+);
+
+impl Outcomes {
+    pub fn new(
+        tell: impl Fn(crate::contract::RequestIdentity) -> futures::future::BoxFuture<'static, ()>
+        + Send
+        + Sync
+        + 'static,
+    ) -> Self {
+        Self(std::sync::Arc::new(tell))
+    }
+}
+
+impl std::fmt::Debug for Outcomes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Outcomes")
+    }
 }
 
 impl Worker {
@@ -412,28 +440,16 @@ impl Worker {
         }
     }
 
-    /// Tells the controller through `tokens` when an answer moves an execution on with
-    /// no task to follow (see [`Worker::outcomes`]).
-    pub fn with_outcomes(mut self, tokens: crate::controller::tokens::TokenStore) -> Self {
-        self.outcomes = Some(tokens);
+    /// Tells `outcomes` when an answer moves an execution on with no request task to
+    /// follow (a failed grant, a revoke).
+    pub fn with_outcomes(mut self, outcomes: Outcomes) -> Self {
+        self.outcomes = Some(outcomes);
         self
     }
 
-    /// Records on the request's token Secret that its grant or revoke task was answered.
-    /// Best effort: without it, the controller's safety re-check finds the end later.
     async fn tell(&self, request: &crate::contract::RequestIdentity) {
-        let Some(tokens) = &self.outcomes else {
-            return;
-        };
-        let at = jiff::Timestamp::now().to_string();
-        if let Err(e) = tokens
-            .put(
-                request,
-                &[(crate::controller::tokens::keys::WORK_ANSWERED, &at)],
-            )
-            .await
-        {
-            warn!(error = %e, "cannot tell the controller that the task was answered");
+        if let Some(outcomes) = &self.outcomes {
+            (outcomes.0)(request.clone()).await;
         }
     }
 
@@ -578,7 +594,8 @@ impl Worker {
                     {
                         self.undo_if_orphaned(&input, &execution_arn).await;
                     }
-                    // A failed grant ends the execution with no task to follow.
+                    // A failed grant moves the execution on (to its revoke, then its end)
+                    // with no request task to follow.
                     if let Outcome::Answered {
                         answer: Answer::Failed { .. },
                         ..
