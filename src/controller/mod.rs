@@ -1267,6 +1267,50 @@ async fn answer_approval(
     Ok(())
 }
 
+/// An approval that waits, loudly, without an answer: the status says why, and a
+/// Warning Event (once) too.
+struct Held<'a> {
+    request: &'a AccessRequest,
+    uid: &'a str,
+    tokens: &'a tokens::Tokens,
+}
+
+impl<'a> Held<'a> {
+    fn new(request: &'a AccessRequest, uid: &'a str, tokens: &'a tokens::Tokens) -> Self {
+        Self {
+            request,
+            uid,
+            tokens,
+        }
+    }
+
+    async fn wait(
+        &self,
+        ctx: &Context,
+        api: &Api<AccessRequest>,
+        reason: &str,
+        subject: &str,
+        message: String,
+    ) -> Result<(), Error> {
+        StatusUpdate::from(self.request)
+            .dead_letter(self.tokens)
+            .phase(Phase::AwaitingApproval, message.clone())
+            .apply(api)
+            .await?;
+        ctx.event_once(
+            self.request,
+            self.uid,
+            EventType::Warning,
+            reason,
+            "Approve",
+            subject,
+            message,
+        )
+        .await;
+        Ok(())
+    }
+}
+
 /// Answers the approval task with `approvers`' approval. The access window is fixed
 /// first and recorded with the decision (`approving`), so a crash before or after the
 /// answer neither loses that a grant may follow nor moves the window: a retry answers
@@ -1290,22 +1334,10 @@ async fn send_approval(
         Ok(target) => target,
         Err(why) => {
             let message = format!("approved, but not granted yet: {why}");
-            StatusUpdate::from(request)
-                .dead_letter(tokens)
-                .phase(Phase::AwaitingApproval, message.clone())
-                .apply(api)
-                .await?;
-            ctx.event_once(
-                request,
-                uid,
-                EventType::Warning,
-                "GrantTargetUnresolved",
-                "Approve",
-                &why,
-                message,
-            )
-            .await;
-            return Ok(());
+            let held = Held::new(request, uid, tokens);
+            return held
+                .wait(ctx, api, "GrantTargetUnresolved", &why, message)
+                .await;
         }
     };
     let by = approvers.join(", ");
@@ -1337,22 +1369,10 @@ async fn send_approval(
                 Some((Tally::Approved { .. }, Err(rejection))) => {
                     let message =
                         format!("approved, but the AccessRole no longer allows it: {rejection}");
-                    StatusUpdate::from(request)
-                        .dead_letter(tokens)
-                        .phase(Phase::AwaitingApproval, message.clone())
-                        .apply(api)
-                        .await?;
-                    ctx.event_once(
-                        request,
-                        uid,
-                        EventType::Warning,
-                        rejection.reason(),
-                        "Approve",
-                        "role",
-                        message,
-                    )
-                    .await;
-                    return Ok(());
+                    let held = Held::new(request, uid, tokens);
+                    return held
+                        .wait(ctx, api, rejection.reason(), "role", message)
+                        .await;
                 }
                 // The role changed under the vote: the watch brings the change, and the
                 // request is counted again then.

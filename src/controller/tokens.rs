@@ -275,10 +275,7 @@ impl TokenStore {
         entries: &[(&str, &str)],
     ) -> Result<(), TokenError> {
         let name = secret_name(&request.uid);
-        let data: BTreeMap<String, ByteString> = entries
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), ByteString(v.as_bytes().to_vec())))
-            .collect();
+        let data = data_of(entries);
         let err = |source| TokenError::Kube {
             name: name.clone(),
             source,
@@ -343,11 +340,7 @@ impl TokenStore {
         entries: &[(&str, &str)],
     ) -> Result<(), TokenError> {
         let name = secret_name(&request.uid);
-        let data: BTreeMap<String, ByteString> = entries
-            .iter()
-            .map(|(k, v)| ((*k).to_string(), ByteString(v.as_bytes().to_vec())))
-            .collect();
-        let patch = serde_json::json!({ "data": data });
+        let patch = serde_json::json!({ "data": data_of(entries) });
         match self
             .api
             .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -394,6 +387,13 @@ impl TokenStore {
         self.wrote(request_uid, Written::Deleted);
         Ok(())
     }
+}
+
+fn data_of(entries: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+    entries
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), ByteString(v.as_bytes().to_vec())))
+        .collect()
 }
 
 fn version(secret: &Secret) -> Written {
