@@ -87,9 +87,19 @@ struct Args {
     /// Skip the moto-alone phase.
     #[arg(long)]
     skip_moto_alone: bool,
+    /// The template's `WorkTaskTimeoutSeconds` in both phases. The template's default
+    /// (300 s) is sized for AWS; this moto serves about one execution a second in all,
+    /// so at N >= 500 a grant waits in its queue longer than that even in moto alone.
+    #[arg(long, default_value_t = 3600)]
+    work_task_timeout: u32,
 }
 
 impl Args {
+    /// The template parameters of every deploy.
+    fn template(&self) -> [(&'static str, String); 1] {
+        [("WorkTaskTimeoutSeconds", self.work_task_timeout.to_string())]
+    }
+
     /// N, or the number of existing requests.
     fn size(&self) -> usize {
         self.n.or(self.existing).unwrap_or(0)
@@ -526,12 +536,19 @@ struct MotoAlone {
     to_hold: Vec<Duration>,
 }
 
+/// The template, deployed with the bench's parameters.
+async fn deploy(moto: &support::aws::Moto, prefix: &str, args: &Args) -> support::aws::AwsOutputs {
+    let params = args.template();
+    let params: Vec<(&str, &str)> = params.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    moto.deploy_with_params(prefix, &[], &params).await
+}
+
 async fn moto_alone(args: &Args, n: usize, roles: usize) -> MotoAlone {
     let moto = tokio::task::spawn_blocking(support::aws::Moto::start)
         .await
         .expect("start a second moto");
     let pid = moto_pid(&moto.endpoint);
-    let out = moto.deploy("bench-alone").await;
+    let out = deploy(&moto, "bench-alone", args).await;
     let sdk = moto.sdk_config().await;
     let names: Vec<String> = (0..roles).map(|i| format!("bench-role-{i}")).collect();
     let arns = create_iam_roles(&sdk, &names).await;
@@ -1340,7 +1357,7 @@ async fn with_operator(
     let stack = support::stack();
     let kube = &stack.kube;
     let ns = kube.create_namespace("bench").await;
-    let aws = stack.aws.deploy("bench").await;
+    let aws = deploy(&stack.aws, "bench", args).await;
     let sdk = stack.aws.sdk_config().await;
     // Role 0 is the warm-up's; the N requests use roles 1..=roles.
     let names: Vec<String> = (0..=roles).map(|i| format!("bench-role-{i}")).collect();
@@ -1822,7 +1839,8 @@ async fn main() -> std::process::ExitCode {
         "## N = {n}\n\n{machine} Every request is alice's, for {HOLD}, approved by carol \
          (approvalsRequired 1). A trust policy holds at most {per_role} of these grants under IAM's \
          2048-character limit, so the requests are spread round-robin over {roles} IAM roles, one \
-         AccessRole each.\n",
+         AccessRole each. Both phases deploy the template with WorkTaskTimeoutSeconds {}.\n",
+        args.work_task_timeout,
     );
     let alone = if args.skip_moto_alone {
         None
@@ -2120,7 +2138,7 @@ mod existing {
         let stack = support::stack();
         let kube = &stack.kube;
         let ns = kube.create_namespace("bench").await;
-        let aws = stack.aws.deploy("bench").await;
+        let aws = deploy(&stack.aws, "bench", args).await;
         let sdk = stack.aws.sdk_config().await;
         // The open requests never reach a grant: one role is enough.
         let names = vec!["bench-role-0".to_string()];

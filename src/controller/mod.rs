@@ -292,6 +292,50 @@ fn now() -> Time {
     Time(jiff::Timestamp::now())
 }
 
+/// The controller's watches of requests and roles, made before it runs so that the
+/// drift sweeper reads the same caches (no second copy of thousands of requests). Their
+/// stores fill while the controller runs.
+pub struct Watches {
+    pub requests: Store<AccessRequest>,
+    pub roles: Store<AccessRole>,
+    request_events: futures::stream::BoxStream<'static, Result<AccessRequest, watcher::Error>>,
+    role_events: futures::stream::BoxStream<'static, Result<AccessRole, watcher::Error>>,
+    roles_api: Api<AccessRole>,
+}
+
+impl Watches {
+    pub fn new(client: &kube::Client, settings: &Settings) -> Self {
+        let requests: Api<AccessRequest> = match &settings.watch_namespace {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        let roles_api: Api<AccessRole> = Api::all(client.clone());
+        // Every watched object is cached without its managedFields (most of a small
+        // object's bytes): thousands of ended requests, the audit trail, stay cheap.
+        let (store, writer) = reflector::store();
+        let request_events = watcher(requests, watcher::Config::default().any_semantic())
+            .default_backoff()
+            .modify(tokens::strip)
+            .reflect(writer)
+            .applied_objects()
+            .boxed();
+        let (roles, role_writer) = reflector::store();
+        let role_events = watcher(roles_api.clone(), watcher::Config::default())
+            .default_backoff()
+            .modify(tokens::strip)
+            .reflect(role_writer)
+            .touched_objects()
+            .boxed();
+        Watches {
+            requests: store,
+            roles,
+            request_events,
+            role_events,
+            roles_api,
+        }
+    }
+}
+
 /// Runs the controller until `shutdown` resolves. `tokens` reads from the cache that
 /// `token_events` (from [`TokenStore::watched`]) feeds; each of those events wakes its
 /// request.
@@ -301,31 +345,20 @@ pub async fn run(
     sfn: StepFunctionClient,
     guard: Guard,
     settings: Settings,
+    watches: Watches,
     tokens: TokenStore,
     token_events: impl futures::Stream<Item = Result<Secret, watcher::Error>> + Send + 'static,
     faults: crate::faults::Faults,
     metrics: Arc<crate::telemetry::metrics::Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let requests: Api<AccessRequest> = match &settings.watch_namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let roles_api: Api<AccessRole> = Api::all(client.clone());
-    // Every watched object is cached without its managedFields (most of a small
-    // object's bytes): thousands of ended requests, the audit trail, stay cheap.
-    let (store, writer) = reflector::store();
-    let request_events = watcher(requests, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .modify(tokens::strip)
-        .reflect(writer)
-        .applied_objects();
-    let (roles, role_writer) = reflector::store();
-    let role_events = watcher(roles_api.clone(), watcher::Config::default())
-        .default_backoff()
-        .modify(tokens::strip)
-        .reflect(role_writer)
-        .touched_objects();
+    let Watches {
+        requests: store,
+        roles,
+        request_events,
+        role_events,
+        roles_api,
+    } = watches;
     let ctx = Arc::new(Context {
         client: client.clone(),
         sfn,
@@ -1570,12 +1603,10 @@ async fn end_method_grant(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let requests = requests
-        .list(&Default::default())
+    let requests = crate::grant::sweeper::list_stripped(&requests)
         .await
-        .map_err(|e| format!("cannot list requests: {e}"))?
-        .items;
-    let roles: Vec<AccessRole> = ctx.roles.state().iter().map(|r| (**r).clone()).collect();
+        .map_err(|e| format!("cannot list requests: {e}"))?;
+    let roles = ctx.roles.state();
     use crate::grant::sweeper::end_grant;
     let removed = match method {
         crate::crd::GrantMethod::IdentityCenter => {

@@ -12,14 +12,17 @@
 //!   or one whose name was squatted) are stopped. Nothing is revoked on the word of a
 //!   foreign execution's input (whoever started it wrote that).
 //!
-//! A statement the lists call drift is judged again on requests read afresh while the
-//! role's lock is held, so a grant made (or a request created) after the lists is never
-//! removed.
+//! The candidates come from the controller's caches (no second copy of thousands of
+//! requests); nothing is removed or stopped on a cache's word. A statement the caches
+//! call drift is judged again on requests read afresh while the role's lock is held, so
+//! a grant made (or a request created) after the lists is never removed; an execution
+//! they call foreign is judged again on requests read after the executions were.
 //!
 //! With `--watch-namespace` the operator sees only its namespace's requests, so a
 //! statement for a request it cannot see may be another installation's: it is reported
 //! but left (its AWS-enforced expiry still ends it). Every execution of the state
 //! machine belongs to this installation, so executions are judged either way.
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +31,7 @@ use jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 use kube::api::{Api, ListParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
 use tracing::{error, info, warn};
 
 use crate::crd::{AccessRequest, AccessRole, Phase};
@@ -74,10 +78,15 @@ pub struct Known<'a> {
 }
 
 impl<'a> Known<'a> {
-    pub fn new(requests: &'a [AccessRequest], roles: &'a [AccessRole], complete: bool) -> Self {
+    pub fn new<R: Borrow<AccessRequest>, S: Borrow<AccessRole>>(
+        requests: &'a [R],
+        roles: &'a [S],
+        complete: bool,
+    ) -> Self {
         let mut by_sid = HashMap::new();
         let mut by_uid = HashMap::new();
         for r in requests {
+            let r: &'a AccessRequest = r.borrow();
             if let Some(uid) = r.metadata.uid.as_deref() {
                 by_uid.insert(uid, r);
                 if let Ok(sid) = trust_policy::sid_for(uid) {
@@ -87,7 +96,8 @@ impl<'a> Known<'a> {
         }
         let roles = roles
             .iter()
-            .filter_map(|r| r.metadata.name.clone().map(|n| (n, r)))
+            .map(Borrow::borrow)
+            .filter_map(|r: &'a AccessRole| r.metadata.name.clone().map(|n| (n, r)))
             .collect();
         Known {
             by_sid,
@@ -235,22 +245,20 @@ pub fn may_hold_now(
 /// leaving out the request `except` (by uid). One request the method cannot judge
 /// (its directory unreachable) fails the whole count: removing on half a count could
 /// take a live grant away.
-pub async fn accounted_by<M: GrantMethod>(
+pub async fn accounted_by<M: GrantMethod, R: Borrow<AccessRequest>, S: Borrow<AccessRole>>(
     method: &M,
-    requests: &[AccessRequest],
-    roles: &[AccessRole],
+    requests: &[R],
+    roles: &[S],
     except: Option<&str>,
     now: Timestamp,
 ) -> Result<HashSet<Held>, GrantError> {
     let mut accounted = HashSet::new();
     for request in requests {
+        let request: &AccessRequest = request.borrow();
         if except.is_some() && request.metadata.uid.as_deref() == except {
             continue;
         }
-        let Some(role) = roles
-            .iter()
-            .find(|r| r.metadata.name.as_deref() == Some(request.spec.role.as_str()))
-        else {
+        let Some(role) = role_named(roles, &request.spec.role) else {
             continue;
         };
         if role.spec.method != method.method() || may_hold_now(role, request, now).is_err() {
@@ -276,17 +284,15 @@ pub fn drift_among(
 
 /// Everything the requests of `method`'s roles ever accounted for, ended or not: whose
 /// grant a request of this operator's was (watching one namespace).
-pub async fn ever_accounted_by<M: GrantMethod>(
+pub async fn ever_accounted_by<M: GrantMethod, R: Borrow<AccessRequest>, S: Borrow<AccessRole>>(
     method: &M,
-    requests: &[AccessRequest],
-    roles: &[AccessRole],
+    requests: &[R],
+    roles: &[S],
 ) -> Result<HashSet<Held>, GrantError> {
     let mut ever = HashSet::new();
     for request in requests {
-        let Some(role) = roles
-            .iter()
-            .find(|r| r.metadata.name.as_deref() == Some(request.spec.role.as_str()))
-        else {
+        let request: &AccessRequest = request.borrow();
+        let Some(role) = role_named(roles, &request.spec.role) else {
             continue;
         };
         if role.spec.method == method.method() {
@@ -296,15 +302,46 @@ pub async fn ever_accounted_by<M: GrantMethod>(
     Ok(ever)
 }
 
+/// The AccessRole called `name` among `roles`.
+fn role_named<'a, S: Borrow<AccessRole>>(roles: &'a [S], name: &str) -> Option<&'a AccessRole> {
+    roles
+        .iter()
+        .map(Borrow::borrow)
+        .find(|r: &&AccessRole| r.metadata.name.as_deref() == Some(name))
+}
+
+/// Every object `api` lists, a page at a time and without managedFields (most of a
+/// small object's bytes): thousands of ended requests, the audit trail, are never held
+/// in one answer, nor twice over.
+pub async fn list_stripped<K>(api: &Api<K>) -> Result<Vec<K>, kube::Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    const PAGE: u32 = 500;
+    let mut all = Vec::new();
+    let mut params = ListParams::default().limit(PAGE);
+    loop {
+        let page = api.list(&params).await?;
+        all.extend(page.items.into_iter().map(|mut o| {
+            o.meta_mut().managed_fields = None;
+            o
+        }));
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(all),
+        }
+    }
+}
+
 /// Ends `request`'s grant of `method` in place of its execution (stopped, failed): what
 /// it recorded it made (else what its role says it would), unless another request that may hold it now accounts for it too
 /// (one assignment, many grants). Returns what was removed.
-pub async fn end_grant<M: GrantMethod>(
+pub async fn end_grant<M: GrantMethod, R: Borrow<AccessRequest>, S: Borrow<AccessRole>>(
     method: &M,
     role: Option<&AccessRole>,
     request: &AccessRequest,
-    requests: &[AccessRequest],
-    roles: &[AccessRole],
+    requests: &[R],
+    roles: &[S],
 ) -> Result<Vec<Held>, GrantError> {
     let mine = accounted_for(method, role, request).await?;
     let others = accounted_by(
@@ -401,7 +438,19 @@ pub struct Sweeper {
     pub interval: Duration,
     /// The methods the state machine performs, as the operator sees them.
     pub methods: Arc<Methods>,
+    /// The controller's caches of requests and roles, where the sweep finds candidates.
+    pub caches: Option<Caches>,
 }
+
+/// The controller's caches (its watches, without managedFields).
+#[derive(Clone)]
+pub struct Caches {
+    pub requests: Store<AccessRequest>,
+    pub roles: Store<AccessRole>,
+}
+
+/// How long a sweep waits for the controller's caches to sync before it reads live.
+const CACHE_WAIT: Duration = Duration::from_secs(30);
 
 /// The grant methods the state machine performs, for the sweep and for ending a grant
 /// whose execution ended without it.
@@ -444,32 +493,55 @@ impl Sweeper {
         }
     }
 
-    /// The requests this operator sees and every AccessRole, read now.
-    async fn read_kubernetes(&self) -> Result<(Vec<AccessRequest>, Vec<AccessRole>), SweepError> {
+    /// The requests this operator sees and every AccessRole, read now from the API.
+    async fn read_live(
+        &self,
+    ) -> Result<(Vec<Arc<AccessRequest>>, Vec<Arc<AccessRole>>), SweepError> {
         let requests_api: Api<AccessRequest> = match &self.watch_namespace {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         };
-        let requests = requests_api.list(&ListParams::default()).await?.items;
-        let roles = Api::<AccessRole>::all(self.client.clone())
-            .list(&ListParams::default())
-            .await?
-            .items;
-        Ok((requests, roles))
+        let requests = list_stripped(&requests_api).await?;
+        let roles = list_stripped(&Api::<AccessRole>::all(self.client.clone())).await?;
+        Ok((
+            requests.into_iter().map(Arc::new).collect(),
+            roles.into_iter().map(Arc::new).collect(),
+        ))
+    }
+
+    /// The requests and roles to find candidates in: the controller's caches once they
+    /// have synced (no second copy of thousands of requests), else read live. Nothing
+    /// is removed or stopped on the word of a cache: every candidate is judged again on
+    /// a live read ([`Sweeper::read_live`]).
+    async fn read_first(
+        &self,
+    ) -> Result<(Vec<Arc<AccessRequest>>, Vec<Arc<AccessRole>>), SweepError> {
+        if let Some(caches) = &self.caches {
+            let ready = async {
+                caches.requests.wait_until_ready().await?;
+                caches.roles.wait_until_ready().await
+            };
+            match tokio::time::timeout(CACHE_WAIT, ready).await {
+                Ok(Ok(())) => return Ok((caches.requests.state(), caches.roles.state())),
+                Ok(Err(_)) | Err(_) => {
+                    warn!("the controller's caches have not synced; the drift sweep reads live")
+                }
+            }
+        }
+        self.read_live().await
     }
 
     /// One sweep.
     pub async fn sweep(&self) -> Result<Swept, SweepError> {
         // Executions first: every request is listed after its execution was started.
         let executions = self.running_executions().await?;
-        let (requests, roles) = self.read_kubernetes().await?;
+        let (requests, roles) = self.read_first().await?;
         let complete = self.watch_namespace.is_none();
         let known = Known::new(&requests, &roles, complete);
         let mut swept = Swept::default();
         // Every role an AccessRole names; watching one namespace, only the roles its
         // requests use (statements of requests it cannot see are not its to judge).
-        let used: std::collections::HashSet<&str> =
-            requests.iter().map(|r| r.spec.role.as_str()).collect();
+        let used: HashSet<&str> = requests.iter().map(|r| r.spec.role.as_str()).collect();
         let mut managed: Vec<&str> = roles
             .iter()
             .filter(|r| r.spec.method == crate::crd::GrantMethod::TrustPolicy)
@@ -522,19 +594,34 @@ impl Sweeper {
                 Err(e) => warn!(role = %name, error = %e, "cannot sweep this AccessRole's grants"),
             }
         }
-        for (arn, name) in executions {
-            let ExecutionVerdict::Foreign(why) = judge_execution(&known, &name, &arn) else {
-                continue;
-            };
-            let request = name
-                .strip_prefix("ar-")
-                .and_then(|uid| known.by_uid.get(uid).copied());
-            self.stop_foreign(&arn).await;
-            self.report("execution", request, &format!(
-                "stopped execution {arn}, which aws-jit did not start for a request it knows: {why}"
-            ))
-            .await;
-            swept.executions.push((arn, why));
+        // Foreign on the cache's word is only a candidate: a request's status may not be
+        // in the cache yet. Judged again on requests read after the executions were.
+        let candidates: Vec<&(String, String)> = executions
+            .iter()
+            .filter(|(arn, name)| {
+                matches!(
+                    judge_execution(&known, name, arn),
+                    ExecutionVerdict::Foreign(_)
+                )
+            })
+            .collect();
+        if !candidates.is_empty() {
+            let (requests, roles) = self.read_live().await?;
+            let fresh = Known::new(&requests, &roles, complete);
+            for (arn, name) in candidates {
+                let ExecutionVerdict::Foreign(why) = judge_execution(&fresh, name, arn) else {
+                    continue;
+                };
+                let request = name
+                    .strip_prefix("ar-")
+                    .and_then(|uid| fresh.by_uid.get(uid).copied());
+                self.stop_foreign(arn).await;
+                self.report("execution", request, &format!(
+                    "stopped execution {arn}, which aws-jit did not start for a request it knows: {why}"
+                ))
+                .await;
+                swept.executions.push((arn.clone(), why));
+            }
         }
         Ok(swept)
     }
@@ -554,7 +641,7 @@ impl Sweeper {
                 if candidates.is_empty() {
                     return candidates;
                 }
-                let (requests, roles) = match self.read_kubernetes().await {
+                let (requests, roles) = match self.read_live().await {
                     Ok(fresh) => fresh,
                     Err(e) => {
                         warn!(%role_arn, error = %e, "cannot read requests afresh; removing nothing");
@@ -580,8 +667,8 @@ impl Sweeper {
         &self,
         method: &M,
         role: &AccessRole,
-        requests: &[AccessRequest],
-        roles: &[AccessRole],
+        requests: &[Arc<AccessRequest>],
+        roles: &[Arc<AccessRole>],
     ) -> Result<Vec<Held>, GrantError> {
         let held = method.held(role).await?;
         if held.is_empty() {
@@ -600,7 +687,7 @@ impl Sweeper {
             return Ok(Vec::new());
         }
         let (fresh_requests, fresh_roles) = self
-            .read_kubernetes()
+            .read_live()
             .await
             .map_err(|e| GrantError::Target(format!("cannot read requests afresh: {e}")))?;
         let fresh = accounted_by(

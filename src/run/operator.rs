@@ -264,6 +264,8 @@ pub async fn run(
             iam: clients.iam.clone(),
         },
     });
+    // The controller's watches, made here so that the sweeper reads the same caches.
+    let watches = controller::Watches::new(&kube, &config.settings);
     let sweeper = crate::grant::sweeper::Sweeper {
         client: kube.clone(),
         sfn: clients.sfn.clone(),
@@ -275,6 +277,10 @@ pub async fn run(
         alerts: alerts.clone(),
         interval: config.sweep_interval,
         methods: methods.clone(),
+        caches: Some(crate::grant::sweeper::Caches {
+            requests: watches.requests.clone(),
+            roles: watches.roles.clone(),
+        }),
     };
     let sweeper = {
         let rx = stop_rx.clone();
@@ -301,6 +307,7 @@ pub async fn run(
             permission_sets,
         },
         config.settings.clone(),
+        watches,
         tokens,
         token_events,
         config.faults.clone(),

@@ -650,6 +650,96 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
     assert_eq!(env.foreign_statements().await, foreign_before);
 }
 
+/// The drift sweep finds its candidates in the controller's caches, which may not show
+/// a request yet (a watch a little behind, a request just created). Here the cache of
+/// requests has synced and shows none at all while a grant is live: its statement and
+/// its execution are candidates, and both must be judged again on a live read. Before
+/// the fix (executions judged on the cache alone), the live execution was stopped.
+#[tokio::test]
+async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
+    use aws_jit::grant::sweeper::{Caches, Methods, Sweeper, Swept};
+    use kube::runtime::{reflector, watcher};
+    let env = Env::new("atk-stale-sweep", "").await;
+    env.request(User::Alice, "held", "  duration: 5m\n");
+    env.wait_phase("held", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "held", "Approve");
+    env.wait_phase("held", Phase::Active).await;
+    let policy = env.trust_policy().await;
+    assert_eq!(granted(&env).await, vec![ALICE.to_string()]);
+
+    // Caches as the controller's, synced: no requests; this test's AccessRole.
+    let (requests, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let role: aws_jit::crd::AccessRole = Api::all(env.kube.clone())
+        .get(&env.access_role)
+        .await
+        .expect("AccessRole");
+    let (roles, mut writer) = reflector::store();
+    writer.apply_watcher_event(&watcher::Event::Init);
+    writer.apply_watcher_event(&watcher::Event::InitApply(role));
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+    let config = env.config();
+    let sfn = aws_sdk_sfn::Client::new(&env.sdk);
+    let machine =
+        aws_jit::aws::sfn::StepFunctionClient::new(sfn.clone(), &env.aws.state_machine_arn);
+    let authority = aws_jit::aws::authority::Authority::new(
+        env.kube.clone(),
+        machine.clone(),
+        config.aws.scope(),
+        Default::default(),
+        aws_jit::aws::alerts::SecurityAlerts::none(),
+    );
+    let iam = aws_sdk_iam::Client::new(&env.sdk);
+    let worker = aws_jit::grant::trust_policy::worker::Worker::new(
+        authority,
+        aws_sdk_sqs::Client::new(&env.sdk),
+        iam.clone(),
+        machine,
+        &env.aws.work_queue_url,
+    );
+    let sso = aws_sdk_ssoadmin::Client::new(&env.sdk);
+    let sweeper = Sweeper {
+        client: env.kube.clone(),
+        sfn: sfn.clone(),
+        state_machine_arn: env.aws.state_machine_arn.clone(),
+        worker,
+        scope: config.aws.scope(),
+        // Every request (the statement of one the cache does not show is drift then).
+        watch_namespace: None,
+        metrics: Default::default(),
+        alerts: aws_jit::aws::alerts::SecurityAlerts::none(),
+        interval: Duration::from_secs(3600),
+        methods: std::sync::Arc::new(Methods {
+            identity_center: aws_jit::grant::identity_center::IdentityCenterGrants::with_clients(
+                sso.clone(),
+                aws_sdk_identitystore::Client::new(&env.sdk),
+                std::sync::Arc::new(aws_jit::grant::identity_center::PermissionSets::new(Some(
+                    sso,
+                ))),
+            ),
+            iam_group: aws_jit::grant::iam_group::IamGroupGrants { iam },
+        }),
+        caches: Some(Caches { requests, roles }),
+    };
+
+    let swept = sweeper.sweep().await.expect("a sweep");
+    assert_eq!(swept, Swept::default(), "nothing live is drift");
+    assert_eq!(env.trust_policy().await, policy, "the grant stays");
+    assert_eq!(
+        env.execution("held").await.status().as_str(),
+        "RUNNING",
+        "the request's execution still runs"
+    );
+    assert_eq!(
+        env.wait_phase("held", Phase::Active)
+            .await
+            .status
+            .and_then(|s| s.phase),
+        Some(Phase::Active)
+    );
+}
+
 /// The apiserver is unreachable for the operator while a request's approval task
 /// waits on the request queue, for longer than SQS takes to move an abandoned message
 /// to the dead-letter queue (the queue's visibility timeout is cut to 1 s here, so five
