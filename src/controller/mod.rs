@@ -9,6 +9,7 @@
 //! a concurrent change (an approver's vote) makes the write conflict and the request is
 //! reconciled again, so nothing an approver appended is ever dropped.
 pub mod request_queue;
+pub mod synced;
 pub mod tokens;
 
 use std::collections::{BTreeSet, HashMap};
@@ -157,6 +158,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// AccessRoles, from the controller's watch of them.
     pub roles: Store<AccessRole>,
+    pub roles_synced: synced::Synced,
     /// AccessRoles, live (when the watch cannot answer, and to count an approval on the
     /// role as it is now).
     pub roles_api: Api<AccessRole>,
@@ -259,9 +261,10 @@ impl Context {
     /// The AccessRole of that name, from the watch (live while the watch has not
     /// listed them: a watch that cannot sync must not stall every request).
     async fn role(&self, name: &str) -> Result<Option<AccessRole>, Error> {
-        match tokio::time::timeout(SYNC_WAIT, self.roles.wait_until_ready()).await {
-            Ok(Ok(())) => Ok(self.roles.get(&ObjectRef::new(name)).map(|r| (*r).clone())),
-            _ => self.roles_api.get_opt(name).await.map_err(Error::Kube),
+        if self.roles_synced.within(SYNC_WAIT).await {
+            Ok(self.roles.get(&ObjectRef::new(name)).map(|r| (*r).clone()))
+        } else {
+            self.roles_api.get_opt(name).await.map_err(Error::Kube)
         }
     }
 
@@ -298,6 +301,9 @@ fn now() -> Time {
 pub struct Watches {
     pub requests: Store<AccessRequest>,
     pub roles: Store<AccessRole>,
+    /// Set once each store shows a whole list (any number of tasks may wait on these).
+    pub requests_synced: synced::Synced,
+    pub roles_synced: synced::Synced,
     request_events: futures::stream::BoxStream<'static, Result<AccessRequest, watcher::Error>>,
     role_events: futures::stream::BoxStream<'static, Result<AccessRole, watcher::Error>>,
     roles_api: Api<AccessRole>,
@@ -313,24 +319,26 @@ impl Watches {
         // Every watched object is cached without its managedFields (most of a small
         // object's bytes): thousands of ended requests, the audit trail, stay cheap.
         let (store, writer) = reflector::store();
-        let request_events = watcher(requests, watcher::Config::default().any_semantic())
-            .default_backoff()
-            .modify(tokens::strip)
-            .reflect(writer)
-            .applied_objects()
-            .boxed();
+        let (request_events, requests_synced) = synced::reflect(
+            watcher(requests, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .modify(tokens::strip),
+            writer,
+        );
         let (roles, role_writer) = reflector::store();
-        let role_events = watcher(roles_api.clone(), watcher::Config::default())
-            .default_backoff()
-            .modify(tokens::strip)
-            .reflect(role_writer)
-            .touched_objects()
-            .boxed();
+        let (role_events, roles_synced) = synced::reflect(
+            watcher(roles_api.clone(), watcher::Config::default())
+                .default_backoff()
+                .modify(tokens::strip),
+            role_writer,
+        );
         Watches {
             requests: store,
             roles,
-            request_events,
-            role_events,
+            requests_synced,
+            roles_synced,
+            request_events: request_events.applied_objects().boxed(),
+            role_events: role_events.touched_objects().boxed(),
             roles_api,
         }
     }
@@ -355,6 +363,8 @@ pub async fn run(
     let Watches {
         requests: store,
         roles,
+        requests_synced: _,
+        roles_synced,
         request_events,
         role_events,
         roles_api,
@@ -375,6 +385,7 @@ pub async fn run(
             },
         ),
         roles,
+        roles_synced,
         roles_api: roles_api.clone(),
         settings: settings.clone(),
         faults,

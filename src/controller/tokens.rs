@@ -107,7 +107,7 @@ impl Tokens {
 pub struct TokenStore {
     api: Api<Secret>,
     /// The watched Secrets (None: every read is a GET, as `aws-jit drain` does).
-    cache: Option<Store<Secret>>,
+    cache: Option<(Store<Secret>, super::synced::Synced)>,
     /// This store's own writes the cache may not show yet, by request uid.
     written: Arc<Mutex<HashMap<String, Written>>>,
 }
@@ -175,20 +175,22 @@ impl TokenStore {
     ) {
         let api: Api<Secret> = Api::namespaced(client, operator_namespace);
         let (reader, writer) = reflector::store();
-        let stream = watcher(
-            api.clone(),
-            watcher::Config::default()
-                .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
-        )
-        .default_backoff()
-        .modify(strip)
-        .reflect(writer)
-        .touched_objects();
+        let (stream, synced) = super::synced::reflect(
+            watcher(
+                api.clone(),
+                watcher::Config::default()
+                    .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
+            )
+            .default_backoff()
+            .modify(strip),
+            writer,
+        );
         let store = Self {
             api,
-            cache: Some(reader),
+            cache: Some((reader, synced)),
             written: Default::default(),
         };
+        let stream = stream.touched_objects();
         (store, stream)
     }
 
@@ -198,14 +200,11 @@ impl TokenStore {
         &self,
         request_uid: &str,
     ) -> Result<Option<(Option<Secret>, bool)>, TokenError> {
-        let Some(cache) = &self.cache else {
+        let Some((cache, synced)) = &self.cache else {
             return Ok(None);
         };
         // Not listed yet (a watch that cannot sync): read live rather than stall.
-        if !matches!(
-            tokio::time::timeout(SYNC_WAIT, cache.wait_until_ready()).await,
-            Ok(Ok(()))
-        ) {
+        if !synced.within(SYNC_WAIT).await {
             return Ok(None);
         }
         let name = secret_name(request_uid);
@@ -254,7 +253,7 @@ impl TokenStore {
             // Entries of requests nobody reads again (ended, gone): dropped once the
             // cache shows them, checked when the map grows.
             if written.len() % 1024 == 0
-                && let Some(cache) = &self.cache
+                && let Some((cache, _)) = &self.cache
             {
                 let namespace = self.api.namespace().unwrap_or_default().to_owned();
                 written.retain(|uid, w| {

@@ -442,11 +442,14 @@ pub struct Sweeper {
     pub caches: Option<Caches>,
 }
 
-/// The controller's caches (its watches, without managedFields).
+/// The controller's caches (its watches, without managedFields), each with the signal
+/// that it has listed everything once (true then).
 #[derive(Clone)]
 pub struct Caches {
     pub requests: Store<AccessRequest>,
+    pub requests_synced: tokio::sync::watch::Receiver<bool>,
     pub roles: Store<AccessRole>,
+    pub roles_synced: tokio::sync::watch::Receiver<bool>,
 }
 
 /// How long a sweep waits for the controller's caches to sync before it reads live.
@@ -517,9 +520,11 @@ impl Sweeper {
         &self,
     ) -> Result<(Vec<Arc<AccessRequest>>, Vec<Arc<AccessRole>>), SweepError> {
         if let Some(caches) = &self.caches {
+            let (mut requests, mut roles) =
+                (caches.requests_synced.clone(), caches.roles_synced.clone());
             let ready = async {
-                caches.requests.wait_until_ready().await?;
-                caches.roles.wait_until_ready().await
+                requests.wait_for(|s| *s).await?;
+                roles.wait_for(|s| *s).await.map(|_| ())
             };
             match tokio::time::timeout(CACHE_WAIT, ready).await {
                 Ok(Ok(())) => return Ok((caches.requests.state(), caches.roles.state())),

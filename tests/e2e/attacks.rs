@@ -679,6 +679,8 @@ async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
     writer.apply_watcher_event(&watcher::Event::Init);
     writer.apply_watcher_event(&watcher::Event::InitApply(role));
     writer.apply_watcher_event(&watcher::Event::InitDone);
+    // Both synced (kept open while the sweep runs).
+    let (synced, _) = tokio::sync::watch::channel(true);
     let config = env.config();
     let sfn = aws_sdk_sfn::Client::new(&env.sdk);
     let machine =
@@ -720,7 +722,12 @@ async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
             ),
             iam_group: aws_jit::grant::iam_group::IamGroupGrants { iam },
         }),
-        caches: Some(Caches { requests, roles }),
+        caches: Some(Caches {
+            requests,
+            requests_synced: synced.subscribe(),
+            roles,
+            roles_synced: synced.subscribe(),
+        }),
     };
 
     let swept = sweeper.sweep().await.expect("a sweep");
