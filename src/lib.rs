@@ -3,8 +3,9 @@
 //! Data flows one way: AccessRequest → reconcile → Step Functions → queues → status.
 //!
 //! The house, floor by floor (`tests/layout.rs` checks who may use whom):
-//! - [`crd`], [`contract`], [`faults`]: the resources, the state machine's messages,
-//!   test crash points. They use nothing above them.
+//! - [`crd`], [`contract`], [`faults`], [`cache`]: the resources, the state machine's
+//!   messages, test crash points, the reflector caches and whole-list reads. They use
+//!   nothing above them.
 //! - [`policy`]: pure decisions. Besides the ground floor it uses only the pure rules of
 //!   each grant method (`grant::*::rules`, the trust policy's `document` and `session`).
 //! - [`telemetry`] (metrics, probes) and [`aws`] (Step Functions, the one SQS consumer
@@ -19,6 +20,7 @@
 //!   `contract` and `policy` (the controller's own decisions of who may vote or revoke).
 
 // Floors, from the ground up; a module imports only from floors below it.
+pub mod cache;
 pub mod contract;
 pub mod crd;
 pub mod faults;

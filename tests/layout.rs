@@ -49,11 +49,13 @@ fn uses(code: &str) -> Vec<String> {
 fn allowed(module: &str) -> &'static [&'static str] {
     match module {
         "crd" | "faults" => &["crd"],
+        "cache" => &["cache"],
         "contract" => &["crd"],
         "telemetry" => &["crd", "telemetry"],
         "policy" => &["crd", "contract", "policy", "grant"],
         "aws" => &["crd", "contract", "faults", "telemetry", "policy", "aws"],
         "grant" => &[
+            "cache",
             "crd",
             "contract",
             "faults",
@@ -63,6 +65,7 @@ fn allowed(module: &str) -> &'static [&'static str] {
             "grant",
         ],
         "controller" => &[
+            "cache",
             "crd",
             "contract",
             "faults",
@@ -74,6 +77,7 @@ fn allowed(module: &str) -> &'static [&'static str] {
         ],
         "slack" => &["crd", "contract", "telemetry", "policy", "aws", "slack"],
         "run" => &[
+            "cache",
             "crd",
             "contract",
             "faults",

@@ -9,7 +9,6 @@
 //! a concurrent change (an approver's vote) makes the write conflict and the request is
 //! reconciled again, so nothing an approver appended is ever dropped.
 pub mod request_queue;
-pub mod synced;
 pub mod tokens;
 
 use std::collections::{BTreeSet, HashMap};
@@ -158,7 +157,7 @@ pub struct Context {
     pub recorder: Recorder,
     /// AccessRoles, from the controller's watch of them.
     pub roles: Store<AccessRole>,
-    pub roles_synced: synced::Synced,
+    pub roles_synced: crate::cache::Synced,
     /// AccessRoles, live (when the watch cannot answer, and to count an approval on the
     /// role as it is now).
     pub roles_api: Api<AccessRole>,
@@ -302,8 +301,8 @@ pub struct Watches {
     pub requests: Store<AccessRequest>,
     pub roles: Store<AccessRole>,
     /// Set once each store shows a whole list (any number of tasks may wait on these).
-    pub requests_synced: synced::Synced,
-    pub roles_synced: synced::Synced,
+    pub requests_synced: crate::cache::Synced,
+    pub roles_synced: crate::cache::Synced,
     request_events: futures::stream::BoxStream<'static, Result<AccessRequest, watcher::Error>>,
     role_events: futures::stream::BoxStream<'static, Result<AccessRole, watcher::Error>>,
     roles_api: Api<AccessRole>,
@@ -319,17 +318,17 @@ impl Watches {
         // Every watched object is cached without its managedFields (most of a small
         // object's bytes): thousands of ended requests, the audit trail, stay cheap.
         let (store, writer) = reflector::store();
-        let (request_events, requests_synced) = synced::reflect(
+        let (request_events, requests_synced) = crate::cache::reflect(
             watcher(requests, watcher::Config::default().any_semantic())
                 .default_backoff()
-                .modify(tokens::strip),
+                .modify(crate::cache::strip),
             writer,
         );
         let (roles, role_writer) = reflector::store();
-        let (role_events, roles_synced) = synced::reflect(
+        let (role_events, roles_synced) = crate::cache::reflect(
             watcher(roles_api.clone(), watcher::Config::default())
                 .default_backoff()
-                .modify(tokens::strip),
+                .modify(crate::cache::strip),
             role_writer,
         );
         Watches {
@@ -1614,10 +1613,14 @@ async fn end_method_grant(
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let requests = crate::grant::sweeper::list_stripped(&requests)
+    let requests = crate::cache::list_stripped(&requests)
         .await
         .map_err(|e| format!("cannot list requests: {e}"))?;
-    let roles = ctx.roles.state();
+    // Live too: a role the cache does not show yet (at a start) would count nobody else
+    // holding the same assignment, and take it away from them.
+    let roles = crate::cache::list_stripped(&ctx.roles_api)
+        .await
+        .map_err(|e| format!("cannot list AccessRoles: {e}"))?;
     use crate::grant::sweeper::end_grant;
     let removed = match method {
         crate::crd::GrantMethod::IdentityCenter => {

@@ -19,10 +19,10 @@ use std::time::Duration;
 use futures::Stream;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Resource, ResourceExt};
 
 use crate::contract::RequestIdentity;
 
@@ -107,7 +107,7 @@ impl Tokens {
 pub struct TokenStore {
     api: Api<Secret>,
     /// The watched Secrets (None: every read is a GET, as `aws-jit drain` does).
-    cache: Option<(Store<Secret>, super::synced::Synced)>,
+    cache: Option<(Store<Secret>, crate::cache::Synced)>,
     /// This store's own writes the cache may not show yet, by request uid.
     written: Arc<Mutex<HashMap<String, Written>>>,
 }
@@ -143,11 +143,6 @@ fn caught_up(cached: Option<&str>, written: &Written) -> bool {
 /// How long a read waits for the cache's first list before it reads live instead.
 const SYNC_WAIT: Duration = Duration::from_secs(10);
 
-/// Drops what the cache never needs: `managedFields` are most of a small object.
-pub fn strip<K: Resource>(object: &mut K) {
-    object.meta_mut().managed_fields = None;
-}
-
 /// The Secret of a request.
 pub fn secret_name(request_uid: &str) -> String {
     format!("aws-jit-task-{request_uid}")
@@ -175,14 +170,14 @@ impl TokenStore {
     ) {
         let api: Api<Secret> = Api::namespaced(client, operator_namespace);
         let (reader, writer) = reflector::store();
-        let (stream, synced) = super::synced::reflect(
+        let (stream, synced) = crate::cache::reflect(
             watcher(
                 api.clone(),
                 watcher::Config::default()
                     .labels(&format!("app.kubernetes.io/managed-by={MANAGED_BY}")),
             )
             .default_backoff()
-            .modify(strip),
+            .modify(crate::cache::strip),
             writer,
         );
         let store = Self {

@@ -16,7 +16,10 @@
 //! requests); nothing is removed or stopped on a cache's word. A statement the caches
 //! call drift is judged again on requests read afresh while the role's lock is held, so
 //! a grant made (or a request created) after the lists is never removed; an execution
-//! they call foreign is judged again on requests read after the executions were.
+//! they call foreign is judged again on requests read after the executions were. What
+//! a cache calls kept carries the cache's lag: a cache that cannot be read (not synced,
+//! its watch failing or gone) is not used, and one sweep in twelve reads everything
+//! live anyway.
 //!
 //! With `--watch-namespace` the operator sees only its namespace's requests, so a
 //! statement for a request it cannot see may be another installation's: it is reported
@@ -29,7 +32,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use kube::Resource;
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use tracing::{error, info, warn};
@@ -310,29 +313,6 @@ fn role_named<'a, S: Borrow<AccessRole>>(roles: &'a [S], name: &str) -> Option<&
         .find(|r: &&AccessRole| r.metadata.name.as_deref() == Some(name))
 }
 
-/// Every object `api` lists, a page at a time and without managedFields (most of a
-/// small object's bytes): thousands of ended requests, the audit trail, are never held
-/// in one answer, nor twice over.
-pub async fn list_stripped<K>(api: &Api<K>) -> Result<Vec<K>, kube::Error>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-{
-    const PAGE: u32 = 500;
-    let mut all = Vec::new();
-    let mut params = ListParams::default().limit(PAGE);
-    loop {
-        let page = api.list(&params).await?;
-        all.extend(page.items.into_iter().map(|mut o| {
-            o.meta_mut().managed_fields = None;
-            o
-        }));
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(all),
-        }
-    }
-}
-
 /// Ends `request`'s grant of `method` in place of its execution (stopped, failed): what
 /// it recorded it made (else what its role says it would), unless another request that may hold it now accounts for it too
 /// (one assignment, many grants). Returns what was removed.
@@ -365,9 +345,9 @@ pub async fn end_grant<M: GrantMethod, R: Borrow<AccessRequest>, S: Borrow<Acces
     Ok(removed)
 }
 
-/// Judges one running execution of the state machine, against requests listed after
-/// the executions were (so a request always exists before its execution is seen). No
-/// clock is trusted: an execution whose request has not recorded one yet, and has not
+/// Judges one running execution of the state machine. Foreign is final only against
+/// requests listed after the executions were (so a request always exists before its
+/// execution is seen); against a cache it only makes a candidate. No clock is trusted: an execution whose request has not recorded one yet, and has not
 /// ended, is left to the controller, which adopts it or marks the request tampered.
 pub fn judge_execution(known: &Known<'_>, name: &str, arn: &str) -> ExecutionVerdict {
     let Some(uid) = name.strip_prefix("ar-") else {
@@ -442,18 +422,23 @@ pub struct Sweeper {
     pub caches: Option<Caches>,
 }
 
-/// The controller's caches (its watches, without managedFields), each with the signal
-/// that it has listed everything once (true then).
+/// The controller's caches (its watches, without managedFields), each with whether it
+/// can be read (synced, its watch working).
 #[derive(Clone)]
 pub struct Caches {
     pub requests: Store<AccessRequest>,
-    pub requests_synced: tokio::sync::watch::Receiver<bool>,
+    pub requests_synced: crate::cache::Synced,
     pub roles: Store<AccessRole>,
-    pub roles_synced: tokio::sync::watch::Receiver<bool>,
+    pub roles_synced: crate::cache::Synced,
 }
 
 /// How long a sweep waits for the controller's caches to sync before it reads live.
 const CACHE_WAIT: Duration = Duration::from_secs(30);
+
+/// One sweep in this many reads everything live, caches or not: a watch stuck without
+/// an error (a connection that hangs) would otherwise hide drift its cache calls kept,
+/// as long as it stays stuck (each grant's own AWS-enforced expiry still ends it).
+const LIVE_EVERY: u64 = 12;
 
 /// The grant methods the state machine performs, for the sweep and for ending a grant
 /// whose execution ended without it.
@@ -461,6 +446,13 @@ const CACHE_WAIT: Duration = Duration::from_secs(30);
 pub struct Methods {
     pub identity_center: IdentityCenterGrants,
     pub iam_group: IamGroupGrants,
+}
+
+/// Where a sweep finds its candidates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    Caches,
+    Live,
 }
 
 /// What one sweep removed.
@@ -478,8 +470,13 @@ impl Sweeper {
     /// Sweeps now, then every `interval`, until `shutdown`.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        loop {
-            match self.sweep().await {
+        for n in 1u64.. {
+            let read = if n.is_multiple_of(LIVE_EVERY) {
+                Read::Live
+            } else {
+                Read::Caches
+            };
+            match self.sweep_reading(read).await {
                 Ok(swept) if swept == Swept::default() => info!("drift sweep: nothing to remove"),
                 Ok(swept) => warn!(
                     statements = swept.statements.len(),
@@ -504,43 +501,46 @@ impl Sweeper {
             Some(ns) => Api::namespaced(self.client.clone(), ns),
             None => Api::all(self.client.clone()),
         };
-        let requests = list_stripped(&requests_api).await?;
-        let roles = list_stripped(&Api::<AccessRole>::all(self.client.clone())).await?;
+        let requests = crate::cache::list_stripped(&requests_api).await?;
+        let roles =
+            crate::cache::list_stripped(&Api::<AccessRole>::all(self.client.clone())).await?;
         Ok((
             requests.into_iter().map(Arc::new).collect(),
             roles.into_iter().map(Arc::new).collect(),
         ))
     }
 
-    /// The requests and roles to find candidates in: the controller's caches once they
-    /// have synced (no second copy of thousands of requests), else read live. Nothing
-    /// is removed or stopped on the word of a cache: every candidate is judged again on
-    /// a live read ([`Sweeper::read_live`]).
+    /// The requests and roles to find candidates in: the controller's caches when they
+    /// can be read (synced, their watches working: no second copy of thousands of
+    /// requests), else read live. Nothing is removed or stopped on the word of a cache:
+    /// every candidate is judged again on a live read ([`Sweeper::read_live`]).
     async fn read_first(
         &self,
+        read: Read,
     ) -> Result<(Vec<Arc<AccessRequest>>, Vec<Arc<AccessRole>>), SweepError> {
-        if let Some(caches) = &self.caches {
-            let (mut requests, mut roles) =
-                (caches.requests_synced.clone(), caches.roles_synced.clone());
-            let ready = async {
-                requests.wait_for(|s| *s).await?;
-                roles.wait_for(|s| *s).await.map(|_| ())
-            };
-            match tokio::time::timeout(CACHE_WAIT, ready).await {
-                Ok(Ok(())) => return Ok((caches.requests.state(), caches.roles.state())),
-                Ok(Err(_)) | Err(_) => {
-                    warn!("the controller's caches have not synced; the drift sweep reads live")
-                }
+        if let (Some(caches), Read::Caches) = (&self.caches, read) {
+            if caches.requests_synced.within(CACHE_WAIT).await
+                && caches.roles_synced.within(CACHE_WAIT).await
+            {
+                return Ok((caches.requests.state(), caches.roles.state()));
             }
+            warn!(
+                "the controller's caches cannot be read (not synced, or their watch failing); the drift sweep reads live"
+            );
         }
         self.read_live().await
     }
 
-    /// One sweep.
+    /// One sweep, finding candidates in the caches.
     pub async fn sweep(&self) -> Result<Swept, SweepError> {
-        // Executions first: every request is listed after its execution was started.
+        self.sweep_reading(Read::Caches).await
+    }
+
+    async fn sweep_reading(&self, read: Read) -> Result<Swept, SweepError> {
+        // Executions first: the requests that confirm an execution is foreign are read
+        // live after they were listed, so a request always shows before its execution.
         let executions = self.running_executions().await?;
-        let (requests, roles) = self.read_first().await?;
+        let (requests, roles) = self.read_first(read).await?;
         let complete = self.watch_namespace.is_none();
         let known = Known::new(&requests, &roles, complete);
         let mut swept = Swept::default();
@@ -559,11 +559,10 @@ impl Sweeper {
         for role_arn in managed {
             match self.sweep_role(&known, role_arn).await {
                 Ok(removed) => {
-                    for (sid, why) in removed {
-                        let request = known.request_of_sid(&sid);
+                    for (sid, why, request) in removed {
                         self.report(
                             "statement",
-                            request,
+                            request.as_ref(),
                             &format!(
                                 "removed statement {sid} from the trust policy of {role_arn}: {why}"
                             ),
@@ -611,7 +610,13 @@ impl Sweeper {
             })
             .collect();
         if !candidates.is_empty() {
-            let (requests, roles) = self.read_live().await?;
+            let (requests, roles) = match self.read_live().await {
+                Ok(fresh) => fresh,
+                Err(e) => {
+                    warn!(error = %e, "cannot read requests afresh; no execution stopped");
+                    return Ok(swept);
+                }
+            };
             let fresh = Known::new(&requests, &roles, complete);
             for (arn, name) in candidates {
                 let ExecutionVerdict::Foreign(why) = judge_execution(&fresh, name, arn) else {
@@ -632,35 +637,62 @@ impl Sweeper {
     }
 
     /// Judges and edits one role's trust policy under the worker's lock for the role.
-    /// What the (older) lists call drift is judged again on requests read afresh, after
-    /// the policy was read under the lock: a grant made since the lists, or a request
-    /// created since, is never taken for drift.
+    /// What the (older) caches or lists call drift is judged again on requests read
+    /// afresh, after the policy was read under the lock: a grant made since, or a
+    /// request created since, is never taken for drift. Returns what was removed, with
+    /// why and the request concerned as read afresh.
     async fn sweep_role(
         &self,
         known: &Known<'_>,
         role_arn: &str,
-    ) -> Result<Vec<(String, String)>, crate::grant::trust_policy::worker::WorkerError> {
-        self.worker
-            .edit_trust_policy(role_arn, |doc: Document| async move {
-                let candidates = drift_in(known, role_arn, &doc, Timestamp::now());
-                if candidates.is_empty() {
-                    return candidates;
-                }
-                let (requests, roles) = match self.read_live().await {
-                    Ok(fresh) => fresh,
-                    Err(e) => {
-                        warn!(%role_arn, error = %e, "cannot read requests afresh; removing nothing");
-                        return Vec::new();
+    ) -> Result<
+        Vec<(String, String, Option<AccessRequest>)>,
+        crate::grant::trust_policy::worker::WorkerError,
+    > {
+        let concerned: std::sync::Mutex<HashMap<String, AccessRequest>> = Default::default();
+        let removed = self
+            .worker
+            .edit_trust_policy(role_arn, |doc: Document| {
+                let concerned = &concerned;
+                async move {
+                    let candidates = drift_in(known, role_arn, &doc, Timestamp::now());
+                    if candidates.is_empty() {
+                        return candidates;
                     }
-                };
-                let fresh = Known::new(&requests, &roles, known.complete);
-                let confirmed = drift_in(&fresh, role_arn, &doc, Timestamp::now());
-                candidates
-                    .into_iter()
-                    .filter(|(sid, _)| confirmed.iter().any(|(s, _)| s == sid))
-                    .collect()
+                    let (requests, roles) = match self.read_live().await {
+                        Ok(fresh) => fresh,
+                        Err(e) => {
+                            warn!(%role_arn, error = %e, "cannot read requests afresh; removing nothing");
+                            return Vec::new();
+                        }
+                    };
+                    let fresh = Known::new(&requests, &roles, known.complete);
+                    let confirmed: Vec<(String, String)> =
+                        drift_in(&fresh, role_arn, &doc, Timestamp::now())
+                            .into_iter()
+                            .filter(|(sid, _)| candidates.iter().any(|(s, _)| s == sid))
+                            .collect();
+                    if let Ok(mut c) = concerned.lock() {
+                        for (sid, _) in &confirmed {
+                            if let Some(r) = fresh.request_of_sid(sid) {
+                                c.insert(sid.clone(), r.clone());
+                            }
+                        }
+                    }
+                    confirmed
+                }
             })
-            .await
+            .await?;
+        let mut concerned = concerned
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(removed
+            .into_iter()
+            .map(|(sid, why)| {
+                let request = concerned.remove(&sid);
+                (sid, why, request)
+            })
+            .collect())
     }
 
     /// Removes, from what exists on `role`'s targets, what no request that may hold a
@@ -703,8 +735,16 @@ impl Sweeper {
             Timestamp::now(),
         )
         .await?;
+        // Watching one namespace, "ours" is judged afresh too: a request gone since the
+        // caches no longer makes a holding this installation's to remove.
+        let fresh_ours = match self.watch_namespace {
+            None => None,
+            Some(_) => Some(ever_accounted_by(method, &fresh_requests, &fresh_roles).await?),
+        };
         let mut removed = Vec::new();
-        for h in candidates.into_iter().filter(|h| !fresh.contains(h)) {
+        for h in candidates.into_iter().filter(|h| {
+            !fresh.contains(h) && fresh_ours.as_ref().is_none_or(|ours| ours.contains(h))
+        }) {
             match method.remove(&h).await {
                 // Gone meanwhile (its execution's own revoke): nothing to report.
                 Ok(false) => {}

@@ -279,9 +279,9 @@ pub async fn run(
         methods: methods.clone(),
         caches: Some(crate::grant::sweeper::Caches {
             requests: watches.requests.clone(),
-            requests_synced: watches.requests_synced.receiver(),
+            requests_synced: watches.requests_synced.clone(),
             roles: watches.roles.clone(),
-            roles_synced: watches.roles_synced.receiver(),
+            roles_synced: watches.roles_synced.clone(),
         }),
     };
     let sweeper = {

@@ -572,6 +572,40 @@ async fn status_never_says_denied_while_access_is_granted() {
     }
 }
 
+/// A statement in aws-jit's exact shape for `principal`, valid for 12 hours.
+fn in_our_shape(sid: &str, principal: &str) -> Value {
+    let expiry = jiff::Timestamp::now()
+        .checked_add(jiff::SignedDuration::from_hours(12))
+        .expect("time")
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    json!({"Sid": sid, "Effect": "Allow", "Principal": {"AWS": principal},
+        "Action": "sts:AssumeRole",
+        "Condition": {"DateLessThan": {"aws:CurrentTime": expiry}}})
+}
+
+/// An IAM admin (or a lost revoke) adds `statements` to the managed role's trust
+/// policy, which was `live`.
+async fn plant<const N: usize>(
+    env: &Env,
+    live: &aws_jit::grant::trust_policy::document::Document,
+    statements: [Value; N],
+) {
+    let mut planted: Value =
+        serde_json::from_str(&aws_jit::grant::trust_policy::document::to_json(live)).expect("JSON");
+    planted["Statement"]
+        .as_array_mut()
+        .expect("statements")
+        .extend(statements);
+    aws_sdk_iam::Client::new(&env.sdk)
+        .update_assume_role_policy()
+        .role_name(&env.iam_role_name)
+        .policy_document(planted.to_string())
+        .send()
+        .await
+        .expect("an IAM admin edits the trust policy");
+}
+
 /// Someone with IAM rights (or a revoke that was lost) leaves statements in a managed
 /// role's trust policy that no approved request accounts for: one in aws-jit's exact
 /// shape for a request that has ended, and one named like aws-jit's with no expiry at
@@ -598,27 +632,16 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
 
     // The plant: the ended request's statement back, valid for 12 hours, and a
     // permanent one for mallory named like aws-jit's.
-    let mut planted: Value =
-        serde_json::from_str(&aws_jit::grant::trust_policy::document::to_json(&live))
-            .expect("JSON");
-    let expiry = jiff::Timestamp::now()
-        .checked_add(jiff::SignedDuration::from_hours(12))
-        .expect("time")
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let statements = planted["Statement"].as_array_mut().expect("statements");
-    statements.push(json!({"Sid": ended_sid, "Effect": "Allow",
-        "Principal": {"AWS": ALICE}, "Action": "sts:AssumeRole",
-        "Condition": {"DateLessThan": {"aws:CurrentTime": expiry}}}));
-    statements.push(json!({"Sid": "AwsJitBackdoor", "Effect": "Allow",
-        "Principal": {"AWS": MALLORY}, "Action": "sts:AssumeRole"}));
-    aws_sdk_iam::Client::new(&env.sdk)
-        .update_assume_role_policy()
-        .role_name(&env.iam_role_name)
-        .policy_document(planted.to_string())
-        .send()
-        .await
-        .expect("an IAM admin edits the trust policy");
+    plant(
+        &env,
+        &live,
+        [
+            in_our_shape(&ended_sid, ALICE),
+            json!({"Sid": "AwsJitBackdoor", "Effect": "Allow",
+                "Principal": {"AWS": MALLORY}, "Action": "sts:AssumeRole"}),
+        ],
+    )
+    .await;
 
     let warning = wait_warning(&env, "ended", "DriftRemoved").await;
     assert!(warning.contains(&ended_sid), "{warning}");
@@ -653,34 +676,64 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
 /// The drift sweep finds its candidates in the controller's caches, which may not show
 /// a request yet (a watch a little behind, a request just created). Here the cache of
 /// requests has synced and shows none at all while a grant is live: its statement and
-/// its execution are candidates, and both must be judged again on a live read. Before
-/// the fix (executions judged on the cache alone), the live execution was stopped.
+/// its execution are candidates, and both must be judged again on a live read, while
+/// real drift planted beside them (a statement in aws-jit's shape for a request that
+/// exists nowhere, an execution no request started) is still removed. Before the fix
+/// (executions judged on the cache alone) the live execution was stopped; without the
+/// live re-check of statements the live grant was removed.
 #[tokio::test]
 async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
-    use aws_jit::grant::sweeper::{Caches, Methods, Sweeper, Swept};
+    use aws_jit::grant::sweeper::{Caches, Methods, Sweeper};
+    use futures::StreamExt;
     use kube::runtime::{reflector, watcher};
-    let env = Env::new("atk-stale-sweep", "").await;
+    let mut env = Env::new("atk-stale-sweep", "").await;
     env.request(User::Alice, "held", "  duration: 5m\n");
     env.wait_phase("held", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "held", "Approve");
     env.wait_phase("held", Phase::Active).await;
-    let policy = env.trust_policy().await;
+    // Only the sweeper below judges from here on.
+    env.kill_operator();
+    let live = env.trust_policy().await;
     assert_eq!(granted(&env).await, vec![ALICE.to_string()]);
 
-    // Caches as the controller's, synced: no requests; this test's AccessRole.
-    let (requests, mut writer) = reflector::store();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    writer.apply_watcher_event(&watcher::Event::InitDone);
+    // Real drift beside the live grant.
+    // The uid of no request anywhere (uids are UUIDs; this one is made up).
+    let ghost_uid = format!(
+        "0000dead-{:04x}-4000-8000-000000000000",
+        std::process::id() & 0xffff
+    );
+    let ghost_sid = aws_jit::grant::trust_policy::document::sid_for(&ghost_uid).expect("sid");
+    plant(&env, &live, [in_our_shape(&ghost_sid, MALLORY)]).await;
+    let forged = start_foreign(&env, "mallory-forged", &real_input(&env, "held").await).await;
+
+    // Caches as the controller's, through the same reflector: synced, showing no
+    // requests at all, and this test's AccessRole.
     let role: aws_jit::crd::AccessRole = Api::all(env.kube.clone())
         .get(&env.access_role)
         .await
         .expect("AccessRole");
-    let (roles, mut writer) = reflector::store();
-    writer.apply_watcher_event(&watcher::Event::Init);
-    writer.apply_watcher_event(&watcher::Event::InitApply(role));
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-    // Both synced (kept open while the sweep runs).
-    let (synced, _) = tokio::sync::watch::channel(true);
+    let (requests, request_writer) = reflector::store();
+    let (request_tx, request_rx) = futures::channel::mpsc::unbounded();
+    let (request_events, requests_synced) = aws_jit::cache::reflect(request_rx, request_writer);
+    let (roles, role_writer) = reflector::store();
+    let (role_tx, role_rx) = futures::channel::mpsc::unbounded();
+    let (role_events, roles_synced) = aws_jit::cache::reflect(role_rx, role_writer);
+    tokio::spawn(request_events.for_each(|_| async {}));
+    tokio::spawn(role_events.for_each(|_| async {}));
+    for event in [watcher::Event::Init, watcher::Event::InitDone] {
+        request_tx.unbounded_send(Ok(event)).expect("send");
+    }
+    for event in [
+        watcher::Event::Init,
+        watcher::Event::InitApply(role),
+        watcher::Event::InitDone,
+    ] {
+        role_tx.unbounded_send(Ok(event)).expect("send");
+    }
+    assert!(requests_synced.within(Duration::from_secs(10)).await);
+    assert!(roles_synced.within(Duration::from_secs(10)).await);
+    assert!(requests.is_empty(), "the cache shows no request");
+
     let config = env.config();
     let sfn = aws_sdk_sfn::Client::new(&env.sdk);
     let machine =
@@ -724,27 +777,36 @@ async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
         }),
         caches: Some(Caches {
             requests,
-            requests_synced: synced.subscribe(),
+            requests_synced,
             roles,
-            roles_synced: synced.subscribe(),
+            roles_synced,
         }),
     };
 
     let swept = sweeper.sweep().await.expect("a sweep");
-    assert_eq!(swept, Swept::default(), "nothing live is drift");
-    assert_eq!(env.trust_policy().await, policy, "the grant stays");
+    let removed: Vec<&str> = swept
+        .statements
+        .iter()
+        .map(|(_, sid, _)| sid.as_str())
+        .collect();
+    assert_eq!(removed, [ghost_sid.as_str()], "only the planted statement");
+    let stopped: Vec<&str> = swept
+        .executions
+        .iter()
+        .map(|(arn, _)| arn.as_str())
+        .collect();
+    assert_eq!(stopped, [forged.as_str()], "only the forged execution");
+    assert_eq!(
+        env.trust_policy().await,
+        live,
+        "the live grant stays, exactly"
+    );
     assert_eq!(
         env.execution("held").await.status().as_str(),
         "RUNNING",
         "the request's execution still runs"
     );
-    assert_eq!(
-        env.wait_phase("held", Phase::Active)
-            .await
-            .status
-            .and_then(|s| s.phase),
-        Some(Phase::Active)
-    );
+    drop((request_tx, role_tx));
 }
 
 /// The apiserver is unreachable for the operator while a request's approval task

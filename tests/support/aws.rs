@@ -208,12 +208,40 @@ impl Moto {
     /// no `managed_role_arns`: every role under `/jit/`. Every parameter is checked
     /// against the template's `AllowedPattern`, `MinValue` and `MaxValue` first, as
     /// CloudFormation does and moto does not.
+    ///
+    /// A create that moto answers with an error is tried again under a new name, up to
+    /// three times: a loaded moto fails a creation inside the call now and then (its
+    /// stack then stays `CREATE_IN_PROGRESS` for good), and the SDK's own retry of the
+    /// call would only be told "already exists". The errors are printed.
     pub async fn deploy_with_params(
         &self,
         stack_prefix: &str,
         managed_role_arns: &[String],
         extra: &[(&str, &str)],
     ) -> AwsOutputs {
+        const ATTEMPTS: usize = 3;
+        let mut failed = Vec::new();
+        for _ in 0..ATTEMPTS {
+            match self
+                .try_deploy(stack_prefix, managed_role_arns, extra)
+                .await
+            {
+                Ok(deployed) => return deployed,
+                Err(e) => {
+                    eprintln!("{e}; deploying again under a new name");
+                    failed.push(e);
+                }
+            }
+        }
+        panic!("the template did not deploy in {ATTEMPTS} attempts: {failed:#?}");
+    }
+
+    async fn try_deploy(
+        &self,
+        stack_prefix: &str,
+        managed_role_arns: &[String],
+        extra: &[(&str, &str)],
+    ) -> Result<AwsOutputs, String> {
         let sdk = self.sdk_config().await;
         let cfn = aws_sdk_cloudformation::Client::new(&sdk);
         let stack_name = unique(stack_prefix);
@@ -253,15 +281,15 @@ impl Moto {
                     .build(),
             );
         }
-        match create.send().await {
-            Ok(_) => {}
-            // The name is this call's own (unique): "already exists" is the SDK's retry of
-            // an attempt moto completed but answered too late (a loaded moto builds a
-            // stack inside the call); the wait below judges the stack either way.
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_already_exists_exception()) => {}
-            Err(e) => panic!("create stack {stack_name}: {e:?}"),
+        // Not retried by the SDK: a retry of a creation that failed inside moto is told
+        // "already exists" and the failure is never seen.
+        let once = aws_sdk_cloudformation::config::Builder::default()
+            .retry_config(aws_config::retry::RetryConfig::disabled());
+        if let Err(e) = create.customize().config_override(once).send().await {
+            return Err(format!(
+                "create stack {stack_name}: {}",
+                aws_sdk_cloudformation::error::DisplayErrorContext(e)
+            ));
         }
 
         let (cfn, name) = (&cfn, stack_name.as_str());
@@ -322,7 +350,7 @@ impl Moto {
             relay_role_arn: params["RelayRoleArn"].clone(),
         };
         register_with_executor(&sdk, &template, &params, &deployed).await;
-        deployed
+        Ok(deployed)
     }
 }
 
