@@ -305,6 +305,26 @@ pub async fn ever_accounted_by<M: GrantMethod, R: Borrow<AccessRequest>, S: Borr
     Ok(ever)
 }
 
+/// Whether an AccessRole in `roles` grants the IAM role `role_arn` by trust policy.
+fn names_role_arn<S: Borrow<AccessRole>>(roles: &[S], role_arn: &str) -> bool {
+    roles.iter().map(Borrow::borrow).any(|r| {
+        r.spec.method == crate::crd::GrantMethod::TrustPolicy && r.spec.role_arn == role_arn
+    })
+}
+
+/// Whether `roles` holds an AccessRole of `role`'s name granting by the same method on
+/// the same targets.
+fn names_same_targets<S: Borrow<AccessRole>>(roles: &[S], role: &AccessRole) -> bool {
+    role.metadata.name.as_deref().is_some_and(|name| {
+        role_named(roles, name).is_some_and(|now| {
+            now.spec.method == role.spec.method
+                && now.spec.role_arn == role.spec.role_arn
+                && now.spec.identity_center == role.spec.identity_center
+                && now.spec.iam_group == role.spec.iam_group
+        })
+    })
+}
+
 /// The AccessRole called `name` among `roles`.
 fn role_named<'a, S: Borrow<AccessRole>>(roles: &'a [S], name: &str) -> Option<&'a AccessRole> {
     roles
@@ -435,10 +455,11 @@ pub struct Caches {
 /// How long a sweep waits for the controller's caches to sync before it reads live.
 const CACHE_WAIT: Duration = Duration::from_secs(30);
 
-/// One sweep in this many reads everything live, caches or not: a watch stuck without
-/// an error (a connection that hangs) would otherwise hide drift its cache calls kept,
-/// as long as it stays stuck (each grant's own AWS-enforced expiry still ends it).
-const LIVE_EVERY: u64 = 12;
+/// A sweep reads everything live, caches or not, when the last live read is this old: a
+/// watch stuck without an error (a connection that hangs) would otherwise hide drift its
+/// cache calls kept, as long as it stays stuck. Wall time, not a count of sweeps, so a
+/// longer sweep interval does not stretch it (every sweep is live at an hour or more).
+const LIVE_AFTER: Duration = Duration::from_secs(3600);
 
 /// The grant methods the state machine performs, for the sweep and for ending a grant
 /// whose execution ended without it.
@@ -470,8 +491,10 @@ impl Sweeper {
     /// Sweeps now, then every `interval`, until `shutdown`.
     pub async fn run(&self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        for n in 1u64.. {
-            let read = if n.is_multiple_of(LIVE_EVERY) {
+        let mut read_live_at = tokio::time::Instant::now();
+        loop {
+            let read = if read_live_at.elapsed() >= LIVE_AFTER {
+                read_live_at = tokio::time::Instant::now();
                 Read::Live
             } else {
                 Read::Caches
@@ -666,6 +689,10 @@ impl Sweeper {
                             return Vec::new();
                         }
                     };
+                    if !names_role_arn(&roles, role_arn) {
+                        info!(%role_arn, "no AccessRole names this role now; its trust policy is not swept");
+                        return Vec::new();
+                    }
                     let fresh = Known::new(&requests, &roles, known.complete);
                     let confirmed: Vec<(String, String)> =
                         drift_in(&fresh, role_arn, &doc, Timestamp::now())
@@ -727,6 +754,16 @@ impl Sweeper {
             .read_live()
             .await
             .map_err(|e| GrantError::Target(format!("cannot read requests afresh: {e}")))?;
+        // The targets listed are the (older) cache's: an AccessRole deleted or pointed
+        // at other targets since would have its old group's or permission set's holders,
+        // permanent ones too, taken for drift.
+        if !names_same_targets(&fresh_roles, role) {
+            info!(
+                role = role.metadata.name.as_deref().unwrap_or_default(),
+                "this AccessRole is gone or names other targets now; what its old targets hold is not swept"
+            );
+            return Ok(Vec::new());
+        }
         let fresh = accounted_by(
             method,
             &fresh_requests,
@@ -1044,5 +1081,30 @@ mod tests {
         // Approved while the answer is on its way (granting).
         let approved = request(json!({"phase": "Approved"}));
         assert_eq!(may_hold_now(&role(), &approved, now), Ok(()));
+    }
+
+    #[test]
+    fn only_targets_an_access_role_names_now_are_swept() {
+        let before = role();
+        assert!(names_role_arn(std::slice::from_ref(&before), ROLE_ARN));
+        assert!(names_same_targets(std::slice::from_ref(&before), &before));
+        // Gone since.
+        let none: [AccessRole; 0] = [];
+        assert!(!names_role_arn(&none, ROLE_ARN));
+        assert!(!names_same_targets(&none, &before));
+        // Pointed at another role since.
+        let mut moved = before.clone();
+        moved.spec.role_arn = "arn:aws:iam::123456789012:role/jit/other".into();
+        assert!(!names_role_arn(&[moved.clone()], ROLE_ARN));
+        assert!(!names_same_targets(&[moved], &before));
+        // Another of its fields changed: the targets are the same.
+        let mut longer = before.clone();
+        longer.spec.approvals_required = 2;
+        assert!(names_same_targets(&[longer], &before));
+        // Another role's name on the same targets is not this role.
+        let mut renamed = before.clone();
+        renamed.metadata.name = Some("renamed".into());
+        assert!(!names_same_targets(&[renamed.clone()], &before));
+        assert!(names_role_arn(&[renamed], ROLE_ARN));
     }
 }

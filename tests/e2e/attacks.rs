@@ -683,9 +683,6 @@ async fn the_drift_sweeper_removes_grants_nothing_approved() {
 /// live re-check of statements the live grant was removed.
 #[tokio::test]
 async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
-    use aws_jit::grant::sweeper::{Caches, Methods, Sweeper};
-    use futures::StreamExt;
-    use kube::runtime::{reflector, watcher};
     let mut env = Env::new("atk-stale-sweep", "").await;
     env.request(User::Alice, "held", "  duration: 5m\n");
     env.wait_phase("held", Phase::AwaitingApproval).await;
@@ -712,76 +709,8 @@ async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
         .get(&env.access_role)
         .await
         .expect("AccessRole");
-    let (requests, request_writer) = reflector::store();
-    let (request_tx, request_rx) = futures::channel::mpsc::unbounded();
-    let (request_events, requests_synced) = aws_jit::cache::reflect(request_rx, request_writer);
-    let (roles, role_writer) = reflector::store();
-    let (role_tx, role_rx) = futures::channel::mpsc::unbounded();
-    let (role_events, roles_synced) = aws_jit::cache::reflect(role_rx, role_writer);
-    tokio::spawn(request_events.for_each(|_| async {}));
-    tokio::spawn(role_events.for_each(|_| async {}));
-    for event in [watcher::Event::Init, watcher::Event::InitDone] {
-        request_tx.unbounded_send(Ok(event)).expect("send");
-    }
-    for event in [
-        watcher::Event::Init,
-        watcher::Event::InitApply(role),
-        watcher::Event::InitDone,
-    ] {
-        role_tx.unbounded_send(Ok(event)).expect("send");
-    }
-    assert!(requests_synced.within(Duration::from_secs(10)).await);
-    assert!(roles_synced.within(Duration::from_secs(10)).await);
-    assert!(requests.is_empty(), "the cache shows no request");
-
-    let config = env.config();
-    let sfn = aws_sdk_sfn::Client::new(&env.sdk);
-    let machine =
-        aws_jit::aws::sfn::StepFunctionClient::new(sfn.clone(), &env.aws.state_machine_arn);
-    let authority = aws_jit::aws::authority::Authority::new(
-        env.kube.clone(),
-        machine.clone(),
-        config.aws.scope(),
-        Default::default(),
-        aws_jit::aws::alerts::SecurityAlerts::none(),
-    );
-    let iam = aws_sdk_iam::Client::new(&env.sdk);
-    let worker = aws_jit::grant::trust_policy::worker::Worker::new(
-        authority,
-        aws_sdk_sqs::Client::new(&env.sdk),
-        iam.clone(),
-        machine,
-        &env.aws.work_queue_url,
-    );
-    let sso = aws_sdk_ssoadmin::Client::new(&env.sdk);
-    let sweeper = Sweeper {
-        client: env.kube.clone(),
-        sfn: sfn.clone(),
-        state_machine_arn: env.aws.state_machine_arn.clone(),
-        worker,
-        scope: config.aws.scope(),
-        // Every request (the statement of one the cache does not show is drift then).
-        watch_namespace: None,
-        metrics: Default::default(),
-        alerts: aws_jit::aws::alerts::SecurityAlerts::none(),
-        interval: Duration::from_secs(3600),
-        methods: std::sync::Arc::new(Methods {
-            identity_center: aws_jit::grant::identity_center::IdentityCenterGrants::with_clients(
-                sso.clone(),
-                aws_sdk_identitystore::Client::new(&env.sdk),
-                std::sync::Arc::new(aws_jit::grant::identity_center::PermissionSets::new(Some(
-                    sso,
-                ))),
-            ),
-            iam_group: aws_jit::grant::iam_group::IamGroupGrants { iam },
-        }),
-        caches: Some(Caches {
-            requests,
-            requests_synced,
-            roles,
-            roles_synced,
-        }),
-    };
+    let cached = CachedSweep::new(&env, Vec::new(), vec![role]).await;
+    let sweeper = &cached.sweeper;
 
     let swept = sweeper.sweep().await.expect("a sweep");
     let removed: Vec<&str> = swept
@@ -806,7 +735,139 @@ async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
         "RUNNING",
         "the request's execution still runs"
     );
-    drop((request_tx, role_tx));
+}
+
+/// A drift sweeper as the operator's, over caches fed through the controller's own
+/// reflector (`aws_jit::cache::reflect`) with what a test says they show, synced; the
+/// apiserver and AWS are the real ones.
+pub(crate) struct CachedSweep {
+    pub(crate) sweeper: aws_jit::grant::sweeper::Sweeper,
+    role_tx: futures::channel::mpsc::UnboundedSender<
+        Result<
+            kube::runtime::watcher::Event<aws_jit::crd::AccessRole>,
+            kube::runtime::watcher::Error,
+        >,
+    >,
+    roles: kube::runtime::reflector::Store<aws_jit::crd::AccessRole>,
+    // Kept open: a cache whose watch is gone is not read.
+    _request_tx: futures::channel::mpsc::UnboundedSender<
+        Result<kube::runtime::watcher::Event<AccessRequest>, kube::runtime::watcher::Error>,
+    >,
+}
+
+impl CachedSweep {
+    pub(crate) async fn new(
+        env: &Env,
+        requests: Vec<AccessRequest>,
+        roles: Vec<aws_jit::crd::AccessRole>,
+    ) -> CachedSweep {
+        use aws_jit::grant::sweeper::{Caches, Methods, Sweeper};
+        use futures::StreamExt;
+        use kube::runtime::{reflector, watcher};
+        let (request_store, request_writer) = reflector::store();
+        let (request_tx, request_rx) = futures::channel::mpsc::unbounded();
+        let (request_events, requests_synced) = aws_jit::cache::reflect(request_rx, request_writer);
+        let (role_store, role_writer) = reflector::store();
+        let (role_tx, role_rx) = futures::channel::mpsc::unbounded();
+        let (role_events, roles_synced) = aws_jit::cache::reflect(role_rx, role_writer);
+        tokio::spawn(request_events.for_each(|_| async {}));
+        tokio::spawn(role_events.for_each(|_| async {}));
+        let events = std::iter::once(watcher::Event::Init)
+            .chain(requests.into_iter().map(watcher::Event::InitApply))
+            .chain([watcher::Event::InitDone]);
+        for event in events {
+            request_tx.unbounded_send(Ok(event)).expect("send");
+        }
+        let events = std::iter::once(watcher::Event::Init)
+            .chain(roles.into_iter().map(watcher::Event::InitApply))
+            .chain([watcher::Event::InitDone]);
+        for event in events {
+            role_tx.unbounded_send(Ok(event)).expect("send");
+        }
+        assert!(requests_synced.within(Duration::from_secs(10)).await);
+        assert!(roles_synced.within(Duration::from_secs(10)).await);
+
+        let config = env.config();
+        let sfn = aws_sdk_sfn::Client::new(&env.sdk);
+        let machine =
+            aws_jit::aws::sfn::StepFunctionClient::new(sfn.clone(), &env.aws.state_machine_arn);
+        let authority = aws_jit::aws::authority::Authority::new(
+            env.kube.clone(),
+            machine.clone(),
+            config.aws.scope(),
+            Default::default(),
+            aws_jit::aws::alerts::SecurityAlerts::none(),
+        );
+        let iam = aws_sdk_iam::Client::new(&env.sdk);
+        let worker = aws_jit::grant::trust_policy::worker::Worker::new(
+            authority,
+            aws_sdk_sqs::Client::new(&env.sdk),
+            iam.clone(),
+            machine,
+            &env.aws.work_queue_url,
+        );
+        let sso = aws_sdk_ssoadmin::Client::new(&env.sdk);
+        let sweeper = Sweeper {
+            client: env.kube.clone(),
+            sfn,
+            state_machine_arn: env.aws.state_machine_arn.clone(),
+            worker,
+            scope: config.aws.scope(),
+            // Every request (the statement of one the cache does not show is drift then).
+            watch_namespace: None,
+            metrics: Default::default(),
+            alerts: aws_jit::aws::alerts::SecurityAlerts::none(),
+            interval: Duration::from_secs(3600),
+            methods: std::sync::Arc::new(Methods {
+                identity_center:
+                    aws_jit::grant::identity_center::IdentityCenterGrants::with_clients(
+                        sso.clone(),
+                        aws_sdk_identitystore::Client::new(&env.sdk),
+                        std::sync::Arc::new(aws_jit::grant::identity_center::PermissionSets::new(
+                            Some(sso),
+                        )),
+                    ),
+                iam_group: aws_jit::grant::iam_group::IamGroupGrants { iam },
+            }),
+            caches: Some(Caches {
+                requests: request_store,
+                requests_synced,
+                roles: role_store.clone(),
+                roles_synced,
+            }),
+        };
+        CachedSweep {
+            sweeper,
+            role_tx,
+            roles: role_store,
+            _request_tx: request_tx,
+        }
+    }
+
+    /// The role cache sees `role` as it is now (a watch event); returns once it shows.
+    pub(crate) async fn role_changed(&self, role: aws_jit::crd::AccessRole) {
+        let want = role.clone();
+        self.role_tx
+            .unbounded_send(Ok(kube::runtime::watcher::Event::Apply(role)))
+            .expect("send");
+        crate::support::wait::eventually(
+            "the role cache shows the change",
+            Duration::from_secs(10),
+            || async {
+                let shown = self
+                    .roles
+                    .state()
+                    .iter()
+                    .any(|r| r.spec == want.spec && r.metadata.name == want.metadata.name);
+                if shown {
+                    Ok(())
+                } else {
+                    Err("not yet".to_string())
+                }
+            },
+        )
+        .await
+    }
 }
 
 /// The apiserver is unreachable for the operator while a request's approval task

@@ -517,12 +517,37 @@ impl Group {
     }
 
     async fn env(&self, prefix: &str, suffix: &str) -> Env {
+        self.env_managing(prefix, suffix, &[]).await
+    }
+
+    /// The role's admin points `env`'s AccessRole at this group.
+    fn move_role_here(&self, env: &Env) {
+        let patch = json!({"spec": {"iamGroup": {"groupArn": self.arn}}}).to_string();
+        succeeded(&stack().kube.kubectl(
+            User::Admin,
+            &[
+                "patch",
+                "accessrole",
+                &env.access_role,
+                "--type",
+                "merge",
+                "-p",
+                &patch,
+            ],
+        ));
+    }
+
+    /// [`Group::env`], with the stack managing `others` too.
+    async fn env_managing(&self, prefix: &str, suffix: &str, others: &[&Group]) -> Env {
         let spec = format!(
             "  method: IamGroup\n  iamGroup: {{groupArn: '{}'}}\n  \
              principal: {{template: 'arn:aws:iam::{ACCOUNT_ID}:user/people/{{username}}-{suffix}'}}\n",
             self.arn
         );
-        Env::with_template(prefix, &spec, &[("ManagedGroupArns", &self.arn)]).await
+        let managed: Vec<&str> = std::iter::once(self.arn.as_str())
+            .chain(others.iter().map(|g| g.arn.as_str()))
+            .collect();
+        Env::with_template(prefix, &spec, &[("ManagedGroupArns", &managed.join(","))]).await
     }
 }
 
@@ -653,19 +678,7 @@ async fn review_a_stopped_execution_is_ended_on_what_it_granted_not_on_the_edite
     env.wait_phase_within("fix", Phase::Active, WAIT).await;
     group.wait_members(&[&alice]).await;
     // The role's admin moves the AccessRole to another group.
-    let patch = json!({"spec": {"iamGroup": {"groupArn": other.arn}}}).to_string();
-    succeeded(&stack().kube.kubectl(
-        User::Admin,
-        &[
-            "patch",
-            "accessrole",
-            &env.access_role,
-            "--type",
-            "merge",
-            "-p",
-            &patch,
-        ],
-    ));
+    other.move_role_here(&env);
     // A plain AWS caller stops the flow; alice then ends her access early (on moto the
     // stopped flow ends ABORTED, its revoke not run, once its hold is answered).
     stop_execution(&env, "fix").await;
@@ -675,4 +688,60 @@ async fn review_a_stopped_execution_is_ended_on_what_it_granted_not_on_the_edite
     assert!(message.contains("the operator ended access"), "{message}");
     // The request says Revoked: alice's membership must be gone.
     group.wait_members(&[]).await;
+}
+
+/// Review (issue 14): the drift sweep finds its targets in the controller's cache, which
+/// lags the apiserver. An AccessRole's admin points it from group A to group B, and makes
+/// A a group of permanent members (a routine change); a sweep whose cache still shows
+/// the role on A must not take A's permanent member for drift. Once the cache shows B,
+/// the sweep does sweep B (a member no request accounts for is removed), and A is left.
+#[tokio::test]
+async fn a_stale_role_in_the_cache_sweeps_none_of_its_old_group() {
+    use aws_jit::crd::AccessRole;
+    use kube::Api;
+    let old = Group::new().await;
+    let new = Group::new().await;
+    let suffix = unique("g");
+    let env = old.env_managing("grp-stale-role", &suffix, &[&new]).await;
+    let roles: Api<AccessRole> = Api::all(env.kube.clone());
+    let before = roles.get(&env.access_role).await.expect("AccessRole");
+    new.move_role_here(&env);
+    let after = roles.get(&env.access_role).await.expect("AccessRole");
+    // A is a permanent group now: its member was put there by hand, not by aws-jit.
+    let permanent = old.user("oncall", &suffix).await;
+    old.iam
+        .add_user_to_group()
+        .group_name(&old.name)
+        .user_name(&permanent)
+        .send()
+        .await
+        .expect("add to group");
+    // B: a member no request accounts for (drift).
+    let planted = new.user("mallory", &suffix).await;
+    new.iam
+        .add_user_to_group()
+        .group_name(&new.name)
+        .user_name(&planted)
+        .send()
+        .await
+        .expect("add to group");
+
+    let cached = crate::attacks::CachedSweep::new(&env, Vec::new(), vec![before]).await;
+    let swept = cached.sweeper.sweep().await.expect("a sweep");
+    assert!(swept.held.is_empty(), "nothing removed: {:?}", swept.held);
+    assert_eq!(
+        old.members().await,
+        vec![permanent.clone()],
+        "A's permanent member stays"
+    );
+
+    cached.role_changed(after).await;
+    let swept = cached.sweeper.sweep().await.expect("a sweep");
+    assert_eq!(swept.held.len(), 1, "B's planted member: {:?}", swept.held);
+    assert!(new.members().await.is_empty(), "B's planted member is gone");
+    assert_eq!(
+        old.members().await,
+        vec![permanent],
+        "A's permanent member stays"
+    );
 }
