@@ -9,7 +9,10 @@
 //! gives a [`Synced`] every waiter sees instead, and it says more than "listed once": a
 //! watch that is failing (its last event an error) or gone (its stream dropped) is not
 //! readable, since its store may be as old as its last good event. Readers then read
-//! live.
+//! live. A watch that resumes after an error says nothing until its objects change
+//! (kube-runtime watches on from its last resourceVersion, with no new list): so a
+//! watch quiet for [`QUIET`] after its last error is readable again, else one blip of
+//! the apiserver would have a quiet cache (AccessRoles) read live for good.
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
@@ -18,6 +21,12 @@ use kube::api::{Api, ListParams};
 use kube::runtime::reflector::store::Writer;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long a watch that failed must be quiet (no new error) to be read again: longer
+/// than kube-runtime's longest backoff between retries (30 s) and a request timing
+/// out, so a watch still failing has said so again before then.
+pub const QUIET: Duration = Duration::from_secs(300);
 
 /// Where a watch is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,8 +35,20 @@ enum State {
     Listing,
     /// Listed, and its last event was not an error.
     Synced,
-    /// Its last event was an error (it retries with backoff): its store may be stale.
-    Failing,
+    /// Its last event was an error, at this time (it retries with backoff): its store
+    /// may be stale.
+    Failing(Instant),
+}
+
+impl State {
+    /// Whether a store in this state can be read at `now`.
+    fn readable(self, now: Instant) -> bool {
+        match self {
+            State::Listing => false,
+            State::Synced => true,
+            State::Failing(at) => now.saturating_duration_since(at) >= QUIET,
+        }
+    }
 }
 
 /// Whether the store behind it can be read now.
@@ -45,12 +66,12 @@ impl Synced {
         if self.0.has_changed().is_err() {
             return false;
         }
-        matches!(settled, Ok(Ok(s)) if *s == State::Synced)
+        matches!(settled, Ok(Ok(s)) if s.readable(Instant::now()))
     }
 
     /// Whether the store can be read now, without waiting.
     pub fn now(&self) -> bool {
-        self.0.has_changed().is_ok() && *self.0.borrow() == State::Synced
+        self.0.has_changed().is_ok() && self.0.borrow().readable(Instant::now())
     }
 }
 
@@ -74,13 +95,14 @@ where
         .inspect(move |event| {
             tx.send_modify(|state| {
                 *state = match (event, *state) {
-                    (Err(_), _) => State::Failing,
+                    (Err(_), _) => State::Failing(Instant::now()),
                     (Ok(watcher::Event::InitDone), _) => State::Synced,
                     // A watch resumed after errors: its store is current again (a
                     // re-list keeps the old state until its InitDone).
-                    (Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)), State::Failing) => {
-                        State::Synced
-                    }
+                    (
+                        Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)),
+                        State::Failing(_),
+                    ) => State::Synced,
                     (Ok(_), s) => s,
                 }
             })
@@ -223,5 +245,21 @@ mod tests {
         drop(stream);
         assert!(!synced.now());
         assert!(!synced.within(Duration::from_secs(5)).await, "gone");
+    }
+
+    /// A watch that failed and then went quiet (kube-runtime resumes it from its last
+    /// resourceVersion, sending nothing until objects change) is readable again after
+    /// [`QUIET`]; a new error starts the wait again; listing is never readable.
+    #[test]
+    fn a_failed_watch_quiet_long_enough_is_read_again() {
+        let at = Instant::now();
+        let failing = State::Failing(at);
+        assert!(!failing.readable(at));
+        assert!(!failing.readable(at + QUIET - Duration::from_secs(1)));
+        assert!(failing.readable(at + QUIET));
+        let again = State::Failing(at + QUIET);
+        assert!(!again.readable(at + QUIET + Duration::from_secs(1)));
+        assert!(!State::Listing.readable(at + QUIET * 10));
+        assert!(State::Synced.readable(at));
     }
 }
