@@ -35,9 +35,11 @@ enum State {
     Listing,
     /// Listed, and its last event was not an error.
     Synced,
-    /// Its last event was an error, at this time (it retries with backoff): its store
-    /// may be stale.
-    Failing(Instant),
+    /// Its last event was an error (it retries with backoff): its store may be stale.
+    /// With the time of that error when the store had a whole list before it and is not
+    /// listing again (it may be read again once quiet); None while it never had one, or
+    /// lists again (an empty or half-listed store is never read).
+    Failing(Option<Instant>),
 }
 
 impl State {
@@ -46,7 +48,8 @@ impl State {
         match self {
             State::Listing => false,
             State::Synced => true,
-            State::Failing(at) => now.saturating_duration_since(at) >= QUIET,
+            State::Failing(Some(at)) => now.saturating_duration_since(at) >= QUIET,
+            State::Failing(None) => false,
         }
     }
 }
@@ -95,7 +98,12 @@ where
         .inspect(move |event| {
             tx.send_modify(|state| {
                 *state = match (event, *state) {
-                    (Err(_), _) => State::Failing(Instant::now()),
+                    (Err(_), State::Synced | State::Failing(Some(_))) => {
+                        State::Failing(Some(Instant::now()))
+                    }
+                    (Err(_), State::Listing | State::Failing(None)) => State::Failing(None),
+                    // Listing again after errors (a 410): read once it has listed.
+                    (Ok(watcher::Event::Init), State::Failing(_)) => State::Failing(None),
                     (Ok(watcher::Event::InitDone), _) => State::Synced,
                     // A watch resumed after errors: its store is current again (a
                     // re-list keeps the old state until its InitDone).
@@ -253,13 +261,50 @@ mod tests {
     #[test]
     fn a_failed_watch_quiet_long_enough_is_read_again() {
         let at = Instant::now();
-        let failing = State::Failing(at);
+        let failing = State::Failing(Some(at));
         assert!(!failing.readable(at));
         assert!(!failing.readable(at + QUIET - Duration::from_secs(1)));
         assert!(failing.readable(at + QUIET));
-        let again = State::Failing(at + QUIET);
+        let again = State::Failing(Some(at + QUIET));
         assert!(!again.readable(at + QUIET + Duration::from_secs(1)));
         assert!(!State::Listing.readable(at + QUIET * 10));
+        assert!(!State::Failing(None).readable(at + QUIET * 10));
         assert!(State::Synced.readable(at));
+    }
+
+    /// Quiet makes readable only a store that had its whole list: never one whose first
+    /// list failed, nor one listing again after an error, however long it stays quiet.
+    #[tokio::test]
+    async fn quiet_never_makes_an_unlisted_store_readable() {
+        let (_store, writer) = reflector::store::<ConfigMap>();
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        let (mut stream, synced) = reflect(rx, writer);
+        let state = || *synced.0.borrow();
+        let step = |event: Result<watcher::Event<ConfigMap>, watcher::Error>| {
+            tx.unbounded_send(event).expect("send");
+        };
+        // The first list fails, then its retry hangs.
+        step(Err(watcher::Error::NoResourceVersion));
+        stream.next().await;
+        assert_eq!(state(), State::Failing(None));
+        step(Ok(watcher::Event::Init));
+        step(Ok(watcher::Event::InitApply(named("a"))));
+        stream.next().await;
+        stream.next().await;
+        assert_eq!(state(), State::Failing(None), "half listed");
+        step(Ok(watcher::Event::InitDone));
+        stream.next().await;
+        assert_eq!(state(), State::Synced);
+        // Fails once it had its list: quiet may make it readable again ...
+        step(Err(watcher::Error::NoResourceVersion));
+        stream.next().await;
+        assert!(matches!(state(), State::Failing(Some(_))));
+        // ... until it lists again (a 410), until that list is done.
+        step(Ok(watcher::Event::Init));
+        stream.next().await;
+        assert_eq!(state(), State::Failing(None), "listing again");
+        step(Err(watcher::Error::NoResourceVersion));
+        stream.next().await;
+        assert_eq!(state(), State::Failing(None), "its list failed again");
     }
 }

@@ -1396,6 +1396,15 @@ async fn send_approval(
                 .get_opt(&role.name_any())
                 .await
                 .map_err(Error::Kube)?;
+            // What is granted and to whom (the answer below) comes from the cached role:
+            // the live role must name the same, else the cache is behind a change.
+            let live = live.filter(|live| {
+                live.spec.method == role.spec.method
+                    && live.spec.role_arn == role.spec.role_arn
+                    && live.spec.identity_center == role.spec.identity_center
+                    && live.spec.iam_group == role.spec.iam_group
+                    && live.spec.principal == role.spec.principal
+            });
             let still = live.as_ref().map(|live| {
                 let votes = request
                     .status

@@ -18,8 +18,8 @@
 //! a grant made (or a request created) after the lists is never removed; an execution
 //! they call foreign is judged again on requests read after the executions were. What
 //! a cache calls kept carries the cache's lag: a cache that cannot be read (not synced,
-//! its watch failing or gone) is not used, and one sweep in twelve reads everything
-//! live anyway.
+//! its watch failing or gone) is not used, and a sweep whose last live read is an hour
+//! old reads everything live anyway.
 //!
 //! With `--watch-namespace` the operator sees only its namespace's requests, so a
 //! statement for a request it cannot see may be another installation's: it is reported
@@ -494,12 +494,16 @@ impl Sweeper {
         let mut read_live_at = tokio::time::Instant::now();
         loop {
             let read = if read_live_at.elapsed() >= LIVE_AFTER {
-                read_live_at = tokio::time::Instant::now();
                 Read::Live
             } else {
                 Read::Caches
             };
-            match self.sweep_reading(read).await {
+            let result = self.sweep_reading(read).await;
+            // A live sweep that failed is due again at once (next interval).
+            if read == Read::Live && result.is_ok() {
+                read_live_at = tokio::time::Instant::now();
+            }
+            match result {
                 Ok(swept) if swept == Swept::default() => info!("drift sweep: nothing to remove"),
                 Ok(swept) => warn!(
                     statements = swept.statements.len(),
