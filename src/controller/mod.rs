@@ -1399,11 +1399,7 @@ async fn send_approval(
             // What is granted and to whom (the answer below) comes from the cached role:
             // the live role must name the same, else the cache is behind a change.
             let live = live.filter(|live| {
-                live.spec.method == role.spec.method
-                    && live.spec.role_arn == role.spec.role_arn
-                    && live.spec.identity_center == role.spec.identity_center
-                    && live.spec.iam_group == role.spec.iam_group
-                    && live.spec.principal == role.spec.principal
+                live.spec.same_targets(&role.spec) && live.spec.principal == role.spec.principal
             });
             let still = live.as_ref().map(|live| {
                 let votes = request

@@ -103,6 +103,17 @@ pub struct AccessRoleSpec {
     pub slack_channel: Option<String>,
 }
 
+impl AccessRoleSpec {
+    /// Whether `other` grants by the same method on the same targets (IAM role,
+    /// permission set and accounts, IAM group), whatever else differs.
+    pub fn same_targets(&self, other: &AccessRoleSpec) -> bool {
+        self.method == other.method
+            && self.role_arn == other.role_arn
+            && self.identity_center == other.identity_center
+            && self.iam_group == other.iam_group
+    }
+}
+
 /// An IAM user or role ARN (any partition, optional path): a principal a trust
 /// statement may name.
 pub const IAM_PRINCIPAL_RE: &str = r"^arn:aws[a-z-]*:(iam|sts)::[0-9]{12}:.+$";

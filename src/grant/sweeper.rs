@@ -316,12 +316,7 @@ fn names_role_arn<S: Borrow<AccessRole>>(roles: &[S], role_arn: &str) -> bool {
 /// the same targets.
 fn names_same_targets<S: Borrow<AccessRole>>(roles: &[S], role: &AccessRole) -> bool {
     role.metadata.name.as_deref().is_some_and(|name| {
-        role_named(roles, name).is_some_and(|now| {
-            now.spec.method == role.spec.method
-                && now.spec.role_arn == role.spec.role_arn
-                && now.spec.identity_center == role.spec.identity_center
-                && now.spec.iam_group == role.spec.iam_group
-        })
+        role_named(roles, name).is_some_and(|now| now.spec.same_targets(&role.spec))
     })
 }
 

@@ -709,8 +709,10 @@ async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
         .get(&env.access_role)
         .await
         .expect("AccessRole");
-    let cached = CachedSweep::new(&env, Vec::new(), vec![role]).await;
+    let cached = CachedSweep::new(&env, vec![role]).await;
     let sweeper = &cached.sweeper;
+    let caches = sweeper.caches.as_ref().expect("caches");
+    assert!(caches.requests.is_empty(), "the cache shows no request");
 
     let swept = sweeper.sweep().await.expect("a sweep");
     let removed: Vec<&str> = swept
@@ -738,8 +740,8 @@ async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
 }
 
 /// A drift sweeper as the operator's, over caches fed through the controller's own
-/// reflector (`aws_jit::cache::reflect`) with what a test says they show, synced; the
-/// apiserver and AWS are the real ones.
+/// reflector (`aws_jit::cache::reflect`), synced, showing no request and the roles a
+/// test gives; the apiserver and AWS are the real ones.
 pub(crate) struct CachedSweep {
     pub(crate) sweeper: aws_jit::grant::sweeper::Sweeper,
     role_tx: futures::channel::mpsc::UnboundedSender<
@@ -756,11 +758,7 @@ pub(crate) struct CachedSweep {
 }
 
 impl CachedSweep {
-    pub(crate) async fn new(
-        env: &Env,
-        requests: Vec<AccessRequest>,
-        roles: Vec<aws_jit::crd::AccessRole>,
-    ) -> CachedSweep {
+    pub(crate) async fn new(env: &Env, roles: Vec<aws_jit::crd::AccessRole>) -> CachedSweep {
         use aws_jit::grant::sweeper::{Caches, Methods, Sweeper};
         use futures::StreamExt;
         use kube::runtime::{reflector, watcher};
@@ -772,10 +770,7 @@ impl CachedSweep {
         let (role_events, roles_synced) = aws_jit::cache::reflect(role_rx, role_writer);
         tokio::spawn(request_events.for_each(|_| async {}));
         tokio::spawn(role_events.for_each(|_| async {}));
-        let events = std::iter::once(watcher::Event::Init)
-            .chain(requests.into_iter().map(watcher::Event::InitApply))
-            .chain([watcher::Event::InitDone]);
-        for event in events {
+        for event in [watcher::Event::Init, watcher::Event::InitDone] {
             request_tx.unbounded_send(Ok(event)).expect("send");
         }
         let events = std::iter::once(watcher::Event::Init)

@@ -487,6 +487,17 @@ impl Group {
         name
     }
 
+    /// `user` made a member straight in IAM, not by aws-jit.
+    async fn add_by_hand(&self, user: &str) {
+        self.iam
+            .add_user_to_group()
+            .group_name(&self.name)
+            .user_name(user)
+            .send()
+            .await
+            .expect("add to group");
+    }
+
     async fn members(&self) -> Vec<String> {
         let got = self
             .iam
@@ -712,24 +723,12 @@ async fn a_stale_role_in_the_cache_sweeps_none_of_its_old_group() {
     let after = roles.get(&env.access_role).await.expect("AccessRole");
     // A is a permanent group now: its member was put there by hand, not by aws-jit.
     let permanent = old.user("oncall", &suffix).await;
-    old.iam
-        .add_user_to_group()
-        .group_name(&old.name)
-        .user_name(&permanent)
-        .send()
-        .await
-        .expect("add to group");
+    old.add_by_hand(&permanent).await;
     // B: a member no request accounts for (drift).
     let planted = new.user("mallory", &suffix).await;
-    new.iam
-        .add_user_to_group()
-        .group_name(&new.name)
-        .user_name(&planted)
-        .send()
-        .await
-        .expect("add to group");
+    new.add_by_hand(&planted).await;
 
-    let cached = crate::attacks::CachedSweep::new(&env, Vec::new(), vec![before]).await;
+    let cached = crate::attacks::CachedSweep::new(&env, vec![before]).await;
     let swept = cached.sweeper.sweep().await.expect("a sweep");
     assert!(swept.held.is_empty(), "nothing removed: {:?}", swept.held);
     assert_eq!(
