@@ -7,6 +7,9 @@
 #
 # hack/check-dockerfile.sh lints this file (hadolint) and runs its build commands
 # outside Docker; see there for what is and is not verified without a Docker engine.
+# hack/image/build.py rebuilds the runtime stage without Docker (reading this file for
+# it) for the tests that run the chart's pods under a real kubelet (tests/node/);
+# tests/image.rs checks that the two agree. Change the runtime stage there too.
 
 ARG RUST_VERSION=1.95
 

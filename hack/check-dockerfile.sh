@@ -8,8 +8,9 @@
 #     runs the Dockerfile's release build as is, which is slow), and checks that the
 #     binary the runtime stage copies exists and serves the chart's subcommands.
 #
-# Not verified here: pulling the base images, BuildKit's cache mount, the distroless
-# runtime (glibc compatibility, CA certificates), the image running as 65532.
+# Not verified here: pulling the base images, BuildKit's cache mount, and distroless's
+# own files. The runtime stage's layout, rebuilt from this machine's glibc, CA bundle
+# and passwd (hack/image/build.py), runs as 65532 under a real kubelet in tests/node/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

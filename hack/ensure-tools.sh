@@ -6,7 +6,8 @@
 #   exports=$(hack/ensure-tools.sh)          # in a script under set -e: a failure stops
 #   eval "$exports"                          # it (eval "$(...)" would carry on)
 #
-# Binaries: kube-apiserver, kubectl (hack/tools/k8s), etcd (hack/tools/etcd) and helm
+# Binaries: kube-apiserver, kubectl, and for the tests' node kubelet, kube-scheduler and
+# kube-controller-manager (hack/tools/k8s), etcd (hack/tools/etcd) and helm
 # (hack/tools/helm), built with Go from those modules into
 #   ${AWS_JIT_CACHE:-$HOME/.cache/aws-jit}/bin/<hash of go.mod/go.sum, flags, go version>/
 # The GitOps health checker (hack/tools/kstatus: kstatus and Argo CD's Lua VM), built
@@ -16,6 +17,9 @@
 # The IAM policy evaluator (hack/policy-eval, Node.js): its packages at
 # ${AWS_JIT_CACHE}/policy-eval/<hash of package.json/package-lock.json>/node_modules
 # (npm ci from the lockfile), its CLI copied beside them as cli/evaluate-<hash>.mjs.
+# The node's containerd, runc and CNI plugins (hack/node/packages.txt, Debian's packages
+# unpacked, not installed) and its pause binary (hack/node/pause.c, static) at
+# ${AWS_JIT_CACHE}/node/<hash of both>/.
 # Each is skipped when already there, so a second run builds nothing (and needs no
 # network). The binaries and the evaluator's packages are built in a temporary directory
 # renamed into place when complete; the venv (which cannot move) is marked complete
@@ -41,6 +45,10 @@ binaries=(
 	"kubectl k8s k8s.io/kubernetes/cmd/kubectl"
 	"etcd etcd go.etcd.io/etcd/server/v3"
 	"helm helm helm.sh/helm/v4/cmd/helm"
+	# The single-node cluster of the tests under a real kubelet (hack/node/).
+	"kubelet k8s k8s.io/kubernetes/cmd/kubelet"
+	"kube-scheduler k8s k8s.io/kubernetes/cmd/kube-scheduler"
+	"kube-controller-manager k8s k8s.io/kubernetes/cmd/kube-controller-manager"
 )
 
 # The version a module requires, e.g. `modversion k8s k8s.io/kubernetes` -> v1.37.2.
@@ -54,7 +62,7 @@ modversion() {
 ldflags_for() {
 	local flags='-s -w'
 	case $1 in
-	kube-apiserver | kubectl)
+	kube-apiserver | kubectl | kubelet | kube-scheduler | kube-controller-manager)
 		local v major minor pkg
 		v=$(modversion k8s k8s.io/kubernetes)
 		[[ $v =~ ^v([0-9]+)\.([0-9]+)\. ]] || die "cannot read k8s.io/kubernetes' version from $tools/k8s/go.mod"
@@ -275,7 +283,53 @@ ensure_kstatus() {
 	kstatus=$dest/kstatus
 }
 
+# The node's runtime (see the top of this file). apt-get download fetches exactly the
+# pinned versions; an index too old to know them is refreshed once.
+ensure_node() {
+	local list=$root/hack/node/packages.txt pause=$root/hack/node/pause.c key dest pkgs=()
+	[[ -f $list && -f $pause ]] || die "missing hack/node/packages.txt or hack/node/pause.c"
+	key=$(cat "$list" "$pause" | sha256sum | cut -c1-16)
+	dest=$cache/node/$key
+	if [[ -f $dest/.complete ]]; then
+		log "node runtime up to date in $dest"
+	else
+		command -v apt-get >/dev/null || die "apt-get is not installed (the node's runtime comes from Debian)"
+		command -v gcc >/dev/null || die "gcc is not installed (needed for the node's pause binary)"
+		mkdir -p "$cache/node"
+		exec 5>"$cache/node/.lock"
+		flock 5
+		if [[ -f $dest/.complete ]]; then
+			log "node runtime up to date in $dest"
+		else
+			rm -rf "$dest" "$cache"/node/.tmp.*
+			log "unpacking the node runtime into $dest"
+			node_tmp=$(mktemp -d "$cache/node/.tmp.XXXXXX")
+			chmod 755 "$node_tmp"
+			trap 'rm -rf "$node_tmp"' EXIT
+			trap 'exit 130' INT TERM HUP
+			readarray -t pkgs < <(awk '!/^#/ && NF == 2 { print $1 "=" $2 }' "$list")
+			mkdir "$node_tmp/debs" "$node_tmp/root"
+			if ! (cd "$node_tmp/debs" && apt-get download -q -o APT::Sandbox::User=root "${pkgs[@]}" >&2); then
+				log "refreshing the package index (apt-get update)"
+				apt-get update -q >&2
+				(cd "$node_tmp/debs" && apt-get download -q -o APT::Sandbox::User=root "${pkgs[@]}" >&2)
+			fi
+			for deb in "$node_tmp"/debs/*.deb; do
+				dpkg-deb -x "$deb" "$node_tmp/root"
+			done
+			rm -rf "$node_tmp/debs"
+			gcc -static -O2 -o "$node_tmp/pause" "$pause" >&2
+			touch "$node_tmp/.complete"
+			mv -T "$node_tmp" "$dest"
+			trap - EXIT INT TERM HUP
+		fi
+		exec 5>&-
+	fi
+	node_root=$dest
+}
+
 ensure_binaries
+ensure_node
 ensure_kstatus
 ensure_moto
 ensure_policy_eval
@@ -289,5 +343,7 @@ printf 'export AWS_JIT_POLICY_EVAL=%q\n' "$policy_eval"
 # Reads objects (JSON/YAML) on stdin, prints kstatus's verdict on each (and Argo CD's,
 # with -argocd-health FILE): see hack/tools/kstatus/main.go.
 printf 'export AWS_JIT_KSTATUS=%q\n' "$kstatus"
+# containerd, runc and the CNI plugins under usr/, and the pause binary.
+printf 'export AWS_JIT_NODE_RUNTIME=%q\n' "$node_root"
 # shellcheck disable=SC2016 # $PATH is expanded by whoever evals this line, not here
 printf 'export PATH=%q:"$PATH"\n' "$bin_dir"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every test of the project: formatting, lints, unit tests, CRD drift, and the
-# integration suite on the real local stack (kube-apiserver + etcd + moto).
+# Every test of the project: formatting, lints, unit tests, CRD drift, the integration
+# suite on the real local stack (kube-apiserver + etcd + moto), and the chart's pods
+# under a real kubelet (tests/node/, inside hack/node/sandbox.sh; needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,10 @@ echo "==> cargo fmt --check" >&2
 cargo fmt --all -- --check
 echo "==> cargo clippy -D warnings" >&2
 cargo clippy --locked --all-targets -- -D warnings
+echo "==> cargo build --release --bin aws-jit (the image the node tests run)" >&2
+cargo build --locked --release --bin aws-jit
+target_dir=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+export AWS_JIT_IMAGE_BINARY=$target_dir/release/aws-jit
 echo "==> cargo test" >&2
 # Integration tests mostly wait on the apiserver and on state machine timers, so more
 # threads than cores keeps the suite short without loading the machine.

@@ -49,7 +49,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(90);
 const DEPLOY_TIMEOUT: Duration = Duration::from_secs(180);
 
 pub struct Moto {
-    /// `http://127.0.0.1:PORT`
+    /// `http://127.0.0.1:PORT` (or the host [`Moto::start_at`] was given)
     pub endpoint: String,
     /// moto's log (stdout + stderr), removed at exit.
     pub log: PathBuf,
@@ -122,6 +122,12 @@ impl Moto {
     /// on execution of state machines. Synchronous: called once per process from
     /// `support::stack()`, on a thread of its own.
     pub fn start() -> Moto {
+        Moto::start_at(Ipv4Addr::LOCALHOST, Ipv4Addr::LOCALHOST)
+    }
+
+    /// [`Moto::start`], listening on `listen` (e.g. every address of a node's network
+    /// namespace, so its pods reach it too) and reached at `host`.
+    pub fn start_at(listen: Ipv4Addr, host: Ipv4Addr) -> Moto {
         let server = std::env::var_os("AWS_JIT_MOTO_SERVER").unwrap_or_else(|| {
             panic!(
                 "AWS_JIT_MOTO_SERVER is not set: run `eval \"$(hack/ensure-tools.sh)\"` first (make test does)"
@@ -149,14 +155,14 @@ impl Moto {
         let port = free_port();
         let mut cmd = Command::new(&python);
         cmd.arg(LAUNCHER_PATH)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-H", &listen.to_string(), "-p", &port.to_string()])
             // The state machine's own SQS calls go to http://localhost:$MOTO_PORT.
             .env("MOTO_PORT", port.to_string())
             .current_dir(&dir);
         let pid = procs::spawn_service(cmd, log.clone())
             .unwrap_or_else(|e| panic!("start {} {LAUNCHER_PATH}: {e}", python.display()));
 
-        let endpoint = format!("http://127.0.0.1:{port}");
+        let endpoint = format!("http://{host}:{port}");
         // A throwaway runtime, on a thread of its own so that start() also works when
         // called from inside a test's runtime.
         std::thread::scope(|s| {

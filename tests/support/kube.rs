@@ -122,6 +122,49 @@ pub struct KubeStack {
     server: String,
     /// Bearer tokens, in the order of [`User::ALL`].
     tokens: Vec<String>,
+    /// The node's components (kubelet, scheduler, controller manager), when
+    /// [`Options::node`] is set: (username, token).
+    components: Vec<(String, String)>,
+}
+
+/// How the apiserver is reached and what it serves. The default is the fast tests'
+/// stack: loopback, a free port, RBAC, no node.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Where it listens and what it advertises (in its certificate too).
+    pub address: Ipv4Addr,
+    /// A fixed port (443 for a node's pods, which reach it at the `kubernetes` Service's
+    /// IP and port); `None` picks a free one.
+    pub port: Option<u16>,
+    /// `--service-cluster-ip-range`: its first address is the `kubernetes` Service's.
+    pub service_cidr: &'static str,
+    /// The name of a node that will register: adds users for its kubelet
+    /// (`system:node:<name>`), `system:kube-scheduler` and
+    /// `system:kube-controller-manager`, the Node authorizer before RBAC, the
+    /// NodeRestriction admission plugin, and a client certificate the apiserver shows the
+    /// kubelet (for logs and exec).
+    pub node: Option<&'static str>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            address: Ipv4Addr::LOCALHOST,
+            port: None,
+            service_cidr: "10.0.0.0/24",
+            node: None,
+        }
+    }
+}
+
+/// The usernames of a node's components, in the order [`KubeStack::component_kubeconfig`]
+/// knows them.
+fn component_users(node: &str) -> Vec<(String, &'static str)> {
+    vec![
+        (format!("system:node:{node}"), "system:nodes"),
+        ("system:kube-scheduler".to_owned(), ""),
+        ("system:kube-controller-manager".to_owned(), ""),
+    ]
 }
 
 impl KubeStack {
@@ -130,15 +173,20 @@ impl KubeStack {
     /// Blocking; may be called from inside a tokio runtime (the work runs on a thread of
     /// its own, which drives a small runtime of its own for the readiness probe).
     pub fn start() -> KubeStack {
+        KubeStack::start_with(Options::default())
+    }
+
+    /// [`KubeStack::start`] with `options`.
+    pub fn start_with(options: Options) -> KubeStack {
         std::thread::Builder::new()
             .name("kube-stack-start".into())
-            .spawn(KubeStack::start_here)
+            .spawn(move || KubeStack::start_here(&options))
             .expect("spawn the kube stack start thread")
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 
-    fn start_here() -> KubeStack {
+    fn start_here(options: &Options) -> KubeStack {
         super::install_crypto_provider();
         let started = Instant::now();
         let deadline = started + START_TIMEOUT;
@@ -166,9 +214,16 @@ impl KubeStack {
             procs::remove_at_exit(dir.clone());
         }
 
-        make_pki(&dir);
+        make_pki(&dir, options);
         let tokens: Vec<String> = User::ALL.iter().map(|_| random_token()).collect();
-        write_token_file(&dir.join("tokens.csv"), &tokens);
+        let components: Vec<(String, &str, String)> = options
+            .node
+            .map(component_users)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(user, group)| (user, group, random_token()))
+            .collect();
+        write_token_file(&dir.join("tokens.csv"), &tokens, &components);
 
         let etcd_url = start_etcd(&bin_dir, &dir, deadline);
         let probe = ApiserverProbe::new(&dir.join("ca.crt"));
@@ -177,10 +232,10 @@ impl KubeStack {
             &dir,
             deadline,
             || {
-                let port = free_port();
-                let server = format!("https://127.0.0.1:{port}");
+                let port = options.port.unwrap_or_else(free_port);
+                let server = format!("https://{}:{port}", options.address);
                 (
-                    apiserver_command(&bin_dir, &dir, &etcd_url, port),
+                    apiserver_command(&bin_dir, &dir, &etcd_url, port, options),
                     server,
                     port,
                 )
@@ -194,9 +249,21 @@ impl KubeStack {
             bin_dir,
             server,
             tokens,
+            components: components
+                .into_iter()
+                .map(|(user, _, token)| (user, token))
+                .collect(),
         };
         for user in User::ALL {
             stack.write_kubeconfig(user);
+        }
+        for (user, token) in &stack.components {
+            let path = stack
+                .dir
+                .join(format!("kubeconfig-{}.yaml", user.replace(':', "-")));
+            let config = stack.kubeconfig_with_token(user, token);
+            std::fs::write(&path, serde_json::to_vec_pretty(&config).expect("json"))
+                .unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         }
         eprintln!(
             "kube stack: ready at {} in {:.1?} ({})",
@@ -210,6 +277,37 @@ impl KubeStack {
     /// The apiserver's URL, `https://127.0.0.1:<port>`.
     pub fn server(&self) -> &str {
         &self.server
+    }
+
+    /// The stack's directory (certificates, logs, kubeconfigs).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A kubeconfig for one of the node's components, by username (see
+    /// [`Options::node`]).
+    pub fn component_kubeconfig(&self, user: &str) -> PathBuf {
+        assert!(
+            self.components.iter().any(|(u, _)| u == user),
+            "no component user {user} (the stack was started without Options::node?)"
+        );
+        self.dir
+            .join(format!("kubeconfig-{}.yaml", user.replace(':', "-")))
+    }
+
+    fn kubeconfig_with_token(&self, user: &str, token: &str) -> serde_json::Value {
+        let ca = std::fs::read(self.ca_file()).expect("read ca.crt");
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "aws-jit-test", "cluster": {
+                "server": self.server,
+                "certificate-authority-data": k8s_openapi::ByteString(ca),
+            }}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": user, "context": {"cluster": "aws-jit-test", "user": user}}],
+            "current-context": user,
+        })
     }
 
     /// The PEM file of the CA that signed the apiserver's serving certificate.
@@ -389,14 +487,26 @@ impl KubeStack {
     }
 }
 
-/// A CA, the apiserver's serving certificate (127.0.0.1 / localhost) and the
-/// service-account signing key, made with the openssl CLI.
-fn make_pki(dir: &Path) {
+/// A CA, the apiserver's serving certificate (its address, and for a node the names
+/// pods use for the `kubernetes` Service) and the service-account signing key, made with
+/// the openssl CLI; for a node, also the client certificate it shows the kubelet.
+fn make_pki(dir: &Path, options: &Options) {
+    let mut sans = format!("IP:{},DNS:localhost", options.address);
+    if options.address != Ipv4Addr::LOCALHOST {
+        sans.push_str(",IP:127.0.0.1");
+    }
+    if options.node.is_some() {
+        sans.push_str(
+            ",DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,\
+             DNS:kubernetes.default.svc.cluster.local",
+        );
+    }
     // Our own config, so the system's openssl.cnf (e.g. a default CA:TRUE on every
     // certificate, which rustls refuses on a server certificate) plays no part.
     std::fs::write(
         dir.join("openssl.cnf"),
-        "[req]\n\
+        format!(
+            "[req]\n\
          distinguished_name = dn\n\
          [dn]\n\
          [ca]\n\
@@ -407,9 +517,16 @@ fn make_pki(dir: &Path) {
          basicConstraints = critical,CA:FALSE\n\
          keyUsage = critical,digitalSignature\n\
          extendedKeyUsage = serverAuth\n\
-         subjectAltName = IP:127.0.0.1,DNS:localhost\n\
+         subjectAltName = {sans}\n\
+         subjectKeyIdentifier = hash\n\
+         authorityKeyIdentifier = keyid\n\
+         [client]\n\
+         basicConstraints = critical,CA:FALSE\n\
+         keyUsage = critical,digitalSignature\n\
+         extendedKeyUsage = clientAuth\n\
          subjectKeyIdentifier = hash\n\
          authorityKeyIdentifier = keyid\n",
+        ),
     )
     .expect("write openssl.cnf");
     // Paths are relative to `dir`; no argument has a space.
@@ -439,6 +556,20 @@ fn make_pki(dir: &Path) {
     );
     // The apiserver reads verification keys only from public-key (or certificate) PEM.
     openssl(dir, "pkey -in sa.key -pubout -out sa.pub");
+    if options.node.is_some() {
+        openssl(
+            dir,
+            &format!(
+                "req -new -config openssl.cnf {ec} -keyout kubelet-client.key \
+                 -out kubelet-client.csr -subj /O=system:masters/CN=kube-apiserver-kubelet-client"
+            ),
+        );
+        openssl(
+            dir,
+            "x509 -req -in kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 \
+             -extfile openssl.cnf -extensions client -out kubelet-client.crt",
+        );
+    }
 }
 
 fn openssl(dir: &Path, args: &str) {
@@ -458,11 +589,14 @@ fn openssl(dir: &Path, args: &str) {
 }
 
 /// The apiserver's static token file: `token,user,uid,"group,group"`.
-fn write_token_file(path: &Path, tokens: &[String]) {
+fn write_token_file(path: &Path, tokens: &[String], components: &[(String, &str, String)]) {
     let mut csv = String::new();
     for (user, token) in User::ALL.iter().zip(tokens) {
         let name = user.name();
         let groups = user.groups().join(",");
+        csv.push_str(&format!("{token},{name},{name},\"{groups}\"\n"));
+    }
+    for (name, groups, token) in components {
         csv.push_str(&format!("{token},{name},{name},\"{groups}\"\n"));
     }
     std::fs::write(path, csv).expect("write the token file");
@@ -511,12 +645,18 @@ fn start_etcd(bin_dir: &Path, dir: &Path, deadline: Instant) -> String {
     )
 }
 
-fn apiserver_command(bin_dir: &Path, dir: &Path, etcd_url: &str, port: u16) -> Command {
+fn apiserver_command(
+    bin_dir: &Path,
+    dir: &Path,
+    etcd_url: &str,
+    port: u16,
+    options: &Options,
+) -> Command {
     let file = |name: &str| dir.join(name).display().to_string();
     let mut cmd = Command::new(bin_dir.join("kube-apiserver"));
     cmd.arg(format!("--etcd-servers={etcd_url}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
+        .arg(format!("--bind-address={}", options.address))
+        .arg(format!("--advertise-address={}", options.address))
         .arg(format!("--secure-port={port}"))
         .arg(format!("--tls-cert-file={}", file("apiserver.crt")))
         .arg(format!("--tls-private-key-file={}", file("apiserver.key")))
@@ -524,7 +664,10 @@ fn apiserver_command(bin_dir: &Path, dir: &Path, etcd_url: &str, port: u16) -> C
         .arg(format!("--cert-dir={}", file("certs")))
         // Static bearer tokens are the only authentication (plus anonymous for /readyz).
         .arg(format!("--token-auth-file={}", file("tokens.csv")))
-        .arg("--authorization-mode=RBAC")
+        .arg(match options.node {
+            Some(_) => "--authorization-mode=Node,RBAC",
+            None => "--authorization-mode=RBAC",
+        })
         // Admission: the defaults, ValidatingAdmissionPolicy among them; nothing disabled.
         // Service-account tokens (`kubectl create token`) signed with our key.
         .arg("--service-account-issuer=https://kubernetes.default.svc.cluster.local")
@@ -533,11 +676,28 @@ fn apiserver_command(bin_dir: &Path, dir: &Path, etcd_url: &str, port: u16) -> C
             "--service-account-signing-key-file={}",
             file("sa.key")
         ))
-        .arg("--service-cluster-ip-range=10.0.0.0/24")
+        .arg(format!(
+            "--service-cluster-ip-range={}",
+            options.service_cidr
+        ))
+        .arg("--profiling=false");
+    if options.node.is_some() {
+        cmd.arg("--enable-admission-plugins=NodeRestriction")
+            .arg(format!(
+                "--kubelet-client-certificate={}",
+                file("kubelet-client.crt")
+            ))
+            .arg(format!(
+                "--kubelet-client-key={}",
+                file("kubelet-client.key")
+            ))
+            // No DNS for the node's name: the apiserver reaches the kubelet at its IP.
+            .arg("--kubelet-preferred-address-types=InternalIP");
+    } else {
         // The `kubernetes` Service's endpoints would be 127.0.0.1, which endpoint
         // validation refuses (a retry loop in the log); nothing here needs them.
-        .arg("--endpoint-reconciler-type=none")
-        .arg("--profiling=false");
+        cmd.arg("--endpoint-reconciler-type=none");
+    }
     cmd
 }
 
