@@ -12,8 +12,9 @@
 //!
 //! A leader that loses the Lease, or cannot renew it, stops its loops and returns an
 //! error: the process exits and starts over as a candidate, with nothing half-held.
-//! On shutdown the leader stops its loops first, then releases the Lease, so the
-//! standby takes over at once rather than after the Lease expires.
+//! On shutdown the leader stops its loops first, renewing the Lease meanwhile, then
+//! releases it: the standby leads only once they have stopped, and without waiting for
+//! the Lease to expire.
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -172,10 +173,26 @@ where
         _ = &mut running => Err(LeaderError::WorkEnded { lease: lease.clone() }),
     };
     let _ = stop_tx.send(true);
-    if !running.is_finished()
-        && let Err(e) = (&mut running).await
-    {
-        warn!(%lease, error = %e, "the operator's loops ended abnormally");
+    if !running.is_finished() {
+        let stopped = match &ended {
+            // Shutting down: the Lease is renewed until the loops have stopped. They
+            // take up to a long poll (20 s), longer than the Lease lasts (15 s): left
+            // unrenewed, it expired and the standby led while they still ran.
+            Ok(()) => tokio::select! {
+                stopped = &mut running => stopped,
+                lost = keep(&manager, &lease) => {
+                    warn!(%lease, error = %lost, "the Lease ended while the loops were stopping; stopping them at once");
+                    running.abort();
+                    (&mut running).await
+                }
+            },
+            Err(_) => (&mut running).await,
+        };
+        if let Err(e) = stopped
+            && !e.is_cancelled()
+        {
+            warn!(%lease, error = %e, "the operator's loops ended abnormally");
+        }
     }
     metrics.leader.set(0);
     // Only after every loop has stopped: the next leader never overlaps with us here.
