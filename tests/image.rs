@@ -174,9 +174,13 @@ fn the_image_has_the_dockerfiles_entrypoint_user_and_binary() {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(
-        env.contains(&"SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt"),
-        "{env:?}"
+    assert_eq!(
+        env,
+        [
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt",
+        ],
+        "distroless's environment"
     );
     assert_eq!(image.config["os"], "linux");
     assert_eq!(image.config["architecture"], "amd64");
@@ -306,7 +310,7 @@ fn the_images_files_alone_run_the_binary_as_nonroot() {
 fn the_builder_refuses_a_runtime_stage_it_does_not_know() {
     let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).expect("Dockerfile");
     let dir = tempfile::tempdir().expect("temp dir");
-    let cases: [(&str, String, &str); 4] = [
+    let cases: [(&str, String, &str); 5] = [
         (
             "another base",
             dockerfile.replace(
@@ -329,6 +333,14 @@ fn the_builder_refuses_a_runtime_stage_it_does_not_know() {
             "no USER",
             dockerfile.replace("USER 65532:65532", ""),
             "has no USER",
+        ),
+        (
+            "a COPY flag it does not apply",
+            dockerfile.replace(
+                "COPY --from=builder /out/aws-jit /aws-jit",
+                "COPY --from=builder --chown=65532:65532 /out/aws-jit /aws-jit",
+            ),
+            "only --from= is rebuilt",
         ),
     ];
     for (what, text, says) in cases {

@@ -36,6 +36,15 @@ BASE_ENV = [
 ]
 BASE_WORKDIR = "/home/nonroot"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+# The libraries distroless/cc-debian12 has (Debian's libc6, libgcc-s1, libgomp1,
+# libstdc++6, libssl3), by soname. A binary that needs any other would not start in the
+# Dockerfile's image: refused here rather than copied from this machine.
+DISTROLESS_CC_LIBS = {
+    "ld-linux-x86-64.so.2", "libc.so.6", "libm.so.6", "libmvec.so.1", "libdl.so.2",
+    "libpthread.so.0", "librt.so.1", "libresolv.so.2", "libutil.so.1", "libanl.so.1",
+    "libnss_files.so.2", "libnss_dns.so.2", "libBrokenLocale.so.1", "libc_malloc_debug.so.0",
+    "libgcc_s.so.1", "libgomp.so.1", "libstdc++.so.6", "libssl.so.3", "libcrypto.so.3",
+}
 # distroless's base files, as distroless writes them.
 PASSWD = (
     "root:x:0:0:root:/root:/sbin/nologin\n"
@@ -81,9 +90,11 @@ def runtime_stage(dockerfile):
             stage = stages[-1]
             if word == "COPY":
                 args = rest.split()
+                flags = [a for a in args if a.startswith("--")]
+                if any(not f.startswith("--from=") for f in flags):
+                    raise BuildError(f"{dockerfile}: COPY {rest}: only --from= is rebuilt")
                 sources = [a for a in args if not a.startswith("--")]
-                stage["copies"].append({"flags": [a for a in args if a.startswith("--")],
-                                        "src": sources[:-1], "dest": sources[-1]})
+                stage["copies"].append({"flags": flags, "src": sources[:-1], "dest": sources[-1]})
             elif word in ("USER", "ENTRYPOINT", "CMD"):
                 stage[word.lower()] = rest.strip()
             elif word in ("RUN", "ADD", "ENV", "WORKDIR", "VOLUME", "SHELL"):
@@ -130,6 +141,8 @@ def shared_libraries(binary):
         if not m:
             raise BuildError(f"ldd {binary}: cannot read the line {line!r}")
         path = m.group(m.lastindex)
+        if os.path.basename(path) not in DISTROLESS_CC_LIBS:
+            raise BuildError(f"{binary} needs {path}, which {DISTROLESS} does not have")
         libs.append((path, os.path.realpath(path)))
     return libs
 
@@ -256,6 +269,8 @@ def main():
     parser.add_argument("--dockerfile", default=os.path.join(os.path.dirname(__file__), "../../Dockerfile"))
     args = parser.parse_args()
     try:
+        if os.uname().machine != "x86_64":
+            raise BuildError(f"this script builds linux/amd64 images; this machine is {os.uname().machine}")
         if not os.path.isfile(args.binary):
             raise BuildError(f"no binary at {args.binary}")
         if args.kind == "aws-jit":

@@ -258,13 +258,17 @@ impl Context {
     }
 
     /// The AccessRole of that name, from the watch (live while the watch has not
-    /// listed them: a watch that cannot sync must not stall every request).
+    /// listed them: a watch that cannot sync must not stall every request). A role the
+    /// watch does not have is read live before it is called missing: it may be newer
+    /// than the watch's last event (applied just before its request, as a GitOps sync
+    /// does), and a request naming a missing role is rejected for good.
     async fn role(&self, name: &str) -> Result<Option<AccessRole>, Error> {
-        if self.roles_synced.within(SYNC_WAIT).await {
-            Ok(self.roles.get(&ObjectRef::new(name)).map(|r| (*r).clone()))
-        } else {
-            self.roles_api.get_opt(name).await.map_err(Error::Kube)
+        if self.roles_synced.within(SYNC_WAIT).await
+            && let Some(role) = self.roles.get(&ObjectRef::new(name))
+        {
+            return Ok(Some((*role).clone()));
         }
+        self.roles_api.get_opt(name).await.map_err(Error::Kube)
     }
 
     /// Publishes a Warning about `subject` once while the request is open (again after

@@ -74,39 +74,53 @@ where
     })
 }
 
-/// The node, started by the first test that needs it.
+/// The node, started by the first test that needs it. A start that failed fails every
+/// test after it at once, with its reason (a second start would find the first's
+/// processes on the node's fixed ports).
 fn node() -> &'static Cluster {
-    static NODE: OnceLock<Cluster> = OnceLock::new();
-    NODE.get_or_init(|| {
-        // The release binary (hack/test.sh builds it), else this build's.
-        let binary = std::env::var_os("AWS_JIT_IMAGE_BINARY")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                eprintln!(
-                    "node: AWS_JIT_IMAGE_BINARY is not set; the image carries the debug binary"
-                );
-                PathBuf::from(env!("CARGO_BIN_EXE_aws-jit"))
-            });
-        let cluster = Cluster::start(&binary);
-        // The people of the tests (tests/support/kube.rs's users): their roles from
-        // deploy/rbac/roles.yaml, bound to their groups.
-        let kube = &cluster.kube;
-        succeeded(&kube.kubectl(
-            User::Admin,
-            &["apply", "-f", &format!("{ROOT}/deploy/rbac/roles.yaml")],
-        ));
-        succeeded(&kube.kubectl_stdin(
-            User::Admin,
-            &["apply", "-f", "-"],
-            "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: 'test:requesters'}\n\
-             roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'aws-jit:requester'}\n\
-             subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: developers}]\n---\n\
-             apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: 'test:approvers'}\n\
-             roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'aws-jit:approver'}\n\
-             subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: sre}]\n",
-        ));
-        cluster
-    })
+    static NODE: OnceLock<Result<Cluster, String>> = OnceLock::new();
+    let started = NODE.get_or_init(|| {
+        std::panic::catch_unwind(start_node).map_err(|panic| {
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".to_owned())
+        })
+    });
+    match started {
+        Ok(cluster) => cluster,
+        Err(e) => panic!("the node did not start: {e}"),
+    }
+}
+
+fn start_node() -> Cluster {
+    // The release binary (hack/test.sh builds it), else this build's.
+    let binary = std::env::var_os("AWS_JIT_IMAGE_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            eprintln!("node: AWS_JIT_IMAGE_BINARY is not set; the image carries the debug binary");
+            PathBuf::from(env!("CARGO_BIN_EXE_aws-jit"))
+        });
+    let cluster = Cluster::start(&binary);
+    // The people of the tests (tests/support/kube.rs's users): their roles from
+    // deploy/rbac/roles.yaml, bound to their groups.
+    let kube = &cluster.kube;
+    succeeded(&kube.kubectl(
+        User::Admin,
+        &["apply", "-f", &format!("{ROOT}/deploy/rbac/roles.yaml")],
+    ));
+    succeeded(&kube.kubectl_stdin(
+        User::Admin,
+        &["apply", "-f", "-"],
+        "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: 'test:requesters'}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'aws-jit:requester'}\n\
+         subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: developers}]\n---\n\
+         apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {name: 'test:approvers'}\n\
+         roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: 'aws-jit:approver'}\n\
+         subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: sre}]\n",
+    ));
+    cluster
 }
 
 /// Helm as the admin, its state in the node's directory.
@@ -297,6 +311,20 @@ impl Release {
             iam_role_name,
             access_role,
         }
+    }
+
+    /// `helm uninstall --wait` (its drain Job included), so the next test does not
+    /// share the node's two cores with this release's pods.
+    fn uninstall(&self) {
+        let said = succeeded(&run(helm(&[
+            "uninstall",
+            &self.name,
+            "-n",
+            &self.ns,
+            "--wait",
+            "--timeout=5m",
+        ])));
+        assert!(said.contains("uninstalled"), "{said}");
     }
 
     /// The controller's pods, as the apiserver has them now.
@@ -654,6 +682,7 @@ async fn install_and_a_request_through_the_pods() {
     for pod in release.pods() {
         assert_eq!(pod["status"]["containerStatuses"][0]["restartCount"], 0);
     }
+    release.uninstall();
 }
 
 async fn the_standby_takes_over() {
@@ -661,16 +690,14 @@ async fn the_standby_takes_over() {
     let pods = release.ready_pods();
     assert_eq!(pods.len(), 2, "{pods:?}");
     let leader = release.wait_leader(&pods).await;
-    let standby = pods
-        .iter()
-        .find(|p| **p != leader)
-        .expect("a standby")
-        .clone();
     release.request("held", "  duration: 1h\n");
     release.wait_phase("held", Phase::AwaitingApproval).await;
 
     // The leader pod is deleted (as a node drain or `kubectl delete pod` does): the
-    // kubelet stops it, it hands the Lease back, and the standby leads.
+    // kubelet sends SIGTERM, its loops stop, it hands the Lease back, and another pod
+    // (the standby, or the Deployment's replacement) leads. Its whole log is followed
+    // through the kubelet until the container ends.
+    let old_log = LogFollow::start(&release.ns, &leader);
     let deleted = Instant::now();
     succeeded(&kubectl(&[
         "delete",
@@ -680,19 +707,121 @@ async fn the_standby_takes_over() {
         &release.ns,
         "--wait=false",
     ]));
-    let new_leader = release.wait_leader(std::slice::from_ref(&standby)).await;
-    eprintln!("the standby led {:.1?} after the delete", deleted.elapsed());
-    assert!(
-        deleted.elapsed() < GRACE,
-        "the Lease moved only after the grace period: it was not handed back"
+    let new_leader = eventually("another pod to hold the Lease", GRACE + WAIT, || {
+        let holder = release.leader();
+        let old = leader.clone();
+        async move {
+            match holder.is_empty() || holder == old {
+                true => Err(format!("held by {holder:?}")),
+                false => Ok(holder),
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "{new_leader} led {:.1?} after the delete",
+        deleted.elapsed()
     );
-    assert_eq!(new_leader, standby);
+    let old_log = old_log.wait_ended(GRACE + WAIT).await;
+    // Never two leaders: the old one's loops had stopped and it had released the Lease
+    // before the new one started leading.
+    let released = log_time(&old_log, "released the Lease")
+        .unwrap_or_else(|| panic!("the old leader never released the Lease:\n{old_log}"));
+    assert!(
+        log_time(&old_log, "the Lease ended while the loops were stopping").is_none(),
+        "{old_log}"
+    );
+    let new_log = release.logs(&new_leader, false);
+    let leading = log_time(&new_log, "leading: reconciling and consuming queues")
+        .unwrap_or_else(|| panic!("{new_leader} never led:\n{new_log}"));
+    assert!(
+        leading >= released,
+        "{new_leader} led at {leading} while the old leader ran until {released}:\n{old_log}"
+    );
     // The request goes on under the new leader: one execution, approved, granted.
     release.approve("held");
     release.wait_phase("held", Phase::Active).await;
     assert_eq!(release.grants().await.len(), 1);
     assert_eq!(release.executions_of("held").await, 1);
     release.end_early("held").await;
+    release.uninstall();
+}
+
+/// `kubectl logs -f` of a pod's container, through the kubelet, until it ends.
+struct LogFollow {
+    child: std::process::Child,
+    text: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogFollow {
+    fn start(ns: &str, pod: &str) -> LogFollow {
+        let node = node();
+        let mut child = Command::new(node.kube.bin_dir().join("kubectl"))
+            .arg("--kubeconfig")
+            .arg(node.kube.kubeconfig(User::Admin))
+            .args(["logs", "-f", pod, "-n", ns])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kubectl logs -f");
+        let mut stdout = child.stdout.take().expect("piped");
+        let text = Arc::new(Mutex::new(String::new()));
+        let sink = text.clone();
+        let reader = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = stdout.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .expect("log lock")
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        LogFollow {
+            child,
+            text,
+            reader: Some(reader),
+        }
+    }
+
+    /// The whole log, once the container (and so the stream) has ended.
+    async fn wait_ended(mut self, within: Duration) -> String {
+        let child = &mut self.child;
+        eventually("the followed container to end", within, || {
+            let exited = child.try_wait().map(|s| s.is_some());
+            async move {
+                match exited {
+                    Ok(true) => Ok(()),
+                    Ok(false) => Err("still streaming".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        })
+        .await;
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("log reader");
+        }
+        self.text.lock().expect("log lock").clone()
+    }
+}
+
+impl Drop for LogFollow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// When the operator logged `message` (its JSON lines' timestamp), if it did.
+fn log_time(log: &str, message: &str) -> Option<jiff::Timestamp> {
+    log.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| v["fields"]["message"] == message)
+        .and_then(|v| v["timestamp"].as_str()?.parse().ok())
 }
 
 async fn the_disruption_budget_keeps_a_replica() {
@@ -754,6 +883,7 @@ async fn the_disruption_budget_keeps_a_replica() {
         }
     })
     .await;
+    release.uninstall();
 }
 
 async fn a_rollout_stops_pods_by_sigterm() {
@@ -858,6 +988,7 @@ async fn a_rollout_stops_pods_by_sigterm() {
     release.wait_leader(&new).await;
     release.wait_phase("held", Phase::Active).await;
     release.end_early("held").await;
+    release.uninstall();
 }
 
 async fn uninstall_runs_the_drain_job() {
@@ -866,16 +997,25 @@ async fn uninstall_runs_the_drain_job() {
     release.active_for_an_hour("active").await;
     release.request("pending", "");
     release.wait_phase("pending", Phase::AwaitingApproval).await;
+    // Every pod of the release: the controller's, listed at once, say the watch works
+    // before the uninstall; the drain Job's come later.
     let watch = Watch::start(&[
         "pods",
         "-n",
         &release.ns,
         "-l",
-        &format!(
-            "app.kubernetes.io/instance={},app.kubernetes.io/component=drain",
-            release.name
-        ),
+        &format!("app.kubernetes.io/instance={}", release.name),
     ]);
+    eventually("the pod watch to list the controller's pods", WAIT, || {
+        let seen = watch.seen().len();
+        async move {
+            match seen >= 2 {
+                true => Ok(()),
+                false => Err(format!("{seen} seen")),
+            }
+        }
+    })
+    .await;
     let said = succeeded(&run(helm(&[
         "uninstall",
         &release.name,
@@ -885,9 +1025,18 @@ async fn uninstall_runs_the_drain_job() {
         "--timeout=5m",
     ])));
     assert!(said.contains("uninstalled"), "{said}");
-    // The pre-delete Job's pod ran on the node, to completion, with status 0.
-    let drained: Vec<Value> = watch
+    // The pre-delete Job's pod ran on the node, to completion, with status 0, at the
+    // first attempt (backoffLimit would hide a failed one).
+    let drain_pods: Vec<Value> = watch
         .seen()
+        .into_iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "drain")
+        .collect();
+    assert!(
+        !drain_pods.iter().any(|p| p["status"]["phase"] == "Failed"),
+        "a drain pod failed: {drain_pods:#?}"
+    );
+    let drained: Vec<Value> = drain_pods
         .into_iter()
         .filter(|p| p["status"]["phase"] == "Succeeded")
         .collect();

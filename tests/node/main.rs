@@ -31,12 +31,23 @@ fn main() -> ExitCode {
     let any = trials.iter().any(|t| selected(&args, t.name()));
     if !inside && !args.list && any {
         let exe = std::env::current_exe().expect("current exe");
-        let status = Command::new("bash")
+        let mut sandbox = Command::new("bash");
+        sandbox
             .arg(SANDBOX)
             .arg(exe)
-            .args(std::env::args_os().skip(1))
-            .status()
-            .expect("run hack/node/sandbox.sh");
+            .args(std::env::args_os().skip(1));
+        // SAFETY: one async-signal-safe call between fork and exec. The sandbox tears
+        // down on SIGTERM: so it does when this process is killed outright.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            sandbox.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let status = sandbox.status().expect("run hack/node/sandbox.sh");
         return match status.code() {
             Some(0) => ExitCode::SUCCESS,
             Some(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
