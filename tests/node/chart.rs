@@ -192,6 +192,20 @@ impl Watch {
     fn seen(&self) -> Vec<Value> {
         self.seen.lock().expect("watch lock").clone()
     }
+
+    /// Waits until the watch has listed `n` objects: it is established.
+    async fn wait_listed(&self, n: usize) {
+        eventually("the watch to list what exists", WAIT, || {
+            let seen = self.seen().len();
+            async move {
+                match seen >= n {
+                    true => Ok(()),
+                    false => Err(format!("{seen} seen")),
+                }
+            }
+        })
+        .await;
+    }
 }
 
 impl Drop for Watch {
@@ -902,16 +916,7 @@ async fn a_rollout_stops_pods_by_sigterm() {
             release.name
         ),
     ]);
-    eventually("the pod watch to list the pods", WAIT, || {
-        let seen = watch.seen().len();
-        async move {
-            match seen >= 2 {
-                true => Ok(()),
-                false => Err(format!("{seen} seen")),
-            }
-        }
-    })
-    .await;
+    watch.wait_listed(2).await;
     // `helm upgrade` with a changed setting: a new pod template, rolled out.
     let chart = format!("{ROOT}/charts/aws-jit");
     let said = succeeded(&run(helm(&[
@@ -1006,16 +1011,7 @@ async fn uninstall_runs_the_drain_job() {
         "-l",
         &format!("app.kubernetes.io/instance={}", release.name),
     ]);
-    eventually("the pod watch to list the controller's pods", WAIT, || {
-        let seen = watch.seen().len();
-        async move {
-            match seen >= 2 {
-                true => Ok(()),
-                false => Err(format!("{seen} seen")),
-            }
-        }
-    })
-    .await;
+    watch.wait_listed(2).await;
     let said = succeeded(&run(helm(&[
         "uninstall",
         &release.name,

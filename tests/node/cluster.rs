@@ -17,7 +17,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::aws::Moto;
-use crate::support::kube::{KubeStack, Options, User};
+use crate::support::kube::{KubeStack, Options, User, exited};
 use crate::support::procs;
 
 pub const NODE_NAME: &str = "aws-jit-node";
@@ -378,15 +378,6 @@ serializeImagePulls: false
             // Paces the polling; the condition is the node's Ready condition.
             std::thread::sleep(Duration::from_millis(250));
         }
-    }
-}
-
-fn exited(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
-        Err(_) => true,
     }
 }
 

@@ -757,7 +757,7 @@ fn start_service<T>(
 }
 
 /// Whether `pid` (our child, never reaped before exit) has exited.
-fn exited(pid: u32) -> bool {
+pub fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state follows the parenthesised command name: Z for a zombie.
         Ok(stat) => stat
