@@ -45,7 +45,12 @@ running execution and asks its worker's environment about the token; an executio
 no environment (one being started, or one stopped while it waited for a token, which
 moto keeps RUNNING) raises `AttributeError`, and the answer fails with HTTP 500 for
 every token while it exists. AWS answers the token's own task whatever other executions
-do. The fix skips executions without an environment.
+do. The fix skips executions without an environment. And a task is answered once: moto
+keeps an answered token's endpoint and takes a second answer while the execution runs
+(a Deny sent after the approval had been answered "succeeded", though the execution had
+already gone on to the grant); AWS refuses any answer to a closed task with
+`TaskTimedOut` ("the task associated with the token has already been closed"). The fix
+refuses it so.
 And one of moto's CloudFormation: an `!If` that yields `AWS::NoValue` inside a list
 (a policy statement granted only when a grant method is installed) is dropped from the
 list by CloudFormation; moto leaves a null there, and IAM refuses the policy
@@ -56,6 +61,7 @@ import sys
 
 import botocore.session
 from moto.cloudformation import parsing as cfn_parsing
+from moto.core.exceptions import AWSError
 from moto.server import main
 from moto.ssoadmin import models as ssoadmin_models
 from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import (
@@ -160,15 +166,28 @@ def _callback_pools(backend, status):
             yield env.callback_pool_manager
 
 
-def _answer(backend, status, notify):
+class _TaskClosed(AWSError):
+    # moto's own TaskTimedOut (its parser's) carries no error type on the wire: the SDK
+    # reads it as an unknown error.
+    TYPE = "TaskTimedOut"
+    STATUS = 400
+
+    def __init__(self):
+        super().__init__("Task Timed Out: the task associated with the token has already been closed")
+
+
+def _answer(backend, status, notify, task_token):
     m = sfn_parser_models
     for pool in _callback_pools(backend, status):
+        endpoint = pool.get(task_token)
+        if endpoint is not None and endpoint.get_outcome() is not None:
+            raise _TaskClosed()
         try:
             if notify(pool):
                 return True
         except m.CallbackNotifyConsumerError as consumer_error:
             if isinstance(consumer_error, m.CallbackConsumerTimeout):
-                raise m.TaskTimedOut()
+                raise _TaskClosed()
             raise m.TaskDoesNotExist()
     raise m.InvalidToken()
 
@@ -178,6 +197,7 @@ def _send_task_heartbeat(self, task_token):
         self,
         sfn_parser_models.ExecutionStatus.RUNNING,
         lambda pool: pool.heartbeat(callback_id=task_token),
+        task_token,
     )
 
 
@@ -187,6 +207,7 @@ def _send_task_success(self, task_token, outcome):
         self,
         sfn_parser_models.ExecutionStatus.RUNNING,
         lambda pool: pool.notify(callback_id=task_token, outcome=result),
+        task_token,
     )
 
 
@@ -194,7 +215,12 @@ def _send_task_failure(self, task_token, error=None, cause=None):
     result = sfn_parser_models.CallbackOutcomeFailure(
         callback_id=task_token, error=error, cause=cause
     )
-    _answer(self, None, lambda pool: pool.notify(callback_id=task_token, outcome=result))
+    _answer(
+        self,
+        None,
+        lambda pool: pool.notify(callback_id=task_token, outcome=result),
+        task_token,
+    )
     return sfn_parser_models.SendTaskFailureOutput()
 
 
