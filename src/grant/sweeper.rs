@@ -10,7 +10,14 @@
 //!   edit takes the worker's per-role lock, so it never races a grant or a revoke.
 //! - **Executions of the state machine** that no request recorded (a foreign execution,
 //!   or one whose name was squatted) are stopped. Nothing is revoked on the word of a
-//!   foreign execution's input (whoever started it wrote that).
+//!   foreign execution's input (whoever started it wrote that); it only says whom to
+//!   tell: one whose input names a request is reported on it as `ForeignExecution` (a
+//!   Warning Event and a security alert, as the consumer reports its refused tasks).
+//!
+//! A request whose votes deny but whose status is not settled yet is judged as the
+//! controller will settle it: when the controller recorded an approval answer for it
+//! (the approval may have gone out, and a Deny after that does not take it back), as
+//! the grant that approval allows, until the expiry it fixed.
 //!
 //! The candidates come from the controller's caches (no second copy of thousands of
 //! requests); nothing is removed or stopped on a cache's word. A statement the caches
@@ -223,6 +230,61 @@ pub fn approved_and_unended(role: &AccessRole, request: &AccessRequest) -> Resul
     Ok(())
 }
 
+/// Whether `request` may have a grant its status and votes do not show: not ended, not
+/// `Approved` or `Active`, and its votes deny now. The controller answers an approval
+/// and writes `Approved` after, so a Deny cast in between (or while the operator was
+/// down) finds a grant already made; the controller then keeps the approval (the Deny's
+/// answer comes back "already over"). Only for such a request is the controller's
+/// record of its answer read ([`as_answered`]).
+pub fn denied_after_a_possible_answer<S: Borrow<AccessRole>>(
+    request: &AccessRequest,
+    roles: &[S],
+) -> bool {
+    let status = request.status.clone().unwrap_or_default();
+    if status
+        .phase
+        .is_some_and(|p| p.is_terminal() || matches!(p, Phase::Approved | Phase::Active))
+    {
+        return false;
+    }
+    let votes = status.approvals.clone().unwrap_or_default();
+    role_named(roles, &request.spec.role).is_some_and(|role| {
+        matches!(
+            decide::tally(role, &request.spec.requester, &votes).0,
+            Tally::Denied { .. }
+        )
+    })
+}
+
+/// What the controller recorded of a request's approval answer on its token Secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordedAnswer {
+    /// `approving` (recorded right before the approval is sent), `approved`, `denied`,
+    /// `cancelled`, `too-late`; None: not answered.
+    pub answer: Option<String>,
+    /// The expiry the approval fixed (RFC 3339), recorded with `approving`.
+    pub approved_until: Option<String>,
+}
+
+/// `request` judged as the grant an approval the controller answered allows: `Active`
+/// until the expiry that approval fixed. Whether it went out or not, nothing it allows
+/// outlives that expiry (a statement or holding that would is drift), and an approval
+/// that did not go out is answered Denied by the controller at the request's next
+/// reconcile (the record then says `denied`). Before this, a sweep between the grant and
+/// the `Approved` status removed the grant of a request that then showed `Active`.
+/// None (judged as it is): no approval recorded, or no expiry with it.
+pub fn as_answered(request: &AccessRequest, recorded: &RecordedAnswer) -> Option<AccessRequest> {
+    if !matches!(recorded.answer.as_deref(), Some("approving" | "approved")) {
+        return None;
+    }
+    let until: Timestamp = recorded.approved_until.as_deref()?.parse().ok()?;
+    let mut settled = request.clone();
+    let status = settled.status.get_or_insert_with(Default::default);
+    status.phase = Some(Phase::Active);
+    status.expires_at = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(until));
+    Some(settled)
+}
+
 /// Whether `request` may hold a grant of a method without an expiry of its own in AWS
 /// (an assignment, a membership) now: approved, unended, and, once active, not past its
 /// expiry (with slack for clocks; the execution's revoke is due then).
@@ -384,6 +446,24 @@ pub fn judge_execution(known: &Known<'_>, name: &str, arn: &str) -> ExecutionVer
     }
 }
 
+/// The request a foreign execution's `input` passes itself off as: the request its
+/// `request` identity names, when that identity is one a request can have and names a
+/// known request by uid, namespace and name. An attacker writes that input, so it only
+/// says whom to tell, never what to revoke.
+pub fn impersonated<'a>(known: &Known<'a>, input: &str) -> Option<&'a AccessRequest> {
+    #[derive(serde::Deserialize)]
+    struct Claimed {
+        request: crate::contract::RequestIdentity,
+    }
+    let claimed: Claimed = serde_json::from_str(input).ok()?;
+    let identity = claimed.request;
+    crate::policy::authorize::check_identity(&identity).ok()?;
+    let request = known.by_uid.get(identity.uid.as_str()).copied()?;
+    (request.metadata.namespace.as_deref() == Some(identity.namespace.as_str())
+        && request.metadata.name.as_deref() == Some(identity.name.as_str()))
+    .then_some(request)
+}
+
 /// The `Sid`s (with why) of the statements in `doc` that nothing accounts for.
 pub fn drift_in(
     known: &Known<'_>,
@@ -418,6 +498,28 @@ pub enum SweepError {
     Kube(#[from] kube::Error),
     #[error("Step Functions {call}: {message}")]
     StepFunctions { call: &'static str, message: String },
+    #[error("cannot read how the approval of request {uid} was answered: {message}")]
+    Answer { uid: String, message: String },
+}
+
+/// How the controller answered a request's approval task, as its token Secret records
+/// it, by request uid.
+#[derive(Clone)]
+pub struct Answers(Arc<dyn Fn(String) -> AnswerRead + Send + Sync>);
+
+/// One read of [`Answers`]: the answer, or why it cannot be read.
+pub type AnswerRead = futures::future::BoxFuture<'static, Result<RecordedAnswer, String>>;
+
+impl Answers {
+    pub fn new(read: impl Fn(String) -> AnswerRead + Send + Sync + 'static) -> Self {
+        Self(Arc::new(read))
+    }
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Answers")
+    }
 }
 
 /// The sweeper's I/O.
@@ -435,6 +537,9 @@ pub struct Sweeper {
     pub methods: Arc<Methods>,
     /// The controller's caches of requests and roles, where the sweep finds candidates.
     pub caches: Option<Caches>,
+    /// The approval answers the controller recorded: read for requests whose votes deny
+    /// while a grant may have been made ([`denied_after_a_possible_answer`]).
+    pub answers: Answers,
 }
 
 /// The controller's caches (its watches, without managedFields), each with whether it
@@ -524,12 +629,40 @@ impl Sweeper {
             None => Api::all(self.client.clone()),
         };
         let requests = crate::cache::list_stripped(&requests_api).await?;
-        let roles =
-            crate::cache::list_stripped(&Api::<AccessRole>::all(self.client.clone())).await?;
-        Ok((
-            requests.into_iter().map(Arc::new).collect(),
-            roles.into_iter().map(Arc::new).collect(),
-        ))
+        let roles: Vec<Arc<AccessRole>> =
+            crate::cache::list_stripped(&Api::<AccessRole>::all(self.client.clone()))
+                .await?
+                .into_iter()
+                .map(Arc::new)
+                .collect();
+        let mut settled = Vec::with_capacity(requests.len());
+        for request in requests {
+            settled.push(Arc::new(
+                self.as_the_controller_sees(request, &roles).await?,
+            ));
+        }
+        Ok((settled, roles))
+    }
+
+    /// `request` with the approval the controller answered, when its status and votes do
+    /// not show it ([`as_answered`]). A read that fails fails the live read, and with it
+    /// every removal it would confirm this sweep (such requests are few: voted Deny,
+    /// not yet ended).
+    async fn as_the_controller_sees(
+        &self,
+        request: AccessRequest,
+        roles: &[Arc<AccessRole>],
+    ) -> Result<AccessRequest, SweepError> {
+        let Some(uid) = request.metadata.uid.clone() else {
+            return Ok(request);
+        };
+        if !denied_after_a_possible_answer(&request, roles) {
+            return Ok(request);
+        }
+        let recorded = (self.answers.0)(uid.clone())
+            .await
+            .map_err(|message| SweepError::Answer { uid, message })?;
+        Ok(as_answered(&request, &recorded).unwrap_or(request))
     }
 
     /// The requests and roles to find candidates in: the controller's caches when they
@@ -584,6 +717,7 @@ impl Sweeper {
                     for (sid, why, request) in removed {
                         self.report(
                             "statement",
+                            "DriftRemoved",
                             request.as_ref(),
                             &format!(
                                 "removed statement {sid} from the trust policy of {role_arn}: {why}"
@@ -644,14 +778,43 @@ impl Sweeper {
                 let ExecutionVerdict::Foreign(why) = judge_execution(&fresh, name, arn) else {
                     continue;
                 };
-                let request = name
+                let named = name
                     .strip_prefix("ar-")
                     .and_then(|uid| fresh.by_uid.get(uid).copied());
-                self.stop_foreign(arn).await;
-                self.report("execution", request, &format!(
-                    "stopped execution {arn}, which aws-jit did not start for a request it knows: {why}"
-                ))
-                .await;
+                let stopped = self.stop_foreign(arn).await;
+                let done = if stopped {
+                    "stopped"
+                } else {
+                    "could not stop (tried again next sweep)"
+                };
+                // One that passes itself off as a request (its input names one) is
+                // the finding the consumer reports when it refuses that execution's
+                // task: ForeignExecution, on the request its input names. The request
+                // its name squats, if another, is told as drift.
+                let impersonated = self
+                    .input_of(arn)
+                    .await
+                    .and_then(|input| impersonated(&fresh, &input));
+                if let Some(request) = impersonated {
+                    self.report(
+                        "execution",
+                        "ForeignExecution",
+                        Some(request),
+                        &format!(
+                            "{done} execution {arn}, which aws-jit did not start: its input \
+                         names this request ({why}); nothing is granted from it"
+                        ),
+                    )
+                    .await;
+                }
+                let squatted =
+                    named.filter(|n| impersonated.is_none_or(|i| i.metadata.uid != n.metadata.uid));
+                if impersonated.is_none() || squatted.is_some() {
+                    self.report("execution", "DriftRemoved", squatted, &format!(
+                        "{done} execution {arn}, which aws-jit did not start for a request it knows: {why}"
+                    ))
+                    .await;
+                }
                 swept.executions.push((arn.clone(), why));
             }
         }
@@ -789,7 +952,7 @@ impl Sweeper {
                         "removed {}: no approved, unended request accounts for it",
                         h.describe()
                     );
-                    self.report(h.kind(), None, &note).await;
+                    self.report(h.kind(), "DriftRemoved", None, &note).await;
                     removed.push(h);
                 }
                 Err(e) => {
@@ -827,8 +990,9 @@ impl Sweeper {
     }
 
     /// Stops a foreign execution. Nothing is revoked from what its input says (an
-    /// attacker writes that input); statements are judged on their own, above.
-    async fn stop_foreign(&self, arn: &str) {
+    /// attacker writes that input); statements are judged on their own, above. Whether
+    /// it was stopped.
+    async fn stop_foreign(&self, arn: &str) -> bool {
         let stopped = self
             .sfn
             .stop_execution()
@@ -837,14 +1001,44 @@ impl Sweeper {
             .cause("aws-jit: not started by aws-jit for a request it knows (drift sweep)")
             .send()
             .await;
-        if let Err(e) = stopped {
-            warn!(execution_arn = %arn, error = %aws_sdk_sfn::error::DisplayErrorContext(e), "cannot stop the foreign execution");
+        match stopped {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(execution_arn = %arn, error = %aws_sdk_sfn::error::DisplayErrorContext(e), "cannot stop the foreign execution");
+                false
+            }
         }
     }
 
-    async fn report(&self, kind: &'static str, request: Option<&AccessRequest>, note: &str) {
+    /// The input of execution `arn`, or None when it cannot be read (then it is
+    /// reported as drift naming no request).
+    async fn input_of(&self, arn: &str) -> Option<String> {
+        match self
+            .sfn
+            .describe_execution()
+            .execution_arn(arn)
+            .send()
+            .await
+        {
+            Ok(out) => out.input().map(str::to_owned),
+            Err(e) => {
+                warn!(execution_arn = %arn, error = %aws_sdk_sfn::error::DisplayErrorContext(e), "cannot read the foreign execution's input");
+                None
+            }
+        }
+    }
+
+    /// Counts, logs and reports one removal: a security alert `finding` (naming the
+    /// request, if any) and a Warning Event of that reason on the request.
+    async fn report(
+        &self,
+        kind: &'static str,
+        finding: &'static str,
+        request: Option<&AccessRequest>,
+        note: &str,
+    ) {
         self.metrics.drift_removed(kind);
-        error!(kind, note, "drift removed");
+        error!(kind, finding, note, "drift removed");
         let identity = request.and_then(|r| {
             Some(crate::contract::RequestIdentity {
                 namespace: r.metadata.namespace.clone()?,
@@ -852,9 +1046,7 @@ impl Sweeper {
                 uid: r.metadata.uid.clone()?,
             })
         });
-        self.alerts
-            .send("DriftRemoved", identity.as_ref(), note)
-            .await;
+        self.alerts.send(finding, identity.as_ref(), note).await;
         let Some(request) = request else {
             return;
         };
@@ -867,7 +1059,7 @@ impl Sweeper {
         );
         let ev = Event {
             type_: EventType::Warning,
-            reason: "DriftRemoved".into(),
+            reason: finding.into(),
             note: Some(crate::aws::sfn::truncate(note, 1024).to_owned()),
             action: "Sweep".into(),
             secondary: None,
@@ -1006,6 +1198,103 @@ mod tests {
             judge_statement(&all, ROLE_ARN, &g.sid, Some(&expired), now),
             StatementVerdict::Expired
         );
+    }
+
+    #[test]
+    fn an_answered_approval_stands_against_a_later_deny_until_its_expiry() {
+        let mut two = role();
+        two.spec.approvers =
+            serde_json::from_value(json!([{"user": "carol"}, {"user": "dave"}])).unwrap();
+        let roles = [two.clone()];
+        let carol = json!({"approver": "carol", "decision": "Approve"});
+        let dave = json!({"approver": "dave", "decision": "Deny"});
+        let late = request(json!({"phase": "AwaitingApproval", "approvals": [carol, dave]}));
+        let recorded = |answer: Option<&str>, until: Option<&str>| RecordedAnswer {
+            answer: answer.map(str::to_owned),
+            approved_until: until.map(str::to_owned),
+        };
+        // Its votes deny now: the record is read, and an approval recorded makes it the
+        // grant that approval allows, until the expiry it fixed.
+        assert!(denied_after_a_possible_answer(&late, &roles));
+        assert!(approved_and_unended(&two, &late).is_err());
+        let now = ts("2026-12-01T10:00:00Z");
+        for answer in ["approving", "approved"] {
+            let settled = as_answered(&late, &recorded(Some(answer), Some("2026-12-01T10:30:00Z")))
+                .expect(answer);
+            assert_eq!(approved_and_unended(&two, &settled), Ok(()), "{answer}");
+            let known_requests = [settled];
+            let k = Known::new(&known_requests, &roles, true);
+            let sid = trust_policy::sid_for(UID).unwrap();
+            let within = info(ALICE, "2026-12-01T10:30:00Z");
+            assert_eq!(
+                judge_statement(&k, ROLE_ARN, &sid, Some(&within), now),
+                StatementVerdict::Keep
+            );
+            // Past what the approval allowed (beyond the clocks' slack): drift.
+            let longer = info(ALICE, "2026-12-01T12:00:00Z");
+            assert!(is_drift(&judge_statement(
+                &k,
+                ROLE_ARN,
+                &sid,
+                Some(&longer),
+                now
+            )));
+        }
+        for (answer, until) in [
+            (None, Some("2026-12-01T10:30:00Z")),
+            (Some("denied"), Some("2026-12-01T10:30:00Z")),
+            (Some("cancelled"), Some("2026-12-01T10:30:00Z")),
+            (Some("too-late"), Some("2026-12-01T10:30:00Z")),
+            (Some("approving"), None),
+            (Some("approving"), Some("soon")),
+        ] {
+            assert!(
+                as_answered(&late, &recorded(answer, until)).is_none(),
+                "{answer:?} {until:?}"
+            );
+        }
+        // Nothing to read where status settles it or the votes do not deny.
+        for settled in [
+            request(json!({"phase": "Active", "approvals": [dave]})),
+            request(json!({"phase": "Approved", "approvals": [dave]})),
+            request(json!({"phase": "Denied", "approvals": [carol, dave]})),
+            request(json!({"phase": "AwaitingApproval", "approvals": [carol]})),
+            request(json!({"phase": "AwaitingApproval"})),
+        ] {
+            assert!(
+                !denied_after_a_possible_answer(&settled, &roles),
+                "{:?}",
+                settled.status
+            );
+        }
+        // A request of an AccessRole that is gone is drift whatever its record.
+        assert!(!denied_after_a_possible_answer(&late, &[] as &[AccessRole]));
+    }
+
+    #[test]
+    fn a_foreign_input_names_a_request_only_by_its_whole_identity() {
+        let known_requests = [request(json!({"phase": "AwaitingApproval"}))];
+        let roles: [AccessRole; 0] = [];
+        let k = Known::new(&known_requests, &roles, true);
+        let input = |ns: &str, name: &str, uid: &str| {
+            json!({"requester_arn": "arn:aws:iam::123456789012:user/mallory",
+                   "request": {"namespace": ns, "name": name, "uid": uid}})
+            .to_string()
+        };
+        let found = impersonated(&k, &input("team", "fix", UID)).map(|r| r.metadata.name.clone());
+        assert_eq!(found, Some(Some("fix".to_string())));
+        // Anything short of the request's whole identity names nobody.
+        for other in [
+            input("other", "fix", UID),
+            input("team", "other", UID),
+            input("team", "fix", "1b5f7a4e-9c1d-4e2b-8f3a-1d2c3b4a5f6e"),
+            input("team", "fix", "../../x"),
+            r#"{"request": "team/fix"}"#.to_string(),
+            "not json".to_string(),
+            "{}".to_string(),
+        ] {
+            assert!(impersonated(&k, &other).is_none(), "{other}");
+        }
     }
 
     #[test]

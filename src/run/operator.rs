@@ -283,6 +283,7 @@ pub async fn run(
             roles: watches.roles.clone(),
             roles_synced: watches.roles_synced.clone(),
         }),
+        answers: answers(tokens.clone()),
     };
     let sweeper = {
         let rx = stop_rx.clone();
@@ -323,6 +324,21 @@ pub async fn run(
             tracing::error!(error = %e, "an operator loop ended abnormally");
         }
     }
+}
+
+/// The approval answers the controller records on the token Secrets, for the sweeper.
+pub fn answers(tokens: TokenStore) -> crate::grant::sweeper::Answers {
+    crate::grant::sweeper::Answers::new(move |uid| {
+        let tokens = tokens.clone();
+        Box::pin(async move {
+            use crate::controller::tokens::keys;
+            let read = tokens.get(&uid).await.map_err(|e| e.to_string())?;
+            Ok(crate::grant::sweeper::RecordedAnswer {
+                answer: read.get(keys::APPROVAL_ANSWER).map(str::to_owned),
+                approved_until: read.get(keys::APPROVED_UNTIL).map(str::to_owned),
+            })
+        })
+    })
 }
 
 /// The worker's answers of a failed grant or a revoke, noted on the request's token
