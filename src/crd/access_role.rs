@@ -94,6 +94,29 @@ pub struct AccessRoleSpec {
     #[serde(default)]
     pub require_reason: bool,
 
+    /// A pattern the request's reason must match (RE2 syntax, as CEL's `matches`; found
+    /// anywhere in the reason unless anchored with `^…$`). For example `INC-[0-9]+`: the
+    /// reason names an incident. A request whose reason does not match is `Rejected`,
+    /// with the pattern and `reasonHint` in its message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(PATTERN_COMPILES_RULE).message("reasonPattern must be a regular expression (RE2 syntax)"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub reason_pattern: Option<String>,
+
+    /// A pattern the request's ticket must match, as `reasonPattern` does for the
+    /// reason; a request without a ticket matches only a pattern that matches nothing
+    /// (`^$`): set one to require a ticket. For example `^(INC|CHG)-[0-9]+$`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(PATTERN_COMPILES_RULE).message("ticketPattern must be a regular expression (RE2 syntax)"))]
+    #[schemars(length(min = 1, max = 256))]
+    pub ticket_pattern: Option<String>,
+
+    /// What to tell a requester whose reason or ticket does not match its pattern,
+    /// e.g. `name the incident, as INC-1234`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub pattern_hint: Option<String>,
+
     /// The AWS principal each requester maps to.
     pub principal: PrincipalMapping,
 
@@ -135,6 +158,13 @@ pub const IDENTITY_STORE_RE: &str =
 /// An IAM group ARN (any partition, optional path).
 pub const GROUP_ARN_RE: &str =
     r"^arn:aws[a-z-]*:iam::[0-9]{12}:group/([\x21-\x7E]+/)?[\w+=,.@-]{1,128}$";
+
+/// A pattern field compiles as a regular expression: the apiserver's CEL compiles
+/// `self` as RE2 to evaluate `matches`, and a pattern that does not compile makes the
+/// rule fail with the compile error (either side of the `||` errs, so it cannot
+/// absorb the error). The controller compiles it again (Rust's `regex`, RE2's syntax)
+/// and rejects a request whose role's pattern it cannot use.
+const PATTERN_COMPILES_RULE: &str = "''.matches(self) || !''.matches(self)";
 
 /// With `method`, the principal's template and every users value match `re`.
 fn principal_arns_rule(method: &str, re: &str) -> String {

@@ -46,6 +46,24 @@ pub enum Rejection {
     },
     #[error("AccessRole {0:?} requires a reason")]
     ReasonRequired(String),
+    #[error(
+        "AccessRole {role:?} requires a {field} matching {pattern:?}{hint}; this request's {field} is {value:?}"
+    )]
+    PatternMismatch {
+        role: String,
+        field: &'static str,
+        pattern: String,
+        value: String,
+        /// `: <the role's patternHint>`, or empty.
+        hint: String,
+    },
+    #[error("AccessRole {role:?}'s {field} {pattern:?} cannot be used: {why}")]
+    BadPattern {
+        role: String,
+        field: &'static str,
+        pattern: String,
+        why: String,
+    },
     #[error("no AWS principal for {requester}: {why}")]
     NoPrincipal { requester: String, why: String },
     #[error("roleArn {0:?} is not an IAM role ARN")]
@@ -75,6 +93,11 @@ impl Rejection {
             Rejection::TooLong { .. } => "DurationTooLong",
             Rejection::BadDuration { .. } => "InvalidDuration",
             Rejection::ReasonRequired(_) => "ReasonRequired",
+            Rejection::PatternMismatch {
+                field: "reason", ..
+            } => "ReasonPatternMismatch",
+            Rejection::PatternMismatch { .. } => "TicketPatternMismatch",
+            Rejection::BadPattern { .. } => "InvalidPattern",
             Rejection::NoPrincipal { .. } => "NoPrincipal",
             Rejection::BadRoleArn(_) => "InvalidRoleArn",
             Rejection::NoSourceIdentity(_) => "NoSourceIdentity",
@@ -410,6 +433,15 @@ pub fn plan(
     if role.spec.require_reason && spec.reason.trim().is_empty() {
         return Err(Rejection::ReasonRequired(role_name));
     }
+    let ticket = spec.ticket.clone().unwrap_or_default();
+    for (field, pattern, value) in [
+        ("reason", &role.spec.reason_pattern, &spec.reason),
+        ("ticket", &role.spec.ticket_pattern, &ticket),
+    ] {
+        if let Some(pattern) = pattern {
+            check_pattern(role, &role_name, field, pattern, value)?;
+        }
+    }
     match role.spec.method {
         GrantMethod::TrustPolicy => {}
         GrantMethod::IdentityCenter => drop(identity_center_target(role)?),
@@ -466,6 +498,51 @@ pub fn plan(
         }
     }
     Ok(input)
+}
+
+/// The most a role's pattern may compile to: the CRD bounds its length, this bounds
+/// what a short pattern can expand to (`(a{1000}){1000}`).
+const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+
+/// `value` matches the role's `pattern` for `field` (anywhere, as CEL's `matches`).
+/// Linear-time matching (no backtracking), so a request cannot stall the controller.
+fn check_pattern(
+    role: &AccessRole,
+    role_name: &str,
+    field: &'static str,
+    pattern: &str,
+    value: &str,
+) -> Result<(), Rejection> {
+    let field_name = if field == "reason" {
+        "reasonPattern"
+    } else {
+        "ticketPattern"
+    };
+    let compiled = regex::RegexBuilder::new(pattern)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| Rejection::BadPattern {
+            role: role_name.to_owned(),
+            field: field_name,
+            pattern: pattern.to_owned(),
+            why: e.to_string(),
+        })?;
+    if compiled.is_match(value) {
+        return Ok(());
+    }
+    Err(Rejection::PatternMismatch {
+        role: role_name.to_owned(),
+        field,
+        pattern: pattern.to_owned(),
+        value: value.to_owned(),
+        hint: role
+            .spec
+            .pattern_hint
+            .as_deref()
+            .filter(|h| !h.trim().is_empty())
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default(),
+    })
 }
 
 /// `now + duration_seconds`, in whole seconds, as IAM and Step Functions write times

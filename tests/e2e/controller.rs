@@ -407,6 +407,60 @@ pub fn condition(r: &AccessRequest, type_: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// An AccessRole's reasonPattern and ticketPattern: a request whose reason or ticket
+/// does not match is Rejected before any execution, with the pattern and the role's
+/// hint in its message; one that matches goes on to approval.
+#[tokio::test]
+async fn reasons_and_tickets_must_match_the_roles_patterns() {
+    let env = Env::new(
+        "ctl-pattern",
+        "  reasonPattern: 'INC-[0-9]+'\n  ticketPattern: '^(INC|CHG)-[0-9]+$'\n  patternHint: 'name the incident, as INC-1234'\n",
+    )
+    .await;
+    let create = |name: &str, reason: &str, ticket: Option<&str>| {
+        let ticket = ticket
+            .map(|t| format!("  ticket: '{t}'\n"))
+            .unwrap_or_default();
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {}\nspec:\n  role: {}\n  requester: alice\n  reason: '{reason}'\n{ticket}",
+            env.ns, env.access_role
+        );
+        succeeded(
+            &stack()
+                .kube
+                .kubectl_stdin(User::Alice, &["create", "-f", "-"], &yaml),
+        );
+    };
+    create("no-incident", "billing is stuck", Some("INC-1"));
+    create("no-ticket", "billing is stuck, INC-4711", None);
+    create(
+        "bad-ticket",
+        "billing is stuck, INC-4711",
+        Some("see INC-1"),
+    );
+    create("good", "billing is stuck, INC-4711", Some("CHG-12"));
+    for (name, field) in [
+        ("no-incident", "reason"),
+        ("no-ticket", "ticket"),
+        ("bad-ticket", "ticket"),
+    ] {
+        let r = env.wait_phase(name, Phase::Rejected).await;
+        let status = r.status.clone().unwrap_or_default();
+        let message = status.message.unwrap_or_default();
+        assert!(
+            message.contains(&format!("requires a {field} matching"))
+                && message.contains("name the incident, as INC-1234"),
+            "{name}: {message}"
+        );
+        assert!(status.execution_arn.is_none(), "{name}: no execution");
+    }
+    env.wait_phase("good", Phase::AwaitingApproval).await;
+    let input = env.execution("good").await;
+    let input: serde_json::Value =
+        serde_json::from_str(input.input().expect("input")).expect("JSON");
+    assert_eq!(input["ticket"], "CHG-12");
+}
+
 #[tokio::test]
 async fn invalid_requests_are_rejected_without_an_execution() {
     let env = Env::new("ctl-reject", "  maxDuration: 2h\n  requireReason: true").await;

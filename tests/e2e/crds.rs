@@ -291,6 +291,15 @@ async fn malformed_access_roles_are_refused_with_their_message() {
             "approvalsRequired: 0".to_owned(),
             "approvalsRequired must be at least 1",
         ),
+        // The apiserver compiles the pattern (RE2) and refuses one that does not.
+        (
+            "reasonPattern: 'INC-('".to_owned(),
+            "spec.reasonPattern: Invalid value: \"string\": error parsing regexp: missing closing ): `INC-(`",
+        ),
+        (
+            "ticketPattern: '[a-'".to_owned(),
+            "ticketPattern must be a regular expression (RE2 syntax)",
+        ),
         (
             "maxDuration: forever".to_owned(),
             "maxDuration must be a positive Go duration",

@@ -43,6 +43,9 @@ fn role(approvals_required: i32) -> AccessRole {
                 },
             ],
             require_reason: true,
+            reason_pattern: None,
+            ticket_pattern: None,
+            pattern_hint: None,
             principal: PrincipalMapping {
                 users: [(
                     "bob".to_string(),
@@ -280,6 +283,47 @@ fn invalid_requests_are_rejected_with_a_reason() {
     r.spec.requester_group = Some("developers".into());
     let err = plan(&r, Some(&role(1))).expect_err("principal");
     assert_eq!(err.reason(), "NoPrincipal");
+}
+
+#[test]
+fn reasons_and_tickets_must_match_the_roles_patterns() {
+    let mut r = role(1);
+    r.spec.reason_pattern = Some("INC-[0-9]+".into());
+    r.spec.ticket_pattern = Some("^(INC|CHG)-[0-9]+$".into());
+    r.spec.pattern_hint = Some("name the incident, as INC-1234".into());
+    let with = |r: &AccessRole, reason: &str, ticket: Option<&str>| {
+        let mut req = request("alice", None, reason);
+        req.spec.ticket = ticket.map(str::to_owned);
+        plan(&req, Some(r))
+    };
+    // Found anywhere in the reason; the ticket's pattern is anchored by the role.
+    assert!(with(&r, "billing stuck, INC-4711", Some("CHG-12")).is_ok());
+    for (reason, ticket, why) in [
+        ("billing stuck", Some("INC-1"), "ReasonPatternMismatch"),
+        ("INC-", Some("INC-1"), "ReasonPatternMismatch"),
+        ("INC-1", Some("see INC-1"), "TicketPatternMismatch"),
+        ("INC-1", None, "TicketPatternMismatch"),
+        ("INC-1", Some(""), "TicketPatternMismatch"),
+    ] {
+        let err = with(&r, reason, ticket).expect_err(why);
+        assert_eq!(err.reason(), why, "{reason:?} {ticket:?}: {err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("name the incident, as INC-1234"),
+            "{message}"
+        );
+        assert!(message.contains("INC"), "the pattern is shown: {message}");
+    }
+    // A pattern the controller cannot use rejects, saying so (the CRD refuses what the
+    // apiserver cannot compile; this is the rest: a stored object, a larger expansion).
+    for bad in ["INC-(", "(a{1000}){1000}"] {
+        r.spec.reason_pattern = Some(bad.into());
+        let err = with(&r, "INC-1", Some("INC-1")).expect_err(bad);
+        assert_eq!(err.reason(), "InvalidPattern", "{err}");
+        assert!(err.to_string().contains("reasonPattern"), "{err}");
+    }
+    // No patterns: any reason and ticket (requireReason aside).
+    assert!(plan(&request("alice", None, "x"), Some(&role(1))).is_ok());
 }
 
 #[test]
