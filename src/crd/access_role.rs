@@ -97,17 +97,22 @@ pub struct AccessRoleSpec {
     /// A pattern the request's reason must match (RE2 syntax, as CEL's `matches`; found
     /// anywhere in the reason unless anchored with `^…$`). For example `INC-[0-9]+`: the
     /// reason names an incident. A request whose reason does not match is `Rejected`,
-    /// with the pattern and `reasonHint` in its message.
+    /// with the pattern and `patternHint` in its message. `\d`, `\w`, `\s` and `\b` are
+    /// refused (ASCII in the apiserver's RE2, Unicode in the controller's engine: `\d`
+    /// would take other scripts' digits): write `[0-9]`, `[A-Za-z0-9_]`, `[ \t]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(PATTERN_COMPILES_RULE).message("reasonPattern must be a regular expression (RE2 syntax)"))]
+    #[x_kube(validation = Rule::new(no_perl_classes_rule()).message(r"reasonPattern must not use \d, \w, \s or \b (their meaning differs between engines): write [0-9], [A-Za-z0-9_], [ \t] instead"))]
     #[schemars(length(min = 1, max = 256))]
     pub reason_pattern: Option<String>,
 
     /// A pattern the request's ticket must match, as `reasonPattern` does for the
-    /// reason; a request without a ticket matches only a pattern that matches nothing
-    /// (`^$`): set one to require a ticket. For example `^(INC|CHG)-[0-9]+$`.
+    /// reason. A request without a ticket is matched as the empty string: a pattern
+    /// that matches it (`^(INC-[0-9]+)?$`) makes the ticket optional, one that does not
+    /// (`^(INC|CHG)-[0-9]+$`) requires one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(PATTERN_COMPILES_RULE).message("ticketPattern must be a regular expression (RE2 syntax)"))]
+    #[x_kube(validation = Rule::new(no_perl_classes_rule()).message(r"ticketPattern must not use \d, \w, \s or \b (their meaning differs between engines): write [0-9], [A-Za-z0-9_], [ \t] instead"))]
     #[schemars(length(min = 1, max = 256))]
     pub ticket_pattern: Option<String>,
 
@@ -165,6 +170,16 @@ pub const GROUP_ARN_RE: &str =
 /// absorb the error). The controller compiles it again (Rust's `regex`, RE2's syntax)
 /// and rejects a request whose role's pattern it cannot use.
 const PATTERN_COMPILES_RULE: &str = "''.matches(self) || !''.matches(self)";
+
+/// A Perl class or word boundary (`\d`, `\D`, `\w`, `\W`, `\s`, `\S`, `\b`, `\B`): a
+/// backslash, preceded by an even number of backslashes, before one of those letters.
+/// ASCII in RE2 (the apiserver's CEL), Unicode in Rust's `regex`: a pattern using them
+/// would accept in the controller what the role's authors did not mean.
+pub const PERL_CLASS_RE: &str = r"(^|[^\\])(\\\\)*\\[dDwWsSbB]";
+
+fn no_perl_classes_rule() -> String {
+    format!("!self.matches('{}')", super::cel_quoted(PERL_CLASS_RE))
+}
 
 /// With `method`, the principal's template and every users value match `re`.
 fn principal_arns_rule(method: &str, re: &str) -> String {

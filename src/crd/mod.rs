@@ -14,7 +14,7 @@ pub use access_request::{
     ApprovalChannel, Decision, GrantRecord, Phase, RequestRef, Revocation, SlackMessage,
 };
 pub use access_role::{
-    AccessRole, AccessRoleSpec, GrantMethod, IamGroupTarget, IdentityCenterTarget,
+    AccessRole, AccessRoleSpec, GrantMethod, IamGroupTarget, IdentityCenterTarget, PERL_CLASS_RE,
     PrincipalMapping, Subject, UserAttribute,
 };
 pub use slack_identity::{SLACK_USER_ID_RE, SlackIdentity, SlackIdentitySpec};

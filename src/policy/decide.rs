@@ -47,7 +47,7 @@ pub enum Rejection {
     #[error("AccessRole {0:?} requires a reason")]
     ReasonRequired(String),
     #[error(
-        "AccessRole {role:?} requires a {field} matching {pattern:?}{hint}; this request's {field} is {value:?}"
+        "AccessRole {role:?} requires a {field} matching `{pattern}`{hint}; this request's {field} is {value:?}: create a new AccessRequest with one that matches"
     )]
     PatternMismatch {
         role: String,
@@ -57,7 +57,9 @@ pub enum Rejection {
         /// `: <the role's patternHint>`, or empty.
         hint: String,
     },
-    #[error("AccessRole {role:?}'s {field} {pattern:?} cannot be used: {why}")]
+    #[error(
+        "AccessRole {role:?}'s {field} `{pattern}` cannot be used ({why}); ask the AccessRole's owners to fix it"
+    )]
     BadPattern {
         role: String,
         field: &'static str,
@@ -500,12 +502,12 @@ pub fn plan(
     Ok(input)
 }
 
-/// The most a role's pattern may compile to: the CRD bounds its length, this bounds
-/// what a short pattern can expand to (`(a{1000}){1000}`).
-const PATTERN_SIZE_LIMIT: usize = 1 << 20;
+/// How much of a reason or ticket a rejection repeats (the Event's note is bounded).
+const SHOWN_VALUE: usize = 120;
 
 /// `value` matches the role's `pattern` for `field` (anywhere, as CEL's `matches`).
-/// Linear-time matching (no backtracking), so a request cannot stall the controller.
+/// Linear-time matching (no backtracking), so a request cannot stall the controller;
+/// compiled per check (a request is planned a few times in its life).
 fn check_pattern(
     role: &AccessRole,
     role_name: &str,
@@ -518,23 +520,38 @@ fn check_pattern(
     } else {
         "ticketPattern"
     };
-    let compiled = regex::RegexBuilder::new(pattern)
-        .size_limit(PATTERN_SIZE_LIMIT)
-        .build()
-        .map_err(|e| Rejection::BadPattern {
-            role: role_name.to_owned(),
-            field: field_name,
-            pattern: pattern.to_owned(),
-            why: e.to_string(),
-        })?;
+    let bad = |why: String| Rejection::BadPattern {
+        role: role_name.to_owned(),
+        field: field_name,
+        pattern: pattern.to_owned(),
+        why,
+    };
+    // What the CRD refuses, refused here too (a role stored before the rule): Perl
+    // classes are ASCII in the apiserver's RE2 and Unicode here.
+    let perl = regex::Regex::new(crate::crd::PERL_CLASS_RE).map_err(|e| bad(e.to_string()))?;
+    if perl.is_match(pattern) {
+        return Err(bad(
+            r"\d, \w, \s and \b differ between engines; write [0-9], [A-Za-z0-9_], [ \t]".into(),
+        ));
+    }
+    // The engine's default compiled-size limit bounds what a short pattern expands to.
+    let compiled = regex::Regex::new(pattern).map_err(|e| {
+        let text = e.to_string();
+        bad(text.lines().last().unwrap_or_default().trim().to_owned())
+    })?;
     if compiled.is_match(value) {
         return Ok(());
     }
+    let shown: String = value.chars().take(SHOWN_VALUE).collect();
     Err(Rejection::PatternMismatch {
         role: role_name.to_owned(),
         field,
         pattern: pattern.to_owned(),
-        value: value.to_owned(),
+        value: if shown.len() < value.len() {
+            format!("{shown}…")
+        } else {
+            shown
+        },
         hint: role
             .spec
             .pattern_hint

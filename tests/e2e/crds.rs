@@ -300,6 +300,15 @@ async fn malformed_access_roles_are_refused_with_their_message() {
             "ticketPattern: '[a-'".to_owned(),
             "ticketPattern must be a regular expression (RE2 syntax)",
         ),
+        // Perl classes mean ASCII to the apiserver and Unicode to the controller.
+        (
+            r"ticketPattern: '^INC-\d+$'".to_owned(),
+            r"ticketPattern must not use \d, \w, \s or \b",
+        ),
+        (
+            r"reasonPattern: '[\w ]+'".to_owned(),
+            r"reasonPattern must not use \d, \w, \s or \b",
+        ),
         (
             "maxDuration: forever".to_owned(),
             "maxDuration must be a positive Go duration",

@@ -316,12 +316,33 @@ fn reasons_and_tickets_must_match_the_roles_patterns() {
     }
     // A pattern the controller cannot use rejects, saying so (the CRD refuses what the
     // apiserver cannot compile; this is the rest: a stored object, a larger expansion).
-    for bad in ["INC-(", "(a{1000}){1000}"] {
+    for bad in [
+        "INC-(",
+        "a{,3}",
+        r"^INC-\d+$",
+        r"\w+",
+        r"[\s]x",
+        r"\bINC",
+        r"\\\d",
+    ] {
         r.spec.reason_pattern = Some(bad.into());
         let err = with(&r, "INC-1", Some("INC-1")).expect_err(bad);
         assert_eq!(err.reason(), "InvalidPattern", "{err}");
         assert!(err.to_string().contains("reasonPattern"), "{err}");
     }
+    // An escaped backslash before d is a literal, not a Perl class.
+    r.spec.reason_pattern = Some(r"^INC\\d$".into());
+    assert!(with(&r, r"INC\d", Some("INC-1")).is_ok());
+    // Digits of other scripts are not [0-9].
+    r.spec.reason_pattern = Some("^INC-[0-9]+$".into());
+    for other in ["INC-٤٧١١", "INC-４７"] {
+        let err = with(&r, other, Some("INC-1")).expect_err(other);
+        assert_eq!(err.reason(), "ReasonPatternMismatch");
+    }
+    // A long reason is cut in the message.
+    let long = format!("{} no incident", "x".repeat(2000));
+    let err = with(&r, &long, Some("INC-1")).expect_err("long");
+    assert!(err.to_string().len() < 700, "{}", err.to_string().len());
     // No patterns: any reason and ticket (requireReason aside).
     assert!(plan(&request("alice", None, "x"), Some(&role(1))).is_ok());
 }
