@@ -691,7 +691,23 @@ impl Sweeper {
         self.sweep_reading(Read::Caches).await
     }
 
+    /// One sweep; `aws_jit_drift_removed_total{kind}` counts each removal once (one
+    /// stopped execution may be reported on two requests).
     async fn sweep_reading(&self, read: Read) -> Result<Swept, SweepError> {
+        let swept = self.sweep_once(read).await?;
+        for _ in &swept.statements {
+            self.metrics.drift_removed("statement");
+        }
+        for _ in &swept.executions {
+            self.metrics.drift_removed("execution");
+        }
+        for held in &swept.held {
+            self.metrics.drift_removed(held.kind());
+        }
+        Ok(swept)
+    }
+
+    async fn sweep_once(&self, read: Read) -> Result<Swept, SweepError> {
         // Executions first: the requests that confirm an execution is foreign are read
         // live after they were listed, so a request always shows before its execution.
         let executions = self.running_executions().await?;
@@ -1028,8 +1044,8 @@ impl Sweeper {
         }
     }
 
-    /// Counts, logs and reports one removal: a security alert `finding` (naming the
-    /// request, if any) and a Warning Event of that reason on the request.
+    /// Logs and reports one removal: a security alert `finding` (naming the request, if
+    /// any) and a Warning Event of that reason on the request.
     async fn report(
         &self,
         kind: &'static str,
@@ -1037,7 +1053,6 @@ impl Sweeper {
         request: Option<&AccessRequest>,
         note: &str,
     ) {
-        self.metrics.drift_removed(kind);
         error!(kind, finding, note, "drift removed");
         let identity = request.and_then(|r| {
             Some(crate::contract::RequestIdentity {

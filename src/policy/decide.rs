@@ -54,7 +54,7 @@ pub enum Rejection {
         field: &'static str,
         pattern: String,
         value: String,
-        /// `: <the role's patternHint>`, or empty.
+        /// ` (<the role's patternHint>)`, or empty.
         hint: String,
     },
     #[error(
@@ -436,12 +436,22 @@ pub fn plan(
         return Err(Rejection::ReasonRequired(role_name));
     }
     let ticket = spec.ticket.clone().unwrap_or_default();
-    for (field, pattern, value) in [
-        ("reason", &role.spec.reason_pattern, &spec.reason),
-        ("ticket", &role.spec.ticket_pattern, &ticket),
+    for (field, field_name, pattern, value) in [
+        (
+            "reason",
+            "reasonPattern",
+            &role.spec.reason_pattern,
+            &spec.reason,
+        ),
+        (
+            "ticket",
+            "ticketPattern",
+            &role.spec.ticket_pattern,
+            &ticket,
+        ),
     ] {
         if let Some(pattern) = pattern {
-            check_pattern(role, &role_name, field, pattern, value)?;
+            check_pattern(role, &role_name, (field, field_name), pattern, value)?;
         }
     }
     match role.spec.method {
@@ -505,21 +515,17 @@ pub fn plan(
 /// How much of a reason or ticket a rejection repeats (the Event's note is bounded).
 const SHOWN_VALUE: usize = 120;
 
-/// `value` matches the role's `pattern` for `field` (anywhere, as CEL's `matches`).
+/// `value` matches the role's `pattern` (its spec field `field_name`) for the request's
+/// `field` (anywhere, as CEL's `matches`).
 /// Linear-time matching (no backtracking), so a request cannot stall the controller;
 /// compiled per check (a request is planned a few times in its life).
 fn check_pattern(
     role: &AccessRole,
     role_name: &str,
-    field: &'static str,
+    (field, field_name): (&'static str, &'static str),
     pattern: &str,
     value: &str,
 ) -> Result<(), Rejection> {
-    let field_name = if field == "reason" {
-        "reasonPattern"
-    } else {
-        "ticketPattern"
-    };
     let bad = |why: String| Rejection::BadPattern {
         role: role_name.to_owned(),
         field: field_name,

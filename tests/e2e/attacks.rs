@@ -796,6 +796,15 @@ async fn a_cache_behind_the_apiserver_never_gets_a_live_grant_swept() {
     // them when it refuses such an execution's task (whichever catches it first).
     let warning = wait_warning(&env, "held", "ForeignExecution").await;
     assert!(warning.contains(&forged), "{warning}");
+    // Each removal counted once.
+    for kind in ["statement", "execution"] {
+        let counted = sweeper
+            .metrics
+            .drift_removed
+            .get_or_create(&aws_jit::telemetry::metrics::KindLabels { kind })
+            .get();
+        assert_eq!(counted, 1, "{kind}");
+    }
     assert_eq!(
         env.trust_policy().await,
         live,
