@@ -76,6 +76,14 @@ pub enum WorkTask {
         #[serde(default)]
         approval: serde_json::Value,
     },
+    /// Move the request's statement to a later expiry (an approved extension; the
+    /// execution has moved the sessions' deny first).
+    Extend {
+        task_token: String,
+        execution_arn: String,
+        input: ExecutionInput,
+        extend: ExtendTo,
+    },
     Revoke {
         task_token: String,
         execution_arn: String,
@@ -87,6 +95,23 @@ pub enum WorkTask {
 }
 
 /// Why a revoke runs.
+/// What an extension moves a grant to, as the controller answered the hold with it
+/// (`$.hold.extend` in the execution).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+pub struct ExtendTo {
+    /// The extension's id (`status.extensions[].id`).
+    pub id: String,
+    /// The new expiry (RFC 3339, whole seconds).
+    pub expires_at: String,
+}
+
+/// The worker's answer to an `extend` work item: the statement's new expiry.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct ExtendOutput {
+    pub expires_at: String,
+    pub statement_id: String,
+}
+
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
@@ -204,6 +229,8 @@ pub mod errors {
     pub const CANCELLED: &str = "Cancelled";
     pub const GRANT_FAILED: &str = "GrantFailed";
     pub const REVOKE_FAILED: &str = "RevokeFailed";
+    /// The worker could not, or would not, move a grant's expiry.
+    pub const EXTEND_FAILED: &str = "ExtendFailed";
 }
 
 /// Where an execution is, as `DescribeExecution` says.

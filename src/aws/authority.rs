@@ -154,6 +154,47 @@ impl Authority {
     /// What can be refused without asking Kubernetes: an identity no request can have,
     /// an execution that is not `ar-<uid>` of this state machine. Done first, so a
     /// forged message never costs a lookup that could fail transiently.
+    /// [`Authority::grant`] for an extension: the grant still stands, and extension
+    /// `id` is approved to exactly `until`, on the live request and role.
+    pub async fn extend(
+        &self,
+        queue: &'static str,
+        execution_arn: &str,
+        claimed: &ExecutionInput,
+        id: &str,
+        until: jiff::Timestamp,
+    ) -> Result<ExecutionInput, AuthorityError> {
+        let identity = &claimed.request;
+        let expected = self.sfn.execution_arn(&execution_name(&identity.uid))?;
+        self.precheck(queue, identity, &expected, execution_arn)
+            .await?;
+        let request = self.request(identity).await?;
+        let role = match &request {
+            Some(r) => Api::<AccessRole>::all(self.client.clone())
+                .get_opt(&r.spec.role)
+                .await
+                .map_err(AuthorityError::Kube)?,
+            None => None,
+        };
+        match authorize::check_extension(
+            request.as_ref(),
+            role.as_ref(),
+            &self.scope,
+            &expected,
+            execution_arn,
+            claimed,
+            id,
+            until,
+        ) {
+            Ok(planned) => Ok(planned),
+            Err(refusal) => {
+                self.report(queue, identity, request.as_ref(), execution_arn, &refusal)
+                    .await;
+                Err(AuthorityError::Refused(refusal))
+            }
+        }
+    }
+
     async fn precheck(
         &self,
         queue: &'static str,

@@ -8,6 +8,7 @@
 //! of the fields the controller owns and with the resourceVersion it was computed from:
 //! a concurrent change (an approver's vote) makes the write conflict and the request is
 //! reconciled again, so nothing an approver appended is ever dropped.
+mod extend;
 pub mod request_queue;
 pub mod tokens;
 
@@ -155,6 +156,9 @@ pub struct Context {
     pub permission_sets: Arc<crate::grant::identity_center::PermissionSets>,
     pub tokens: TokenStore,
     pub recorder: Recorder,
+    /// AccessRequests, from the controller's watch of them (another open request of the
+    /// same requester for the same role refuses a new one).
+    pub requests: Store<AccessRequest>,
     /// AccessRoles, from the controller's watch of them.
     pub roles: Store<AccessRole>,
     pub roles_synced: crate::cache::Synced,
@@ -387,6 +391,7 @@ pub async fn run(
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
+        requests: store.clone(),
         roles,
         roles_synced,
         roles_api: roles_api.clone(),
@@ -581,6 +586,8 @@ impl<'a> StatusUpdate<'a> {
         // list that lets them append with a JSON patch.
         status.approvals = Some(Vec::new());
         status.revocations = Some(Vec::new());
+        status.extensions = Some(Vec::new());
+        status.extension_approvals = Some(Vec::new());
         // The relay's field: never claimed (nor wiped) by this apply.
         status.slack = None;
         Self {
@@ -644,8 +651,14 @@ impl<'a> StatusUpdate<'a> {
         let mut comparable = current.clone();
         comparable.approvals = Some(Vec::new());
         comparable.revocations = Some(Vec::new());
+        comparable.extensions = Some(Vec::new());
+        comparable.extension_approvals = Some(Vec::new());
         comparable.slack = None;
-        if comparable == self.status && current.approvals.is_some() && current.revocations.is_some()
+        if comparable == self.status
+            && current.approvals.is_some()
+            && current.revocations.is_some()
+            && current.extensions.is_some()
+            && current.extension_approvals.is_some()
         {
             return Ok(false);
         }
@@ -725,7 +738,13 @@ async fn apply(
     // 1. Not started: validate against the role, then start exactly one execution.
     let Some(execution_arn) = status.execution_arn.clone() else {
         let role = ctx.role(&request.spec.role).await?;
-        return match decide::plan_in(request, role.as_ref(), &ctx.scope) {
+        let open = ctx.requests.state();
+        let planned =
+            match crate::policy::extension::overlapping(request, open.iter().map(|r| r.as_ref())) {
+                Some(overlap) => Err(overlap),
+                None => decide::plan_in(request, role.as_ref(), &ctx.scope),
+            };
+        return match planned {
             Err(rejection) => {
                 info!(reason = rejection.reason(), "rejected: {rejection}");
                 StatusUpdate::from(request)
@@ -787,7 +806,7 @@ async fn apply(
     };
     // Answered in a way that ends the execution: it ends soon and says nothing.
     let ending = matches!(answer, Some("denied" | "cancelled" | "too-late"))
-        || tokens.get(keys::HOLD_ENDED).is_some();
+        || tokens.hold_ended().is_some();
     // Approved and waiting for a grant the state machine makes itself (no worker
     // answers it, so no word comes when it fails): looked at more often.
     let granting_alone = !held
@@ -863,6 +882,13 @@ async fn apply(
         if matches!(phase, Phase::Expired | Phase::Revoked) && update.status.granted_at.is_some() {
             update.status.revoked_at.get_or_insert_with(now);
         }
+        // An extension still being applied when access ended was not.
+        if let Some(flight) = crate::policy::extension::in_flight(request) {
+            let mut ended = flight;
+            ended.phase = crate::crd::ExtensionPhase::Failed;
+            ended.message = format!("access ended ({phase:?}) before the extension was applied");
+            extend::upsert(&mut update.status.extension_outcomes, ended);
+        }
         update.apply(api).await?;
         let type_ = if phase == Phase::Failed {
             EventType::Warning
@@ -897,7 +923,7 @@ async fn apply(
         // Said while it matters: not once the access is being ended anyway (the drain's
         // own entry is one of those).
         let ending = counts.is_some()
-            || tokens.get(keys::HOLD_ENDED).is_some()
+            || tokens.hold_ended().is_some()
             || tokens.get(keys::APPROVAL_ANSWER) == Some("cancelled");
         for ignored in revocations
             .iter()
@@ -928,7 +954,7 @@ async fn apply(
             tokens.get(keys::EXPIRES_AT).unwrap_or("its expiry")
         );
         if let Some(revocation) = &revocation
-            && tokens.get(keys::HOLD_ENDED).is_none()
+            && tokens.hold_ended().is_none()
         {
             let by = &revocation.requested_by;
             let output =
@@ -937,7 +963,10 @@ async fn apply(
                 ctx.moved_now(&uid);
             }
             ctx.tokens
-                .put(&identity(request, &uid), &[(keys::HOLD_ENDED, by)])
+                .put(
+                    &identity(request, &uid),
+                    &[(keys::HOLD_ENDED, by), (keys::HOLD_ENDED_TOKEN, hold_token)],
+                )
                 .await?;
             event(
                 ctx,
@@ -949,7 +978,18 @@ async fn apply(
             )
             .await;
         }
-        if tokens.get(keys::HOLD_ENDED).is_some() || revocation.is_some() {
+        let ending_early = tokens.hold_ended().is_some() || revocation.is_some();
+        let extending = extend::extensions(
+            request,
+            ctx,
+            &uid,
+            &tokens,
+            role.as_ref(),
+            hold_token,
+            ending_early,
+        )
+        .await?;
+        if ending_early {
             message = "access is being revoked early".into();
         } else if expires_at
             .as_ref()
@@ -961,8 +1001,13 @@ async fn apply(
                 "access expired at {} (AWS refuses it since); the execution is revoking",
                 tokens.get(keys::EXPIRES_AT).unwrap_or("its expiry")
             );
+        } else if let Some(note) = &extending.note {
+            message = format!("{message}; {note}");
         }
         let mut update = status_update().phase(Phase::Active, message);
+        if let Some(outcome) = extending.outcome.clone() {
+            extend::upsert(&mut update.status.extension_outcomes, outcome);
+        }
         update.status.granted_at = granted_at;
         update.status.expires_at = expires_at.clone();
         if let Some(record) = tokens
@@ -977,6 +1022,13 @@ async fn apply(
                 .map(|input| decide::access_instructions(&input, role.as_ref()));
         }
         update.apply(api).await?;
+        if extending.settled {
+            let cleared = extend::KEYS.map(|k| (k, ""));
+            ctx.tokens.put(&identity(request, &uid), &cleared).await?;
+        }
+        if let Some((type_, reason, note)) = extending.event {
+            event(ctx, request, type_, &reason, "Extend", note).await;
+        }
         // While access is held nothing changes in the execution until the expiry, except
         // through this controller (revoke action, deletion) or the worker's answer to
         // its revoke: the next look is at the expiry, or the safety re-check.
@@ -1796,7 +1848,7 @@ async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error
     }
     let tokens = ctx.tokens.get(&uid).await?;
     if let Some(hold) = tokens.get(keys::HOLD_TOKEN) {
-        if tokens.get(keys::HOLD_ENDED).is_none() {
+        if tokens.hold_ended().is_none() {
             ctx.sfn
                 .send_success(
                     hold,
@@ -1804,7 +1856,13 @@ async fn cleanup(request: &AccessRequest, ctx: &Context) -> Result<Action, Error
                 )
                 .await?;
             ctx.tokens
-                .put(&identity(request, &uid), &[(keys::HOLD_ENDED, "deletion")])
+                .put(
+                    &identity(request, &uid),
+                    &[
+                        (keys::HOLD_ENDED, "deletion"),
+                        (keys::HOLD_ENDED_TOKEN, hold),
+                    ],
+                )
                 .await?;
             event(
                 ctx,

@@ -307,6 +307,21 @@ impl RequestQueue {
             RequestTask::Hold {
                 task_token, grant, ..
             } => {
+                // After an extension the execution holds again, with a later expiry: an
+                // older hold delivered again (its delete was lost) must not take the
+                // place of the newer one, whose token ends access early.
+                let stored = self.tokens.get(&identity.uid).await?;
+                let later = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                if let (Some(held), Some(token), Some(incoming)) = (
+                    later(stored.get(keys::EXPIRES_AT)),
+                    stored.get(keys::HOLD_TOKEN),
+                    later(Some(grant.expires_at.as_str())),
+                ) && token != task_token
+                    && incoming < held
+                {
+                    info!(%incoming, %held, "an older hold than the one stored; dropped");
+                    return Ok(Handled::Stored);
+                }
                 let record = serde_json::to_string(grant).unwrap_or_default();
                 self.tokens
                     .put(

@@ -53,8 +53,19 @@ pub mod keys {
     /// The expiry the approval answer fixed (`ApprovalOutput::expires_at`), for ending
     /// access when the execution could not.
     pub const APPROVED_UNTIL: &str = "approved-until";
-    /// Set once the hold task was answered (access ended early).
+    /// Set once the hold task was answered (access ended early): who ended it.
     pub const HOLD_ENDED: &str = "hold-ended";
+    /// The hold token [`HOLD_ENDED`] answered. A hold that comes after it (the
+    /// execution held again after an extension) is not ended until it is answered too.
+    pub const HOLD_ENDED_TOKEN: &str = "hold-ended-token";
+    /// The extension being applied (its `id`), recorded right before the hold is
+    /// answered with it, with the expiry it moves to, who approved it, and the hold
+    /// token answered. A hold token other than that one means the execution holds
+    /// again: the extension is settled by the expiry the new hold carries.
+    pub const EXTENDING: &str = "extending";
+    pub const EXTENDING_UNTIL: &str = "extending-until";
+    pub const EXTENDING_BY: &str = "extending-by";
+    pub const EXTENDING_TOKEN: &str = "extending-token";
     /// When the trust-policy worker last answered a grant or revoke task of the
     /// request (RFC 3339): the execution moves on after it, and the controller looks.
     pub const WORK_ANSWERED: &str = "work-answered";
@@ -87,6 +98,22 @@ impl Tokens {
             .get(key)
             .map(String::as_str)
             .filter(|v| !v.is_empty())
+    }
+
+    /// Who ended the current hold, if it was ended: [`keys::HOLD_ENDED`] recorded for
+    /// this hold token (or by an operator that did not record the token).
+    pub fn hold_ended(&self) -> Option<&str> {
+        let by = self.get(keys::HOLD_ENDED)?;
+        match self.get(keys::HOLD_ENDED_TOKEN) {
+            Some(token) if Some(token) != self.get(keys::HOLD_TOKEN) => None,
+            _ => Some(by),
+        }
+    }
+
+    /// The extension being applied, while the hold answered with it is the current
+    /// one: (id, until).
+    pub fn extending(&self) -> Option<(&str, &str)> {
+        Some((self.get(keys::EXTENDING)?, self.get(keys::EXTENDING_UNTIL)?))
     }
 
     /// Whether the approval task still waits for a decision: never answered, or an

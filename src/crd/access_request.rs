@@ -170,6 +170,120 @@ pub struct Revocation {
     pub time: Option<Time>,
 }
 
+/// The requester's ask to extend an active grant, appended to `status.extensions`
+/// (`kubectl jit extend`). Admission accepts it only from the requester, in their own
+/// name, and never lets an entry be changed or removed. The controller decides each in
+/// order against the AccessRole's `extension` rules and records what became of it in
+/// `status.extensionOutcomes`.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionAsk {
+    /// Names the extension, for its votes (`status.extensionApprovals[].extension`) and
+    /// its outcome: lower-case letters, digits and '-' (the plugin uses `1`, `2`, …).
+    #[x_kube(validation = Rule::new("self.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("an extension's id must be lower-case letters, digits and '-', such as 1 or 2"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub id: String,
+    /// The requester (admission binds it to the authenticated user).
+    #[schemars(length(min = 1, max = 253))]
+    pub requested_by: String,
+    /// How much longer, as a Go duration (`30m`), added to the current expiry.
+    #[x_kube(validation = Rule::new(positive_duration_rule()).message("an extension's by must be a positive Go duration such as 30m or 1h"))]
+    #[schemars(length(min = 1, max = 32))]
+    pub by: String,
+    /// Why; checked as the request's reason is (`requireReason`, `reasonPattern`).
+    #[serde(default)]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+    /// When it was asked, as the requester's client reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+/// An approver's vote on one extension, appended to `status.extensionApprovals`. The
+/// same identity rules as `approvals` (own name, never the requester, own group), one
+/// vote per person per extension.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionApproval {
+    /// The `id` of the extension voted on.
+    #[schemars(length(min = 1, max = 32))]
+    pub extension: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub approver: String,
+    pub decision: Decision,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    #[serde(default)]
+    pub via: ApprovalChannel,
+}
+
+impl ExtensionApproval {
+    /// The vote as a request vote, for counting with the same rules.
+    pub fn as_vote(&self) -> Approval {
+        Approval {
+            approver: self.approver.clone(),
+            decision: self.decision,
+            group: self.group.clone(),
+            comment: self.comment.clone(),
+            time: self.time.clone(),
+            via: self.via,
+        }
+    }
+}
+
+/// Where an extension is.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ExtensionPhase {
+    /// Approved; the execution is moving the expiry in AWS.
+    Extending,
+    /// The expiry moved: access lasts until `expiresAt`.
+    Extended,
+    /// Not allowed by the AccessRole (see `message`); nothing changed.
+    Refused,
+    /// An approver denied it; nothing changed.
+    Denied,
+    /// Approved, but the expiry could not be moved (see `message`); the grant keeps
+    /// its earlier expiry.
+    Failed,
+}
+
+impl ExtensionPhase {
+    /// True when nothing more happens to the extension.
+    pub fn is_settled(self) -> bool {
+        !matches!(self, ExtensionPhase::Extending)
+    }
+}
+
+/// What became of one extension (`status.extensionOutcomes`), written by the
+/// controller.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionOutcome {
+    /// The extension's `id`.
+    #[schemars(length(min = 1, max = 32))]
+    pub id: String,
+    pub phase: ExtensionPhase,
+    /// Who approved it (`aws-jit:rule/no-approval-needed` when the role needs none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub approved_by: Vec<String>,
+    /// The expiry it moves the grant to (Extending, Extended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub message: String,
+    /// When this outcome was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
 /// Identity of a request, carried into the execution so AWS-side records point back.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct RequestRef {
@@ -313,6 +427,25 @@ pub struct AccessRequestStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["requestedBy"]))]
     #[schemars(length(max = 64))]
     pub revocations: Option<Vec<Revocation>>,
+
+    /// The requester's asks to extend the grant, append-only, in order (the
+    /// requester's field; the controller's apply never owns the entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    #[schemars(length(max = 16))]
+    pub extensions: Option<Vec<ExtensionAsk>>,
+
+    /// Approvers' votes on extensions, one per approver and extension, append-only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["extension", "approver"]))]
+    #[schemars(length(max = 128))]
+    pub extension_approvals: Option<Vec<ExtensionApproval>>,
+
+    /// What became of each extension, in the order asked (the controller's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
+    #[schemars(length(max = 16))]
+    pub extension_outcomes: Option<Vec<ExtensionOutcome>>,
 
     /// When access was granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -33,6 +33,7 @@ pub const ROLE_ARN_RE: &str =
 #[x_kube(validation = Rule::new(principal_arns_rule("TrustPolicy", IAM_PRINCIPAL_RE)).message("with method TrustPolicy, principal.template and every principal.users value must be an IAM principal ARN such as arn:aws:iam::123456789012:user/{username}"))]
 #[x_kube(validation = Rule::new(principal_arns_rule("IamGroup", IAM_USER_RE)).message("with method IamGroup, principal.template and every principal.users value must be an IAM user ARN such as arn:aws:iam::123456789012:user/{username}"))]
 #[x_kube(validation = Rule::new(group_account_rule()).message("with method IamGroup, the IAM users of principal must be in the account of iamGroup.groupArn (IAM groups hold only their own account's users)"))]
+#[x_kube(validation = Rule::new("!has(self.extension) || self.method == 'TrustPolicy'").message("extension is supported with method TrustPolicy only: an IdentityCenter or IamGroup grant is revoked at its first expiry by a cleanup started before it is made"))]
 #[x_kube(validation = Rule::new(principal_arns_rule("IdentityCenter", IC_USER_RE)).message("with method IdentityCenter, principal.template and every principal.users value must be an Identity Center user name or email (such as {username}@example.com), not an ARN"))]
 #[serde(rename_all = "camelCase")]
 pub struct AccessRoleSpec {
@@ -122,6 +123,11 @@ pub struct AccessRoleSpec {
     #[schemars(length(max = 256))]
     pub pattern_hint: Option<String>,
 
+    /// Whether and how an active grant may be extended (`status.extensions`, `kubectl
+    /// jit extend`). Absent: it may not. With method TrustPolicy only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extension: Option<ExtensionPolicy>,
+
     /// The AWS principal each requester maps to.
     pub principal: PrincipalMapping,
 
@@ -140,6 +146,28 @@ impl AccessRoleSpec {
             && self.identity_center == other.identity_center
             && self.iam_group == other.iam_group
     }
+}
+
+/// How an active grant of a role may be extended. An extension moves the grant's expiry
+/// in AWS (the trust statement's `DateLessThan`, the sessions' deny, the execution's
+/// hold) by the duration asked, never past `maxDuration` counted from the grant.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionPolicy {
+    /// How many distinct approvers must approve an extension (votes in
+    /// `status.extensionApprovals`). Default: the role's `approvalsRequired`. `0`: an
+    /// extension within the bounds is granted without approval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self >= 0 && self <= 64").message("extension.approvalsRequired must be between 0 and 64"))]
+    pub approvals_required: Option<i32>,
+    /// How many extensions one request may be granted.
+    #[serde(default = "default_max_extensions")]
+    #[x_kube(validation = Rule::new("self >= 1 && self <= 16").message("extension.maxExtensions must be between 1 and 16"))]
+    pub max_extensions: i32,
+}
+
+fn default_max_extensions() -> i32 {
+    1
 }
 
 /// An IAM user or role ARN (any partition, optional path): a principal a trust

@@ -11,11 +11,12 @@ mod slack_identity;
 
 pub use access_request::{
     AccessInstructions, AccessRequest, AccessRequestSpec, AccessRequestStatus, Approval,
-    ApprovalChannel, Decision, GrantRecord, Phase, RequestRef, Revocation, SlackMessage,
+    ApprovalChannel, Decision, ExtensionApproval, ExtensionAsk, ExtensionOutcome, ExtensionPhase,
+    GrantRecord, Phase, RequestRef, Revocation, SlackMessage,
 };
 pub use access_role::{
-    AccessRole, AccessRoleSpec, GrantMethod, IamGroupTarget, IdentityCenterTarget, PERL_CLASS_RE,
-    PrincipalMapping, Subject, UserAttribute,
+    AccessRole, AccessRoleSpec, ExtensionPolicy, GrantMethod, IamGroupTarget, IdentityCenterTarget,
+    PERL_CLASS_RE, PrincipalMapping, Subject, UserAttribute,
 };
 pub use slack_identity::{SLACK_USER_ID_RE, SlackIdentity, SlackIdentitySpec};
 

@@ -175,7 +175,9 @@ pub fn judge_statement(
         Err(e) => return drift(format!("the request maps to no principal: {e}")),
     }
     let latest = match (phase, status.expires_at.as_ref()) {
-        (Phase::Active, Some(expires)) => expires.0,
+        // An approved extension moves the statement before the status shows it.
+        (Phase::Active, Some(expires)) => crate::policy::extension::approved_until(request)
+            .map_or(expires.0, |extended| extended.max(expires.0)),
         _ => {
             let duration = request
                 .spec

@@ -58,6 +58,8 @@ pub enum Refusal {
     NotApproved(String),
     #[error("the work item asks for something Kubernetes did not approve: {fields} differ")]
     Mismatch { fields: String },
+    #[error("the extension is not what Kubernetes approved: {0}")]
+    Extension(String),
 }
 
 /// Refuses an identity no AccessRequest can have: a namespace or name that is not a
@@ -109,6 +111,7 @@ impl Refusal {
             Refusal::Invalid(_) => "RequestInvalid",
             Refusal::NotApproved(_) => "NotApproved",
             Refusal::Mismatch { .. } => "InputMismatch",
+            Refusal::Extension(_) => "ExtensionNotApproved",
         }
     }
 
@@ -120,6 +123,7 @@ impl Refusal {
             Refusal::ForeignExecution { .. }
                 | Refusal::NotRecorded { .. }
                 | Refusal::Mismatch { .. }
+                | Refusal::Extension(_)
         )
     }
 }
@@ -221,6 +225,35 @@ pub fn check_grant(
             fields: fields.join(", "),
         });
     }
+    Ok(planned)
+}
+
+/// Whether an extension work item may move the grant of `claimed` to `until`: the grant
+/// itself still stands ([`check_grant`]), and the extension `id` is approved to exactly
+/// `until` by Kubernetes alone ([`crate::policy::extension::verify`]).
+#[allow(clippy::too_many_arguments)]
+pub fn check_extension(
+    request: Option<&AccessRequest>,
+    role: Option<&AccessRole>,
+    scope: &decide::Scope,
+    expected_execution: &str,
+    claimed_execution: &str,
+    claimed: &ExecutionInput,
+    id: &str,
+    until: jiff::Timestamp,
+) -> Result<ExecutionInput, Refusal> {
+    let planned = check_grant(
+        request,
+        role,
+        scope,
+        expected_execution,
+        claimed_execution,
+        claimed,
+    )?;
+    let (Some(request), Some(role)) = (request, role) else {
+        return Err(Refusal::NotYetRecorded);
+    };
+    crate::policy::extension::verify(role, request, id, until).map_err(Refusal::Extension)?;
     Ok(planned)
 }
 

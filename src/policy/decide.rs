@@ -83,6 +83,17 @@ pub enum Rejection {
         account: String,
         served: String,
     },
+    #[error(
+        "{requester} already has AccessRequest {other} for AccessRole {role:?} ({phase}): {what}"
+    )]
+    Overlaps {
+        requester: String,
+        role: String,
+        /// `namespace/name` of the earlier request.
+        other: String,
+        phase: String,
+        what: &'static str,
+    },
 }
 
 impl Rejection {
@@ -105,6 +116,7 @@ impl Rejection {
             Rejection::NoSourceIdentity(_) => "NoSourceIdentity",
             Rejection::Incomplete => "Incomplete",
             Rejection::AccountNotServed { .. } => "AccountNotServed",
+            Rejection::Overlaps { .. } => "OverlapsOpenRequest",
         }
     }
 }
@@ -519,7 +531,7 @@ const SHOWN_VALUE: usize = 120;
 /// `field` (anywhere, as CEL's `matches`).
 /// Linear-time matching (no backtracking), so a request cannot stall the controller;
 /// compiled per check (a request is planned a few times in its life).
-fn check_pattern(
+pub(crate) fn check_pattern(
     role: &AccessRole,
     role_name: &str,
     (field, field_name): (&'static str, &'static str),
@@ -602,6 +614,16 @@ pub struct Ignored {
 /// someone who also votes under their own name.
 pub fn tally(role: &AccessRole, requester: &str, approvals: &[Approval]) -> (Tally, Vec<Ignored>) {
     let need = usize::try_from(role.spec.approvals_required.max(1)).unwrap_or(1);
+    tally_needing(role, need, requester, approvals)
+}
+
+/// [`tally`] against `need` approvals (0: approved unless a valid vote denies).
+pub fn tally_needing(
+    role: &AccessRole,
+    need: usize,
+    requester: &str,
+    approvals: &[Approval],
+) -> (Tally, Vec<Ignored>) {
     let mut approvers: Vec<String> = Vec::new();
     let mut ignored = Vec::new();
     for vote in approvals {

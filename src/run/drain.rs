@@ -224,14 +224,20 @@ impl Drain {
             uid: uid.clone(),
         };
         if let Some(hold) = tokens.get(keys::HOLD_TOKEN) {
-            if tokens.get(keys::HOLD_ENDED).is_none() {
+            if tokens.hold_ended().is_none() {
                 self.sfn
                     .send_success(hold, &json!({"ended_by": self.identity, "reason": REASON}))
                     .await?;
                 // Recorded before the revocation below: the controller then sees the hold
                 // already ended (the revocation entry is the audit record, not what ends it).
                 self.tokens
-                    .put(&identity, &[(keys::HOLD_ENDED, &self.identity)])
+                    .put(
+                        &identity,
+                        &[
+                            (keys::HOLD_ENDED, &self.identity),
+                            (keys::HOLD_ENDED_TOKEN, hold),
+                        ],
+                    )
                     .await?;
                 self.summary.revoked += 1;
                 info!(request = %identity.name, namespace = %identity.namespace, "ending access now");

@@ -77,7 +77,7 @@ async fn ended(env: &Env, arn: &str) -> (String, String) {
 }
 
 /// The Warning Events on request `name` with `reason`.
-async fn warnings(env: &Env, name: &str, reason: &str) -> Vec<String> {
+pub async fn warnings(env: &Env, name: &str, reason: &str) -> Vec<String> {
     let events: Api<Event> = Api::namespaced(stack().kube.client(User::Admin).await, &env.ns);
     let list = events
         .list(&ListParams::default().fields(&format!("involvedObject.name={name}")))
@@ -90,7 +90,7 @@ async fn warnings(env: &Env, name: &str, reason: &str) -> Vec<String> {
         .collect()
 }
 
-async fn wait_warning(env: &Env, name: &str, reason: &str) -> String {
+pub async fn wait_warning(env: &Env, name: &str, reason: &str) -> String {
     eventually(
         &format!("a {reason} Warning Event on {name}"),
         WAIT,

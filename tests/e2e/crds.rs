@@ -406,6 +406,19 @@ async fn malformed_access_roles_are_refused_with_their_message() {
             "method: IamGroup\nprincipal: {users: {alice: 'arn:aws:iam::210987654321:user/alice'}}\n".to_owned() + GROUP,
             "the IAM users of principal must be in the account of iamGroup.groupArn",
         ),
+        // Extensions: only where the expiry can be moved, and bounded.
+        (
+            "method: IdentityCenter\nprincipal: {template: '{username}'}\nextension: {}\n".to_owned() + IC,
+            "extension is supported with method TrustPolicy only",
+        ),
+        (
+            "extension: {maxExtensions: 0}".to_owned(),
+            "extension.maxExtensions must be between 1 and 16",
+        ),
+        (
+            "extension: {approvalsRequired: -1}".to_owned(),
+            "extension.approvalsRequired must be between 0 and 64",
+        ),
     ];
     for (line, message) in cases {
         let yaml = role_yaml(&unique("bad-role"), &line);

@@ -12,6 +12,7 @@ mod consistency;
 mod controller;
 mod crashes;
 mod crds;
+mod extensions;
 mod gitops;
 mod ha;
 mod interactions;

@@ -1476,14 +1476,15 @@ async fn every_task_retries_transient_errors_by_name_and_nothing_else() {
             }
         }
     }
-    // The flow: 11 alerts, 5 tasks for the operator, 3 IAM calls and the cleanup's
-    // start; IdentityCenter: GetUserId, DescribePermissionSet, the cleanup's start and
+    // The flow: 13 alerts, 6 tasks for the operator, 5 IAM calls (two of them an
+    // extension's: the deny moved, and put back when the extension fails) and the
+    // cleanup's start; IdentityCenter: GetUserId, DescribePermissionSet, the cleanup's start and
     // the holder put; IamGroup: 2 ListGroupsForUser, the cleanup's start and the holder
     // put; the engines IcSync (8) and GroupSync (4). The cleanup: 2 IAM calls and the
     // same two engines. A Task added or removed must be looked at here.
     assert_eq!(
         tasks,
-        (20 + 4 + 4 + 8 + 4) + (2 + 8 + 4),
+        (25 + 4 + 4 + 8 + 4) + (2 + 8 + 4),
         "Task states in both machines"
     );
 }

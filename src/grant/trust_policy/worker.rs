@@ -114,7 +114,7 @@ use serde_json::Value;
 use tracing::{Instrument, Span, error, info, warn};
 
 use crate::aws::sfn::{ExecutionState, StepFunctionClient, TaskAnswer};
-use crate::contract::{ExecutionInput, GrantOutput, WorkTask, errors};
+use crate::contract::{ExecutionInput, ExtendOutput, GrantOutput, WorkTask, errors};
 use crate::grant::trust_policy::document::{self as trust_policy, Document, TrustPolicyError};
 
 /// SQS's longest long poll.
@@ -216,6 +216,11 @@ pub enum WorkerError {
     },
     #[error("the grant task is over (timed out or its execution ended); nothing was written")]
     TaskOver,
+    #[error(
+        "role {role} has no live statement {sid} of this request to extend (its grant is \
+         gone or has ended); nothing was written"
+    )]
+    NothingToExtend { role: String, sid: String },
     #[error("access is ended, but its session cleanup could not be started: {0}")]
     CleanupNotStarted(String),
     #[error("Step Functions: {0}")]
@@ -325,6 +330,7 @@ pub struct RevokeOutput {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
     Granted(GrantOutput),
+    Extended(ExtendOutput),
     Revoked(RevokeOutput),
     /// `SendTaskFailure` with this error (one of [`crate::contract::errors`]) and cause.
     Failed {
@@ -605,6 +611,36 @@ impl Worker {
                     }
                     outcome
                 }
+                WorkTask::Extend {
+                    task_token,
+                    execution_arn,
+                    input,
+                    extend,
+                } => {
+                    // Kubernetes says whether the extension was approved, and to when.
+                    let until = extend.expires_at.parse::<Timestamp>().map_err(|_| {
+                        WorkerError::BadExpiry {
+                            expires_at: extend.expires_at.clone(),
+                            why: "not an RFC 3339 timestamp".into(),
+                        }
+                    });
+                    let result = match until {
+                        Err(e) => Err(e),
+                        Ok(until) => match self
+                            .authority
+                            .extend(queue::WORK, &execution_arn, &input, &extend.id, until)
+                            .await
+                        {
+                            Ok(planned) => self
+                                .extend(&planned, until, &task_token)
+                                .await
+                                .map(Answer::Extended),
+                            Err(refused) => Err(WorkerError::from(refused)),
+                        },
+                    };
+                    self.answer(&task_token, self.settle(result, errors::EXTEND_FAILED))
+                        .await
+                }
                 WorkTask::Revoke {
                     task_token, input, ..
                 } => {
@@ -644,6 +680,7 @@ impl Worker {
         };
         let delivered = match &answer {
             Answer::Granted(output) => self.sfn.send_success(token, output).await,
+            Answer::Extended(output) => self.sfn.send_success(token, output).await,
             Answer::Revoked(output) => self.sfn.send_success(token, output).await,
             Answer::Failed { error, cause } => self.sfn.send_failure(token, error, cause).await,
         };
@@ -787,6 +824,73 @@ impl Worker {
             ),
         }
         self.faults.point(faults::points::AFTER_GRANT).await;
+        Ok(plan.output)
+    }
+
+    /// Moves the request's statement to `until` (an approved extension), under the
+    /// role's lock, once the sessions' deny says `until` (the execution writes it first,
+    /// so access never outlives what AWS enforces) and only while the task waits.
+    async fn extend(
+        &self,
+        input: &ExecutionInput,
+        until: Timestamp,
+        task_token: &str,
+    ) -> Result<ExtendOutput, WorkerError> {
+        if input.method != "TrustPolicy" {
+            return Err(WorkerError::WrongMethod {
+                method: input.method.clone(),
+            });
+        }
+        let role = role_name(&input.role_arn)?;
+        let session = trust_policy::SessionTerms {
+            session_name: input.session_name.clone(),
+            source_identity: input.source_identity.clone(),
+        };
+        let lock = self.lock(&role);
+        let _edit = lock.lock().await;
+        let document = self.trust_policy(&role).await?;
+        let plan = plan_extend(
+            &document,
+            &role,
+            &input.request.uid,
+            &input.requester_arn,
+            &session,
+            until,
+            Timestamp::now(),
+            self.size_limit,
+        )?;
+        if let Some(updated) = &plan.document {
+            match self
+                .check_session_deny(&role, input, &plan.output.expires_at)
+                .await
+            {
+                // IAM may still show the deny from before the execution's write.
+                Err(WorkerError::NoSessionDeny {
+                    role,
+                    policy,
+                    found,
+                    ..
+                }) => {
+                    return Err(WorkerError::NoSessionDeny {
+                        role,
+                        policy,
+                        found,
+                        missing: true,
+                    });
+                }
+                other => other?,
+            }
+            if self.sfn.heartbeat(task_token).await? == TaskAnswer::AlreadyOver {
+                return Err(WorkerError::TaskOver);
+            }
+            self.update_trust_policy(&role, updated).await?;
+            info!(
+                %role,
+                statement_id = %plan.output.statement_id,
+                expires_at = %plan.output.expires_at,
+                "extended: trust policy updated"
+            );
+        }
         Ok(plan.output)
     }
 
@@ -1253,6 +1357,7 @@ impl Handler for Worker {
                 }
                 self.metrics.grant(match answer {
                     Answer::Granted(_) => "granted",
+                    Answer::Extended(_) => "extended",
                     Answer::Revoked(_) => "revoked",
                     Answer::Failed { .. } => "failed",
                 });
@@ -1460,6 +1565,79 @@ pub fn plan_grant(
     })
 }
 
+/// What an extension will do to a trust policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtendPlan {
+    /// The document to write, or `None` when the statement already says `until` (a
+    /// redelivered item).
+    pub document: Option<Document>,
+    pub output: ExtendOutput,
+}
+
+/// The extension of `request_uid`'s statement to `until` on `document` at `now`
+/// (pure): only a live statement of ours for this request, principal and session terms
+/// is moved, and only later; everything else stays as it is.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_extend(
+    document: &Document,
+    role: &str,
+    request_uid: &str,
+    principal_arn: &str,
+    session: &trust_policy::SessionTerms,
+    until: Timestamp,
+    now: Timestamp,
+    size_limit: usize,
+) -> Result<ExtendPlan, WorkerError> {
+    let policy_error = |source| WorkerError::TrustPolicy {
+        role: role.to_owned(),
+        source,
+    };
+    let sid = trust_policy::sid_for(request_uid).map_err(policy_error)?;
+    let nothing = || WorkerError::NothingToExtend {
+        role: role.to_owned(),
+        sid: sid.clone(),
+    };
+    let existing = trust_policy::grants(document)
+        .into_iter()
+        .find(|g| g.sid == sid && g.session.as_ref() == Some(session))
+        .ok_or_else(nothing)?;
+    if existing.principal != principal_arn {
+        return Err(WorkerError::PrincipalMismatch {
+            role: role.to_owned(),
+            sid,
+            existing: existing.principal,
+            requester: principal_arn.to_owned(),
+        });
+    }
+    if existing.expires_at <= now {
+        return Err(nothing());
+    }
+    let until = whole_seconds(until);
+    let output = ExtendOutput {
+        expires_at: until.to_string(),
+        statement_id: sid.clone(),
+    };
+    if existing.expires_at >= until {
+        return Ok(ExtendPlan {
+            document: None,
+            output,
+        });
+    }
+    let extended = trust_policy::grant(
+        document,
+        request_uid,
+        principal_arn,
+        session,
+        until,
+        size_limit,
+    )
+    .map_err(policy_error)?;
+    Ok(ExtendPlan {
+        document: Some(extended),
+        output,
+    })
+}
+
 /// What a revoke will do to a trust policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RevokePlan {
@@ -1509,6 +1687,7 @@ enum Parsed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Grant,
+    Extend,
     Revoke,
 }
 
@@ -1516,6 +1695,7 @@ impl Kind {
     fn as_str(self) -> &'static str {
         match self {
             Kind::Grant => "grant",
+            Kind::Extend => "extend",
             Kind::Revoke => "revoke",
         }
     }
@@ -1523,6 +1703,7 @@ impl Kind {
     fn error(self) -> &'static str {
         match self {
             Kind::Grant => errors::GRANT_FAILED,
+            Kind::Extend => errors::EXTEND_FAILED,
             Kind::Revoke => errors::REVOKE_FAILED,
         }
     }
@@ -1535,6 +1716,7 @@ fn classify(body: &str) -> Result<Parsed, String> {
     let kind = match value.get("type") {
         Some(Value::String(t)) if t == "grant" => Kind::Grant,
         Some(Value::String(t)) if t == "revoke" => Kind::Revoke,
+        Some(Value::String(t)) if t == "extend" => Kind::Extend,
         Some(Value::String(t)) => return Err(format!("unknown work item type {t:?}")),
         Some(_) => return Err("the work item's type is not a string".to_owned()),
         None => return Err("the body has no type".to_owned()),
@@ -1562,9 +1744,9 @@ fn classify(body: &str) -> Result<Parsed, String> {
 fn execution_of(parsed: &Result<Parsed, String>) -> Option<&str> {
     match parsed {
         Ok(Parsed::Task(task)) => match task.as_ref() {
-            WorkTask::Grant { execution_arn, .. } | WorkTask::Revoke { execution_arn, .. } => {
-                Some(execution_arn)
-            }
+            WorkTask::Grant { execution_arn, .. }
+            | WorkTask::Extend { execution_arn, .. }
+            | WorkTask::Revoke { execution_arn, .. } => Some(execution_arn),
         },
         Ok(Parsed::Malformed { execution_arn, .. }) => execution_arn.as_deref(),
         Err(_) => None,
@@ -1581,6 +1763,11 @@ fn task_span(parsed: &Result<Parsed, String>, message_id: Option<&str>) -> Span 
                 input,
                 ..
             } => ("grant", execution_arn.as_str(), Some(input)),
+            WorkTask::Extend {
+                execution_arn,
+                input,
+                ..
+            } => ("extend", execution_arn.as_str(), Some(input)),
             WorkTask::Revoke {
                 execution_arn,
                 input,

@@ -46,6 +46,7 @@ fn role(approvals_required: i32) -> AccessRole {
             reason_pattern: None,
             ticket_pattern: None,
             pattern_hint: None,
+            extension: None,
             principal: PrincipalMapping {
                 users: [(
                     "bob".to_string(),

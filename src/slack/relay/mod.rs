@@ -280,7 +280,8 @@ impl Relay {
     /// Shows one alert in Slack. `Err` is a permanent refusal (dead-letter it);
     /// transient failures are retried here until they pass.
     pub async fn deliver(&self, alert: &Alert) -> Result<Settled, String> {
-        let event = alert.event.name();
+        let shown_as = alert.shown_as();
+        let event = shown_as.as_str();
         // An identity no request can have is refused before any lookup (a forged alert
         // must not make a lookup fail in a way that looks worth retrying).
         crate::policy::authorize::check_identity(&alert.input.request)

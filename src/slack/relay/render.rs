@@ -28,6 +28,10 @@ pub enum Event {
     ApprovalTimedOut,
     Granted,
     GrantFailed,
+    /// An approved extension moved the grant's expiry.
+    Extended,
+    /// An approved extension could not be made; the earlier expiry stands.
+    ExtendFailed,
     Expired,
     Revoked,
     RevokeFailed,
@@ -43,6 +47,8 @@ impl Event {
             Event::ApprovalTimedOut => "approval_timed_out",
             Event::Granted => "granted",
             Event::GrantFailed => "grant_failed",
+            Event::Extended => "extended",
+            Event::ExtendFailed => "extend_failed",
             Event::Expired => "expired",
             Event::Revoked => "revoked",
             Event::RevokeFailed => "revoke_failed",
@@ -51,7 +57,10 @@ impl Event {
 
     /// Failures a human must not miss.
     pub fn is_loud(self) -> bool {
-        matches!(self, Event::GrantFailed | Event::RevokeFailed)
+        matches!(
+            self,
+            Event::GrantFailed | Event::RevokeFailed | Event::ExtendFailed
+        )
     }
 }
 
@@ -71,9 +80,23 @@ pub struct Alert {
     pub hold: Value,
     #[serde(default)]
     pub revoke: Value,
+    /// `extended` / `extend_failed`: the extension (`id`, `expires_at`, `approvers`).
+    #[serde(default)]
+    pub extend: Value,
 }
 
 impl Alert {
+    /// The key the relay remembers a shown alert by: its event, and for an extension
+    /// its id (a request may be extended more than once).
+    pub fn shown_as(&self) -> String {
+        match (self.event, self.extend.get("id").and_then(Value::as_str)) {
+            (Event::Extended | Event::ExtendFailed, Some(id)) => {
+                format!("{}-{}", self.event.name(), escape(id, 32))
+            }
+            _ => self.event.name().to_owned(),
+        }
+    }
+
     /// Who approved (comma-separated), from the `approval` the operator answered.
     pub fn approvers(&self) -> Option<String> {
         serde_json::from_value::<ApprovalOutput>(self.approval.clone())
@@ -163,6 +186,8 @@ fn state(alert: &Alert) -> (&'static str, String) {
         Event::ApprovalTimedOut => (":alarm_clock:", "not approved in time".into()),
         Event::Granted => (":unlock:", "active".into()),
         Event::GrantFailed => (":rotating_light:", "GRANT FAILED".into()),
+        Event::Extended => (":unlock:", "active, extended".into()),
+        Event::ExtendFailed => (":warning:", "active, extension failed".into()),
         Event::Expired => (":lock:", "expired, access removed".into()),
         Event::Revoked => (":lock:", "revoked, access removed".into()),
         Event::RevokeFailed => (":rotating_light:", "REVOKE FAILED".into()),
@@ -220,6 +245,17 @@ fn step_line(alert: &Alert, mentions: &Mentions) -> String {
             mention_prefix(mentions),
             escape(&alert.error_text(), 1500)
         ),
+        Event::Extended => format!(
+            "Extended (approved by *{}*) until *{}*.",
+            who(extension_approvers(alert)),
+            expires(alert)
+        ),
+        Event::ExtendFailed => format!(
+            "{}An approved extension could NOT be made ({}); access still ends at *{}*.",
+            mention_prefix(mentions),
+            escape(&alert.error_text(), 1500),
+            expires(alert)
+        ),
         Event::Expired => format!("Access ended at *{}* and was removed.", expires(alert)),
         Event::Revoked => "Access was ended early and removed.".into(),
         Event::RevokeFailed => format!(
@@ -229,6 +265,13 @@ fn step_line(alert: &Alert, mentions: &Mentions) -> String {
             left_after_failed_revoke(&alert.input.method, &expires(alert))
         ),
     }
+}
+
+/// Who approved an extension, from the hold's answer.
+fn extension_approvers(alert: &Alert) -> Option<String> {
+    let list = alert.extend.get("approvers")?.as_array()?;
+    let names: Vec<&str> = list.iter().filter_map(Value::as_str).collect();
+    (!names.is_empty()).then(|| names.join(", "))
 }
 
 /// What is left when a revoke failed, in the method's words.
