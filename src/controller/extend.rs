@@ -218,7 +218,7 @@ pub(super) async fn extensions(
                 )),
             }
         }
-        Step::Pending { id, have, need } => {
+        Step::Pending { id, have, need, .. } => {
             ctx.event_once(
                 request,
                 uid,

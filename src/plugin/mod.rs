@@ -141,6 +141,9 @@ pub enum Command {
     Deny(DenyArgs),
     /// End a request's access early (or withdraw it before a decision).
     Revoke(RevokeArgs),
+    /// Ask for more time on your Active request (as its AccessRole allows; approvers
+    /// vote with `approve NAME --extension ID`).
+    Extend(ExtendArgs),
     /// List requests, like `kubectl get` with approvals and the time left.
     List(ListArgs),
     /// A request's facts and timeline (status and Events).
@@ -186,6 +189,10 @@ pub struct RequestArgs {
 pub struct VoteArgs {
     /// The AccessRequest.
     pub name: String,
+    /// Vote on this extension of the request (its id, as `describe` shows) rather than
+    /// on the request.
+    #[arg(long, value_name = "ID")]
+    pub extension: Option<String>,
     /// A comment recorded with the vote.
     #[arg(long)]
     pub comment: Option<String>,
@@ -202,6 +209,9 @@ pub struct VoteArgs {
 pub struct DenyArgs {
     /// The AccessRequest.
     pub name: String,
+    /// Deny this extension of the request (its id) rather than the request.
+    #[arg(long, value_name = "ID")]
+    pub extension: Option<String>,
     /// Why (required for a denial; the requester sees it).
     #[arg(long, required = true)]
     pub comment: String,
@@ -224,6 +234,21 @@ pub struct RevokeArgs {
     /// impersonation.
     #[arg(long, value_name = "GROUP")]
     pub as_group: Option<String>,
+    /// Print as json, yaml or name(s) (as `kubectl get -o`).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Output>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExtendArgs {
+    /// Your Active AccessRequest.
+    pub name: String,
+    /// How much longer, as a Go duration (30m, 1h), added to its current expiry.
+    #[arg(long, value_parser = go_duration_text)]
+    pub by: String,
+    /// Why (checked as a request's reason is).
+    #[arg(long, default_value = "")]
+    pub reason: String,
     /// Print as json, yaml or name(s) (as `kubectl get -o`).
     #[arg(short = 'o', long, value_enum)]
     pub output: Option<Output>,
@@ -278,6 +303,11 @@ pub struct AwsProfileArgs {
 /// A positive Go duration flag (`10m`, `1h30m`), read as the controller reads durations.
 fn go_duration(value: &str) -> Result<std::time::Duration, String> {
     crate::policy::decide::parse_duration("duration", value).map_err(|e| e.to_string())
+}
+
+/// A positive Go duration flag, kept as written (the controller reads it again).
+fn go_duration_text(value: &str) -> Result<String, String> {
+    go_duration(value).map(|_| value.to_owned())
 }
 
 /// Runs one command; what it prints goes to stdout (progress of --wait to stderr).

@@ -6,7 +6,7 @@
 use crate::crd::{
     AccessRequest, AccessRole, Approval, ApprovalChannel, Decision, Phase, Revocation, Subject,
 };
-use crate::policy::decide;
+use crate::policy::{decide, extension};
 
 /// Who is calling, as the apiserver authenticated them (SelfSubjectReview).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -65,6 +65,35 @@ pub enum Refusal {
     },
     #[error("the controller would reject this request: {0}")]
     WouldReject(String),
+    #[error("{name} is {requester}'s request: only they may ask to extend it")]
+    NotYourRequest { name: String, requester: String },
+    #[error("{name} is not Active (phase {phase}): only active access can be extended")]
+    NotActive { name: String, phase: String },
+    #[error(
+        "extension {id} of {name} is not decided yet: wait for it (kubectl jit describe {name})"
+    )]
+    ExtensionOpen { name: String, id: String },
+    #[error("the controller would refuse this extension: {0}")]
+    ExtensionRefused(String),
+    #[error("{name} has no extension {id}")]
+    NoSuchExtension { name: String, id: String },
+    #[error("extension {id} of {name} is already decided ({phase})")]
+    ExtensionDecided {
+        name: String,
+        id: String,
+        phase: String,
+    },
+}
+
+/// What an extension about to be asked for comes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtensionAsk {
+    /// Its id (the next free number).
+    pub id: String,
+    /// The expiry it moves the grant to.
+    pub until: jiff::Timestamp,
+    /// How many approvals it needs (0: applied at once).
+    pub need: usize,
 }
 
 fn name_of(request: &AccessRequest) -> String {
@@ -276,6 +305,150 @@ pub fn ask_as(
             not_eligible.map(|e| e.to_string()).unwrap_or_default(),
             subjects(&role.spec.requesters)
         ),
+    })
+}
+
+/// Whether `caller` may ask to extend `request` by `by` now, and what the ask comes to:
+/// the controller's own [`extension::next`], asked about the entry about to be written.
+pub fn extend(
+    request: &AccessRequest,
+    role: Option<&AccessRole>,
+    caller: &Caller,
+    by: &str,
+    reason: &str,
+) -> Result<ExtensionAsk, Refusal> {
+    let name = name_of(request);
+    if request.spec.requester != caller.username {
+        return Err(Refusal::NotYourRequest {
+            name,
+            requester: request.spec.requester.clone(),
+        });
+    }
+    let status = request.status.clone().unwrap_or_default();
+    let window = match (status.phase, &status.granted_at, &status.expires_at) {
+        (Some(Phase::Active), Some(granted), Some(expires)) => extension::Window {
+            granted_at: granted.0,
+            expires_at: expires.0,
+        },
+        _ => {
+            return Err(Refusal::NotActive {
+                name,
+                phase: phase_text(status.phase),
+            });
+        }
+    };
+    let role = role.ok_or_else(|| Refusal::NoRole(request.spec.role.clone()))?;
+    let asks = status.extensions.clone().unwrap_or_default();
+    let outcomes = status.extension_outcomes.clone().unwrap_or_default();
+    let settled = |id: &str| outcomes.iter().any(|o| o.id == id && o.phase.is_settled());
+    if let Some(open) = asks.iter().find(|a| !settled(&a.id)) {
+        return Err(Refusal::ExtensionOpen {
+            name,
+            id: open.id.clone(),
+        });
+    }
+    let id = (asks.len() + 1..)
+        .map(|n| n.to_string())
+        .find(|id| !asks.iter().any(|a| &a.id == id))
+        .unwrap_or_default();
+    let mut draft = request.clone();
+    draft
+        .status
+        .get_or_insert_with(Default::default)
+        .extensions
+        .get_or_insert_with(Vec::new)
+        .push(crate::crd::ExtensionAsk {
+            id: id.clone(),
+            requested_by: caller.username.clone(),
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            time: None,
+        });
+    match extension::next(role, &draft, window).0 {
+        extension::Step::Refuse { refusal, .. } => {
+            Err(Refusal::ExtensionRefused(refusal.to_string()))
+        }
+        extension::Step::Pending { need, until, .. } => Ok(ExtensionAsk { id, until, need }),
+        extension::Step::Approved { until, .. } => Ok(ExtensionAsk { id, until, need: 0 }),
+        // No vote on a new ask can deny it, and nothing else is in flight.
+        other => Err(Refusal::ExtensionRefused(format!("{other:?}"))),
+    }
+}
+
+/// Whether `caller` may vote on extension `id` of `request` now, and the group to name
+/// (`None`: as themselves): the controller's own count, asked about this vote.
+pub fn vote_extension(
+    request: &AccessRequest,
+    role: Option<&AccessRole>,
+    caller: &Caller,
+    id: &str,
+    as_group: Option<&str>,
+) -> Result<Option<String>, Refusal> {
+    let name = name_of(request);
+    let requester = &request.spec.requester;
+    if *requester == caller.username {
+        return Err(Refusal::OwnRequest { name });
+    }
+    let status = request.status.clone().unwrap_or_default();
+    if status.phase != Some(Phase::Active) {
+        return Err(Refusal::NotActive {
+            name,
+            phase: phase_text(status.phase),
+        });
+    }
+    if !status.extensions.iter().flatten().any(|a| a.id == id) {
+        return Err(Refusal::NoSuchExtension {
+            name,
+            id: id.to_owned(),
+        });
+    }
+    if let Some(o) = status
+        .extension_outcomes
+        .iter()
+        .flatten()
+        .find(|o| o.id == id)
+    {
+        return Err(Refusal::ExtensionDecided {
+            name,
+            id: id.to_owned(),
+            phase: format!("{:?}", o.phase),
+        });
+    }
+    if let Some(mine) = status
+        .extension_approvals
+        .iter()
+        .flatten()
+        .find(|v| v.extension == id && v.approver == caller.username)
+    {
+        return Err(Refusal::AlreadyVoted {
+            name,
+            user: caller.username.clone(),
+            decision: mine.decision,
+        });
+    }
+    let role = role.ok_or_else(|| Refusal::NoRole(request.spec.role.clone()))?;
+    let mut why = String::new();
+    for group in candidates(caller, as_group)? {
+        let mine = Approval {
+            approver: caller.username.clone(),
+            decision: Decision::Approve,
+            group: group.clone(),
+            comment: None,
+            time: None,
+            via: ApprovalChannel::Kubectl,
+        };
+        let (_, ignored) = decide::tally_needing(role, 1, requester, std::slice::from_ref(&mine));
+        match ignored.into_iter().next() {
+            None => return Ok(group),
+            Some(i) if why.is_empty() => why = i.why,
+            Some(_) => {}
+        }
+    }
+    Err(Refusal::NotCounted {
+        name,
+        why,
+        role: request.spec.role.clone(),
+        approvers: subjects(&role.spec.approvers),
     })
 }
 
@@ -535,5 +708,116 @@ mod tests {
         long.spec.duration = Some("3h".into());
         let err = ask_as(&long, &role(), &caller("alice", &[]), None).unwrap_err();
         assert!(err.to_string().contains("exceeds"), "{err}");
+    }
+
+    fn active(extra: serde_json::Value) -> AccessRequest {
+        let mut status = json!({"phase": "Active", "grantedAt": "2026-12-01T10:00:00Z",
+            "expiresAt": "2026-12-01T11:00:00Z", "approvals": []});
+        for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+            status[k] = v;
+        }
+        let mut r = request(status);
+        r.spec.reason = "fix".into();
+        r
+    }
+
+    fn extendable() -> AccessRole {
+        let mut r = role();
+        r.spec.extension = Some(serde_json::from_value(json!({"maxExtensions": 2})).unwrap());
+        r
+    }
+
+    #[test]
+    fn the_requester_extends_an_active_request_as_the_controller_would_decide() {
+        let alice = caller("alice", &[]);
+        let ask = extend(
+            &active(json!({})),
+            Some(&extendable()),
+            &alice,
+            "30m",
+            "more",
+        )
+        .unwrap();
+        assert_eq!(ask.id, "1");
+        assert_eq!(ask.need, 2);
+        assert_eq!(ask.until, "2026-12-01T11:30:00Z".parse().unwrap());
+        // Not someone else, not before Active, not past maxDuration, not without a policy.
+        assert!(matches!(
+            extend(
+                &active(json!({})),
+                Some(&extendable()),
+                &caller("carol", &[]),
+                "30m",
+                ""
+            ),
+            Err(Refusal::NotYourRequest { .. })
+        ));
+        assert!(matches!(
+            extend(&awaiting(json!([])), Some(&extendable()), &alice, "30m", ""),
+            Err(Refusal::NotActive { .. })
+        ));
+        let refused = extend(&active(json!({})), Some(&extendable()), &alice, "2h", "");
+        assert!(
+            matches!(&refused, Err(Refusal::ExtensionRefused(m)) if m.contains("past maxDuration")),
+            "{refused:?}"
+        );
+        assert!(matches!(
+            extend(&active(json!({})), Some(&role()), &alice, "30m", ""),
+            Err(Refusal::ExtensionRefused(_))
+        ));
+        // One at a time: an undecided ask first; then the next id.
+        let open =
+            active(json!({"extensions": [{"id": "1", "requestedBy": "alice", "by": "10m"}]}));
+        assert!(matches!(
+            extend(&open, Some(&extendable()), &alice, "30m", ""),
+            Err(Refusal::ExtensionOpen { .. })
+        ));
+        let done = active(json!({
+            "extensions": [{"id": "1", "requestedBy": "alice", "by": "10m"}],
+            "extensionOutcomes": [{"id": "1", "phase": "Denied"}]}));
+        assert_eq!(
+            extend(&done, Some(&extendable()), &alice, "30m", "")
+                .unwrap()
+                .id,
+            "2"
+        );
+    }
+
+    #[test]
+    fn a_vote_on_an_extension_counts_as_the_controller_counts_it() {
+        let asked = active(json!({
+            "extensions": [{"id": "1", "requestedBy": "alice", "by": "10m"}],
+            "extensionApprovals": [{"extension": "1", "approver": "dave", "decision": "Approve"}]}));
+        let role = extendable();
+        assert_eq!(
+            vote_extension(&asked, Some(&role), &caller("carol", &[]), "1", None),
+            Ok(None)
+        );
+        assert_eq!(
+            vote_extension(
+                &asked,
+                Some(&role),
+                &caller("erin", &["sre-leads"]),
+                "1",
+                None
+            ),
+            Ok(Some("sre-leads".into()))
+        );
+        assert!(matches!(
+            vote_extension(&asked, Some(&role), &caller("alice", &[]), "1", None),
+            Err(Refusal::OwnRequest { .. })
+        ));
+        assert!(matches!(
+            vote_extension(&asked, Some(&role), &caller("dave", &[]), "1", None),
+            Err(Refusal::AlreadyVoted { .. })
+        ));
+        assert!(matches!(
+            vote_extension(&asked, Some(&role), &caller("mallory", &[]), "1", None),
+            Err(Refusal::NotCounted { .. })
+        ));
+        assert!(matches!(
+            vote_extension(&asked, Some(&role), &caller("carol", &[]), "2", None),
+            Err(Refusal::NoSuchExtension { .. })
+        ));
     }
 }

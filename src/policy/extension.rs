@@ -78,11 +78,12 @@ pub enum Step {
     Nothing,
     /// The next ask is refused.
     Refuse { id: String, refusal: Refusal },
-    /// The next ask waits for votes.
+    /// The next ask waits for votes; approved, it moves the expiry to `until`.
     Pending {
         id: String,
         have: usize,
         need: usize,
+        until: Timestamp,
     },
     /// The next ask was denied.
     Denied {
@@ -216,7 +217,15 @@ pub fn next(role: &AccessRole, request: &AccessRequest, window: Window) -> (Step
     let need = approvals_needed(role);
     let votes = votes_on(request, &id);
     match decide::tally_needing(role, need, &request.spec.requester, &votes) {
-        (Tally::Pending { have, need }, ignored) => (Step::Pending { id, have, need }, ignored),
+        (Tally::Pending { have, need }, ignored) => (
+            Step::Pending {
+                id,
+                have,
+                need,
+                until,
+            },
+            ignored,
+        ),
         (Tally::Denied { by, comment }, ignored) => (Step::Denied { id, by, comment }, ignored),
         (Tally::Approved { mut approvers }, ignored) => {
             if approvers.is_empty() {

@@ -13,6 +13,7 @@ use crate::controller::{ACCOUNT, Env};
 use crate::support::kube::User;
 use crate::support::policy_eval::{Decision, assume_role};
 use crate::support::stack;
+use crate::support::wait::eventually;
 
 fn now_s() -> i64 {
     jiff::Timestamp::now().as_second()
@@ -770,4 +771,86 @@ async fn dave_denies_and_alices_wait_ends_with_his_reason() {
     exits(&out, 5, "not found");
     let out = jit(User::Carol, &["frobnicate"]).await;
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+}
+
+#[tokio::test]
+async fn alice_extends_with_the_plugin_and_carol_approves_the_extension() {
+    let env = Env::new("plg-extend", "  extension: {maxExtensions: 1}\n").await;
+    let ns = env.ns.as_str();
+    env.request(User::Alice, "longer", "  duration: 1h\n");
+    env.wait_phase("longer", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "longer", "Approve");
+    env.wait_phase("longer", Phase::Active).await;
+    // Only the requester asks; the plugin says what the controller would refuse.
+    let out = jit(User::Carol, &["extend", "longer", "-n", ns, "--by", "30m"]).await;
+    exits(&out, 3, "only they may ask to extend it");
+    let out = jit(User::Alice, &["extend", "longer", "-n", ns, "--by", "4h"]).await;
+    exits(&out, 3, "past maxDuration");
+    let out = jit(
+        User::Alice,
+        &[
+            "extend",
+            "longer",
+            "-n",
+            ns,
+            "--by",
+            "30m",
+            "--reason",
+            "still down",
+        ],
+    )
+    .await;
+    exits(&out, 0, "extension 1 asked");
+    let out = jit(
+        User::Alice,
+        &["approve", "longer", "-n", ns, "--extension", "1"],
+    )
+    .await;
+    exits(&out, 3, "your own request");
+    let out = jit(
+        User::Dave,
+        &["approve", "longer", "-n", ns, "--extension", "2"],
+    )
+    .await;
+    exits(&out, 3, "no extension 2");
+    let out = jit(
+        User::Carol,
+        &["approve", "longer", "-n", ns, "--extension", "1"],
+    )
+    .await;
+    exits(&out, 0, "extension 1 approved by carol");
+    eventually("extension 1 to be Extended", WAIT, || async {
+        let r = env
+            .requests()
+            .get("longer")
+            .await
+            .map_err(|e| e.to_string())?;
+        let outcomes = r
+            .status
+            .and_then(|s| s.extension_outcomes)
+            .unwrap_or_default();
+        match outcomes.first() {
+            Some(o) if o.phase == aws_jit::crd::ExtensionPhase::Extended => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // Decided: no more votes on it, and the role allows one extension only.
+    let out = jit(
+        User::Dave,
+        &[
+            "deny",
+            "longer",
+            "-n",
+            ns,
+            "--extension",
+            "1",
+            "--comment",
+            "late",
+        ],
+    )
+    .await;
+    exits(&out, 3, "already decided");
+    let out = jit(User::Alice, &["extend", "longer", "-n", ns, "--by", "10m"]).await;
+    exits(&out, 3, "the most AccessRole");
 }

@@ -1,4 +1,4 @@
-//! `approve`, `deny`, `revoke`: one entry appended to status, in the caller's own name
+//! `approve`, `deny`, `revoke`, `extend`: one entry appended to status, in the caller's own name
 //! (the SelfSubjectReview's), after the controller's own rules said it would count. The
 //! patch tests the request's uid first, so a request re-created under the same name is
 //! never voted on by mistake; admission checks the entry again.
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::Ctx;
 use crate::crd::{AccessRequest, Decision};
-use crate::plugin::{Error, Output, RevokeArgs, identity, render, votes};
+use crate::plugin::{Error, ExtendArgs, Output, RevokeArgs, identity, render, votes};
 
 /// How long a vote waits for a Pending request to ask for approval.
 const PENDING_WAIT: Duration = Duration::from_secs(60);
@@ -28,10 +28,12 @@ fn params() -> PatchParams {
 fn append(request: &AccessRequest, list: &str, entry: Value) -> Vec<Value> {
     let mut ops = vec![json!({"op": "test", "path": "/metadata/uid", "value": request.uid()})];
     let status = request.status.as_ref();
-    let exists = match list {
-        "approvals" => status.is_some_and(|s| s.approvals.is_some()),
-        _ => status.is_some_and(|s| s.revocations.is_some()),
-    };
+    let exists = status.is_some_and(|s| match list {
+        "approvals" => s.approvals.is_some(),
+        "extensions" => s.extensions.is_some(),
+        "extensionApprovals" => s.extension_approvals.is_some(),
+        _ => s.revocations.is_some(),
+    });
     if exists {
         ops.push(json!({"op": "add", "path": format!("/status/{list}/-"), "value": entry}));
     } else {
@@ -62,14 +64,26 @@ async fn write(
         .map_err(|e| Error::kube(&format!("{what} on {name}"), e))
 }
 
-pub async fn vote(
-    ctx: &Ctx,
-    name: &str,
-    decision: Decision,
-    comment: Option<String>,
-    as_group: Option<&str>,
-    output: Option<Output>,
-) -> Result<(), Error> {
+/// One vote to cast: on the request, or on one of its extensions.
+pub struct Vote<'a> {
+    pub name: &'a str,
+    pub extension: Option<&'a str>,
+    pub decision: Decision,
+    pub comment: Option<String>,
+    pub as_group: Option<&'a str>,
+}
+
+pub async fn vote(ctx: &Ctx, vote: Vote<'_>, output: Option<Output>) -> Result<(), Error> {
+    if let Some(id) = vote.extension {
+        return vote_extension(ctx, &vote, id, output).await;
+    }
+    let Vote {
+        name,
+        decision,
+        comment,
+        as_group,
+        ..
+    } = vote;
     let me = identity::whoami(&ctx.client).await?;
     // A request just created is Pending for the few seconds its execution takes to ask
     // for approval: wait for that (bounded) rather than send a person away.
@@ -141,6 +155,88 @@ pub async fn revoke(ctx: &Ctx, args: RevokeArgs) -> Result<(), Error> {
             "accessrequest.aws-jit.io/{} revoke asked by {}: the controller ends its access now \
              (follow it: kubectl jit describe {} -n {})",
             args.name, me.username, args.name, ctx.namespace
+        ),
+    }
+    Ok(())
+}
+
+fn verb(decision: Decision) -> &'static str {
+    match decision {
+        Decision::Approve => "approved",
+        Decision::Deny => "denied",
+    }
+}
+
+async fn vote_extension(
+    ctx: &Ctx,
+    vote: &Vote<'_>,
+    id: &str,
+    output: Option<Output>,
+) -> Result<(), Error> {
+    let me = identity::whoami(&ctx.client).await?;
+    let request = ctx.get(vote.name).await?;
+    let role = ctx.role(&request.spec.role).await?;
+    let group = votes::vote_extension(&request, role.as_ref(), &me, id, vote.as_group)?;
+    let mut entry = json!({
+        "extension": id,
+        "approver": me.username,
+        "decision": vote.decision,
+        "time": Time(jiff::Timestamp::now()),
+    });
+    if let Some(g) = &group {
+        entry["group"] = json!(g);
+    }
+    if let Some(c) = vote.comment.clone().filter(|c| !c.is_empty()) {
+        entry["comment"] = json!(c);
+    }
+    let ops = append(&request, "extensionApprovals", entry);
+    let after = write(ctx, &request, ops, "recording your vote on the extension").await?;
+    match output {
+        Some(o) => print!("{}", render::object(&after, o)?),
+        None => println!(
+            "accessrequest.aws-jit.io/{} extension {id} {} by {}{}",
+            vote.name,
+            verb(vote.decision),
+            me.username,
+            group.map(|g| format!(" as group {g}")).unwrap_or_default(),
+        ),
+    }
+    Ok(())
+}
+
+pub async fn extend(ctx: &Ctx, args: ExtendArgs) -> Result<(), Error> {
+    let me = identity::whoami(&ctx.client).await?;
+    let request = ctx.get(&args.name).await?;
+    let role = ctx.role(&request.spec.role).await?;
+    let ask = votes::extend(&request, role.as_ref(), &me, &args.by, &args.reason)?;
+    let mut entry = json!({
+        "id": ask.id,
+        "requestedBy": me.username,
+        "by": args.by,
+        "time": Time(jiff::Timestamp::now()),
+    });
+    if !args.reason.is_empty() {
+        entry["reason"] = json!(args.reason);
+    }
+    let ops = append(&request, "extensions", entry);
+    let after = write(ctx, &request, ops, "asking for the extension").await?;
+    match args.output {
+        Some(o) => print!("{}", render::object(&after, o)?),
+        None => println!(
+            "accessrequest.aws-jit.io/{} extension {} asked: until {} once {} (follow it: \
+             kubectl jit describe {} -n {})",
+            args.name,
+            ask.id,
+            ask.until,
+            match ask.need {
+                0 => "the controller applies it".to_owned(),
+                n => format!(
+                    "{n} approver(s) approve it (kubectl jit approve {} --extension {})",
+                    args.name, ask.id
+                ),
+            },
+            args.name,
+            ctx.namespace
         ),
     }
     Ok(())

@@ -85,28 +85,27 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         Command::Request(args) => request::request(&ctx, args).await,
         Command::Approve(args) => {
-            decide::vote(
-                &ctx,
-                &args.name,
-                crate::crd::Decision::Approve,
-                args.comment,
-                args.as_group.as_deref(),
-                args.output,
-            )
-            .await
+            let vote = decide::Vote {
+                name: &args.name,
+                extension: args.extension.as_deref(),
+                decision: crate::crd::Decision::Approve,
+                comment: args.comment,
+                as_group: args.as_group.as_deref(),
+            };
+            decide::vote(&ctx, vote, args.output).await
         }
         Command::Deny(args) => {
-            decide::vote(
-                &ctx,
-                &args.name,
-                crate::crd::Decision::Deny,
-                Some(args.comment),
-                args.as_group.as_deref(),
-                args.output,
-            )
-            .await
+            let vote = decide::Vote {
+                name: &args.name,
+                extension: args.extension.as_deref(),
+                decision: crate::crd::Decision::Deny,
+                comment: Some(args.comment),
+                as_group: args.as_group.as_deref(),
+            };
+            decide::vote(&ctx, vote, args.output).await
         }
         Command::Revoke(args) => decide::revoke(&ctx, args).await,
+        Command::Extend(args) => decide::extend(&ctx, args).await,
         Command::List(args) => read::list(&ctx, args).await,
         Command::Describe(args) => read::describe(&ctx, args).await,
         Command::Credentials(args) => aws::credentials(&ctx, args).await,

@@ -82,7 +82,8 @@ fn an_ask_waits_for_its_own_votes_and_is_approved_to_the_current_expiry_plus_by(
         Step::Pending {
             id: "1".into(),
             have: 0,
-            need: 1
+            need: 1,
+            until: ts("2026-12-01T11:30:00Z")
         }
     );
     let approved = request(json!({"extensions": [ask("1", "30m")],
