@@ -187,7 +187,7 @@ fn state(alert: &Alert) -> (&'static str, String) {
         Event::Granted => (":unlock:", "active".into()),
         Event::GrantFailed => (":rotating_light:", "GRANT FAILED".into()),
         Event::Extended => (":unlock:", "active, extended".into()),
-        Event::ExtendFailed => (":warning:", "active, extension failed".into()),
+        Event::ExtendFailed => (":warning:", "EXTENSION FAILED".into()),
         Event::Expired => (":lock:", "expired, access removed".into()),
         Event::Revoked => (":lock:", "revoked, access removed".into()),
         Event::RevokeFailed => (":rotating_light:", "REVOKE FAILED".into()),

@@ -64,6 +64,17 @@ fn all() -> Vec<Alert> {
             "revoke_failed",
             json!({"grant": grant(), "error": {"Error": "RevokeFailed", "Cause": "AccessDenied"}}),
         ),
+        alert(
+            "extended",
+            json!({"approval": approval(), "grant": grant(),
+                   "extend": {"id": "1", "expires_at": "2026-01-01T01:30:00Z", "approvers": ["dave"]}}),
+        ),
+        alert(
+            "extend_failed",
+            json!({"approval": approval(), "grant": grant(),
+                   "extend": {"id": "2", "expires_at": "2026-01-01T02:00:00Z", "approvers": ["dave"]},
+                   "error": {"Error": "ExtendFailed", "Cause": "no live statement"}}),
+        ),
     ]
 }
 
@@ -197,6 +208,16 @@ fn every_event_renders_its_state_and_step() {
             ":rotating_light: AWS access REVOKE FAILED",
             "<!subteam^S0SRE> <@U0CAROL> The revoke FAILED: RevokeFailed: AccessDenied — the trust-policy statement still ends at *2026-01-01T01:30:00Z* (AWS enforces it); clean it up.",
         ),
+        (
+            "extended",
+            ":unlock: AWS access request: active, extended",
+            "Extended (approved by *dave*) until *2026-01-01T01:30:00Z*.",
+        ),
+        (
+            "extend_failed",
+            ":warning: AWS access EXTENSION FAILED",
+            "<!subteam^S0SRE> <@U0CAROL> An approved extension could NOT be made (ExtendFailed: no live statement); access still ends at *2026-01-01T01:30:00Z*.",
+        ),
     ];
     let alerts = all();
     assert_eq!(alerts.len(), expected.len());
@@ -229,6 +250,18 @@ fn every_event_renders_its_state_and_step() {
             assert_eq!(typed.len(), blocks.as_array().unwrap().len(), "{event}");
         }
     }
+}
+
+#[test]
+fn each_extension_is_shown_once_under_its_own_key() {
+    let alerts = all();
+    let keys: Vec<String> = alerts.iter().map(Alert::shown_as).collect();
+    assert!(keys.contains(&"extended-1".to_string()), "{keys:?}");
+    assert!(keys.contains(&"extend_failed-2".to_string()), "{keys:?}");
+    assert!(keys.contains(&"granted".to_string()), "{keys:?}");
+    // Every key fits status.slack.relayed (64 characters each).
+    let long = alert("extended", json!({"extend": {"id": "x".repeat(200)}}));
+    assert!(long.shown_as().chars().count() <= 64, "{}", long.shown_as());
 }
 
 #[test]
