@@ -772,6 +772,7 @@ async fn moto_alone(args: &Args, n: usize, roles: usize) -> MotoAlone {
                 session_name: format!("ar-{uid}"),
                 source_identity: REQUESTER.into(),
                 session_policy_name: aws_jit::grant::trust_policy::session::policy_name(&uid),
+                start_at: String::new(),
             };
             recs.lock().expect("recs")[i].start = Some(Instant::now());
             if let Err(e) = sfn
@@ -1286,6 +1287,7 @@ fn new_request(name: &str, role: &str) -> AccessRequest {
             duration: Some(HOLD.into()),
             reason: "bench".into(),
             ticket: None,
+            start_at: None,
         },
     )
 }

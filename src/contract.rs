@@ -42,6 +42,10 @@ pub struct ExecutionInput {
     /// ([`crate::grant::trust_policy::session::policy_name`]).
     #[serde(default)]
     pub session_policy_name: String,
+    /// A scheduled request's `startAt` (RFC 3339, whole seconds); empty otherwise.
+    /// Informational (for Slack): the controller answers the approval no earlier.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub start_at: String,
 }
 
 /// A task on the request queue: an approval to decide, or a hold to end early.

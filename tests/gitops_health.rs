@@ -23,7 +23,7 @@ fn path_to(phase: Phase) -> Vec<Phase> {
     match phase {
         Pending | Rejected => vec![],
         AwaitingApproval => vec![Pending],
-        Approved | Denied => vec![Pending, AwaitingApproval],
+        Scheduled | Approved | Denied => vec![Pending, AwaitingApproval],
         Active => vec![Pending, AwaitingApproval, Approved],
         Expired | Revoked | Failed => vec![Pending, AwaitingApproval, Approved, Active],
     }
@@ -68,9 +68,10 @@ fn in_phase(phase: Phase, conditions: &[Condition]) -> Value {
     )
 }
 
-const ALL: [Phase; 9] = [
+const ALL: [Phase; 10] = [
     Phase::Pending,
     Phase::AwaitingApproval,
+    Phase::Scheduled,
     Phase::Approved,
     Phase::Active,
     Phase::Expired,

@@ -798,9 +798,14 @@ async fn apply(
     let deadline = if held {
         tokens.get(keys::EXPIRES_AT).and_then(|t| t.parse().ok())
     } else if tokens.get(keys::APPROVAL_TOKEN).is_some() && undecided {
-        tokens
+        let timeout: Option<jiff::Timestamp> = tokens
             .get(keys::APPROVAL_DEADLINE)
-            .and_then(|t| t.parse().ok())
+            .and_then(|t| t.parse().ok());
+        // A scheduled request is counted again at its start.
+        match (timeout, decide::scheduled_start(request, now_ts)) {
+            (Some(timeout), Some(start)) => Some(timeout.min(start)),
+            (timeout, start) => timeout.or(start),
+        }
     } else {
         None
     };
@@ -1297,6 +1302,32 @@ async fn answer_approval(
                 .await?;
         }
         Tally::Approved { approvers } => {
+            if let Some(start) = decide::scheduled_start(request, jiff::Timestamp::now()) {
+                // Nothing is answered before the start: then the votes are counted again,
+                // on the AccessRole as it is then (a requester removed meanwhile gets
+                // nothing), and a Deny or a withdrawal until then still wins.
+                let message = format!(
+                    "approved by {}; access starts at {start} (the request is checked against \
+                     its AccessRole again then, and the duration counts from the start)",
+                    approvers.join(", ")
+                );
+                StatusUpdate::from(request)
+                    .dead_letter(tokens)
+                    .phase(Phase::Scheduled, message.clone())
+                    .apply(api)
+                    .await?;
+                ctx.event_once(
+                    request,
+                    uid,
+                    EventType::Normal,
+                    "Scheduled",
+                    "Approve",
+                    &start.to_string(),
+                    message,
+                )
+                .await;
+                return Ok(());
+            }
             send_approval(request, ctx, api, uid, token, tokens, role, approvers).await?;
         }
         Tally::Denied { by, comment } => {

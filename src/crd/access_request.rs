@@ -60,6 +60,13 @@ pub struct AccessRequestSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub ticket: Option<String>,
+
+    /// When access should start (RFC 3339), for AccessRoles that allow scheduling
+    /// (`maxStartDelay`). Approvers may decide before; the request shows `Scheduled`
+    /// until then, is checked against its AccessRole again at the start, and the
+    /// duration counts from the start (the later of `startAt` and the approval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<Time>,
 }
 
 /// Where a request is in its life. Terminal phases: Expired, Denied, Rejected,
@@ -70,6 +77,9 @@ pub enum Phase {
     Pending,
     /// Waiting for approvers.
     AwaitingApproval,
+    /// Approved before its `startAt`: nothing is granted until then (checked against
+    /// the AccessRole again at the start).
+    Scheduled,
     /// Approved; the grant is being made.
     Approved,
     /// Access is granted until `expiresAt`.

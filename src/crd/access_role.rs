@@ -123,6 +123,13 @@ pub struct AccessRoleSpec {
     #[schemars(length(max = 256))]
     pub pattern_hint: Option<String>,
 
+    /// How far ahead of its creation a request may ask to start (`spec.startAt`, Go
+    /// duration, at most 720h). Absent: requests start when approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(format!("{} && duration(self) <= duration('720h')", positive_duration_rule())).message("maxStartDelay must be a positive Go duration of at most 720h (30 days), such as 168h"))]
+    #[schemars(length(max = 32))]
+    pub max_start_delay: Option<String>,
+
     /// Whether and how an active grant may be extended (`status.extensions`, `kubectl
     /// jit extend`). Absent: it may not. With method TrustPolicy only.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -167,6 +167,10 @@ pub struct RequestArgs {
     /// A ticket or incident reference.
     #[arg(long)]
     pub ticket: Option<String>,
+    /// When access should start (RFC 3339, e.g. 2026-12-04T09:00:00Z), for roles that
+    /// allow scheduling; approvers may decide before.
+    #[arg(long, value_name = "TIME")]
+    pub start_at: Option<jiff::Timestamp>,
     /// The request's name (default: generated from the role).
     #[arg(long)]
     pub name: Option<String>,

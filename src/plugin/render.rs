@@ -153,7 +153,10 @@ pub fn phase_text(phase: Option<Phase>) -> String {
 fn phase_colour(phase: Option<Phase>) -> &'static str {
     match phase {
         Some(Phase::Active) => "32",
-        None | Some(Phase::Pending | Phase::AwaitingApproval | Phase::Approved) => "33",
+        None
+        | Some(Phase::Pending | Phase::AwaitingApproval | Phase::Scheduled | Phase::Approved) => {
+            "33"
+        }
         Some(Phase::Denied | Phase::Rejected | Phase::Failed) => "31",
         Some(Phase::Expired | Phase::Revoked) => "2",
     }

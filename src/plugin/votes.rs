@@ -166,6 +166,8 @@ pub fn vote(
     }
     match status.phase {
         Some(Phase::AwaitingApproval) => {}
+        // Approved, but not answered before its start: a Deny still wins.
+        Some(Phase::Scheduled) if decision == Decision::Deny => {}
         None | Some(Phase::Pending) => {
             return Err(Refusal::NotYetAwaiting {
                 name,
@@ -188,10 +190,12 @@ pub fn vote(
     };
     let role = role.ok_or_else(|| Refusal::NoRole(request.spec.role.clone()))?;
     // Decided by the votes already there, the controller is about to move it on.
-    if !matches!(
-        decide::tally(role, requester, approvals).0,
-        decide::Tally::Pending { .. }
-    ) {
+    if status.phase != Some(Phase::Scheduled)
+        && !matches!(
+            decide::tally(role, requester, approvals).0,
+            decide::Tally::Pending { .. }
+        )
+    {
         return Err(Refusal::Decided {
             name,
             phase: "its votes already decide it".into(),

@@ -84,6 +84,21 @@ pub enum Rejection {
         served: String,
     },
     #[error(
+        "AccessRole {0:?} does not allow scheduled requests (it sets no maxStartDelay): \
+         create the request without startAt, when access is needed"
+    )]
+    StartNotAllowed(String),
+    #[error(
+        "startAt {start_at} is {delay} after the request was created; AccessRole {role:?} \
+         allows at most maxStartDelay {max}: create it closer to the start"
+    )]
+    StartTooFarAhead {
+        start_at: String,
+        delay: String,
+        max: String,
+        role: String,
+    },
+    #[error(
         "{requester} already has AccessRequest {other} for AccessRole {role:?} ({phase}): {what}"
     )]
     Overlaps {
@@ -117,6 +132,8 @@ impl Rejection {
             Rejection::Incomplete => "Incomplete",
             Rejection::AccountNotServed { .. } => "AccountNotServed",
             Rejection::Overlaps { .. } => "OverlapsOpenRequest",
+            Rejection::StartNotAllowed(_) => "StartNotAllowed",
+            Rejection::StartTooFarAhead { .. } => "StartTooFarAhead",
         }
     }
 }
@@ -444,6 +461,7 @@ pub fn plan(
         });
     }
     let approval_timeout = parse_duration("approvalTimeout", &role.spec.approval_timeout)?;
+    let start_delay = start_delay(request, role)?;
     if role.spec.require_reason && spec.reason.trim().is_empty() {
         return Err(Rejection::ReasonRequired(role_name));
     }
@@ -489,7 +507,17 @@ pub fn plan(
         method: role.spec.method.as_str().into(),
         work_group: String::new(),
         duration_seconds: duration.as_secs().max(1),
-        approval_timeout_seconds: approval_timeout.as_secs().max(1),
+        // A scheduled request waits for approvals until its start, and as long again as
+        // an unscheduled one after it.
+        approval_timeout_seconds: approval_timeout
+            .saturating_add(start_delay)
+            .as_secs()
+            .max(1),
+        start_at: spec
+            .start_at
+            .as_ref()
+            .map(|t| expiry_after(t.0, 0))
+            .unwrap_or_default(),
         role_name: String::new(),
         session_name,
         source_identity: String::new(),
@@ -522,6 +550,46 @@ pub fn plan(
         }
     }
     Ok(input)
+}
+
+/// How long after its creation a request asks to start (`spec.startAt`; zero without
+/// one, or for a start already past), within the role's `maxStartDelay`. Measured from
+/// the creation, not from now, so every plan of the request says the same.
+fn start_delay(request: &AccessRequest, role: &AccessRole) -> Result<Duration, Rejection> {
+    let Some(start) = request.spec.start_at.as_ref().map(|t| t.0) else {
+        return Ok(Duration::ZERO);
+    };
+    let role_name = request.spec.role.clone();
+    let Some(max_text) = role.spec.max_start_delay.as_deref() else {
+        return Err(Rejection::StartNotAllowed(role_name));
+    };
+    let max = parse_duration("maxStartDelay", max_text)?;
+    let created = request
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0)
+        .ok_or(Rejection::Incomplete)?;
+    let delay = Duration::try_from(start.duration_since(created)).unwrap_or(Duration::ZERO);
+    if delay > max {
+        return Err(Rejection::StartTooFarAhead {
+            start_at: expiry_after(start, 0),
+            delay: format!("{}s", delay.as_secs()),
+            max: max_text.to_owned(),
+            role: role_name,
+        });
+    }
+    Ok(delay)
+}
+
+/// When a request's access may start: its `startAt`, if that is later than `now`.
+pub fn scheduled_start(request: &AccessRequest, now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+    request
+        .spec
+        .start_at
+        .as_ref()
+        .map(|t| t.0)
+        .filter(|start| *start > now)
 }
 
 /// How much of a reason or ticket a rejection repeats (the Event's note is bounded).
@@ -1081,7 +1149,7 @@ pub fn conditions_for(
     set_condition(&mut c, "Granted", ready, &reason, message, generation, now);
     let in_progress = matches!(
         phase,
-        Phase::Pending | Phase::AwaitingApproval | Phase::Approved
+        Phase::Pending | Phase::AwaitingApproval | Phase::Scheduled | Phase::Approved
     );
     set_condition(
         &mut c,

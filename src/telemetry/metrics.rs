@@ -19,9 +19,10 @@ use prometheus_client::registry::Registry;
 use crate::crd::{AccessRequest, Phase};
 
 /// Every phase, so `aws_jit_requests{phase=...}` shows zeros instead of gaps.
-const PHASES: [Phase; 9] = [
+const PHASES: [Phase; 10] = [
     Phase::Pending,
     Phase::AwaitingApproval,
+    Phase::Scheduled,
     Phase::Approved,
     Phase::Active,
     Phase::Expired,
@@ -422,6 +423,7 @@ fn phase_name(phase: Phase) -> &'static str {
     match phase {
         Phase::Pending => "Pending",
         Phase::AwaitingApproval => "AwaitingApproval",
+        Phase::Scheduled => "Scheduled",
         Phase::Approved => "Approved",
         Phase::Active => "Active",
         Phase::Expired => "Expired",

@@ -949,6 +949,7 @@ async fn poison_and_orphan_tasks_never_block_the_request_queue() {
         session_name: "ar-0000-orphan".into(),
         source_identity: "alice".into(),
         session_policy_name: "AwsJit-0000-orphan".into(),
+        start_at: String::new(),
     };
     let orphan = sfn
         .start_execution("orphan-0000", &input)

@@ -21,6 +21,7 @@ mod plugin;
 mod policy_eval;
 mod relay;
 mod sandbox;
+mod schedule;
 mod sessions;
 mod socket_mode;
 mod stack;

@@ -84,7 +84,7 @@ pub fn judge_one(object: &serde_json::Value) -> Health {
 pub fn expected(phase: Option<&str>) -> (&'static str, &'static str) {
     match phase {
         Some("Pending" | "Approved") => ("InProgress", "Progressing"),
-        Some("AwaitingApproval") => ("InProgress", "Suspended"),
+        Some("AwaitingApproval" | "Scheduled") => ("InProgress", "Suspended"),
         Some("Active") => ("Current", "Healthy"),
         Some("Expired" | "Revoked" | "Denied") => ("Current", "Healthy"),
         Some("Rejected" | "Failed") => ("Failed", "Degraded"),

@@ -2,6 +2,7 @@
 -- string library). Install: deploy/gitops/argocd/argocd-cm.yaml (the same script).
 --   Pending, Approved          Progressing  the operator is at work
 --   AwaitingApproval           Suspended    waiting on a person (an approver)
+--   Scheduled                  Suspended    approved, waiting for its startAt
 --   Active                     Healthy      access is held now
 --   Expired, Revoked, Denied   Healthy      ended: finished work, nothing is granted
 --   Rejected, Failed           Degraded     the manifest or the system needs a person
@@ -57,6 +58,9 @@ if phase == "Pending" or phase == "Approved" then
 elseif phase == "AwaitingApproval" then
   hs.status = "Suspended"
   hs.message = "waiting for approval" .. said(message)
+elseif phase == "Scheduled" then
+  hs.status = "Suspended"
+  hs.message = "scheduled" .. said(message)
 elseif phase == "Active" then
   hs.status = "Healthy"
   hs.message = "access granted" .. said(message)

@@ -19,8 +19,15 @@ pub async fn request(ctx: &Ctx, args: RequestArgs) -> Result<(), Error> {
             duration: args.duration.clone(),
             reason: args.reason.clone(),
             ticket: args.ticket.clone(),
+            start_at: args
+                .start_at
+                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
         },
     );
+    // As the apiserver will stamp it: a start too far ahead is refused before creating.
+    draft.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
     if args.name.is_none() {
         draft.metadata.name = None;
         let base: String = args.role.chars().take(40).collect();

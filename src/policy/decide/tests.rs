@@ -47,6 +47,7 @@ fn role(approvals_required: i32) -> AccessRole {
             ticket_pattern: None,
             pattern_hint: None,
             extension: None,
+            max_start_delay: None,
             principal: PrincipalMapping {
                 users: [(
                     "bob".to_string(),
@@ -73,6 +74,7 @@ fn request(requester: &str, duration: Option<&str>, reason: &str) -> AccessReque
             duration: duration.map(str::to_string),
             reason: reason.into(),
             ticket: Some("INC-1".into()),
+            start_at: None,
         },
     );
     r.metadata.namespace = Some("team-a".into());
@@ -1069,4 +1071,49 @@ fn an_ending_execution_is_asked_about_less_and_less_often_until_it_has_ended() {
     assert_eq!(look(&told), Look::After(s(1)));
     told.now = at("2026-12-01T12:30:02.5Z");
     assert_eq!(look(&told), Look::After(Duration::from_millis(500)));
+}
+
+#[test]
+fn a_scheduled_request_is_bounded_by_the_roles_max_start_delay() {
+    let at = |s: &str| Time(s.parse::<jiff::Timestamp>().unwrap());
+    let mut r = request("alice", Some("1h"), "INC-1 fix");
+    r.metadata.creation_timestamp = Some(at("2026-12-01T10:00:00Z"));
+    r.spec.start_at = Some(at("2026-12-01T12:00:00Z"));
+    let mut role = role(1);
+    // A role that sets no maxStartDelay takes no scheduled requests.
+    assert_eq!(
+        plan(&r, Some(&role)).map(|_| ()).map_err(|e| e.reason()),
+        Err("StartNotAllowed")
+    );
+    role.spec.max_start_delay = Some("1h".into());
+    let too_far = plan(&r, Some(&role)).unwrap_err();
+    assert_eq!(too_far.reason(), "StartTooFarAhead");
+    assert!(
+        too_far
+            .to_string()
+            .contains("7200s after the request was created"),
+        "{too_far}"
+    );
+    // Within the bound: the approval waits until the start, and approvalTimeout after.
+    role.spec.max_start_delay = Some("3h".into());
+    let input = plan(&r, Some(&role)).unwrap();
+    assert_eq!(input.approval_timeout_seconds, 30 * 60 + 2 * 3600);
+    assert_eq!(input.start_at, "2026-12-01T12:00:00Z");
+    // The same whenever it is planned (from the creation, not from now).
+    assert_eq!(plan(&r, Some(&role)).unwrap(), input);
+    // A start already past at creation: as an unscheduled request.
+    r.spec.start_at = Some(at("2026-12-01T09:00:00Z"));
+    assert_eq!(
+        plan(&r, Some(&role)).unwrap().approval_timeout_seconds,
+        30 * 60
+    );
+    assert_eq!(
+        scheduled_start(&r, "2026-12-01T10:00:00Z".parse().unwrap()),
+        None
+    );
+    r.spec.start_at = Some(at("2026-12-01T12:00:00Z"));
+    assert_eq!(
+        scheduled_start(&r, "2026-12-01T10:00:00Z".parse().unwrap()),
+        Some("2026-12-01T12:00:00Z".parse().unwrap())
+    );
 }

@@ -343,6 +343,12 @@ pub fn message(alert: &Alert, mentions: &Mentions) -> Rendered {
     if !input.ticket.is_empty() {
         fields.push(mrkdwn(format!("*Ticket*\n{}", escape(&input.ticket, 300))));
     }
+    if !input.start_at.is_empty() && alert.grant.is_none() {
+        fields.push(mrkdwn(format!(
+            "*Starts at*\n{} (scheduled)",
+            escape(&input.start_at, 64)
+        )));
+    }
     if let Some(grant) = &alert.grant {
         fields.push(mrkdwn(format!(
             "*Expires at*\n{}",

@@ -265,6 +265,19 @@ fn each_extension_is_shown_once_under_its_own_key() {
 }
 
 #[test]
+fn a_scheduled_request_says_when_it_starts() {
+    let mut a = alert("requested", json!({}));
+    a.input.start_at = "2026-01-02T09:00:00Z".into();
+    let fields = message(&a, &mentions()).blocks[2]["fields"].to_string();
+    assert!(
+        fields.contains("Starts at") && fields.contains("2026-01-02T09:00:00Z"),
+        "{fields}"
+    );
+    let unscheduled = message(&all()[0], &mentions()).blocks[2]["fields"].to_string();
+    assert!(!unscheduled.contains("Starts at"), "{unscheduled}");
+}
+
+#[test]
 fn helpers() {
     assert_eq!(duration(0), "0s");
     assert_eq!(duration(4), "4s");
