@@ -61,6 +61,10 @@ pub enum RequestTask {
     },
     Hold {
         task_token: String,
+        /// When the execution entered this hold (`$$.State.EnteredTime`): a later hold
+        /// of the same execution (after an extension) always has a later one.
+        #[serde(default)]
+        entered_at: String,
         execution_arn: String,
         input: ExecutionInput,
         #[serde(default)]

@@ -183,6 +183,7 @@ pub(super) async fn extensions(
     let window = Window {
         granted_at,
         expires_at,
+        now: Timestamp::now(),
     };
     let (step, ignored) = extension::next(role, request, window);
     for i in &ignored {

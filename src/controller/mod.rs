@@ -1662,10 +1662,15 @@ async fn end_trust_policy_grant(
             Ok(input) => {
                 // The grant's own expiry if it was made, else the one the approval
                 // fixed, else the latest one it could have had.
+                // An extension may have moved the statement later than the status says
+                // (its move failed after the write): the deny stays until then.
                 let expires_at = status
                     .expires_at
                     .as_ref()
-                    .map(|t| decide::expiry_after(t.0, 0))
+                    .map(|t| {
+                        let moved = crate::policy::extension::latest_move(status);
+                        decide::expiry_after(moved.map_or(t.0, |m| m.max(t.0)), 0)
+                    })
                     .or_else(|| tokens.get(keys::APPROVED_UNTIL).map(str::to_owned))
                     .unwrap_or_else(|| {
                         decide::expiry_after(jiff::Timestamp::now(), input.duration_seconds)

@@ -305,21 +305,32 @@ impl RequestQueue {
                     .await?;
             }
             RequestTask::Hold {
-                task_token, grant, ..
+                task_token,
+                grant,
+                entered_at,
+                ..
             } => {
-                // After an extension the execution holds again, with a later expiry: an
-                // older hold delivered again (its delete was lost) must not take the
-                // place of the newer one, whose token ends access early.
+                // After an extension the execution holds again: an older hold delivered
+                // again (its delete was lost) must never take the place of the newer
+                // one, whose token is the one that ends access early.
                 let stored = self.tokens.get(&identity.uid).await?;
-                let later = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
-                if let (Some(held), Some(token), Some(incoming)) = (
-                    later(stored.get(keys::EXPIRES_AT)),
-                    stored.get(keys::HOLD_TOKEN),
-                    later(Some(grant.expires_at.as_str())),
-                ) && token != task_token
-                    && incoming < held
-                {
-                    info!(%incoming, %held, "an older hold than the one stored; dropped");
+                let time = |t: Option<&str>| t.and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                let older = match (
+                    time(stored.get(keys::HOLD_ENTERED)),
+                    time(Some(entered_at.as_str())),
+                ) {
+                    (Some(held), Some(incoming)) => incoming < held,
+                    // From an older definition: the later expiry is the newer hold.
+                    _ => match (
+                        time(stored.get(keys::EXPIRES_AT)),
+                        time(Some(grant.expires_at.as_str())),
+                    ) {
+                        (Some(held), Some(incoming)) => incoming < held,
+                        _ => false,
+                    },
+                };
+                if older && stored.get(keys::HOLD_TOKEN) != Some(task_token.as_str()) {
+                    info!(%entered_at, "an older hold than the one stored; dropped");
                     return Ok(Handled::Stored);
                 }
                 let record = serde_json::to_string(grant).unwrap_or_default();
@@ -329,6 +340,7 @@ impl RequestQueue {
                         &[
                             (keys::EXECUTION_ARN, execution_arn.as_str()),
                             (keys::HOLD_TOKEN, task_token.as_str()),
+                            (keys::HOLD_ENTERED, entered_at.as_str()),
                             (keys::GRANTED_AT, grant.granted_at.as_str()),
                             (keys::EXPIRES_AT, grant.expires_at.as_str()),
                             (keys::GRANT_RECORD, record.as_str()),

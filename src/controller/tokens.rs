@@ -46,6 +46,8 @@ pub mod keys {
     /// Who decided, for the status message: `carol, dave` or `dave: <comment>`.
     pub const DECIDED_BY: &str = "decided-by";
     pub const HOLD_TOKEN: &str = "hold-token";
+    /// When the execution entered the stored hold (`entered_at` of its message).
+    pub const HOLD_ENTERED: &str = "hold-entered";
     pub const GRANTED_AT: &str = "granted-at";
     pub const EXPIRES_AT: &str = "expires-at";
     /// What the grant made, as the hold task carried it (JSON of `GrantOutput`).

@@ -333,6 +333,7 @@ pub fn extend(
         (Some(Phase::Active), Some(granted), Some(expires)) => extension::Window {
             granted_at: granted.0,
             expires_at: expires.0,
+            now: jiff::Timestamp::now(),
         },
         _ => {
             return Err(Refusal::NotActive {

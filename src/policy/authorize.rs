@@ -60,6 +60,10 @@ pub enum Refusal {
     Mismatch { fields: String },
     #[error("the extension is not what Kubernetes approved: {0}")]
     Extension(String),
+    /// The controller records an approved extension right after it answers the hold:
+    /// not final, the work item is tried again (its task's timeout bounds the tries).
+    #[error("the extension is not recorded yet: {0}")]
+    ExtensionNotYetRecorded(String),
 }
 
 /// Refuses an identity no AccessRequest can have: a namespace or name that is not a
@@ -95,7 +99,10 @@ pub fn check_identity(identity: &crate::contract::RequestIdentity) -> Result<(),
 impl Refusal {
     /// Whether the same message may be accepted later (only [`Refusal::NotYetRecorded`]).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Refusal::NotYetRecorded)
+        matches!(
+            self,
+            Refusal::NotYetRecorded | Refusal::ExtensionNotYetRecorded(_)
+        )
     }
 
     /// CamelCase reason for Events and the metric label.
@@ -112,6 +119,7 @@ impl Refusal {
             Refusal::NotApproved(_) => "NotApproved",
             Refusal::Mismatch { .. } => "InputMismatch",
             Refusal::Extension(_) => "ExtensionNotApproved",
+            Refusal::ExtensionNotYetRecorded(_) => "ExtensionNotYetRecorded",
         }
     }
 
@@ -253,7 +261,12 @@ pub fn check_extension(
     let (Some(request), Some(role)) = (request, role) else {
         return Err(Refusal::NotYetRecorded);
     };
-    crate::policy::extension::verify(role, request, id, until).map_err(Refusal::Extension)?;
+    crate::policy::extension::verify(role, request, id, until).map_err(|e| match e {
+        crate::policy::extension::Unverified::NotYetRecorded(why) => {
+            Refusal::ExtensionNotYetRecorded(why)
+        }
+        crate::policy::extension::Unverified::Refused(why) => Refusal::Extension(why),
+    })?;
     Ok(planned)
 }
 

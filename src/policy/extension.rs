@@ -35,6 +35,11 @@ pub enum Refusal {
          IdentityCenter or IamGroup grant ends at its first expiry)"
     )]
     MethodNotExtendable(String, &'static str),
+    #[error(
+        "access ends at {expires_at}, too soon to move the expiry safely: ask for a new \
+         AccessRequest once this one ends"
+    )]
+    TooLate { expires_at: Timestamp },
     #[error("only the requester ({requester}) may extend this request, not {by}")]
     NotTheRequester { requester: String, by: String },
     #[error("already extended {done} time(s), the most AccessRole {role:?} allows")]
@@ -67,6 +72,7 @@ impl Refusal {
             Refusal::PastMaxDuration { .. } => "ExtensionPastMaxDuration",
             Refusal::NoLongerValid(_) => "ExtensionNoLongerValid",
             Refusal::Reason(_) => "ExtensionReasonInvalid",
+            Refusal::TooLate { .. } => "ExtensionTooLate",
         }
     }
 }
@@ -106,7 +112,13 @@ pub struct Window {
     pub granted_at: Timestamp,
     /// The current expiry.
     pub expires_at: Timestamp,
+    /// Now.
+    pub now: Timestamp,
 }
+
+/// An ask decided with less than this left before the expiry is refused: the move in
+/// AWS must land before the expiry, or sessions would outlive what the deny said.
+pub const LAST_CALL: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn asks(request: &AccessRequest) -> Vec<ExtensionAsk> {
     request
@@ -154,6 +166,24 @@ pub fn approved_until(request: &AccessRequest) -> Option<Timestamp> {
             matches!(
                 o.phase,
                 ExtensionPhase::Extending | ExtensionPhase::Extended
+            )
+        })
+        .filter_map(|o| o.expires_at.as_ref().map(|t| t.0))
+        .max()
+}
+
+/// The latest expiry an extension of the request may have written in AWS: approved ones
+/// (Extending, Extended) and failed ones (a move can fail after the statement was
+/// written). Whoever ends the grant must keep its sessions' deny until then.
+pub fn latest_move(status: &crate::crd::AccessRequestStatus) -> Option<Timestamp> {
+    status
+        .extension_outcomes
+        .iter()
+        .flatten()
+        .filter(|o| {
+            matches!(
+                o.phase,
+                ExtensionPhase::Extending | ExtensionPhase::Extended | ExtensionPhase::Failed
             )
         })
         .filter_map(|o| o.expires_at.as_ref().map(|t| t.0))
@@ -210,7 +240,7 @@ pub fn next(role: &AccessRole, request: &AccessRequest, window: Window) -> (Step
             Vec::new(),
         )
     };
-    let until = match allowed(role, request, &ask, window) {
+    let until = match allowed(role, request, &ask, window, window.now) {
         Ok(until) => until,
         Err(refusal) => return refuse(refusal),
     };
@@ -250,16 +280,27 @@ fn allowed(
     request: &AccessRequest,
     ask: &ExtensionAsk,
     window: Window,
+    now: Timestamp,
 ) -> Result<Timestamp, Refusal> {
     let role_name = request.spec.role.clone();
     let Some(policy) = role.spec.extension.as_ref() else {
         return Err(Refusal::NotAllowed(role_name));
     };
-    if role.spec.method != crate::crd::GrantMethod::TrustPolicy {
-        return Err(Refusal::MethodNotExtendable(
-            role_name,
-            role.spec.method.as_str(),
-        ));
+    // The grant as it was made (the role may have changed method since), and the role.
+    let made_by = request
+        .status
+        .as_ref()
+        .and_then(|s| s.grant.as_ref())
+        .and_then(|g| crate::crd::GrantMethod::parse(&g.method));
+    for method in [Some(role.spec.method), made_by].into_iter().flatten() {
+        if method != crate::crd::GrantMethod::TrustPolicy {
+            return Err(Refusal::MethodNotExtendable(role_name, method.as_str()));
+        }
+    }
+    if window.expires_at.duration_since(now).as_secs() < LAST_CALL.as_secs() as i64 {
+        return Err(Refusal::TooLate {
+            expires_at: window.expires_at,
+        });
     }
     if ask.requested_by != request.spec.requester {
         return Err(Refusal::NotTheRequester {
@@ -350,24 +391,67 @@ pub fn verify(
     request: &AccessRequest,
     id: &str,
     until: Timestamp,
-) -> Result<(), String> {
+) -> Result<(), Unverified> {
+    verify_inner(role, request, id, until)
+}
+
+/// Why [`verify`] does not back a move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unverified {
+    /// The controller answers the hold and records the approval in status right after:
+    /// not yet there is not a refusal (asked again until the task times out).
+    NotYetRecorded(String),
+    Refused(String),
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unverified::NotYetRecorded(why) | Unverified::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<String> for Unverified {
+    fn from(why: String) -> Self {
+        Unverified::Refused(why)
+    }
+}
+
+impl From<&str> for Unverified {
+    fn from(why: &str) -> Self {
+        Unverified::Refused(why.to_owned())
+    }
+}
+
+fn verify_inner(
+    role: &AccessRole,
+    request: &AccessRequest,
+    id: &str,
+    until: Timestamp,
+) -> Result<(), Unverified> {
     let Some(policy) = role.spec.extension.as_ref() else {
-        return Err(Refusal::NotAllowed(request.spec.role.clone()).to_string());
+        return Err(Refusal::NotAllowed(request.spec.role.clone())
+            .to_string()
+            .into());
     };
     let ask = asks(request)
         .into_iter()
         .find(|a| a.id == id)
-        .ok_or_else(|| format!("the request asks for no extension {id:?}"))?;
+        .ok_or_else(|| Unverified::from(format!("the request asks for no extension {id:?}")))?;
     if ask.requested_by != request.spec.requester {
         return Err(format!(
             "extension {id:?} was asked by {}, not the requester",
             ask.requested_by
-        ));
+        )
+        .into());
     }
     let recorded = outcomes(request)
         .into_iter()
         .find(|o| o.id == id)
-        .ok_or_else(|| format!("extension {id:?} has no recorded approval"))?;
+        .ok_or_else(|| {
+            Unverified::NotYetRecorded(format!("extension {id:?} has no recorded approval yet"))
+        })?;
     if !matches!(
         recorded.phase,
         ExtensionPhase::Extending | ExtensionPhase::Extended
@@ -377,7 +461,8 @@ pub fn verify(
             "extension {id:?} is recorded {:?} until {:?}, not approved until {until}",
             recorded.phase,
             recorded.expires_at.as_ref().map(|t| t.0.to_string())
-        ));
+        )
+        .into());
     }
     let votes = votes_on(request, id);
     match decide::tally_needing(
@@ -390,15 +475,18 @@ pub fn verify(
     {
         Tally::Approved { .. } => {}
         Tally::Pending { have, need } => {
-            return Err(format!("extension {id:?} has {have} of {need} approvals"));
+            return Err(format!("extension {id:?} has {have} of {need} approvals").into());
         }
-        Tally::Denied { by, .. } => return Err(format!("extension {id:?} was denied by {by}")),
+        Tally::Denied { by, .. } => {
+            return Err(format!("extension {id:?} was denied by {by}").into());
+        }
     }
     if granted(request) > usize::try_from(policy.max_extensions.max(0)).unwrap_or(0) {
         return Err(format!(
             "more extensions than the {} AccessRole {:?} allows",
             policy.max_extensions, request.spec.role
-        ));
+        )
+        .into());
     }
     let granted_at = request
         .status
@@ -410,12 +498,15 @@ pub fn verify(
         .ok()
         .and_then(|d| SignedDuration::try_from(d).ok())
         .ok_or("the role's maxDuration is unusable")?;
-    let bound = granted_at.checked_add(max).map_err(|e| e.to_string())?;
+    let bound = granted_at
+        .checked_add(max)
+        .map_err(|e| Unverified::from(e.to_string()))?;
     if until > bound {
         return Err(format!(
             "{until} is past maxDuration ({}) counted from the grant at {granted_at}",
             role.spec.max_duration
-        ));
+        )
+        .into());
     }
     Ok(())
 }

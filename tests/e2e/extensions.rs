@@ -126,7 +126,8 @@ async fn an_approved_extension_moves_the_expiry_in_aws_and_access_ends_then() {
         "  maxDuration: 5m\n  defaultDuration: 1m\n  extension: {maxExtensions: 2}\n",
     )
     .await;
-    env.request(User::Alice, "longer", "  duration: 40s\n");
+    // Long enough that the ask comes well before extension::LAST_CALL.
+    env.request(User::Alice, "longer", "  duration: 75s\n");
     env.wait_phase("longer", Phase::AwaitingApproval).await;
     env.vote(User::Carol, "longer", "Approve");
     let active = env.wait_phase("longer", Phase::Active).await;
@@ -169,7 +170,7 @@ async fn an_approved_extension_moves_the_expiry_in_aws_and_access_ends_then() {
     // The hold moved with it: access ends at the new expiry, not the first one (a hold
     // left as it was would have revoked some 30 s earlier).
     let r = env
-        .wait_phase_within("longer", Phase::Expired, Duration::from_secs(120))
+        .wait_phase_within("longer", Phase::Expired, Duration::from_secs(180))
         .await;
     let revoked = r.status.and_then(|s| s.revoked_at).expect("revokedAt").0;
     assert!(
@@ -257,6 +258,11 @@ async fn only_the_requester_extends_and_only_approvers_vote_on_an_extension() {
             .patch_status(User::Carol, &env.ns, "mine", "json", &patch.to_string()),
         "requestedBy must be \"carol\"",
     );
+    // A vote cast before the ask (ids are predictable) would count for whatever comes.
+    refused(
+        &env.vote_extension(User::Carol, "carol", "mine", "1", "Approve"),
+        "must name one already asked for",
+    );
     // The apiserver refuses a malformed ask.
     refused(
         &env.extend(User::Alice, "mine", "1", "soon", "x"),
@@ -305,6 +311,11 @@ async fn only_the_requester_extends_and_only_approvers_vote_on_an_extension() {
     assert!(outcome(&r, "1").message.contains("denied by dave"));
     assert_eq!(env.statement_expiry().await, first);
     assert_eq!(expires(&r), first);
+    // Decided: no vote on it is taken any more.
+    refused(
+        &env.vote_extension(User::Carol, "carol", "mine", "1", "Approve"),
+        "not yet decided",
+    );
 }
 
 #[tokio::test]

@@ -1576,7 +1576,7 @@ pub struct ExtendPlan {
 
 /// The extension of `request_uid`'s statement to `until` on `document` at `now`
 /// (pure): only a live statement of ours for this request, principal and session terms
-/// is moved, and only later; everything else stays as it is.
+/// is moved, to exactly `until`; everything else stays as it is.
 #[allow(clippy::too_many_arguments)]
 pub fn plan_extend(
     document: &Document,
@@ -1617,7 +1617,9 @@ pub fn plan_extend(
         expires_at: until.to_string(),
         statement_id: sid.clone(),
     };
-    if existing.expires_at >= until {
+    // Exactly `until`, later or earlier: an earlier move that failed after its write
+    // left a later date, which this one corrects.
+    if existing.expires_at == until {
         return Ok(ExtendPlan {
             document: None,
             output,
@@ -1857,6 +1859,59 @@ mod tests {
             session_name: format!("ar-{UID}"),
             source_identity: "alice".into(),
         }
+    }
+
+    #[test]
+    fn an_extension_moves_only_this_requests_live_statement_to_exactly_its_expiry() {
+        let now = ts("2026-03-01T10:30:00Z");
+        let granted = trust_policy::grant(
+            &base(),
+            UID,
+            ALICE,
+            &terms(),
+            ts("2026-03-01T11:00:00Z"),
+            2048,
+        )
+        .unwrap();
+        let extend = |doc: &Document, until: &str, principal: &str, at: Timestamp| {
+            plan_extend(doc, "admin", UID, principal, &terms(), ts(until), at, 2048)
+        };
+        let plan = extend(&granted, "2026-03-01T11:30:00Z", ALICE, now).unwrap();
+        let moved = plan.document.expect("a write");
+        let ours = trust_policy::grants(&moved);
+        assert_eq!(ours.len(), 1);
+        assert_eq!(ours[0].expires_at, ts("2026-03-01T11:30:00Z"));
+        assert_eq!(
+            moved.statements()[0],
+            base().statements()[0],
+            "others untouched"
+        );
+        // Redelivered: nothing to write, the same answer.
+        let again = extend(&moved, "2026-03-01T11:30:00Z", ALICE, now).unwrap();
+        assert!(again.document.is_none());
+        assert_eq!(again.output.expires_at, "2026-03-01T11:30:00Z");
+        // An earlier expiry than the statement's (a failed move left a later one) is set.
+        let back = extend(&moved, "2026-03-01T11:10:00Z", ALICE, now).unwrap();
+        let back = trust_policy::grants(&back.document.expect("a write"));
+        assert_eq!(back[0].expires_at, ts("2026-03-01T11:10:00Z"));
+        // No statement, an ended one, or another principal's: nothing moves.
+        assert!(matches!(
+            extend(&base(), "2026-03-01T11:30:00Z", ALICE, now),
+            Err(WorkerError::NothingToExtend { .. })
+        ));
+        assert!(matches!(
+            extend(
+                &granted,
+                "2026-03-01T11:30:00Z",
+                ALICE,
+                ts("2026-03-01T11:00:00Z")
+            ),
+            Err(WorkerError::NothingToExtend { .. })
+        ));
+        assert!(matches!(
+            extend(&granted, "2026-03-01T11:30:00Z", BOB, now),
+            Err(WorkerError::PrincipalMismatch { .. })
+        ));
     }
 
     #[test]

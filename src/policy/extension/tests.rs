@@ -45,6 +45,7 @@ fn window() -> Window {
     Window {
         granted_at: ts("2026-12-01T10:00:00Z"),
         expires_at: ts("2026-12-01T11:00:00Z"),
+        now: ts("2026-12-01T10:30:00Z"),
     }
 }
 
@@ -300,4 +301,53 @@ fn a_second_open_request_for_the_same_role_is_refused_with_a_pointer_to_extend()
     assert!(overlapping(&twin_b, [&twin_a]).is_some());
     twin_b.status = None;
     assert!(overlapping(&twin_a, [&twin_b]).is_none());
+}
+
+#[test]
+fn an_ask_too_close_to_the_expiry_or_of_a_grant_made_otherwise_is_refused() {
+    let r = role(json!({"approvalsRequired": 0}));
+    let asked = request(json!({"extensions": [ask("1", "30m")]}));
+    let late = Window {
+        now: ts("2026-12-01T10:59:40Z"),
+        ..window()
+    };
+    assert_eq!(refusal(next(&r, &asked, late).0), "ExtensionTooLate");
+    // The role says TrustPolicy now, but the grant was made as a group membership.
+    let mut grouped = asked.clone();
+    grouped.status.as_mut().unwrap().grant =
+        Some(serde_json::from_value(json!({"method": "IamGroup"})).unwrap());
+    assert_eq!(
+        refusal(next(&r, &grouped, window()).0),
+        "ExtensionNotAllowed"
+    );
+}
+
+#[test]
+fn a_move_not_recorded_yet_is_not_a_refusal() {
+    let r = role(json!({}));
+    let asked = request(json!({
+        "extensions": [ask("1", "30m")],
+        "extensionApprovals": [{"extension": "1", "approver": "carol", "decision": "Approve"}]
+    }));
+    assert!(matches!(
+        verify(&r, &asked, "1", ts("2026-12-01T11:30:00Z")),
+        Err(Unverified::NotYetRecorded(_))
+    ));
+    assert!(matches!(
+        verify(&r, &asked, "9", ts("2026-12-01T11:30:00Z")),
+        Err(Unverified::Refused(_))
+    ));
+}
+
+#[test]
+fn the_latest_move_counts_failed_ones_too() {
+    let r = request(json!({
+        "extensionOutcomes": [
+            {"id": "1", "phase": "Failed", "expiresAt": "2026-12-01T12:00:00Z"},
+            {"id": "2", "phase": "Refused"}]
+    }));
+    assert_eq!(
+        latest_move(r.status.as_ref().unwrap()),
+        Some(ts("2026-12-01T12:00:00Z"))
+    );
 }
