@@ -143,9 +143,18 @@ async fn wait_security_alert(
 
 /// Waits until the work queue holds nothing (every item received and settled).
 async fn work_queue_settled(env: &Env) {
+    queue_settled(env, &env.aws.work_queue_url).await
+}
+
+/// Waits until the request queue holds nothing (every task received and settled).
+pub async fn request_queue_settled(env: &Env) {
+    queue_settled(env, &env.aws.request_queue_url).await
+}
+
+async fn queue_settled(env: &Env, url: &str) {
     let sqs = aws_sdk_sqs::Client::new(&env.sdk);
-    let url = env.aws.work_queue_url.clone();
-    eventually("the work queue to be empty", WAIT, || {
+    let url = url.to_owned();
+    eventually(&format!("{url} to be empty"), WAIT, || {
         let (sqs, url) = (sqs.clone(), url.clone());
         async move {
             let attrs = sqs

@@ -426,3 +426,64 @@ async fn an_extension_that_cannot_be_made_keeps_the_earlier_expiry() {
     assert_eq!(r.status.as_ref().and_then(|s| s.phase), Some(Phase::Active));
     assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
 }
+
+#[tokio::test]
+async fn an_older_hold_delivered_again_after_an_extension_does_not_swallow_a_revoke() {
+    use k8s_openapi::api::core::v1::Secret;
+    let env = Env::new("ext-stale", "  extension: {approvalsRequired: 0}\n").await;
+    env.request(User::Alice, "stale", "  duration: 10m\n");
+    env.wait_phase("stale", Phase::AwaitingApproval).await;
+    env.vote(User::Carol, "stale", "Approve");
+    let active = env.wait_phase("stale", Phase::Active).await;
+    let uid = active.metadata.uid.clone().expect("uid");
+    let secrets: kube::Api<Secret> =
+        kube::Api::namespaced(stack().kube.client(User::Admin).await, "aws-jit-system");
+    let token_data = |s: &Secret, key: &str| {
+        s.data
+            .as_ref()
+            .and_then(|d| d.get(key))
+            .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+            .unwrap_or_default()
+    };
+    let before = secrets
+        .get(&format!("aws-jit-task-{uid}"))
+        .await
+        .expect("token Secret");
+    let (old_token, old_entered) = (
+        token_data(&before, "hold-token"),
+        token_data(&before, "hold-entered"),
+    );
+    assert!(!old_token.is_empty() && !old_entered.is_empty());
+    succeeded(&env.extend(User::Alice, "stale", "1", "1m", "more"));
+    env.wait_extension("stale", "1", ExtensionPhase::Extended)
+        .await;
+    // The first hold's message comes again (its delete was lost), as SQS may deliver it.
+    let exec = env.execution("stale").await;
+    let input: Value = serde_json::from_str(exec.input().expect("input")).expect("JSON");
+    let body = json!({
+        "type": "hold", "task_token": old_token, "entered_at": old_entered,
+        "execution_arn": exec.execution_arn(), "input": input, "approval": {},
+        "grant": {"granted_at": "2026-01-01T00:00:00Z", "expires_at": expires(&active).to_string()},
+    });
+    aws_sdk_sqs::Client::new(&env.sdk)
+        .send_message()
+        .queue_url(&env.aws.request_queue_url)
+        .message_body(body.to_string())
+        .send()
+        .await
+        .expect("send");
+    crate::attacks::request_queue_settled(&env).await;
+    let after = secrets
+        .get(&format!("aws-jit-task-{uid}"))
+        .await
+        .expect("token Secret");
+    assert_ne!(
+        token_data(&after, "hold-token"),
+        old_token,
+        "the newer hold stays"
+    );
+    // A revoke ends access now, not at the extended expiry.
+    env.revoke(User::Alice, "stale", "done");
+    env.wait_phase("stale", Phase::Revoked).await;
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
+}
