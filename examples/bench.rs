@@ -773,6 +773,7 @@ async fn moto_alone(args: &Args, n: usize, roles: usize) -> MotoAlone {
                 source_identity: REQUESTER.into(),
                 session_policy_name: aws_jit::grant::trust_policy::session::policy_name(&uid),
                 start_at: String::new(),
+                break_glass: false,
             };
             recs.lock().expect("recs")[i].start = Some(Instant::now());
             if let Err(e) = sfn
@@ -1288,6 +1289,7 @@ fn new_request(name: &str, role: &str) -> AccessRequest {
             reason: "bench".into(),
             ticket: None,
             start_at: None,
+            break_glass: false,
         },
     )
 }

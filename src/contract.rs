@@ -46,6 +46,9 @@ pub struct ExecutionInput {
     /// Informational (for Slack): the controller answers the approval no earlier.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub start_at: String,
+    /// A break-glass request (granted without approvals): Slack says so loudly.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
 }
 
 /// A task on the request queue: an approval to decide, or a hold to end early.

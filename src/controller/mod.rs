@@ -588,6 +588,7 @@ impl<'a> StatusUpdate<'a> {
         status.revocations = Some(Vec::new());
         status.extensions = Some(Vec::new());
         status.extension_approvals = Some(Vec::new());
+        status.reviews = Some(Vec::new());
         // The relay's field: never claimed (nor wiped) by this apply.
         status.slack = None;
         Self {
@@ -653,12 +654,14 @@ impl<'a> StatusUpdate<'a> {
         comparable.revocations = Some(Vec::new());
         comparable.extensions = Some(Vec::new());
         comparable.extension_approvals = Some(Vec::new());
+        comparable.reviews = Some(Vec::new());
         comparable.slack = None;
         if comparable == self.status
             && current.approvals.is_some()
             && current.revocations.is_some()
             && current.extensions.is_some()
             && current.extension_approvals.is_some()
+            && current.reviews.is_some()
         {
             return Ok(false);
         }
@@ -728,6 +731,10 @@ async fn apply(
 ) -> Result<Action, Error> {
     let uid = request.uid().ok_or(Error::Incomplete("uid"))?;
     let status = request.status.clone().unwrap_or_default();
+    if request.spec.break_glass && reviewed(request, ctx, api, &uid).await? {
+        // Written: the write brings the request back.
+        return Ok(Action::await_change());
+    }
     if status.phase.is_some_and(Phase::is_terminal) {
         in_todays_terms(request, api).await?;
         ctx.tokens.delete(&uid).await?;
@@ -1145,6 +1152,104 @@ async fn apply(
     Ok(Action::requeue(next))
 }
 
+/// Keeps the `ReviewPending` condition of a break-glass request true to its reviews
+/// (open, ended, whatever its phase), and says each outcome once: a Flagged review is a
+/// Warning Event and a security alert. Whether it wrote.
+async fn reviewed(
+    request: &AccessRequest,
+    ctx: &Context,
+    api: &Api<AccessRequest>,
+    uid: &str,
+) -> Result<bool, Error> {
+    let Some(role) = ctx.role(&request.spec.role).await? else {
+        return Ok(false);
+    };
+    let (review, ignored) = decide::review(&role, request);
+    for i in &ignored {
+        ctx.event_once(
+            request,
+            uid,
+            EventType::Warning,
+            "ReviewIgnored",
+            "Review",
+            &i.approver,
+            format!("review by {} not counted: {}", i.approver, i.why),
+        )
+        .await;
+    }
+    let name = request.name_any();
+    let (pending, reason, message) = match &review {
+        decide::Review::None => return Ok(false),
+        decide::Review::Pending => (
+            true,
+            "AwaitingReview",
+            format!(
+                "break glass: an approver must review this access (kubectl jit review {name} \
+                 --verdict Reviewed|Flagged)"
+            ),
+        ),
+        decide::Review::Reviewed { by } => (false, "Reviewed", format!("reviewed by {by}")),
+        decide::Review::Flagged { by, comment } => {
+            (false, "Flagged", format!("flagged by {by}: {comment}"))
+        }
+    };
+    let conditions = request
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let current = conditions
+        .iter()
+        .find(|c| c.type_ == decide::REVIEW_PENDING);
+    if current.is_some_and(|c| c.reason == reason && c.message == message) {
+        return Ok(false);
+    }
+    let mut update = StatusUpdate::from(request);
+    decide::set_condition(
+        &mut update.status.conditions,
+        decide::REVIEW_PENDING,
+        pending,
+        reason,
+        &message,
+        request.metadata.generation,
+        &now(),
+    );
+    update.apply(api).await?;
+    match &review {
+        decide::Review::Flagged { .. } => {
+            event(
+                ctx,
+                request,
+                EventType::Warning,
+                "BreakGlassFlagged",
+                "Review",
+                message.clone(),
+            )
+            .await;
+            ctx.alerts
+                .send(
+                    "BreakGlassFlagged",
+                    Some(&identity(request, uid)),
+                    &format!("break-glass request {name}: {message}"),
+                )
+                .await;
+        }
+        decide::Review::Reviewed { .. } => {
+            event(
+                ctx,
+                request,
+                EventType::Normal,
+                "Reviewed",
+                "Review",
+                message,
+            )
+            .await;
+        }
+        _ => {}
+    }
+    Ok(true)
+}
+
 /// The request's execution name is taken by an execution someone else started with
 /// another input (the name is predictable from the uid, which anyone who may read the
 /// request sees). Nothing is granted for this request: it ends `Failed` with a
@@ -1271,12 +1376,7 @@ async fn answer_approval(
             .await?;
         return Ok(());
     };
-    let votes = request
-        .status
-        .as_ref()
-        .and_then(|s| s.approvals.clone())
-        .unwrap_or_default();
-    let (tally, ignored) = decide::tally(role, &request.spec.requester, &votes);
+    let (tally, ignored) = decide::decision(role, request);
     for i in &ignored {
         ctx.event_once(
             request,
@@ -1489,13 +1589,8 @@ async fn send_approval(
                 live.spec.same_targets(&role.spec) && live.spec.principal == role.spec.principal
             });
             let still = live.as_ref().map(|live| {
-                let votes = request
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.approvals.clone())
-                    .unwrap_or_default();
                 (
-                    decide::tally(live, &request.spec.requester, &votes).0,
+                    decide::decision(live, request).0,
                     decide::plan(request, Some(live)),
                 )
             });
@@ -1577,6 +1672,24 @@ async fn send_approval(
     }
     if first {
         ctx.metrics.approval("approved", role.spec.method);
+        if request.spec.break_glass {
+            // Loud: every approver learns at once (the relay mentions them in Slack).
+            ctx.metrics.approval("break_glass", role.spec.method);
+            let note = format!(
+                "{} broke the glass on AccessRole {}: granted without approval until {} \
+                 (reason: {}); an approver must review it",
+                request.spec.requester, request.spec.role, output.expires_at, request.spec.reason
+            );
+            event(
+                ctx,
+                request,
+                EventType::Warning,
+                "BreakGlass",
+                "Approve",
+                note,
+            )
+            .await;
+        }
     }
     let message = format!("approved by {by}; granting access");
     StatusUpdate::from(request)

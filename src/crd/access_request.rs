@@ -61,6 +61,13 @@ pub struct AccessRequestSpec {
     #[schemars(length(max = 256))]
     pub ticket: Option<String>,
 
+    /// Break the glass: access at once, without approvals, for at most the AccessRole's
+    /// `breakGlass.maxDuration`, with a reason, for those its `breakGlass.requesters`
+    /// list. Every approver is alerted loudly, and the request shows `ReviewPending`
+    /// until an approver records a review (`status.reviews`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub break_glass: bool,
+
     /// When access should start (RFC 3339), for AccessRoles that allow scheduling
     /// (`maxStartDelay`). Approvers may decide before; the request shows `Scheduled`
     /// until then, is checked against its AccessRole again at the start, and the
@@ -239,6 +246,51 @@ impl ExtensionApproval {
         Approval {
             approver: self.approver.clone(),
             decision: self.decision,
+            group: self.group.clone(),
+            comment: self.comment.clone(),
+            time: self.time.clone(),
+            via: self.via,
+        }
+    }
+}
+
+/// What a reviewer found of a break-glass request.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ReviewVerdict {
+    /// The use was justified.
+    Reviewed,
+    /// The use needs a closer look: a Warning Event and a security alert say so.
+    Flagged,
+}
+
+/// A review after the fact of a break-glass request, appended to `status.reviews` by an
+/// approver of its AccessRole. The identity rules of votes: in the reviewer's own name,
+/// never the requester, as one of the reviewer's own groups.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Review {
+    #[schemars(length(min = 1, max = 253))]
+    pub reviewer: String,
+    pub verdict: ReviewVerdict,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub comment: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+    #[serde(default)]
+    pub via: ApprovalChannel,
+}
+
+impl Review {
+    /// The review as an approving vote, for counting who may review with the rules of
+    /// votes.
+    pub fn as_vote(&self) -> Approval {
+        Approval {
+            approver: self.reviewer.clone(),
+            decision: Decision::Approve,
             group: self.group.clone(),
             comment: self.comment.clone(),
             time: self.time.clone(),
@@ -456,6 +508,13 @@ pub struct AccessRequestStatus {
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["id"]))]
     #[schemars(length(max = 16))]
     pub extension_outcomes: Option<Vec<ExtensionOutcome>>,
+
+    /// Reviews after the fact of a break-glass request, one per reviewer, append-only
+    /// (the approvers' field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["reviewer"]))]
+    #[schemars(length(max = 64))]
+    pub reviews: Option<Vec<Review>>,
 
     /// When access was granted.
     #[serde(default, skip_serializing_if = "Option::is_none")]

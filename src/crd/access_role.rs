@@ -27,6 +27,7 @@ pub const ROLE_ARN_RE: &str =
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new(durations_ordered_rule()).message("defaultDuration must not exceed maxDuration"))]
+#[x_kube(validation = Rule::new(break_glass_bounded_rule()).message("breakGlass.maxDuration must not exceed maxDuration"))]
 #[x_kube(validation = Rule::new("self.method != 'TrustPolicy' || (has(self.roleArn) && !has(self.identityCenter) && !has(self.iamGroup))").message("method TrustPolicy grants the IAM role in roleArn: set roleArn, and neither identityCenter nor iamGroup"))]
 #[x_kube(validation = Rule::new("self.method != 'IdentityCenter' || (has(self.identityCenter) && !has(self.roleArn) && !has(self.iamGroup))").message("method IdentityCenter grants a permission set: set identityCenter (instanceArn, identityStoreId, permissionSet, accountIds), and neither roleArn nor iamGroup"))]
 #[x_kube(validation = Rule::new("self.method != 'IamGroup' || (has(self.iamGroup) && !has(self.roleArn) && !has(self.identityCenter))").message("method IamGroup grants membership of the IAM group in iamGroup.groupArn: set iamGroup, and neither roleArn nor identityCenter"))]
@@ -123,6 +124,12 @@ pub struct AccessRoleSpec {
     #[schemars(length(max = 256))]
     pub pattern_hint: Option<String>,
 
+    /// Who may break the glass: get this role at once, without approvals, for a short
+    /// time, with a reason; every approver is alerted loudly and the request needs a
+    /// review after the fact (`status.reviews`). Absent: nobody.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub break_glass: Option<BreakGlassPolicy>,
+
     /// How far ahead of its creation a request may ask to start (`spec.startAt`, Go
     /// duration, at most 720h). Absent: requests start when approved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -153,6 +160,25 @@ impl AccessRoleSpec {
             && self.identity_center == other.identity_center
             && self.iam_group == other.iam_group
     }
+}
+
+/// Who may break the glass on a role, and for how long.
+#[derive(KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BreakGlassPolicy {
+    /// Users or groups who may break the glass (a subset of who may ask, in practice
+    /// the on-call rotation: see the README on keeping such a group current).
+    #[schemars(length(min = 1, max = 64))]
+    pub requesters: Vec<Subject>,
+    /// The longest break-glass access (Go duration); at most the role's `maxDuration`.
+    #[serde(default = "default_break_glass_duration")]
+    #[x_kube(validation = Rule::new(positive_duration_rule()).message("breakGlass.maxDuration must be a positive Go duration such as 30m"))]
+    #[schemars(length(max = 32))]
+    pub max_duration: String,
+}
+
+fn default_break_glass_duration() -> String {
+    "30m".into()
 }
 
 /// How an active grant of a role may be extended. An extension moves the grant's expiry
@@ -244,6 +270,16 @@ fn durations_ordered_rule() -> String {
     format!(
         "!self.defaultDuration.matches('{re}') || !self.maxDuration.matches('{re}') || \
          duration(self.defaultDuration) <= duration(self.maxDuration)"
+    )
+}
+
+/// breakGlass.maxDuration <= maxDuration, when both are well-formed.
+fn break_glass_bounded_rule() -> String {
+    let re = super::cel_quoted(super::GO_DURATION_RE);
+    format!(
+        "!has(self.breakGlass) || !self.breakGlass.maxDuration.matches('{re}') || \
+         !self.maxDuration.matches('{re}') || \
+         duration(self.breakGlass.maxDuration) <= duration(self.maxDuration)"
     )
 }
 

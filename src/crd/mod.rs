@@ -12,11 +12,11 @@ mod slack_identity;
 pub use access_request::{
     AccessInstructions, AccessRequest, AccessRequestSpec, AccessRequestStatus, Approval,
     ApprovalChannel, Decision, ExtensionApproval, ExtensionAsk, ExtensionOutcome, ExtensionPhase,
-    GrantRecord, Phase, RequestRef, Revocation, SlackMessage,
+    GrantRecord, Phase, RequestRef, Review, ReviewVerdict, Revocation, SlackMessage,
 };
 pub use access_role::{
-    AccessRole, AccessRoleSpec, ExtensionPolicy, GrantMethod, IamGroupTarget, IdentityCenterTarget,
-    PERL_CLASS_RE, PrincipalMapping, Subject, UserAttribute,
+    AccessRole, AccessRoleSpec, BreakGlassPolicy, ExtensionPolicy, GrantMethod, IamGroupTarget,
+    IdentityCenterTarget, PERL_CLASS_RE, PrincipalMapping, Subject, UserAttribute,
 };
 pub use slack_identity::{SLACK_USER_ID_RE, SlackIdentity, SlackIdentitySpec};
 

@@ -217,15 +217,7 @@ pub fn approved_and_unended(role: &AccessRole, request: &AccessRequest) -> Resul
         ));
     }
     let approved = matches!(phase, Phase::Approved | Phase::Active)
-        || matches!(
-            decide::tally(
-                role,
-                &request.spec.requester,
-                &status.approvals.clone().unwrap_or_default()
-            )
-            .0,
-            Tally::Approved { .. }
-        );
+        || matches!(decide::decision(role, request).0, Tally::Approved { .. });
     if !approved {
         return Err("the request is not approved".into());
     }
@@ -249,13 +241,8 @@ pub fn denied_after_a_possible_answer<S: Borrow<AccessRole>>(
     {
         return false;
     }
-    let votes = status.approvals.clone().unwrap_or_default();
-    role_named(roles, &request.spec.role).is_some_and(|role| {
-        matches!(
-            decide::tally(role, &request.spec.requester, &votes).0,
-            Tally::Denied { .. }
-        )
-    })
+    role_named(roles, &request.spec.role)
+        .is_some_and(|role| matches!(decide::decision(role, request).0, Tally::Denied { .. }))
 }
 
 /// What the controller recorded of a request's approval answer on its token Secret.

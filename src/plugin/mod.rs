@@ -141,6 +141,8 @@ pub enum Command {
     Deny(DenyArgs),
     /// End a request's access early (or withdraw it before a decision).
     Revoke(RevokeArgs),
+    /// Review a break-glass request after the fact, in your own name (an approver).
+    Review(ReviewArgs),
     /// Ask for more time on your Active request (as its AccessRole allows; approvers
     /// vote with `approve NAME --extension ID`).
     Extend(ExtendArgs),
@@ -171,6 +173,10 @@ pub struct RequestArgs {
     /// allow scheduling; approvers may decide before.
     #[arg(long, value_name = "TIME")]
     pub start_at: Option<jiff::Timestamp>,
+    /// Break the glass: access at once without approvals, for roles that allow you to
+    /// (a reason is required; every approver is alerted and reviews it after).
+    #[arg(long)]
+    pub break_glass: bool,
     /// The request's name (default: generated from the role).
     #[arg(long)]
     pub name: Option<String>,
@@ -236,6 +242,25 @@ pub struct RevokeArgs {
     pub reason: Option<String>,
     /// The group of yours to revoke as (an approver group, or system:masters). Not
     /// impersonation.
+    #[arg(long, value_name = "GROUP")]
+    pub as_group: Option<String>,
+    /// Print as json, yaml or name(s) (as `kubectl get -o`).
+    #[arg(short = 'o', long, value_enum)]
+    pub output: Option<Output>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReviewArgs {
+    /// The break-glass AccessRequest.
+    pub name: String,
+    /// `Reviewed` (the use was justified) or `Flagged` (it needs a closer look: a
+    /// Warning Event and a security alert).
+    #[arg(long, value_parser = ["Reviewed", "Flagged"])]
+    pub verdict: String,
+    /// What you found (required to flag).
+    #[arg(long)]
+    pub comment: Option<String>,
+    /// The group of yours to review as. Not impersonation.
     #[arg(long, value_name = "GROUP")]
     pub as_group: Option<String>,
     /// Print as json, yaml or name(s) (as `kubectl get -o`).

@@ -98,13 +98,8 @@ pub fn approvals(request: &AccessRequest, role: Option<&AccessRole>) -> String {
     let Some(role) = role else {
         return "?".into();
     };
-    let votes = request
-        .status
-        .as_ref()
-        .and_then(|s| s.approvals.clone())
-        .unwrap_or_default();
     let need = role.spec.approvals_required.max(1);
-    match decide::tally(role, &request.spec.requester, &votes).0 {
+    match decide::decision(role, request).0 {
         decide::Tally::Pending { have, need } => format!("{have}/{need}"),
         decide::Tally::Approved { approvers } => format!("{}/{need}", approvers.len()),
         decide::Tally::Denied { .. } => "denied".into(),

@@ -75,6 +75,10 @@ pub enum Refusal {
     ExtensionOpen { name: String, id: String },
     #[error("the controller would refuse this extension: {0}")]
     ExtensionRefused(String),
+    #[error("{name} is not a break-glass request: there is nothing to review")]
+    NotBreakGlass { name: String },
+    #[error("you ({user}) already reviewed {name}")]
+    AlreadyReviewed { name: String, user: String },
     #[error("{name} has no extension {id}")]
     NoSuchExtension { name: String, id: String },
     #[error("extension {id} of {name} is already decided ({phase})")]
@@ -181,18 +185,18 @@ pub fn vote(
             });
         }
     }
-    let Some(approvals) = status.approvals.as_deref() else {
+    if status.approvals.is_none() {
         // The controller creates the list when it takes the request up.
         return Err(Refusal::NotYetAwaiting {
             name,
             phase: phase_text(status.phase),
         });
-    };
+    }
     let role = role.ok_or_else(|| Refusal::NoRole(request.spec.role.clone()))?;
     // Decided by the votes already there, the controller is about to move it on.
     if status.phase != Some(Phase::Scheduled)
         && !matches!(
-            decide::tally(role, requester, approvals).0,
+            decide::decision(role, request).0,
             decide::Tally::Pending { .. }
         )
     {
@@ -320,6 +324,7 @@ pub fn extend(
     caller: &Caller,
     by: &str,
     reason: &str,
+    now: jiff::Timestamp,
 ) -> Result<ExtensionAsk, Refusal> {
     let name = name_of(request);
     if request.spec.requester != caller.username {
@@ -333,7 +338,7 @@ pub fn extend(
         (Some(Phase::Active), Some(granted), Some(expires)) => extension::Window {
             granted_at: granted.0,
             expires_at: expires.0,
-            now: jiff::Timestamp::now(),
+            now,
         },
         _ => {
             return Err(Refusal::NotActive {
@@ -443,6 +448,64 @@ pub fn vote_extension(
             via: ApprovalChannel::Kubectl,
         };
         let (_, ignored) = decide::tally_needing(role, 1, requester, std::slice::from_ref(&mine));
+        match ignored.into_iter().next() {
+            None => return Ok(group),
+            Some(i) if why.is_empty() => why = i.why,
+            Some(_) => {}
+        }
+    }
+    Err(Refusal::NotCounted {
+        name,
+        why,
+        role: request.spec.role.clone(),
+        approvers: subjects(&role.spec.approvers),
+    })
+}
+
+/// Whether `caller` may review the break-glass `request`, and the group to name: the
+/// controller's own count of reviews ([`decide::review`]), asked about this one.
+pub fn review(
+    request: &AccessRequest,
+    role: Option<&AccessRole>,
+    caller: &Caller,
+    as_group: Option<&str>,
+) -> Result<Option<String>, Refusal> {
+    let name = name_of(request);
+    if !request.spec.break_glass {
+        return Err(Refusal::NotBreakGlass { name });
+    }
+    if request.spec.requester == caller.username {
+        return Err(Refusal::OwnRequest { name });
+    }
+    let status = request.status.clone().unwrap_or_default();
+    if status
+        .reviews
+        .iter()
+        .flatten()
+        .any(|r| r.reviewer == caller.username)
+    {
+        return Err(Refusal::AlreadyReviewed {
+            name,
+            user: caller.username.clone(),
+        });
+    }
+    let role = role.ok_or_else(|| Refusal::NoRole(request.spec.role.clone()))?;
+    let mut why = String::new();
+    for group in candidates(caller, as_group)? {
+        let mine = Approval {
+            approver: caller.username.clone(),
+            decision: Decision::Approve,
+            group: group.clone(),
+            comment: None,
+            time: None,
+            via: ApprovalChannel::Kubectl,
+        };
+        let (_, ignored) = decide::tally_needing(
+            role,
+            1,
+            &request.spec.requester,
+            std::slice::from_ref(&mine),
+        );
         match ignored.into_iter().next() {
             None => return Ok(group),
             Some(i) if why.is_empty() => why = i.why,
@@ -726,6 +789,10 @@ mod tests {
         r
     }
 
+    fn at() -> jiff::Timestamp {
+        "2026-12-01T10:30:00Z".parse().unwrap()
+    }
+
     fn extendable() -> AccessRole {
         let mut r = role();
         r.spec.extension = Some(serde_json::from_value(json!({"maxExtensions": 2})).unwrap());
@@ -741,6 +808,7 @@ mod tests {
             &alice,
             "30m",
             "more",
+            at(),
         )
         .unwrap();
         assert_eq!(ask.id, "1");
@@ -753,35 +821,50 @@ mod tests {
                 Some(&extendable()),
                 &caller("carol", &[]),
                 "30m",
-                ""
+                "",
+                at()
             ),
             Err(Refusal::NotYourRequest { .. })
         ));
         assert!(matches!(
-            extend(&awaiting(json!([])), Some(&extendable()), &alice, "30m", ""),
+            extend(
+                &awaiting(json!([])),
+                Some(&extendable()),
+                &alice,
+                "30m",
+                "",
+                at()
+            ),
             Err(Refusal::NotActive { .. })
         ));
-        let refused = extend(&active(json!({})), Some(&extendable()), &alice, "2h", "");
+        let refused = extend(
+            &active(json!({})),
+            Some(&extendable()),
+            &alice,
+            "2h",
+            "",
+            at(),
+        );
         assert!(
             matches!(&refused, Err(Refusal::ExtensionRefused(m)) if m.contains("past maxDuration")),
             "{refused:?}"
         );
         assert!(matches!(
-            extend(&active(json!({})), Some(&role()), &alice, "30m", ""),
+            extend(&active(json!({})), Some(&role()), &alice, "30m", "", at()),
             Err(Refusal::ExtensionRefused(_))
         ));
         // One at a time: an undecided ask first; then the next id.
         let open =
             active(json!({"extensions": [{"id": "1", "requestedBy": "alice", "by": "10m"}]}));
         assert!(matches!(
-            extend(&open, Some(&extendable()), &alice, "30m", ""),
+            extend(&open, Some(&extendable()), &alice, "30m", "", at()),
             Err(Refusal::ExtensionOpen { .. })
         ));
         let done = active(json!({
             "extensions": [{"id": "1", "requestedBy": "alice", "by": "10m"}],
             "extensionOutcomes": [{"id": "1", "phase": "Denied"}]}));
         assert_eq!(
-            extend(&done, Some(&extendable()), &alice, "30m", "")
+            extend(&done, Some(&extendable()), &alice, "30m", "", at())
                 .unwrap()
                 .id,
             "2"

@@ -217,8 +217,7 @@ pub fn check_grant(
             request.spec.role.clone(),
         )));
     };
-    let votes = status.approvals.unwrap_or_default();
-    match decide::tally(role, &request.spec.requester, &votes).0 {
+    match decide::decision(role, request).0 {
         Tally::Approved { .. } => {}
         Tally::Pending { have, need } => {
             return Err(Refusal::NotApproved(format!("{have} of {need} approvals")));

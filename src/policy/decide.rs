@@ -89,6 +89,28 @@ pub enum Rejection {
     )]
     StartNotAllowed(String),
     #[error(
+        "{requester} may not break the glass on AccessRole {role:?}{why}: ask for approval \
+         instead (a request without breakGlass)"
+    )]
+    BreakGlassNotAllowed {
+        requester: String,
+        role: String,
+        why: String,
+    },
+    #[error(
+        "a break-glass request of AccessRole {role:?} lasts at most {max} \
+         (breakGlass.maxDuration), not {duration}"
+    )]
+    BreakGlassTooLong {
+        role: String,
+        max: String,
+        duration: String,
+    },
+    #[error("breaking the glass needs a reason: say why, for the approvers' review")]
+    BreakGlassReasonRequired,
+    #[error("a break-glass request starts now: it cannot name a startAt")]
+    BreakGlassScheduled,
+    #[error(
         "startAt {start_at} is {delay} after the request was created; AccessRole {role:?} \
          allows at most maxStartDelay {max}: create it closer to the start"
     )]
@@ -133,6 +155,10 @@ impl Rejection {
             Rejection::AccountNotServed { .. } => "AccountNotServed",
             Rejection::Overlaps { .. } => "OverlapsOpenRequest",
             Rejection::StartNotAllowed(_) => "StartNotAllowed",
+            Rejection::BreakGlassNotAllowed { .. } => "BreakGlassNotAllowed",
+            Rejection::BreakGlassTooLong { .. } => "BreakGlassTooLong",
+            Rejection::BreakGlassReasonRequired => "BreakGlassReasonRequired",
+            Rejection::BreakGlassScheduled => "BreakGlassScheduled",
             Rejection::StartTooFarAhead { .. } => "StartTooFarAhead",
         }
     }
@@ -462,6 +488,9 @@ pub fn plan(
     }
     let approval_timeout = parse_duration("approvalTimeout", &role.spec.approval_timeout)?;
     let start_delay = start_delay(request, role)?;
+    if spec.break_glass {
+        check_break_glass(request, role, &duration_text, duration)?;
+    }
     if role.spec.require_reason && spec.reason.trim().is_empty() {
         return Err(Rejection::ReasonRequired(role_name));
     }
@@ -518,6 +547,7 @@ pub fn plan(
             .as_ref()
             .map(|t| expiry_after(t.0, 0))
             .unwrap_or_default(),
+        break_glass: spec.break_glass,
         role_name: String::new(),
         session_name,
         source_identity: String::new(),
@@ -580,6 +610,130 @@ fn start_delay(request: &AccessRequest, role: &AccessRole) -> Result<Duration, R
         });
     }
     Ok(delay)
+}
+
+/// Who approves a break-glass request: nobody; it is recorded as this.
+pub const BREAK_GLASS: &str = "aws-jit:break-glass";
+
+/// A break-glass request: the role lets the requester (by name, or the group asked as)
+/// break the glass, for no longer than its `breakGlass.maxDuration`, with a reason, now.
+fn check_break_glass(
+    request: &AccessRequest,
+    role: &AccessRole,
+    duration_text: &str,
+    duration: Duration,
+) -> Result<(), Rejection> {
+    let spec = &request.spec;
+    let not_allowed = |why: &str| Rejection::BreakGlassNotAllowed {
+        requester: spec.requester.clone(),
+        role: spec.role.clone(),
+        why: why.to_owned(),
+    };
+    let Some(policy) = role.spec.break_glass.as_ref() else {
+        return Err(not_allowed(" (it allows no break glass)"));
+    };
+    if !lists(
+        &policy.requesters,
+        &spec.requester,
+        spec.requester_group.as_deref(),
+    ) {
+        return Err(not_allowed(" (not listed in its breakGlass.requesters)"));
+    }
+    let max = parse_duration("breakGlass.maxDuration", &policy.max_duration)?;
+    if duration > max {
+        return Err(Rejection::BreakGlassTooLong {
+            role: spec.role.clone(),
+            max: policy.max_duration.clone(),
+            duration: duration_text.to_owned(),
+        });
+    }
+    if spec.reason.trim().is_empty() {
+        return Err(Rejection::BreakGlassReasonRequired);
+    }
+    if spec.start_at.is_some() {
+        return Err(Rejection::BreakGlassScheduled);
+    }
+    Ok(())
+}
+
+/// Where `request`'s approval stands: its votes counted against the role's rule, or,
+/// for a break-glass request the role allows, approved without votes (a valid Deny
+/// cast before the answer still denies). The one decision every reader of a request
+/// asks (the controller, the worker's re-check, the drift sweep, the plugin).
+pub fn decision(role: &AccessRole, request: &AccessRequest) -> (Tally, Vec<Ignored>) {
+    let votes = request
+        .status
+        .as_ref()
+        .and_then(|s| s.approvals.clone())
+        .unwrap_or_default();
+    let requester = &request.spec.requester;
+    if request.spec.break_glass && plan(request, Some(role)).is_ok() {
+        return match tally_needing(role, 0, requester, &votes) {
+            (Tally::Approved { .. }, ignored) => (
+                Tally::Approved {
+                    approvers: vec![BREAK_GLASS.to_owned()],
+                },
+                ignored,
+            ),
+            other => other,
+        };
+    }
+    tally(role, requester, &votes)
+}
+
+/// The condition a break-glass request carries until an approver reviewed it.
+pub const REVIEW_PENDING: &str = "ReviewPending";
+
+/// Where the review after the fact of a break-glass request stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Review {
+    /// Not a break-glass request, or nothing was granted (nothing to review).
+    None,
+    /// Granted; no review by an approver yet.
+    Pending,
+    Reviewed {
+        by: String,
+    },
+    /// An approver flagged it (a flag wins over any other review).
+    Flagged {
+        by: String,
+        comment: String,
+    },
+}
+
+/// The review of `request`: valid reviews are those votes would be (a listed approver,
+/// never the requester, each person once); reviews not counted come back too.
+pub fn review(role: &AccessRole, request: &AccessRequest) -> (Review, Vec<Ignored>) {
+    let status = request.status.clone().unwrap_or_default();
+    let granted = status.granted_at.is_some()
+        || matches!(
+            status.phase,
+            Some(Phase::Approved | Phase::Active | Phase::Expired | Phase::Revoked | Phase::Failed)
+        );
+    if !request.spec.break_glass || !granted {
+        return (Review::None, Vec::new());
+    }
+    let reviews = status.reviews.unwrap_or_default();
+    let votes: Vec<Approval> = reviews.iter().map(crate::crd::Review::as_vote).collect();
+    let (_, ignored) = tally_needing(role, 1, &request.spec.requester, &votes);
+    let counted = |r: &&crate::crd::Review| !ignored.iter().any(|i| i.approver == r.reviewer);
+    let valid: Vec<&crate::crd::Review> = reviews.iter().filter(counted).collect();
+    let review = match (
+        valid
+            .iter()
+            .find(|r| r.verdict == crate::crd::ReviewVerdict::Flagged),
+        valid.first(),
+    ) {
+        (Some(flag), _) => Review::Flagged {
+            by: flag.reviewer.clone(),
+            comment: flag.comment.clone().unwrap_or_default(),
+        },
+        (None, Some(first)) => Review::Reviewed {
+            by: first.reviewer.clone(),
+        },
+        (None, None) => Review::Pending,
+    };
+    (review, ignored)
 }
 
 /// When a request's access may start: its `startAt`, if that is later than `now`.

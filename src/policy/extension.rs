@@ -16,7 +16,9 @@
 //!   `extension.approvalsRequired` (default: the role's `approvalsRequired`).
 use jiff::{SignedDuration, Timestamp};
 
-use crate::crd::{AccessRequest, AccessRole, ExtensionAsk, ExtensionOutcome, ExtensionPhase};
+use crate::crd::{
+    AccessRequest, AccessRole, ExtensionAsk, ExtensionOutcome, ExtensionPhase, Phase,
+};
 use crate::policy::decide::{self, Ignored, Rejection, Tally};
 
 /// Who approves an extension the role lets through without approvals.
@@ -511,10 +513,11 @@ fn verify_inner(
     Ok(())
 }
 
-/// The earlier open request of the same requester for the same AccessRole, if any, as
-/// the refusal of `request`: one person holds one grant of a role at a time, extended
-/// rather than stacked. Open: not ended, not being deleted, and accepted (a request
-/// still without a phase, or Rejected, is no grant). Earlier: created before, or at
+/// The earlier approved request of the same requester for the same AccessRole, if any,
+/// as the refusal of `request`: one person holds one grant of a role at a time,
+/// extended rather than stacked. Approved: `Scheduled`, `Approved` or `Active`, and not
+/// being deleted (requests still waiting for approvers may be several; the first
+/// approved one refuses those planned after it). Earlier: created before, or at
 /// the same second and first by namespace and name, so of two created at once exactly
 /// one goes ahead. Only requests the caller sees count (the controller's cache): two
 /// created at once against a cache that shows neither both go ahead, each a grant
@@ -541,7 +544,7 @@ pub fn overlapping<'a>(
             o.status
                 .as_ref()
                 .and_then(|s| s.phase)
-                .is_some_and(|p| !p.is_terminal())
+                .is_some_and(|p| matches!(p, Phase::Scheduled | Phase::Approved | Phase::Active))
         })
         .filter(|o| key(o) < mine)
         .min_by_key(|o| key(o))
@@ -555,7 +558,7 @@ pub fn overlapping<'a>(
                 what: if phase == Some(crate::crd::Phase::Active) {
                     "extend that one instead (kubectl jit extend NAME --by 30m --reason ...)"
                 } else {
-                    "wait for it to be decided, or withdraw it (delete it), then ask again"
+                    "wait for it to start and extend it, or withdraw it (delete it) first"
                 },
             }
         })

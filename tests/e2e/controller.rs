@@ -950,6 +950,7 @@ async fn poison_and_orphan_tasks_never_block_the_request_queue() {
         source_identity: "alice".into(),
         session_policy_name: "AwsJit-0000-orphan".into(),
         start_at: String::new(),
+        break_glass: false,
     };
     let orphan = sfn
         .start_execution("orphan-0000", &input)

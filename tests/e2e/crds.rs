@@ -419,6 +419,19 @@ async fn malformed_access_roles_are_refused_with_their_message() {
             "extension: {approvalsRequired: -1}".to_owned(),
             "extension.approvalsRequired must be between 0 and 64",
         ),
+        // Scheduling and break glass are bounded by the role's own limits.
+        (
+            "maxStartDelay: 2000h".to_owned(),
+            "maxStartDelay must be a positive Go duration of at most 720h",
+        ),
+        (
+            "maxDuration: 1h\nrequesters: [{group: developers}]\nbreakGlass: {requesters: [{user: alice}], maxDuration: 2h}".to_owned(),
+            "breakGlass.maxDuration must not exceed maxDuration",
+        ),
+        (
+            "requesters: [{group: developers}]\nbreakGlass: {requesters: []}".to_owned(),
+            "spec.breakGlass.requesters",
+        ),
     ];
     for (line, message) in cases {
         let yaml = role_yaml(&unique("bad-role"), &line);

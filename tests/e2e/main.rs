@@ -7,6 +7,7 @@ mod support;
 
 mod admission;
 mod attacks;
+mod break_glass;
 mod chart;
 mod consistency;
 mod controller;

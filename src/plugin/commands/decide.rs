@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use super::Ctx;
 use crate::crd::{AccessRequest, Decision};
-use crate::plugin::{Error, ExtendArgs, Output, RevokeArgs, identity, render, votes};
+use crate::plugin::{Error, ExtendArgs, Output, ReviewArgs, RevokeArgs, identity, render, votes};
 
 /// How long a vote waits for a Pending request to ask for approval.
 const PENDING_WAIT: Duration = Duration::from_secs(60);
@@ -32,6 +32,7 @@ fn append(request: &AccessRequest, list: &str, entry: Value) -> Vec<Value> {
         "approvals" => s.approvals.is_some(),
         "extensions" => s.extensions.is_some(),
         "extensionApprovals" => s.extension_approvals.is_some(),
+        "reviews" => s.reviews.is_some(),
         _ => s.revocations.is_some(),
     });
     if exists {
@@ -208,7 +209,14 @@ pub async fn extend(ctx: &Ctx, args: ExtendArgs) -> Result<(), Error> {
     let me = identity::whoami(&ctx.client).await?;
     let request = ctx.get(&args.name).await?;
     let role = ctx.role(&request.spec.role).await?;
-    let ask = votes::extend(&request, role.as_ref(), &me, &args.by, &args.reason)?;
+    let ask = votes::extend(
+        &request,
+        role.as_ref(),
+        &me,
+        &args.by,
+        &args.reason,
+        jiff::Timestamp::now(),
+    )?;
     let mut entry = json!({
         "id": ask.id,
         "requestedBy": me.username,
@@ -237,6 +245,43 @@ pub async fn extend(ctx: &Ctx, args: ExtendArgs) -> Result<(), Error> {
             },
             args.name,
             ctx.namespace
+        ),
+    }
+    Ok(())
+}
+
+pub async fn review(ctx: &Ctx, args: ReviewArgs) -> Result<(), Error> {
+    let me = identity::whoami(&ctx.client).await?;
+    let request = ctx.get(&args.name).await?;
+    let role = ctx.role(&request.spec.role).await?;
+    let flagged = args.verdict == "Flagged";
+    let comment = args.comment.filter(|c| !c.trim().is_empty());
+    if flagged && comment.is_none() {
+        return Err(Error::Refused(
+            "--comment is required to flag: say what needs a closer look".into(),
+        ));
+    }
+    let group = votes::review(&request, role.as_ref(), &me, args.as_group.as_deref())?;
+    let mut entry = json!({
+        "reviewer": me.username,
+        "verdict": args.verdict,
+        "time": Time(jiff::Timestamp::now()),
+    });
+    if let Some(g) = &group {
+        entry["group"] = json!(g);
+    }
+    if let Some(c) = comment {
+        entry["comment"] = json!(c);
+    }
+    let ops = append(&request, "reviews", entry);
+    let after = write(ctx, &request, ops, "recording your review").await?;
+    match args.output {
+        Some(o) => print!("{}", render::object(&after, o)?),
+        None => println!(
+            "accessrequest.aws-jit.io/{} {} by {}",
+            args.name,
+            if flagged { "flagged" } else { "reviewed" },
+            me.username
         ),
     }
     Ok(())

@@ -106,6 +106,7 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         }
         Command::Revoke(args) => decide::revoke(&ctx, args).await,
         Command::Extend(args) => decide::extend(&ctx, args).await,
+        Command::Review(args) => decide::review(&ctx, args).await,
         Command::List(args) => read::list(&ctx, args).await,
         Command::Describe(args) => read::describe(&ctx, args).await,
         Command::Credentials(args) => aws::credentials(&ctx, args).await,

@@ -22,6 +22,7 @@ pub async fn request(ctx: &Ctx, args: RequestArgs) -> Result<(), Error> {
             start_at: args
                 .start_at
                 .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+            break_glass: args.break_glass,
         },
     );
     // As the apiserver will stamp it: a start too far ahead is refused before creating.

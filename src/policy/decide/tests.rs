@@ -48,6 +48,7 @@ fn role(approvals_required: i32) -> AccessRole {
             pattern_hint: None,
             extension: None,
             max_start_delay: None,
+            break_glass: None,
             principal: PrincipalMapping {
                 users: [(
                     "bob".to_string(),
@@ -75,6 +76,7 @@ fn request(requester: &str, duration: Option<&str>, reason: &str) -> AccessReque
             reason: reason.into(),
             ticket: Some("INC-1".into()),
             start_at: None,
+            break_glass: false,
         },
     );
     r.metadata.namespace = Some("team-a".into());

@@ -285,19 +285,22 @@ fn a_second_open_request_for_the_same_role_is_refused_with_a_pointer_to_extend()
     let bobs = at("c", "2026-12-01T10:00:00Z", Some("Active"), "bob");
     let ended = at("d", "2026-12-01T10:00:00Z", Some("Expired"), "alice");
     let rejected = at("e", "2026-12-01T10:00:00Z", Some("Rejected"), "alice");
-    let later = at(
-        "f",
-        "2026-12-01T10:09:00Z",
+    let later = at("f", "2026-12-01T10:09:00Z", Some("Active"), "alice");
+    // Still waiting for approvers: not yet a grant.
+    let waiting = at(
+        "g",
+        "2026-12-01T10:00:00Z",
         Some("AwaitingApproval"),
         "alice",
     );
+    assert_eq!(overlapping(&new, [&waiting]), None);
     assert_eq!(
         overlapping(&new, [&bobs, &ended, &rejected, &later, &new]),
         None
     );
     // Two created in the same second: exactly one goes ahead.
-    let twin_a = at("x", "2026-12-01T10:05:00Z", Some("Pending"), "alice");
-    let mut twin_b = at("y", "2026-12-01T10:05:00Z", Some("Pending"), "alice");
+    let twin_a = at("x", "2026-12-01T10:05:00Z", Some("Approved"), "alice");
+    let mut twin_b = at("y", "2026-12-01T10:05:00Z", Some("Approved"), "alice");
     assert!(overlapping(&twin_b, [&twin_a]).is_some());
     twin_b.status = None;
     assert!(overlapping(&twin_a, [&twin_b]).is_none());

@@ -213,9 +213,24 @@ fn mrkdwn(text: String) -> Value {
 fn step_line(alert: &Alert, mentions: &Mentions) -> String {
     let who = |s: Option<String>| s.map(|s| escape(&s, 200)).unwrap_or_else(|| "?".into());
     match alert.event {
+        Event::Requested if alert.input.break_glass => format!(
+            "{}:rotating_light: *{}* BROKE THE GLASS: access is granted now, without approval. \
+             Reason: {}",
+            mention_prefix(mentions),
+            escape(&alert.input.requester_name, 200),
+            escape(&alert.input.reason, 500)
+        ),
         Event::Requested => format!(
             "*{}* asks for access; waiting for approval.",
             escape(&alert.input.requester_name, 200)
+        ),
+        Event::Granted if alert.input.break_glass => format!(
+            "{}:rotating_light: BREAK GLASS: granted without approval until *{}*. An approver \
+             must review it: `kubectl jit review {} -n {} --verdict Reviewed|Flagged`",
+            mention_prefix(mentions),
+            expires(alert),
+            escape(&alert.input.request.name, 253),
+            escape(&alert.input.request.namespace, 63)
         ),
         Event::Approved => format!("Approved by *{}*.", who(alert.approvers())),
         Event::Denied => match alert.denial() {

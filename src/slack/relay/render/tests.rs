@@ -278,6 +278,27 @@ fn a_scheduled_request_says_when_it_starts() {
 }
 
 #[test]
+fn breaking_the_glass_is_said_loudly_with_the_approvers_mentioned() {
+    let mut requested = alert("requested", json!({}));
+    requested.input.break_glass = true;
+    let line = step(&requested, &mentions()).text;
+    assert!(
+        line.starts_with("<!subteam^S0SRE> <@U0CAROL> :rotating_light: *alice* BROKE THE GLASS"),
+        "{line}"
+    );
+    // The reason is escaped like every field a person typed.
+    assert!(line.contains("fix &lt;!channel&gt; &amp; db"), "{line}");
+    let mut granted = alert("granted", json!({"approval": approval(), "grant": grant()}));
+    granted.input.break_glass = true;
+    let line = step(&granted, &mentions()).text;
+    assert!(
+        line.contains("BREAK GLASS: granted without approval until *2026-01-01T01:30:00Z*")
+            && line.contains("kubectl jit review fix-db -n team-a"),
+        "{line}"
+    );
+}
+
+#[test]
 fn helpers() {
     assert_eq!(duration(0), "0s");
     assert_eq!(duration(4), "4s");
