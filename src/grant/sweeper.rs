@@ -217,7 +217,8 @@ pub fn approved_and_unended(role: &AccessRole, request: &AccessRequest) -> Resul
         ));
     }
     let approved = matches!(phase, Phase::Approved | Phase::Active)
-        || matches!(decide::decision(role, request).0, Tally::Approved { .. });
+        || (decide::scheduled_start(request, Timestamp::now()).is_none()
+            && matches!(decide::decision(role, request).0, Tally::Approved { .. }));
     if !approved {
         return Err("the request is not approved".into());
     }

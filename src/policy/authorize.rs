@@ -217,6 +217,11 @@ pub fn check_grant(
             request.spec.role.clone(),
         )));
     };
+    if let Some(start) = decide::scheduled_start(request, jiff::Timestamp::now()) {
+        return Err(Refusal::NotApproved(format!(
+            "scheduled to start at {start}: nothing is granted before"
+        )));
+    }
     match decide::decision(role, request).0 {
         Tally::Approved { .. } => {}
         Tally::Pending { have, need } => {

@@ -705,12 +705,9 @@ pub enum Review {
 /// never the requester, each person once); reviews not counted come back too.
 pub fn review(role: &AccessRole, request: &AccessRequest) -> (Review, Vec<Ignored>) {
     let status = request.status.clone().unwrap_or_default();
-    let granted = status.granted_at.is_some()
-        || matches!(
-            status.phase,
-            Some(Phase::Approved | Phase::Active | Phase::Expired | Phase::Revoked | Phase::Failed)
-        );
-    if !request.spec.break_glass || !granted {
+    // Only what got access is reviewed (a break glass withdrawn, or failed, before its
+    // grant asks nobody for a review).
+    if !request.spec.break_glass || status.granted_at.is_none() {
         return (Review::None, Vec::new());
     }
     let reviews = status.reviews.unwrap_or_default();

@@ -42,6 +42,11 @@ pub enum Refusal {
          AccessRequest once this one ends"
     )]
     TooLate { expires_at: Timestamp },
+    #[error(
+        "a break-glass grant is not extended (it is bounded by breakGlass.maxDuration and \
+         reviewed as it was): ask for a new AccessRequest, with approval"
+    )]
+    BreakGlass,
     #[error("only the requester ({requester}) may extend this request, not {by}")]
     NotTheRequester { requester: String, by: String },
     #[error("already extended {done} time(s), the most AccessRole {role:?} allows")]
@@ -75,6 +80,7 @@ impl Refusal {
             Refusal::NoLongerValid(_) => "ExtensionNoLongerValid",
             Refusal::Reason(_) => "ExtensionReasonInvalid",
             Refusal::TooLate { .. } => "ExtensionTooLate",
+            Refusal::BreakGlass => "ExtensionNotAllowed",
         }
     }
 }
@@ -288,6 +294,9 @@ fn allowed(
     let Some(policy) = role.spec.extension.as_ref() else {
         return Err(Refusal::NotAllowed(role_name));
     };
+    if request.spec.break_glass {
+        return Err(Refusal::BreakGlass);
+    }
     // The grant as it was made (the role may have changed method since), and the role.
     let made_by = request
         .status
@@ -437,6 +446,9 @@ fn verify_inner(
             .to_string()
             .into());
     };
+    if request.spec.break_glass {
+        return Err(Refusal::BreakGlass.to_string().into());
+    }
     let ask = asks(request)
         .into_iter()
         .find(|a| a.id == id)

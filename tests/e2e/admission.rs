@@ -412,7 +412,13 @@ const OPERATOR_FIELDS: [(&str, &str); 8] = [
 ];
 
 /// Status fields that people other than the operator write, each with its own rules.
-const NOT_OPERATOR_ONLY: [&str; 2] = ["approvals", "revocations"];
+const NOT_OPERATOR_ONLY: [&str; 5] = [
+    "approvals",
+    "revocations",
+    "extensions",
+    "extensionApprovals",
+    "reviews",
+];
 
 /// The relay's own state: written by operator identities (controller and relay) only.
 const RELAY_STATE: &str = "slack";
@@ -472,7 +478,7 @@ async fn approvers_cannot_touch_any_other_status_field() {
             refused(
                 &out,
                 &format!(
-                    "only the aws-jit operator may change status fields other than approvals and revocations (changed: {field})"
+                    "only the aws-jit operator may change status fields other than approvals, revocations, extensions, extensionApprovals and reviews (changed: {field})"
                 ),
             );
         }

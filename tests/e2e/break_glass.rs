@@ -97,6 +97,25 @@ async fn a_listed_requester_breaks_the_glass_at_once_and_an_approver_reviews_it(
         condition(&r, "ReviewPending").map(|c| c.0),
         Some("True".to_string())
     );
+    // The record stays until it is reviewed: alice cannot delete it (she can revoke).
+    refused(
+        &stack().kube.kubectl(
+            User::Alice,
+            &["delete", "ar", "glass", "-n", &env.ns, "--wait=false"],
+        ),
+        "waits for an approver's review",
+    );
+    // No extension of a break-glass grant, whatever the role allows.
+    let patch = json!([{"op": "add", "path": "/status/extensions/-",
+        "value": {"id": "1", "requestedBy": "alice", "by": "5m", "reason": "INC-9"}}]);
+    succeeded(&stack().kube.patch_status(
+        User::Alice,
+        &env.ns,
+        "glass",
+        "json",
+        &patch.to_string(),
+    ));
+    crate::attacks::wait_warning(&env, "glass", "ExtensionNotAllowed").await;
     // Reviews follow the rules of votes: not the requester, not in another's name, and
     // only an approver's counts.
     refused(
@@ -131,6 +150,13 @@ async fn a_listed_requester_breaks_the_glass_at_once_and_an_approver_reviews_it(
             .patch_status(User::Carol, &env.ns, "glass", "json", &patch.to_string()),
         "status.reviews is append-only",
     );
+    // Reviewed: alice may delete it now (access is revoked first).
+    succeeded(&stack().kube.kubectl(
+        User::Alice,
+        &["delete", "ar", "glass", "-n", &env.ns, "--wait=false"],
+    ));
+    env.wait_gone("glass").await;
+    assert!(aws_jit::grant::trust_policy::document::grants(&env.trust_policy().await).is_empty());
 }
 
 #[tokio::test]
@@ -162,6 +188,20 @@ async fn breaking_the_glass_is_refused_with_the_reason_for_everyone_else() {
         let r = env.wait_phase(name, Phase::Rejected).await;
         assert!(message(&r).contains(why), "{name}: {}", message(&r));
         assert!(r.status.and_then(|s| s.execution_arn).is_none(), "{name}");
+    }
+    // Nobody breaks the glass for someone else: not the GitOps controller (a trusted
+    // submitter), not an admin.
+    for (user, name) in [(User::GitOps, "by-gitops"), (User::Admin, "by-admin")] {
+        let yaml = format!(
+            "apiVersion: aws-jit.io/v1alpha1\nkind: AccessRequest\nmetadata:\n  name: {name}\n  namespace: {}\nspec:\n  role: {}\n  requester: alice\n  duration: 10m\n  breakGlass: true\n  reason: 'INC-9'\n",
+            env.ns, env.access_role
+        );
+        refused(
+            &stack()
+                .kube
+                .kubectl_stdin(user, &["create", "-f", "-"], &yaml),
+            "never asked on someone else's behalf",
+        );
     }
     // A role without a breakGlass block: nobody breaks it.
     let plain = Env::new("bg-none", "").await;

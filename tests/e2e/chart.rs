@@ -1464,7 +1464,7 @@ async fn chart_service_account_has_only_what_it_needs() {
     };
     refused(
         &patch_as(&relay_kubeconfig, r#"{"status":{"phase":"Active"}}"#),
-        "only the aws-jit operator may change status fields other than approvals and revocations (changed: phase)",
+        "only the aws-jit operator may change status fields other than approvals, revocations, extensions, extensionApprovals and reviews (changed: phase)",
     );
     refused(
         &patch_as(
@@ -1493,6 +1493,9 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
     let operator = release.start_operator();
     release.request("active", "  duration: 1h\n");
     release.request("pending", "");
+    // Asked before `active` is approved: a request validated after it would be refused
+    // (one grant per person and role).
+    release.request("late", "  duration: 1h\n");
     release.wait_phase("active", Phase::AwaitingApproval).await;
     release.approve("active");
     release.wait_phase("active", Phase::Active).await;
@@ -1500,7 +1503,6 @@ async fn uninstall_drains_active_grants_revoked_pending_cancelled_records_kept()
     assert_eq!(release.grants().await.len(), 1);
     // Approved just before the uninstall: caught in between (vote not yet counted, or
     // the grant in progress), it must end revoked all the same.
-    release.request("late", "  duration: 1h\n");
     release.wait_phase("late", Phase::AwaitingApproval).await;
     release.approve("late");
 
