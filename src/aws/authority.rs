@@ -126,14 +126,7 @@ impl Authority {
         let expected = self.sfn.execution_arn(&execution_name(&identity.uid))?;
         self.precheck(queue, identity, &expected, execution_arn)
             .await?;
-        let request = self.request(identity).await?;
-        let role = match &request {
-            Some(r) => Api::<AccessRole>::all(self.client.clone())
-                .get_opt(&r.spec.role)
-                .await
-                .map_err(AuthorityError::Kube)?,
-            None => None,
-        };
+        let (request, role) = self.request_and_role(identity).await?;
         match authorize::check_grant(
             request.as_ref(),
             role.as_ref(),
@@ -168,14 +161,7 @@ impl Authority {
         let expected = self.sfn.execution_arn(&execution_name(&identity.uid))?;
         self.precheck(queue, identity, &expected, execution_arn)
             .await?;
-        let request = self.request(identity).await?;
-        let role = match &request {
-            Some(r) => Api::<AccessRole>::all(self.client.clone())
-                .get_opt(&r.spec.role)
-                .await
-                .map_err(AuthorityError::Kube)?,
-            None => None,
-        };
+        let (request, role) = self.request_and_role(identity).await?;
         match authorize::check_extension(
             request.as_ref(),
             role.as_ref(),
@@ -193,6 +179,22 @@ impl Authority {
                 Err(AuthorityError::Refused(refusal))
             }
         }
+    }
+
+    /// The request, read live, and its AccessRole, read live.
+    async fn request_and_role(
+        &self,
+        identity: &RequestIdentity,
+    ) -> Result<(Option<AccessRequest>, Option<AccessRole>), AuthorityError> {
+        let request = self.request(identity).await?;
+        let role = match &request {
+            Some(r) => Api::<AccessRole>::all(self.client.clone())
+                .get_opt(&r.spec.role)
+                .await
+                .map_err(AuthorityError::Kube)?,
+            None => None,
+        };
+        Ok((request, role))
     }
 
     async fn precheck(

@@ -205,17 +205,34 @@ pub fn vote(
             phase: "its votes already decide it".into(),
         });
     }
+    counted_as(request, role, caller, as_group)
+}
+
+/// The group `caller` would vote (or review) as so that the controller counts it: none
+/// (their own name) or one of their groups the role lists; the controller's own
+/// `tally`, asked about a vote of theirs. Why not, otherwise.
+fn counted_as(
+    request: &AccessRequest,
+    role: &AccessRole,
+    caller: &Caller,
+    as_group: Option<&str>,
+) -> Result<Option<String>, Refusal> {
     let mut why = String::new();
     for group in candidates(caller, as_group)? {
         let mine = Approval {
             approver: caller.username.clone(),
-            decision,
+            decision: Decision::Approve,
             group: group.clone(),
             comment: None,
             time: None,
             via: ApprovalChannel::Kubectl,
         };
-        let (_, ignored) = decide::tally(role, requester, std::slice::from_ref(&mine));
+        let (_, ignored) = decide::tally_needing(
+            role,
+            1,
+            &request.spec.requester,
+            std::slice::from_ref(&mine),
+        );
         match ignored.into_iter().next() {
             None => return Ok(group),
             Some(i) if why.is_empty() => why = i.why,
@@ -223,7 +240,7 @@ pub fn vote(
         }
     }
     Err(Refusal::NotCounted {
-        name,
+        name: name_of(request),
         why,
         role: request.spec.role.clone(),
         approvers: subjects(&role.spec.approvers),
@@ -437,29 +454,7 @@ pub fn vote_extension(
         });
     }
     let role = role.ok_or_else(|| Refusal::NoRole(request.spec.role.clone()))?;
-    let mut why = String::new();
-    for group in candidates(caller, as_group)? {
-        let mine = Approval {
-            approver: caller.username.clone(),
-            decision: Decision::Approve,
-            group: group.clone(),
-            comment: None,
-            time: None,
-            via: ApprovalChannel::Kubectl,
-        };
-        let (_, ignored) = decide::tally_needing(role, 1, requester, std::slice::from_ref(&mine));
-        match ignored.into_iter().next() {
-            None => return Ok(group),
-            Some(i) if why.is_empty() => why = i.why,
-            Some(_) => {}
-        }
-    }
-    Err(Refusal::NotCounted {
-        name,
-        why,
-        role: request.spec.role.clone(),
-        approvers: subjects(&role.spec.approvers),
-    })
+    counted_as(request, role, caller, as_group)
 }
 
 /// Whether `caller` may review the break-glass `request`, and the group to name: the
@@ -490,34 +485,7 @@ pub fn review(
         });
     }
     let role = role.ok_or_else(|| Refusal::NoRole(request.spec.role.clone()))?;
-    let mut why = String::new();
-    for group in candidates(caller, as_group)? {
-        let mine = Approval {
-            approver: caller.username.clone(),
-            decision: Decision::Approve,
-            group: group.clone(),
-            comment: None,
-            time: None,
-            via: ApprovalChannel::Kubectl,
-        };
-        let (_, ignored) = decide::tally_needing(
-            role,
-            1,
-            &request.spec.requester,
-            std::slice::from_ref(&mine),
-        );
-        match ignored.into_iter().next() {
-            None => return Ok(group),
-            Some(i) if why.is_empty() => why = i.why,
-            Some(_) => {}
-        }
-    }
-    Err(Refusal::NotCounted {
-        name,
-        why,
-        role: request.spec.role.clone(),
-        approvers: subjects(&role.spec.approvers),
-    })
+    counted_as(request, role, caller, as_group)
 }
 
 #[cfg(test)]
