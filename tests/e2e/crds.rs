@@ -139,6 +139,8 @@ async fn samples_are_accepted() {
             "IdentityCenter",
         ),
         ("accessrole-iam-group.yaml", "prod-admins-group", "IamGroup"),
+        // Extensions, scheduled starts and break glass.
+        ("accessrole-policy.yaml", "prod-admin-oncall", "TrustPolicy"),
     ] {
         succeeded(&kube.kubectl(User::Admin, &["apply", "-f", &format!("{SAMPLES}/{file}")]));
         let got = succeeded(&kube.kubectl(
