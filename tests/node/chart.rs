@@ -999,9 +999,11 @@ async fn a_rollout_stops_pods_by_sigterm() {
 async fn uninstall_runs_the_drain_job() {
     let release = Release::install("node-drain").await;
     release.wait_leader(&release.ready_pods()).await;
-    release.active_for_an_hour("active").await;
+    // Asked before `active` is approved: one validated after it would be refused (one
+    // grant per person and role).
     release.request("pending", "");
     release.wait_phase("pending", Phase::AwaitingApproval).await;
+    release.active_for_an_hour("active").await;
     // Every pod of the release: the controller's, listed at once, say the watch works
     // before the uninstall; the drain Job's come later.
     let watch = Watch::start(&[
