@@ -122,31 +122,12 @@ impl Authority {
         execution_arn: &str,
         claimed: &ExecutionInput,
     ) -> Result<ExecutionInput, AuthorityError> {
-        let identity = &claimed.request;
-        let expected = self.sfn.execution_arn(&execution_name(&identity.uid))?;
-        self.precheck(queue, identity, &expected, execution_arn)
-            .await?;
-        let (request, role) = self.request_and_role(identity).await?;
-        match authorize::check_grant(
-            request.as_ref(),
-            role.as_ref(),
-            &self.scope,
-            &expected,
-            execution_arn,
-            claimed,
-        ) {
-            Ok(planned) => Ok(planned),
-            Err(refusal) => {
-                self.report(queue, identity, request.as_ref(), execution_arn, &refusal)
-                    .await;
-                Err(AuthorityError::Refused(refusal))
-            }
-        }
+        self.judged(queue, execution_arn, claimed, |request, role, expected| {
+            authorize::check_grant(request, role, &self.scope, expected, execution_arn, claimed)
+        })
+        .await
     }
 
-    /// What can be refused without asking Kubernetes: an identity no request can have,
-    /// an execution that is not `ar-<uid>` of this state machine. Done first, so a
-    /// forged message never costs a lookup that could fail transiently.
     /// [`Authority::grant`] for an extension: the grant still stands, and extension
     /// `id` is approved to exactly `until`, on the live request and role.
     pub async fn extend(
@@ -157,21 +138,40 @@ impl Authority {
         id: &str,
         until: jiff::Timestamp,
     ) -> Result<ExecutionInput, AuthorityError> {
+        self.judged(queue, execution_arn, claimed, |request, role, expected| {
+            authorize::check_extension(
+                request,
+                role,
+                &self.scope,
+                expected,
+                execution_arn,
+                claimed,
+                id,
+                until,
+            )
+        })
+        .await
+    }
+
+    /// A work item judged by `check` on the live request and role it names, after the
+    /// checks that need no lookup; a refusal is reported.
+    async fn judged(
+        &self,
+        queue: &'static str,
+        execution_arn: &str,
+        claimed: &ExecutionInput,
+        check: impl FnOnce(
+            Option<&AccessRequest>,
+            Option<&AccessRole>,
+            &str,
+        ) -> Result<ExecutionInput, Refusal>,
+    ) -> Result<ExecutionInput, AuthorityError> {
         let identity = &claimed.request;
         let expected = self.sfn.execution_arn(&execution_name(&identity.uid))?;
         self.precheck(queue, identity, &expected, execution_arn)
             .await?;
         let (request, role) = self.request_and_role(identity).await?;
-        match authorize::check_extension(
-            request.as_ref(),
-            role.as_ref(),
-            &self.scope,
-            &expected,
-            execution_arn,
-            claimed,
-            id,
-            until,
-        ) {
+        match check(request.as_ref(), role.as_ref(), &expected) {
             Ok(planned) => Ok(planned),
             Err(refusal) => {
                 self.report(queue, identity, request.as_ref(), execution_arn, &refusal)
@@ -197,6 +197,9 @@ impl Authority {
         Ok((request, role))
     }
 
+    /// What can be refused without asking Kubernetes: an identity no request can have,
+    /// an execution that is not `ar-<uid>` of this state machine. Done first, so a
+    /// forged message never costs a lookup that could fail transiently.
     async fn precheck(
         &self,
         queue: &'static str,
